@@ -1,0 +1,98 @@
+"""Controller configuration: defaults, a YAML/JSON file, command-line overrides.
+
+The file's schema is ``schemas/json/config.schema.json``; a bad file is refused
+at start with the offending field named.
+"""
+
+from __future__ import annotations
+
+import enum
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from schemas.validate import ValidationFailed, validate
+
+
+class Runtime(enum.StrEnum):
+    """Which runtime driver runs the agents."""
+
+    AUTO = "auto"
+    LOCAL = "local"
+    NIXOS_CONTAINER = "nixos-container"
+
+
+class ConfigError(ValueError):
+    """The config file is unreadable or invalid; ``str()`` names file and field."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective controller settings. Ports are TCP ports; seconds are seconds."""
+
+    runtime: Runtime = Runtime.AUTO
+    state_dir: Path | None = None
+    run_dir: Path | None = None
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 7000
+    manager_port: int = 8000
+    agent_port_base: int = 8100
+    agent_port_range: int = 900
+    resync_seconds: float = 60.0
+    hyperhive_flake: str = "github:hyperhive/hyperhive"
+    default_model: str = "haiku"
+    log_level: str = "info"
+
+    def resolved_runtime(self) -> Runtime:
+        """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``."""
+        if self.runtime is not Runtime.AUTO:
+            return self.runtime
+        return Runtime.NIXOS_CONTAINER if shutil.which("nixos-container") else Runtime.LOCAL
+
+
+def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a ``Config`` from a parsed config document (already schema-valid or not).
+
+    Raises ``ValidationFailed`` if ``doc`` does not match the config schema.
+    """
+    validate(doc, "config")
+    cfg = base or Config()
+    dash = doc.get("dashboard", {})
+    ports = doc.get("ports", {})
+    return replace(
+        cfg,
+        runtime=Runtime(doc.get("runtime", cfg.runtime)),
+        state_dir=Path(doc["state_dir"]) if "state_dir" in doc else cfg.state_dir,
+        run_dir=Path(doc["run_dir"]) if "run_dir" in doc else cfg.run_dir,
+        dashboard_host=dash.get("host", cfg.dashboard_host),
+        dashboard_port=dash.get("port", cfg.dashboard_port),
+        manager_port=ports.get("manager", cfg.manager_port),
+        agent_port_base=ports.get("agent_base", cfg.agent_port_base),
+        agent_port_range=ports.get("agent_range", cfg.agent_port_range),
+        resync_seconds=float(doc.get("resync_seconds", cfg.resync_seconds)),
+        hyperhive_flake=doc.get("hyperhive_flake", cfg.hyperhive_flake),
+        default_model=doc.get("default_model", cfg.default_model),
+        log_level=doc.get("log_level", cfg.log_level),
+    )
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path`` (YAML or JSON) into a ``Config``; ``None`` gives the defaults.
+
+    Raises ``ConfigError`` naming the file and the offending field.
+    """
+    if path is None:
+        return Config()
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: config must be a mapping, got {type(doc).__name__}")
+    try:
+        return config_from_dict(doc)
+    except ValidationFailed as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

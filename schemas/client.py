@@ -1,0 +1,174 @@
+"""HTTP + JSON over a unix socket: the client every hyperhive side uses.
+
+``curl --unix-socket PATH http://localhost/status`` speaks to the same servers.
+Transport failures (connect refused, socket missing, connection reset) are
+retried with backoff 2-4-8-16-30 s within a 60 s budget when ``retry=True``;
+HTTP error statuses are never retried and raise ``ApiError``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0, 30.0)
+RETRY_BUDGET = 60.0
+
+
+class ApiError(Exception):
+    """The server answered with an HTTP error status.
+
+    ``status`` is the HTTP status (400, 403, 404, 409, ...), ``code`` the
+    machine-readable error code from the JSON body, ``field`` the offending
+    field when the server named one.
+    """
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class Unreachable(ConnectionError):
+    """The socket could not be reached (after retries, if any)."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+@dataclass(frozen=True)
+class Result:
+    """A decoded response: ``data`` is the JSON body, ``retries`` how many transport retries it took."""
+
+    data: Any
+    retries: int
+
+
+class UnixClient:
+    """JSON client for one unix socket.
+
+    ``timeout`` (seconds) bounds one request; long polls pass a larger one.
+    ``sleep`` is injectable so tests of the backoff do not wait.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sleep = sleep
+
+    def _once(self, method: str, url: str, body: Any, timeout: float) -> Any:
+        conn = _UnixConnection(self.path, timeout)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            headers = {"Accept": "application/json"}
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            conn.request(method, url, body=payload, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        data: Any = json.loads(raw) if raw else None
+        if resp.status >= 400:
+            err = data.get("error", {}) if isinstance(data, dict) else {}
+            raise ApiError(
+                resp.status,
+                str(err.get("code", "error")),
+                str(err.get("message", raw[:500].decode(errors="replace"))),
+                err.get("field"),
+            )
+        return data
+
+    def call(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+        retry: bool = False,
+    ) -> Result:
+        """Send one request; return the decoded JSON body and the retry count.
+
+        Raises ``ApiError`` on an HTTP error status and ``Unreachable`` when the
+        socket cannot be reached (after the retry budget, if ``retry``).
+        """
+        t = self.timeout if timeout is None else timeout
+        retries = 0
+        deadline = time.monotonic() + RETRY_BUDGET
+        while True:
+            try:
+                return Result(self._once(method, url, body, t), retries)
+            except ApiError:
+                raise
+            except (OSError, http.client.HTTPException) as exc:
+                if not retry or retries >= len(RETRY_DELAYS):
+                    raise Unreachable(f"{self.path}: {exc}") from exc
+                delay = RETRY_DELAYS[retries]
+                if time.monotonic() + delay > deadline:
+                    raise Unreachable(f"{self.path}: {exc} (gave up after {retries} retries)") from exc
+                self._sleep(delay)
+                retries += 1
+
+    def get(self, url: str, **kw: Any) -> Any:
+        """GET ``url`` and return the decoded JSON body."""
+        return self.call("GET", url, **kw).data
+
+    def post(self, url: str, body: Any = None, **kw: Any) -> Any:
+        """POST a JSON ``body`` to ``url`` and return the decoded JSON body."""
+        return self.call("POST", url, {} if body is None else body, **kw).data
+
+    def stream(self, url: str, timeout: float = 3600.0) -> Iterator[tuple[str, str]]:
+        """Follow a ``text/event-stream`` at ``url``; yields ``(event, data)`` pairs.
+
+        Heartbeat comments are skipped. Ends when the server closes the stream.
+        """
+        conn = _UnixConnection(self.path, timeout)
+        try:
+            conn.request("GET", url, headers={"Accept": "text/event-stream"})
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raise ApiError(resp.status, "error", resp.read().decode(errors="replace"))
+            event, data = "message", []
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                text = line.decode().rstrip("\r\n")
+                if not text:
+                    if data:
+                        yield event, "\n".join(data)
+                    event, data = "message", []
+                elif text.startswith(":"):
+                    continue
+                elif text.startswith("event:"):
+                    event = text[6:].strip()
+                elif text.startswith("data:"):
+                    data.append(text[5:].removeprefix(" "))
+        finally:
+            conn.close()

@@ -1,0 +1,123 @@
+"""Typed wire models shared by controller and harness.
+
+The JSON shapes are fixed by ``schemas/json/wire.schema.json`` and
+``events.schema.json``; these dataclasses are the Python view of them.
+Timestamps on the wire are RFC 3339 UTC strings with millisecond precision.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def rfc3339(ts: float) -> str:
+    """Format unix seconds as RFC 3339 UTC with milliseconds: ``2026-11-22T10:00:00.123Z``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_rfc3339(text: str) -> float:
+    """Parse an RFC 3339 timestamp (as written by ``rfc3339``) back to unix seconds."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class MessageKind(enum.StrEnum):
+    """What a broker message is: plain, a typed event, a threaded question/answer, a reminder or a wake."""
+
+    MESSAGE = "message"
+    EVENT = "event"
+    QUESTION = "question"
+    ANSWER = "answer"
+    REMINDER = "reminder"
+    WAKE = "wake"
+
+
+class EventType(enum.StrEnum):
+    """Typed events the controller sends to the manager's inbox (``events.schema.json``)."""
+
+    APPROVAL_RESOLVED = "ApprovalResolved"
+    CONTAINER_CRASH = "ContainerCrash"
+    NEEDS_LOGIN = "NeedsLogin"
+    LOGGED_IN = "LoggedIn"
+    NEEDS_UPDATE = "NeedsUpdate"
+    REBUILT = "Rebuilt"
+    OPERATOR_ANSWERED = "OperatorAnswered"
+
+
+@dataclass(frozen=True)
+class Status:
+    """The one-line inbox summary every broker verb returns."""
+
+    unread: int = 0
+    open_threads: int = 0
+    pending_reminders: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        """The wire shape (``wire#Status``)."""
+        return {
+            "unread": self.unread,
+            "open_threads": self.open_threads,
+            "pending_reminders": self.pending_reminders,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Status:
+        """Build from the wire shape."""
+        return cls(int(d["unread"]), int(d["open_threads"]), int(d["pending_reminders"]))
+
+    def line(self) -> str:
+        """``[status] 2 unread message(s), 1 open thread(s), 0 pending reminder(s)``."""
+        return (
+            f"[status] {self.unread} unread message(s), {self.open_threads} open thread(s), "
+            f"{self.pending_reminders} pending reminder(s)"
+        )
+
+
+@dataclass(frozen=True)
+class Message:
+    """One broker message (``wire#Message``). ``sent_at`` etc. are unix seconds."""
+
+    id: int
+    sender: str
+    recipient: str
+    body: str
+    kind: MessageKind = MessageKind.MESSAGE
+    thread: int | None = None
+    event: dict[str, Any] | None = None
+    sent_at: float = 0.0
+    delivered_at: float | None = None
+    acked_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire shape (``wire#Message``)."""
+        return {
+            "id": self.id,
+            "from": self.sender,
+            "to": self.recipient,
+            "body": self.body,
+            "kind": str(self.kind),
+            "thread": self.thread,
+            "event": self.event,
+            "sent_at": rfc3339(self.sent_at),
+            "delivered_at": None if self.delivered_at is None else rfc3339(self.delivered_at),
+            "acked_at": None if self.acked_at is None else rfc3339(self.acked_at),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Message:
+        """Build from the wire shape."""
+        return cls(
+            id=int(d["id"]),
+            sender=str(d["from"]),
+            recipient=str(d["to"]),
+            body=str(d["body"]),
+            kind=MessageKind(d.get("kind", "message")),
+            thread=d.get("thread"),
+            event=d.get("event"),
+            sent_at=parse_rfc3339(d["sent_at"]),
+            delivered_at=parse_rfc3339(d["delivered_at"]) if d.get("delivered_at") else None,
+            acked_at=parse_rfc3339(d["acked_at"]) if d.get("acked_at") else None,
+        )

@@ -1,0 +1,41 @@
+"""Fake Anthropic Messages API for driving the real claude CLI in tests."""
+
+from .server import (
+    COMPACT_MARKER,
+    ApiError,
+    FakeAnthropic,
+    Reply,
+    Request,
+    Rule,
+    Rules,
+    Script,
+    TextBlock,
+    ToolResult,
+    ToolUse,
+    Usage,
+    reply_error,
+    reply_prompt_too_long,
+    reply_text,
+    reply_tool_use,
+    rule,
+)
+
+__all__ = [
+    "COMPACT_MARKER",
+    "ApiError",
+    "FakeAnthropic",
+    "Reply",
+    "Request",
+    "Rule",
+    "Rules",
+    "Script",
+    "TextBlock",
+    "ToolResult",
+    "ToolUse",
+    "Usage",
+    "reply_error",
+    "reply_prompt_too_long",
+    "reply_text",
+    "reply_tool_use",
+    "rule",
+]
