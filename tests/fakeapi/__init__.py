@@ -2,6 +2,7 @@
 
 from .server import (
     COMPACT_MARKER,
+    OFFLINE_ENV,
     ApiError,
     FakeAnthropic,
     Reply,
@@ -13,6 +14,7 @@ from .server import (
     ToolResult,
     ToolUse,
     Usage,
+    find_claude_cli,
     reply_error,
     reply_prompt_too_long,
     reply_text,
@@ -22,6 +24,7 @@ from .server import (
 
 __all__ = [
     "COMPACT_MARKER",
+    "OFFLINE_ENV",
     "ApiError",
     "FakeAnthropic",
     "Reply",
@@ -33,6 +36,7 @@ __all__ = [
     "ToolResult",
     "ToolUse",
     "Usage",
+    "find_claude_cli",
     "reply_error",
     "reply_prompt_too_long",
     "reply_text",

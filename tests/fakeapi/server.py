@@ -22,19 +22,23 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
+import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 __all__ = [
     "COMPACT_MARKER",
+    "OFFLINE_ENV",
     "ApiError",
     "FakeAnthropic",
     "Reply",
@@ -46,6 +50,7 @@ __all__ = [
     "ToolResult",
     "ToolUse",
     "Usage",
+    "find_claude_cli",
     "reply_error",
     "reply_prompt_too_long",
     "reply_text",
@@ -58,6 +63,39 @@ log = logging.getLogger(__name__)
 #: Substring of the last user message of the CLI's ``/compact`` summarisation request
 #: (claude-code 2.1.x). :attr:`Request.is_compaction` tests for it.
 COMPACT_MARKER = "create a detailed summary of the conversation so far"
+
+#: Environment that keeps the CLI offline, quiet and fail-fast against the fake
+#: (verified with strace: only loopback connects). ``CLAUDE_CODE_MAX_RETRIES=0``
+#: stops the CLI's own retry loop, which otherwise retries 5xx/529 answers.
+OFFLINE_ENV: dict[str, str] = {
+    "MCP_CONNECTION_NONBLOCKING": "0",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "CLAUDE_CODE_MAX_RETRIES": "0",
+}
+
+_FALLBACK_CLI = Path("/tmp/setup/node_modules/.bin/claude")
+
+
+def find_claude_cli(repo_root: Path | None = None) -> Path | None:
+    """Locate the real ``claude`` CLI for end-to-end tests, or ``None``.
+
+    Order: ``$HYPERHIVE_CLAUDE_BIN``; ``<repo>/node_modules/.bin/claude``;
+    ``/tmp/setup/node_modules/.bin/claude`` (the dev sandbox); ``claude`` on PATH.
+    """
+    env_bin = os.environ.get("HYPERHIVE_CLAUDE_BIN")
+    if env_bin:
+        path = Path(env_bin)
+        return path if path.is_file() and os.access(path, os.X_OK) else None
+    root = repo_root or Path(__file__).resolve().parents[2]
+    for candidate in (root / "node_modules" / ".bin" / "claude", _FALLBACK_CLI):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    on_path = shutil.which("claude")
+    return Path(on_path) if on_path else None
+
 
 _SYSTEM_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>\s*", re.DOTALL)
 
@@ -325,14 +363,16 @@ class Rule:
 
     ``contains``: substring of :attr:`Request.last_user_text`; ``tool_result``:
     ``True``/``False`` = the last user message does / does not carry tool results;
-    ``compaction``: :attr:`Request.is_compaction` must equal it; ``when``: any
-    predicate; ``times``: the rule retires after matching that many times.
+    ``compaction``: :attr:`Request.is_compaction` must equal it — ``False`` by
+    default, so ordinary rules never answer the CLI's summarisation request
+    (whose prompt quotes the whole conversation); ``None`` matches both;
+    ``when``: any predicate; ``times``: the rule retires after that many hits.
     """
 
     reply: Reply | Callable[[Request], Reply]
     contains: str | None = None
     tool_result: bool | None = None
-    compaction: bool | None = None
+    compaction: bool | None = False
     when: Callable[[Request], bool] | None = None
     times: int | None = None
     hits: int = 0
@@ -360,7 +400,7 @@ def rule(
     *,
     contains: str | None = None,
     tool_result: bool | None = None,
-    compaction: bool | None = None,
+    compaction: bool | None = False,
     when: Callable[[Request], bool] | None = None,
     times: int | None = None,
 ) -> Rule:
@@ -378,14 +418,20 @@ def rule(
 class Rules:
     """A script made of rules: the first matching rule answers, else ``default``.
 
-    Compaction requests that no rule claims get :func:`reply_text` with a summary,
-    so ``/compact`` works without extra set-up.
+    Compaction requests that no rule claims get ``<summary>{summary}</summary>``,
+    so ``/compact`` (and the CLI's own reactive compaction) works without set-up.
     """
 
-    def __init__(self, *rules: Rule, default: Reply | None = None) -> None:
+    def __init__(
+        self,
+        *rules: Rule,
+        default: Reply | None = None,
+        summary: str = "Fake summary of the conversation.",
+    ) -> None:
         """Keep ``rules`` in order; ``default`` answers when none matches."""
         self.rules: list[Rule] = list(rules)
         self.default = default or reply_text("ok")
+        self.summary = summary
         self._lock = threading.Lock()
 
     def __call__(self, req: Request) -> Reply:
@@ -395,7 +441,7 @@ class Rules:
                 if r.matches(req):
                     return r.answer(req)
         if req.is_compaction:
-            return reply_text("<summary>Fake summary of the conversation.</summary>")
+            return reply_text(f"<analysis>fake</analysis>\n<summary>{self.summary}</summary>")
         return self.default
 
 
@@ -707,6 +753,35 @@ class FakeAnthropic:
     ) -> None:
         """Stop on exit."""
         self.stop()
+
+    def cli_env(
+        self,
+        home: str | os.PathLike[str],
+        *,
+        config_dir: str | os.PathLike[str] | None = None,
+        api_key: str = "test-key",
+        extra: dict[str, str] | None = None,
+    ) -> dict[str, str]:
+        """A complete, isolated environment for running the CLI against this fake.
+
+        Only ``PATH`` is inherited; ``HOME`` is ``home``, ``CLAUDE_CONFIG_DIR``
+        defaults to ``home/.claude`` and ``CLAUDE_CODE_TMPDIR`` to ``home/tmp``
+        (else the CLI creates ``/tmp/claude-<uid>``), plus :data:`OFFLINE_ENV`.
+        """
+        home_path = Path(home)
+        tmp = home_path / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home_path),
+            "CLAUDE_CONFIG_DIR": str(config_dir if config_dir is not None else home_path / ".claude"),
+            "CLAUDE_CODE_TMPDIR": str(tmp),
+            "ANTHROPIC_BASE_URL": self.base_url,
+            "ANTHROPIC_API_KEY": api_key,
+            **OFFLINE_ENV,
+        }
+        env.update(extra or {})
+        return env
 
     def count_tokens(self, body: dict[str, Any]) -> int:
         """Answer for ``/v1/messages/count_tokens``: a rough 4-characters-per-token guess."""

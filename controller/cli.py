@@ -1,0 +1,351 @@
+"""``hyperhive``: the operator's command line.
+
+Every verb except ``serve`` talks to a running controller over its admin socket
+(``<run>/host.sock``); ``reconcile`` runs the pass in-process when no controller
+is running. ``--state-dir`` / ``--run-dir`` (or ``HYPERHIVE_STATE_DIR`` /
+``HYPERHIVE_RUN_DIR``) select the instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from controller import __version__
+from controller.config import ConfigError, load_config
+from controller.paths import Layout, default_state_dir
+from schemas.client import ApiError, UnixClient, Unreachable
+from schemas.wire import Message, parse_rfc3339
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+EPILOG = """\
+approvals with plain git:
+  git clone <state>/meta.git meta && cd meta
+  git tag approved/1 proposal/1 && git push origin approved/1
+  git tag -a denied/2 -m "not now" proposal/2 && git push origin denied/2
+"""
+
+
+class CliError(Exception):
+    """A failure to report on stderr with exit code ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _layout(args: argparse.Namespace) -> Layout:
+    state = Path(args.state_dir) if args.state_dir else default_state_dir()
+    return Layout.for_state(state, Path(args.run_dir) if args.run_dir else None)
+
+
+def _client(args: argparse.Namespace, timeout: float = 60.0) -> UnixClient:
+    return UnixClient(str(_layout(args).host_sock), timeout=timeout)
+
+
+def _call(args: argparse.Namespace, method: str, url: str, body: Any = None, timeout: float = 60.0) -> Any:
+    layout = _layout(args)
+    try:
+        return _client(args, timeout).call(method, url, body, timeout=timeout).data
+    except Unreachable as exc:
+        raise CliError(
+            f"no controller answers on {layout.host_sock} — is `hyperhive serve` running "
+            f"with this --state-dir ({layout.state})?",
+            EXIT_ERROR,
+        ) from exc
+    except ApiError as exc:
+        field = f" (field: {exc.field})" if exc.field else ""
+        raise CliError(f"{exc.message}{field}", EXIT_FAIL) from exc
+
+
+def _ago(ts: float | None, now: float | None = None) -> str:
+    if not ts:
+        return "-"
+    s = max(0, int((now or time.time()) - ts))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+# --- verbs -------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from controller.serve import run_daemon
+
+    try:
+        cfg = load_config(Path(args.config) if args.config else None)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_ERROR) from exc
+    return run_daemon(cfg, args.state_dir, args.run_dir, dashboard=args.dashboard)
+
+
+def _print_plan(result: dict[str, Any]) -> None:
+    plan = result.get("plan", [])
+    if not plan:
+        print("in sync: nothing to do")
+    for a in plan:
+        print(f"{a['action']:<15} {a['agent']:<10} {a['reason']}")
+    for e in result.get("errors", []):
+        print(f"error: {e}", file=sys.stderr)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    body = {"dry_run": bool(args.dry_run)}
+    layout = _layout(args)
+    try:
+        result: dict[str, Any] = UnixClient(str(layout.host_sock), timeout=3600).post("/reconcile", body)
+    except Unreachable:
+        from controller.serve import one_shot_pass
+
+        try:
+            cfg = load_config(Path(args.config) if args.config else None)
+            result = one_shot_pass(cfg, args.state_dir, args.run_dir, dry_run=bool(args.dry_run))
+        except Exception as exc:
+            print(f"hyperhive reconcile: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+    except ApiError as exc:
+        print(f"hyperhive reconcile: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    _print_plan(result)
+    if args.dry_run:
+        return EXIT_OK if not result.get("plan") else EXIT_FAIL
+    return EXIT_OK if not result.get("errors") else EXIT_FAIL
+
+
+def _cond_summary(conds: list[dict[str, Any]]) -> str:
+    marks = []
+    for c in conds:
+        s = c.get("status")
+        mark = "+" if s == "True" else "-" if s == "False" else "?"
+        marks.append(f"{c.get('type')}{mark}")
+    return " ".join(marks) or "-"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _call(args, "GET", "/status")
+    agents: list[dict[str, Any]] = st.get("agents", [])
+    if args.name:
+        match = [a for a in agents if a.get("name") == args.name]
+        if not match:
+            names = ", ".join(a.get("name", "?") for a in agents) or "none"
+            raise CliError(f"no agent {args.name!r} (agents: {names})")
+        a = match[0]
+        if args.output == "json":
+            print(json.dumps(a, indent=2))
+            return EXIT_OK
+        print(f"Name:      {a.get('name')}")
+        print(f"Phase:     {a.get('phase')}")
+        print(f"Commit:    {a.get('commit') or '-'}")
+        print(f"Model:     {a.get('model') or '-'}")
+        if a.get("web_port"):
+            print(f"Web UI:    http://127.0.0.1:{a['web_port']}/")
+        print("Conditions:")
+        for c in a.get("conditions", []):
+            print(f"  {c.get('type'):<12} {c.get('status'):<8} {c.get('reason', '')}: {c.get('message', '')}")
+        for key in ("deploys", "events"):
+            if a.get(key):
+                print(f"{key.capitalize()}:")
+                for row in a[key]:
+                    print(f"  {row}")
+        return EXIT_OK
+    if args.output == "json":
+        print(json.dumps(st, indent=2))
+        return EXIT_OK
+    print(f"runtime {st.get('runtime', '?')}  main {str(st.get('main') or '-')[:12]}  "
+          f"pending proposals {st.get('pending', 0)}")
+    if not agents:
+        print("no agents yet — the manager proposes spawns; `hyperhive pending` lists them")
+        return EXIT_OK
+    rows = [["AGENT", "PHASE", "COMMIT", "CONDITIONS", "AGE"]]
+    for a in agents:
+        rows.append([
+            str(a.get("name")),
+            str(a.get("phase")),
+            str(a.get("commit") or "-")[:12],
+            _cond_summary(a.get("conditions", [])),
+            _ago(a.get("since")),
+        ])
+    print(_table(rows))
+    return EXIT_OK
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", "/proposals?pending=1")
+    props: list[dict[str, Any]] = data.get("proposals", [])
+    if args.output == "json":
+        print(json.dumps(props, indent=2))
+        return EXIT_OK
+    if not props:
+        print("no pending proposals")
+        return EXIT_OK
+    for p in props:
+        agents = ",".join(p.get("agents", [])) or "-"
+        print(f"proposal/{p['id']}  {p['kind']}  {agents}  {p['title']}  ({_ago(p.get('created_at'))} ago)")
+        if p.get("note"):
+            print(f"  note: {p['note']}")
+        if not args.no_diff and p.get("diff"):
+            for line in p["diff"].rstrip("\n").splitlines():
+                print(f"  {line}")
+        print(f"  approve: hyperhive approve {p['id']}    deny: hyperhive deny {p['id']} --note REASON")
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    p = _call(args, "POST", f"/proposals/{args.id}/approve", {"note": args.note or ""})
+    print(f"approved proposal/{p['id']} ({p['title']}); the controller deploys it now")
+    return EXIT_OK
+
+
+def cmd_deny(args: argparse.Namespace) -> int:
+    p = _call(args, "POST", f"/proposals/{args.id}/deny", {"note": args.note})
+    print(f"denied proposal/{p['id']} ({p['title']}): {args.note}")
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    body = sys.stdin.read() if args.body == "-" else args.body
+    r = _call(args, "POST", "/send", {"to": args.to, "body": body})
+    print(f"sent message {r['id']} to {args.to}")
+    return EXIT_OK
+
+
+def _fmt_message(m: dict[str, Any]) -> str:
+    msg = Message.from_json(m)
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.sent_at))
+    tag = "" if msg.kind == "message" else f"[{msg.kind}] "
+    body = msg.body.replace("\n", "\n    ")
+    return f"{when}  {msg.sender} → {msg.recipient}  {tag}{body}"
+
+
+def cmd_messages(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", f"/messages?since=0&limit={args.limit}")
+    msgs: list[dict[str, Any]] = data.get("messages", [])
+    if args.output == "json" and not args.follow:
+        print(json.dumps(msgs, indent=2))
+        return EXIT_OK
+    for m in msgs:
+        print(_fmt_message(m), flush=True)
+    if not args.follow:
+        if not msgs:
+            print("no messages yet — try `hyperhive send manager \"hello\"`")
+        return EXIT_OK
+    last = msgs[-1]["id"] if msgs else 0
+    client = _client(args, timeout=3600)
+    while True:
+        try:
+            for event, data_s in client.stream(f"/messages/stream?since={last}"):
+                if event == "message":
+                    m = json.loads(data_s)
+                    last = max(last, int(m["id"]))
+                    print(_fmt_message(m), flush=True)
+        except (Unreachable, OSError):
+            time.sleep(1.0)
+        except KeyboardInterrupt:
+            return EXIT_OK
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    r = _call(args, "POST", f"/agents/{args.name}/destroy", {"purge": bool(args.purge)})
+    print(r.get("result", f"destroy {args.name} requested"))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree for ``hyperhive``."""
+    p = argparse.ArgumentParser(
+        prog="hyperhive",
+        description="Run and steer a swarm of Claude Code agents whose desired state is a git repo.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"hyperhive {__version__}")
+    p.add_argument("--state-dir", help="state directory (default: $HYPERHIVE_STATE_DIR or "
+                   "$XDG_STATE_HOME/hyperhive)")
+    p.add_argument("--run-dir", help="socket directory (default: $HYPERHIVE_RUN_DIR or <state>/run)")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    s = sub.add_parser("serve", help="run the controller: reconcile loop, broker, sockets, dashboard",
+                       description="Run the controller in the foreground (a systemd Type=notify service "
+                       "under NixOS). Creates <state>/meta.git on first start, starts the manager, "
+                       "serves the admin socket, the agent sockets and the dashboard, and reconciles "
+                       "on every git push, CLI request and resync tick.")
+    s.add_argument("--config", help="controller config file (YAML or JSON; schemas/json/config.schema.json)")
+    s.add_argument("--dashboard", metavar="HOST:PORT", help="dashboard bind address (default 127.0.0.1:7000)")
+    s.set_defaults(fn=cmd_serve)
+
+    r = sub.add_parser("reconcile", help="run one reconcile pass (or --dry-run to print the plan)",
+                       description="Run one reconcile pass and exit non-zero if anything failed. With "
+                       "--dry-run, print the plan and change nothing: exit 0 in sync, 1 changes pending, "
+                       "2 error (like `flux diff`). Uses the running controller if there is one.")
+    r.add_argument("--dry-run", action="store_true", help="only print the plan")
+    r.add_argument("--config", help="controller config file, when no controller is running")
+    r.set_defaults(fn=cmd_reconcile)
+
+    st = sub.add_parser("status", help="agents, their phase and conditions",
+                        description="A table of agents (phase, deployed commit, conditions, age), or with "
+                        "NAME a description of one agent.")
+    st.add_argument("name", nargs="?", help="describe this agent")
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    st.set_defaults(fn=cmd_status)
+
+    pe = sub.add_parser("pending", help="proposals awaiting approval, with their diffs")
+    pe.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    pe.add_argument("--no-diff", action="store_true", help="hide the diffs")
+    pe.set_defaults(fn=cmd_pending)
+
+    a = sub.add_parser("approve", help="approve proposal ID (same as pushing approved/ID)")
+    a.add_argument("id", type=int)
+    a.add_argument("--note", default="", help="optional note kept with the approval")
+    a.set_defaults(fn=cmd_approve)
+
+    d = sub.add_parser("deny", help="deny proposal ID with a reason the manager gets")
+    d.add_argument("id", type=int)
+    d.add_argument("--note", required=True, help="why; delivered to the manager")
+    d.set_defaults(fn=cmd_deny)
+
+    se = sub.add_parser("send", help="send a message to an agent as the operator")
+    se.add_argument("to", help="recipient: manager or an agent name")
+    se.add_argument("body", help="message text, or - to read stdin")
+    se.set_defaults(fn=cmd_send)
+
+    m = sub.add_parser("messages", help="the message flow between agents and the operator")
+    m.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
+    m.add_argument("--limit", type=int, default=200)
+    m.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    m.set_defaults(fn=cmd_messages)
+
+    de = sub.add_parser("destroy", help="remove an agent from desired state (a commit on main)")
+    de.add_argument("name")
+    de.add_argument("--purge", action="store_true", help="also delete its state and credentials")
+    de.set_defaults(fn=cmd_destroy)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hyperhive`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+        return code
+    except CliError as exc:
+        print(f"hyperhive {args.verb}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""``hyperhive serve``: wire the controller together and run the reconcile loop.
+
+Start-up order matters to systemd (``Type=notify``): lock the state dir, open
+the meta repo and broker, open the admin / manager / agent sockets and the
+dashboard, run the first pass, then READY=1. Every trigger (hook poke, CLI,
+dashboard, resync tick) only asks for a pass; passes never overlap.
+SIGTERM/SIGINT stop the loop and the sockets; agents keep running (they are
+separate processes or containers) and are found again on the next start.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+from controller import __version__
+from controller.config import Config, Runtime
+from controller.drivers.base import Driver
+from controller.paths import Layout, default_state_dir
+
+log = logging.getLogger("hyperhive")
+
+SWEEP_EVERY = 3600.0
+QUESTION_TICK = 5.0
+
+
+class AlreadyRunning(RuntimeError):
+    """Another controller holds the state dir's lock."""
+
+
+@contextmanager
+def state_lock(layout: Layout) -> Iterator[IO[str]]:
+    """Hold an exclusive ``flock`` on ``<state>/controller.lock`` for the block.
+
+    Raises ``AlreadyRunning`` (naming the holder's pid) if another process holds it.
+    """
+    layout.state.mkdir(parents=True, exist_ok=True)
+    fh = open(layout.lock_file, "a+")  # noqa: SIM115 — held for the daemon's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise AlreadyRunning(
+            f"another controller (pid {holder}) is running on {layout.state}; refusing to start"
+        ) from exc
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    try:
+        yield fh
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def resolve_layout(cfg: Config, state_dir: str | None, run_dir: str | None) -> Layout:
+    """Command line beats config file beats environment/defaults."""
+    state = Path(state_dir) if state_dir else cfg.state_dir or default_state_dir()
+    run = Path(run_dir) if run_dir else cfg.run_dir
+    return Layout.for_state(state, run)
+
+
+def make_driver(cfg: Config, layout: Layout) -> Driver:
+    """The runtime driver ``cfg.runtime`` asks for (``auto`` picks by what is installed)."""
+    runtime = cfg.resolved_runtime()
+    if runtime is Runtime.NIXOS_CONTAINER:
+        from controller.drivers.nixos_container import NixosContainerDriver
+
+        return NixosContainerDriver(layout, cfg)
+    from controller.drivers.local import LocalDriver
+
+    return LocalDriver(layout, cfg, dict(os.environ))
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def one_shot_pass(cfg: Config, state_dir: str | None, run_dir: str | None, dry_run: bool) -> dict[str, Any]:
+    """Run one reconcile pass in-process (no controller running); returns ``PassResult.to_json()``."""
+    from controller.broker import Broker
+    from controller.metarepo import MetaRepo
+    from controller.swarm import Swarm
+
+    layout = resolve_layout(cfg, state_dir, run_dir)
+    with state_lock(layout):
+        meta = MetaRepo.open_or_init(layout, cfg)
+        broker = Broker(layout.broker_db)
+        try:
+            swarm = Swarm(layout, cfg, meta, broker, make_driver(cfg, layout))
+            return swarm.reconcile(dry_run=dry_run).to_json()
+        finally:
+            broker.close()
+
+
+def run_daemon(cfg: Config, state_dir: str | None, run_dir: str | None, dashboard: str | None = None) -> int:
+    """Run the controller until SIGTERM/SIGINT; returns the process exit code."""
+    from controller.api.admin import make_admin_app
+    from controller.broker import Broker
+    from controller.dashboard.app import make_dashboard_app
+    from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
+    from controller.metarepo import MetaRepo
+    from controller.swarm import Swarm
+    from controller.systemd_notify import SystemdNotify, status_line
+
+    _setup_logging(cfg.log_level)
+    if dashboard:
+        host, _, port = dashboard.rpartition(":")
+        cfg = replace(cfg, dashboard_host=host or cfg.dashboard_host, dashboard_port=int(port))
+    layout = resolve_layout(cfg, state_dir, run_dir)
+    notify = SystemdNotify()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping (agents keep running)", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        lock_cm = state_lock(layout)
+        lock_cm.__enter__()
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return 2
+    with ExitStack() as stack:
+        stack.callback(lock_cm.__exit__, None, None, None)
+        for d in (layout.run, layout.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        meta = MetaRepo.open_or_init(layout, cfg)
+        broker = Broker(layout.broker_db)
+        stack.callback(broker.close)
+        driver = make_driver(cfg, layout)
+        registry: SocketRegistry | None = None
+
+        def on_deploy(agent: str) -> None:
+            if registry is not None:
+                registry.ensure(agent)
+
+        swarm = Swarm(layout, cfg, meta, broker, driver, on_deploy=on_deploy)
+        registry = SocketRegistry(broker, swarm, layout)
+        stack.callback(registry.close_all)
+        admin = serve_unix(make_admin_app(broker, swarm), layout.host_sock, threads=16)
+        stack.callback(admin.stop)
+        registry.sync(swarm.agent_names())
+        dash = serve_tcp(make_dashboard_app(swarm, broker), cfg.dashboard_host, cfg.dashboard_port, threads=24)
+        stack.callback(dash.stop)
+        log.info(
+            "hyperhive %s: state %s, runtime %s, admin %s, dashboard http://%s:%d/",
+            __version__, layout.state, driver.name, layout.host_sock, cfg.dashboard_host, dash.port,
+        )
+
+        def run_pass(reason: str) -> None:
+            t0 = time.monotonic()
+            try:
+                result = swarm.reconcile()
+            except Exception:
+                log.exception("reconcile pass (%s) crashed; retrying on the next trigger", reason)
+                return
+            registry.sync(swarm.agent_names())
+            if result.plan or result.errors:
+                log.info(
+                    "pass (%s): %d action(s), %d error(s) in %.0f ms",
+                    reason, len(result.plan), len(result.errors), (time.monotonic() - t0) * 1000,
+                )
+            for err in result.errors:
+                log.warning("pass (%s): %s", reason, err)
+            st = swarm.status()
+            agents = st.get("agents", [])
+            ready = sum(1 for a in agents if any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in a.get("conditions", [])))
+            notify.status(status_line(ready, len(agents), int(st.get("pending", 0))))
+
+        run_pass("startup")
+        notify.ready()
+        last_sweep = 0.0
+        wd = notify.watchdog_interval()
+        tick = min(x for x in (cfg.resync_seconds, QUESTION_TICK, wd or QUESTION_TICK) if x > 0)
+        next_resync = time.monotonic() + cfg.resync_seconds
+        while not stop.is_set():
+            reason = swarm.wait_for_pass_request(timeout=tick)
+            notify.watchdog()
+            if stop.is_set():
+                break
+            now = time.monotonic()
+            if reason is None and now >= next_resync:
+                reason = "resync"
+            if reason is not None:
+                run_pass(reason)
+                next_resync = time.monotonic() + cfg.resync_seconds
+            broker.expire_questions(time.time())
+            if now - last_sweep >= SWEEP_EVERY:
+                last_sweep = now
+                try:
+                    broker.sweep(time.time())
+                except Exception:
+                    log.exception("broker retention sweep failed")
+        notify.stopping()
+    log.info("stopped")
+    return 0

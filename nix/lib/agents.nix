@@ -1,0 +1,98 @@
+# The meta repo's directory walk, as pure builtins (no nixpkgs, no lib), so CI
+# can evaluate it with a bare `nix-instantiate --eval` against a fixture tree.
+#
+#   (import ./agents.nix).agentsFromDir ./agents
+#   => {
+#        alice = {
+#          name = "alice";
+#          flavor = "agent";
+#          container = "h-alice";
+#          hasAgentNix = true;
+#          agentNix = ./agents/alice/agent.nix;
+#          manifest = ./agents/alice/agent.yaml;
+#        };
+#        manager = {
+#          name = "manager";
+#          flavor = "manager";
+#          container = "hm1nd";
+#          hasAgentNix = false;
+#          agentNix = null;
+#          manifest = ./agents/manager/agent.yaml;
+#        };
+#      }
+#
+# An agent is a directory `agents/<name>/` that holds an `agent.yaml` manifest
+# and whose name is a valid agent name (the same rules as schemas/names.py).
+# Anything else under agents/ (stray files, a directory without a manifest, a
+# badly named directory) is skipped rather than thrown on: the controller
+# validates names and manifests and reports them, and one bad directory must
+# not break the build of every other agent in the swarm.
+let
+  manager = "manager";
+  managerContainer = "hm1nd";
+  # schemas/names.py: RESERVED
+  reserved = [
+    "manager"
+    "operator"
+    "hyperhive"
+    "controller"
+    "all"
+  ];
+
+  # schemas/names.py: is_agent_name — the manager, or ^[a-z][a-z0-9-]{0,8}$
+  # and not reserved (builtins.match anchors the whole string).
+  isAgentName =
+    name:
+    name == manager
+    || (builtins.match "[a-z][a-z0-9-]{0,8}" name != null && !(builtins.elem name reserved));
+
+  # schemas/names.py: container_name
+  containerName = name: if name == manager then managerContainer else "h-${name}";
+
+  flavorOf = name: if name == manager then "manager" else "agent";
+
+  isRegularFile = entries: file: (entries.${file} or null) == "regular";
+
+  # One agent directory -> its description, or null when it is not an agent.
+  describe =
+    dir: name:
+    let
+      agentDir = dir + "/${name}";
+      entries = builtins.readDir agentDir;
+      hasAgentNix = isRegularFile entries "agent.nix";
+    in
+    if isAgentName name && isRegularFile entries "agent.yaml" then
+      {
+        inherit name hasAgentNix;
+        flavor = flavorOf name;
+        container = containerName name;
+        manifest = agentDir + "/agent.yaml";
+        agentNix = if hasAgentNix then agentDir + "/agent.nix" else null;
+      }
+    else
+      null;
+
+  agentsFromDir =
+    dir:
+    if !(builtins.pathExists dir) then
+      { }
+    else
+      let
+        entries = builtins.readDir dir;
+        dirs = builtins.filter (name: entries.${name} == "directory") (builtins.attrNames entries);
+        described = map (name: {
+          inherit name;
+          value = describe dir name;
+        }) dirs;
+      in
+      builtins.listToAttrs (builtins.filter (entry: entry.value != null) described);
+in
+{
+  inherit
+    agentsFromDir
+    containerName
+    flavorOf
+    isAgentName
+    reserved
+    ;
+}
