@@ -200,7 +200,7 @@ def reply_text(
 
 def reply_tool_use(
     name: str,
-    input: dict[str, Any] | None = None,  # noqa: A002 - mirrors the API field
+    input: dict[str, Any] | None = None,
     *more: ToolUse,
     text: str | None = None,
     usage: Usage | None = None,
@@ -218,7 +218,7 @@ def reply_tool_use(
     return Reply(content=tuple(blocks), usage=usage or Usage(), chunk_delay=chunk_delay)
 
 
-def reply_error(status: int, type: str, message: str) -> Reply:  # noqa: A002
+def reply_error(status: int, type: str, message: str) -> Reply:
     """Return a reply that fails with HTTP ``status`` and an API error body."""
     return Reply(error=ApiError(status, type, message))
 
@@ -470,7 +470,12 @@ def _message_json(reply: Reply, model: str, msg_id: str) -> dict[str, Any]:
             content.append({"type": "text", "text": block.text})
         else:
             content.append(
-                {"type": "tool_use", "id": block.id or _tool_id(), "name": block.name, "input": block.input}
+                {
+                    "type": "tool_use",
+                    "id": block.id or _tool_id(),
+                    "name": block.name,
+                    "input": block.input,
+                }
             )
     return {
         "id": msg_id,
@@ -510,52 +515,75 @@ def _sse_events(reply: Reply, model: str, msg_id: str) -> Iterator[tuple[bool, b
     )
     for index, block in enumerate(reply.content):
         if isinstance(block, TextBlock):
-            yield False, _sse(
-                "content_block_start",
-                {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+            yield (
+                False,
+                _sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                ),
             )
             for piece in _chunks(block.text, reply.chunk_chars):
-                yield True, _sse(
-                    "content_block_delta",
-                    {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}},
+                yield (
+                    True,
+                    _sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "text_delta", "text": piece},
+                        },
+                    ),
                 )
         else:
-            yield False, _sse(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": index,
-                    "content_block": {
-                        "type": "tool_use",
-                        "id": block.id or _tool_id(),
-                        "name": block.name,
-                        "input": {},
+            yield (
+                False,
+                _sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": block.id or _tool_id(),
+                            "name": block.name,
+                            "input": {},
+                        },
                     },
-                },
+                ),
             )
             raw = json.dumps(block.input)
             for piece in _chunks(raw, max(reply.chunk_chars, 32)):
-                yield True, _sse(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": piece},
-                    },
+                yield (
+                    True,
+                    _sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        },
+                    ),
                 )
         yield False, _sse("content_block_stop", {"type": "content_block_stop", "index": index})
-    yield False, _sse(
-        "message_delta",
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": reply.effective_stop_reason(), "stop_sequence": None},
-            "usage": {
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cache_read_input_tokens": usage.cache_read_input_tokens,
-                "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+    yield (
+        False,
+        _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.effective_stop_reason(), "stop_sequence": None},
+                "usage": {
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "cache_read_input_tokens": usage.cache_read_input_tokens,
+                    "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+                },
             },
-        },
+        ),
     )
     yield False, _sse("message_stop", {"type": "message_stop"})
 
@@ -572,11 +600,13 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("fakeapi: " + format, *args)
 
     # -- helpers
-    def _send_json(self, status: int, body: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+    def _send_json(
+        self, status: int, body: dict[str, Any], extra: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -598,7 +628,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- verbs
     def do_HEAD(self) -> None:
-        """The CLI probes ``HEAD /`` (connectivity check) before the first request."""
+        """The CLI fires ``HEAD /`` at start-up; it ignores the answer (even a failure)."""
         self.server.fake._note(self.command, self.path, None)
         self.send_response(200)
         self.send_header("Content-Length", "0")
@@ -612,7 +642,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"ok": True})
             return
         log.warning("fakeapi: unknown path GET %s", self.path)
-        fake.unknown.append(f"GET {self.path}")
+        fake._unknown(f"GET {self.path}")
         self._send_json(404, ApiError(404, "not_found_error", f"Not found: {path}").body())
 
     def do_POST(self) -> None:
@@ -629,7 +659,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path != "/v1/messages":
             log.warning("fakeapi: unknown path POST %s", self.path)
-            fake.unknown.append(f"POST {self.path}")
+            fake._unknown(f"POST {self.path}")
             self._send_json(404, ApiError(404, "not_found_error", f"Not found: {path}").body())
             return
         req = fake._record(body, self.path, dict(self.headers))
@@ -640,7 +670,8 @@ class _Handler(BaseHTTPRequestHandler):
             fake.script_errors.append(exc)
             reply = reply_error(500, "api_error", f"fake script raised: {exc!r}")
         if reply.error is not None:
-            # x-should-retry: false stops the SDK from retrying 5xx/429 answers.
+            # x-should-retry: false stops the CLI retrying 5xx/429 — but not 529, which
+            # it retries anyway unless CLAUDE_CODE_MAX_RETRIES=0 (see OFFLINE_ENV).
             self._send_json(reply.error.status, reply.error.body(), {"x-should-retry": "false"})
             return
         msg_id = "msg_fake" + uuid.uuid4().hex[:20]
@@ -661,7 +692,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(frame)
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
-            fake.disconnects += 1
+            with fake._lock:
+                fake.disconnects += 1
             log.info("fakeapi: client went away mid-stream (request %d)", req.index)
 
 
@@ -774,7 +806,9 @@ class FakeAnthropic:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(home_path),
-            "CLAUDE_CONFIG_DIR": str(config_dir if config_dir is not None else home_path / ".claude"),
+            "CLAUDE_CONFIG_DIR": str(
+                config_dir if config_dir is not None else home_path / ".claude"
+            ),
             "CLAUDE_CODE_TMPDIR": str(tmp),
             "ANTHROPIC_BASE_URL": self.base_url,
             "ANTHROPIC_API_KEY": api_key,
@@ -796,6 +830,10 @@ class FakeAnthropic:
     def _note(self, method: str, path: str, body: Any) -> None:
         with self._lock:
             self.calls.append((method, path))
+
+    def _unknown(self, what: str) -> None:
+        with self._lock:
+            self.unknown.append(what)
 
     def _record(self, body: dict[str, Any], path: str, headers: dict[str, str]) -> Request:
         with self._got_request:

@@ -1,0 +1,368 @@
+"""The whole first story, end to end, with every real component.
+
+A real ``hyperhive serve`` (local runtime) runs real ``hyperhive-agent serve``
+harnesses, which run the real ``claude`` CLI against a fake Messages API served
+here on loopback. The "model" is the script below: it reads what each request
+contains and answers with text or MCP tool calls, so the whole loop — wake,
+turn, MCP tool, broker, proposal, git approval, deploy — runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from schemas.client import UnixClient, Unreachable
+from tests.fakeapi import FakeAnthropic, Reply, Request, find_claude_cli, reply_text, reply_tool_use
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CLAUDE = find_claude_cli(ROOT)
+if CLAUDE is None:
+    pytest.skip("the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _free_block(n: int) -> int:
+    """A base port with ``n`` consecutive free ports above it."""
+    for _ in range(200):
+        base = _free_port()
+        if base + n > 65000:
+            continue
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port block")
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
+    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+        except Exception as exc:  # the thing may not be up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_exc!r})")
+
+
+# --- the scripted model ------------------------------------------------------
+
+
+def is_manager(req: Request) -> bool:
+    return "mcp__hyperhive__request_spawn" in req.tool_names
+
+
+def model_script(req: Request) -> Reply:
+    """What the fake model answers, by what the request contains."""
+    text = req.last_user_text
+    if req.tool_results:
+        last = req.tool_results[-1]
+        if is_manager(req) and last.is_error and "invalid agent name" in last.text:
+            return reply_tool_use("mcp__hyperhive__request_spawn", {"name": "alice"})
+        return reply_text("done.")
+    if is_manager(req):
+        if "please spawn alice" in text:
+            # a name the controller must refuse; the model sees why and retries
+            return reply_tool_use("mcp__hyperhive__request_spawn", {"name": "Alice!"})
+        if "please spawn bob" in text:
+            return reply_tool_use("mcp__hyperhive__request_spawn", {"name": "bob"})
+        if "ApprovalResolved" in text and "deployed" in text and "alice" in text:
+            return reply_tool_use("mcp__hyperhive__send", {"to": "alice", "body": "hello alice, please reply"})
+        return reply_text("noted.")
+    if "hello alice" in text:
+        return reply_tool_use("mcp__hyperhive__send", {"to": "manager", "body": "hi manager, alice here"})
+    return reply_text("ok.")
+
+
+# --- the swarm under test ----------------------------------------------------
+
+
+@dataclass
+class Swarm:
+    """One controller instance with its state dir, driven like an operator would."""
+
+    tmp: Path
+    api: FakeAnthropic
+    env: dict[str, str]
+    dashboard_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def state(self) -> Path:
+        return self.tmp / "state"
+
+    @property
+    def host_sock(self) -> str:
+        return str(self.state / "run" / "host.sock")
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            [sys.executable, "-m", "controller.cli", "--state-dir", str(self.state), *args],
+            env=self.env, capture_output=True, text=True, timeout=120, input=input, cwd=ROOT,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"hyperhive {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def start(self) -> None:
+        log = open(self.tmp / "controller.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "--state-dir", str(self.state),
+             "serve", "--config", str(self.tmp / "config.json")],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        wait_for("the admin socket", lambda: self.status(), timeout=60)
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = UnixClient(self.host_sock, timeout=10).get("/status")
+        return data
+
+    def agent(self, name: str) -> dict[str, Any] | None:
+        try:
+            for a in self.status().get("agents", []):
+                if a.get("name") == name:
+                    return dict(a)
+        except (Unreachable, OSError):
+            return None
+        return None
+
+    def phase(self, name: str) -> str | None:
+        a = self.agent(name)
+        return None if a is None else str(a.get("phase"))
+
+    def tags(self, prefix: str) -> list[str]:
+        out = subprocess.run(
+            ["git", "--git-dir", str(self.state / "meta.git"), "tag", "--list", f"{prefix}/*"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        return sorted(out.split())
+
+    def git(self, *args: str, cwd: Path | None = None) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd or self.tmp / "m", env=self.env,
+            capture_output=True, text=True, check=True,
+        ).stdout
+
+    def harness_procs(self) -> dict[str, list[int]]:
+        """Running harness processes under this state dir, by agent name."""
+        found: dict[str, list[int]] = {}
+        for p in psutil.process_iter(["pid", "cmdline", "environ"]):
+            try:
+                cmd = p.info["cmdline"] or []
+                env = p.info["environ"] or {}
+            except (psutil.Error, OSError):
+                continue
+            if "harness" in " ".join(cmd) and "serve" in cmd and \
+                    env.get("HYPERHIVE_STATE_DIR", "").startswith(str(self.state)):
+                found.setdefault(env.get("HYPERHIVE_AGENT", "?"), []).append(p.pid)
+        return found
+
+    def requests_where(self, pred: Callable[[Request], bool]) -> list[Request]:
+        return [r for r in list(self.api.parsed) if pred(r)]
+
+    def messages(self) -> list[dict[str, Any]]:
+        out = self.cli("messages", "-o", "json").stdout
+        data: list[dict[str, Any]] = json.loads(out)
+        return data
+
+
+@pytest.fixture
+def swarm(tmp_path: Path) -> Iterator[Swarm]:
+    api = FakeAnthropic(model_script).start()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_", "HYPERHIVE_"))}
+    env.update(api.cli_env(home))
+    env.update({
+        "HOME": str(home),
+        "HYPERHIVE_CLAUDE_BIN": str(CLAUDE),
+        "PYTHONPATH": str(ROOT),
+        "GIT_AUTHOR_NAME": "operator", "GIT_AUTHOR_EMAIL": "op@example.org",
+        "GIT_COMMITTER_NAME": "operator", "GIT_COMMITTER_EMAIL": "op@example.org",
+    })
+    env.pop("CLAUDE_CONFIG_DIR", None)
+    base = _free_block(60)
+    dash = _free_port()
+    (tmp_path / "config.json").write_text(json.dumps({
+        "runtime": "local",
+        "dashboard": {"host": "127.0.0.1", "port": dash},
+        "ports": {"manager": base, "agent_base": base + 1, "agent_range": 59},
+        "resync_seconds": 30,
+        "default_model": "claude-test",
+    }))
+    s = Swarm(tmp_path, api, env, dash)
+    try:
+        yield s
+    finally:
+        if s.proc is not None:
+            s.proc.kill()
+            s.proc.wait()
+        for pids in s.harness_procs().values():
+            for pid in pids:
+                try:
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+        api.stop()
+        log = tmp_path / "controller.log"
+        if log.exists():
+            sys.stderr.write("---- controller log (tail) ----\n" + log.read_text()[-6000:])
+
+
+def test_the_whole_story(swarm: Swarm) -> None:
+    s = swarm
+    api = s.api
+
+    # 1. first start creates meta.git with the manager and starts the manager's harness
+    s.start()
+    wait_for("the manager running", lambda: s.phase("manager") == "running")
+    assert (s.state / "meta.git").is_dir()
+    ls = s.git("--git-dir", str(s.state / "meta.git"), "ls-tree", "-r", "--name-only", "main", cwd=s.tmp)
+    assert "agents/manager/agent.yaml" in ls.split()
+    assert "flake.nix" in ls.split()
+    # a second controller on the same state dir refuses to start
+    second = s.cli("serve", "--config", str(s.tmp / "config.json"), check=False)
+    assert second.returncode != 0
+    assert "another controller" in (second.stdout + second.stderr)
+
+    # 2-4. the operator writes to the manager; its turn proposes a spawn, first with a bad name
+    t0 = time.monotonic()
+    s.cli("send", "manager", "please spawn alice")
+    wait_for("the manager's turn", lambda: s.requests_where(
+        lambda r: is_manager(r) and "please spawn alice" in r.last_user_text))
+    s.timings["send → manager's claude request"] = time.monotonic() - t0
+    refused = wait_for("the refusal of 'Alice!' reaching the model", lambda: s.requests_where(
+        lambda r: any(tr.is_error and "invalid agent name" in tr.text for tr in r.tool_results)))
+    assert refused
+    pending = wait_for("proposal/1", lambda: json.loads(s.cli("pending", "-o", "json").stdout))
+    assert [p["id"] for p in pending] == [1], pending
+    assert pending[0]["agents"] == ["alice"]
+    assert "agents/alice/agent.yaml" in pending[0]["diff"]
+    assert s.tags("proposal") == ["proposal/1"]  # the refused name left no ref behind
+    text = s.cli("pending").stdout
+    assert "proposal/1" in text and "+apiVersion: hyperhive/v1" in text
+
+    # 5. the operator approves with plain git: clone, tag, push
+    s.git("clone", "-q", str(s.state / "meta.git"), str(s.tmp / "m"), cwd=s.tmp)
+    s.git("tag", "approved/1", "proposal/1")
+    t_push = time.monotonic()
+    s.git("push", "-q", "origin", "approved/1")
+    wait_for("alice running", lambda: s.phase("alice") == "running", timeout=60, interval=0.05)
+    s.timings["git push approved/1 → alice running"] = time.monotonic() - t_push
+    wait_for("deployed/1", lambda: "deployed/1" in s.tags("deployed"))
+    assert "building/1" in s.tags("building")
+    main = s.git("--git-dir", str(s.state / "meta.git"), "rev-parse", "main", cwd=s.tmp).strip()
+    assert "agents/alice/agent.yaml" in s.git(
+        "--git-dir", str(s.state / "meta.git"), "ls-tree", "-r", "--name-only", main, cwd=s.tmp)
+    # forged controller refs are refused by the hook
+    s.git("tag", "deployed/77", "proposal/1")
+    forged = subprocess.run(["git", "push", "origin", "deployed/77"], cwd=s.tmp / "m", env=s.env,
+                            capture_output=True, text=True)
+    assert forged.returncode != 0
+    assert "deployed/77" not in s.tags("deployed")
+
+    # 5-6. the manager hears ApprovalResolved, writes alice; alice answers the manager
+    wait_for("alice's answer to reach the manager's turn", lambda: s.requests_where(
+        lambda r: is_manager(r) and "alice here" in r.last_user_text), timeout=90)
+    msgs = s.messages()
+    flow = {(m["from"], m["to"], m["kind"]) for m in msgs}
+    assert ("operator", "manager", "message") in flow
+    assert ("manager", "alice", "message") in flow
+    assert ("alice", "manager", "message") in flow
+    events = [m for m in msgs if m["kind"] == "event"]
+    assert any(e["event"]["type"] == "ApprovalResolved" and e["event"]["id"] == 1 for e in events)
+    human = s.cli("messages").stdout
+    assert "alice → manager" in human and "hi manager, alice here" in human
+    dash = json.loads(__import__("urllib.request").request.urlopen(
+        f"http://127.0.0.1:{s.dashboard_port}/api/state", timeout=10).read())
+    assert "alice" in json.dumps(dash)
+
+    # 8. a second proposal, denied with a reason the manager gets
+    s.cli("send", "manager", "please spawn bob")
+    wait_for("proposal/2", lambda: "proposal/2" in s.tags("proposal"))
+    s.cli("deny", "2", "--note", "not now")
+    assert "denied/2" in s.tags("denied")
+    wait_for("the denial reaching the manager", lambda: s.requests_where(
+        lambda r: is_manager(r) and "not now" in r.last_user_text))
+    again = s.cli("approve", "2", check=False)
+    assert again.returncode != 0 and "denied" in (again.stdout + again.stderr)
+    missing = s.cli("approve", "99", check=False)
+    assert missing.returncode != 0 and "99" in (missing.stdout + missing.stderr)
+    assert s.cli("reconcile", "--dry-run", check=False).returncode == 0
+
+    # 9 + 7. stop the controller; agents keep running; the operator pushes a model change to main
+    before = s.harness_procs()
+    assert set(before) == {"manager", "alice"} and all(len(v) == 1 for v in before.values()), before
+    n_msgs = len(s.messages())
+    s.stop()
+    assert s.harness_procs() == before
+    s.git("pull", "-q", "origin", "main")
+    manifest = s.tmp / "m" / "agents" / "alice" / "agent.yaml"
+    manifest.write_text(manifest.read_text().replace("claude-test", "claude-alt"))
+    assert "claude-alt" in manifest.read_text()
+    s.git("commit", "-qam", "alice: switch model")
+    s.git("push", "-q", "origin", "main")  # the hook cannot poke a stopped controller; that is fine
+    dry = s.cli("reconcile", "--dry-run", check=False)
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert "alice" in dry.stdout and "apply-manifest" in dry.stdout
+    applied = s.cli("reconcile", check=False)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    settings = json.loads((s.state / "agents" / "alice" / "settings.json").read_text())
+    assert settings["model"] == "claude-alt"
+    after_apply = s.harness_procs()
+    assert after_apply["alice"] != before["alice"], "alice's harness was not restarted"
+    assert after_apply["manager"] == before["manager"], "the manager was restarted for nothing"
+    assert s.cli("reconcile", "--dry-run", check=False).returncode == 0
+    deployed = s.tags("deployed")
+
+    # restart: everything found again, nothing duplicated, nothing redeployed, nothing lost
+    s.start()
+    wait_for("alice running after restart", lambda: s.phase("alice") == "running")
+    time.sleep(1.0)
+    assert s.harness_procs() == after_apply
+    assert s.tags("deployed") == deployed
+    assert len(s.messages()) >= n_msgs
+    s.cli("send", "alice", "hello alice, it is the operator")
+    wait_for("alice's turn on the new model", lambda: s.requests_where(
+        lambda r: not is_manager(r) and r.model == "claude-alt" and "hello alice" in r.last_user_text))
+
+    for k, v in s.timings.items():
+        print(f"timing: {k}: {v * 1000:.0f} ms")
