@@ -30,6 +30,7 @@ from controller.paths import Layout, default_state_dir
 log = logging.getLogger("hyperhive")
 
 SWEEP_EVERY = 3600.0
+BUILD_GRACE = 1800.0
 QUESTION_TICK = 5.0
 
 
@@ -116,14 +117,18 @@ def run_daemon(cfg: Config, state_dir: str | None, run_dir: str | None, dashboar
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
     from controller.swarm import Swarm
-    from controller.systemd_notify import SystemdNotify, status_line
+    from controller.systemd_notify import SystemdNotify, Watchdog, status_line
 
     _setup_logging(cfg.log_level)
     if dashboard:
         host, _, port = dashboard.rpartition(":")
         cfg = replace(cfg, dashboard_host=host or cfg.dashboard_host, dashboard_port=int(port))
     layout = resolve_layout(cfg, state_dir, run_dir)
-    notify = SystemdNotify()
+    # unset NOTIFY_SOCKET so agents started by the local driver do not inherit it
+    notify = SystemdNotify(unset_environment=True)
+    # a pass may build containers for many minutes; the loop beats between passes,
+    # so a stale beat means a wedged loop, not a slow build
+    watchdog = Watchdog(notify, stale_after=BUILD_GRACE)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -187,15 +192,17 @@ def run_daemon(cfg: Config, state_dir: str | None, run_dir: str | None, dashboar
                 c.get("type") == "Ready" and c.get("status") == "True" for c in a.get("conditions", [])))
             notify.status(status_line(ready, len(agents), int(st.get("pending", 0))))
 
+        watchdog.start()
+        stack.callback(watchdog.stop)
+        notify.extend_timeout(BUILD_GRACE)
         run_pass("startup")
         notify.ready()
         last_sweep = 0.0
-        wd = notify.watchdog_interval()
-        tick = min(x for x in (cfg.resync_seconds, QUESTION_TICK, wd or QUESTION_TICK) if x > 0)
+        tick = min(cfg.resync_seconds, QUESTION_TICK)
         next_resync = time.monotonic() + cfg.resync_seconds
         while not stop.is_set():
+            watchdog.beat()
             reason = swarm.wait_for_pass_request(timeout=tick)
-            notify.watchdog()
             if stop.is_set():
                 break
             now = time.monotonic()
