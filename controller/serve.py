@@ -164,8 +164,14 @@ def run_daemon(cfg: Config, state_dir: str | None, run_dir: str | None, dashboar
         admin = serve_unix(make_admin_app(broker, swarm), layout.host_sock, threads=16)
         stack.callback(admin.stop)
         registry.sync(swarm.agent_names())
-        dash = serve_tcp(make_dashboard_app(swarm, broker), cfg.dashboard_host, cfg.dashboard_port, threads=24)
+        # SSE streams each hold a thread; this event ends them on shutdown
+        streams_stop = threading.Event()
+        dash = serve_tcp(
+            make_dashboard_app(swarm, broker, stop=streams_stop),
+            cfg.dashboard_host, cfg.dashboard_port, threads=24,
+        )
         stack.callback(dash.stop)
+        stack.callback(streams_stop.set)
         log.info(
             "hyperhive %s: state %s, runtime %s, admin %s, dashboard http://%s:%d/",
             __version__, layout.state, driver.name, layout.host_sock, cfg.dashboard_host, dash.port,

@@ -154,7 +154,7 @@ class UnixClient:
             resp = conn.getresponse()
             if resp.status >= 400:
                 raise ApiError(resp.status, "error", resp.read().decode(errors="replace"))
-            event, data = "message", []
+            event, data = "message", list[str]()
             while True:
                 line = resp.readline()
                 if not line:
@@ -163,7 +163,7 @@ class UnixClient:
                 if not text:
                     if data:
                         yield event, "\n".join(data)
-                    event, data = "message", []
+                    event, data = "message", list[str]()
                 elif text.startswith(":"):
                     continue
                 elif text.startswith("event:"):

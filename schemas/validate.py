@@ -62,12 +62,15 @@ def _validator(ref: str) -> Draft202012Validator:
 
 def _path(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
-    if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [r for r in error.validator_value if r not in error.instance]
+    required = error.validator_value
+    if error.validator == "required" and isinstance(error.instance, dict) and isinstance(required, list):
+        missing = [r for r in required if r not in error.instance]
         if missing:
             parts.append(str(missing[0]))
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(error.schema.get("properties", {}))
+    schema = error.schema
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict) \
+            and isinstance(schema, dict):
+        allowed = set(schema.get("properties", {}))
         extra = sorted(k for k in error.instance if k not in allowed)
         if extra:
             parts.append(str(extra[0]))

@@ -1,0 +1,92 @@
+"""The dashboard in real headless Chromium (playwright-core driven from node).
+
+Starts the dashboard over the demo fakes on 127.0.0.1:<ephemeral>, runs
+``tests/browser/dashboard.mjs`` (load, see agents + a proposal's diff, approve,
+answer a question, send a message and see it come back over SSE, screenshot)
+and checks what the fakes recorded. The screenshot goes to the test's tmp dir;
+with ``HYPERHIVE_UPDATE_SCREENSHOTS=1`` (or when it is missing) it also
+replaces ``docs/img/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.dashboard import make_dashboard_app
+from schemas.names import OPERATOR
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).with_name("dashboard.mjs")
+CHROMIUM = os.environ.get("HYPERHIVE_CHROMIUM", "/usr/bin/chromium")
+DOC_SHOT = ROOT / "docs" / "img" / "dashboard.png"
+
+pytestmark = pytest.mark.browser
+
+
+def _fakes() -> Any:
+    """``tests/component/dashboard_fakes.py`` (shared with the component tests)."""
+    path = str(ROOT / "tests" / "component")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return importlib.import_module("dashboard_fakes")
+
+
+def _skip_reason() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"no chromium at {CHROMIUM} (set HYPERHIVE_CHROMIUM)"
+    if shutil.which("node") is None:
+        return "node is not on PATH"
+    if not (ROOT / "node_modules" / "playwright-core").is_dir():
+        return "node_modules/playwright-core missing: run `npm install` in the repo root"
+    return None
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_dashboard_in_chromium(tmp_path: Path) -> None:
+    fakes = _fakes()
+    ops, broker = fakes.demo()
+    stop = threading.Event()
+    shot = tmp_path / "dashboard.png"
+    with fakes.serve(make_dashboard_app(ops, broker, heartbeat_seconds=2.0, stop=stop)) as base:
+        try:
+            proc = subprocess.run(
+                ["node", str(SCRIPT), base, str(shot)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            stop.set()
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert seen["agents"] == ["manager", "alice", "bob", "carol"]
+    assert seen["aliceNeedsUpdate"] is True
+    assert seen["aliceLink"].startswith("http://127.0.0.1:") and seen["aliceLink"].endswith("/")
+    assert "StartFailed" in seen["bobProblem"]
+    assert seen["proposals"] == [8, 7]
+    assert any("pkgs.ripgrep" in line for line in seen["diffAdds"])
+    assert any("model: haiku" in line for line in seen["diffDels"])
+    assert any(d.startswith("confirm: Approve #7") for d in seen["dialogs"])
+    assert ("approve", 7, "") in ops.calls
+    assert broker.qs[1].answer == "sonnet"
+    sent = [m for m in broker.msgs if m.body == seen["sent"]]
+    assert len(sent) == 1 and (sent[0].sender, sent[0].recipient) == (OPERATOR, "alice")
+    assert seen["lastFlowRoute"].replace(" ", "") == "operator→alice"
+    assert seen["sendBodyCleared"] is True
+    assert seen["errors"] == []
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("HYPERHIVE_UPDATE_SCREENSHOTS") == "1" or not DOC_SHOT.exists():
+        DOC_SHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOC_SHOT)

@@ -1,0 +1,458 @@
+"""In-memory fakes for the dashboard tests: a ``SwarmOps``, a broker, demo data, a server.
+
+``FakeOps`` records every call in ``calls``; ``FakeBroker`` keeps messages and
+operator questions in lists and wakes ``wait_for_new`` on ``send``.
+``serve(app)`` runs a WSGI app with waitress on 127.0.0.1:<ephemeral> in a thread.
+Run ``python tests/component/dashboard_fakes.py`` to browse the demo dashboard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from controller.errors import Conflict, Invalid, NotFound
+from controller.model import Action, ActionKind
+from controller.ops import Lifecycle, PassResult, Proposal, ProposalKind, ProposalState
+from schemas.names import MANAGER, OPERATOR, InvalidName, check_agent_name, default_web_port
+from schemas.wire import Message, MessageKind, rfc3339
+
+BASE_TIME = time.time()  # demo data is "recent" relative to import time
+
+
+def _cond(ctype: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": rfc3339(BASE_TIME - 600),
+    }
+
+
+def _agent(
+    name: str, phase: str, model: str, commit: str | None, *conds: dict[str, Any]
+) -> dict[str, Any]:
+    return {  # the shape of controller.status.AgentStatus.to_json()
+        "name": name,
+        "phase": phase,
+        "observed_commit": commit,
+        "desired_commit": commit,
+        "held": None,
+        "web_port": default_web_port(name),
+        "model": model,
+        "suspended": False,
+        "detail": "",
+        "conditions": list(conds),
+    }
+
+
+SPAWN_DIFF = """diff --git a/agents/dave/agent.yaml b/agents/dave/agent.yaml
+new file mode 100644
+--- /dev/null
++++ b/agents/dave/agent.yaml
+@@ -0,0 +1,7 @@
++apiVersion: hyperhive/v1
++kind: Agent
++metadata:
++  name: dave
++spec:
++  model: haiku
++  allowedRecipients: [manager, alice]
+"""
+
+APPLY_DIFF = """diff --git a/agents/alice/agent.nix b/agents/alice/agent.nix
+--- a/agents/alice/agent.nix
++++ b/agents/alice/agent.nix
+@@ -1,5 +1,6 @@
+ { pkgs, ... }:
+ {
+-  environment.systemPackages = [ pkgs.jq ];
++  environment.systemPackages = [ pkgs.jq pkgs.ripgrep ];
++  services.redis.servers.cache.enable = true;
+ }
+diff --git a/agents/alice/agent.yaml b/agents/alice/agent.yaml
+--- a/agents/alice/agent.yaml
++++ b/agents/alice/agent.yaml
+@@ -4,4 +4,4 @@ metadata:
+ spec:
+-  model: haiku
++  model: sonnet
+"""
+
+
+class FakeOps:
+    """A ``SwarmOps`` over dicts; records calls as ``(verb, *args)`` tuples in ``calls``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.lock = threading.Lock()
+        self.main_commit = "9f2c4e1a7b3d5f60c1e2a3b4c5d6e7f8a9b0c1d2"
+        self.agents: dict[str, dict[str, Any]] = {}
+        self.props: dict[int, Proposal] = {}
+        self.fail_status = False
+
+    # --- helpers for tests
+    def add_agent(self, row: dict[str, Any]) -> None:
+        """Add or replace one status row."""
+        self.agents[row["name"]] = row
+
+    def add_proposal(self, p: Proposal) -> None:
+        """Add or replace one proposal."""
+        self.props[p.id] = p
+
+    def _set_state(self, id: int, state: ProposalState, note: str) -> Proposal:
+        p = self.proposal(id)
+        if p.state is not ProposalState.PENDING:
+            raise Conflict(f"proposal {id} is already {p.state}", "id")
+        q = dataclasses.replace(p, state=state, note=note or p.note)
+        self.props[id] = q
+        return q
+
+    # --- SwarmOps
+    def request_spawn(self, name: str) -> Proposal:
+        """Propose a spawn (Invalid / Conflict like the real one)."""
+        self.calls.append(("request_spawn", name))
+        try:
+            check_agent_name(name)
+        except InvalidName as e:
+            raise Invalid(str(e), "name") from e
+        if name in self.agents:
+            raise Conflict(f"agent {name!r} exists", "name")
+        pid = max(self.props, default=0) + 1
+        p = Proposal(
+            id=pid,
+            kind=ProposalKind.SPAWN,
+            state=ProposalState.PENDING,
+            commit=f"{pid:040x}",
+            base=self.main_commit,
+            title=f"spawn {name}",
+            agents=(name,),
+            diff=SPAWN_DIFF.replace("dave", name),
+            note="requested from the dashboard",
+            created_at=time.time(),
+        )
+        self.props[pid] = p
+        return p
+
+    def request_apply_commit(self, commit: str, note: str) -> Proposal:
+        """Not used by the dashboard."""
+        raise NotFound(f"no commit {commit}", "commit")
+
+    def lifecycle(self, verb: Lifecycle, name: str) -> str:
+        """Record the verb; NotFound for an unknown agent."""
+        if name not in self.agents:
+            raise NotFound(f"no agent named {name!r}", "name")
+        self.calls.append(("lifecycle", str(verb), name))
+        return f"{verb} {name}: ok"
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        """Status rows."""
+        return [dict(a) for a in self.agents.values()]
+
+    def agent_names(self) -> frozenset[str]:
+        """Agents plus the manager."""
+        return frozenset(self.agents) | {MANAGER}
+
+    def allowed_recipients(self, agent: str) -> tuple[str, ...]:
+        """Anyone."""
+        return ()
+
+    def proposals(self, pending_only: bool = False) -> list[Proposal]:
+        """Newest first."""
+        ps = sorted(self.props.values(), key=lambda p: p.id, reverse=True)
+        return [p for p in ps if p.state is ProposalState.PENDING] if pending_only else ps
+
+    def proposal(self, id: int) -> Proposal:
+        """One proposal or NotFound."""
+        if id not in self.props:
+            raise NotFound(f"no proposal {id}", "id")
+        return self.props[id]
+
+    def approve(self, id: int, note: str = "") -> Proposal:
+        """Record and mark approved."""
+        with self.lock:
+            p = self._set_state(id, ProposalState.APPROVED, note)
+            self.calls.append(("approve", id, note))
+            return p
+
+    def deny(self, id: int, note: str) -> Proposal:
+        """Record and mark denied."""
+        with self.lock:
+            p = self._set_state(id, ProposalState.DENIED, note)
+            self.calls.append(("deny", id, note))
+            return p
+
+    def reconcile(self, dry_run: bool = False) -> PassResult:
+        """A one-action plan."""
+        self.calls.append(("reconcile", dry_run))
+        plan = (Action(ActionKind.REBUILD, "alice", "agent.nix changed"),)
+        return PassResult(plan=plan, dry_run=dry_run)
+
+    def request_pass(self, reason: str) -> None:
+        """Record."""
+        self.calls.append(("request_pass", reason))
+
+    def status(self) -> dict[str, Any]:
+        """Summary with agents."""
+        if self.fail_status:
+            raise RuntimeError("status exploded")
+        return {
+            "agents": self.list_agents(),
+            "pending": len(self.proposals(pending_only=True)),
+            "main_commit": self.main_commit,
+            "runtime": "local",
+        }
+
+
+@dataclasses.dataclass
+class FakeQuestion:
+    """An operator question as the broker might return it (a dataclass)."""
+
+    id: int
+    question: str
+    options: list[str]
+    multi: bool
+    asked_at: float
+    deadline_at: float | None = None
+    answer: str | None = None
+    asker: str = MANAGER
+
+
+class FakeBroker:
+    """The broker surface the dashboard uses, in memory."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.cond = threading.Condition()
+        self.msgs: list[Message] = []
+        self.qs: dict[int, FakeQuestion] = {}
+
+    def send(
+        self,
+        sender: str,
+        recipient: str,
+        body: str,
+        *,
+        kind: MessageKind = MessageKind.MESSAGE,
+        event: dict[str, Any] | None = None,
+    ) -> Message:
+        """Append and wake waiters."""
+        with self.cond:
+            m = Message(
+                id=len(self.msgs) + 1,
+                sender=sender,
+                recipient=recipient,
+                body=body,
+                kind=kind,
+                event=event,
+                sent_at=self.clock(),
+            )
+            self.msgs.append(m)
+            self.cond.notify_all()
+            return m
+
+    def messages(self, since_id: int = 0, limit: int = 200) -> list[Message]:
+        """Oldest first, ids > since_id."""
+        with self.cond:
+            return [m for m in self.msgs if m.id > since_id][:limit]
+
+    def wait_for_new(self, since_id: int, timeout: float) -> list[Message]:
+        """Park until something newer than since_id exists."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                fresh = [m for m in self.msgs if m.id > since_id]
+                left = deadline - time.monotonic()
+                if fresh or left <= 0:
+                    return fresh[:200]
+                self.cond.wait(left)
+
+    def recent(self, recipient: str, limit: int = 20) -> list[Message]:
+        """To or from recipient, newest last."""
+        with self.cond:
+            rows = [m for m in self.msgs if recipient in (m.sender, m.recipient)]
+            return rows[-limit:]
+
+    def ask_operator(
+        self,
+        question: str,
+        options: Sequence[str] = (),
+        multi: bool = False,
+        ttl: float | None = None,
+    ) -> int:
+        """Queue a question (test helper)."""
+        qid = len(self.qs) + 1
+        now = self.clock()
+        self.qs[qid] = FakeQuestion(
+            qid, question, list(options), multi, now, None if ttl is None else now + ttl
+        )
+        return qid
+
+    def questions(self, pending_only: bool = True) -> list[FakeQuestion]:
+        """Questions, oldest first."""
+        return [q for q in self.qs.values() if not pending_only or q.answer is None]
+
+    def _resolve(self, id: int, answer: str) -> FakeQuestion:
+        q = self.qs.get(id)
+        if q is None:
+            raise NotFound(f"no question {id}", "id")
+        if q.answer is not None:
+            raise Conflict(f"question {id} is already answered", "id")
+        q.answer = answer
+        return q
+
+    def answer_question(self, id: int, answer: str) -> FakeQuestion:
+        """Resolve with the answer."""
+        return self._resolve(id, answer)
+
+    def cancel_question(self, id: int) -> FakeQuestion:
+        """Resolve as cancelled."""
+        return self._resolve(id, "[cancelled]")
+
+
+def demo() -> tuple[FakeOps, FakeBroker]:
+    """A small swarm worth looking at: four agents, two proposals, questions, chatter."""
+    ops = FakeOps()
+    c1 = ops.main_commit
+    c0 = "77aa01bd3c5e9f1021324354657687980a1b2c3d"
+    ok = _cond("Ready", "True", "Running", "harness up, web UI answering")
+    ops.add_agent(
+        _agent(
+            MANAGER,
+            "running",
+            "sonnet",
+            c1,
+            ok,
+            _cond("UpToDate", "True", "AtMain"),
+            _cond("LoggedIn", "True", "SessionFound"),
+        )
+    )
+    ops.add_agent(
+        _agent(
+            "alice",
+            "running",
+            "haiku",
+            c0,
+            ok,
+            _cond("UpToDate", "False", "NewCommit", f"deployed {c0[:8]}, main is {c1[:8]}"),
+            _cond("LoggedIn", "True", "SessionFound"),
+        )
+    )
+    ops.agents["alice"]["desired_commit"] = c1
+    ops.add_agent(
+        _agent(
+            "bob",
+            "failed",
+            "haiku",
+            c1,
+            _cond("Ready", "False", "StartFailed", "hyperhive-agent exited 1 (see logs/bob.log)"),
+            _cond("Stalled", "True", "StartFailed", "gave up after 5 attempts"),
+            _cond("LoggedIn", "False", "NoSession", "log in from the agent UI"),
+        )
+    )
+    ops.add_agent(
+        _agent(
+            "carol",
+            "stopped",
+            "opus",
+            c1,
+            _cond("Ready", "False", "Suspended", "spec.suspend is true"),
+            _cond("UpToDate", "True", "AtMain"),
+        )
+    )
+    ops.add_proposal(
+        Proposal(
+            7, ProposalKind.SPAWN, ProposalState.PENDING, "a" * 40, c1, "spawn dave",
+            ("dave",), SPAWN_DIFF, "a reviewer for alice's PRs", BASE_TIME - 300,
+        )
+    )  # fmt: skip
+    ops.add_proposal(
+        Proposal(
+            8, ProposalKind.APPLY_COMMIT, ProposalState.PENDING, "b" * 40, c1,
+            "alice: ripgrep, a redis cache and sonnet", ("alice",), APPLY_DIFF,
+            "alice asked for faster search and a scratch cache", BASE_TIME - 120,
+        )
+    )  # fmt: skip
+    ops.add_proposal(
+        Proposal(
+            6, ProposalKind.APPLY_COMMIT, ProposalState.DEPLOYED, "c" * 40, c0,
+            "bob: allow messages to alice", ("bob",), "", "deployed in 41s", BASE_TIME - 3600,
+        )
+    )  # fmt: skip
+    ops.add_proposal(
+        Proposal(
+            5, ProposalKind.SPAWN, ProposalState.DENIED, "d" * 40, c0, "spawn eve",
+            ("eve",), "", "not now: one reviewer is enough", BASE_TIME - 7200,
+        )
+    )  # fmt: skip
+    clock = iter(BASE_TIME - 900 + 37 * i for i in range(1000))
+    broker = FakeBroker(clock=lambda: next(clock, time.time()))
+    broker.send(OPERATOR, MANAGER, "spin up a reviewer for alice's pull requests")
+    broker.send(MANAGER, "alice", "what do you need to go faster on search?")
+    broker.send("alice", MANAGER, "ripgrep, and a redis to cache embeddings")
+    broker.send(MANAGER, OPERATOR, "proposed #7 (spawn dave) and #8 (alice: ripgrep + redis)")
+    broker.send("alice", "bob", "can you review src/broker.py when you are up?")
+    broker.send(
+        "hyperhive",
+        MANAGER,
+        "ContainerCrash: bob exited (restarts: 5)",
+        kind=MessageKind.EVENT,
+        event={"type": "ContainerCrash", "agent": "bob", "restarts": 5},
+    )
+    broker.send(MANAGER, OPERATOR, "bob keeps crashing: he needs a login (LoggedIn=False)")
+    broker.clock = time.time
+    broker.ask_operator("Which model should dave run?", ["haiku", "sonnet", "opus"])
+    broker.ask_operator(
+        "Which repos may dave review?", ["hyperhive", "infra", "website"], multi=True, ttl=900
+    )
+    broker.ask_operator("Anything I should know before refactoring the broker schema?")
+    return ops, broker
+
+
+@contextmanager
+def serve(app: Any, threads: int = 16) -> Iterator[str]:
+    """Serve ``app`` with waitress on 127.0.0.1:<ephemeral> in a thread; yields the base URL."""
+    from waitress.server import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads, channel_timeout=30)
+    thread = threading.Thread(target=server.run, name="waitress-test", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+
+        def close_all() -> None:  # runs in the server's own select loop
+            for channel in list(server._map.values()):
+                if channel is not server and channel is not server.trigger:
+                    channel.handle_close()
+            server.close()  # the listening socket and the trigger: the loop ends
+
+        server.trigger.pull_trigger(close_all)
+        thread.join(timeout=5)
+        server.task_dispatcher.shutdown(timeout=2)
+
+
+if __name__ == "__main__":  # a demo dashboard to look at
+    import sys
+
+    from controller.dashboard import make_dashboard_app
+
+    ops_, broker_ = demo()
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 7000
+
+    def chatter() -> None:
+        n = 0
+        while True:
+            time.sleep(7)
+            n += 1
+            broker_.send("alice", "bob", f"heartbeat {n}: still grepping")
+
+    threading.Thread(target=chatter, daemon=True).start()
+    from waitress import serve as wserve
+
+    wserve(make_dashboard_app(ops_, broker_), host="127.0.0.1", port=port, threads=16)
