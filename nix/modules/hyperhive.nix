@@ -28,6 +28,9 @@ let
   # The nixos-container driver writes <name>.conf here; older stateVersions
   # use /etc/containers, which it does not know about.
   containersConfDir = "/etc/nixos-containers";
+  # Per-container resource limits (spec.resources) are systemd drop-ins here:
+  # read before /etc/systemd/system (a store symlink on NixOS), kept across reboots.
+  systemdControlDir = "/etc/systemd/system.control";
   system = pkgs.stdenv.hostPlatform.system;
   agentPorts = cfg.settings.ports;
 
@@ -285,6 +288,11 @@ in
           user = "root";
           group = "root";
         };
+        systemd.tmpfiles.settings."10-hyperhive-limits".${systemdControlDir}.d = {
+          mode = "0755";
+          user = "root";
+          group = "root";
+        };
 
         systemd.services.hyperhive = {
           description = "hyperhive controller";
@@ -359,7 +367,10 @@ in
             PrivateTmp = true;
             ProtectHome = true;
             ProtectSystem = "full";
-            ReadWritePaths = [ containersConfDir ];
+            ReadWritePaths = [
+              containersConfDir
+              systemdControlDir
+            ];
             ProtectKernelModules = true;
             ProtectKernelLogs = true;
             ProtectKernelTunables = true;

@@ -537,7 +537,7 @@ def test_host_module_systemd_unit(host_module: Any) -> None:
         "/nix/store/hyperhive/bin/hyperhive --state-dir /var/lib/hyperhive serve"
         " --config /nix/store/00000000000000000000000000000000-hyperhive.json"
     )
-    assert service["ReadWritePaths"] == ["/etc/nixos-containers"]
+    assert service["ReadWritePaths"] == ["/etc/nixos-containers", "/etc/systemd/system.control"]
     assert "/nix/store/git" in unit["path"]
     assert "/run/current-system/sw" in unit["path"]
     assert unit["environment"]["HYPERHIVE_STATE_DIR"] == "/var/lib/hyperhive"
