@@ -26,7 +26,7 @@ def check_agent_name(name: str) -> str:
     Rules: matches ``^[a-z][a-z0-9-]{0,8}$`` (lowercase letter first, then up to
     eight lowercase letters, digits or dashes) and is not reserved.
     """
-    if not isinstance(name, str) or not AGENT_NAME_RE.match(name):
+    if not isinstance(name, str) or not AGENT_NAME_RE.fullmatch(name):
         raise InvalidName(
             f"invalid agent name {name!r}: use 1-9 characters, a lowercase letter first, "
             "then lowercase letters, digits or '-' (e.g. 'alice', 'web-2')"
@@ -38,7 +38,7 @@ def check_agent_name(name: str) -> str:
 
 def is_agent_name(name: str) -> bool:
     """True if ``name`` is the manager or a valid agent name."""
-    return name == MANAGER or bool(AGENT_NAME_RE.match(name)) and name not in RESERVED
+    return name == MANAGER or bool(AGENT_NAME_RE.fullmatch(name)) and name not in RESERVED
 
 
 def container_name(agent: str) -> str:

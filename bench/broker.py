@@ -1,0 +1,301 @@
+"""Broker benchmark, run by hand: ``.venv/bin/python bench/broker.py [--agents 50]``.
+
+Three stacks in the same run, each with ``--agents`` receivers parked in a
+long poll:
+
+* ``floor``  bare sqlite (WAL, synchronous=NORMAL) + one ``threading.Condition``
+  per recipient: the least any sqlite broker in Python can cost;
+* ``broker`` ``controller.broker.Broker`` called in-process;
+* ``http``   the real thing: one waitress agent socket per receiver, clients
+  ``POST /recv {"wait_seconds": 30}`` and a sender ``POST /send`` over unix sockets.
+
+Figures: send→recv wake latency (p50 / p99, one message in flight at a time,
+measured from just before the send call to the moment the parked receiver has
+it) and sustained send throughput (``--senders`` threads sending for
+``--seconds`` while the receivers drain). Ratios are against ``floor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from controller.broker import Broker
+from controller.httpserve import SocketRegistry
+from controller.paths import Layout
+from schemas.client import UnixClient
+
+Send = Callable[[str, str], None]
+Recv = Callable[[str], "str | None"]
+
+
+class FloorBroker:
+    """The floor: INSERT + COMMIT + notify; claim with one UPDATE ... RETURNING."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute(
+            "CREATE TABLE m (id INTEGER PRIMARY KEY AUTOINCREMENT, r TEXT, body TEXT, acked REAL)"
+        )
+        self.conn.execute("CREATE INDEX m_pending ON m(r, id) WHERE acked IS NULL")
+        self.db = threading.Lock()
+        self.wait = threading.Lock()
+        self.conds: dict[str, threading.Condition] = {}
+
+    def send(self, recipient: str, body: str) -> None:
+        with self.db:
+            self.conn.execute("INSERT INTO m (r, body) VALUES (?, ?)", (recipient, body))
+        with self.wait:
+            cond = self.conds.get(recipient)
+            if cond is not None:
+                cond.notify_all()
+
+    def recv(self, recipient: str, wait: float) -> str | None:
+        deadline = time.monotonic() + wait
+        with self.wait:
+            cond = self.conds.setdefault(recipient, threading.Condition(self.wait))
+        while True:
+            with self.wait:
+                with self.db:
+                    rows = self.conn.execute(
+                        "UPDATE m SET acked = 1 WHERE id = (SELECT id FROM m WHERE r = ? "
+                        "AND acked IS NULL ORDER BY id LIMIT 1) RETURNING body",
+                        (recipient,),
+                    ).fetchall()
+                if rows:
+                    return str(rows[0][0])
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                cond.wait(left)
+
+
+class OpsStub:
+    """Just enough ``SwarmOps`` for the agent sockets."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = frozenset(names)
+
+    def agent_names(self) -> frozenset[str]:
+        return self.names
+
+    def allowed_recipients(self, agent: str) -> tuple[str, ...]:
+        return ()
+
+    def __getattr__(self, name: str) -> Any:
+        raise NotImplementedError(name)
+
+
+def pct(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (0..100) of ``values``."""
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def run(
+    label: str,
+    send: Send,
+    recv: Recv,
+    agents: list[str],
+    samples: int,
+    seconds: float,
+    senders: int,
+    make_send: Callable[[], Send] | None = None,
+) -> dict[str, float]:
+    """Latency with ``agents`` parked receivers, then throughput; returns the figures."""
+    got: dict[str, float] = {}
+    arrived = threading.Condition()
+    stop = threading.Event()
+    received = [0]
+
+    def receiver(name: str) -> None:
+        while not stop.is_set():
+            body = recv(name)
+            if body is None:
+                continue
+            now = time.perf_counter()
+            with arrived:
+                received[0] += 1
+                if body.startswith("lat:"):
+                    got[body] = now
+                    arrived.notify_all()
+
+    threads = [threading.Thread(target=receiver, args=(a,), daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # everyone parked
+
+    lat: list[float] = []
+    rng = random.Random(1)
+    for i in range(samples):
+        key = f"lat:{i}"
+        to = rng.choice(agents)
+        t0 = time.perf_counter()
+        send(to, key)
+        with arrived:
+            while key not in got:
+                if not arrived.wait(10):
+                    raise RuntimeError(f"{label}: message {i} never arrived")
+        lat.append(got[key] - t0)
+
+    count = [0]
+    count_lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def sender(k: int) -> None:
+        fn = make_send() if make_send else send
+        r = random.Random(k)
+        n = 0
+        while time.monotonic() < end:
+            fn(r.choice(agents), f"tp:{k}:{n}")
+            n += 1
+        with count_lock:
+            count[0] += n
+
+    before = received[0]
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=sender, args=(k,)) for k in range(senders)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    drained_by = time.monotonic() + 30
+    while received[0] - before < count[0] and time.monotonic() < drained_by:
+        time.sleep(0.05)
+    drain = time.perf_counter() - t0
+    stop.set()
+    out = {
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "mean_ms": statistics.fmean(lat) * 1e3,
+        "send_per_s": count[0] / elapsed,
+        "delivered_per_s": (received[0] - before) / drain,
+    }
+    print(
+        f"{label:7s} wake p50 {out['p50_ms']:7.3f} ms  p99 {out['p99_ms']:7.3f} ms  "
+        f"mean {out['mean_ms']:7.3f} ms | sends {out['send_per_s']:8.0f}/s  "
+        f"delivered {out['delivered_per_s']:8.0f}/s ({count[0]} msgs)",
+        flush=True,
+    )
+    return out
+
+
+def http_clients(
+    state: str, agents: list[str], samples: int, seconds: float, senders: int, out: Any
+) -> None:
+    """Child process: drive the agent sockets under ``state`` and send the figures back."""
+    layout = Layout(state=Path(state), run=Path(state) / "run")
+    clients = {a: UnixClient(str(layout.agent_sock(a)), timeout=60) for a in agents}
+
+    def h_recv(a: str) -> str | None:
+        m = clients[a].post("/recv", {"wait_seconds": 30})["message"]
+        return None if m is None else str(m["body"])
+
+    def make_sender() -> Send:
+        c = UnixClient(str(layout.agent_sock("bench")), timeout=30)
+
+        def send(to: str, body: str) -> None:
+            c.post("/send", {"to": to, "body": body})
+
+        return send
+
+    out.send(run("http", make_sender(), h_recv, agents, samples, seconds, senders, make_sender))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--agents", type=int, default=50, help="parked receivers (default 50)")
+    ap.add_argument("--samples", type=int, default=500, help="latency samples (default 500)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="throughput phase (default 5)")
+    ap.add_argument("--senders", type=int, default=4, help="sender threads (default 4)")
+    args = ap.parse_args()
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    agents = [f"a{i}" for i in range(args.agents)]
+    d = Path(tempfile.mkdtemp(prefix="hh-bench-", dir="/tmp"))
+    print(
+        f"{args.agents} parked receivers, {args.samples} latency samples, "
+        f"{args.senders} senders x {args.seconds:.0f} s; sqlite {sqlite3.sqlite_version}, "
+        f"python {sys.version.split()[0]}, files in {d}",
+        flush=True,
+    )
+
+    floor = FloorBroker(d / "floor.sqlite")
+    res_floor = run(
+        "floor",
+        floor.send,
+        lambda a: floor.recv(a, 1.0),
+        agents,
+        args.samples,
+        args.seconds,
+        args.senders,
+    )
+
+    broker = Broker(d / "broker.sqlite")
+
+    def b_recv(a: str) -> str | None:
+        m = broker.recv(a, 1.0)
+        return None if m is None else m.body
+
+    def b_send(to: str, body: str) -> None:
+        broker.send("bench", to, body)
+
+    res_broker = run(
+        "broker",
+        b_send,
+        b_recv,
+        agents,
+        args.samples,
+        args.seconds,
+        args.senders,
+    )
+    broker.close()
+
+    hb = Broker(d / "http.sqlite")
+    layout = Layout(state=d, run=d / "run")
+    ops = OpsStub([*agents, "bench", "manager"])
+    registry = SocketRegistry(hb, ops, layout)
+    registry.sync([*agents, "bench"])
+    # the clients (receivers and senders) run in another process, as the harnesses do,
+    # so they do not compete with the server for this process' GIL
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=http_clients,
+        args=(str(d), agents, args.samples, args.seconds, args.senders, child),
+    )
+    proc.start()
+    res_http: dict[str, float] = parent.recv()
+    for a in agents:  # wake the parked receivers so they see their stop flag
+        hb.send("bench", a, "bye")
+    proc.join(60)
+    registry.close_all(timeout=3.0)
+    hb.close()
+
+    print("\nratios against the floor (lower latency / higher throughput is better):")
+    for label, res in (("broker", res_broker), ("http", res_http)):
+        print(
+            f"  {label:7s} p50 x{res['p50_ms'] / res_floor['p50_ms']:6.1f}   "
+            f"p99 x{res['p99_ms'] / res_floor['p99_ms']:6.1f}   "
+            f"throughput x{res['send_per_s'] / res_floor['send_per_s']:6.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

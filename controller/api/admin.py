@@ -1,0 +1,228 @@
+"""The operator's admin API on ``<run>/host.sock`` (the CLI and the meta.git hook use it).
+
+Every request acts as the operator (sender name ``operator``). Endpoints:
+
+=====================================  ========================  ==============================
+``GET  /status``                                                 ``SwarmOps.status()``
+``GET  /proposals?pending=1``                                    ``{"proposals": [Proposal]}``
+``GET  /proposals/{id}``                                         Proposal
+``POST /proposals/{id}/approve``       DecisionRequest           Proposal
+``POST /proposals/{id}/deny``          DecisionRequest           Proposal
+``POST /send``                         OperatorSendRequest       ``{"id", "status"}``
+``POST /answer``                       AnswerRequest             ``{"id", "thread", "status"}``
+``GET  /messages?since=ID&limit=N``                              ``{"messages": [Message]}``
+``GET  /messages/stream``                                        SSE (``event: message``)
+``POST /reconcile``                    ReconcileRequest          PassResult
+``POST /poke``                         ``{}``                    202 ``{"accepted": true}``
+``GET  /questions?pending=1``                                    ``{"questions": [Question]}``
+``GET  /questions/{id}``                                         Question
+``POST /questions/{id}/answer``        AnswerQuestionRequest     Question
+``POST /questions/{id}/cancel``        ``{}``                    Question
+=====================================  ========================  ==============================
+
+``/answer`` lets the operator answer a thread an agent opened with
+``ask(to="operator")``. The stream sends each new message as ``event:
+message`` with ``id: <message id>`` and ``data: <Message JSON>``; it resumes
+after ``Last-Event-ID`` (or ``?since=ID``), else starts with the next new
+message; a heartbeat comment follows 15 s of silence.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+
+from controller.api.common import (
+    HEARTBEAT_SECONDS,
+    ID_MAX,
+    SseEvent,
+    StreamSlots,
+    body,
+    last_event_id,
+    make_app,
+    query_bool,
+    query_int,
+    read_json,
+    stream_sse,
+)
+from controller.broker import Broker
+from controller.errors import Invalid, NotFound
+from controller.ops import SwarmOps
+from schemas.names import MANAGER, OPERATOR
+
+_ID = f"{{id:int(min=1, max={ID_MAX})}}"
+
+
+def _empty(doc: dict[str, Any], verb: str) -> None:
+    """``Invalid`` naming the first field when a verb that takes ``{}`` got fields."""
+    if doc:
+        key = sorted(doc)[0]
+        raise Invalid(f"{key}: is not an allowed field ({verb} takes an empty object)", key)
+
+
+class _Status:
+    def __init__(self, ops: SwarmOps) -> None:
+        self.ops = ops
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.ops.status()
+
+
+class _Proposals:
+    def __init__(self, ops: SwarmOps) -> None:
+        self.ops = ops
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        pending = query_bool(req, "pending")
+        resp.media = {"proposals": [p.to_json() for p in self.ops.proposals(pending_only=pending)]}
+
+    def on_get_one(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
+        resp.media = self.ops.proposal(id).to_json()
+
+    def on_post_approve(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
+        doc = body(req, "DecisionRequest")
+        resp.media = self.ops.approve(id, doc.get("note", "")).to_json()
+
+    def on_post_deny(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
+        doc = body(req, "DecisionRequest")
+        resp.media = self.ops.deny(id, doc.get("note", "")).to_json()
+
+
+class _Send:
+    def __init__(self, broker: Broker, ops: SwarmOps) -> None:
+        self.broker = broker
+        self.ops = ops
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        doc = body(req, "OperatorSendRequest")
+        known = set(self.ops.agent_names()) | {MANAGER, OPERATOR}
+        if doc["to"] not in known:
+            raise NotFound(
+                f"no agent named {doc['to']!r}; agents: {', '.join(sorted(known))}", "to"
+            )
+        m = self.broker.send(OPERATOR, doc["to"], doc["body"])
+        resp.media = {"id": m.id, "status": self.broker.status(OPERATOR).to_json()}
+
+
+class _Answer:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        doc = body(req, "AnswerRequest")
+        m = self.broker.answer(OPERATOR, doc["thread"], doc["body"])
+        resp.media = {
+            "id": m.id,
+            "thread": m.thread,
+            "status": self.broker.status(OPERATOR).to_json(),
+        }
+
+
+class _Messages:
+    def __init__(self, broker: Broker, heartbeat: float, slots: StreamSlots) -> None:
+        self.broker = broker
+        self.heartbeat = heartbeat
+        self.slots = slots
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        since = query_int(req, "since", 0, 0, ID_MAX)
+        limit = query_int(req, "limit", 200, 1, 1000)
+        resp.media = {"messages": [m.to_json() for m in self.broker.messages(since, limit)]}
+
+    def on_get_stream(self, req: falcon.Request, resp: falcon.Response) -> None:
+        since = last_event_id(req, self.broker.last_id())
+
+        def fetch(cursor: int, timeout: float) -> list[SseEvent]:
+            return [
+                SseEvent(m.id, "message", json.dumps(m.to_json(), ensure_ascii=False))
+                for m in self.broker.wait_for_new(cursor, timeout)
+            ]
+
+        stream_sse(
+            req,
+            resp,
+            fetch,
+            since,
+            heartbeat=self.heartbeat,
+            stopped=lambda: self.broker.closed,
+            slots=self.slots,
+        )
+
+
+class _Reconcile:
+    def __init__(self, ops: SwarmOps) -> None:
+        self.ops = ops
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        doc = body(req, "ReconcileRequest")
+        resp.media = self.ops.reconcile(dry_run=doc.get("dry_run", False)).to_json()
+
+
+class _Poke:
+    def __init__(self, ops: SwarmOps) -> None:
+        self.ops = ops
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _empty(read_json(req), "poke")
+        self.ops.request_pass("hook")
+        resp.status = falcon.HTTP_202
+        resp.media = {"accepted": True}
+
+
+class _Questions:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        pending = query_bool(req, "pending")
+        resp.media = {
+            "questions": [q.to_json() for q in self.broker.questions(pending_only=pending)]
+        }
+
+    def on_get_one(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
+        resp.media = self.broker.question(id).to_json()
+
+    def on_post_answer(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
+        doc = body(req, "AnswerQuestionRequest")
+        resp.media = self.broker.answer_question(id, doc["answer"]).to_json()
+
+    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
+        _empty(read_json(req), "cancel")
+        resp.media = self.broker.cancel_question(id).to_json()
+
+
+def make_admin_app(
+    broker: Broker,
+    ops: SwarmOps,
+    *,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    max_streams: int = 8,
+) -> falcon.App[falcon.Request, falcon.Response]:
+    """The WSGI app for ``host.sock``: the operator's verbs (see the module docstring).
+
+    ``max_streams`` caps concurrent ``/messages/stream`` clients (503 beyond),
+    so streams cannot hold every worker thread; serve it with more threads
+    than that.
+    """
+    app = make_app()
+    app.add_route("/status", _Status(ops))
+    proposals = _Proposals(ops)
+    app.add_route("/proposals", proposals)
+    app.add_route(f"/proposals/{_ID}", proposals, suffix="one")
+    app.add_route(f"/proposals/{_ID}/approve", proposals, suffix="approve")
+    app.add_route(f"/proposals/{_ID}/deny", proposals, suffix="deny")
+    app.add_route("/send", _Send(broker, ops))
+    app.add_route("/answer", _Answer(broker))
+    messages = _Messages(broker, heartbeat_seconds, StreamSlots(max_streams))
+    app.add_route("/messages", messages)
+    app.add_route("/messages/stream", messages, suffix="stream")
+    app.add_route("/reconcile", _Reconcile(ops))
+    app.add_route("/poke", _Poke(ops))
+    questions = _Questions(broker)
+    app.add_route("/questions", questions)
+    app.add_route(f"/questions/{_ID}", questions, suffix="one")
+    app.add_route(f"/questions/{_ID}/answer", questions, suffix="answer")
+    app.add_route(f"/questions/{_ID}/cancel", questions, suffix="cancel")
+    return app

@@ -1,0 +1,256 @@
+"""The agent and manager socket API (``<run>/agents/<a>/mcp.sock``, ``<run>/manager/mcp.sock``).
+
+Identity is the socket the request arrived on: each socket gets its own app
+built with ``make_agent_app(broker, identity, ops, flavor)``. Bodies are
+``wire.schema.json`` ``$defs``; every broker verb's response carries the
+caller's inbox ``status``. Endpoints (docs/architecture.md):
+
+=========================  ====================  =========================================
+``POST /send``             SendRequest           ``{"id", "status"}``
+``POST /recv``             RecvRequest           ``{"message": Message|null, "status"}``
+``POST /ack``              AckRequest            ``{"acked", "status"}``
+``POST /ask``              AskRequest            ``{"id", "thread", "status"}``
+``POST /answer``           AnswerRequest         ``{"id", "thread", "status"}``
+``POST /remind``           RemindRequest         ``{"id", "due_at", "status"}``
+``POST /recent``           RecentRequest         ``{"messages": [...], "status"}``
+``GET  /status``                                 Status
+``POST /wake``             WakeRequest           ``{"id", "status"}``
+=========================  ====================  =========================================
+
+Manager socket only (404 with a hint on an agent socket): ``POST /request_spawn``
+(SpawnRequest), ``/request_apply_commit`` (ApplyCommitRequest) → ``{"id", "ref",
+"title", "status"}``; ``POST /start`` ``/kill`` ``/restart`` ``/update``
+(NameRequest) → ``{"result", "status"}``; ``POST /ask_operator``
+(AskOperatorRequest) → ``{"id", "status"}``; ``GET /list`` → ``{"agents": [...]}``.
+
+Policy: ``send`` and ``ask`` need a recipient that exists (an agent in
+desired state, ``manager`` or ``operator``; else 404 listing who exists) and,
+when the caller's ``allowedRecipients`` is non-empty, one on that list or
+``manager`` (else 403 telling the model to go through the manager).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import falcon
+
+from controller.api.common import body, client_gone, make_app, read_json
+from controller.broker import Broker
+from controller.errors import Forbidden, NotFound
+from controller.ops import Lifecycle, SwarmOps
+from schemas.names import MANAGER, OPERATOR
+from schemas.wire import MessageKind, rfc3339
+
+Flavor = Literal["agent", "manager"]
+
+Handler = Callable[[dict[str, Any], falcon.Request], dict[str, Any]]
+
+MANAGER_VERBS = (
+    "request_spawn",
+    "request_apply_commit",
+    "start",
+    "kill",
+    "restart",
+    "update",
+    "ask_operator",
+    "list",
+)
+"""Paths (without the slash) that only the manager socket serves."""
+
+
+class _Post:
+    """``POST`` endpoint: validate the body against ``schema`` and answer ``fn(doc, req)``."""
+
+    def __init__(self, schema: str, fn: Handler, status: str = falcon.HTTP_200) -> None:
+        self._schema = schema
+        self._fn = fn
+        self._status = status
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self._fn(body(req, self._schema), req)
+        resp.status = self._status
+
+
+class _Get:
+    """``GET`` endpoint answering ``fn({}, req)``."""
+
+    def __init__(self, fn: Handler) -> None:
+        self._fn = fn
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self._fn({}, req)
+
+
+class _ManagerOnly:
+    """A manager verb asked of an agent socket: 404 that says why."""
+
+    def __init__(self, verb: str, identity: str) -> None:
+        self._message = (
+            f"{verb} is a manager verb and this is {identity}'s socket; "
+            f"ask the manager to do it (send to '{MANAGER}')"
+        )
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise NotFound(self._message)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        read_json(req)  # drain the body so the connection stays usable
+        raise NotFound(self._message)
+
+
+class AgentApi:
+    """The handlers behind one agent or manager socket (``identity`` = who is calling)."""
+
+    def __init__(self, broker: Broker, identity: str, ops: SwarmOps, flavor: Flavor) -> None:
+        self.broker = broker
+        self.identity = identity
+        self.ops = ops
+        self.flavor = flavor
+
+    # -------------------------------------------------------------- policy
+
+    def _status(self) -> dict[str, int]:
+        return self.broker.status(self.identity).to_json()
+
+    def check_recipient(self, to: str, field: str = "to") -> None:
+        """``NotFound`` unless ``to`` exists; ``Forbidden`` if the caller's allow list bars it."""
+        known = set(self.ops.agent_names()) | {MANAGER, OPERATOR}
+        if to not in known:
+            names = sorted(known)
+            shown = ", ".join(names[:60]) + (
+                f" and {len(names) - 60} more" if len(names) > 60 else ""
+            )
+            raise NotFound(f"no agent named {to!r}; you can address: {shown}", field)
+        allowed = tuple(self.ops.allowed_recipients(self.identity))
+        if allowed and to not in allowed and to != MANAGER:
+            raise Forbidden(
+                f"{self.identity} may only message {', '.join(allowed)} (allowedRecipients); "
+                f"send it to '{MANAGER}' instead and ask the manager to relay it",
+                field,
+            )
+
+    # -------------------------------------------------------------- broker verbs
+
+    def send(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /send``."""
+        self.check_recipient(doc["to"])
+        m = self.broker.send(self.identity, doc["to"], doc["body"])
+        return {"id": m.id, "status": self._status()}
+
+    def recv(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /recv`` (parks up to ``wait_seconds``)."""
+        m = self.broker.recv(
+            self.identity,
+            doc.get("wait_seconds", 0),
+            doc.get("lease_seconds"),
+            abandoned=client_gone(req),
+        )
+        return {"message": None if m is None else m.to_json(), "status": self._status()}
+
+    def ack(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /ack``."""
+        n = self.broker.ack(self.identity, doc["ids"])
+        return {"acked": n, "status": self._status()}
+
+    def ask(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /ask``."""
+        self.check_recipient(doc["to"])
+        m = self.broker.ask(self.identity, doc["to"], doc["question"])
+        return {"id": m.id, "thread": m.thread, "status": self._status()}
+
+    def answer(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /answer``."""
+        m = self.broker.answer(self.identity, doc["thread"], doc["body"])
+        return {"id": m.id, "thread": m.thread, "status": self._status()}
+
+    def remind(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /remind``."""
+        m = self.broker.remind(self.identity, doc["after_seconds"], doc["body"])
+        return {"id": m.id, "due_at": rfc3339(float(m.extra["due_at"])), "status": self._status()}
+
+    def recent(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /recent``."""
+        rows = self.broker.recent(self.identity, doc.get("limit", 20))
+        return {"messages": [m.to_json() for m in rows], "status": self._status()}
+
+    def status(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``GET /status``."""
+        return self._status()
+
+    def wake(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /wake``: a message from label ``from`` into the caller's own inbox."""
+        m = self.broker.send(doc["from"], self.identity, doc["body"], kind=MessageKind.WAKE)
+        return {"id": m.id, "status": self._status()}
+
+    # -------------------------------------------------------------- manager verbs
+
+    def request_spawn(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /request_spawn``."""
+        p = self.ops.request_spawn(doc["name"])
+        return {"id": p.id, "ref": f"proposal/{p.id}", "title": p.title, "status": self._status()}
+
+    def request_apply_commit(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /request_apply_commit``."""
+        p = self.ops.request_apply_commit(doc["commit"], doc.get("note", ""))
+        return {"id": p.id, "ref": f"proposal/{p.id}", "title": p.title, "status": self._status()}
+
+    def lifecycle(self, verb: Lifecycle) -> Handler:
+        """``POST /start`` ``/kill`` ``/restart`` ``/update``."""
+
+        def handler(doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+            return {"result": self.ops.lifecycle(verb, doc["name"]), "status": self._status()}
+
+        return handler
+
+    def ask_operator(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /ask_operator``: the question id at once; the answer arrives as an event."""
+        qid = self.broker.ask_operator(
+            doc["question"],
+            doc.get("options", []),
+            doc.get("multi", False),
+            doc.get("ttl_seconds"),
+            asker=self.identity,
+        )
+        return {"id": qid, "status": self._status()}
+
+    def list_agents(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``GET /list``."""
+        return {"agents": self.ops.list_agents()}
+
+
+def make_agent_app(
+    broker: Broker, identity: str, ops: SwarmOps, flavor: Flavor = "agent"
+) -> falcon.App[falcon.Request, falcon.Response]:
+    """The WSGI app for one agent socket (``flavor="agent"``) or the manager socket.
+
+    ``identity`` is the caller every request is attributed to (``alice``,
+    ``manager``). Manager verbs answer 404 on an agent socket.
+    """
+    if flavor not in ("agent", "manager"):
+        raise ValueError(f"flavor must be 'agent' or 'manager', not {flavor!r}")
+    api = AgentApi(broker, identity, ops, flavor)
+    app = make_app()
+    app.add_route("/send", _Post("SendRequest", api.send))
+    app.add_route("/recv", _Post("RecvRequest", api.recv))
+    app.add_route("/ack", _Post("AckRequest", api.ack))
+    app.add_route("/ask", _Post("AskRequest", api.ask))
+    app.add_route("/answer", _Post("AnswerRequest", api.answer))
+    app.add_route("/remind", _Post("RemindRequest", api.remind))
+    app.add_route("/recent", _Post("RecentRequest", api.recent))
+    app.add_route("/status", _Get(api.status))
+    app.add_route("/wake", _Post("WakeRequest", api.wake))
+    if flavor == "manager":
+        app.add_route("/request_spawn", _Post("SpawnRequest", api.request_spawn))
+        app.add_route(
+            "/request_apply_commit", _Post("ApplyCommitRequest", api.request_apply_commit)
+        )
+        for verb in Lifecycle:
+            app.add_route(f"/{verb.value}", _Post("NameRequest", api.lifecycle(verb)))
+        app.add_route("/ask_operator", _Post("AskOperatorRequest", api.ask_operator))
+        app.add_route("/list", _Get(api.list_agents))
+    else:
+        for verb_name in MANAGER_VERBS:
+            app.add_route(f"/{verb_name}", _ManagerOnly(verb_name, identity))
+    return app
