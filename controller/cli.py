@@ -20,7 +20,7 @@ from controller import __version__
 from controller.config import ConfigError, load_config
 from controller.paths import Layout, default_state_dir
 from schemas.client import ApiError, UnixClient, Unreachable
-from schemas.wire import Message, parse_rfc3339
+from schemas.wire import Message
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -49,7 +49,9 @@ def _client(args: argparse.Namespace, timeout: float = 60.0) -> UnixClient:
     return UnixClient(str(_layout(args).host_sock), timeout=timeout)
 
 
-def _call(args: argparse.Namespace, method: str, url: str, body: Any = None, timeout: float = 60.0) -> Any:
+def _call(
+    args: argparse.Namespace, method: str, url: str, body: Any = None, timeout: float = 60.0
+) -> Any:
     layout = _layout(args)
     try:
         return _client(args, timeout).call(method, url, body, timeout=timeout).data
@@ -76,7 +78,9 @@ def _ago(ts: float | None, now: float | None = None) -> str:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 # --- verbs -------------------------------------------------------------------
@@ -106,7 +110,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     body = {"dry_run": bool(args.dry_run)}
     layout = _layout(args)
     try:
-        result: dict[str, Any] = UnixClient(str(layout.host_sock), timeout=3600).post("/reconcile", body)
+        result: dict[str, Any] = UnixClient(str(layout.host_sock), timeout=3600).post(
+            "/reconcile", body
+        )
     except Unreachable:
         from controller.serve import one_shot_pass
 
@@ -154,7 +160,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"Web UI:    http://127.0.0.1:{a['web_port']}/")
         print("Conditions:")
         for c in a.get("conditions", []):
-            print(f"  {c.get('type'):<12} {c.get('status'):<8} {c.get('reason', '')}: {c.get('message', '')}")
+            print(
+                f"  {c.get('type'):<12} {c.get('status'):<8} "
+                f"{c.get('reason', '')}: {c.get('message', '')}"
+            )
         for key in ("deploys", "events"):
             if a.get(key):
                 print(f"{key.capitalize()}:")
@@ -164,20 +173,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(st, indent=2))
         return EXIT_OK
-    print(f"runtime {st.get('runtime', '?')}  main {str(st.get('main') or '-')[:12]}  "
-          f"pending proposals {st.get('pending', 0)}")
+    print(
+        f"runtime {st.get('runtime', '?')}  main {str(st.get('main') or '-')[:12]}  "
+        f"pending proposals {st.get('pending', 0)}"
+    )
     if not agents:
         print("no agents yet — the manager proposes spawns; `hyperhive pending` lists them")
         return EXIT_OK
     rows = [["AGENT", "PHASE", "COMMIT", "CONDITIONS", "AGE"]]
     for a in agents:
-        rows.append([
-            str(a.get("name")),
-            str(a.get("phase")),
-            str(a.get("commit") or "-")[:12],
-            _cond_summary(a.get("conditions", [])),
-            _ago(a.get("since")),
-        ])
+        rows.append(
+            [
+                str(a.get("name")),
+                str(a.get("phase")),
+                str(a.get("commit") or "-")[:12],
+                _cond_summary(a.get("conditions", [])),
+                _ago(a.get("since")),
+            ]
+        )
     print(_table(rows))
     return EXIT_OK
 
@@ -193,13 +206,19 @@ def cmd_pending(args: argparse.Namespace) -> int:
         return EXIT_OK
     for p in props:
         agents = ",".join(p.get("agents", [])) or "-"
-        print(f"proposal/{p['id']}  {p['kind']}  {agents}  {p['title']}  ({_ago(p.get('created_at'))} ago)")
+        print(
+            f"proposal/{p['id']}  {p['kind']}  {agents}  {p['title']}  "
+            f"({_ago(p.get('created_at'))} ago)"
+        )
         if p.get("note"):
             print(f"  note: {p['note']}")
         if not args.no_diff and p.get("diff"):
             for line in p["diff"].rstrip("\n").splitlines():
                 print(f"  {line}")
-        print(f"  approve: hyperhive approve {p['id']}    deny: hyperhive deny {p['id']} --note REASON")
+        print(
+            f"  approve: hyperhive approve {p['id']}    "
+            f"deny: hyperhive deny {p['id']} --note REASON"
+        )
     return EXIT_OK
 
 
@@ -240,7 +259,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
         print(_fmt_message(m), flush=True)
     if not args.follow:
         if not msgs:
-            print("no messages yet — try `hyperhive send manager \"hello\"`")
+            print('no messages yet — try `hyperhive send manager "hello"`')
         return EXIT_OK
     last = msgs[-1]["id"] if msgs else 0
     client = _client(args, timeout=3600)
@@ -267,36 +286,54 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for ``hyperhive``."""
     p = argparse.ArgumentParser(
         prog="hyperhive",
-        description="Run and steer a swarm of Claude Code agents whose desired state is a git repo.",
+        description="Run and steer a swarm of Claude Code agents whose desired state "
+        "is a git repo.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"hyperhive {__version__}")
-    p.add_argument("--state-dir", help="state directory (default: $HYPERHIVE_STATE_DIR or "
-                   "$XDG_STATE_HOME/hyperhive)")
-    p.add_argument("--run-dir", help="socket directory (default: $HYPERHIVE_RUN_DIR or <state>/run)")
+    p.add_argument(
+        "--state-dir",
+        help="state directory (default: $HYPERHIVE_STATE_DIR or $XDG_STATE_HOME/hyperhive)",
+    )
+    p.add_argument(
+        "--run-dir", help="socket directory (default: $HYPERHIVE_RUN_DIR or <state>/run)"
+    )
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    s = sub.add_parser("serve", help="run the controller: reconcile loop, broker, sockets, dashboard",
-                       description="Run the controller in the foreground (a systemd Type=notify service "
-                       "under NixOS). Creates <state>/meta.git on first start, starts the manager, "
-                       "serves the admin socket, the agent sockets and the dashboard, and reconciles "
-                       "on every git push, CLI request and resync tick.")
-    s.add_argument("--config", help="controller config file (YAML or JSON; schemas/json/config.schema.json)")
-    s.add_argument("--dashboard", metavar="HOST:PORT", help="dashboard bind address (default 127.0.0.1:7000)")
+    s = sub.add_parser(
+        "serve",
+        help="run the controller: reconcile loop, broker, sockets, dashboard",
+        description="Run the controller in the foreground (a systemd Type=notify service "
+        "under NixOS). Creates <state>/meta.git on first start, starts the manager, "
+        "serves the admin socket, the agent sockets and the dashboard, and reconciles "
+        "on every git push, CLI request and resync tick.",
+    )
+    s.add_argument(
+        "--config", help="controller config file (YAML or JSON; schemas/json/config.schema.json)"
+    )
+    s.add_argument(
+        "--dashboard", metavar="HOST:PORT", help="dashboard bind address (default 127.0.0.1:7000)"
+    )
     s.set_defaults(fn=cmd_serve)
 
-    r = sub.add_parser("reconcile", help="run one reconcile pass (or --dry-run to print the plan)",
-                       description="Run one reconcile pass and exit non-zero if anything failed. With "
-                       "--dry-run, print the plan and change nothing: exit 0 in sync, 1 changes pending, "
-                       "2 error (like `flux diff`). Uses the running controller if there is one.")
+    r = sub.add_parser(
+        "reconcile",
+        help="run one reconcile pass (or --dry-run to print the plan)",
+        description="Run one reconcile pass and exit non-zero if anything failed. With "
+        "--dry-run, print the plan and change nothing: exit 0 in sync, 1 changes pending, "
+        "2 error (like `flux diff`). Uses the running controller if there is one.",
+    )
     r.add_argument("--dry-run", action="store_true", help="only print the plan")
     r.add_argument("--config", help="controller config file, when no controller is running")
     r.set_defaults(fn=cmd_reconcile)
 
-    st = sub.add_parser("status", help="agents, their phase and conditions",
-                        description="A table of agents (phase, deployed commit, conditions, age), or with "
-                        "NAME a description of one agent.")
+    st = sub.add_parser(
+        "status",
+        help="agents, their phase and conditions",
+        description="A table of agents (phase, deployed commit, conditions, age), or with "
+        "NAME a description of one agent.",
+    )
     st.add_argument("name", nargs="?", help="describe this agent")
     st.add_argument("-o", "--output", choices=["table", "json"], default="table")
     st.set_defaults(fn=cmd_status)

@@ -16,7 +16,7 @@ from schemas.names import MANAGER
 
 
 def default_state_dir() -> Path:
-    """``$HYPERHIVE_STATE_DIR``, else ``$XDG_STATE_HOME/hyperhive``, else ``~/.local/state/hyperhive``."""
+    """``$HYPERHIVE_STATE_DIR``, else ``$XDG_STATE_HOME/hyperhive``, else ``~/.local/state/...``."""
     if env := os.environ.get("HYPERHIVE_STATE_DIR"):
         return Path(env)
     xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

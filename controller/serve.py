@@ -92,8 +92,10 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def one_shot_pass(cfg: Config, state_dir: str | None, run_dir: str | None, dry_run: bool) -> dict[str, Any]:
-    """Run one reconcile pass in-process (no controller running); returns ``PassResult.to_json()``."""
+def one_shot_pass(
+    cfg: Config, state_dir: str | None, run_dir: str | None, dry_run: bool
+) -> dict[str, Any]:
+    """Run one pass in-process (no controller running); returns ``PassResult.to_json()``."""
     from controller.broker import Broker
     from controller.metarepo import MetaRepo
     from controller.swarm import Swarm
@@ -109,7 +111,9 @@ def one_shot_pass(cfg: Config, state_dir: str | None, run_dir: str | None, dry_r
             broker.close()
 
 
-def run_daemon(cfg: Config, state_dir: str | None, run_dir: str | None, dashboard: str | None = None) -> int:
+def run_daemon(
+    cfg: Config, state_dir: str | None, run_dir: str | None, dashboard: str | None = None
+) -> int:
     """Run the controller until SIGTERM/SIGINT; returns the process exit code."""
     from controller.api.admin import make_admin_app
     from controller.broker import Broker
@@ -168,13 +172,20 @@ def run_daemon(cfg: Config, state_dir: str | None, run_dir: str | None, dashboar
         streams_stop = threading.Event()
         dash = serve_tcp(
             make_dashboard_app(swarm, broker, stop=streams_stop),
-            cfg.dashboard_host, cfg.dashboard_port, threads=24,
+            cfg.dashboard_host,
+            cfg.dashboard_port,
+            threads=24,
         )
         stack.callback(dash.stop)
         stack.callback(streams_stop.set)
         log.info(
             "hyperhive %s: state %s, runtime %s, admin %s, dashboard http://%s:%d/",
-            __version__, layout.state, driver.name, layout.host_sock, cfg.dashboard_host, dash.port,
+            __version__,
+            layout.state,
+            driver.name,
+            layout.host_sock,
+            cfg.dashboard_host,
+            dash.port,
         )
 
         def run_pass(reason: str) -> None:
@@ -188,14 +199,23 @@ def run_daemon(cfg: Config, state_dir: str | None, run_dir: str | None, dashboar
             if result.plan or result.errors:
                 log.info(
                     "pass (%s): %d action(s), %d error(s) in %.0f ms",
-                    reason, len(result.plan), len(result.errors), (time.monotonic() - t0) * 1000,
+                    reason,
+                    len(result.plan),
+                    len(result.errors),
+                    (time.monotonic() - t0) * 1000,
                 )
             for err in result.errors:
                 log.warning("pass (%s): %s", reason, err)
             st = swarm.status()
             agents = st.get("agents", [])
-            ready = sum(1 for a in agents if any(
-                c.get("type") == "Ready" and c.get("status") == "True" for c in a.get("conditions", [])))
+            ready = sum(
+                1
+                for a in agents
+                if any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in a.get("conditions", [])
+                )
+            )
             notify.status(status_line(ready, len(agents), int(st.get("pending", 0))))
 
         watchdog.start()

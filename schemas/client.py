@@ -58,7 +58,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 @dataclass(frozen=True)
 class Result:
-    """A decoded response: ``data`` is the JSON body, ``retries`` how many transport retries it took."""
+    """A decoded response: ``data`` is the JSON body, ``retries`` the transport retries it took."""
 
     data: Any
     retries: int
@@ -131,7 +131,9 @@ class UnixClient:
                     raise Unreachable(f"{self.path}: {exc}") from exc
                 delay = RETRY_DELAYS[retries]
                 if time.monotonic() + delay > deadline:
-                    raise Unreachable(f"{self.path}: {exc} (gave up after {retries} retries)") from exc
+                    raise Unreachable(
+                        f"{self.path}: {exc} (gave up after {retries} retries)"
+                    ) from exc
                 self._sleep(delay)
                 retries += 1
 

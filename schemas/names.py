@@ -38,7 +38,7 @@ def check_agent_name(name: str) -> str:
 
 def is_agent_name(name: str) -> bool:
     """True if ``name`` is the manager or a valid agent name."""
-    return name == MANAGER or bool(AGENT_NAME_RE.fullmatch(name)) and name not in RESERVED
+    return name == MANAGER or (bool(AGENT_NAME_RE.fullmatch(name)) and name not in RESERVED)
 
 
 def container_name(agent: str) -> str:
@@ -55,8 +55,10 @@ def fnv1a_32(data: bytes) -> int:
     return h
 
 
-def default_web_port(agent: str, manager_port: int = 8000, base: int = 8100, span: int = 900) -> int:
-    """The web UI port an agent gets the first time: manager fixed, else ``base + FNV-1a(name) % span``."""
+def default_web_port(
+    agent: str, manager_port: int = 8000, base: int = 8100, span: int = 900
+) -> int:
+    """An agent's first web UI port: the manager's is fixed, else ``base + FNV-1a(name) % span``."""
     if agent == MANAGER:
         return manager_port
     return base + fnv1a_32(agent.encode()) % span

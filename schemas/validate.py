@@ -36,7 +36,9 @@ SCHEMA_NAMES = ("agent", "config", "wire", "events")
 def _registry() -> Registry:
     resources_: list[tuple[str, Resource[Any]]] = []
     for name in SCHEMA_NAMES:
-        doc = json.loads(resources.files("schemas").joinpath(f"json/{name}.schema.json").read_text())
+        doc = json.loads(
+            resources.files("schemas").joinpath(f"json/{name}.schema.json").read_text()
+        )
         resources_.append((f"{name}.schema.json", Resource.from_contents(doc)))
     return Registry().with_resources(resources_)
 
@@ -63,13 +65,20 @@ def _validator(ref: str) -> Draft202012Validator:
 def _path(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
     required = error.validator_value
-    if error.validator == "required" and isinstance(error.instance, dict) and isinstance(required, list):
+    if (
+        error.validator == "required"
+        and isinstance(error.instance, dict)
+        and isinstance(required, list)
+    ):
         missing = [r for r in required if r not in error.instance]
         if missing:
             parts.append(str(missing[0]))
     schema = error.schema
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict) \
-            and isinstance(schema, dict):
+    if (
+        error.validator == "additionalProperties"
+        and isinstance(error.instance, dict)
+        and isinstance(schema, dict)
+    ):
         allowed = set(schema.get("properties", {}))
         extra = sorted(k for k in error.instance if k not in allowed)
         if extra:

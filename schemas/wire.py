@@ -24,7 +24,7 @@ def parse_rfc3339(text: str) -> float:
 
 
 class MessageKind(enum.StrEnum):
-    """What a broker message is: plain, a typed event, a threaded question/answer, a reminder or a wake."""
+    """What a broker message is: plain, typed event, question/answer, reminder or wake."""
 
     MESSAGE = "message"
     EVENT = "event"

@@ -9,6 +9,7 @@ turn, MCP tool, broker, proposal, git approval, deploy — runs for real.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,7 +33,10 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 CLAUDE = find_claude_cli(ROOT)
 if CLAUDE is None:
-    pytest.skip("the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)", allow_module_level=True)
+    pytest.skip(
+        "the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)",
+        allow_module_level=True,
+    )
 
 
 def _free_port() -> int:
@@ -73,7 +77,9 @@ def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60.0, interval: 
         except Exception as exc:  # the thing may not be up yet
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_exc!r})")
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_exc!r})"
+    )
 
 
 # --- the scripted model ------------------------------------------------------
@@ -98,10 +104,14 @@ def model_script(req: Request) -> Reply:
         if "please spawn bob" in text:
             return reply_tool_use("mcp__hyperhive__request_spawn", {"name": "bob"})
         if "ApprovalResolved" in text and "deployed" in text and "alice" in text:
-            return reply_tool_use("mcp__hyperhive__send", {"to": "alice", "body": "hello alice, please reply"})
+            return reply_tool_use(
+                "mcp__hyperhive__send", {"to": "alice", "body": "hello alice, please reply"}
+            )
         return reply_text("noted.")
     if "hello alice" in text:
-        return reply_tool_use("mcp__hyperhive__send", {"to": "manager", "body": "hi manager, alice here"})
+        return reply_tool_use(
+            "mcp__hyperhive__send", {"to": "manager", "body": "hi manager, alice here"}
+        )
     return reply_text("ok.")
 
 
@@ -127,21 +137,41 @@ class Swarm:
     def host_sock(self) -> str:
         return str(self.state / "run" / "host.sock")
 
-    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
             [sys.executable, "-m", "controller.cli", "--state-dir", str(self.state), *args],
-            env=self.env, capture_output=True, text=True, timeout=120, input=input, cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            input=input,
+            cwd=ROOT,
         )
         if check and r.returncode != 0:
-            raise AssertionError(f"hyperhive {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+            raise AssertionError(
+                f"hyperhive {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+            )
         return r
 
     def start(self) -> None:
         log = open(self.tmp / "controller.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "--state-dir", str(self.state),
-             "serve", "--config", str(self.tmp / "config.json")],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "controller.cli",
+                "--state-dir",
+                str(self.state),
+                "serve",
+                "--config",
+                str(self.tmp / "config.json"),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         wait_for("the admin socket", lambda: self.status(), timeout=60)
 
@@ -171,14 +201,20 @@ class Swarm:
     def tags(self, prefix: str) -> list[str]:
         out = subprocess.run(
             ["git", "--git-dir", str(self.state / "meta.git"), "tag", "--list", f"{prefix}/*"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         return sorted(out.split())
 
     def git(self, *args: str, cwd: Path | None = None) -> str:
         return subprocess.run(
-            ["git", *args], cwd=cwd or self.tmp / "m", env=self.env,
-            capture_output=True, text=True, check=True,
+            ["git", *args],
+            cwd=cwd or self.tmp / "m",
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
 
     def harness_procs(self) -> dict[str, list[int]]:
@@ -190,8 +226,11 @@ class Swarm:
                 env = p.info["environ"] or {}
             except (psutil.Error, OSError):
                 continue
-            if "harness" in " ".join(cmd) and "serve" in cmd and \
-                    env.get("HYPERHIVE_STATE_DIR", "").startswith(str(self.state)):
+            if (
+                "harness" in " ".join(cmd)
+                and "serve" in cmd
+                and env.get("HYPERHIVE_STATE_DIR", "").startswith(str(self.state))
+            ):
                 found.setdefault(env.get("HYPERHIVE_AGENT", "?"), []).append(p.pid)
         return found
 
@@ -209,25 +248,37 @@ def swarm(tmp_path: Path) -> Iterator[Swarm]:
     api = FakeAnthropic(model_script).start()
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_", "HYPERHIVE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANTHROPIC_", "CLAUDE_", "HYPERHIVE_"))
+    }
     env.update(api.cli_env(home))
-    env.update({
-        "HOME": str(home),
-        "HYPERHIVE_CLAUDE_BIN": str(CLAUDE),
-        "PYTHONPATH": str(ROOT),
-        "GIT_AUTHOR_NAME": "operator", "GIT_AUTHOR_EMAIL": "op@example.org",
-        "GIT_COMMITTER_NAME": "operator", "GIT_COMMITTER_EMAIL": "op@example.org",
-    })
+    env.update(
+        {
+            "HOME": str(home),
+            "HYPERHIVE_CLAUDE_BIN": str(CLAUDE),
+            "PYTHONPATH": str(ROOT),
+            "GIT_AUTHOR_NAME": "operator",
+            "GIT_AUTHOR_EMAIL": "op@example.org",
+            "GIT_COMMITTER_NAME": "operator",
+            "GIT_COMMITTER_EMAIL": "op@example.org",
+        }
+    )
     env.pop("CLAUDE_CONFIG_DIR", None)
     base = _free_block(60)
     dash = _free_port()
-    (tmp_path / "config.json").write_text(json.dumps({
-        "runtime": "local",
-        "dashboard": {"host": "127.0.0.1", "port": dash},
-        "ports": {"manager": base, "agent_base": base + 1, "agent_range": 59},
-        "resync_seconds": 30,
-        "default_model": "claude-test",
-    }))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "runtime": "local",
+                "dashboard": {"host": "127.0.0.1", "port": dash},
+                "ports": {"manager": base, "agent_base": base + 1, "agent_range": 59},
+                "resync_seconds": 30,
+                "default_model": "claude-test",
+            }
+        )
+    )
     s = Swarm(tmp_path, api, env, dash)
     try:
         yield s
@@ -237,10 +288,8 @@ def swarm(tmp_path: Path) -> Iterator[Swarm]:
             s.proc.wait()
         for pids in s.harness_procs().values():
             for pid in pids:
-                try:
+                with contextlib.suppress(OSError):
                     os.killpg(os.getpgid(pid), signal.SIGKILL)
-                except OSError:
-                    pass
         api.stop()
         log = tmp_path / "controller.log"
         if log.exists():
@@ -249,13 +298,14 @@ def swarm(tmp_path: Path) -> Iterator[Swarm]:
 
 def test_the_whole_story(swarm: Swarm) -> None:
     s = swarm
-    api = s.api
 
     # 1. first start creates meta.git with the manager and starts the manager's harness
     s.start()
     wait_for("the manager running", lambda: s.phase("manager") == "running")
     assert (s.state / "meta.git").is_dir()
-    ls = s.git("--git-dir", str(s.state / "meta.git"), "ls-tree", "-r", "--name-only", "main", cwd=s.tmp)
+    ls = s.git(
+        "--git-dir", str(s.state / "meta.git"), "ls-tree", "-r", "--name-only", "main", cwd=s.tmp
+    )
     assert "agents/manager/agent.yaml" in ls.split()
     assert "flake.nix" in ls.split()
     # a second controller on the same state dir refuses to start
@@ -266,11 +316,19 @@ def test_the_whole_story(swarm: Swarm) -> None:
     # 2-4. the operator writes to the manager; its turn proposes a spawn, first with a bad name
     t0 = time.monotonic()
     s.cli("send", "manager", "please spawn alice")
-    wait_for("the manager's turn", lambda: s.requests_where(
-        lambda r: is_manager(r) and "please spawn alice" in r.last_user_text))
+    wait_for(
+        "the manager's turn",
+        lambda: s.requests_where(
+            lambda r: is_manager(r) and "please spawn alice" in r.last_user_text
+        ),
+    )
     s.timings["send → manager's claude request"] = time.monotonic() - t0
-    refused = wait_for("the refusal of 'Alice!' reaching the model", lambda: s.requests_where(
-        lambda r: any(tr.is_error and "invalid agent name" in tr.text for tr in r.tool_results)))
+    refused = wait_for(
+        "the refusal of 'Alice!' reaching the model",
+        lambda: s.requests_where(
+            lambda r: any(tr.is_error and "invalid agent name" in tr.text for tr in r.tool_results)
+        ),
+    )
     assert refused
     pending = wait_for("proposal/1", lambda: json.loads(s.cli("pending", "-o", "json").stdout))
     assert [p["id"] for p in pending] == [1], pending
@@ -291,17 +349,26 @@ def test_the_whole_story(swarm: Swarm) -> None:
     assert "building/1" in s.tags("building")
     main = s.git("--git-dir", str(s.state / "meta.git"), "rev-parse", "main", cwd=s.tmp).strip()
     assert "agents/alice/agent.yaml" in s.git(
-        "--git-dir", str(s.state / "meta.git"), "ls-tree", "-r", "--name-only", main, cwd=s.tmp)
+        "--git-dir", str(s.state / "meta.git"), "ls-tree", "-r", "--name-only", main, cwd=s.tmp
+    )
     # forged controller refs are refused by the hook
     s.git("tag", "deployed/77", "proposal/1")
-    forged = subprocess.run(["git", "push", "origin", "deployed/77"], cwd=s.tmp / "m", env=s.env,
-                            capture_output=True, text=True)
+    forged = subprocess.run(
+        ["git", "push", "origin", "deployed/77"],
+        cwd=s.tmp / "m",
+        env=s.env,
+        capture_output=True,
+        text=True,
+    )
     assert forged.returncode != 0
     assert "deployed/77" not in s.tags("deployed")
 
     # 5-6. the manager hears ApprovalResolved, writes alice; alice answers the manager
-    wait_for("alice's answer to reach the manager's turn", lambda: s.requests_where(
-        lambda r: is_manager(r) and "alice here" in r.last_user_text), timeout=90)
+    wait_for(
+        "alice's answer to reach the manager's turn",
+        lambda: s.requests_where(lambda r: is_manager(r) and "alice here" in r.last_user_text),
+        timeout=90,
+    )
     msgs = s.messages()
     flow = {(m["from"], m["to"], m["kind"]) for m in msgs}
     assert ("operator", "manager", "message") in flow
@@ -311,8 +378,11 @@ def test_the_whole_story(swarm: Swarm) -> None:
     assert any(e["event"]["type"] == "ApprovalResolved" and e["event"]["id"] == 1 for e in events)
     human = s.cli("messages").stdout
     assert "alice → manager" in human and "hi manager, alice here" in human
-    dash = json.loads(__import__("urllib.request").request.urlopen(
-        f"http://127.0.0.1:{s.dashboard_port}/api/state", timeout=10).read())
+    dash = json.loads(
+        __import__("urllib.request")
+        .request.urlopen(f"http://127.0.0.1:{s.dashboard_port}/api/state", timeout=10)
+        .read()
+    )
     assert "alice" in json.dumps(dash)
 
     # 8. a second proposal, denied with a reason the manager gets
@@ -320,8 +390,10 @@ def test_the_whole_story(swarm: Swarm) -> None:
     wait_for("proposal/2", lambda: "proposal/2" in s.tags("proposal"))
     s.cli("deny", "2", "--note", "not now")
     assert "denied/2" in s.tags("denied")
-    wait_for("the denial reaching the manager", lambda: s.requests_where(
-        lambda r: is_manager(r) and "not now" in r.last_user_text))
+    wait_for(
+        "the denial reaching the manager",
+        lambda: s.requests_where(lambda r: is_manager(r) and "not now" in r.last_user_text),
+    )
     again = s.cli("approve", "2", check=False)
     assert again.returncode != 0 and "denied" in (again.stdout + again.stderr)
     missing = s.cli("approve", "99", check=False)
@@ -361,8 +433,14 @@ def test_the_whole_story(swarm: Swarm) -> None:
     assert s.tags("deployed") == deployed
     assert len(s.messages()) >= n_msgs
     s.cli("send", "alice", "hello alice, it is the operator")
-    wait_for("alice's turn on the new model", lambda: s.requests_where(
-        lambda r: not is_manager(r) and r.model == "claude-alt" and "hello alice" in r.last_user_text))
+    wait_for(
+        "alice's turn on the new model",
+        lambda: s.requests_where(
+            lambda r: (
+                not is_manager(r) and r.model == "claude-alt" and "hello alice" in r.last_user_text
+            )
+        ),
+    )
 
     for k, v in s.timings.items():
         print(f"timing: {k}: {v * 1000:.0f} ms")
