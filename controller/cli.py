@@ -98,7 +98,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _print_plan(result: dict[str, Any]) -> None:
     plan = result.get("plan", [])
-    if not plan:
+    pending = result.get("pending", [])
+    for item in pending:
+        print(f"pending: {item}")
+    if not plan and not pending:
         print("in sync: nothing to do")
     for a in plan:
         print(f"{a['action']:<15} {a['agent']:<10} {a['reason']}")
@@ -127,7 +130,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     _print_plan(result)
     if args.dry_run:
-        return EXIT_OK if not result.get("plan") else EXIT_FAIL
+        # pending ref work (an approval not yet merged, a push not yet deployed) counts too
+        in_sync = result.get("in_sync", not result.get("plan"))
+        return EXIT_OK if in_sync else EXIT_FAIL
     return EXIT_OK if not result.get("errors") else EXIT_FAIL
 
 

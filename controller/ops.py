@@ -77,6 +77,8 @@ class PassResult:
     plan: tuple[Action, ...]
     errors: tuple[str, ...] = ()
     dry_run: bool = False
+    pending: tuple[str, ...] = ()
+    """Ref work a dry run would do (``approved/3: apply to main``, ``main moved: deploy``)."""
 
     @property
     def ok(self) -> bool:
@@ -84,12 +86,13 @@ class PassResult:
         return not self.errors
 
     def to_json(self) -> dict[str, Any]:
-        """``{"plan": [...], "errors": [...], "dry_run": bool, "in_sync": bool}``."""
+        """``{"plan": [..], "errors": [..], "dry_run": bool, "pending": [..], "in_sync": bool}``."""
         return {
             "plan": [a.to_json() for a in self.plan],
             "errors": list(self.errors),
             "dry_run": self.dry_run,
-            "in_sync": not self.plan,
+            "pending": list(self.pending),
+            "in_sync": not self.plan and not self.pending,
         }
 
 
@@ -123,7 +126,10 @@ class SwarmOps(Protocol):
         ...
 
     def lifecycle(self, verb: Lifecycle, name: str) -> str:
-        """start / kill / restart / update one agent now; returns a one-line outcome. NotFound if unknown."""
+        """start / kill / restart / update one agent now; returns a one-line outcome.
+
+        Raises NotFound for an unknown agent.
+        """
         ...
 
     def list_agents(self) -> list[dict[str, Any]]:

@@ -1,0 +1,167 @@
+"""Benchmark: a no-op reconcile pass must not grow with history (tags, commits).
+
+Builds a meta repo with ``--agents`` agents at main, ``--history`` commits behind
+main and, per run, ``--tags`` outcome tags (packed, as after ``git gc``), then
+times no-op passes of a real ``Swarm`` + ``MetaRepo`` against an in-memory
+driver that reports every agent in sync (so the figure is the reconcile core:
+refs, desired state, plan, status — not process probing)::
+
+    .venv/bin/python bench/reconcile.py                 # 200 agents; 0 / 1,000 / 10,000 tags
+    .venv/bin/python bench/reconcile.py --tags 0,10000 --passes 100
+
+Exit status 1 when the median no-op pass with the most tags is more than
+``--max-ratio`` times the one with the fewest (plus 1 ms of noise allowance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from controller.config import Config
+from controller.drivers.base import Deployment, LineSink
+from controller.metarepo import RACY_NS, MetaRepo
+from controller.model import ObservedAgent, Phase
+from controller.paths import Layout
+from controller.swarm import Swarm
+
+
+class InSyncDriver:
+    """Reports every desired agent running at its desired digests; does nothing."""
+
+    name = "bench"
+    builds_nix = True
+
+    def __init__(self, meta: MetaRepo) -> None:
+        self.meta = meta
+        self.observed: dict[str, ObservedAgent] = {}
+
+    def sync(self) -> None:
+        d = self.meta.desired()
+        self.observed = {
+            n: ObservedAgent(
+                n, Phase.RUNNING, a.commit, a.config_digest, a.build_digest, d.hyperhive_version
+            )
+            for n, a in d.agents.items()
+        }
+
+    def observe(self) -> dict[str, ObservedAgent]:
+        return dict(self.observed)
+
+    def create(self, d: Deployment, log: LineSink) -> None: ...
+    def rebuild(self, d: Deployment, log: LineSink) -> None: ...
+    def apply_manifest(self, d: Deployment) -> None: ...
+    def start(self, name: str) -> None: ...
+    def stop(self, name: str) -> None: ...
+    def restart(self, name: str) -> None: ...
+    def destroy(self, name: str) -> None: ...
+
+
+class NullBroker:
+    def emit_event(
+        self, recipient: str, event: dict[str, Any], dedup_key: str | None = None
+    ) -> None:
+        return None
+
+
+def build_repo(root: Path, agents: int, history: int) -> MetaRepo:
+    layout = Layout(root / "state", root / "run")
+    meta = MetaRepo.open_or_init(layout, Config())
+    repo = meta.repo
+    sig = pygit2.Signature("bench", "bench@localhost")
+    main = repo.references["refs/heads/main"].target
+    tree = repo[main].peel(pygit2.Tree)
+    agents_tb = repo.TreeBuilder(tree["agents"])  # type: ignore[arg-type]
+    for i in range(agents):
+        name = f"a{i:03d}"
+        text = (
+            "apiVersion: hyperhive/v1\nkind: Agent\n"
+            f"metadata:\n  name: {name}\nspec:\n  model: haiku\n"
+        )
+        tb = repo.TreeBuilder()
+        tb.insert("agent.yaml", repo.create_blob(text.encode()), pygit2.GIT_FILEMODE_BLOB)
+        agents_tb.insert(name, tb.write(), pygit2.GIT_FILEMODE_TREE)
+    root_tb = repo.TreeBuilder(tree)
+    root_tb.insert("agents", agents_tb.write(), pygit2.GIT_FILEMODE_TREE)
+    top = root_tb.write()
+    parent = main
+    for i in range(history):
+        parent = repo.create_commit(None, sig, sig, f"history {i}", top, [parent])
+    tip = repo.create_commit(None, sig, sig, f"{agents} agents", top, [parent])
+    repo.references.create("refs/heads/main", tip, force=True)
+    return meta
+
+
+def add_tags(meta: MetaRepo, count: int) -> None:
+    """``count`` tags: per id proposal, approved, building, annotated deployed."""
+    repo = meta.repo
+    main = repo.references["refs/heads/main"].target
+    sig = pygit2.Signature("hyperhive", "hyperhive@localhost")
+    start = meta._refresh().max_id + 1
+    ids = range(start, start + max(count // 4, 0))
+    for i in ids:
+        for prefix in ("proposal", "approved", "building"):
+            repo.references.create(f"refs/tags/{prefix}/{i}", main)
+        repo.create_tag(
+            f"deployed/{i}", main, pygit2.enums.ObjectType.COMMIT, sig, f"deployed {i}\n"
+        )
+    subprocess.run(["git", "--git-dir", str(meta.path), "pack-refs", "--all"], check=True)
+
+
+def run(tags: int, agents: int, history: int, passes: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="hh-bench-") as tmp:
+        meta = build_repo(Path(tmp), agents, history)
+        add_tags(meta, tags)
+        layout = meta.layout
+        fresh = MetaRepo.open(layout, Config())
+        driver = InSyncDriver(fresh)
+        driver.sync()
+        swarm = Swarm(layout, Config(), fresh, NullBroker(), driver)
+        swarm.reconcile()  # records the push, writes status once
+        time.sleep(RACY_NS / 1e9 + 0.1)  # let ref-storage timestamps age past the racy window
+        swarm.reconcile()
+        samples = []
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            result = swarm.reconcile()
+            samples.append(time.perf_counter() - t0)
+            assert not result.plan and result.ok, result
+        return statistics.median(samples) * 1000
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--agents", type=int, default=200)
+    p.add_argument("--tags", default="0,1000,10000", help="comma-separated tag counts")
+    p.add_argument("--history", type=int, default=2000, help="commits behind main")
+    p.add_argument("--passes", type=int, default=50)
+    p.add_argument("--max-ratio", type=float, default=2.0)
+    args = p.parse_args()
+    counts = [int(x) for x in args.tags.split(",")]
+    print(f"no-op reconcile pass, {args.agents} agents, {args.history} commits of history")
+    print(f"{'tags':>8}  {'median ms':>10}")
+    results = []
+    for n in counts:
+        ms = run(n, args.agents, args.history, args.passes)
+        results.append(ms)
+        print(f"{n:>8}  {ms:>10.3f}")
+    lo, hi = results[0], results[-1]
+    ok = hi <= lo * args.max_ratio + 1.0
+    print(f"ratio {hi / lo if lo else float('inf'):.2f} ({'ok' if ok else 'GROWS WITH HISTORY'})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

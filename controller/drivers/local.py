@@ -1,0 +1,472 @@
+"""The ``local`` runtime: every agent is a ``python -m harness serve`` process on this host.
+
+The embedded default where ``nixos-container`` is absent (a laptop, CI, a demo).
+agent.nix is not built here (status says so); the manifest is rendered into
+settings.json and the harness restarted, exactly as in a container.
+
+Per agent ``<a>`` (paths from ``controller.paths.Layout``):
+
+- ``<state>/agents/<a>/state/``     the harness's cwd and ``HYPERHIVE_STATE_DIR``
+- ``<state>/agents/<a>/claude/``    ``CLAUDE_CONFIG_DIR`` (mode 0700)
+- ``<state>/agents/<a>/home/``      ``HOME``: the agent's own, so tools writing
+  ``~/.gitconfig``, ``~/.cache`` or ``~/.npm`` never touch the operator's home
+- ``<state>/agents/<a>/settings.json``  rendered manifest, atomic write, mode 0444
+- ``<state>/agents/<a>/harness.pid``    ``{"pid", "create_time", "pgid", "argv", "started_at"}``
+- ``<state>/agents/<a>/deployed.json``  ``{"commit", "config_digest", "build_digest",
+  "hyperhive_version", "deployed_at", "has_nix", "web_port"}``
+- ``<state>/logs/<a>.log``              stdout + stderr, appended
+
+Processes start in their own session (``start_new_session``), so they outlive a
+controller restart; ``observe`` finds them again from harness.pid and checks the
+process create time so a reused pid is never mistaken for the agent. A pid file
+whose process is gone means the harness died on its own (phase ``failed``);
+``stop`` removes the pid file (phase ``stopped``). ``destroy`` stops and removes
+pid file and marker; state/, claude/, home/ and the web-port file stay in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from controller.config import Config
+from controller.drivers.base import Deployment, LineSink
+from controller.errors import PermanentError, TransientError
+from controller.model import ObservedAgent, Phase
+from controller.paths import Layout
+from schemas.names import MANAGER, is_agent_name
+
+PID_FILE = "harness.pid"
+MARKER_FILE = "deployed.json"
+DEFAULT_ARGV: tuple[str, ...] = (sys.executable, "-m", "harness", "serve")
+PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
+PASS_NAMES = (
+    "HYPERHIVE_CLAUDE_BIN",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "SSL_CERT_FILE",
+    "NIX_SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+NOT_BUILT = "agent.nix is not built under the local runtime"
+
+
+def _atomic_write(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def agent_env(
+    layout: Layout,
+    agent: str,
+    web_port: int,
+    base_env: Mapping[str, str],
+) -> dict[str, str]:
+    """The harness environment (docs/architecture.md "Harness process contract").
+
+    Passes through ``ANTHROPIC_*``, ``CLAUDE_CODE_*``, ``HYPERHIVE_CLAUDE_BIN``,
+    ``PATH``, locale, TZ, TMPDIR, PYTHONPATH, CA bundles and proxies from
+    ``base_env``; nothing else of the controller's environment leaks in.
+    ``HOME`` is the agent's own ``<state>/agents/<a>/home``. The manager also gets
+    ``HYPERHIVE_META_DIR`` (its working clone of the meta repo).
+    """
+    env = {
+        k: v
+        for k, v in base_env.items()
+        if k in PASS_NAMES or any(k.startswith(p) for p in PASS_PREFIXES)
+    }
+    env.setdefault("PATH", os.defpath)
+    env.update(
+        {
+            "HYPERHIVE_AGENT": agent,
+            "HYPERHIVE_FLAVOR": "manager" if agent == MANAGER else "agent",
+            "HYPERHIVE_SOCKET": str(layout.agent_sock(agent)),
+            "HYPERHIVE_STATE_DIR": str(layout.agent_state(agent)),
+            "HYPERHIVE_SETTINGS": str(layout.agent_settings(agent)),
+            "HYPERHIVE_WEB_HOST": "127.0.0.1",
+            "HYPERHIVE_WEB_PORT": str(web_port),
+            "HYPERHIVE_RUNTIME": "local",
+            "CLAUDE_CONFIG_DIR": str(layout.agent_claude(agent)),
+            "HOME": str(layout.agent_dir(agent) / "home"),
+            "PYTHONUNBUFFERED": "1",
+            "GIT_AUTHOR_NAME": agent,
+            "GIT_AUTHOR_EMAIL": f"{agent}@hyperhive.local",
+            "GIT_COMMITTER_NAME": agent,
+            "GIT_COMMITTER_EMAIL": f"{agent}@hyperhive.local",
+        }
+    )
+    if agent == MANAGER:
+        env["HYPERHIVE_META_DIR"] = str(layout.manager_meta)
+    return env
+
+
+class LocalDriver:
+    """Runs agents as local processes. Implements ``controller.drivers.base.Driver``.
+
+    ``env`` is the controller's environment to pass through from (default
+    ``os.environ``); ``argv`` the harness command (tests use a stand-in);
+    ``stop_timeout`` seconds between SIGTERM and SIGKILL; ``start_grace`` seconds
+    a fresh process must survive for a start to count as successful.
+    """
+
+    name = "local"
+    builds_nix = False
+
+    def __init__(
+        self,
+        layout: Layout,
+        config: Config,
+        env: Mapping[str, str] | None = None,
+        *,
+        argv: Sequence[str] = DEFAULT_ARGV,
+        stop_timeout: float = 10.0,
+        start_grace: float = 0.3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.layout = layout
+        self.config = config
+        self.env: Mapping[str, str] = dict(os.environ if env is None else env)
+        self.argv = tuple(argv)
+        self.stop_timeout = stop_timeout
+        self.start_grace = start_grace
+        self._clock = clock
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._procs_lock = threading.Lock()
+
+    # ------------------------------------------------------------ paths
+
+    def pid_file(self, agent: str) -> Path:
+        """``<state>/agents/<a>/harness.pid``."""
+        return self.layout.agent_dir(agent) / PID_FILE
+
+    def marker_file(self, agent: str) -> Path:
+        """``<state>/agents/<a>/deployed.json``."""
+        return self.layout.agent_dir(agent) / MARKER_FILE
+
+    def log_file(self, agent: str) -> Path:
+        """``<state>/logs/<a>.log`` (stdout + stderr of the harness)."""
+        return self.layout.log_dir / f"{agent}.log"
+
+    def home_dir(self, agent: str) -> Path:
+        """``<state>/agents/<a>/home``: the agent's HOME."""
+        return self.layout.agent_dir(agent) / "home"
+
+    # ------------------------------------------------------------ observe
+
+    def _reap(self) -> None:
+        with self._procs_lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            proc.poll()
+
+    def _alive(self, info: Mapping[str, Any]) -> bool:
+        try:
+            pid = int(info["pid"])
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - float(info["create_time"])) > 0.05:
+                return False  # the pid was reused by another process
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except (KeyError, TypeError, ValueError, psutil.Error):
+            return False
+
+    def pid(self, agent: str) -> int | None:
+        """The live harness pid of ``agent``, or None."""
+        self._reap()
+        info = _read_json(self.pid_file(agent))
+        if info is None or not self._alive(info):
+            return None
+        return int(info["pid"])
+
+    def observe(self) -> dict[str, ObservedAgent]:
+        """Every agent with a deployed marker or a pid file, keyed by name."""
+        self._reap()
+        root = self.layout.state / "agents"
+        out: dict[str, ObservedAgent] = {}
+        try:
+            dirs = sorted(p for p in root.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return out
+        for d in dirs:
+            name = d.name
+            if not is_agent_name(name):
+                continue
+            marker = _read_json(d / MARKER_FILE)
+            info = _read_json(d / PID_FILE)
+            if marker is None and info is None:
+                continue
+            marker = marker or {}
+            notes: list[str] = []
+            if info is not None and self._alive(info):
+                phase = Phase.RUNNING
+                since = float(info.get("started_at") or info.get("create_time") or 0) or None
+                notes.append(f"pid {info['pid']}")
+            elif info is not None:
+                phase = Phase.FAILED
+                since = _mtime(d / PID_FILE)
+                proc = self._procs.get(name)
+                code = proc.returncode if proc is not None else None
+                rc = f" with code {code}" if code is not None else ""
+                notes.append(f"harness exited{rc}; see {self.log_file(name)}")
+            else:
+                phase = Phase.STOPPED
+                since = _mtime(d / MARKER_FILE)
+            if marker.get("has_nix"):
+                notes.append(NOT_BUILT)
+            out[name] = ObservedAgent(
+                name=name,
+                phase=phase,
+                commit=marker.get("commit"),
+                config_digest=marker.get("config_digest"),
+                build_digest=marker.get("build_digest"),
+                hyperhive_version=marker.get("hyperhive_version"),
+                since=since,
+                detail="; ".join(notes),
+            )
+        return out
+
+    # ------------------------------------------------------------ deploy
+
+    def _prepare(self, agent: str) -> None:
+        self.layout.agent_state(agent).mkdir(parents=True, exist_ok=True)
+        claude = self.layout.agent_claude(agent)
+        claude.mkdir(parents=True, exist_ok=True)
+        claude.chmod(0o700)
+        self.home_dir(agent).mkdir(parents=True, exist_ok=True)
+        self.layout.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def _write_deployment(self, d: Deployment) -> None:
+        name = d.agent.name
+        self._prepare(name)
+        _atomic_write(
+            self.layout.agent_settings(name),
+            json.dumps(d.settings, indent=1, sort_keys=True) + "\n",
+            0o444,
+        )
+        marker = {
+            "commit": d.agent.commit,
+            "config_digest": d.agent.config_digest,
+            "build_digest": d.agent.build_digest,
+            "hyperhive_version": d.settings.get("hyperhive_version"),
+            "deployed_at": self._clock(),
+            "has_nix": d.agent.has_nix,
+            "web_port": d.web_port,
+        }
+        _atomic_write(self.marker_file(name), json.dumps(marker, sort_keys=True) + "\n", 0o644)
+
+    def create(self, d: Deployment, log: LineSink) -> None:
+        """Write settings + marker and start the harness (an already running one is restarted)."""
+        if d.agent.has_nix:
+            log(f"{d.agent.name}: {NOT_BUILT}")
+        self._write_deployment(d)
+        self.stop(d.agent.name)
+        self._spawn(d.agent.name)
+
+    def rebuild(self, d: Deployment, log: LineSink) -> None:
+        """No build under this runtime: new settings + marker, then restart the harness."""
+        log(f"{d.agent.name}: {NOT_BUILT}; restarting the harness with the new settings")
+        self._write_deployment(d)
+        self.stop(d.agent.name)
+        self._spawn(d.agent.name)
+
+    def apply_manifest(self, d: Deployment) -> None:
+        """Write new settings + marker and restart the harness."""
+        self._write_deployment(d)
+        self.stop(d.agent.name)
+        self._spawn(d.agent.name)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def command(self, agent: str) -> list[str]:
+        """The argv that runs ``agent``'s harness.
+
+        Seam for the optional bubblewrap sandbox (issue 3): wrap ``self.argv`` in
+        ``bwrap`` binding only the agent's dirs and socket when ``bwrap`` exists.
+        """
+        return list(self.argv)
+
+    def _spawn(self, agent: str) -> None:
+        settings = _read_json(self.layout.agent_settings(agent))
+        if settings is None or _read_json(self.marker_file(agent)) is None:
+            raise PermanentError(f"{agent}: never deployed (no settings.json); run a reconcile")
+        try:
+            web_port = int(settings["web_port"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentError(f"{agent}: settings.json has no valid web_port") from exc
+        self._prepare(agent)
+        self.layout.agent_sock_dir(agent).mkdir(parents=True, exist_ok=True)
+        argv = self.command(agent)
+        env = agent_env(self.layout, agent, web_port, self.env)
+        log_path = self.log_file(agent)
+        with open(log_path, "ab") as fh:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            fh.write(f"--- {stamp} hyperhive: starting {' '.join(argv)}\n".encode())
+            fh.flush()
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=self.layout.agent_state(agent),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise TransientError(f"{agent}: cannot start {argv[0]}: {exc}") from exc
+        with self._procs_lock:
+            self._procs[agent] = proc
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            create_time = 0.0
+        info = {
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "create_time": create_time,
+            "argv": argv,
+            "started_at": self._clock(),
+        }
+        _atomic_write(self.pid_file(agent), json.dumps(info) + "\n", 0o644)
+        deadline = time.monotonic() + self.start_grace
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            tail = _tail(log_path, 5)
+            raise TransientError(
+                f"{agent}: the harness exited at start with code {proc.returncode}"
+                + (f"; last log lines: {tail}" if tail else f"; see {log_path}")
+            )
+
+    def start(self, name: str) -> None:
+        """Start a deployed, stopped agent (no-op if running). PermanentError if never deployed."""
+        if self.pid(name) is not None:
+            return
+        self._spawn(name)
+
+    def stop(self, name: str) -> None:
+        """SIGTERM the harness's process group, SIGKILL after ``stop_timeout``; drop pid file."""
+        self._reap()
+        pid_path = self.pid_file(name)
+        info = _read_json(pid_path)
+        if info is None:
+            with contextlib.suppress(FileNotFoundError):
+                pid_path.unlink()
+            return
+        if self._alive(info):
+            pid = int(info["pid"])
+            pgid = int(info.get("pgid") or pid)
+            self._signal(pid, pgid, signal.SIGTERM)
+            if not self._wait(name, pid, self.stop_timeout):
+                self._signal(pid, pgid, signal.SIGKILL)
+                self._wait(name, pid, 5.0)
+            if pgid == pid and pgid != os.getpgrp():
+                # leftovers of the group (claude, MCP servers) that ignored SIGTERM
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            pid_path.unlink()
+        with self._procs_lock:
+            self._procs.pop(name, None)
+        with contextlib.suppress(OSError), open(self.log_file(name), "ab") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} hyperhive: stopped\n".encode())
+
+    @staticmethod
+    def _signal(pid: int, pgid: int, sig: signal.Signals) -> None:
+        try:
+            if pgid == pid and pgid != os.getpgrp():
+                os.killpg(pgid, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _wait(self, name: str, pid: int, timeout: float) -> bool:
+        proc = self._procs.get(name)
+        if proc is not None and proc.pid == pid:
+            try:
+                proc.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        try:
+            psutil.Process(pid).wait(timeout)
+        except psutil.TimeoutExpired:
+            return False
+        except psutil.Error:
+            pass
+        return True
+
+    def restart(self, name: str) -> None:
+        """Stop then start."""
+        self.stop(name)
+        self._spawn(name)
+
+    def destroy(self, name: str) -> None:
+        """Stop and forget the agent (pid file + marker); its dirs and web-port file stay."""
+        self.stop(name)
+        for f in (self.pid_file(name), self.marker_file(name)):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 4096))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    rows = [r for r in text.splitlines() if r and not r.startswith("--- ")]
+    return " | ".join(rows[-lines:])

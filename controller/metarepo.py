@@ -1,0 +1,1267 @@
+"""The meta repo: desired state of the swarm as git objects and refs (pygit2).
+
+``<state>/meta.git`` is a bare repo. The tree at ``refs/heads/main`` is the
+approved desired state (``flake.nix``, optional ``flake.lock``,
+``agents/<name>/agent.yaml``, optional ``agents/<name>/agent.nix``). Every
+proposal and deploy has a positive integer id, allocated atomically by creating
+its first ref; one id space is shared by the six tag prefixes (docs/approvals.md):
+
+==================  ============  ===================================================
+ref                 written by    meaning
+==================  ============  ===================================================
+proposal/<id>       controller    lightweight → the proposal commit
+approved/<id>       operator      lightweight or annotated → the proposal commit
+denied/<id>         operator      annotated (message = reason) → the proposal commit
+building/<id>       controller    lightweight → the main commit being deployed
+deployed/<id>       controller    annotated (message = what happened) → that commit
+failed/<id>         controller    annotated (message = what went wrong)
+==================  ============  ===================================================
+
+Controller bookkeeping outside the tag namespace (the pre-receive hook refuses
+pushes to both):
+
+- ``refs/notes/hyperhive``: a git note on each proposal / pushed main commit, JSON
+  ``{"<id>": {"kind", "base", "note", "created_at"}}`` (``git log --notes=hyperhive``).
+- ``refs/hyperhive/last-deploy``: the main commit of the newest ``building/<id>``,
+  whatever its outcome; main differing from it means the operator pushed to main.
+- ``refs/hyperhive/notified/<id>``: the manager was told about ``denied/<id>``.
+
+Costs: ``desired()`` is cached by main commit and by agent tree id, so a pass
+with no change reads one ref; the tag index is cached and rebuilt only when the
+ref storage changed on disk (packed-refs and the tag directories' stat), so a
+no-op pass does not grow with the number of tags. Every method is thread-safe
+(one lock per MetaRepo).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pygit2
+from pygit2.enums import ObjectType
+
+import controller
+from controller.config import Config
+from controller.errors import Conflict, Invalid, NotFound
+from controller.manifest import (
+    MANIFEST_FILE,
+    NIX_FILE,
+    ManifestInvalid,
+    default_manifest_yaml,
+    manifest_path,
+    parse_manifest,
+)
+from controller.model import AgentManifest, DesiredAgent, DesiredState
+from controller.ops import Proposal, ProposalKind, ProposalState
+from controller.paths import Layout
+from schemas.names import MANAGER, InvalidName, check_agent_name, is_agent_name
+
+MAIN_REF = "refs/heads/main"
+NOTES_REF = "refs/notes/hyperhive"
+LAST_DEPLOY_REF = "refs/hyperhive/last-deploy"
+NOTIFIED_PREFIX = "refs/hyperhive/notified/"
+TAG_PREFIXES = ("proposal", "approved", "denied", "building", "deployed", "failed")
+CONTROLLER_PREFIXES = ("proposal", "building", "deployed", "failed")
+DECISION_PREFIXES = ("approved", "denied")
+FLAKE_FILE = "flake.nix"
+LOCK_FILE = "flake.lock"
+AGENTS_DIR = "agents"
+CONTROLLER_NAME = "hyperhive"
+CONTROLLER_EMAIL = "hyperhive@localhost"
+MAX_DIFF_CHARS = 200_000
+RACY_NS = 2_000_000_000
+
+GIT_CONFIG = {
+    # main only moves forward: its history is the audit trail of desired state.
+    "receive.denyNonFastForwards": "true",
+    # deletes are judged by the pre-receive hook (controller refs and decisions
+    # are protected; an operator's own scratch branches may be deleted).
+    "receive.denyDeletes": "false",
+    "receive.fsckObjects": "true",
+    "core.logAllRefUpdates": "true",
+}
+
+
+def tag_ref(prefix: str, id: int) -> str:
+    """``refs/tags/<prefix>/<id>``."""
+    return f"refs/tags/{prefix}/{id}"
+
+
+def parse_id(text: str) -> int | None:
+    """A positive decimal id without leading zeros, else None."""
+    if not text or not text.isdigit() or text.startswith("0") or len(text) > 18:
+        return None
+    return int(text)
+
+
+def split_tag(refname: str) -> tuple[str, int] | None:
+    """``refs/tags/approved/3`` → ``("approved", 3)``; None for any other ref."""
+    if not refname.startswith("refs/tags/"):
+        return None
+    prefix, sep, rest = refname[len("refs/tags/") :].partition("/")
+    if not sep or prefix not in TAG_PREFIXES:
+        return None
+    id = parse_id(rest)
+    return None if id is None else (prefix, id)
+
+
+def flake_template(config: Config) -> str:
+    """The meta flake for a new repo.
+
+    ``nix/templates/meta-flake.nix`` of the source tree when present (the NixOS
+    side owns it), else ``controller/templates/meta-flake.nix``; ``@HYPERHIVE_FLAKE@``
+    is replaced by ``config.hyperhive_flake``.
+    """
+    tree_file = Path(controller.__file__).resolve().parent.parent / "nix/templates/meta-flake.nix"
+    if tree_file.is_file():
+        text = tree_file.read_text()
+    else:
+        text = resources.files("controller").joinpath("templates/meta-flake.nix").read_text()
+    return text.replace("@HYPERHIVE_FLAKE@", config.hyperhive_flake)
+
+
+def manager_template(config: Config) -> str:
+    """The manager's first ``agents/manager/agent.yaml`` (``controller/templates``)."""
+    text = resources.files("controller").joinpath("templates/manager.agent.yaml").read_text()
+    return text.replace("@MODEL@", config.default_model)
+
+
+def _sig(name: str, email: str, clock: Callable[[], float]) -> pygit2.Signature:
+    return pygit2.Signature(name, email, int(clock()), 0)
+
+
+# --------------------------------------------------------------------------
+# tree inspection (shared with the pre-receive hook)
+
+
+def subtree(repo: pygit2.Repository, tree: pygit2.Tree | None, name: str) -> pygit2.Tree | None:
+    """The subtree ``name`` of ``tree``, or None if absent or not a directory."""
+    if tree is None or name not in tree:
+        return None
+    obj = tree[name]
+    return obj if isinstance(obj, pygit2.Tree) else None
+
+
+def _entry_id(tree: pygit2.Tree | None, name: str) -> str:
+    if tree is None or name not in tree:
+        return ""
+    return str(tree[name].id)
+
+
+@dataclass(frozen=True)
+class TreeChange:
+    """What differs between two root trees: agent dirs and whether the flake changed."""
+
+    agents: tuple[str, ...]
+    flake_changed: bool
+    other: bool
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing differs."""
+        return not self.agents and not self.flake_changed and not self.other
+
+
+def tree_change(
+    repo: pygit2.Repository, old: pygit2.Tree | None, new: pygit2.Tree | None
+) -> TreeChange:
+    """Compare two root trees at the ``agents/<name>`` level (no blob reads)."""
+    if old is not None and new is not None and old.id == new.id:
+        return TreeChange((), False, False)
+    flake = any(_entry_id(old, f) != _entry_id(new, f) for f in (FLAKE_FILE, LOCK_FILE))
+    old_agents = subtree(repo, old, AGENTS_DIR)
+    new_agents = subtree(repo, new, AGENTS_DIR)
+    names: set[str] = set()
+    if old_agents is None or new_agents is None or old_agents.id != new_agents.id:
+        old_map = {e.name: e.id for e in old_agents} if old_agents is not None else {}
+        new_map = {e.name: e.id for e in new_agents} if new_agents is not None else {}
+        names = {
+            n or "" for n in old_map.keys() | new_map.keys() if old_map.get(n) != new_map.get(n)
+        }
+    skip = {FLAKE_FILE, LOCK_FILE, AGENTS_DIR}
+    old_rest = {e.name: e.id for e in old if e.name not in skip} if old is not None else {}
+    new_rest = {e.name: e.id for e in new if e.name not in skip} if new is not None else {}
+    names.discard("")
+    return TreeChange(tuple(sorted(names)), flake, old_rest != new_rest)
+
+
+def tree_errors(
+    repo: pygit2.Repository, new: pygit2.Tree, old: pygit2.Tree | None = None
+) -> list[tuple[str, str]]:
+    """Problems with a proposed main tree, as ``(path, message)``; ``[]`` if fine.
+
+    Checks the flake and the manager's manifest are still there, and every
+    ``agents/<name>/`` that differs from ``old`` (all of them when ``old`` is
+    None): a valid agent name, a directory, an ``agent.yaml`` that parses, passes
+    the schema and whose ``metadata.name`` is the directory name.
+    """
+    errors: list[tuple[str, str]] = []
+    if FLAKE_FILE not in new:
+        errors.append((FLAKE_FILE, f"{FLAKE_FILE}: is missing (the meta flake must stay)"))
+    new_agents = subtree(repo, new, AGENTS_DIR)
+    old_agents = subtree(repo, old, AGENTS_DIR)
+    if new_agents is None or MANAGER not in new_agents:
+        path = manifest_path(MANAGER)
+        errors.append((path, f"{path}: is missing (the manager's manifest must stay)"))
+    if new_agents is None:
+        return errors
+    for entry in new_agents:
+        name = entry.name or ""
+        if old_agents is not None and name in old_agents and old_agents[name].id == entry.id:
+            continue
+        where = f"{AGENTS_DIR}/{name}"
+        if name != MANAGER:
+            try:
+                check_agent_name(name)
+            except InvalidName as exc:
+                errors.append((where, f"{where}/: {exc}"))
+                continue
+        if not isinstance(entry, pygit2.Tree):
+            errors.append((where, f"{where}: must be a directory holding {MANIFEST_FILE}"))
+            continue
+        path = manifest_path(name)
+        if MANIFEST_FILE not in entry:
+            errors.append((path, f"{path}: is missing"))
+            continue
+        blob = entry[MANIFEST_FILE]
+        if not isinstance(blob, pygit2.Blob):
+            errors.append((path, f"{path}: must be a file"))
+            continue
+        try:
+            parse_manifest(blob.data, name)
+        except ManifestInvalid as exc:
+            errors.append((exc.path, str(exc)))
+    return errors
+
+
+# --------------------------------------------------------------------------
+# values
+
+
+@dataclass(frozen=True)
+class Build:
+    """One deploy in progress (``building/<id>``).
+
+    ``commit`` is the main commit being deployed; ``base`` what it was based on;
+    ``agents`` the agent dirs changed base..proposal; ``flake_changed`` True when
+    flake.nix / flake.lock changed (every agent rebuilds).
+    """
+
+    id: int
+    kind: ProposalKind
+    commit: str
+    base: str | None
+    agents: tuple[str, ...]
+    flake_changed: bool
+    title: str = ""
+
+    def touches(self, agent: str) -> bool:
+        """True when this deploy affects ``agent``."""
+        return self.flake_changed or agent in self.agents
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A ``denied/<id>`` the manager has not been told about yet."""
+
+    id: int
+    kind: ProposalKind
+    agents: tuple[str, ...]
+    note: str
+
+
+class ApplyFailed(Exception):
+    """An approved proposal cannot be applied to main (conflict, invalid result)."""
+
+
+@dataclass
+class _Entry:
+    targets: dict[str, pygit2.Oid] = field(default_factory=dict)
+    notified: bool = False
+
+
+@dataclass
+class _Index:
+    entries: dict[int, _Entry]
+    max_id: int
+    fingerprint: tuple[Any, ...]
+    racy: bool
+    # ids needing attention, computed once per rebuild so a pass is O(open ids)
+    open_builds: list[int] = field(default_factory=list)
+    approved: list[int] = field(default_factory=list)
+    denied: list[int] = field(default_factory=list)
+    open_proposals: list[int] = field(default_factory=list)
+
+    def classify(self) -> None:
+        """Fill the open-id lists from ``entries``."""
+        outcome = {"deployed", "failed"}
+        for id in sorted(self.entries):
+            e = self.entries[id]
+            t = e.targets
+            if "building" in t and not (outcome & t.keys()):
+                self.open_builds.append(id)
+            if "proposal" not in t:
+                continue
+            if "approved" in t and not ({"building", "denied"} | outcome) & t.keys():
+                self.approved.append(id)
+            if "denied" in t and not e.notified:
+                self.denied.append(id)
+            if "denied" not in t and not ({"building"} | outcome) & t.keys():
+                self.open_proposals.append(id)
+
+
+@dataclass(frozen=True)
+class _AgentRead:
+    manifest: AgentManifest | None
+    config_digest: str
+    nix_id: str
+    error: str | None
+
+
+# --------------------------------------------------------------------------
+
+
+class MetaRepo:
+    """The bare meta repo: desired state, proposals, decisions, deploy outcomes.
+
+    Construct with ``MetaRepo.open_or_init(layout, config)`` (or ``open`` for a
+    repo that must already exist). ``clock`` gives unix seconds (tag and note
+    times); ``version`` is the hyperhive version folded into build digests.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        config: Config,
+        repo: pygit2.Repository,
+        *,
+        clock: Callable[[], float] = time.time,
+        version: str = controller.__version__,
+    ) -> None:
+        self.layout = layout
+        self.config = config
+        self.repo = repo
+        self.path = layout.meta_git
+        self.version = version
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._index: _Index | None = None
+        self._dirty = True
+        self._desired: tuple[str, DesiredState, dict[str, str]] | None = None
+        self._agent_cache: dict[tuple[str, str], _AgentRead] = {}
+        self._diff_cache: dict[tuple[str | None, str], str] = {}
+
+    # ---------------------------------------------------------------- setup
+
+    @classmethod
+    def open(
+        cls,
+        layout: Layout,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        version: str = controller.__version__,
+    ) -> MetaRepo:
+        """Open an existing meta repo (no writes). NotFound if it does not exist."""
+        if not (layout.meta_git / "HEAD").is_file():
+            raise NotFound(f"no meta repo at {layout.meta_git}; run `hyperhive serve` once")
+        return cls(
+            layout, config, pygit2.Repository(str(layout.meta_git)), clock=clock, version=version
+        )
+
+    @classmethod
+    def open_or_init(
+        cls,
+        layout: Layout,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        version: str = controller.__version__,
+        python: str = sys.executable,
+    ) -> MetaRepo:
+        """Open ``<state>/meta.git``, creating it on first use; install hooks; clone it.
+
+        A new repo is bare with HEAD → refs/heads/main and a first commit holding
+        ``flake.nix`` (template) and ``agents/manager/agent.yaml`` (model =
+        ``config.default_model``); ``flake.lock`` is omitted until the operator or
+        the manager commits one (Nix resolves unlocked inputs at build time).
+        An existing repo is reused as is: only the receive config and hooks are
+        (re)written, and only when they differ. The manager's working clone
+        ``<state>/manager/meta`` is created when missing.
+        """
+        path = layout.meta_git
+        if (path / "HEAD").is_file():
+            repo = pygit2.Repository(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
+        meta = cls(layout, config, repo, clock=clock, version=version)
+        with meta._lock:
+            if repo.references.get(MAIN_REF) is None:
+                meta._seed()
+            meta._configure()
+            meta.install_hooks(python)
+            meta.ensure_manager_clone()
+        return meta
+
+    def _seed(self) -> None:
+        repo = self.repo
+        sig = _sig(CONTROLLER_NAME, CONTROLLER_EMAIL, self._clock)
+        manager = repo.TreeBuilder()
+        manager.insert(
+            MANIFEST_FILE,
+            repo.create_blob(manager_template(self.config).encode()),
+            pygit2.GIT_FILEMODE_BLOB,
+        )
+        agents = repo.TreeBuilder()
+        agents.insert(MANAGER, manager.write(), pygit2.GIT_FILEMODE_TREE)
+        root = repo.TreeBuilder()
+        root.insert(
+            FLAKE_FILE,
+            repo.create_blob(flake_template(self.config).encode()),
+            pygit2.GIT_FILEMODE_BLOB,
+        )
+        root.insert(AGENTS_DIR, agents.write(), pygit2.GIT_FILEMODE_TREE)
+        repo.create_commit(MAIN_REF, sig, sig, "init: hyperhive meta repo\n", root.write(), [])
+
+    def _configure(self) -> None:
+        cfg = self.repo.config
+        for key, value in GIT_CONFIG.items():
+            current = None
+            with contextlib.suppress(KeyError):
+                current = cfg[key]
+            if current != value:
+                cfg[key] = value
+
+    def hook_script(self, kind: str, python: str = sys.executable) -> str:
+        """The shell script installed as ``hooks/<kind>`` (pre-receive / post-receive)."""
+        root = Path(controller.__file__).resolve().parent.parent
+        return (
+            "#!/bin/sh\n"
+            f"# hyperhive meta.git {kind} hook: written by the controller at every start;\n"
+            "# local edits are overwritten. See docs/approvals.md.\n"
+            f"PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+            "export PYTHONPATH\n"
+            f"exec {shlex.quote(python)} -m controller.hook {kind}"
+            f" --state-dir {shlex.quote(str(self.layout.state))}"
+            f" --run-dir {shlex.quote(str(self.layout.run))}\n"
+        )
+
+    def install_hooks(self, python: str = sys.executable) -> None:
+        """(Re)write ``pre-receive`` and ``post-receive`` when their content differs."""
+        hooks = self.path / "hooks"
+        hooks.mkdir(exist_ok=True)
+        for kind in ("pre-receive", "post-receive"):
+            target = hooks / kind
+            text = self.hook_script(kind, python)
+            try:
+                if target.read_text() == text and os.access(target, os.X_OK):
+                    continue
+            except OSError:
+                pass
+            tmp = hooks / f".{kind}.tmp"
+            tmp.write_text(text)
+            tmp.chmod(0o755)
+            os.replace(tmp, target)
+
+    def ensure_manager_clone(self) -> Path:
+        """Create ``<state>/manager/meta`` (a normal clone, branch main) if missing."""
+        clone = self.layout.manager_meta
+        if (clone / ".git").exists():
+            return clone
+        clone.parent.mkdir(parents=True, exist_ok=True)
+        if clone.exists() and any(clone.iterdir()):
+            return clone  # something else lives there: leave it alone
+        repo = pygit2.clone_repository(str(self.path), str(clone), checkout_branch="main")
+        repo.config["user.name"] = MANAGER
+        repo.config["user.email"] = f"{MANAGER}@hyperhive.local"
+        return clone
+
+    def sync_manager_clone(self) -> bool:
+        """Point the clone's ``origin/main`` at main (objects copied; working tree untouched).
+
+        Returns True when it moved. The manager rebases onto ``origin/main``.
+        """
+        clone = self.layout.manager_meta
+        if not (clone / ".git").exists():
+            return False
+        with self._lock:
+            main = self._main_oid()
+            try:
+                dst = pygit2.Repository(str(clone))
+            except pygit2.GitError:
+                return False
+            ref = dst.references.get("refs/remotes/origin/main")
+            if ref is not None and ref.target == main:
+                return False
+            copy_objects(self.repo, dst, main)
+            dst.references.create("refs/remotes/origin/main", main, force=True)
+            return True
+
+    # ---------------------------------------------------------------- main
+
+    def _main_oid(self) -> pygit2.Oid:
+        ref = self.repo.references.get(MAIN_REF)
+        if ref is None:
+            raise NotFound(f"{self.path}: refs/heads/main is missing")
+        return ref.resolve().target  # type: ignore[return-value]
+
+    def main_commit(self) -> str:
+        """The commit id (hex) at ``refs/heads/main``."""
+        with self._lock:
+            return str(self._main_oid())
+
+    def last_deploy(self) -> str | None:
+        """The main commit of the newest ``building/<id>`` (``refs/hyperhive/last-deploy``)."""
+        with self._lock:
+            ref = self.repo.references.get(LAST_DEPLOY_REF)
+            return None if ref is None else str(ref.target)
+
+    def _update_main(self, new: pygit2.Oid, expected: pygit2.Oid, message: str) -> None:
+        """Compare-and-swap main; ApplyFailed if it moved meanwhile."""
+        with self.repo.transaction() as txn:
+            txn.lock_ref(MAIN_REF)
+            if self._main_oid() != expected:
+                raise _MainMoved()
+            txn.set_target(MAIN_REF, new, message=message)
+
+    # ---------------------------------------------------------------- desired
+
+    def desired(self) -> DesiredState:
+        """Desired state at main: every ``agents/<name>/agent.yaml`` that is valid.
+
+        Invalid agent dirs are left out (see ``desired_checked``). Cached by main
+        commit; agents by tree id, so a new commit re-reads only changed agents.
+        """
+        return self.desired_checked()[0]
+
+    def desired_checked(self) -> tuple[DesiredState, Mapping[str, str]]:
+        """``(desired, invalid)``: ``invalid`` maps agent dir → error message."""
+        with self._lock:
+            main = self._main_oid()
+            key = str(main)
+            if self._desired is not None and self._desired[0] == key:
+                return self._desired[1], self._desired[2]
+            commit = self.repo[main]
+            assert isinstance(commit, pygit2.Commit)
+            tree = commit.tree
+            flake_id = _entry_id(tree, FLAKE_FILE)
+            lock_id = _entry_id(tree, LOCK_FILE)
+            agents_tree = subtree(self.repo, tree, AGENTS_DIR)
+            agents: dict[str, DesiredAgent] = {}
+            invalid: dict[str, str] = {}
+            cache: dict[tuple[str, str], _AgentRead] = {}
+            for entry in agents_tree if agents_tree is not None else ():
+                name = entry.name or ""
+                ckey = (name, str(entry.id))
+                read = self._agent_cache.get(ckey) or self._read_agent(name, entry)
+                cache[ckey] = read
+                if read.manifest is None:
+                    invalid[name] = read.error or "invalid"
+                    continue
+                agents[name] = DesiredAgent(
+                    name=name,
+                    manifest=read.manifest,
+                    commit=key,
+                    config_digest=read.config_digest,
+                    build_digest=build_digest(read.nix_id, flake_id, lock_id, self.version),
+                    has_nix=bool(read.nix_id),
+                )
+            self._agent_cache = cache
+            state = DesiredState(commit=key, agents=agents, hyperhive_version=self.version)
+            self._desired = (key, state, invalid)
+            return state, invalid
+
+    def _read_agent(self, name: str, entry: pygit2.Object) -> _AgentRead:
+        path = manifest_path(name)
+        if not is_agent_name(name):
+            return _AgentRead(None, "", "", f"agents/{name}/: not a valid agent name")
+        if not isinstance(entry, pygit2.Tree):
+            return _AgentRead(None, "", "", f"agents/{name}: must be a directory")
+        if MANIFEST_FILE not in entry:
+            return _AgentRead(None, "", "", f"{path}: is missing")
+        blob = entry[MANIFEST_FILE]
+        nix_id = str(entry[NIX_FILE].id) if NIX_FILE in entry else ""
+        if not isinstance(blob, pygit2.Blob):
+            return _AgentRead(None, "", nix_id, f"{path}: must be a file")
+        try:
+            manifest = parse_manifest(blob.data, name)
+        except ManifestInvalid as exc:
+            return _AgentRead(None, str(blob.id), nix_id, str(exc))
+        return _AgentRead(manifest, str(blob.id), nix_id, None)
+
+    # ---------------------------------------------------------------- ref index
+
+    def _fingerprint(self) -> tuple[tuple[Any, ...], bool]:
+        git = self.path
+        paths = [git / "packed-refs", git / "refs" / "tags", git / "refs" / "hyperhive"]
+        paths += [git / "refs" / "tags" / p for p in TAG_PREFIXES]
+        paths.append(git / "refs" / "hyperhive" / "notified")
+        out: list[Any] = []
+        newest = 0
+        for p in paths:
+            try:
+                st = os.stat(p)
+            except OSError:
+                out.append(None)
+                continue
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            newest = max(newest, st.st_mtime_ns)
+        racy = newest >= time.time_ns() - RACY_NS
+        return tuple(out), racy
+
+    def _refresh(self) -> _Index:
+        fp, racy = self._fingerprint()
+        idx = self._index
+        if idx is not None and not self._dirty and not idx.racy and idx.fingerprint == fp:
+            return idx
+        entries: dict[int, _Entry] = {}
+        max_id = 0
+        for ref in self.repo.references.iterator():
+            name = ref.name
+            if name.startswith(NOTIFIED_PREFIX):
+                nid = parse_id(name[len(NOTIFIED_PREFIX) :])
+                if nid is not None:
+                    entries.setdefault(nid, _Entry()).notified = True
+                continue
+            parsed = split_tag(name)
+            if parsed is None:
+                continue
+            prefix, id = parsed
+            target = ref.target
+            if not isinstance(target, pygit2.Oid):
+                continue
+            entries.setdefault(id, _Entry()).targets[prefix] = target
+            max_id = max(max_id, id)
+        index = _Index(entries, max_id, fp, racy)
+        index.classify()
+        self._index = index
+        self._dirty = False
+        return index
+
+    def _entry(self, id: int) -> _Entry | None:
+        return self._refresh().entries.get(id)
+
+    def _peel(self, oid: pygit2.Oid) -> pygit2.Commit:
+        obj = self.repo[oid]
+        return obj.peel(pygit2.Commit)
+
+    def _tag_message(self, oid: pygit2.Oid | None) -> str:
+        if oid is None:
+            return ""
+        obj = self.repo.get(oid)
+        return obj.message.strip() if isinstance(obj, pygit2.Tag) and obj.message else ""
+
+    # ---------------------------------------------------------------- notes
+
+    def _notes(self, commit: str) -> dict[str, Any]:
+        try:
+            note = self.repo.lookup_note(commit, NOTES_REF)
+        except (KeyError, pygit2.GitError):
+            return {}
+        try:
+            doc = json.loads(note.message)
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _note_for(self, commit: str, id: int) -> dict[str, Any]:
+        meta = self._notes(commit).get(str(id))
+        return meta if isinstance(meta, dict) else {}
+
+    def _set_note(self, commit: str, id: int, meta: Mapping[str, Any]) -> None:
+        doc = self._notes(commit)
+        doc[str(id)] = dict(meta)
+        sig = _sig(CONTROLLER_NAME, CONTROLLER_EMAIL, self._clock)
+        self.repo.create_note(json.dumps(doc, sort_keys=True), sig, sig, commit, NOTES_REF, True)
+
+    # ---------------------------------------------------------------- ids
+
+    def _allocate(self, prefix: str, target: pygit2.Oid) -> int:
+        """Create ``refs/tags/<prefix>/<n>`` for the next free id; race-safe by the create."""
+        n = self._refresh().max_id + 1
+        while True:
+            try:
+                self.repo.references.create(tag_ref(prefix, n), target, force=False)
+            except pygit2.AlreadyExistsError:
+                n += 1
+                continue
+            self._dirty = True
+            return n
+
+    # ---------------------------------------------------------------- proposals
+
+    def _pending_ids(self) -> list[int]:
+        """Proposals awaiting a decision or approved but not yet applied."""
+        return list(self._refresh().open_proposals)
+
+    def propose_spawn(self, name: str) -> Proposal:
+        """Write ``proposal/<id>``: a commit on main adding ``agents/<name>/agent.yaml``.
+
+        The manifest uses ``config.default_model``; the commit message is
+        ``spawn <name>``. Raises Invalid (field ``name``) for a bad or reserved
+        name, Conflict when the agent exists at main or a pending proposal adds
+        it. Nothing is written on error.
+        """
+        try:
+            check_agent_name(name)
+        except InvalidName as exc:
+            raise Invalid(str(exc), field="name") from exc
+        with self._lock:
+            main = self._main_oid()
+            main_commit = self.repo[main]
+            assert isinstance(main_commit, pygit2.Commit)
+            tree = main_commit.tree
+            agents = subtree(self.repo, tree, AGENTS_DIR)
+            if agents is not None and name in agents:
+                raise Conflict(f"agent {name!r} already exists at main", field="name")
+            for pid in self._pending_ids():
+                if name in self._added_agents(pid):
+                    raise Conflict(f"proposal/{pid} already spawns {name!r}", field="name")
+            blob = self.repo.create_blob(
+                default_manifest_yaml(name, self.config.default_model).encode()
+            )
+            agent_tb = self.repo.TreeBuilder()
+            agent_tb.insert(MANIFEST_FILE, blob, pygit2.GIT_FILEMODE_BLOB)
+            agents_tb = (
+                self.repo.TreeBuilder(agents) if agents is not None else self.repo.TreeBuilder()
+            )
+            agents_tb.insert(name, agent_tb.write(), pygit2.GIT_FILEMODE_TREE)
+            root_tb = self.repo.TreeBuilder(tree)
+            root_tb.insert(AGENTS_DIR, agents_tb.write(), pygit2.GIT_FILEMODE_TREE)
+            author = _sig(MANAGER, f"{MANAGER}@hyperhive.local", self._clock)
+            committer = _sig(CONTROLLER_NAME, CONTROLLER_EMAIL, self._clock)
+            commit = self.repo.create_commit(
+                None, author, committer, f"spawn {name}\n", root_tb.write(), [main]
+            )
+            id = self._allocate("proposal", commit)
+            self._set_note(
+                str(commit),
+                id,
+                {
+                    "kind": ProposalKind.SPAWN.value,
+                    "base": str(main),
+                    "note": "",
+                    "created_at": self._clock(),
+                },
+            )
+            return self.proposal(id)
+
+    def _added_agents(self, id: int) -> set[str]:
+        e = self._entry(id)
+        if e is None or "proposal" not in e.targets:
+            return set()
+        commit = self._peel(e.targets["proposal"])
+        base = self._base_of(id, commit)
+        base_agents = (
+            subtree(self.repo, self.repo[base].peel(pygit2.Tree), AGENTS_DIR) if base else None
+        )
+        new_agents = subtree(self.repo, commit.tree, AGENTS_DIR)
+        if new_agents is None:
+            return set()
+        return {
+            e.name or ""
+            for e in new_agents
+            if base_agents is None or (e.name or "") not in base_agents
+        }
+
+    def _base_of(self, id: int, commit: pygit2.Commit) -> str | None:
+        base = self._note_for(str(commit.id), id).get("base")
+        if isinstance(base, str) and base:
+            return base
+        return str(commit.parent_ids[0]) if commit.parent_ids else None
+
+    def propose_commit(self, commit: str, source: Path | None = None, note: str = "") -> Proposal:
+        """Import ``commit`` from the manager's clone (or ``source``) as ``proposal/<id>``.
+
+        Objects are copied into meta.git with pygit2. ``base`` = merge-base with
+        main (the commit may sit several commits on top of it). Raises NotFound
+        (no such commit / no clone, field ``commit``), Invalid (no shared history
+        with main; a changed manifest fails the schema: field = the file path),
+        Conflict (nothing to change, already part of main, or already pending).
+        """
+        src_path = source or self.layout.manager_meta
+        if not commit or len(commit) > 256 or any(c.isspace() for c in commit):
+            raise Invalid(f"{commit!r} is not a commit id", field="commit")
+        try:
+            src = pygit2.Repository(str(src_path))
+        except pygit2.GitError as exc:
+            raise NotFound(f"no git repository at {src_path}: {exc}", field="commit") from exc
+        try:
+            obj = src.revparse_single(commit).peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError) as exc:
+            raise NotFound(f"no commit {commit!r} in {src_path}", field="commit") from exc
+        with self._lock:
+            copy_objects(src, self.repo, obj.id)
+            new = self.repo[obj.id]
+            assert isinstance(new, pygit2.Commit)
+            main = self._main_oid()
+            if new.id == main or self.repo.descendant_of(main, new.id):
+                raise Conflict(f"commit {new.id} is already part of main", field="commit")
+            try:
+                base_oid = self.repo.merge_base(new.id, main)
+            except pygit2.GitError:
+                base_oid = None
+            if base_oid is None:
+                raise Invalid(
+                    f"commit {new.id} shares no history with main; commit on top of origin/main "
+                    "in the meta clone",
+                    field="commit",
+                )
+            base_commit = self.repo[base_oid]
+            assert isinstance(base_commit, pygit2.Commit)
+            change = tree_change(self.repo, base_commit.tree, new.tree)
+            if change.empty:
+                raise Conflict(f"commit {new.id} changes nothing relative to main", field="commit")
+            errors = tree_errors(self.repo, new.tree, base_commit.tree)
+            if errors:
+                path, message = errors[0]
+                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+                raise Invalid(message + more, field=path)
+            for pid in self._pending_ids():
+                e = self._entry(pid)
+                if e is not None and self._peel(e.targets["proposal"]).id == new.id:
+                    raise Conflict(
+                        f"commit {new.id} is already pending as proposal/{pid}", field="commit"
+                    )
+            id = self._allocate("proposal", new.id)
+            self._set_note(
+                str(new.id),
+                id,
+                {
+                    "kind": ProposalKind.APPLY_COMMIT.value,
+                    "base": str(base_oid),
+                    "note": note,
+                    "created_at": self._clock(),
+                },
+            )
+            return self.proposal(id)
+
+    # ---------------------------------------------------------------- decisions
+
+    def approve(self, id: int, note: str = "", who: str = "operator") -> Proposal:
+        """Write ``approved/<id>`` at the proposal commit (annotated when ``note`` is given).
+
+        NotFound without ``proposal/<id>``; Conflict when already decided.
+        """
+        return self._decide("approved", id, note, who)
+
+    def deny(self, id: int, note: str, who: str = "operator") -> Proposal:
+        """Write annotated ``denied/<id>`` with ``note`` as the reason. NotFound / Conflict."""
+        return self._decide("denied", id, note or "denied", who)
+
+    def _decide(self, prefix: str, id: int, note: str, who: str) -> Proposal:
+        with self._lock:
+            e = self._entry(id)
+            if e is None or "proposal" not in e.targets:
+                raise NotFound(f"no proposal/{id}")
+            for done in ("approved", "denied", "failed"):
+                if done in e.targets:
+                    raise Conflict(f"proposal/{id} is already {done}")
+            target = e.targets["proposal"]
+            try:
+                if note:
+                    sig = _sig(who, f"{who}@hyperhive.local", self._clock)
+                    self.repo.create_tag(
+                        f"{prefix}/{id}", target, ObjectType.COMMIT, sig, note + "\n"
+                    )
+                else:
+                    self.repo.references.create(tag_ref(prefix, id), target, force=False)
+            except pygit2.AlreadyExistsError as exc:
+                raise Conflict(f"proposal/{id} was decided meanwhile") from exc
+            finally:
+                self._dirty = True
+            return self.proposal(id)
+
+    # ---------------------------------------------------------------- listing
+
+    def _state(self, e: _Entry) -> ProposalState:
+        t = e.targets
+        for prefix, state in (
+            ("failed", ProposalState.FAILED),
+            ("deployed", ProposalState.DEPLOYED),
+            ("building", ProposalState.BUILDING),
+            ("denied", ProposalState.DENIED),
+            ("approved", ProposalState.APPROVED),
+        ):
+            if prefix in t:
+                return state
+        return ProposalState.PENDING
+
+    def _kind(self, e: _Entry, meta: Mapping[str, Any], commit: pygit2.Commit) -> ProposalKind:
+        kind = meta.get("kind")
+        with contextlib.suppress(ValueError):
+            if isinstance(kind, str):
+                return ProposalKind(kind)
+        if "proposal" not in e.targets:
+            return ProposalKind.PUSH
+        return (
+            ProposalKind.SPAWN if commit.message.startswith("spawn ") else ProposalKind.APPLY_COMMIT
+        )
+
+    def _subject(self, id: int) -> tuple[pygit2.Commit, dict[str, Any]]:
+        e = self._entry(id)
+        if e is None:
+            raise NotFound(f"no proposal/{id}")
+        oid = e.targets.get("proposal") or e.targets.get("building")
+        if oid is None:
+            # an outcome without building (crash) or a stray decision: show what we have
+            oid = next(iter(e.targets.values()), None)
+        if oid is None:
+            raise NotFound(f"no proposal/{id}")
+        commit = self._peel(oid)
+        return commit, self._note_for(str(commit.id), id)
+
+    def proposal(self, id: int) -> Proposal:
+        """One proposal or deploy by id. NotFound if no ref carries ``id``."""
+        with self._lock:
+            e = self._entry(id)
+            if e is None or not ({"proposal", "building"} & e.targets.keys()):
+                raise NotFound(f"no proposal/{id}")
+            commit, meta = self._subject(id)
+            kind = self._kind(e, meta, commit)
+            base = meta.get("base") if isinstance(meta.get("base"), str) else None
+            if base is None and kind is not ProposalKind.PUSH and commit.parent_ids:
+                base = str(commit.parent_ids[0])
+            base_tree = None
+            if base:
+                with contextlib.suppress(KeyError, ValueError):
+                    base_tree = self.repo[base].peel(pygit2.Tree)
+            change = tree_change(self.repo, base_tree, commit.tree)
+            note = (
+                self._tag_message(e.targets.get("failed"))
+                or self._tag_message(e.targets.get("deployed"))
+                or self._tag_message(e.targets.get("denied"))
+                or self._tag_message(e.targets.get("approved"))
+                or str(meta.get("note") or "")
+            )
+            created = meta.get("created_at")
+            return Proposal(
+                id=id,
+                kind=kind,
+                state=self._state(e),
+                commit=str(commit.id),
+                base=base,
+                title=(commit.message.splitlines() or [""])[0],
+                agents=change.agents,
+                diff=self._diff(base, commit),
+                note=note,
+                created_at=float(created)
+                if isinstance(created, int | float)
+                else float(commit.commit_time),
+            )
+
+    def _diff(self, base: str | None, commit: pygit2.Commit) -> str:
+        key = (base, str(commit.id))
+        cached = self._diff_cache.get(key)
+        if cached is not None:
+            return cached
+        if base:
+            try:
+                diff = self.repo[base].peel(pygit2.Tree).diff_to_tree(commit.tree)
+            except (KeyError, ValueError):
+                diff = commit.tree.diff_to_tree(swap=True)
+        else:
+            diff = commit.tree.diff_to_tree(swap=True)
+        text = diff.patch or ""
+        if len(text) > MAX_DIFF_CHARS:
+            text = text[:MAX_DIFF_CHARS] + f"\n[diff truncated at {MAX_DIFF_CHARS} characters]\n"
+        if len(self._diff_cache) > 512:
+            self._diff_cache.clear()
+        self._diff_cache[key] = text
+        return text
+
+    def proposals(self, pending_only: bool = False, limit: int | None = None) -> list[Proposal]:
+        """Proposals and deploys, newest id first; ``pending_only``: awaiting a decision."""
+        with self._lock:
+            idx = self._refresh()
+            ids = sorted(idx.entries, reverse=True)
+            out: list[Proposal] = []
+            for id in ids:
+                e = idx.entries[id]
+                if not ({"proposal", "building"} & e.targets.keys()):
+                    continue
+                if pending_only and self._state(e) is not ProposalState.PENDING:
+                    continue
+                out.append(self.proposal(id))
+                if limit is not None and len(out) >= limit:
+                    break
+            return out
+
+    def ids_by_state(self) -> dict[ProposalState, list[int]]:
+        """Ids per state (cheap: refs only)."""
+        with self._lock:
+            idx = self._refresh()
+            out: dict[ProposalState, list[int]] = {s: [] for s in ProposalState}
+            for id, e in sorted(idx.entries.items()):
+                if {"proposal", "building"} & e.targets.keys():
+                    out[self._state(e)].append(id)
+            return out
+
+    # ---------------------------------------------------------------- reconcile side
+
+    def _build(self, id: int, main_commit: str | None = None) -> Build:
+        commit, meta = self._subject(id)
+        e = self._entry(id)
+        assert e is not None
+        kind = self._kind(e, meta, commit)
+        base = meta.get("base") if isinstance(meta.get("base"), str) else None
+        if base is None and kind is not ProposalKind.PUSH and commit.parent_ids:
+            base = str(commit.parent_ids[0])
+        base_tree = None
+        if base:
+            with contextlib.suppress(KeyError, ValueError):
+                base_tree = self.repo[base].peel(pygit2.Tree)
+        change = tree_change(self.repo, base_tree, commit.tree)
+        target = main_commit
+        if target is None:
+            b = e.targets.get("building")
+            target = str(self._peel(b).id) if b is not None else str(commit.id)
+        return Build(
+            id=id,
+            kind=kind,
+            commit=target,
+            base=base,
+            agents=change.agents,
+            flake_changed=change.flake_changed or base_tree is None,
+            title=(commit.message.splitlines() or [""])[0],
+        )
+
+    def open_builds(self) -> list[Build]:
+        """Every ``building/<id>`` without ``deployed/<id>`` or ``failed/<id>``, oldest first."""
+        with self._lock:
+            return [self._build(id) for id in self._refresh().open_builds]
+
+    def approved_unapplied(self) -> list[int]:
+        """Ids with ``approved/<id>`` and no building / outcome yet, oldest first."""
+        with self._lock:
+            return list(self._refresh().approved)
+
+    def denied_unnotified(self) -> list[Denial]:
+        """``denied/<id>`` the manager has not been told about, oldest first."""
+        with self._lock:
+            idx = self._refresh()
+            out = []
+            for id in idx.denied:
+                e = idx.entries[id]
+                commit, meta = self._subject(id)
+                out.append(
+                    Denial(
+                        id=id,
+                        kind=self._kind(e, meta, commit),
+                        agents=self._build(id).agents,
+                        note=self._tag_message(e.targets["denied"]) or "(no reason given)",
+                    )
+                )
+            return out
+
+    def mark_notified(self, id: int) -> None:
+        """Record that the manager was told about ``denied/<id>``."""
+        with self._lock:
+            e = self._entry(id)
+            if e is None or "denied" not in e.targets:
+                raise NotFound(f"no denied/{id}")
+            self.repo.references.create(
+                f"{NOTIFIED_PREFIX}{id}", self._peel(e.targets["denied"]).id, force=True
+            )
+            self._dirty = True
+
+    def apply_approved(self, id: int) -> Build:
+        """Apply approved ``proposal/<id>`` to main and write ``building/<id>``.
+
+        Fast-forward when main is an ancestor of the proposal; a no-op when main
+        already contains it (crash recovery); else a 3-way merge of trees with the
+        merge base, committed on main with parents (main, proposal). Raises
+        ApplyFailed (main untouched) on conflicts — naming the paths — or when the
+        result's manifests fail the schema. The caller writes ``failed/<id>``.
+        """
+        with self._lock:
+            for _ in range(5):
+                try:
+                    return self._apply_once(id)
+                except _MainMoved:
+                    continue
+            raise ApplyFailed("main kept moving while applying; will retry")
+
+    def _apply_once(self, id: int) -> Build:
+        e = self._entry(id)
+        if e is None or "proposal" not in e.targets or "approved" not in e.targets:
+            raise NotFound(f"no approved proposal/{id}")
+        prop = self._peel(e.targets["proposal"])
+        approved = self._peel(e.targets["approved"])
+        if approved.id != prop.id:
+            raise ApplyFailed(f"approved/{id} does not point at proposal/{id}'s commit")
+        main = self._main_oid()
+        main_commit = self.repo[main]
+        assert isinstance(main_commit, pygit2.Commit)
+        title = (prop.message.splitlines() or [""])[0]
+        if prop.id == main or self.repo.descendant_of(main, prop.id):
+            new_main = main
+        elif self.repo.descendant_of(prop.id, main):
+            errors = tree_errors(self.repo, prop.tree, main_commit.tree)
+            if errors:
+                raise ApplyFailed("the proposal is invalid: " + "; ".join(m for _, m in errors))
+            new_main = prop.id
+            self._update_main(new_main, main, f"proposal/{id}: fast-forward ({title})")
+        else:
+            base_oid = self.repo.merge_base(main, prop.id)
+            ancestor = self.repo[base_oid].peel(pygit2.Tree) if base_oid is not None else None
+            if ancestor is None:
+                raise ApplyFailed(f"proposal/{id} shares no history with main")
+            index = self.repo.merge_trees(ancestor, main_commit.tree, prop.tree)
+            if index.conflicts is not None:
+                paths = sorted(
+                    {side.path for triple in index.conflicts for side in triple if side is not None}
+                )
+                raise ApplyFailed(
+                    f"merge conflict with main in {', '.join(paths)}; main was left untouched "
+                    "(rebase the change on origin/main and propose it again)"
+                )
+            tree_id = index.write_tree(self.repo)
+            if tree_id == main_commit.tree_id:
+                new_main = main
+            else:
+                merged = self.repo[tree_id]
+                assert isinstance(merged, pygit2.Tree)
+                errors = tree_errors(self.repo, merged, main_commit.tree)
+                if errors:
+                    raise ApplyFailed(
+                        "the merged result is invalid: " + "; ".join(m for _, m in errors)
+                    )
+                sig = _sig(CONTROLLER_NAME, CONTROLLER_EMAIL, self._clock)
+                new_main = self.repo.create_commit(
+                    None, sig, sig, f"merge proposal/{id}: {title}\n", tree_id, [main, prop.id]
+                )
+                self._update_main(new_main, main, f"proposal/{id}: merge ({title})")
+        with contextlib.suppress(pygit2.AlreadyExistsError):
+            self.repo.references.create(tag_ref("building", id), new_main, force=False)
+        self.repo.references.create(LAST_DEPLOY_REF, new_main, force=True)
+        self._dirty = True
+        return self._build(id, str(new_main))
+
+    def record_push(self) -> Build | None:
+        """If main moved with no deploy for it (a GitOps push): new id, ``building/<id>``.
+
+        Returns the new Build, or None when main is already being/been deployed.
+        """
+        with self._lock:
+            main = self._main_oid()
+            last = self.repo.references.get(LAST_DEPLOY_REF)
+            if last is not None and last.target == main:
+                return None
+            idx = self._refresh()
+            for e in idx.entries.values():
+                b = e.targets.get("building")
+                if b is not None and b == main and not ({"deployed", "failed"} & e.targets.keys()):
+                    self.repo.references.create(LAST_DEPLOY_REF, main, force=True)
+                    return None
+            base = str(last.target) if last is not None else None
+            id = self._allocate("building", main)
+            self._set_note(
+                str(main),
+                id,
+                {
+                    "kind": ProposalKind.PUSH.value,
+                    "base": base,
+                    "note": "",
+                    "created_at": self._clock(),
+                },
+            )
+            self.repo.references.create(LAST_DEPLOY_REF, main, force=True)
+            return self._build(id, str(main))
+
+    def finish(self, id: int, ok: bool, message: str) -> None:
+        """Write annotated ``deployed/<id>`` (ok) or ``failed/<id>`` with ``message``.
+
+        Targets ``building/<id>``'s commit, else the proposal commit (a proposal
+        that failed before building). Idempotent: an existing outcome is kept.
+        """
+        with self._lock:
+            e = self._entry(id)
+            if e is None:
+                raise NotFound(f"no id {id}")
+            if {"deployed", "failed"} & e.targets.keys():
+                return
+            target = e.targets.get("building") or e.targets.get("proposal")
+            if target is None:
+                raise NotFound(f"no building/{id} or proposal/{id}")
+            prefix = "deployed" if ok else "failed"
+            sig = _sig(CONTROLLER_NAME, CONTROLLER_EMAIL, self._clock)
+            with contextlib.suppress(pygit2.AlreadyExistsError):
+                self.repo.create_tag(
+                    f"{prefix}/{id}",
+                    self._peel(target).id,
+                    ObjectType.COMMIT,
+                    sig,
+                    message.rstrip() + "\n",
+                )
+            self._dirty = True
+
+    def flake_ref(self, commit: str, agent: str) -> str:
+        """The flake ref to build ``agent`` at ``commit``: ``git+file://<meta.git>?rev=<commit>#<agent>``."""
+        return f"git+file://{self.path}?rev={commit}#{agent}"
+
+
+class _MainMoved(Exception):
+    """main changed between reading it and the compare-and-swap."""
+
+
+def build_digest(nix_id: str, flake_id: str, lock_id: str, version: str) -> str:
+    """sha256 of (agent.nix blob id or "", flake.nix id, flake.lock id or "", hyperhive version)."""
+    text = f"agent.nix={nix_id}\nflake.nix={flake_id}\nflake.lock={lock_id}\nhyperhive={version}\n"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def copy_objects(src: pygit2.Repository, dst: pygit2.Repository, tip: pygit2.Oid) -> int:
+    """Copy ``tip`` and everything reachable from it that ``dst`` lacks; returns objects copied.
+
+    Stops at objects ``dst`` already has (a repo holds everything reachable from
+    what it holds), so the cost is the number of new objects. Objects are written
+    children first, so an interrupted copy never leaves a commit without its tree.
+    """
+    order: list[pygit2.Oid] = []
+    seen: set[pygit2.Oid] = set()
+    stack: list[pygit2.Oid] = [tip]
+    while stack:
+        oid = stack.pop()
+        if oid in seen or dst.odb.exists(oid):
+            continue
+        seen.add(oid)
+        order.append(oid)
+        obj = src[oid]
+        if isinstance(obj, pygit2.Commit):
+            stack.append(obj.tree_id)
+            stack.extend(obj.parent_ids)
+        elif isinstance(obj, pygit2.Tree):
+            stack.extend(e.id for e in obj if e.filemode != pygit2.GIT_FILEMODE_COMMIT)
+        elif isinstance(obj, pygit2.Tag):
+            stack.append(obj.target)
+    for oid in reversed(order):
+        typ, data = src.odb.read(oid)
+        dst.odb.write(int(typ), data)
+    return len(order)
+
+
+__all__ = [
+    "ApplyFailed",
+    "Build",
+    "Denial",
+    "MetaRepo",
+    "TreeChange",
+    "build_digest",
+    "copy_objects",
+    "tree_change",
+    "tree_errors",
+]

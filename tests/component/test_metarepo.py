@@ -1,0 +1,428 @@
+"""controller.metarepo against real git repos in tmp dirs (pygit2 + the git CLI, no mocks)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from controller.config import Config
+from controller.errors import Conflict, Invalid, NotFound
+from controller.metarepo import ApplyFailed, MetaRepo, build_digest
+from controller.ops import ProposalKind, ProposalState
+from controller.paths import Layout
+
+CFG = Config(default_model="haiku", hyperhive_flake="path:/src/hyperhive")
+
+
+def git(
+    *args: str, cwd: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "op",
+        "GIT_AUTHOR_EMAIL": "op@example.org",
+        "GIT_COMMITTER_NAME": "op",
+        "GIT_COMMITTER_EMAIL": "op@example.org",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=check, capture_output=True, text=True
+    )
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    return Layout(tmp_path / "state", tmp_path / "run")
+
+
+@pytest.fixture
+def meta(layout: Layout) -> MetaRepo:
+    return MetaRepo.open_or_init(layout, CFG)
+
+
+def refs(meta: MetaRepo) -> dict[str, str]:
+    return {r.name: str(r.target) for r in meta.repo.references.iterator()}
+
+
+def write_main(meta: MetaRepo, files: dict[str, bytes | None], message: str = "edit") -> str:
+    """Commit on main directly (bypassing hooks), like a controller-side change."""
+    repo = meta.repo
+    main = repo.references["refs/heads/main"].target
+    index = pygit2.Index()
+    index.read_tree(repo[main].peel(pygit2.Tree))
+    for path, data in files.items():
+        if data is None:
+            index.remove(path)
+        else:
+            index.add(pygit2.IndexEntry(path, repo.create_blob(data), pygit2.enums.FileMode.BLOB))
+    tree = index.write_tree(repo)
+    sig = pygit2.Signature("t", "t@x")
+    return str(repo.create_commit("refs/heads/main", sig, sig, message, tree, [main]))
+
+
+def manifest(name: str, model: str = "haiku", extra: str = "") -> bytes:
+    return (
+        f"apiVersion: hyperhive/v1\nkind: Agent\nmetadata:\n  name: {name}\nspec:\n"
+        f"  model: {model}\n{extra}"
+    ).encode()
+
+
+def clone_commit(meta: MetaRepo, files: dict[str, bytes | None], message: str) -> str:
+    """Commit in the manager's clone (on top of origin/main) with the git CLI."""
+    clone = meta.layout.manager_meta
+    git("fetch", "-q", "origin", cwd=clone)
+    git("checkout", "-q", "-B", "work", "origin/main", cwd=clone)
+    for path, data in files.items():
+        p = clone / path
+        if data is None:
+            git("rm", "-q", path, cwd=clone)
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+            git("add", path, cwd=clone)
+    git("commit", "-q", "-m", message, cwd=clone)
+    return git("rev-parse", "HEAD", cwd=clone).stdout.strip()
+
+
+# ---------------------------------------------------------------- init
+
+
+def test_init_layout(meta: MetaRepo, layout: Layout) -> None:
+    repo = meta.repo
+    assert repo.is_bare
+    assert repo.references["HEAD"].target == "refs/heads/main"
+    tree = repo[meta.main_commit()].peel(pygit2.Tree)
+    assert sorted(e.name or "" for e in tree) == ["agents", "flake.nix"]
+    flake = repo[tree["flake.nix"].id].peel(pygit2.Blob).data.decode()
+    assert "path:/src/hyperhive" in flake and "@HYPERHIVE_FLAKE@" not in flake
+    yaml = repo.revparse_single("main:agents/manager/agent.yaml").peel(pygit2.Blob).data.decode()
+    assert "name: manager" in yaml and "model: haiku" in yaml
+    for hook in ("pre-receive", "post-receive"):
+        p = layout.meta_git / "hooks" / hook
+        assert os.access(p, os.X_OK)
+        assert "-m controller.hook" in p.read_text()
+    assert repo.config["receive.denyNonFastForwards"] == "true"
+    clone = pygit2.Repository(str(layout.manager_meta))
+    assert str(clone.references["refs/remotes/origin/main"].target) == meta.main_commit()
+    assert clone.config["user.name"] == "manager"
+
+
+def test_second_open_writes_nothing(meta: MetaRepo, layout: Layout) -> None:
+    def snapshot() -> dict[str, float]:
+        return {str(p): p.stat().st_mtime_ns for p in layout.meta_git.rglob("*") if p.is_file()}
+
+    before, before_refs = snapshot(), refs(meta)
+    again = MetaRepo.open_or_init(layout, CFG)
+    assert snapshot() == before
+    assert refs(again) == before_refs
+    assert again.main_commit() == meta.main_commit()
+
+
+def test_hooks_heal(meta: MetaRepo, layout: Layout) -> None:
+    hook = layout.meta_git / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    MetaRepo.open_or_init(layout, CFG, python="/new/venv/bin/python")
+    assert "exec /new/venv/bin/python -m controller.hook pre-receive" in hook.read_text()
+
+
+def test_open_requires_repo(tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        MetaRepo.open(Layout(tmp_path / "nope", tmp_path / "run"), CFG)
+
+
+# ---------------------------------------------------------------- desired
+
+
+def test_desired_digests(meta: MetaRepo) -> None:
+    d = meta.desired()
+    assert set(d.agents) == {"manager"}
+    m = d.agents["manager"]
+    tree = meta.repo[meta.main_commit()].peel(pygit2.Tree)
+    assert m.config_digest == str((tree / "agents/manager/agent.yaml").id)
+    assert m.build_digest == build_digest("", str(tree["flake.nix"].id), "", meta.version)
+    assert not m.has_nix and m.commit == d.commit == meta.main_commit()
+
+    write_main(meta, {"agents/alice/agent.yaml": manifest("alice", "sonnet")})
+    d2 = meta.desired()
+    assert d2.agents["manager"].build_digest == m.build_digest
+    assert d2.agents["manager"].config_digest == m.config_digest
+    assert d2.agents["alice"].manifest.model == "sonnet"
+
+    write_main(meta, {"agents/alice/agent.nix": b"{ ... }: {}\n"})
+    d3 = meta.desired()
+    assert d3.agents["alice"].has_nix
+    assert d3.agents["alice"].build_digest != d2.agents["alice"].build_digest
+    assert d3.agents["alice"].config_digest == d2.agents["alice"].config_digest
+    assert d3.agents["manager"].build_digest == m.build_digest
+
+    write_main(meta, {"flake.lock": b'{"nodes": {"root": {}}, "root": "root", "version": 7}\n'})
+    d4 = meta.desired()
+    assert all(d4.agents[n].build_digest != d3.agents[n].build_digest for n in d4.agents)
+
+    other = MetaRepo.open(meta.layout, CFG, version="9.9.9")
+    assert other.desired().agents["manager"].build_digest != d4.agents["manager"].build_digest
+
+
+def test_desired_is_cached_by_commit(meta: MetaRepo) -> None:
+    assert meta.desired() is meta.desired()
+
+
+def test_desired_reports_invalid_manifests(meta: MetaRepo) -> None:
+    write_main(
+        meta,
+        {
+            "agents/alice/agent.yaml": manifest("bob"),
+            "agents/carl/agent.yaml": manifest("carl", "'a b'"),
+            "agents/dora/agent.yaml": manifest("dora"),
+        },
+    )
+    desired, invalid = meta.desired_checked()
+    assert set(desired.agents) == {"manager", "dora"}
+    assert "metadata.name" in invalid["alice"]
+    assert invalid["carl"].startswith("agents/carl/agent.yaml: spec.model:")
+
+
+# ---------------------------------------------------------------- proposals
+
+
+def test_propose_spawn(meta: MetaRepo) -> None:
+    main = meta.main_commit()
+    p = meta.propose_spawn("alice")
+    assert (p.id, p.kind, p.state, p.base, p.title) == (
+        1,
+        ProposalKind.SPAWN,
+        ProposalState.PENDING,
+        main,
+        "spawn alice",
+    )
+    assert p.agents == ("alice",)
+    assert "+  name: alice" in p.diff and "+  model: haiku" in p.diff
+    commit = meta.repo[p.commit].peel(pygit2.Commit)
+    assert [str(x) for x in commit.parent_ids] == [main]
+    assert meta.main_commit() == main  # main untouched
+    assert str(meta.repo.references["refs/tags/proposal/1"].target) == p.commit
+    assert [x.id for x in meta.proposals(pending_only=True)] == [1]
+
+
+@pytest.mark.parametrize("name", ["Alice", "manager", "operator", "toolongname", "", "a_b", "9x"])
+def test_propose_spawn_invalid_writes_nothing(meta: MetaRepo, name: str) -> None:
+    before = refs(meta)
+    with pytest.raises(Invalid) as info:
+        meta.propose_spawn(name)
+    assert info.value.field == "name"
+    assert refs(meta) == before
+
+
+def test_propose_spawn_conflicts(meta: MetaRepo) -> None:
+    meta.propose_spawn("alice")
+    before = refs(meta)
+    with pytest.raises(Conflict, match="proposal/1 already spawns"):
+        meta.propose_spawn("alice")
+    write_main(meta, {"agents/bob/agent.yaml": manifest("bob")})
+    with pytest.raises(Conflict, match="already exists"):
+        meta.propose_spawn("bob")
+    assert {k: v for k, v in refs(meta).items() if "tags" in k} == {
+        k: v for k, v in before.items() if "tags" in k
+    }
+    # once denied, the name is free again
+    meta.deny(1, "not now")
+    assert meta.propose_spawn("alice").id == 2
+
+
+def test_ids_are_shared_across_prefixes(meta: MetaRepo) -> None:
+    assert meta.propose_spawn("alice").id == 1
+    main = meta.repo.references["refs/heads/main"].target
+    meta.repo.references.create("refs/tags/failed/7", main)
+    assert meta.propose_spawn("bob").id == 8
+    # somebody else grabbed 9 between our scan and our create: we skip to 10
+    meta.repo.references.create("refs/tags/proposal/9", main)
+    idx = meta._index
+    assert idx is not None
+    idx.max_id, idx.racy, idx.fingerprint = 8, False, meta._fingerprint()[0]
+    meta._dirty = False  # a stale index on purpose: the create must still be race-safe
+    assert meta.propose_spawn("carl").id == 10
+
+
+def test_propose_commit(meta: MetaRepo) -> None:
+    write_main(meta, {"agents/alice/agent.yaml": manifest("alice")})
+    meta.sync_manager_clone()
+    c1 = clone_commit(
+        meta, {"agents/alice/agent.yaml": manifest("alice", "sonnet")}, "alice: sonnet"
+    )
+    p = meta.propose_commit(c1, note="faster model")
+    assert p.kind is ProposalKind.APPLY_COMMIT and p.state is ProposalState.PENDING
+    assert p.commit == c1 and p.base == meta.main_commit()
+    assert p.agents == ("alice",) and p.note == "faster model" and p.title == "alice: sonnet"
+    assert "-  model: haiku" in p.diff and "+  model: sonnet" in p.diff
+    with pytest.raises(Conflict, match="already pending as proposal/1"):
+        meta.propose_commit(c1)
+
+
+def test_propose_commit_stack_records_merge_base(meta: MetaRepo) -> None:
+    main = meta.main_commit()
+    clone = meta.layout.manager_meta
+    clone_commit(meta, {"agents/bob/agent.yaml": manifest("bob")}, "spawn bob")
+    (clone / "agents/bob/agent.yaml").write_bytes(manifest("bob", "opus"))
+    git("commit", "-q", "-am", "bob: opus", cwd=clone)
+    tip = git("rev-parse", "HEAD", cwd=clone).stdout.strip()
+    p = meta.propose_commit(tip)
+    assert p.base == main and p.agents == ("bob",)
+    assert "+  model: opus" in p.diff
+
+
+def test_propose_commit_errors(meta: MetaRepo) -> None:
+    bad = clone_commit(
+        meta,
+        {"agents/eve/agent.yaml": manifest("eve", "3")},
+        "eve",
+    )
+    before = {k: v for k, v in refs(meta).items() if k.startswith("refs/tags/")}
+    with pytest.raises(Invalid) as info:
+        meta.propose_commit(bad)
+    assert info.value.field == "agents/eve/agent.yaml"
+    assert "spec.model" in info.value.message
+    badname = clone_commit(meta, {"agents/Eve/agent.yaml": manifest("eve")}, "Eve")
+    with pytest.raises(Invalid, match="agents/Eve"):
+        meta.propose_commit(badname)
+    nomgr = clone_commit(meta, {"agents/manager/agent.yaml": None}, "bye manager")
+    with pytest.raises(Invalid, match="manager"):
+        meta.propose_commit(nomgr)
+    with pytest.raises(NotFound):
+        meta.propose_commit("deadbeefdeadbeef")
+    with pytest.raises(Conflict, match="already part of main"):
+        meta.propose_commit(meta.main_commit())
+    git("checkout", "-q", "-B", "work", "origin/main", cwd=meta.layout.manager_meta)
+    git("commit", "-q", "--allow-empty", "-m", "nothing", cwd=meta.layout.manager_meta)
+    with pytest.raises(Conflict, match="changes nothing"):
+        meta.propose_commit("HEAD")
+    assert {k: v for k, v in refs(meta).items() if k.startswith("refs/tags/")} == before
+
+
+def test_propose_commit_unrelated_history(meta: MetaRepo, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    git("init", "-q", "-b", "main", str(other))
+    (other / "x").write_text("x")
+    git("add", "x", cwd=other)
+    git("commit", "-q", "-m", "x", cwd=other)
+    with pytest.raises(Invalid, match="no history"):
+        meta.propose_commit("HEAD", other)
+
+
+# ---------------------------------------------------------------- decisions + apply
+
+
+def test_approve_deny_states(meta: MetaRepo) -> None:
+    a = meta.propose_spawn("alice")
+    b = meta.propose_spawn("bob")
+    assert meta.approve(a.id).state is ProposalState.APPROVED
+    assert (
+        meta.repo.references["refs/tags/approved/1"].target
+        == meta.repo.references["refs/tags/proposal/1"].target
+    )
+    d = meta.deny(b.id, "we have enough bobs")
+    assert d.state is ProposalState.DENIED and d.note == "we have enough bobs"
+    tag = meta.repo[meta.repo.references["refs/tags/denied/2"].target]
+    assert isinstance(tag, pygit2.Tag) and tag.message.strip() == "we have enough bobs"
+    with pytest.raises(Conflict):
+        meta.approve(b.id)
+    with pytest.raises(Conflict):
+        meta.deny(a.id, "too late")
+    with pytest.raises(NotFound):
+        meta.approve(99)
+    assert meta.proposals(pending_only=True) == []
+    assert [p.id for p in meta.proposals()] == [2, 1]
+    assert [d.id for d in meta.denied_unnotified()] == [2]
+    meta.mark_notified(2)
+    assert meta.denied_unnotified() == []
+
+
+def test_apply_fast_forward(meta: MetaRepo) -> None:
+    p = meta.propose_spawn("alice")
+    meta.approve(p.id, "go")
+    assert meta.approved_unapplied() == [1]
+    b = meta.apply_approved(1)
+    assert meta.main_commit() == p.commit == b.commit
+    assert b.agents == ("alice",) and b.kind is ProposalKind.SPAWN and not b.flake_changed
+    assert meta.proposal(1).state is ProposalState.BUILDING
+    assert meta.approved_unapplied() == []
+    assert [x.id for x in meta.open_builds()] == [1]
+    assert meta.last_deploy() == p.commit
+    assert meta.record_push() is None
+    meta.finish(1, True, "deployed it\n\nalice: create")
+    assert meta.open_builds() == []
+    pr = meta.proposal(1)
+    assert pr.state is ProposalState.DEPLOYED and pr.note.startswith("deployed it")
+    meta.finish(1, False, "ignored: an outcome is final")
+    assert meta.proposal(1).state is ProposalState.DEPLOYED
+
+
+def test_apply_merges_when_main_moved(meta: MetaRepo) -> None:
+    p = meta.propose_spawn("alice")
+    moved = write_main(meta, {"agents/bob/agent.yaml": manifest("bob")})
+    meta.approve(p.id)
+    b = meta.apply_approved(p.id)
+    head = meta.repo[meta.main_commit()].peel(pygit2.Commit)
+    assert [str(x) for x in head.parent_ids] == [moved, p.commit]
+    assert b.commit == str(head.id)
+    assert set(meta.desired().agents) == {"manager", "alice", "bob"}
+    # applying again (crash between main move and outcome) does not move main
+    assert meta.apply_approved(p.id).commit == b.commit
+
+
+def test_apply_conflict_leaves_main(meta: MetaRepo) -> None:
+    write_main(meta, {"agents/alice/agent.yaml": manifest("alice")})
+    meta.sync_manager_clone()
+    c = clone_commit(meta, {"agents/alice/agent.yaml": manifest("alice", "sonnet")}, "sonnet")
+    p = meta.propose_commit(c)
+    main = write_main(meta, {"agents/alice/agent.yaml": manifest("alice", "opus")})
+    meta.approve(p.id)
+    with pytest.raises(ApplyFailed, match=r"agents/alice/agent\.yaml"):
+        meta.apply_approved(p.id)
+    assert meta.main_commit() == main
+    meta.finish(p.id, False, "conflict")
+    assert meta.proposal(p.id).state is ProposalState.FAILED
+    assert meta.approved_unapplied() == []
+
+
+def test_record_push(meta: MetaRepo) -> None:
+    first = meta.record_push()
+    assert first is not None and first.id == 1 and first.kind is ProposalKind.PUSH
+    assert first.flake_changed and first.base is None
+    assert meta.record_push() is None
+    meta.finish(1, True, "initial")
+    new = write_main(meta, {"agents/alice/agent.yaml": manifest("alice")}, "add alice")
+    b = meta.record_push()
+    assert b is not None and (b.id, b.commit, b.agents, b.flake_changed) == (
+        2,
+        new,
+        ("alice",),
+        False,
+    )
+    p = meta.proposal(2)
+    assert p.kind is ProposalKind.PUSH and p.state is ProposalState.BUILDING
+    assert p.title == "add alice" and "+  name: alice" in p.diff
+
+
+def test_ref_index_sees_external_tags(meta: MetaRepo, tmp_path: Path) -> None:
+    meta.propose_spawn("alice")
+    assert meta.approved_unapplied() == []
+    work = tmp_path / "op"
+    git("clone", "-q", str(meta.path), str(work))
+    git("fetch", "-q", "origin", "refs/tags/*:refs/tags/*", cwd=work)
+    git("tag", "approved/1", "proposal/1", cwd=work)
+    git("push", "-q", "origin", "approved/1", cwd=work)
+    assert meta.approved_unapplied() == [1]
+
+
+def test_sync_manager_clone(meta: MetaRepo) -> None:
+    new = write_main(meta, {"agents/alice/agent.yaml": manifest("alice")})
+    assert meta.sync_manager_clone() is True
+    clone = pygit2.Repository(str(meta.layout.manager_meta))
+    assert str(clone.references["refs/remotes/origin/main"].target) == new
+    assert (clone[new].peel(pygit2.Tree) / "agents/alice/agent.yaml") is not None
+    assert meta.sync_manager_clone() is False

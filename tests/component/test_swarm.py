@@ -1,0 +1,618 @@
+"""controller.swarm end to end: real meta.git, real git pushes, real stand-in agent processes.
+
+Only the broker is a fake (it records emitted events and checks them against
+events.schema.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pygit2
+import pytest
+
+from controller.config import Config
+from controller.drivers.local import LocalDriver
+from controller.errors import Conflict, NotFound
+from controller.metarepo import MetaRepo
+from controller.model import ActionKind, Phase
+from controller.ops import Lifecycle, ProposalKind, ProposalState
+from controller.paths import Layout
+from controller.swarm import Swarm
+from schemas.names import default_web_port
+from schemas.validate import validate
+
+CFG = Config(default_model="haiku", agent_port_base=18100, manager_port=18000)
+
+STANDIN = r"""
+import json, os, signal, sys, time
+settings = json.load(open(os.environ["HYPERHIVE_SETTINGS"]))
+with open(os.path.join(os.environ["HYPERHIVE_STATE_DIR"], "standin.json"), "w") as f:
+    json.dump({"pid": os.getpid(), "settings": settings}, f)
+print("standin up", flush=True)
+if settings.get("model") == "crash":
+    sys.exit(3)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while True:
+    time.sleep(0.05)
+"""
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def git(
+    *args: str, cwd: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "op",
+        "GIT_AUTHOR_EMAIL": "op@example.org",
+        "GIT_COMMITTER_NAME": "op",
+        "GIT_COMMITTER_EMAIL": "op@example.org",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    res = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+class FakeBroker:
+    """Records every emit_event call (no coalescing: the swarm must not repeat itself)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any], str | None]] = []
+
+    def emit_event(
+        self, recipient: str, event: dict[str, Any], dedup_key: str | None = None
+    ) -> Any:
+        validate(event, "events")
+        self.calls.append((recipient, event, dedup_key))
+        return None
+
+    def of(self, type_: str) -> list[dict[str, Any]]:
+        return [e for _, e, _ in self.calls if e["type"] == type_]
+
+    def approvals(self) -> list[tuple[int, str]]:
+        return [(e["id"], e["decision"]) for e in self.of("ApprovalResolved")]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.layout = Layout(tmp / "state", tmp / "run")
+        self.script = tmp / "standin.py"
+        self.script.write_text(STANDIN)
+        self.clock = Clock()
+        self.broker = FakeBroker()
+        self.deploys: list[tuple[str, bool]] = []
+        self.destroys: list[str] = []
+        self.meta = MetaRepo.open_or_init(self.layout, CFG)
+        self.driver = self.make_driver()
+        self.swarm = self.make_swarm()
+        self._op: Path | None = None
+
+    def make_driver(self) -> LocalDriver:
+        return LocalDriver(
+            self.layout,
+            CFG,
+            ENV,
+            argv=[sys.executable, str(self.script)],
+            stop_timeout=2.0,
+            start_grace=0.15,
+        )
+
+    def make_swarm(self, meta: MetaRepo | None = None) -> Swarm:
+        def on_deploy(agent: str) -> None:
+            pid_file = self.layout.agent_dir(agent) / "harness.pid"
+            self.deploys.append((agent, pid_file.exists()))
+
+        return Swarm(
+            self.layout,
+            CFG,
+            meta or self.meta,
+            self.broker,
+            self.driver,
+            on_deploy,
+            on_destroy=self.destroys.append,
+            clock=self.clock,
+        )
+
+    @property
+    def op(self) -> Path:
+        """The operator's clone of meta.git (fresh tags fetched)."""
+        if self._op is None:
+            self._op = self.tmp / "op"
+            git("clone", "-q", str(self.meta.path), str(self._op))
+        git("fetch", "-q", "--tags", "--force", "origin", cwd=self._op)
+        git("checkout", "-q", "-B", "main", "origin/main", cwd=self._op)
+        return self._op
+
+    def push_tag(self, *tag_args: str) -> None:
+        op = self.op
+        git("tag", *tag_args, cwd=op)
+        name = next(a for a in tag_args if "/" in a)
+        git("push", "-q", "origin", name, cwd=op)
+
+    def push_main(self, files: dict[str, str | None], message: str) -> str:
+        op = self.op
+        for path, text in files.items():
+            if text is None:
+                git("rm", "-q", "-r", path, cwd=op)
+            else:
+                (op / path).parent.mkdir(parents=True, exist_ok=True)
+                (op / path).write_text(text)
+                git("add", path, cwd=op)
+        git("commit", "-q", "-m", message, cwd=op)
+        git("push", "-q", "origin", "main", cwd=op)
+        return git("rev-parse", "HEAD", cwd=op).stdout.strip()
+
+    def clone_commit(self, files: dict[str, str], message: str) -> str:
+        clone = self.layout.manager_meta
+        git("fetch", "-q", "origin", cwd=clone)
+        git("checkout", "-q", "-B", "work", "origin/main", cwd=clone)
+        for path, text in files.items():
+            (clone / path).parent.mkdir(parents=True, exist_ok=True)
+            (clone / path).write_text(text)
+            git("add", path, cwd=clone)
+        git("commit", "-q", "-m", message, cwd=clone)
+        return git("rev-parse", "HEAD", cwd=clone).stdout.strip()
+
+    def tags(self) -> dict[str, str]:
+        return {
+            r.name[len("refs/tags/") :]: str(r.target)
+            for r in self.meta.repo.references.iterator()
+            if r.name.startswith("refs/tags/")
+        }
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.layout.status_file.read_text())  # type: ignore[no-any-return]
+
+    def standin(self, agent: str) -> dict[str, Any]:
+        return json.loads((self.layout.agent_state(agent) / "standin.json").read_text())  # type: ignore[no-any-return]
+
+    def cond(self, agent: str, type_: str) -> dict[str, Any]:
+        rows = self.status()["agents"][agent]["conditions"]
+        return next(c for c in rows if c["type"] == type_)
+
+
+def manifest(name: str, model: str = "haiku", extra: str = "") -> str:
+    return (
+        "apiVersion: hyperhive/v1\nkind: Agent\n"
+        f"metadata:\n  name: {name}\nspec:\n  model: {model}\n{extra}"
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    for name in list(e.driver.observe()):
+        e.driver.stop(name)
+
+
+@pytest.fixture
+def up(env: Env) -> Env:
+    """The swarm after its first pass: manager running, deployed/1."""
+    result = env.swarm.reconcile()
+    assert result.ok, result.errors
+    return env
+
+
+def spawn_alice(env: Env) -> int:
+    p = env.swarm.request_spawn("alice")
+    env.push_tag(f"approved/{p.id}", f"proposal/{p.id}")
+    res = env.swarm.reconcile()
+    assert res.ok, res.errors
+    return p.id
+
+
+# ------------------------------------------------------------------ the main story
+
+
+def test_first_pass_deploys_the_manager(env: Env) -> None:
+    result = env.swarm.reconcile()
+    assert result.ok
+    assert [(a.agent, a.kind) for a in result.plan] == [("manager", ActionKind.CREATE)]
+    assert env.driver.observe()["manager"].phase is Phase.RUNNING
+    assert env.deploys == [("manager", False)]  # socket first, process after
+    assert "building/1" in env.tags() and "deployed/1" in env.tags()
+    p = env.swarm.proposal(1)
+    assert (p.kind, p.state) == (ProposalKind.PUSH, ProposalState.DEPLOYED)
+    assert "manager: create" in p.note
+    assert env.broker.approvals() == []  # the bootstrap deploy approves nothing
+    assert env.cond("manager", "Ready")["status"] == "True"
+    assert env.status()["agents"]["manager"]["web_port"] == 18000
+    assert env.standin("manager")["settings"]["web_port"] == 18000
+    assert env.swarm.reconcile().plan == ()
+    assert env.swarm.reconcile(dry_run=True).to_json()["in_sync"] is True
+
+
+def test_spawn_approve_by_git_push_deploys(up: Env) -> None:
+    env = up
+    p = env.swarm.request_spawn("alice")
+    assert p.state is ProposalState.PENDING and p.agents == ("alice",)
+    assert [x.id for x in env.swarm.proposals(pending_only=True)] == [p.id]
+    env.push_tag(f"approved/{p.id}", f"proposal/{p.id}")
+    result = env.swarm.reconcile()
+    assert result.ok, result.errors
+    assert [(a.agent, a.kind) for a in result.plan] == [("alice", ActionKind.CREATE)]
+    obs = env.driver.observe()["alice"]
+    assert obs.phase is Phase.RUNNING and obs.commit == env.meta.main_commit() == p.commit
+    assert f"deployed/{p.id}" in env.tags()
+    assert env.swarm.proposal(p.id).state is ProposalState.DEPLOYED
+    assert env.broker.approvals()[-1] == (p.id, "deployed")
+    event = env.broker.of("ApprovalResolved")[-1]
+    assert event["kind"] == "spawn" and event["agents"] == ["alice"]
+    settings = env.standin("alice")["settings"]
+    port = default_web_port("alice", 18000, 18100, 900)
+    assert settings["web_port"] == port and settings["model"] == "haiku"
+    assert settings["meta_commit"] == p.commit and settings["flavor"] == "agent"
+    assert (env.layout.agent_dir("alice") / "web-port").read_text().strip() == str(port)
+    assert ("alice", False) in env.deploys
+    assert env.cond("alice", "Ready")["status"] == "True"
+    assert env.cond("alice", "UpToDate")["reason"] == "UpToDate"
+    rows = {r["name"]: r for r in env.swarm.list_agents()}
+    assert rows["alice"]["phase"] == "running" and rows["alice"]["web_port"] == port
+    assert env.swarm.agent_names() == frozenset({"manager", "alice"})
+    # the manager's clone learns the new main
+    clone = pygit2.Repository(str(env.layout.manager_meta))
+    assert str(clone.references["refs/remotes/origin/main"].target) == p.commit
+    assert env.swarm.reconcile().plan == ()
+
+
+def test_deny_is_reported_exactly_once(up: Env) -> None:
+    env = up
+    p = env.swarm.request_spawn("bob")
+    env.push_tag("-a", f"denied/{p.id}", "-m", "we have enough bobs", f"proposal/{p.id}")
+    before = len(env.broker.calls)
+    assert env.swarm.reconcile().ok
+    denied = [e for e in env.broker.of("ApprovalResolved") if e["decision"] == "denied"]
+    assert denied == [
+        {
+            "type": "ApprovalResolved",
+            "id": p.id,
+            "kind": "spawn",
+            "agents": ["bob"],
+            "decision": "denied",
+            "note": "we have enough bobs",
+        }
+    ]
+    env.swarm.reconcile()
+    Env.make_swarm(env).reconcile()  # a restarted controller does not repeat it either
+    assert len(env.broker.calls) == before + 1
+    assert "bob" not in env.driver.observe()
+    assert env.swarm.proposal(p.id).state is ProposalState.DENIED
+
+
+def test_conflicting_proposals_fail_the_second(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    c1 = env.clone_commit({"agents/alice/agent.yaml": manifest("alice", "sonnet")}, "alice: sonnet")
+    p1 = env.swarm.request_apply_commit(c1, "faster")
+    c2 = env.clone_commit({"agents/alice/agent.yaml": manifest("alice", "opus")}, "alice: opus")
+    p2 = env.swarm.request_apply_commit(c2, "smarter")
+    env.swarm.approve(p1.id)
+    env.swarm.approve(p2.id, "try it")
+    result = env.swarm.reconcile()
+    assert not result.ok
+    assert any(f"proposal/{p2.id}" in e and "agents/alice/agent.yaml" in e for e in result.errors)
+    assert env.meta.main_commit() == c1
+    assert env.swarm.proposal(p1.id).state is ProposalState.DEPLOYED
+    failed = env.swarm.proposal(p2.id)
+    assert failed.state is ProposalState.FAILED
+    assert "merge conflict" in failed.note and "agents/alice/agent.yaml" in failed.note
+    assert env.standin("alice")["settings"]["model"] == "sonnet"
+    assert (p2.id, "failed") in env.broker.approvals()
+    tag = env.meta.repo[env.meta.repo.references[f"refs/tags/failed/{p2.id}"].target]
+    assert isinstance(tag, pygit2.Tag) and "merge conflict" in tag.message
+
+
+def test_non_conflicting_proposals_merge(up: Env) -> None:
+    env = up
+    a = env.swarm.request_spawn("alice")
+    b = env.swarm.request_spawn("bob")
+    env.swarm.approve(a.id)
+    env.swarm.approve(b.id)
+    assert env.swarm.reconcile().ok
+    assert {"alice", "bob"} <= set(env.driver.observe())
+    head = env.meta.repo[env.meta.main_commit()].peel(pygit2.Commit)
+    assert len(head.parent_ids) == 2
+    assert env.swarm.proposal(a.id).state is ProposalState.DEPLOYED
+    assert env.swarm.proposal(b.id).state is ProposalState.DEPLOYED
+
+
+def test_push_and_approval_in_one_pass_get_their_own_ids(up: Env) -> None:
+    env = up
+    p = env.swarm.request_spawn("alice")
+    env.swarm.approve(p.id)
+    env.push_main({"agents/bob/agent.yaml": manifest("bob")}, "bob by hand")
+    assert env.swarm.reconcile().ok
+    push = env.swarm.proposals()[0]
+    assert push.id == p.id + 1 and push.kind is ProposalKind.PUSH
+    assert push.agents == ("bob",) and push.state is ProposalState.DEPLOYED
+    assert env.swarm.proposal(p.id).state is ProposalState.DEPLOYED
+    assert {"alice", "bob"} <= set(env.driver.observe())
+    assert env.meta.last_deploy() == env.meta.main_commit()
+
+
+def test_gitops_push_changes_model_with_a_restart(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    old_pid = env.standin("alice")["pid"]
+    new_main = env.push_main(
+        {"agents/alice/agent.yaml": manifest("alice", "sonnet")}, "alice: sonnet"
+    )
+    result = env.swarm.reconcile()
+    assert result.ok, result.errors
+    assert [(a.agent, a.kind) for a in result.plan] == [("alice", ActionKind.APPLY_MANIFEST)]
+    s = env.standin("alice")
+    assert s["pid"] != old_pid and s["settings"]["model"] == "sonnet"
+    assert s["settings"]["meta_commit"] == new_main
+    push_ids = [p.id for p in env.swarm.proposals() if p.kind is ProposalKind.PUSH]
+    latest = env.swarm.proposal(max(push_ids))
+    assert latest.state is ProposalState.DEPLOYED and latest.commit == new_main
+    assert latest.agents == ("alice",) and latest.title == "alice: sonnet"
+    assert env.broker.approvals()[-1] == (latest.id, "deployed")
+    assert env.swarm.reconcile().plan == ()
+
+
+def test_agent_nix_change_rebuilds(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    env.push_main({"agents/alice/agent.nix": "{ pkgs, ... }: { }\n"}, "alice: packages")
+    result = env.swarm.reconcile()
+    assert [(a.agent, a.kind) for a in result.plan] == [("alice", ActionKind.REBUILD)]
+    assert env.broker.of("Rebuilt")[-1]["agent"] == "alice"
+    up_to_date = env.cond("alice", "UpToDate")
+    assert up_to_date["status"] == "True"
+    assert "agent.nix is not built under the local runtime" in up_to_date["message"]
+    assert "agent.nix is not built" in env.swarm.status()["runtime_note"]
+
+
+def test_new_hyperhive_version_rebuilds_everything(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    newer = MetaRepo.open(env.layout, CFG, version="0.2.0")
+    result = env.make_swarm(newer).reconcile()
+    assert result.ok
+    assert {(a.agent, a.kind) for a in result.plan} == {
+        ("manager", ActionKind.REBUILD),
+        ("alice", ActionKind.REBUILD),
+    }
+    assert env.standin("alice")["settings"]["hyperhive_version"] == "0.2.0"
+
+
+def test_prune_removes_the_process_keeps_state(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    (env.layout.agent_state("alice") / "notes.md").write_text("keep me")
+    pid = env.standin("alice")["pid"]
+    env.push_main({"agents/alice": None}, "retire alice")
+    result = env.swarm.reconcile()
+    assert [(a.agent, a.kind) for a in result.plan] == [("alice", ActionKind.DESTROY)]
+    assert "alice" not in env.driver.observe()
+    assert env.destroys == ["alice"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert (env.layout.agent_state("alice") / "notes.md").read_text() == "keep me"
+    assert "alice" not in env.status()["agents"]
+
+
+# ------------------------------------------------------------------ crash safety
+
+
+def test_building_without_outcome_is_finished_exactly_once(up: Env) -> None:
+    env = up
+    p = env.swarm.request_spawn("alice")
+    env.swarm.approve(p.id)
+    # the controller applied the proposal and wrote building/<id>, then got kill -9'd
+    env.meta.apply_approved(p.id)
+    main = env.meta.main_commit()
+    assert f"building/{p.id}" in env.tags() and f"deployed/{p.id}" not in env.tags()
+
+    restarted = env.make_swarm(MetaRepo.open_or_init(env.layout, CFG))
+    result = restarted.reconcile()
+    assert result.ok, result.errors
+    assert env.meta.main_commit() == main  # never re-applied
+    assert f"deployed/{p.id}" in env.tags()
+    assert env.driver.observe()["alice"].phase is Phase.RUNNING
+    tags = env.tags()
+    restarted.reconcile()
+    assert env.tags() == tags
+    assert [x for x in env.broker.approvals() if x[0] == p.id] == [(p.id, "deployed")]
+
+
+def test_push_recorded_but_not_finished_is_not_duplicated(up: Env) -> None:
+    env = up
+    env.push_main({"agents/alice/agent.yaml": manifest("alice")}, "alice")
+    build = env.meta.record_push()  # then the controller died
+    assert build is not None
+    restarted = env.make_swarm(MetaRepo.open_or_init(env.layout, CFG))
+    assert restarted.reconcile().ok
+    ids = [p.id for p in env.swarm.proposals()]
+    assert max(ids) == build.id  # no second id for the same push
+    assert env.swarm.proposal(build.id).state is ProposalState.DEPLOYED
+
+
+# ------------------------------------------------------------------ dry run, holds, failures
+
+
+def test_dry_run_writes_nothing(up: Env) -> None:
+    env = up
+    p = env.swarm.request_spawn("alice")
+    env.swarm.approve(p.id)
+    env.push_main({"agents/bob/agent.yaml": manifest("bob")}, "bob")
+
+    def snapshot() -> tuple[Any, ...]:
+        files = {
+            str(f): (f.stat().st_mtime_ns, f.stat().st_size)
+            for f in env.layout.state.rglob("*")
+            if f.is_file() and "/logs/" not in str(f)
+        }
+        return env.tags(), env.meta.main_commit(), files, sorted(env.driver.observe())
+
+    before = snapshot()
+    calls = len(env.broker.calls)
+    result = env.swarm.reconcile(dry_run=True)
+    assert result.dry_run and result.plan
+    assert [(a.agent, a.kind) for a in result.plan] == [("bob", ActionKind.CREATE)]
+    assert any(x.startswith(f"approved/{p.id}") for x in result.pending)
+    assert any(x.startswith("main ") for x in result.pending)
+    assert result.to_json()["in_sync"] is False
+    assert snapshot() == before
+    assert len(env.broker.calls) == calls
+
+
+def test_kill_is_remembered_until_start(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    out = env.swarm.lifecycle(Lifecycle.KILL, "alice")
+    assert "stopped" in out
+    assert env.swarm.reconcile().plan == ()
+    assert env.driver.observe()["alice"].phase is Phase.STOPPED
+    assert env.status()["agents"]["alice"]["held"] == "stopped by request"
+    assert env.cond("alice", "Ready")["reason"] == "StoppedByRequest"
+    # a controller restart keeps the hold
+    assert env.make_swarm().reconcile().plan == ()
+    assert "running" in env.swarm.lifecycle(Lifecycle.START, "alice")
+    assert env.driver.observe()["alice"].phase is Phase.RUNNING
+    assert env.swarm.reconcile().plan == ()
+    pid = env.standin("alice")["pid"]
+    assert "restarted" in env.swarm.lifecycle(Lifecycle.RESTART, "alice")
+    assert env.standin("alice")["pid"] != pid
+    assert "updated" in env.swarm.lifecycle(Lifecycle.UPDATE, "alice")
+    with pytest.raises(NotFound):
+        env.swarm.lifecycle(Lifecycle.START, "ghost")
+
+
+def test_deploy_clears_a_hold(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    env.swarm.lifecycle(Lifecycle.KILL, "alice")
+    env.push_main({"agents/alice/agent.yaml": manifest("alice", "sonnet")}, "alice: sonnet")
+    assert env.swarm.reconcile().ok
+    assert env.driver.observe()["alice"].phase is Phase.RUNNING
+    assert env.status()["agents"]["alice"]["held"] is None
+
+
+def test_suspend_stops_and_start_is_refused(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    env.push_main(
+        {"agents/alice/agent.yaml": manifest("alice", extra="  suspend: true\n")}, "pause"
+    )
+    result = env.swarm.reconcile()
+    assert [(a.agent, a.kind) for a in result.plan] == [("alice", ActionKind.STOP)]
+    assert env.cond("alice", "Ready")["reason"] == "Suspended"
+    with pytest.raises(Conflict, match="suspend"):
+        env.swarm.lifecycle(Lifecycle.START, "alice")
+
+
+def test_transient_failure_fails_the_deploy_and_backs_off(up: Env) -> None:
+    env = up
+    env.push_main({"agents/alice/agent.yaml": manifest("alice", "crash")}, "alice crashes")
+    result = env.swarm.reconcile()
+    assert not result.ok and "exited at start with code 3" in result.errors[0]
+    latest = env.swarm.proposals()[0]
+    assert latest.state is ProposalState.FAILED and "alice" in latest.note
+    rec = env.cond("alice", "Reconciling")
+    assert (rec["status"], rec["reason"]) == ("True", "RetryScheduled")
+    log = env.layout.log_dir / "alice.log"
+    starts = log.read_text().count("standin up")
+    again = env.swarm.reconcile()
+    assert again.plan and again.ok  # planned, but held back by the backoff
+    assert log.read_text().count("standin up") == starts
+    env.clock.now += 60
+    env.swarm.reconcile()
+    assert log.read_text().count("standin up") == starts + 1
+    # fixing desired state resets the backoff at once
+    env.push_main({"agents/alice/agent.yaml": manifest("alice", "haiku")}, "alice fixed")
+    assert env.swarm.reconcile().ok
+    assert env.driver.observe()["alice"].phase is Phase.RUNNING
+    assert env.swarm.proposals()[0].state is ProposalState.DEPLOYED
+
+
+def test_crash_is_reported_and_restarted(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    pid = env.standin("alice")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if env.driver.observe()["alice"].phase is Phase.FAILED:
+            break
+        time.sleep(0.02)
+    result = env.swarm.reconcile()
+    assert [(a.agent, a.kind) for a in result.plan] == [("alice", ActionKind.START)]
+    crash = env.broker.of("ContainerCrash")
+    assert len(crash) == 1 and crash[0]["agent"] == "alice" and crash[0]["restarts"] == 1
+    assert env.driver.observe()["alice"].phase is Phase.RUNNING
+
+
+def test_conditions_keep_their_transition_time(up: Env) -> None:
+    env = up
+    first = env.cond("manager", "Ready")["lastTransitionTime"]
+    env.clock.now += 100
+    env.swarm.reconcile()
+    assert env.cond("manager", "Ready")["lastTransitionTime"] == first
+    mtime = env.layout.status_file.stat().st_mtime_ns
+    env.swarm.reconcile()
+    assert env.layout.status_file.stat().st_mtime_ns == mtime  # a no-op pass writes nothing
+
+
+def test_invalid_manifest_at_main_stalls_without_pruning(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    # bypass the hook: write main with pygit2 directly
+    repo = env.meta.repo
+    main = repo.references["refs/heads/main"].target
+    index = pygit2.Index()
+    index.read_tree(repo[main].peel(pygit2.Tree))
+    blob = repo.create_blob(
+        b"apiVersion: hyperhive/v1\nkind: Agent\nmetadata: {name: alice}\nspec: {model: 'x y'}\n"
+    )
+    index.add(pygit2.IndexEntry("agents/alice/agent.yaml", blob, pygit2.enums.FileMode.BLOB))
+    sig = pygit2.Signature("t", "t@x")
+    repo.create_commit("refs/heads/main", sig, sig, "broken", index.write_tree(repo), [main])
+    result = env.swarm.reconcile()
+    assert not result.ok and any("spec.model" in e for e in result.errors)
+    assert env.driver.observe()["alice"].phase is Phase.RUNNING  # not pruned
+    stalled = env.cond("alice", "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "InvalidManifest")
+    assert env.swarm.proposals()[0].state is ProposalState.FAILED
+
+
+def test_recipients_and_pass_requests(up: Env) -> None:
+    env = up
+    env.push_main(
+        {"agents/alice/agent.yaml": manifest("alice", extra="  allowedRecipients: [bob]\n")}, "a"
+    )
+    env.swarm.reconcile()
+    assert env.swarm.allowed_recipients("alice") == ("bob", "manager")
+    assert env.swarm.allowed_recipients("manager") == ()
+    assert env.swarm.wait_for_pass_request(0.01) is None
+    env.swarm.request_pass("poke")
+    env.swarm.request_pass("poke")
+    env.swarm.request_pass("resync")
+    assert env.swarm.wait_for_pass_request(1) == "poke, resync"
+    assert env.swarm.wait_for_pass_request(0.01) is None
+    st = env.swarm.status()
+    assert st["runtime"] == "local" and st["main"] == env.meta.main_commit()
+    assert st["pending"] == 0 and {a["name"] for a in st["agents"]} == {"manager", "alice"}
