@@ -169,6 +169,41 @@ class SwarmOps(Protocol):
         """Ask the loop for a pass soon (hook poke, dashboard, resync). Never blocks."""
         ...
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """One agent in depth: its ``list_agents`` row plus ``deploys`` (newest first:
+        ``{"id", "state", "commit", "note", "at"}``) and ``events`` (recent lifecycle events:
+        ``{"at", "type", "message"}``). NotFound if the agent is neither desired nor observed.
+        """
+        ...
+
+    def destroy(self, name: str, purge: bool = False) -> str:
+        """Remove ``agents/<name>/`` from main (a commit by the operator) and reconcile; its
+        state is kept as a tombstone unless ``purge``. NotFound / Invalid (the manager).
+        """
+        ...
+
+    def purge(self, name: str) -> str:
+        """Delete a tombstone's kept state and credentials. NotFound if there is none;
+        Conflict if the agent is still in desired state.
+        """
+        ...
+
+    def tombstones(self) -> list[dict[str, Any]]:
+        """Destroyed agents whose state is kept: ``{"name", "destroyed_at", "bytes", "path"}``."""
+        ...
+
+    def journal(self, name: str, unit: str | None = None, lines: int = 200) -> str:
+        """Recent log lines of one agent's runtime (journalctl -M under nixos-container, the
+        harness log file under local). NotFound / Invalid (unit, lines out of 1..5000).
+        """
+        ...
+
+    def agent_config(self, name: str) -> dict[str, Any]:
+        """What an agent is deployed from: ``{"commit", "manifest" (YAML text),
+        "agent_nix" (text or None), "settings" (the rendered settings.json)}``. NotFound.
+        """
+        ...
+
     def status(self) -> dict[str, Any]:
         """Swarm summary: agents (as ``list_agents``), pending count, main commit, runtime."""
         ...
