@@ -18,6 +18,17 @@ Delivery model
   seconds it becomes deliverable again, at its original place in the order:
   at-least-once, and the message id lets the receiver drop a duplicate. The
   harness leases its wake ``recv`` and acks after the turn.
+* Poison messages: a leased message delivered ``max_deliveries`` (5) times
+  whose lease runs out again without an ``ack`` is a *dead letter*: never
+  delivered again, counted in ``Status.dead_letters``, announced to the
+  manager as a ``DeadLetter`` event, kept 30 days (``dead_letters``,
+  ``requeue_dead_letters``).
+* Idempotency: ``send`` / ``ask`` / ``remind`` (and wakes) take an optional
+  ``idempotency_key``, unique per caller. A repeat with the same key and the
+  same request returns the original message (same id, ``extra["duplicate"]``)
+  instead of queueing another; the same key with a different request is a
+  ``Conflict``. A client that retries a send whose reply it never got (the
+  controller died between commit and reply) so gets exactly-once.
 * Reminders are rows with a future ``due_at``: invisible to ``recv`` (and
   counted as ``pending_reminders``, not ``unread``) until due. A parked
   ``recv`` computes the next due time (reminder or lease expiry) of its own
@@ -54,7 +65,9 @@ Open threads
 ``ask(sender, to, q)`` opens a thread; ``answer`` by the asked party closes it.
 ``Status.open_threads`` counts threads that concern the caller and are not
 answered yet: questions it asked that await an answer *and* questions asked of
-it that it has not answered.
+it that it has not answered. ``close_threads(agent)`` (called when an agent is
+destroyed) closes every open thread of that agent; an asker still waiting on
+it gets a ``[closed]`` answer from ``hyperhive``.
 """
 
 from __future__ import annotations
@@ -90,6 +103,15 @@ MAX_REMIND_SECONDS = 30 * 86400
 RETENTION_SECONDS = 30 * 86400
 """``sweep`` deletes acked messages (and resolved threads/questions) older than this."""
 
+MAX_DELIVERIES = 5
+"""A leased message delivered this often and never acked becomes a dead letter."""
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes the WAL file is trimmed to after an automatic checkpoint."""
+
+MAX_IDEMPOTENCY_KEY = 128
+"""Longest ``idempotency_key``."""
+
 EVENT_SENDER = "hyperhive"
 """``from`` of typed events the controller emits."""
 
@@ -99,7 +121,11 @@ EXPIRED = "[expired]"
 _ABANDON_POLL_SECONDS = 1.0
 """How often a parked ``recv`` asks whether its client went away."""
 
-_SCHEMA = """
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version``: 1 = first release; 2 adds idempotency keys, dead letters and
+closed threads (columns added in place, the pending index rebuilt)."""
+
+_TABLES = """
 CREATE TABLE IF NOT EXISTS messages (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     sender       TEXT    NOT NULL,
@@ -114,27 +140,22 @@ CREATE TABLE IF NOT EXISTS messages (
     delivered_at REAL,
     lease_until  REAL,
     acked_at     REAL,
-    attempts     INTEGER NOT NULL DEFAULT 0
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    idem_owner   TEXT,
+    idem_key     TEXT,
+    idem_hash    TEXT,
+    dead_at      REAL
 );
--- covering for recv's claim and status' counts: no table lookups per pending row
-CREATE INDEX IF NOT EXISTS messages_pending
-    ON messages(recipient, id, due_at, lease_until, kind, acked_at) WHERE acked_at IS NULL;
-CREATE INDEX IF NOT EXISTS messages_to ON messages(recipient, id);
-CREATE INDEX IF NOT EXISTS messages_from ON messages(sender, id);
-CREATE INDEX IF NOT EXISTS messages_acked ON messages(acked_at) WHERE acked_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_dedup ON messages(recipient, dedup_key)
-    WHERE dedup_key IS NOT NULL AND delivered_at IS NULL;
 CREATE TABLE IF NOT EXISTS threads (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    asker       TEXT    NOT NULL,
-    asked       TEXT    NOT NULL,
-    question_id INTEGER,
-    opened_at   REAL    NOT NULL,
-    answered_at REAL,
-    answer_id   INTEGER
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    asker         TEXT    NOT NULL,
+    asked         TEXT    NOT NULL,
+    question_id   INTEGER,
+    opened_at     REAL    NOT NULL,
+    answered_at   REAL,
+    answer_id     INTEGER,
+    closed_reason TEXT
 );
-CREATE INDEX IF NOT EXISTS threads_open_asker ON threads(asker) WHERE answered_at IS NULL;
-CREATE INDEX IF NOT EXISTS threads_open_asked ON threads(asked) WHERE answered_at IS NULL;
 CREATE TABLE IF NOT EXISTS operator_questions (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     asker       TEXT    NOT NULL,
@@ -147,24 +168,62 @@ CREATE TABLE IF NOT EXISTS operator_questions (
     answered_at REAL,
     resolution  TEXT
 );
+"""
+
+# columns added after version 1, for ALTER TABLE on an older file
+_ADDED_COLUMNS = {
+    "messages": (
+        ("idem_owner", "TEXT"),
+        ("idem_key", "TEXT"),
+        ("idem_hash", "TEXT"),
+        ("dead_at", "REAL"),
+    ),
+    "threads": (("closed_reason", "TEXT"),),
+}
+
+_INDEXES = """
+-- version 1's pending index had no attempts column and kept dead letters
+DROP INDEX IF EXISTS messages_pending;
+-- covering for recv's claim and status' counts: no table lookups per pending row
+CREATE INDEX IF NOT EXISTS messages_inbox
+    ON messages(recipient, id, due_at, lease_until, attempts, kind)
+    WHERE acked_at IS NULL AND dead_at IS NULL;
+CREATE INDEX IF NOT EXISTS messages_to ON messages(recipient, id);
+CREATE INDEX IF NOT EXISTS messages_from ON messages(sender, id);
+CREATE INDEX IF NOT EXISTS messages_acked ON messages(acked_at) WHERE acked_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_dedup ON messages(recipient, dedup_key)
+    WHERE dedup_key IS NOT NULL AND delivered_at IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idem ON messages(idem_owner, idem_key)
+    WHERE idem_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_dead ON messages(recipient, dead_at) WHERE dead_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS threads_open_asker ON threads(asker) WHERE answered_at IS NULL;
+CREATE INDEX IF NOT EXISTS threads_open_asked ON threads(asked) WHERE answered_at IS NULL;
 CREATE INDEX IF NOT EXISTS questions_pending ON operator_questions(deadline_at)
     WHERE answered_at IS NULL;
 """
 
 _COLS = (
     "id, sender, recipient, kind, body, thread, event, sent_at, due_at, "
-    "delivered_at, lease_until, acked_at, attempts"
+    "delivered_at, lease_until, acked_at, attempts, dead_at"
 )
 _Q_COLS = (
     "id, asker, question, options, multi, asked_at, deadline_at, answer, answered_at, resolution"
 )
 # Pending rows only ever go through the partial index: without it sqlite may walk the
-# recipient's whole history (messages_to), which grows for 30 days.
-_PENDING = "INDEXED BY messages_pending"
-# A message the recipient may be handed now (needs :r and :now bound).
+# recipient's whole history (messages_to), which grows for 30 days. Every query through
+# it must repeat the index's WHERE (_INBOX).
+_PENDING = "INDEXED BY messages_inbox"
+_INBOX = "acked_at IS NULL AND dead_at IS NULL"
+# A message the recipient may be handed now (needs :r, :now and :max bound): due, not
+# leased (or the lease ran out) and, if it was leased, not delivered :max times already.
 _DELIVERABLE = (
-    "recipient = :r AND acked_at IS NULL AND due_at <= :now "
-    "AND (lease_until IS NULL OR lease_until <= :now)"
+    f"recipient = :r AND {_INBOX} AND due_at <= :now "
+    "AND (lease_until IS NULL OR (lease_until <= :now AND attempts < :max))"
+)
+# Leased :max times and the last lease ran out: a dead letter not yet marked as one.
+_EXHAUSTED = (
+    f"recipient = :r AND {_INBOX} AND lease_until IS NOT NULL AND lease_until <= :now "
+    "AND attempts >= :max"
 )
 
 
@@ -238,6 +297,12 @@ def summarize_event(event: dict[str, Any]) -> str:
         text = f"{agent} rebuilt{commit}"
     elif t == EventType.OPERATOR_ANSWERED:
         text = f"operator answered question {event.get('id')}: {event.get('answer')}"
+    elif t == EventType.DEAD_LETTER:
+        text = (
+            f"message {event.get('id')} from {event.get('from')} to {agent} is a dead letter: "
+            f"delivered {event.get('attempts')} times, never acked; it will not be delivered "
+            "again"
+        )
     else:
         text = str(t or "event")
     text = " ".join(text.split())
@@ -269,6 +334,7 @@ def _row_message(row: sqlite3.Row) -> Message:
         delivered_at=row["delivered_at"],
         acked_at=row["acked_at"],
         extra=extra,
+        dead_at=row["dead_at"],
     )
 
 
@@ -306,21 +372,128 @@ def _check_id(value: object, field: str) -> int:
     return value
 
 
+def _check_key(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_IDEMPOTENCY_KEY:
+        raise Invalid(
+            f"idempotency_key must be a non-empty string of at most "
+            f"{MAX_IDEMPOTENCY_KEY} characters",
+            "idempotency_key",
+        )
+    return value
+
+
+def _request_digest(*parts: object) -> str:
+    """What an idempotency key stands for: a repeat must carry the same request."""
+    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Idem:
+    """An idempotency key as stored: unique per ``owner`` (the caller), with the request digest."""
+
+    owner: str
+    key: str
+    digest: str
+
+
+def _choices(answer: str | Sequence[str], q: OperatorQuestion) -> str:
+    """The canonical answer to question ``q`` (which has options), or ``Invalid`` naming ``answer``.
+
+    Single choice: exactly one option. ``multi``: a non-empty set of distinct
+    options, as a list or joined by ``", "`` (what the dashboard sends); the
+    result is them joined by ``", "`` in the order given.
+    """
+    options = list(q.options)
+    shown = ", ".join(repr(o) for o in options)
+    if isinstance(answer, str):
+        text = answer.strip()
+        if text in options:
+            return text
+        picked = _split_options(text, options) if q.multi else None
+    else:
+        picked = [a.strip() for a in answer]
+        if not picked or any(a not in options for a in picked):
+            picked = None
+    if picked and len(set(picked)) != len(picked):
+        raise Invalid("answer names an option twice", "answer")
+    if q.multi and picked:
+        return ", ".join(picked)
+    if not q.multi and picked is not None and len(picked) == 1:
+        return picked[0]
+    if q.multi:
+        raise Invalid(f"answer must be one or more of the options: {shown}", "answer")
+    raise Invalid(f"answer must be exactly one of the options: {shown}", "answer")
+
+
+def _split_options(text: str, options: Sequence[str]) -> list[str] | None:
+    """``"a, b"`` → ``["a", "b"]`` when it is options joined by ``", "`` (options may hold
+    commas themselves: tries every split), else None."""
+    best: dict[int, list[str]] = {0: []}
+    for start in range(len(text) + 1):
+        if start not in best:
+            continue
+        for o in options:
+            if text.startswith(o, start):
+                end = start + len(o)
+                if end == len(text):
+                    return [*best[start], o]
+                if text.startswith(", ", end) and end + 2 not in best:
+                    best[end + 2] = [*best[start], o]
+    return None
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the tables, add columns a version-1 file lacks, (re)build the indexes."""
+    conn.executescript(_TABLES)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        for stmt in _INDEXES.split(";"):
+            lines = [ln for ln in stmt.splitlines() if not ln.strip().startswith("--")]
+            if "".join(lines).strip():
+                conn.execute("\n".join(lines))
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 class Broker:
     """Messages, threads, reminders and operator questions in one sqlite file.
 
     ``path`` is the database file (created with its parent directory);
     ``clock`` returns unix seconds and stamps every row (tests may pass a fake
-    one; parked waits still use real time). Thread-safe. Raises
+    one; parked waits still use real time). ``max_deliveries`` is how often a
+    leased message is delivered before it becomes a dead letter;
+    ``dead_letter_to`` gets the ``DeadLetter`` events (None: nobody).
+    Thread-safe. Raises
     ``controller.errors.Invalid`` / ``NotFound`` / ``Forbidden`` / ``Conflict``
     as documented per method, ``BrokerClosed`` after ``close()``.
     """
 
     def __init__(
-        self, path: Path, clock: Callable[[], float] = time.time, *, durable: bool = False
+        self,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        durable: bool = False,
+        max_deliveries: int = MAX_DELIVERIES,
+        dead_letter_to: str | None = MANAGER,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
+        if isinstance(max_deliveries, bool) or not 1 <= int(max_deliveries) <= 1000:
+            raise ValueError("max_deliveries must be between 1 and 1000")
+        self.max_deliveries = int(max_deliveries)
+        self.dead_letter_to = dead_letter_to
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
@@ -329,8 +502,10 @@ class Broker:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(_SCHEMA)
-        conn.execute("PRAGMA user_version=1")
+        # the WAL only shrinks on a TRUNCATE checkpoint (the hourly sweep); between sweeps
+        # sqlite trims it to this size after each automatic checkpoint
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        _migrate(conn)
         self._conn = conn
         self._db = threading.Lock()
         self._wait = threading.Lock()
@@ -403,10 +578,12 @@ class Broker:
         dedup_key: str | None = None,
         now: float,
         due_at: float | None = None,
+        idem: _Idem | None = None,
     ) -> Message:
         row = conn.execute(
             "INSERT INTO messages (sender, recipient, kind, body, thread, event, dedup_key, "
-            "sent_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " + _COLS,
+            "sent_at, due_at, idem_owner, idem_key, idem_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " + _COLS,
             (
                 sender,
                 recipient,
@@ -417,9 +594,37 @@ class Broker:
                 dedup_key,
                 now,
                 now if due_at is None else due_at,
+                None if idem is None else idem.owner,
+                None if idem is None else idem.key,
+                None if idem is None else idem.digest,
             ),
         ).fetchall()[0]
         return _row_message(row)
+
+    @staticmethod
+    def _replay(conn: sqlite3.Connection, idem: _Idem | None) -> Message | None:
+        """The message stored under ``idem`` (marked ``extra["duplicate"]``), or None.
+
+        ``Conflict`` naming ``idempotency_key`` when the key was used for another request.
+        """
+        if idem is None:
+            return None
+        row = conn.execute(
+            f"SELECT {_COLS}, idem_hash FROM messages INDEXED BY messages_idem "
+            "WHERE idem_owner = ? AND idem_key = ? AND idem_key IS NOT NULL",
+            (idem.owner, idem.key),
+        ).fetchone()
+        if row is None:
+            return None
+        if row["idem_hash"] != idem.digest:
+            raise Conflict(
+                f"idempotency_key {idem.key!r} was already used for a different request "
+                f"(message {row['id']}); use a new key for a new message",
+                "idempotency_key",
+            )
+        msg = _row_message(row)
+        msg.extra["duplicate"] = True
+        return msg
 
     def last_id(self) -> int:
         """The newest message id (0 when there is none); ids only grow, sweeps never reuse them."""
@@ -437,23 +642,46 @@ class Broker:
         kind: MessageKind = MessageKind.MESSAGE,
         thread: int | None = None,
         event: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        idempotency_owner: str | None = None,
     ) -> Message:
         """Queue ``body`` from ``sender`` to ``recipient``; committed when this returns.
 
         Does not check that ``recipient`` exists or may be messaged (the API
         layer does). Wakes a ``recv`` parked for ``recipient`` at once.
-        Raises ``Invalid`` for an empty name or body, or an ``event`` that is
-        not a valid typed event.
+        ``idempotency_key`` (unique per ``idempotency_owner``, default
+        ``sender``): when a message was already queued under it for the same
+        request, that message is returned (``extra["duplicate"]`` True) and
+        nothing is queued. Raises ``Invalid`` for an empty name or body, a bad
+        key or an ``event`` that is not a valid typed event; ``Conflict`` for a
+        key already used for a different request.
         """
         _check_name(sender, "from")
         _check_name(recipient, "to")
         _check_body(body)
         kind = MessageKind(kind)
+        key = _check_key(idempotency_key)
         if event is not None:
             self._validate_event(event)
+        idem = None
+        if key is not None:
+            owner = _check_name(idempotency_owner or sender, "idempotency_owner")
+            digest = _request_digest("send", sender, recipient, body, str(kind), thread, event)
+            idem = _Idem(owner, key, digest)
         with self._write() as conn:
+            dup = self._replay(conn, idem)
+            if dup is not None:
+                return dup
             msg = self._insert(
-                conn, sender, recipient, body, kind, thread=thread, event=event, now=self._clock()
+                conn,
+                sender,
+                recipient,
+                body,
+                kind,
+                thread=thread,
+                event=event,
+                now=self._clock(),
+                idem=idem,
             )
         self._notify([recipient], msg.id)
         return msg
@@ -503,10 +731,22 @@ class Broker:
 
     def _claim(
         self, recipient: str, lease_seconds: int | None
-    ) -> tuple[Message | None, float | None]:
-        """Deliver the oldest deliverable message, else say when the next one will be."""
+    ) -> tuple[Message | None, float | None, list[Message]]:
+        """Deliver the oldest deliverable message, else say when the next one will be.
+
+        Marks the recipient's exhausted leases as dead letters first; the third
+        value is the ``DeadLetter`` events that queued (to ``_notify`` after the
+        lock is released).
+        """
         now = self._clock()
+        params = {
+            "r": recipient,
+            "now": now,
+            "until": now + (lease_seconds or 0),
+            "max": self.max_deliveries,
+        }
         with self._locked() as conn:
+            _, woken = self._reap(conn, recipient, now)
             if lease_seconds is None:
                 sets = "delivered_at = :now, acked_at = :now, lease_until = NULL"
             else:
@@ -515,16 +755,149 @@ class Broker:
                 f"UPDATE messages SET {sets}, attempts = attempts + 1 WHERE id = "
                 f"(SELECT id FROM messages {_PENDING} WHERE {_DELIVERABLE} ORDER BY id LIMIT 1) "
                 f"RETURNING {_COLS}",
-                {"r": recipient, "now": now, "until": now + (lease_seconds or 0)},
+                params,
             ).fetchall()
             if rows:
-                return _row_message(rows[0]), None
+                return _row_message(rows[0]), None, woken
             nxt = conn.execute(
                 f"SELECT min(max(due_at, coalesce(lease_until, 0))) FROM messages {_PENDING} "
-                "WHERE recipient = ? AND acked_at IS NULL",
-                (recipient,),
+                f"WHERE recipient = :r AND {_INBOX} "
+                "AND (lease_until IS NULL OR lease_until > :now OR attempts < :max)",
+                params,
             ).fetchone()[0]
-        return None, nxt
+        return None, nxt, woken
+
+    def _reap(
+        self, conn: sqlite3.Connection, recipient: str | None, now: float
+    ) -> tuple[int, list[Message]]:
+        """Mark exhausted leases (of ``recipient``, or everyone's) as dead letters and queue a
+        ``DeadLetter`` event for each, in one transaction per recipient. Needs the db lock;
+        returns how many died and the events queued (to ``_notify``)."""
+        if recipient is None:
+            names = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT DISTINCT recipient FROM messages {_PENDING} WHERE {_INBOX} "
+                    "AND lease_until IS NOT NULL AND lease_until <= ? AND attempts >= ?",
+                    (now, self.max_deliveries),
+                )
+            ]
+        else:
+            names = [recipient]
+        count = 0
+        events: list[Message] = []
+        for name in names:
+            params = {"r": name, "now": now, "max": self.max_deliveries}
+            if (
+                conn.execute(
+                    f"SELECT 1 FROM messages {_PENDING} WHERE {_EXHAUSTED} LIMIT 1", params
+                ).fetchone()
+                is None
+            ):
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                dead = conn.execute(
+                    "UPDATE messages SET dead_at = :now, lease_until = NULL WHERE id IN "
+                    f"(SELECT id FROM messages {_PENDING} WHERE {_EXHAUSTED}) RETURNING {_COLS}",
+                    params,
+                ).fetchall()
+                count += len(dead)
+                for row in sorted(dead, key=lambda r: int(r["id"])):
+                    m = _row_message(row)
+                    log.warning(
+                        "dead letter: message %d from %s to %s was delivered %d times and "
+                        "never acked; it will not be delivered again",
+                        m.id,
+                        m.sender,
+                        m.recipient,
+                        m.extra["attempts"],
+                    )
+                    event = self._announce_dead(conn, m, now)
+                    if event is not None:
+                        events.append(event)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return count, events
+
+    def _announce_dead(self, conn: sqlite3.Connection, m: Message, now: float) -> Message | None:
+        """Queue the ``DeadLetter`` event for ``m``; not for a dead ``DeadLetter`` event."""
+        if self.dead_letter_to is None:
+            return None
+        if m.kind == MessageKind.EVENT and (m.event or {}).get("type") == EventType.DEAD_LETTER:
+            return None
+        event: dict[str, Any] = {
+            "type": str(EventType.DEAD_LETTER),
+            "agent": m.recipient,
+            "id": m.id,
+            "from": m.sender,
+            "kind": str(m.kind),
+            "attempts": int(m.extra["attempts"]),
+        }
+        return self._insert(
+            conn,
+            EVENT_SENDER,
+            self.dead_letter_to,
+            summarize_event(event),
+            MessageKind.EVENT,
+            event=event,
+            dedup_key=f"key:dead-letter:{m.id}",
+            now=now,
+        )
+
+    def _notify_events(self, events: Sequence[Message]) -> None:
+        if events:
+            self._notify(sorted({e.recipient for e in events}), max(e.id for e in events))
+
+    def reap_dead_letters(self, now: float | None = None) -> int:
+        """Mark every exhausted lease as a dead letter now; returns how many died.
+
+        ``recv`` does this for its own inbox before each claim and ``sweep``
+        for everyone, so calling it is only needed for a prompt ``DeadLetter``
+        event when the recipient is not receiving at all.
+        """
+        with self._locked() as conn:
+            count, events = self._reap(conn, None, self._clock() if now is None else now)
+        self._notify_events(events)
+        return count
+
+    def dead_letters(self, recipient: str | None = None, limit: int = 200) -> list[Message]:
+        """Dead letters (of ``recipient``, or everyone's), oldest first, at most ``limit``."""
+        limit = min(max(int(limit), 1), 1000)
+        where = "dead_at IS NOT NULL" + ("" if recipient is None else " AND recipient = ?")
+        args: tuple[Any, ...] = () if recipient is None else (recipient,)
+        with self._locked() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLS} FROM messages INDEXED BY messages_dead WHERE {where} "
+                "ORDER BY id LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [_row_message(r) for r in rows]
+
+    def requeue_dead_letters(self, ids: Sequence[int]) -> int:
+        """Make dead letters deliverable again (attempts reset, original place in the order);
+        returns how many were requeued. Ids that are not dead letters are ignored."""
+        clean = sorted({_check_id(i, "ids") for i in ids})
+        if not clean:
+            return 0
+        woken: set[str] = set()
+        count = 0
+        with self._write() as conn:
+            for start in range(0, len(clean), 500):
+                chunk = clean[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    "UPDATE messages SET dead_at = NULL, attempts = 0, delivered_at = NULL, "
+                    f"lease_until = NULL WHERE dead_at IS NOT NULL AND id IN ({marks}) "
+                    "RETURNING recipient",
+                    chunk,
+                ).fetchall()
+                count += len(rows)
+                woken.update(r[0] for r in rows)
+        self._notify(sorted(woken))
+        return count
 
     def recv(
         self,
@@ -570,9 +943,10 @@ class Broker:
             if abandoned is not None and abandoned():
                 return None
             try:
-                msg, next_due = self._claim(recipient, lease_seconds)
+                msg, next_due, events = self._claim(recipient, lease_seconds)
             except BrokerClosed:
                 return None
+            self._notify_events(events)
             if msg is not None:
                 if lease_seconds is not None:
                     # other parked receivers of this inbox must learn the lease's expiry
@@ -604,7 +978,9 @@ class Broker:
         """Acknowledge delivered messages of ``recipient``; returns how many were newly acked.
 
         Ids that are unknown, addressed to someone else, never delivered or
-        already acked are ignored (so a repeated ack is harmless).
+        already acked are ignored (so a repeated ack is harmless). A late ack
+        of a message that became a dead letter meanwhile still counts: it is
+        acked and no longer a dead letter.
         """
         _check_name(recipient, "recipient")
         clean = sorted({_check_id(i, "ids") for i in ids})
@@ -617,7 +993,8 @@ class Broker:
                 chunk = clean[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 cur = conn.execute(
-                    f"UPDATE messages SET acked_at = ?, lease_until = NULL WHERE recipient = ? "
+                    "UPDATE messages SET acked_at = ?, lease_until = NULL, dead_at = NULL "
+                    "WHERE recipient = ? "
                     f"AND acked_at IS NULL AND delivered_at IS NOT NULL AND id IN ({marks})",
                     (now, recipient, *chunk),
                 )
@@ -627,24 +1004,50 @@ class Broker:
     def status(self, recipient: str) -> Status:
         """``unread`` (deliverable now, incl. expired leases and due reminders), ``open_threads``
         (questions asked by or of ``recipient`` not yet answered), ``pending_reminders``
-        (not yet due). Changes nothing."""
-        now = self._clock()
+        (not yet due), ``dead_letters`` (held dead letters, incl. exhausted leases not
+        marked yet). Changes nothing."""
+        params = {"r": recipient, "now": self._clock(), "max": self.max_deliveries}
         with self._locked() as conn:
             unread = conn.execute(
-                f"SELECT count(*) FROM messages {_PENDING} WHERE {_DELIVERABLE}",
-                {"r": recipient, "now": now},
+                f"SELECT count(*) FROM messages {_PENDING} WHERE {_DELIVERABLE}", params
             ).fetchone()[0]
             reminders = conn.execute(
-                f"SELECT count(*) FROM messages {_PENDING} WHERE recipient = ? "
-                "AND acked_at IS NULL AND kind = 'reminder' AND due_at > ?",
-                (recipient, now),
+                f"SELECT count(*) FROM messages {_PENDING} WHERE recipient = :r AND {_INBOX} "
+                "AND kind = 'reminder' AND due_at > :now",
+                params,
             ).fetchone()[0]
             threads = conn.execute(
                 "SELECT count(*) FROM threads "
-                "WHERE answered_at IS NULL AND (asker = ? OR asked = ?)",
-                (recipient, recipient),
+                "WHERE answered_at IS NULL AND (asker = :r OR asked = :r)",
+                params,
             ).fetchone()[0]
-        return Status(int(unread), int(threads), int(reminders))
+            dead = conn.execute(
+                "SELECT count(*) FROM messages INDEXED BY messages_dead "
+                "WHERE recipient = :r AND dead_at IS NOT NULL",
+                params,
+            ).fetchone()[0]
+            dead += conn.execute(
+                f"SELECT count(*) FROM messages {_PENDING} WHERE {_EXHAUSTED}", params
+            ).fetchone()[0]
+        return Status(int(unread), int(threads), int(reminders), int(dead))
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """``{recipient: dead letters held}`` for every recipient that has any (for the
+        swarm status and the dashboard)."""
+        with self._locked() as conn:
+            rows = conn.execute(
+                "SELECT recipient, count(*) FROM messages INDEXED BY messages_dead "
+                "WHERE dead_at IS NOT NULL GROUP BY recipient"
+            ).fetchall()
+            out = {str(r[0]): int(r[1]) for r in rows}
+            for r in conn.execute(
+                f"SELECT recipient, count(*) FROM messages {_PENDING} WHERE {_INBOX} "
+                "AND lease_until IS NOT NULL AND lease_until <= ? AND attempts >= ? "
+                "GROUP BY recipient",
+                (self._clock(), self.max_deliveries),
+            ).fetchall():
+                out[str(r[0])] = out.get(str(r[0]), 0) + int(r[1])
+        return out
 
     def recent(self, recipient: str, limit: int = 20) -> list[Message]:
         """The last ``limit`` (1..1000) messages to or from ``recipient``, newest last.
@@ -702,23 +1105,31 @@ class Broker:
 
     # ------------------------------------------------------------------ threads, reminders
 
-    def ask(self, sender: str, to: str, question: str) -> Message:
+    def ask(
+        self, sender: str, to: str, question: str, *, idempotency_key: str | None = None
+    ) -> Message:
         """Send ``question`` to ``to`` as a new thread; the returned message's ``thread`` is its id.
 
         The thread stays open (counted in both parties' ``open_threads``)
-        until ``to`` answers it.
+        until ``to`` answers it. ``idempotency_key`` as for ``send`` (a repeat
+        returns the original question and thread).
         """
         _check_name(sender, "from")
         _check_name(to, "to")
         _check_body(question, "question")
+        key = _check_key(idempotency_key)
+        idem = None if key is None else _Idem(sender, key, _request_digest("ask", to, question))
         with self._write() as conn:
+            dup = self._replay(conn, idem)
+            if dup is not None:
+                return dup
             now = self._clock()
             tid = conn.execute(
                 "INSERT INTO threads (asker, asked, opened_at) VALUES (?, ?, ?) RETURNING id",
                 (sender, to, now),
             ).fetchall()[0][0]
             msg = self._insert(
-                conn, sender, to, question, MessageKind.QUESTION, thread=tid, now=now
+                conn, sender, to, question, MessageKind.QUESTION, thread=tid, now=now, idem=idem
             )
             conn.execute("UPDATE threads SET question_id = ? WHERE id = ?", (msg.id, tid))
         self._notify([to], msg.id)
@@ -729,14 +1140,15 @@ class Broker:
 
         Raises ``NotFound`` for an unknown thread, ``Forbidden`` when ``sender``
         is not the one the question was asked of, ``Conflict`` when it is
-        already answered.
+        already answered or was closed (``close_threads``).
         """
         _check_name(sender, "from")
         _check_id(thread, "thread")
         _check_body(body)
         with self._write() as conn:
             row = conn.execute(
-                "SELECT asker, asked, answered_at FROM threads WHERE id = ?", (thread,)
+                "SELECT asker, asked, answered_at, closed_reason FROM threads WHERE id = ?",
+                (thread,),
             ).fetchone()
             if row is None:
                 raise NotFound(
@@ -746,6 +1158,12 @@ class Broker:
                 raise Forbidden(
                     f"thread {thread} was asked of {row['asked']}, not {sender}; "
                     f"only {row['asked']} can answer it",
+                    "thread",
+                )
+            if row["closed_reason"] is not None:
+                raise Conflict(
+                    f"thread {thread} was closed ({row['closed_reason']}); nobody waits for "
+                    "an answer any more",
                     "thread",
                 )
             if row["answered_at"] is not None:
@@ -763,15 +1181,25 @@ class Broker:
         self._notify([row["asker"], sender], msg.id)
         return msg
 
-    def remind(self, recipient: str, after_seconds: float, body: str) -> Message:
+    def remind(
+        self,
+        recipient: str,
+        after_seconds: float,
+        body: str,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Message:
         """Deliver ``body`` to ``recipient`` (from itself, kind ``reminder``) after a delay.
 
         ``recv`` does not return it before it is due; a parked ``recv`` wakes
         when it falls due. ``message.extra["due_at"]`` is the due time (unix
         seconds). Raises ``Invalid`` unless 0 < after_seconds <= 30 days.
+        ``idempotency_key`` as for ``send`` (a repeat returns the original
+        reminder with its original due time).
         """
         _check_name(recipient, "recipient")
         _check_body(body)
+        key = _check_key(idempotency_key)
         if (
             isinstance(after_seconds, bool)
             or not isinstance(after_seconds, int | float)
@@ -780,7 +1208,13 @@ class Broker:
             raise Invalid(
                 f"after_seconds must be between 0 and {MAX_REMIND_SECONDS}", "after_seconds"
             )
+        idem = None
+        if key is not None:
+            idem = _Idem(recipient, key, _request_digest("remind", after_seconds, body))
         with self._write() as conn:
+            dup = self._replay(conn, idem)
+            if dup is not None:
+                return dup
             now = self._clock()
             msg = self._insert(
                 conn,
@@ -790,9 +1224,56 @@ class Broker:
                 MessageKind.REMINDER,
                 now=now,
                 due_at=now + after_seconds,
+                idem=idem,
             )
         self._notify([recipient], msg.id)
         return msg
+
+    def close_threads(self, agent: str, reason: str | None = None) -> int:
+        """Close every open thread ``agent`` asked or was asked (call it when ``agent`` is
+        destroyed); returns how many were closed.
+
+        An asker still waiting on ``agent`` gets an ``answer`` message on the
+        thread from ``hyperhive`` saying it was closed, so the thread leaves
+        its ``open_threads`` and it knows not to wait; answering a closed
+        thread is a ``Conflict``. ``reason`` defaults to "<agent> no longer
+        exists". Idempotent (a second call closes nothing).
+        """
+        _check_name(agent, "agent")
+        why = reason or f"{agent} no longer exists"
+        woken: set[str] = set()
+        last = 0
+        with self._write() as conn:
+            now = self._clock()
+            rows = conn.execute(
+                "SELECT id, asker, asked FROM threads WHERE answered_at IS NULL "
+                "AND (asker = ? OR asked = ?) ORDER BY id",
+                (agent, agent),
+            ).fetchall()
+            for row in rows:
+                answer_id = None
+                if row["asked"] == agent and row["asker"] != agent:
+                    msg = self._insert(
+                        conn,
+                        EVENT_SENDER,
+                        row["asker"],
+                        f"[closed] thread {row['id']} will not be answered: {why}",
+                        MessageKind.ANSWER,
+                        thread=row["id"],
+                        now=now,
+                    )
+                    answer_id, last = msg.id, msg.id
+                    woken.add(row["asker"])
+                conn.execute(
+                    "UPDATE threads SET answered_at = ?, answer_id = ?, closed_reason = ? "
+                    "WHERE id = ?",
+                    (now, answer_id, why, row["id"]),
+                )
+            woken.update(r["asked"] for r in rows)
+        if rows:
+            self._notify(sorted(woken), last or None)
+            log.info("closed %d open thread(s) of %s: %s", len(rows), agent, why)
+        return len(rows)
 
     # ------------------------------------------------------------------ operator questions
 
@@ -861,7 +1342,7 @@ class Broker:
             ).fetchall()
         return [_row_question(r) for r in rows]
 
-    def _resolve(self, id: int, answer: str, resolution: str) -> OperatorQuestion:
+    def _resolve(self, id: int, answer: str | Sequence[str], resolution: str) -> OperatorQuestion:
         if not isinstance(id, int) or isinstance(id, bool) or not 1 <= id < 2**63:
             raise NotFound(f"no operator question {id}", "id")
         with self._write() as conn:
@@ -876,6 +1357,11 @@ class Broker:
                     f"({row['resolution']}: {row['answer']})",
                     "id",
                 )
+            asked = _row_question(row)
+            if resolution == "answered" and asked.options:
+                answer = _choices(answer, asked)
+            elif not isinstance(answer, str):
+                raise Invalid("answer must be a string (this question has no options)", "answer")
             now = self._clock()
             row = conn.execute(
                 f"UPDATE operator_questions SET answer = ?, answered_at = ?, resolution = ? "
@@ -902,14 +1388,21 @@ class Broker:
         self._notify([q.asker], msg.id)
         return q
 
-    def answer_question(self, id: int, answer: str) -> OperatorQuestion:
+    def answer_question(self, id: int, answer: str | Sequence[str]) -> OperatorQuestion:
         """Resolve question ``id`` with ``answer``; emits ``OperatorAnswered`` to the asker.
 
+        A question with options takes exactly one of them (``multi``: one or
+        more, as a list or joined by ``", "``; stored joined by ``", "``).
         Raises ``NotFound`` (no such question), ``Conflict`` (already answered,
-        cancelled or expired), ``Invalid`` (answer not a string).
+        cancelled or expired), ``Invalid`` naming ``answer`` (not a string, or
+        not among the options).
         """
-        if not isinstance(answer, str):
-            raise Invalid("answer must be a string", "answer")
+        if isinstance(answer, str):
+            pass
+        elif isinstance(answer, list | tuple) and all(isinstance(a, str) for a in answer):
+            answer = list(answer)
+        else:
+            raise Invalid("answer must be a string or a list of strings", "answer")
         return self._resolve(id, answer, "answered")
 
     def cancel_question(self, id: int) -> OperatorQuestion:
@@ -951,16 +1444,24 @@ class Broker:
     # ------------------------------------------------------------------ retention
 
     def sweep(self, now: float | None = None, keep_seconds: float = RETENTION_SECONDS) -> int:
-        """Delete acked messages, answered threads and resolved operator questions older than
-        ``keep_seconds`` (30 days); undelivered and leased messages are always kept.
+        """Delete acked messages, dead letters, answered threads and resolved operator questions
+        older than ``keep_seconds`` (30 days); undelivered and leased messages are always kept.
 
-        Then truncates the WAL (``wal_checkpoint(TRUNCATE)``). Returns the number
-        of messages deleted.
+        Marks exhausted leases as dead letters first (``reap_dead_letters``),
+        then truncates the WAL (``wal_checkpoint(TRUNCATE)``). Returns the
+        number of messages deleted. ``hyperhive serve`` calls it hourly.
         """
-        cutoff = (self._clock() if now is None else now) - keep_seconds
+        at = self._clock() if now is None else now
+        self.reap_dead_letters(at)
+        cutoff = at - keep_seconds
         with self._write() as conn:
             deleted = conn.execute(
                 "DELETE FROM messages WHERE acked_at IS NOT NULL AND acked_at < ?", (cutoff,)
+            ).rowcount
+            deleted += conn.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages INDEXED BY "
+                "messages_dead WHERE dead_at IS NOT NULL AND dead_at < ?)",
+                (cutoff,),
             ).rowcount
             conn.execute(
                 "DELETE FROM threads WHERE answered_at IS NOT NULL AND answered_at < ?", (cutoff,)

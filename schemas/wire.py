@@ -44,15 +44,22 @@ class EventType(enum.StrEnum):
     NEEDS_UPDATE = "NeedsUpdate"
     REBUILT = "Rebuilt"
     OPERATOR_ANSWERED = "OperatorAnswered"
+    DEAD_LETTER = "DeadLetter"
 
 
 @dataclass(frozen=True)
 class Status:
-    """The one-line inbox summary every broker verb returns."""
+    """The one-line inbox summary every broker verb returns.
+
+    ``dead_letters`` (optional on the wire, 0 when absent) counts messages to
+    this agent that were leased and never acked too many times and are no
+    longer delivered.
+    """
 
     unread: int = 0
     open_threads: int = 0
     pending_reminders: int = 0
+    dead_letters: int = 0
 
     def to_json(self) -> dict[str, int]:
         """The wire shape (``wire#Status``)."""
@@ -60,18 +67,28 @@ class Status:
             "unread": self.unread,
             "open_threads": self.open_threads,
             "pending_reminders": self.pending_reminders,
+            "dead_letters": self.dead_letters,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Status:
-        """Build from the wire shape."""
-        return cls(int(d["unread"]), int(d["open_threads"]), int(d["pending_reminders"]))
+        """Build from the wire shape (``dead_letters`` may be absent)."""
+        return cls(
+            int(d["unread"]),
+            int(d["open_threads"]),
+            int(d["pending_reminders"]),
+            int(d.get("dead_letters", 0)),
+        )
 
     def line(self) -> str:
-        """``[status] 2 unread message(s), 1 open thread(s), 0 pending reminder(s)``."""
+        """``[status] 2 unread message(s), 1 open thread(s), 0 pending reminder(s)``.
+
+        ``, 1 dead letter(s)`` is appended only when there are any.
+        """
+        dead = f", {self.dead_letters} dead letter(s)" if self.dead_letters else ""
         return (
             f"[status] {self.unread} unread message(s), {self.open_threads} open thread(s), "
-            f"{self.pending_reminders} pending reminder(s)"
+            f"{self.pending_reminders} pending reminder(s){dead}"
         )
 
 
@@ -90,10 +107,11 @@ class Message:
     delivered_at: float | None = None
     acked_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    dead_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The wire shape (``wire#Message``)."""
-        return {
+        """The wire shape (``wire#Message``); ``dead_at`` only for a dead letter."""
+        out: dict[str, Any] = {
             "id": self.id,
             "from": self.sender,
             "to": self.recipient,
@@ -105,6 +123,9 @@ class Message:
             "delivered_at": None if self.delivered_at is None else rfc3339(self.delivered_at),
             "acked_at": None if self.acked_at is None else rfc3339(self.acked_at),
         }
+        if self.dead_at is not None:
+            out["dead_at"] = rfc3339(self.dead_at)
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Message:
@@ -120,4 +141,5 @@ class Message:
             sent_at=parse_rfc3339(d["sent_at"]),
             delivered_at=parse_rfc3339(d["delivered_at"]) if d.get("delivered_at") else None,
             acked_at=parse_rfc3339(d["acked_at"]) if d.get("acked_at") else None,
+            dead_at=parse_rfc3339(d["dead_at"]) if d.get("dead_at") else None,
         )

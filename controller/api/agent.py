@@ -6,22 +6,31 @@ built with ``make_agent_app(broker, identity, ops, flavor)``. Bodies are
 caller's inbox ``status``. Endpoints (docs/architecture.md):
 
 =========================  ====================  =========================================
-``POST /send``             SendRequest           ``{"id", "status"}``
+``POST /send``             SendRequest           ``{"id", "duplicate", "status"}``
 ``POST /recv``             RecvRequest           ``{"message": Message|null, "status"}``
 ``POST /ack``              AckRequest            ``{"acked", "status"}``
-``POST /ask``              AskRequest            ``{"id", "thread", "status"}``
+``POST /ask``              AskRequest            ``{"id", "thread", "duplicate", "status"}``
 ``POST /answer``           AnswerRequest         ``{"id", "thread", "status"}``
-``POST /remind``           RemindRequest         ``{"id", "due_at", "status"}``
+``POST /remind``           RemindRequest         ``{"id", "due_at", "duplicate", "status"}``
 ``POST /recent``           RecentRequest         ``{"messages": [...], "status"}``
 ``GET  /status``                                 Status
-``POST /wake``             WakeRequest           ``{"id", "status"}``
+``POST /wake``             WakeRequest           ``{"id", "duplicate", "status"}``
 =========================  ====================  =========================================
 
 Manager socket only (404 with a hint on an agent socket): ``POST /request_spawn``
 (SpawnRequest), ``/request_apply_commit`` (ApplyCommitRequest) → ``{"id", "ref",
 "title", "status"}``; ``POST /start`` ``/kill`` ``/restart`` ``/update``
 (NameRequest) → ``{"result", "status"}``; ``POST /ask_operator``
-(AskOperatorRequest) → ``{"id", "status"}``; ``GET /list`` → ``{"agents": [...]}``.
+(AskOperatorRequest) → ``{"id", "status"}``; ``GET /list`` → ``{"agents": [...],
+"status"}``.
+
+Idempotency: ``send``, ``ask``, ``remind`` and ``wake`` take an optional
+``idempotency_key`` (1..128 characters, unique per socket identity). A repeat
+of the same request with the same key answers the original message's id (and
+thread / due time) with ``"duplicate": true`` and queues nothing; the same key
+with a different request is a 409 naming ``idempotency_key``. So a client may
+retry a send whose answer it never got (controller restart) without sending
+twice.
 
 Policy: ``send`` and ``ask`` need a recipient that exists (an agent in
 desired state, ``manager`` or ``operator``; else 404 listing who exists) and,
@@ -41,7 +50,7 @@ from controller.broker import Broker
 from controller.errors import Forbidden, NotFound
 from controller.ops import Lifecycle, SwarmOps
 from schemas.names import MANAGER, OPERATOR
-from schemas.wire import MessageKind, rfc3339
+from schemas.wire import Message, MessageKind, rfc3339
 
 Flavor = Literal["agent", "manager"]
 
@@ -58,6 +67,10 @@ MANAGER_VERBS = (
     "list",
 )
 """Paths (without the slash) that only the manager socket serves."""
+
+
+def _dup(m: Message) -> bool:
+    return bool(m.extra.get("duplicate", False))
 
 
 class _Post:
@@ -136,8 +149,10 @@ class AgentApi:
     def send(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
         """``POST /send``."""
         self.check_recipient(doc["to"])
-        m = self.broker.send(self.identity, doc["to"], doc["body"])
-        return {"id": m.id, "status": self._status()}
+        m = self.broker.send(
+            self.identity, doc["to"], doc["body"], idempotency_key=doc.get("idempotency_key")
+        )
+        return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
 
     def recv(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
         """``POST /recv`` (parks up to ``wait_seconds``)."""
@@ -157,8 +172,10 @@ class AgentApi:
     def ask(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
         """``POST /ask``."""
         self.check_recipient(doc["to"])
-        m = self.broker.ask(self.identity, doc["to"], doc["question"])
-        return {"id": m.id, "thread": m.thread, "status": self._status()}
+        m = self.broker.ask(
+            self.identity, doc["to"], doc["question"], idempotency_key=doc.get("idempotency_key")
+        )
+        return {"id": m.id, "thread": m.thread, "duplicate": _dup(m), "status": self._status()}
 
     def answer(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
         """``POST /answer``."""
@@ -167,8 +184,18 @@ class AgentApi:
 
     def remind(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
         """``POST /remind``."""
-        m = self.broker.remind(self.identity, doc["after_seconds"], doc["body"])
-        return {"id": m.id, "due_at": rfc3339(float(m.extra["due_at"])), "status": self._status()}
+        m = self.broker.remind(
+            self.identity,
+            doc["after_seconds"],
+            doc["body"],
+            idempotency_key=doc.get("idempotency_key"),
+        )
+        return {
+            "id": m.id,
+            "due_at": rfc3339(float(m.extra["due_at"])),
+            "duplicate": _dup(m),
+            "status": self._status(),
+        }
 
     def recent(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
         """``POST /recent``."""
@@ -181,8 +208,15 @@ class AgentApi:
 
     def wake(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
         """``POST /wake``: a message from label ``from`` into the caller's own inbox."""
-        m = self.broker.send(doc["from"], self.identity, doc["body"], kind=MessageKind.WAKE)
-        return {"id": m.id, "status": self._status()}
+        m = self.broker.send(
+            doc["from"],
+            self.identity,
+            doc["body"],
+            kind=MessageKind.WAKE,
+            idempotency_key=doc.get("idempotency_key"),
+            idempotency_owner=self.identity,
+        )
+        return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
 
     # -------------------------------------------------------------- manager verbs
 
@@ -217,7 +251,7 @@ class AgentApi:
 
     def list_agents(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
         """``GET /list``."""
-        return {"agents": self.ops.list_agents()}
+        return {"agents": self.ops.list_agents(), "status": self._status()}
 
 
 def make_agent_app(

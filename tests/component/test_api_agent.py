@@ -180,7 +180,12 @@ def test_send_recv_ack_roundtrip(swarm: Swarm) -> None:
     alice, bob = swarm.client("alice"), swarm.client("bob")
     r = alice.post("/send", {"to": "bob", "body": "hello bob"})
     validate(r, "wire#SendResponse")
-    assert bob.get("/status") == {"unread": 1, "open_threads": 0, "pending_reminders": 0}
+    assert bob.get("/status") == {
+        "unread": 1,
+        "open_threads": 0,
+        "pending_reminders": 0,
+        "dead_letters": 0,
+    }
     got = bob.post("/recv", {})
     validate(got, "wire#RecvResponse")
     assert got["message"]["id"] == r["id"] and got["message"]["from"] == "alice"
@@ -498,3 +503,104 @@ def test_kill9_every_acknowledged_send_is_delivered_once() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---------------------------------------------------------------------- issue 4, second slice
+
+
+def test_idempotent_send_ask_remind_wake_over_http(swarm: Swarm) -> None:
+    alice = swarm.client("alice")
+    r1 = alice.post("/send", {"to": "bob", "body": "once", "idempotency_key": "s-1"})
+    r2 = alice.post("/send", {"to": "bob", "body": "once", "idempotency_key": "s-1"})
+    validate(r2, "wire#SendResponse")
+    assert r1["id"] == r2["id"] and (r1["duplicate"], r2["duplicate"]) == (False, True)
+    with pytest.raises(ApiError) as e:
+        alice.post("/send", {"to": "bob", "body": "other", "idempotency_key": "s-1"})
+    assert _err(e)[:3] == (409, "conflict", "idempotency_key")
+    # the key is the caller's: bob may use the same one
+    b = swarm.client("bob").post("/send", {"to": "alice", "body": "once", "idempotency_key": "s-1"})
+    assert b["id"] != r1["id"] and b["duplicate"] is False
+    a1 = alice.post("/ask", {"to": "bob", "question": "?", "idempotency_key": "a-1"})
+    a2 = alice.post("/ask", {"to": "bob", "question": "?", "idempotency_key": "a-1"})
+    validate(a2, "wire#AskResponse")
+    assert (a1["id"], a1["thread"]) == (a2["id"], a2["thread"]) and a2["duplicate"]
+    m1 = alice.post("/remind", {"after_seconds": 60, "body": "r", "idempotency_key": "r-1"})
+    m2 = alice.post("/remind", {"after_seconds": 60, "body": "r", "idempotency_key": "r-1"})
+    validate(m2, "wire#RemindResponse")
+    assert (m1["id"], m1["due_at"]) == (m2["id"], m2["due_at"]) and m2["duplicate"]
+    w1 = alice.post("/wake", {"from": "cron", "body": "tick", "idempotency_key": "w-1"})
+    w2 = alice.post("/wake", {"from": "cron", "body": "tick", "idempotency_key": "w-1"})
+    assert w1["id"] == w2["id"] and w2["duplicate"]
+    bodies = [m.body for m in swarm.broker.messages(0)]
+    assert bodies.count("once") == 2 and bodies.count("?") == 1 and bodies.count("tick") == 1
+    with pytest.raises(ApiError) as e:
+        alice.post("/send", {"to": "bob", "body": "x", "idempotency_key": "k" * 129})
+    assert _err(e)[:3] == (400, "invalid", "idempotency_key")
+
+
+def test_every_verb_answers_with_the_callers_status(swarm: Swarm) -> None:
+    alice, mgr = swarm.client("alice"), swarm.client(MANAGER)
+    sent = alice.post("/send", {"to": "bob", "body": "x"})
+    asked = swarm.client("bob").post("/ask", {"to": "alice", "question": "q"})
+    calls: list[tuple[str, dict[str, Any], str]] = [
+        ("/send", {"to": "bob", "body": "x"}, "SendResponse"),
+        ("/recv", {}, "RecvResponse"),
+        ("/ack", {"ids": [sent["id"]]}, "AckResponse"),
+        ("/ask", {"to": "bob", "question": "q"}, "AskResponse"),
+        ("/answer", {"thread": asked["thread"], "body": "a"}, "AnswerResponse"),
+        ("/remind", {"after_seconds": 60, "body": "r"}, "RemindResponse"),
+        ("/recent", {"limit": 3}, "RecentResponse"),
+        ("/wake", {"from": "cron", "body": "w"}, "SendResponse"),
+    ]
+    for url, doc, schema in calls:
+        r = alice.post(url, doc)
+        validate(r, f"wire#{schema}")
+        validate(r["status"], "wire#Status")
+        assert "dead_letters" in r["status"], url
+    validate(alice.get("/status"), "wire#Status")
+    manager_calls: list[tuple[str, dict[str, Any] | None, str]] = [
+        ("/request_spawn", {"name": "dave"}, "ProposalResponse"),
+        ("/request_apply_commit", {"commit": "abcdef1"}, "ProposalResponse"),
+        ("/restart", {"name": "bob"}, "LifecycleResponse"),
+        ("/ask_operator", {"question": "ok?"}, "AskOperatorResponse"),
+        ("/list", None, "ListResponse"),
+    ]
+    for url, doc, schema in manager_calls:
+        r = mgr.get(url) if doc is None else mgr.post(url, doc)
+        validate(r, f"wire#{schema}")
+
+
+def test_dead_letters_over_http(tmp_path: Path) -> None:
+    d = Path(tempfile.mkdtemp(prefix="hh-dl-", dir="/tmp"))
+    layout = Layout(state=d, run=d / "run")
+    broker = Broker(layout.broker_db, max_deliveries=2)
+    registry = SocketRegistry(broker, FakeOps(), layout)
+    registry.sync(["alice", "bob", MANAGER])
+    try:
+        alice = UnixClient(str(layout.agent_sock("alice")))
+        bob = UnixClient(str(layout.agent_sock("bob")))
+        mid = alice.post("/send", {"to": "bob", "body": "poison"})["id"]
+        for _ in range(2):  # two harness turns that die before acking
+            m = bob.post("/recv", {"wait_seconds": 5, "lease_seconds": 1})["message"]
+            assert m["id"] == mid
+        r = bob.post("/recv", {"wait_seconds": 2, "lease_seconds": 1})
+        assert r["message"] is None and r["status"]["dead_letters"] == 1
+        assert r["status"]["unread"] == 0
+        ev = UnixClient(str(layout.agent_sock(MANAGER))).post("/recv", {})["message"]
+        assert ev["event"]["type"] == "DeadLetter" and ev["event"]["id"] == mid
+    finally:
+        registry.close_all(timeout=3.0)
+        broker.close()
+
+
+def test_operator_answer_must_be_one_of_the_options(swarm: Swarm) -> None:
+    op = swarm.client("operator")
+    qid = swarm.client(MANAGER).post(
+        "/ask_operator", {"question": "which?", "options": ["a", "b"], "multi": True}
+    )["id"]
+    with pytest.raises(ApiError) as e:
+        op.post(f"/questions/{qid}/answer", {"answer": "c"})
+    status, code, fld, msg = _err(e)
+    assert (status, code, fld) == (400, "invalid", "answer") and "'a'" in msg
+    r = op.post(f"/questions/{qid}/answer", {"answer": ["b", "a"]})
+    assert r["answer"] == "b, a" and r["state"] == "answered"

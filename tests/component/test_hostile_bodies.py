@@ -63,14 +63,14 @@ def swarm() -> Iterator[Swarm]:
 
 # (socket owner, path, a valid body)
 POSTS: list[tuple[str, str, dict[str, Any]]] = [
-    ("alice", "/send", {"to": "bob", "body": "hi"}),
+    ("alice", "/send", {"to": "bob", "body": "hi", "idempotency_key": "k1"}),
     ("alice", "/recv", {"wait_seconds": 0, "lease_seconds": 30}),
     ("alice", "/ack", {"ids": [1]}),
-    ("alice", "/ask", {"to": "bob", "question": "q?"}),
+    ("alice", "/ask", {"to": "bob", "question": "q?", "idempotency_key": "k2"}),
     ("alice", "/answer", {"thread": 1, "body": "a"}),
-    ("alice", "/remind", {"after_seconds": 3600, "body": "later"}),
+    ("alice", "/remind", {"after_seconds": 3600, "body": "later", "idempotency_key": "k3"}),
     ("alice", "/recent", {"limit": 5}),
-    ("alice", "/wake", {"from": "cron", "body": "tick"}),
+    ("alice", "/wake", {"from": "cron", "body": "tick", "idempotency_key": "k4"}),
     (MANAGER, "/request_spawn", {"name": "newbie"}),
     (MANAGER, "/request_apply_commit", {"commit": "abcdef1", "note": "n"}),
     (MANAGER, "/start", {"name": "bob"}),
