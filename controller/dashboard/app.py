@@ -16,7 +16,12 @@ Endpoints (every error is ``{"error": {"code", "message", "field"}}`` with a 4xx
 ``POST /api/proposals/{id}/deny``           ``{"note"}`` (required) → Proposal
 ``POST /api/spawn``                         ``{"name"}`` → Proposal (a spawn to approve)
 ``POST /api/send``                          ``{"to", "body"}`` sent as ``operator``
+``GET  /api/agents/{name}``                 describe: conditions, deploys, events
+``GET  /api/agents/{name}/journal``         ``?unit=harness|machine&lines=1..5000`` → text
+``GET  /api/agents/{name}/config``          manifest YAML, agent.nix, rendered settings
 ``POST /api/agents/{name}/{verb}``          verb = start / kill / restart / update
+``POST /api/agents/{name}/destroy``         ``{"purge"?}``; state kept as a tombstone unless purge
+``POST /api/tombstones/{id}/purge``         ``{}``: delete a destroyed agent's kept state
 ``POST /api/reconcile``                     ``{"dry_run"?}`` → PassResult
 ``POST /api/questions/{id}/answer``         ``{"answer"}`` (a list is joined with ", ")
 ``POST /api/questions/{id}/cancel``         ``{}``
@@ -32,6 +37,7 @@ browser.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,6 +52,7 @@ from typing import Any, Protocol
 
 import falcon
 
+from controller.drivers.journal import HARNESS_UNIT
 from controller.errors import (
     Forbidden,
     HyperhiveError,
@@ -81,6 +88,28 @@ HISTORY_TTL = 15.0
 DIFF_LIMIT = 200_000
 """Characters of a proposal diff inlined in ``/api/state``; the rest via ``/api/proposals/{id}``."""
 
+JOURNAL_LINES = 200
+"""Journal lines returned when ``?lines=`` is not given."""
+
+JOURNAL_MAX_LINES = 5000
+"""Most journal lines one request may ask for."""
+
+JOURNAL_UNITS: dict[str, str | None] = {
+    "harness": HARNESS_UNIT,
+    HARNESS_UNIT: HARNESS_UNIT,
+    "machine": None,
+}
+"""``?unit=`` values: the harness service (the default) or the whole machine journal."""
+
+NEGATIVE_CONDITIONS = frozenset({"Stalled", "Reconciling"})
+"""Condition types that are good when False."""
+
+CRASH_LOOP = "CrashLoopBackOff"
+"""The condition reason of an agent that keeps crashing and is being backed off."""
+
+_TOMBSTONE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,8}-[0-9]{1,12}$")
+"""A tombstone id: ``<agent>-<unix seconds>`` (the directory under ``<state>/tombstones/``)."""
+
 _STATIC_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\.(css|js|svg|png|ico|html)$")
 _CONTENT_TYPES = {
     "css": "text/css; charset=utf-8",
@@ -98,10 +127,13 @@ class DashboardBroker(Protocol):
     ``questions`` returns operator questions as objects with ``to_json()``,
     dataclasses or mappings; the dashboard reads ``id``, ``question``,
     ``options``, ``multi``, ``asked_at``/``created_at``, ``deadline_at``,
-    ``answer`` from them and passes other fields through. Optional extras used
-    when present: ``last_id() -> int`` (else the newest id is found by probing
-    ``messages``) and a ``closed`` flag (ends open streams).
+    ``answer`` from them and passes other fields through. Optional extra used
+    when present: a ``closed`` flag (ends open streams).
     """
+
+    def last_id(self) -> int:
+        """The newest message id (0 when there is none); ids only grow."""
+        ...
 
     def messages(self, since_id: int, limit: int) -> list[Message]:
         """Every message with ``id > since_id``, oldest first, at most ``limit``."""
@@ -245,6 +277,23 @@ def needs_update(conditions: Sequence[Mapping[str, Any]]) -> bool:
     return False
 
 
+def _bad(c: Mapping[str, Any]) -> bool:
+    """True when a (normalized) condition says something is wrong."""
+    if c["type"] in NEGATIVE_CONDITIONS:
+        return bool(c["status"] == "True")
+    return bool(c["status"] == "False")
+
+
+def crash_looping(conditions: Sequence[Mapping[str, Any]]) -> bool:
+    """True when a condition that is wrong has the reason ``CrashLoopBackOff`` (Stalled)."""
+    return any(c["reason"] == CRASH_LOOP and _bad(c) for c in conditions)
+
+
+def needs_login(conditions: Sequence[Mapping[str, Any]]) -> bool:
+    """True when ``LoggedIn`` is False: someone has to log in from the agent's web UI."""
+    return any(c["type"] == "LoggedIn" and c["status"] == "False" for c in conditions)
+
+
 def _rows(agents: Any) -> list[Mapping[str, Any]]:
     """Agent rows from a list, or from a mapping ``name -> row`` (status.json's shape)."""
     if isinstance(agents, Mapping):
@@ -289,6 +338,108 @@ def agent_view(row: Mapping[str, Any], host: str) -> dict[str, Any]:
             "url": f"http://{_url_host(host)}:{web_port}/" if web_port else None,
             "conditions": conditions,
             "needs_update": bool(row.get("needs_update")) or needs_update(conditions),
+            "needs_login": needs_login(conditions),
+            "crash_loop": crash_looping(conditions),
+        }
+    )
+    return out
+
+
+def _short(commit: Any) -> str | None:
+    return commit[:8] if isinstance(commit, str) and commit else None
+
+
+def describe_view(doc: Mapping[str, Any], host: str) -> dict[str, Any]:
+    """``ops.describe()``: the agent row (as ``agent_view``) plus ``deploys`` and ``events``.
+
+    Deploys get ``tag`` (``<state>/<id>``, the ref in meta.git), ``tags`` (all refs of
+    the id, when given) and ``commit_short``; every time becomes RFC 3339. Events are
+    newest first. ``crash`` (crash-loop back-off: ``times``, ``restart_at``, ``stalled``)
+    and ``failure`` (``kind``, ``action``, ``message``, ``attempts``, ``retry_at``) pass
+    through with their times converted, or are None.
+    """
+    out = agent_view(doc, host)
+    deploys = []
+    for d in _rows(doc.get("deploys") or []):
+        item = dict(d)
+        state, pid = d.get("state"), d.get("id")
+        item.update(
+            {
+                "tag": f"{state}/{pid}" if state and pid is not None else None,
+                "tags": [str(t) for t in d.get("tags") or []],
+                "commit_short": _short(d.get("commit")),
+                "at": _iso(d.get("at")),
+            }
+        )
+        deploys.append(item)
+    events = []
+    for e in _rows(doc.get("events") or []):
+        item = dict(e)
+        item.update(
+            {
+                "at": _iso(e.get("at")),
+                "type": str(e.get("type") or ""),
+                "message": str(e.get("message") or ""),
+            }
+        )
+        events.append(item)
+    events.sort(key=lambda e: e["at"] or "", reverse=True)
+    out["deploys"] = deploys
+    out["events"] = events
+    crash = doc.get("crash")
+    if isinstance(crash, Mapping):
+        times = crash.get("times") or []
+        out["crash"] = {
+            **crash,
+            "times": [_iso(t) for t in times] if isinstance(times, list) else [],
+            "restart_at": _iso(crash.get("restart_at")),
+            "stalled": bool(crash.get("stalled")),
+        }
+    else:
+        out["crash"] = None
+    failure = doc.get("failure")
+    if isinstance(failure, Mapping):
+        out["failure"] = {**failure, "retry_at": _iso(failure.get("retry_at"))}
+    else:
+        out["failure"] = None
+    return out
+
+
+def config_view(name: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """``ops.agent_config()``: ``{name, commit, commit_short, manifest, agent_nix, settings}``."""
+    out = dict(doc)
+    agent_nix = doc.get("agent_nix")
+    out.update(
+        {
+            "name": name,
+            "commit": doc.get("commit") if isinstance(doc.get("commit"), str) else None,
+            "commit_short": _short(doc.get("commit")),
+            "manifest": str(doc.get("manifest") or ""),
+            "agent_nix": agent_nix if isinstance(agent_nix, str) else None,
+            "settings": doc.get("settings"),
+        }
+    )
+    return out
+
+
+def tombstone_view(t: Any) -> dict[str, Any]:
+    """One kept-state entry: ``{id, name, destroyed_at (RFC 3339), bytes, path, commit_short}``.
+
+    ``id`` is what ``POST /api/tombstones/{id}/purge`` takes: the tombstone's own id
+    (``<agent>-<unix seconds>``) when ``ops.tombstones()`` gives one, else the agent name.
+    """
+    d = _to_dict(t)
+    size = d.get("bytes")
+    out = dict(d)
+    name = str(d.get("name", "?"))
+    out.update(
+        {
+            "id": str(d.get("id") or name),
+            "name": name,
+            "commit_short": _short(d.get("commit")),
+            "destroyed_at": _iso(d.get("destroyed_at")),
+            "bytes": size if isinstance(size, int) and not isinstance(size, bool) else None,
+            "path": str(d.get("path") or ""),
         }
     )
     return out
@@ -387,55 +538,6 @@ def _checked(doc: dict[str, Any], ref: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the app
 
 
-class _Cursor:
-    """Finds the newest message id with ``messages(since, 1)`` probes, remembering a hint.
-
-    The broker contract has no "latest id" call; ``messages(k, 1)`` being
-    non-empty means "some id > k exists", which is monotone in ``k``, so an
-    exponential then binary search from the last id seen finds the newest id
-    in O(log n) cheap indexed queries (usually one or two).
-    """
-
-    def __init__(self, broker: DashboardBroker) -> None:
-        self._broker = broker
-        self._lock = threading.Lock()
-        self._hint = 0
-
-    def seen(self, message_id: int) -> None:
-        """Record that ``message_id`` exists (ids only grow)."""
-        with self._lock:
-            self._hint = max(self._hint, message_id)
-
-    def latest(self) -> int:
-        """The newest message id (0 if there are none); ``broker.last_id()`` when it has one."""
-        last_id = getattr(self._broker, "last_id", None)
-        if callable(last_id):
-            newest = int(last_id())
-            self.seen(newest)
-            return newest
-        with self._lock:
-            lo = self._hint
-
-        def exists_after(k: int) -> bool:
-            return bool(self._broker.messages(k, 1))
-
-        if not exists_after(lo):
-            return lo
-        step = 1
-        hi = lo + step
-        while exists_after(hi):
-            lo, step = hi, step * 2
-            hi = lo + step
-        while hi - lo > 1:  # exists_after(lo) and not exists_after(hi)
-            mid = (lo + hi) // 2
-            if exists_after(mid):
-                lo = mid
-            else:
-                hi = mid
-        self.seen(hi)
-        return hi
-
-
 class Dashboard:
     """The dashboard's responders; one instance per app (routes use suffixes)."""
 
@@ -451,7 +553,6 @@ class Dashboard:
         self.broker = broker
         self.heartbeat_seconds = heartbeat_seconds
         self.stop = stop or threading.Event()
-        self.cursor = _Cursor(broker)
         self._history_cache: tuple[float, list[dict[str, Any]]] | None = None
         self._logged: dict[str, str] = {}
 
@@ -513,6 +614,15 @@ class Dashboard:
             [],
         )
         history = section("history", self._history, [])
+        tombstones = section(
+            "tombstones",
+            lambda: sorted(
+                (tombstone_view(t) for t in self.ops.tombstones()),
+                key=lambda t: t["destroyed_at"] or "",
+                reverse=True,
+            ),
+            [],
+        )
         questions = section(
             "questions",
             lambda: [question_view(q) for q in self.broker.questions(pending_only=True)],
@@ -526,6 +636,7 @@ class Dashboard:
             "agents": agents,
             "proposals": proposals,
             "history": history,
+            "tombstones": tombstones,
             "questions": questions,
             "inbox": inbox,
             "recipients": recipients,
@@ -548,12 +659,10 @@ class Dashboard:
 
     def _inbox(self) -> list[dict[str, Any]]:
         rows = [m for m in self.broker.recent(OPERATOR, INBOX_LIMIT * 3) if m.recipient == OPERATOR]
-        for m in rows:
-            self.cursor.seen(m.id)
         return [message_view(m) for m in rows[-INBOX_LIMIT:]]
 
     def on_get_state(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """``GET /api/state``: agents, pending proposals, questions, inbox, recipients."""
+        """``GET /api/state``: agents, proposals, kept state, questions, inbox, recipients."""
         body = json.dumps(self.state(req.host), separators=(",", ":"), default=str).encode()
         etag = hashlib.sha256(body).hexdigest()[:32]
         resp.etag = etag
@@ -602,7 +711,6 @@ class Dashboard:
             names = ", ".join(sorted(known - {OPERATOR})) or "none"
             raise NotFound(f"no agent named {to!r} (known: {names})", "to")
         m = self.broker.send(OPERATOR, to, str(doc["body"]))
-        self.cursor.seen(m.id)
         resp.status = falcon.HTTP_201
         resp.media = {"id": m.id, "message": message_view(m)}
 
@@ -648,6 +756,74 @@ class Dashboard:
         result = self.broker.cancel_question(qid_)
         resp.media = {"id": qid_, "cancelled": True, "result": _jsonable(result)}
 
+    # ----------------------------------------------------------------- one agent
+
+    def on_get_describe(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        """``GET /api/agents/{name}``: conditions in full, last deploys, recent events."""
+        _check_agent(name)
+        with _agent_not_found(name):
+            doc = self.ops.describe(name)
+        resp.media = describe_view(doc, req.host)
+
+    def on_get_journal(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        """``GET /api/agents/{name}/journal?unit=harness|machine&lines=N`` → ``{"text", ..}``."""
+        _check_agent(name)
+        raw_unit = req.get_param("unit") or "harness"
+        if raw_unit not in JOURNAL_UNITS:
+            raise Invalid(
+                f"unit {raw_unit!r} is not allowed: use 'harness' ({HARNESS_UNIT}) "
+                "or 'machine' (the whole machine journal)",
+                "unit",
+            )
+        unit = JOURNAL_UNITS[raw_unit]
+        lines = _int_param(req, "lines", 1, JOURNAL_MAX_LINES) or JOURNAL_LINES
+        with _agent_not_found(name):
+            text = self.ops.journal(name, unit=unit, lines=lines)
+        resp.cache_control = ["no-store"]
+        resp.media = {
+            "agent": name,
+            "unit": unit,
+            "lines": lines,
+            "text": text,
+            "fetched_at": rfc3339(time.time()),
+        }
+
+    def on_get_config(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        """``GET /api/agents/{name}/config``: what the agent is deployed from."""
+        _check_agent(name)
+        with _agent_not_found(name):
+            doc = self.ops.agent_config(name)
+        resp.media = config_view(name, doc)
+
+    def on_post_destroy(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        """``POST /api/agents/{name}/destroy`` with ``{"purge"?}``: its state is kept unless
+        ``purge``. The manager cannot be destroyed."""
+        _check_agent(name)
+        doc = read_body(req)
+        for key in doc:
+            if key != "purge":
+                raise Invalid(f"unknown field {key!r}; destroy takes only 'purge'", key)
+        purge = _truthy(doc.get("purge", False), "purge")
+        if name == MANAGER:
+            raise Invalid("the manager cannot be destroyed (it is required infrastructure)", "name")
+        with _agent_not_found(name):
+            result = self.ops.destroy(name, purge=purge)
+        resp.media = {"agent": name, "purged": purge, "result": result}
+
+    def on_post_purge(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        """``POST /api/tombstones/{id}/purge``: delete a destroyed agent's kept state.
+
+        ``id`` is a tombstone id (``<agent>-<unix seconds>``) or an agent name.
+        """
+        if name == MANAGER or not (is_agent_name(name) or _TOMBSTONE_ID_RE.fullmatch(name)):
+            raise NotFound(f"no kept state for {name!r}", "name")
+        extra = sorted(read_body(req))
+        if extra:
+            raise Invalid(f"unknown field {extra[0]!r}; purge takes no fields", extra[0])
+        with _agent_not_found(name):
+            result = self.ops.purge(name)
+        resp.media = {"agent": name, "purged": True, "result": result}
+
     # ----------------------------------------------------------------- SSE
 
     def on_get_stream(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -666,7 +842,7 @@ class Dashboard:
             since = _int_param(req, "since", 0, 2**62)
         backlog = _int_param(req, "backlog", 0, BACKLOG_MAX) or 0
         if since is None:
-            latest = self.cursor.latest()
+            latest = int(self.broker.last_id())
             since = max(0, latest - backlog) if backlog else latest
         resp.content_type = "text/event-stream; charset=utf-8"
         resp.cache_control = ["no-cache"]
@@ -685,7 +861,6 @@ class Dashboard:
                         yield sse_frame(m)
                 if len(page) < 200:
                     break
-            self.cursor.seen(last)
             while not self.stop.is_set():
                 started = time.monotonic()
                 fresh = [
@@ -701,12 +876,28 @@ class Dashboard:
                 for m in fresh:
                     last = m.id
                     yield sse_frame(m)
-                self.cursor.seen(last)
         except GeneratorExit:
             raise
         except Exception as e:  # broker trouble: end the stream, the browser reconnects
             log.exception("dashboard: message stream failed")
             yield f": stream error: {type(e).__name__}\n\n".encode()
+
+
+def _check_agent(name: str) -> None:
+    """404 naming ``name`` for a path parameter that cannot be an agent."""
+    if not is_agent_name(name):
+        raise NotFound(f"no agent named {name!r}", "name")
+
+
+@contextlib.contextmanager
+def _agent_not_found(name: str) -> Iterator[None]:
+    """Re-raise ``NotFound`` from an agent-scoped op as naming ``name`` (the path parameter)."""
+    try:
+        yield
+    except NotFound as e:
+        if e.field in (None, "name", "agent", "container"):
+            raise NotFound(e.message, "name") from e
+        raise
 
 
 def _jsonable(value: object) -> Any:
@@ -817,7 +1008,12 @@ def make_dashboard_app(
     app.add_route("/api/proposals/{pid}/deny", dash, suffix="deny")
     app.add_route("/api/spawn", dash, suffix="spawn")
     app.add_route("/api/send", dash, suffix="send")
+    app.add_route("/api/agents/{name}", dash, suffix="describe")
+    app.add_route("/api/agents/{name}/journal", dash, suffix="journal")
+    app.add_route("/api/agents/{name}/config", dash, suffix="config")
+    app.add_route("/api/agents/{name}/destroy", dash, suffix="destroy")
     app.add_route("/api/agents/{name}/{verb}", dash, suffix="lifecycle")
+    app.add_route("/api/tombstones/{name}/purge", dash, suffix="purge")
     app.add_route("/api/reconcile", dash, suffix="reconcile")
     app.add_route("/api/questions/{qid}/answer", dash, suffix="answer")
     app.add_route("/api/questions/{qid}/cancel", dash, suffix="cancel")

@@ -34,6 +34,45 @@ try {
   seen.aliceNeedsUpdate = await page.isVisible('tr[data-agent="alice"] button.badge.update');
   seen.aliceLink = await page.getAttribute('tr[data-agent="alice"] a[target=_blank]', 'href');
   seen.bobProblem = await page.textContent('tr[data-agent="bob"] .agent-sub');
+  seen.bobCrashLoop = await page.textContent('tr[data-agent="bob"] .badge.crash');
+  seen.bobLoginHref = await page.getAttribute('tr[data-agent="bob"] a.badge.login', 'href');
+  seen.bobUiHref = await page.getAttribute('tr[data-agent="bob"] a[title^="open"]', 'href');
+  seen.managerDanger = await page.$$eval('tr[data-agent-more="manager"] .danger-zone', (x) => x.length);
+  seen.aliceDanger = await page.$$eval('tr[data-agent-more="alice"] .danger-zone button', (b) => b.map((x) => x.textContent));
+  seen.kept = await page.$$eval('#kept tr[data-tombstone]', (rows) => rows.map((r) => r.dataset.name));
+
+  // ↳ logs: lazy-loaded journal, auto-scrolled to the bottom; then the whole machine journal
+  const logs = 'details[data-key="logs-alice"]';
+  const logsHave = (text) => page.waitForFunction(([sel, t]) => {
+    const pre = document.querySelector(`${sel} pre.logs`);
+    return pre && pre.textContent.includes(t);
+  }, [logs, text]);
+  await page.click(`${logs} > summary`);
+  await logsHave('hyperhive-agent[412]: turn');
+  seen.logLines = await page.$eval(`${logs} pre.logs`, (p) => p.textContent.split('\n').length);
+  seen.logsAtBottom = await page.$eval(`${logs} pre.logs`, (p) => p.scrollTop > 0 && p.scrollHeight - p.scrollTop - p.clientHeight < 4);
+  seen.logsMeta = await page.textContent(`${logs} .lazy-meta`);
+  await page.selectOption(`${logs} select[data-lazy-param="unit"]`, 'machine');
+  await logsHave('systemd[1]: Started');
+  await page.click(`${logs} [data-lazy-refresh]`);
+  await page.waitForFunction((sel) => !document.querySelector(`${sel} [data-lazy-refresh]`).classList.contains('busy'), logs);
+
+  // ↳ config: manifest, agent.nix (or why there is none), rendered settings
+  for (const who of ['alice', 'bob']) {
+    const cfg = `details[data-key="config-${who}"]`;
+    await page.click(`${cfg} > summary`);
+    await page.waitForSelector(`${cfg} .cfg`);
+    seen[`${who}Config`] = await page.$$eval(`${cfg} .cfg > div`, (divs) => divs.map((d) => d.textContent));
+    await page.click(`${cfg} > summary`); // closed again: keeps the screenshot short
+  }
+
+  // ↳ describe: full conditions, deploys with their tags, recent events
+  const desc = 'details[data-key="describe-bob"]';
+  await page.click(`${desc} > summary`);
+  await page.waitForSelector(`${desc} table.conds-full tbody tr`);
+  seen.bobReasons = await page.$$eval(`${desc} table.conds-full tbody tr td:nth-child(3)`, (t) => t.map((x) => x.textContent));
+  seen.bobDeployTags = await page.$$eval(`${desc} .desc-cols > div:first-child td:first-child`, (t) => t.map((x) => x.textContent));
+  seen.bobEvents = await page.$$eval(`${desc} .desc-cols > div:last-child td:first-child`, (t) => t.map((x) => x.textContent));
 
   // pending proposals with a colored diff
   await page.waitForSelector('[data-proposal="8"] pre.diff span.add');
@@ -69,9 +108,27 @@ try {
   seen.lastFlowRoute = await page.$eval('#flow .msg:last-child .route', (e) => e.textContent.trim());
   seen.sendBodyCleared = (await page.inputValue('#send-body')) === '';
 
+  // DESTR0Y carol (confirm accepted): her row goes, her state shows up under K3PT ST4TE, and the
+  // redrawn agents table keeps the open blocks open, with their content and choices
+  await page.click('tr[data-agent-more="carol"] .danger-zone form:first-child button');
+  await page.waitForSelector('tr[data-agent="carol"]', { state: 'detached' });
+  await page.waitForSelector('#kept tr[data-name="carol"]');
+  seen.keptAfterDestroy = await page.$$eval('#kept tr[data-tombstone]', (rows) => rows.map((r) => r.dataset.name));
+  seen.logsStillOpen = await page.$eval(logs, (d) => d.open);
+  seen.logsStillMachine = await page.inputValue(`${logs} select[data-lazy-param="unit"]`);
+  seen.logsStillFilled = await page.$eval(`${logs} pre.logs`, (p) => p.textContent.includes('systemd[1]'));
+  seen.describeStillOpen = await page.$eval(desc, (d) => d.open && d.querySelectorAll('table.conds-full tr').length > 1);
+
+  // PURG3 frank's kept state (confirm accepted)
+  seen.frankId = await page.getAttribute('#kept tr[data-name="frank"]', 'data-tombstone');
+  await page.click('#kept tr[data-name="frank"] button');
+  await page.waitForSelector('#kept tr[data-name="frank"]', { state: 'detached' });
+  await page.click(`${desc} > summary`); // close describe again: the screenshot shows logs
+
   // screenshot without transient toasts
   await page.evaluate(() => document.querySelectorAll('.toast').forEach((t) => t.remove()));
   await page.mouse.move(0, 0);
+  await page.evaluate(() => window.scrollTo(0, 0));
   await page.waitForTimeout(1300); // let the "fresh" flash fade
   await page.screenshot({ path: shot, fullPage: true });
   seen.screenshot = shot;

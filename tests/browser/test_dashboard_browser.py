@@ -1,9 +1,11 @@
 """The dashboard in real headless Chromium (playwright-core driven from node).
 
 Starts the dashboard over the demo fakes on 127.0.0.1:<ephemeral>, runs
-``tests/browser/dashboard.mjs`` (load, see agents + a proposal's diff, approve,
-answer a question, send a message and see it come back over SSE, screenshot)
-and checks what the fakes recorded. The screenshot goes to the test's tmp dir;
+``tests/browser/dashboard.mjs`` (load, see agents with their badges, open an
+agent's logs, config and describe blocks, approve a proposal with a diff, answer
+a question, send a message and see it come back over SSE, destroy an agent and
+purge kept state through their confirms, screenshot) and checks what the fakes
+recorded. The screenshot goes to the test's tmp dir;
 with ``HYPERHIVE_UPDATE_SCREENSHOTS=1`` (or when it is missing) it also
 replaces ``docs/img/dashboard.png``.
 """
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from controller.dashboard import make_dashboard_app
+from controller.drivers.journal import HARNESS_UNIT
 from schemas.names import OPERATOR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +78,38 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
     assert seen["aliceNeedsUpdate"] is True
     assert seen["aliceLink"].startswith("http://127.0.0.1:") and seen["aliceLink"].endswith("/")
     assert "StartFailed" in seen["bobProblem"]
+    assert seen["bobCrashLoop"] == "crash loop"
+    assert seen["bobLoginHref"] == seen["bobUiHref"] and seen["bobUiHref"].endswith("/")
+    assert seen["managerDanger"] == 0 and seen["aliceDanger"] == ["DESTR0Y", "PURG3"]
+    assert seen["kept"] == ["frank"]
+    # logs
+    assert seen["logLines"] >= 20 and seen["logsAtBottom"] is True
+    assert HARNESS_UNIT in seen["logsMeta"]
+    assert ("journal", "alice", HARNESS_UNIT, 200) in ops.calls
+    assert ("journal", "alice", None, 200) in ops.calls
+    # config
+    manifest, nix, settings = seen["aliceConfig"]
+    assert "agents/alice/agent.yaml" in manifest and "kind: Agent" in manifest
+    assert "pkgs.jq" in nix and "does not build Nix" in nix
+    assert '"allowedRecipients"' in settings
+    assert "no agent.nix — the local runtime does not build Nix" in seen["bobConfig"][1]
+    # describe
+    assert "CrashLoopBackOff" in seen["bobReasons"] and "NeedsLogin" in seen["bobReasons"]
+    assert seen["bobDeployTags"] == ["deployed/6", "failed/3"]
+    assert seen["bobEvents"][0] == "CrashLoopBackOff"
+    # destroy keeps state, purge deletes it, both behind their confirms
+    assert ("destroy", "carol", False) in ops.calls and "carol" not in ops.agents
+    assert seen["frankId"].startswith("frank-") and ("purge", seen["frankId"]) in ops.calls
+    assert seen["keptAfterDestroy"] == ["carol", "frank"]
+    destroy = next(d for d in seen["dialogs"] if d.startswith("confirm: Destroy carol?"))
+    assert "KEPT" in destroy and "credentials" in destroy
+    purge = next(
+        d for d in seen["dialogs"] if d.startswith("confirm: Purge the kept state of frank")
+    )
+    assert "notes" in purge and "credentials" in purge and "no undo" in purge
+    # the redraw after destroy kept the open blocks open, filled, with their choices
+    assert seen["logsStillOpen"] and seen["logsStillFilled"]
+    assert seen["logsStillMachine"] == "machine" and seen["describeStillOpen"]
     assert seen["proposals"] == [8, 7]
     assert any("pkgs.ripgrep" in line for line in seen["diffAdds"])
     assert any("model: haiku" in line for line in seen["diffDels"])

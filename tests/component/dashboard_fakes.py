@@ -1,6 +1,7 @@
 """In-memory fakes for the dashboard tests: a ``SwarmOps``, a broker, demo data, a server.
 
-``FakeOps`` records every call in ``calls``; ``FakeBroker`` keeps messages and
+``FakeOps`` records every call in ``calls`` (and keeps kept state, deploys,
+events, journals and configs per agent); ``FakeBroker`` keeps messages and
 operator questions in lists and wakes ``wait_for_new`` on ``send``.
 ``serve(app)`` runs a WSGI app with waitress on 127.0.0.1:<ephemeral> in a thread.
 Run ``python tests/component/dashboard_fakes.py`` to browse the demo dashboard.
@@ -15,10 +16,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from controller.drivers.journal import HARNESS_UNIT
 from controller.errors import Conflict, Invalid, NotFound
 from controller.model import Action, ActionKind
 from controller.ops import Lifecycle, PassResult, Proposal, ProposalKind, ProposalState
-from schemas.names import MANAGER, OPERATOR, InvalidName, check_agent_name, default_web_port
+from schemas.names import (
+    MANAGER,
+    OPERATOR,
+    InvalidName,
+    check_agent_name,
+    container_name,
+    default_web_port,
+)
 from schemas.wire import Message, MessageKind, rfc3339
 
 BASE_TIME = time.time()  # demo data is "recent" relative to import time
@@ -32,6 +41,26 @@ def _cond(ctype: str, status: str, reason: str, message: str = "") -> dict[str, 
         "message": message,
         "lastTransitionTime": rfc3339(BASE_TIME - 600),
     }
+
+
+def _deploy(
+    id: int, state: str, commit: str, title: str, note: str, ago: float
+) -> dict[str, Any]:  # the shape of controller.metarepo.MetaRepo.deploys_for
+    tags = [f"proposal/{id}", f"approved/{id}", f"building/{id}", f"{state}/{id}"]
+    return {
+        "id": id,
+        "kind": "apply_commit",
+        "state": state,
+        "title": title,
+        "commit": commit,
+        "note": note,
+        "at": BASE_TIME - ago,
+        "tags": tags,
+    }
+
+
+def _event(ago: float, type: str, message: str) -> dict[str, Any]:
+    return {"at": BASE_TIME - ago, "type": type, "message": message}
 
 
 def _agent(
@@ -85,6 +114,44 @@ diff --git a/agents/alice/agent.yaml b/agents/alice/agent.yaml
 """
 
 
+MANIFEST = """apiVersion: hyperhive/v1
+kind: Agent
+metadata:
+  name: {name}
+spec:
+  model: {model}
+  allowedRecipients: [manager]
+"""
+
+AGENT_NIX = """{ pkgs, ... }:
+{
+  environment.systemPackages = [ pkgs.jq ];
+}
+"""
+
+
+def _journal_lines(name: str, machine: bool, n: int = 60) -> list[str]:
+    """Plausible ``journalctl --output=short-iso`` lines for one agent's container."""
+    host = container_name(name)
+    out = []
+    t0 = BASE_TIME - 60 * n
+    for i in range(n):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(t0 + 60 * i))
+        if machine and i % 4 == 0:
+            out.append(f"{stamp} {host} systemd[1]: Started hyperhive-agent.service.")
+        elif machine and i % 4 == 2:
+            out.append(f"{stamp} {host} systemd-networkd[88]: host0: link is up")
+        else:
+            turn = i // 2 + 1
+            what = (
+                f"turn {turn} start: 1 message from manager"
+                if i % 2 == 0
+                else f"turn {turn} end: ok in {3 + i % 5}.{i % 10}s, {i % 4 + 1} tool calls"
+            )
+            out.append(f"{stamp} {host} hyperhive-agent[412]: {what}")
+    return out
+
+
 class FakeOps:
     """A ``SwarmOps`` over dicts; records calls as ``(verb, *args)`` tuples in ``calls``."""
 
@@ -94,12 +161,37 @@ class FakeOps:
         self.main_commit = "9f2c4e1a7b3d5f60c1e2a3b4c5d6e7f8a9b0c1d2"
         self.agents: dict[str, dict[str, Any]] = {}
         self.props: dict[int, Proposal] = {}
+        self.kept: dict[str, dict[str, Any]] = {}
+        self.deploys: dict[str, list[dict[str, Any]]] = {}
+        self.events: dict[str, list[dict[str, Any]]] = {}
+        self.nix: dict[str, str] = {}
+        self.crashes: dict[str, dict[str, Any]] = {}
+        self.runtime = "local"
         self.fail_status = False
 
     # --- helpers for tests
     def add_agent(self, row: dict[str, Any]) -> None:
         """Add or replace one status row."""
         self.agents[row["name"]] = row
+
+    def add_tombstone(self, name: str, destroyed_at: float, size: int) -> str:
+        """Add one kept-state entry (shaped like ``controller.tombstones.listing``); its id."""
+        tid = f"{name}-{int(destroyed_at)}"
+        self.kept[tid] = {
+            "name": name,
+            "id": tid,
+            "destroyed_at": destroyed_at,
+            "bytes": size,
+            "path": f"/var/lib/hyperhive/tombstones/{tid}",
+            "commit": self.main_commit,
+            "in_place": False,
+        }
+        return tid
+
+    def _known(self, name: str) -> dict[str, Any]:
+        if name not in self.agents:
+            raise NotFound(f"no agent named {name!r}", "name")
+        return self.agents[name]
 
     def add_proposal(self, p: Proposal) -> None:
         """Add or replace one proposal."""
@@ -197,6 +289,71 @@ class FakeOps:
         """Record."""
         self.calls.append(("request_pass", reason))
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """The status row plus deploys and events (NotFound for an unknown agent)."""
+        row = dict(self._known(name))
+        self.calls.append(("describe", name))
+        row["deploys"] = list(self.deploys.get(name, []))
+        row["events"] = list(self.events.get(name, []))
+        row["crash"] = self.crashes.get(name)
+        row["failure"] = None
+        return row
+
+    def destroy(self, name: str, purge: bool = False) -> str:
+        """Drop the agent; keep a tombstone unless ``purge`` (Invalid for the manager)."""
+        if name == MANAGER:
+            raise Invalid("the manager cannot be destroyed", "name")
+        self._known(name)
+        with self.lock:
+            self.calls.append(("destroy", name, purge))
+            del self.agents[name]
+            if purge:
+                return f"destroyed {name} and purged its state"
+            self.add_tombstone(name, time.time(), 3_145_728)
+            return f"destroyed {name}; its state is kept until purged"
+
+    def purge(self, name: str) -> str:
+        """Delete a tombstone by id, or every one of an agent name (NotFound / Conflict)."""
+        if name in self.agents:
+            raise Conflict(f"{name} is still in desired state; destroy it first", "name")
+        ids = [k for k, t in self.kept.items() if name in (k, t["name"])]
+        if not ids:
+            raise NotFound(f"no kept state for {name!r}", "name")
+        with self.lock:
+            self.calls.append(("purge", name))
+            for k in ids:
+                del self.kept[k]
+        return f"purged {name}"
+
+    def tombstones(self) -> list[dict[str, Any]]:
+        """Kept state of destroyed agents."""
+        return [dict(t) for t in self.kept.values()]
+
+    def journal(self, name: str, unit: str | None = None, lines: int = 200) -> str:
+        """Generated log lines; the same checks as the real one."""
+        self._known(name)
+        if unit is not None and unit != HARNESS_UNIT:
+            raise Invalid(f"unit {unit!r} is not allowed", "unit")
+        if not 1 <= lines <= 5000:
+            raise Invalid(f"lines must be from 1 to 5000, got {lines}", "lines")
+        self.calls.append(("journal", name, unit, lines))
+        return "\n".join(_journal_lines(name, machine=unit is None)[-lines:]) + "\n"
+
+    def agent_config(self, name: str) -> dict[str, Any]:
+        """Manifest, agent.nix (when the agent has one) and rendered settings."""
+        row = self._known(name)
+        self.calls.append(("agent_config", name))
+        return {
+            "commit": row.get("observed_commit"),
+            "manifest": MANIFEST.format(name=name, model=row.get("model") or "haiku"),
+            "agent_nix": self.nix.get(name),
+            "settings": {
+                "model": row.get("model"),
+                "allowedRecipients": [MANAGER],
+                "permissions": {"allow": ["Bash", "Edit", "Read", "mcp__hyperhive__*"]},
+            },
+        }
+
     def status(self) -> dict[str, Any]:
         """Summary with agents."""
         if self.fail_status:
@@ -205,7 +362,7 @@ class FakeOps:
             "agents": self.list_agents(),
             "pending": len(self.proposals(pending_only=True)),
             "main_commit": self.main_commit,
-            "runtime": "local",
+            "runtime": self.runtime,
         }
 
 
@@ -271,6 +428,11 @@ class FakeBroker:
                 if fresh or left <= 0:
                     return fresh[:200]
                 self.cond.wait(left)
+
+    def last_id(self) -> int:
+        """The newest message id (0 when there is none)."""
+        with self.cond:
+            return max((m.id for m in self.msgs), default=0)
 
     def recent(self, recipient: str, limit: int = 20) -> list[Message]:
         """To or from recipient, newest last."""
@@ -351,8 +513,8 @@ def demo() -> tuple[FakeOps, FakeBroker]:
             "haiku",
             c1,
             _cond("Ready", "False", "StartFailed", "hyperhive-agent exited 1 (see logs/bob.log)"),
-            _cond("Stalled", "True", "StartFailed", "gave up after 5 attempts"),
-            _cond("LoggedIn", "False", "NoSession", "log in from the agent UI"),
+            _cond("Stalled", "True", "CrashLoopBackOff", "exited 5 times in 10m; next start in 5m"),
+            _cond("LoggedIn", "False", "NeedsLogin", "no claude credentials"),
         )
     )
     ops.add_agent(
@@ -365,6 +527,30 @@ def demo() -> tuple[FakeOps, FakeBroker]:
             _cond("UpToDate", "True", "AtMain"),
         )
     )
+    ops.nix["alice"] = AGENT_NIX
+    ops.add_tombstone("frank", BASE_TIME - 2 * 86400, 18_874_368)
+    ops.deploys["alice"] = [
+        _deploy(4, "deployed", c0, "alice: jq", "deployed in 38s", 9000),
+        _deploy(2, "deployed", "e" * 40, "spawn alice", "deployed in 52s", 86400),
+    ]
+    ops.deploys["bob"] = [
+        _deploy(6, "deployed", "c" * 40, "bob: allow messages to alice", "deployed in 41s", 3600),
+        _deploy(3, "failed", "f" * 40, "bob: redis", "build: attribute 'redis' missing", 7000),
+    ]
+    ops.events["bob"] = [
+        _event(900, "ContainerCrash", "exited 1 (restarts: 5)"),
+        _event(600, "CrashLoopBackOff", "backing off 5m before the next start"),
+        _event(3600, "Deployed", "deployed/6 at cccccccc"),
+    ]
+    ops.crashes["bob"] = {
+        "times": [BASE_TIME - 900 + 120 * i for i in range(5)],
+        "restart_at": BASE_TIME + 300,
+        "stalled": False,
+    }
+    ops.events["alice"] = [
+        _event(9000, "Deployed", f"deployed/4 at {c0[:8]}"),
+        _event(8990, "Started", "harness up"),
+    ]
     ops.add_proposal(
         Proposal(
             7, ProposalKind.SPAWN, ProposalState.PENDING, "a" * 40, c1, "spawn dave",

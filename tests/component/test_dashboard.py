@@ -21,8 +21,14 @@ import pytest
 from dashboard_fakes import FakeBroker, FakeOps, demo, serve
 
 from controller.dashboard import make_dashboard_app
-from controller.dashboard.app import agent_view, normalize_conditions
-from controller.errors import TransientError
+from controller.dashboard.app import (
+    agent_view,
+    describe_view,
+    normalize_conditions,
+    tombstone_view,
+)
+from controller.drivers.journal import HARNESS_UNIT
+from controller.errors import Conflict, NotFound, TransientError
 from controller.ops import Lifecycle
 from schemas.names import MANAGER, OPERATOR
 from schemas.wire import Message
@@ -48,6 +54,10 @@ def _error(r: falcon.testing.Result, status: int, field: str | None) -> dict[str
     assert err["field"] == field, err
     assert err["code"] and err["message"]
     return err
+
+
+def _last_call(ops: FakeOps) -> tuple[Any, ...]:
+    return ops.calls[-1]
 
 
 def _form(**fields: str | list[str]) -> dict[str, Any]:
@@ -79,7 +89,9 @@ def test_index_and_static(client: falcon.testing.TestClient) -> None:
     assert r.status_code == 404 and r.json["error"]["code"] == "not_found"
 
 
-def test_state_snapshot(client: falcon.testing.TestClient) -> None:
+def test_state_snapshot(
+    client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
+) -> None:
     r = client.simulate_get("/api/state", headers={"Host": "hive.lan:7000"})
     assert r.status_code == 200
     s = r.json
@@ -108,6 +120,15 @@ def test_state_snapshot(client: falcon.testing.TestClient) -> None:
     assert s["recipients"] == ["alice", "bob", "carol", MANAGER]
     assert s["swarm"]["runtime"] == "local" and s["swarm"]["pending"] == 2
     assert s["errors"] == {}
+    bob = next(a for a in s["agents"] if a["name"] == "bob")
+    assert bob["crash_loop"] is True and bob["needs_login"] is True
+    assert alice["crash_loop"] is False and alice["needs_login"] is False
+    (frank,) = s["tombstones"]
+    assert frank["id"] == next(iter(fakes[0].kept)) and frank["id"].startswith("frank-")
+    assert frank["name"] == "frank" and frank["bytes"] == 18_874_368
+    assert frank["path"] == f"/var/lib/hyperhive/tombstones/{frank['id']}"
+    assert frank["commit_short"] == fakes[0].main_commit[:8] and frank["in_place"] is False
+    assert s["tombstones"][0]["destroyed_at"].endswith("Z")
 
 
 def test_state_etag_304(client: falcon.testing.TestClient) -> None:
@@ -127,6 +148,31 @@ def test_state_survives_a_failing_section(fakes: tuple[FakeOps, FakeBroker]) -> 
     assert r.status_code == 200
     assert r.json["agents"] == [] and "status exploded" in r.json["errors"]["status"]
     assert len(r.json["proposals"]) == 2
+
+
+def test_state_survives_failing_tombstones(fakes: tuple[FakeOps, FakeBroker]) -> None:
+    ops, broker = fakes
+
+    def boom() -> list[dict[str, Any]]:
+        raise OSError("tombstones dir unreadable")
+
+    ops.tombstones = boom  # type: ignore[method-assign]
+    r = falcon.testing.TestClient(make_dashboard_app(ops, broker)).simulate_get("/api/state")
+    assert r.status_code == 200 and r.json["tombstones"] == []
+    assert "unreadable" in r.json["errors"]["tombstones"] and len(r.json["agents"]) == 4
+
+
+def test_crash_loop_and_login_flags() -> None:
+    def row(*conds: dict[str, Any]) -> dict[str, Any]:
+        return agent_view({"name": "x", "conditions": list(conds)}, "h")
+
+    stalled = {"type": "Stalled", "status": "True", "reason": "CrashLoopBackOff"}
+    assert row(stalled)["crash_loop"] is True
+    assert row({**stalled, "status": "False"})["crash_loop"] is False
+    assert row({**stalled, "reason": "PermanentError"})["crash_loop"] is False
+    assert row({"type": "LoggedIn", "status": "False", "reason": "NeedsLogin"})["needs_login"]
+    assert not row({"type": "LoggedIn", "status": "Unknown", "reason": "NotProbed"})["needs_login"]
+    assert not row({"type": "LoggedIn", "status": "True", "reason": "X"})["needs_login"]
 
 
 def test_condition_shapes() -> None:
@@ -302,6 +348,212 @@ def test_reconcile(client: falcon.testing.TestClient, fakes: tuple[FakeOps, Fake
     _error(client.simulate_post("/api/reconcile", json={"force": True}), 400, "force")
 
 
+# ----------------------------------------------------------------- one agent in depth
+
+
+def test_describe(client: falcon.testing.TestClient) -> None:
+    r = client.simulate_get("/api/agents/bob", headers={"Host": "hive.lan:7000"})
+    assert r.status_code == 200
+    d = r.json
+    assert d["name"] == "bob" and d["crash_loop"] is True and d["needs_login"] is True
+    assert d["url"] == f"http://hive.lan:{d['web_port']}/"
+    stalled = next(c for c in d["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "CrashLoopBackOff" and stalled["message"]
+    assert stalled["last_transition_time"].endswith("Z")
+    assert [x["tag"] for x in d["deploys"]] == ["deployed/6", "failed/3"]
+    assert d["deploys"][1]["commit_short"] == "f" * 8 and d["deploys"][1]["at"].endswith("Z")
+    assert d["deploys"][0]["tags"][-1] == "deployed/6" and d["deploys"][0]["title"]
+    assert len(d["crash"]["times"]) == 5 and d["crash"]["restart_at"].endswith("Z")
+    assert d["crash"]["stalled"] is False and d["failure"] is None
+    assert [e["type"] for e in d["events"]] == ["CrashLoopBackOff", "ContainerCrash", "Deployed"]
+    carol = client.simulate_get("/api/agents/carol").json
+    assert carol["deploys"] == [] and carol["events"] == [] and carol["crash"] is None
+    assert client.simulate_get(f"/api/agents/{MANAGER}").status_code == 200
+
+
+def test_describe_view_shapes() -> None:
+    d = describe_view(
+        {
+            "name": "x",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "Failed"}],
+            "deploys": [{"id": 3, "state": "failed", "commit": None, "at": None}],
+            "events": [{"at": 10.0, "type": "Crashed"}, {"at": 20.0, "type": "Started"}],
+            "crash": {"times": [1.0, 2.0], "restart_at": None, "stalled": True},
+            "failure": {"kind": "permanent", "action": "start", "message": "m", "retry_at": 5.0},
+        },
+        "h",
+    )
+    assert d["deploys"] == [
+        {"id": 3, "state": "failed", "commit": None, "at": None, "tag": "failed/3",
+         "tags": [], "commit_short": None}
+    ]  # fmt: skip
+    assert [e["type"] for e in d["events"]] == ["Started", "Crashed"]
+    assert d["events"][0] == {"at": "1970-01-01T00:00:20.000Z", "type": "Started", "message": ""}
+    assert d["crash"]["stalled"] is True and d["crash"]["restart_at"] is None
+    assert d["crash"]["times"][0].startswith("1970-01-01T00:00:01")
+    assert d["failure"]["retry_at"].startswith("1970-01-01T00:00:05")
+    bare = describe_view({"name": "y"}, "h")
+    assert bare["deploys"] == bare["events"] == [] and bare["crash"] is bare["failure"] is None
+    t = tombstone_view({"name": "z", "destroyed_at": 0.5, "bytes": True, "path": None})
+    assert t["id"] == "z" and t["bytes"] is None and t["path"] == "" and t["commit_short"] is None
+
+
+def test_describe_errors(client: falcon.testing.TestClient) -> None:
+    err = _error(client.simulate_get("/api/agents/zed"), 404, "name")
+    assert "zed" in err["message"]
+    _error(client.simulate_get("/api/agents/Not%20A%20Name"), 404, "name")
+    _error(client.simulate_get("/api/agents/operator"), 404, "name")
+
+
+def test_journal(client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]) -> None:
+    ops, _ = fakes
+    r = client.simulate_get("/api/agents/alice/journal")
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+    j = r.json
+    assert j["agent"] == "alice" and j["unit"] == HARNESS_UNIT and j["lines"] == 200
+    assert "hyperhive-agent[412]: turn" in j["text"] and "systemd[1]" not in j["text"]
+    assert _last_call(ops) == ("journal", "alice", HARNESS_UNIT, 200)
+    r = client.simulate_get("/api/agents/alice/journal", params={"unit": "machine", "lines": "5"})
+    assert r.status_code == 200 and r.json["unit"] is None
+    assert len(r.json["text"].splitlines()) == 5 and "systemd" in r.json["text"]
+    assert _last_call(ops) == ("journal", "alice", None, 5)  # the whole machine journal
+    for unit in ("harness", HARNESS_UNIT):
+        r = client.simulate_get("/api/agents/bob/journal", params={"unit": unit, "lines": "5000"})
+        assert r.status_code == 200 and r.json["unit"] == HARNESS_UNIT
+    assert client.simulate_get(f"/api/agents/{MANAGER}/journal").status_code == 200
+
+
+def test_journal_errors(
+    client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
+) -> None:
+    ops, _ = fakes
+    n = len(ops.calls)
+    _error(client.simulate_get("/api/agents/zed/journal"), 404, "name")
+    _error(client.simulate_get("/api/agents/BAD!/journal"), 404, "name")
+    for lines in ("0", "5001", "-1", "abc", "1e3", ""):
+        err = _error(
+            client.simulate_get("/api/agents/alice/journal", query_string=f"lines={lines}"),
+            400,
+            "lines",
+        )
+        assert "1 to 5000" in err["message"]
+    for unit in ("sshd.service", "hyperhive-agent", "../x", "MACHINE"):
+        err = _error(
+            client.simulate_get("/api/agents/alice/journal", params={"unit": unit}), 400, "unit"
+        )
+        assert "harness" in err["message"] and "machine" in err["message"]
+    assert len(ops.calls) == n  # nothing reached ops
+    r = client.simulate_post("/api/agents/alice/journal")
+    assert r.status_code == 405 and "error" in r.json
+
+    def stopped(name: str, unit: str | None = None, lines: int = 200) -> str:
+        raise NotFound(f"no running container 'h-{name}'", "container")
+
+    ops.journal = stopped  # type: ignore[method-assign]
+    err = _error(client.simulate_get("/api/agents/carol/journal"), 404, "name")
+    assert "h-carol" in err["message"]
+
+    def failed(name: str, unit: str | None = None, lines: int = 200) -> str:
+        raise Conflict(
+            "journalctl -M h-carol failed (exit 1); is the container running?", "container"
+        )
+
+    ops.journal = failed  # type: ignore[method-assign]
+    _error(client.simulate_get("/api/agents/carol/journal"), 409, "container")
+
+
+def test_agent_config(client: falcon.testing.TestClient) -> None:
+    r = client.simulate_get("/api/agents/alice/config")
+    assert r.status_code == 200
+    c = r.json
+    assert c["name"] == "alice" and c["commit_short"] == c["commit"][:8]
+    assert "kind: Agent" in c["manifest"] and "name: alice" in c["manifest"]
+    assert "pkgs.jq" in c["agent_nix"]
+    assert c["settings"]["model"] == "haiku"
+    bob = client.simulate_get("/api/agents/bob/config").json
+    assert bob["agent_nix"] is None and "name: bob" in bob["manifest"]
+    _error(client.simulate_get("/api/agents/zed/config"), 404, "name")
+    _error(client.simulate_get("/api/agents/x_y/config"), 404, "name")
+
+
+# ----------------------------------------------------------------- destroy + kept state
+
+
+def test_destroy_keeps_state(
+    client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
+) -> None:
+    ops, _ = fakes
+    r = client.simulate_post("/api/agents/carol/destroy", **_form())
+    assert r.status_code == 200 and r.json["purged"] is False and "kept" in r.json["result"]
+    assert ops.calls[-1] == ("destroy", "carol", False)
+    s = client.simulate_get("/api/state").json
+    assert "carol" not in [a["name"] for a in s["agents"]]
+    assert [t["name"] for t in s["tombstones"]] == ["carol", "frank"]  # newest first
+    r = client.simulate_post("/api/agents/bob/destroy", json={"purge": True})
+    assert r.status_code == 200 and r.json["purged"] is True
+    assert ops.calls[-1] == ("destroy", "bob", True)
+    assert "bob" not in [t["name"] for t in client.simulate_get("/api/state").json["tombstones"]]
+    r = client.simulate_post("/api/agents/alice/destroy", **_form(purge="0"))
+    assert r.status_code == 200 and ops.calls[-1] == ("destroy", "alice", False)
+
+
+def test_destroy_errors(
+    client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
+) -> None:
+    ops, _ = fakes
+    err = _error(client.simulate_post(f"/api/agents/{MANAGER}/destroy"), 400, "name")
+    assert "manager" in err["message"]
+    _error(
+        client.simulate_post(f"/api/agents/{MANAGER}/destroy", json={"purge": True}), 400, "name"
+    )
+    _error(client.simulate_post("/api/agents/zed/destroy"), 404, "name")
+    _error(client.simulate_post("/api/agents/NOPE/destroy"), 404, "name")
+    _error(client.simulate_post("/api/agents/alice/destroy", json={"purge": "maybe"}), 400, "purge")
+    _error(client.simulate_post("/api/agents/alice/destroy", json={"purge": 1}), 400, "purge")
+    _error(client.simulate_post("/api/agents/alice/destroy", json={"force": True}), 400, "force")
+    evil = {"Host": "127.0.0.1:7000", "Origin": "http://evil.example"}
+    _error(client.simulate_post("/api/agents/alice/destroy", headers=evil), 403, "Origin")
+    assert client.simulate_get("/api/agents/alice/destroy").status_code == 405
+    assert not [c for c in ops.calls if c[0] == "destroy"]
+    assert "alice" in ops.agents
+
+
+def test_purge_tombstone(
+    client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
+) -> None:
+    ops, _ = fakes
+    (tid,) = ops.kept
+    url = f"/api/tombstones/{tid}/purge"
+    _error(client.simulate_post(url, json={"x": 1}), 400, "x")
+    evil = {"Host": "127.0.0.1:7000", "Origin": "http://evil.example"}
+    _error(client.simulate_post(url, headers=evil), 403, "Origin")
+    assert tid in ops.kept and not [c for c in ops.calls if c[0] == "purge"]
+    r = client.simulate_post(url, **_form())
+    assert r.status_code == 200
+    assert r.json == {"agent": tid, "purged": True, "result": f"purged {tid}"}
+    assert ops.calls[-1] == ("purge", tid)
+    assert client.simulate_get("/api/state").json["tombstones"] == []
+    _error(client.simulate_post(url), 404, "name")
+    _error(client.simulate_post("/api/tombstones/frank/purge"), 404, "name")
+    _error(client.simulate_post("/api/tombstones/alice/purge"), 409, "name")  # still desired
+    _error(client.simulate_post("/api/tombstones/Bad%20Name/purge"), 404, "name")
+    _error(client.simulate_post("/api/tombstones/frank-12x/purge"), 404, "name")
+    _error(client.simulate_post(f"/api/tombstones/{MANAGER}/purge"), 404, "name")
+    assert client.simulate_get(url).status_code == 405
+
+
+def test_purge_by_agent_name(
+    client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
+) -> None:
+    ops, _ = fakes
+    assert client.simulate_post("/api/agents/carol/destroy").status_code == 200
+    kept = client.simulate_get("/api/state").json["tombstones"]
+    assert [t["name"] for t in kept] == ["carol", "frank"]  # newest first
+    r = client.simulate_post("/api/tombstones/carol/purge")
+    assert r.status_code == 200 and ops.calls[-1] == ("purge", "carol")
+    assert [t["name"] for t in client.simulate_get("/api/state").json["tombstones"]] == ["frank"]
+
+
 # ----------------------------------------------------------------- questions
 
 
@@ -455,7 +707,7 @@ def test_sse_bad_resume(live: tuple[str, FakeBroker]) -> None:
     s.close()
 
 
-def test_cursor_finds_latest_id_with_gaps() -> None:
+def test_backlog_from_last_id_with_gaps() -> None:
     broker = FakeBroker()
     ops = FakeOps()
     for i in range(1, 1000):

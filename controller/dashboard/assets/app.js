@@ -1,6 +1,8 @@
 // hyperhive dashboard: renders /api/state, runs async forms, tails /messages/stream (SSE).
 // Vanilla JS, no build step. Sections re-render only when their slice of the state changed,
-// and keep open <details>, typed text and focus across re-renders (keys: data-key).
+// and keep open <details>, typed text, focus and scroll positions across re-renders (keys:
+// data-key, data-scroll-key). Per-agent describe / logs / config blocks load lazily when opened
+// and are re-filled from a cache when the agents table is redrawn.
 'use strict';
 
 const REFRESH_MS = 5000;
@@ -11,7 +13,7 @@ const MANAGER = 'manager';
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => (
   { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
-const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+const plural = (n, word, many = `${word}s`) => `${n} ${n === 1 ? word : many}`;
 
 let state = null;
 const rendered = {};
@@ -63,7 +65,11 @@ function who(name) {
 }
 
 function snapshot(root) {
-  const snap = { open: {}, values: {}, focus: null };
+  const snap = { open: {}, values: {}, focus: null, scroll: {} };
+  root.querySelectorAll('[data-scroll-key]').forEach((el) => {
+    const atBottom = el.scrollHeight - el.scrollTop - el.clientHeight < 8;
+    snap.scroll[el.dataset.scrollKey] = { top: el.scrollTop, atBottom };
+  });
   root.querySelectorAll('details[data-key]').forEach((d) => { snap.open[d.dataset.key] = d.open; });
   root.querySelectorAll('[data-key]').forEach((el) => {
     if (el.matches('input[type=radio], input[type=checkbox]')) snap.values[el.dataset.key] = el.checked;
@@ -85,6 +91,10 @@ function restore(root, snap) {
     if (el.matches('input[type=radio], input[type=checkbox]')) el.checked = snap.values[el.dataset.key];
     else if (el.matches('input, textarea, select')) el.value = snap.values[el.dataset.key];
   });
+  root.querySelectorAll('[data-scroll-key]').forEach((el) => {
+    const sc = snap.scroll[el.dataset.scrollKey];
+    if (sc) el.scrollTop = sc.atBottom ? el.scrollHeight : sc.top;
+  });
   if (snap.focus) {
     const el = root.querySelector(`[data-key="${CSS.escape(snap.focus.key)}"]`);
     if (el) {
@@ -94,20 +104,22 @@ function restore(root, snap) {
   }
 }
 
-function renderInto(id, data, fn) {
+function renderInto(id, data, fn, hydrate = null) {
   const key = JSON.stringify(data);
   if (rendered[id] === key) return false;
   rendered[id] = key;
   const el = $(id);
   const snap = snapshot(el);
   el.innerHTML = fn(data);
+  if (hydrate) hydrate(el, snap);
   restore(el, snap);
   return true;
 }
 
-function actionForm(action, label, { cls = '', confirm = '', title = '', kind = '', extra = '' } = {}) {
+function actionForm(action, label, { cls = '', confirm = '', title = '', kind = '', extra = '', fields = {} } = {}) {
+  const hidden = Object.entries(fields).map(([k, v]) => `<input type="hidden" name="${esc(k)}" value="${esc(v)}">`).join('');
   return `<form data-async action="${esc(action)}"${confirm ? ` data-confirm="${esc(confirm)}"` : ''}`
-    + `${kind ? ` data-kind="${esc(kind)}"` : ''} ${extra}>`
+    + `${kind ? ` data-kind="${esc(kind)}"` : ''} ${extra}>${hidden}`
     + `<button type="submit" class="${esc(cls)}"${title ? ` title="${esc(title)}"` : ''}>${label}</button></form>`;
 }
 
@@ -128,6 +140,7 @@ function renderSwarm(s) {
 }
 
 const NEGATIVE = new Set(['Stalled', 'Reconciling']);
+const CRASH_LOOP = 'CrashLoopBackOff';
 
 function condChip(c) {
   let cls = 'c-unk';
@@ -143,13 +156,252 @@ function condChip(c) {
 }
 
 function shownConditions(a) {
-  // At a glance: hide the quiet ones (Stalled/Reconciling when False, UpToDate when shown as a badge).
+  // At a glance: hide the quiet ones (Stalled/Reconciling when False) and those shown as a badge
+  // (UpToDate → needs update, LoggedIn → needs login, Stalled/CrashLoopBackOff → crash loop).
   return (a.conditions || []).filter((c) => {
+    if (a.crash_loop && c.reason === CRASH_LOOP) return false;
     if (NEGATIVE.has(c.type)) return c.status !== 'False';
     if (c.type === 'UpToDate' && a.needs_update) return false;
+    if (c.type === 'LoggedIn' && a.needs_login) return false;
     return true;
   });
 }
+
+const condText = (c) => `${c.type}: ${c.reason}${c.message ? ` — ${c.message}` : ''}`;
+
+function stateBadges(a) {
+  // Loud badges for what needs the operator: crash loop, login, update.
+  const out = [];
+  if (a.crash_loop) {
+    const c = (a.conditions || []).find((x) => x.reason === CRASH_LOOP) || {};
+    out.push(`<span class="badge crash" title="${esc(`${condText(c)}\nsee ↳ logs below; it is started again after the back-off`)}">crash loop</span>`);
+  }
+  if (a.needs_login) {
+    const c = (a.conditions || []).find((x) => x.type === 'LoggedIn') || {};
+    const tip = `${condText(c)}\nlog in from ${a.name}'s web UI (claude asks for a browser login there)`;
+    out.push(a.url
+      ? `<a class="badge login" href="${esc(a.url)}" target="_blank" rel="noopener" title="${esc(tip)}">needs login ↗</a>`
+      : `<span class="badge login" title="${esc(tip)}">needs login</span>`);
+  }
+  if (a.needs_update) {
+    out.push(actionForm(`/api/agents/${encodeURIComponent(a.name)}/update`, 'needs update ↻', {
+      cls: 'badge update', kind: 'lifecycle',
+      confirm: `Update ${a.name} now? It is rebuilt/restarted at the desired commit.`,
+      title: (a.conditions.find((c) => c.type === 'UpToDate') || {}).message || 'deployed commit differs from main',
+    }));
+  }
+  return out.join(' ');
+}
+
+function dangerForms(a) {
+  // Destroy keeps state (a tombstone under K3PT ST4TE); purge deletes it. The manager has neither.
+  if (a.name === MANAGER) return '';
+  const n = a.name;
+  const url = `/api/agents/${encodeURIComponent(n)}/destroy`;
+  const destroy = actionForm(url, 'DESTR0Y', {
+    cls: 'small danger', kind: 'destroy', title: `remove ${n}; keep its notes and credentials`,
+    confirm: `Destroy ${n}?\n\nIts container is removed and agents/${n}/ is deleted from main (a commit by you).\n\nKEPT: its notes (/state), claude credentials and sessions. They stay under K3PT ST4TE; a new agent named ${n} picks them up, or purge them there.`,
+  });
+  const purge = actionForm(url, 'PURG3', {
+    cls: 'small danger solid', kind: 'destroy', title: `remove ${n} and delete all of its state`,
+    fields: { purge: '1' },
+    confirm: `Destroy ${n} AND delete all of its state?\n\nIts container is removed and agents/${n}/ is deleted from main (a commit by you).\n\nDELETED for good: its notes (/state), claude credentials (it has to log in again) and sessions (conversation history).\n\nThere is no undo.`,
+  });
+  return `<div class="danger-zone">${destroy}${purge}</div>`;
+}
+
+// ------------------------------------------------------------------ lazy per-agent blocks
+
+const LAZY_LABEL = { describe: 'describe', logs: 'logs', config: 'config' };
+
+function lazyBlock(kind, name) {
+  const key = `${kind}-${name}`;
+  const tools = kind === 'logs'
+    ? `<select data-key="${esc(key)}-unit" data-lazy-param="unit" title="which journal">
+        <option value="harness">harness service</option><option value="machine">whole machine</option></select>
+      <select data-key="${esc(key)}-lines" data-lazy-param="lines" title="how many lines">
+        <option>200</option><option>1000</option><option>5000</option></select>`
+    : '';
+  return `<details class="lazy lazy-${kind}" data-key="${esc(key)}" data-lazy="${kind}" data-agent="${esc(name)}">
+    <summary>↳ ${LAZY_LABEL[kind]}</summary>
+    <div class="lazy-bar">${tools}<button type="button" class="small" data-lazy-refresh title="fetch again">↻ refresh</button>
+      <span class="lazy-meta"></span></div>
+    <div class="lazy-out"></div>
+  </details>`;
+}
+
+const lazyCache = new Map(); // data-key → { data, err, at, loading }
+const lazySeq = new Map();
+
+function lazyUrl(d) {
+  const name = encodeURIComponent(d.dataset.agent);
+  if (d.dataset.lazy === 'describe') return `/api/agents/${name}`;
+  if (d.dataset.lazy === 'config') return `/api/agents/${name}/config`;
+  const q = new URLSearchParams();
+  d.querySelectorAll('[data-lazy-param]').forEach((el) => q.set(el.dataset.lazyParam, el.value));
+  return `/api/agents/${name}/journal?${q}`;
+}
+
+function fmtBytes(n) {
+  if (typeof n !== 'number') return '?';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(i && n < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+function whenCell(iso) {
+  return iso ? `<span class="ago" data-ago="${esc(iso)}" title="${esc(new Date(iso).toLocaleString())}">${esc(ago(iso))}</span>` : '';
+}
+
+function condRowClass(c) {
+  if (c.status !== 'True' && c.status !== 'False') return 'c-unk';
+  const good = NEGATIVE.has(c.type) ? c.status === 'False' : c.status === 'True';
+  return good ? 'c-ok' : 'c-bad';
+}
+
+function renderDescribe(d) {
+  const conds = (d.conditions || []).map((c) => `<tr>
+      <td>${esc(c.type)}</td><td class="${condRowClass(c)}">${esc(c.status)}</td><td>${esc(c.reason)}</td>
+      <td class="wrap">${esc(c.message)}</td><td>${whenCell(c.last_transition_time)}</td></tr>`).join('');
+  const deploys = (d.deploys || []).length
+    ? `<table class="mini">${d.deploys.map((x) => `<tr>
+        <td class="st-${esc(x.state)}" title="${esc((x.tags || []).join(' '))}">${esc(x.tag || x.state)}</td>
+        <td><span class="commit" title="${esc(x.commit || '')}">${esc(x.commit_short || '')}</span></td>
+        <td class="wrap">${x.title ? `<span class="deploy-title">${esc(x.title)}</span> ` : ''}${esc(x.note)}</td>
+        <td>${whenCell(x.at)}</td></tr>`).join('')}</table>`
+    : '<p class="empty">never deployed</p>';
+  const notes = [];
+  if (d.crash && (d.crash.times || []).length) {
+    const next = d.crash.stalled
+      ? 'stalled: it stays down until you start it (or its desired state changes)'
+      : (d.crash.restart_at ? `next start ${new Date(d.crash.restart_at).toLocaleTimeString([], { hour12: false })}` : '');
+    notes.push(`<p class="desc-note bad">crash back-off: ${plural(d.crash.times.length, 'crash', 'crashes')} recently${next ? ` · ${esc(next)}` : ''}</p>`);
+  }
+  if (d.failure) {
+    const f = d.failure;
+    const retry = f.retry_at ? ` · retry ${new Date(f.retry_at).toLocaleTimeString([], { hour12: false })}` : '';
+    notes.push(`<p class="desc-note bad">last failure (${esc(f.kind || '?')}): ${esc(f.action || '')} failed${f.attempts ? ` (attempt ${esc(f.attempts)})` : ''}: ${esc(f.message || '')}${esc(retry)}</p>`);
+  }
+  const events = (d.events || []).length
+    ? `<table class="mini">${d.events.map((e) => `<tr>
+        <td>${esc(e.type)}</td><td class="wrap">${esc(e.message)}</td><td>${whenCell(e.at)}</td></tr>`).join('')}</table>`
+    : '<p class="empty">no recent events</p>';
+  return `<div class="desc">${notes.join('')}
+    <table class="mini conds-full"><thead><tr><th>condition</th><th>status</th><th>reason</th><th>message</th><th>since</th></tr></thead><tbody>${conds}</tbody></table>
+    <div class="desc-cols"><div><h4>last deploys</h4>${deploys}</div><div><h4>recent events</h4>${events}</div></div>
+  </div>`;
+}
+
+function renderLogs(j, d) {
+  const text = (j.text || '').replace(/\n$/, '');
+  return `<pre class="logs" data-scroll-key="${esc(d.dataset.key)}-pre">${text ? esc(text) : '<span class="empty">(no lines)</span>'}</pre>`;
+}
+
+function renderConfig(c) {
+  const sw = (state && state.swarm) || {};
+  const local = sw.runtime === 'local';
+  const dir = `agents/${c.name}/`;
+  let nix;
+  if (c.agent_nix != null) {
+    nix = `<pre class="code">${esc(c.agent_nix)}</pre>${local ? '<p class="empty">not built: the local runtime does not build Nix</p>' : ''}`;
+  } else {
+    nix = `<p class="empty">${local ? 'no agent.nix — the local runtime does not build Nix' : 'no agent.nix: the container is the base template plus the manifest'}</p>`;
+  }
+  const settings = c.settings == null
+    ? '<p class="empty">not rendered yet (written at deploy)</p>'
+    : `<pre class="code">${esc(JSON.stringify(c.settings, null, 2))}</pre>`;
+  return `<div class="cfg">
+    <div><h4>${esc(dir)}agent.yaml</h4><pre class="code">${esc(c.manifest || '')}</pre></div>
+    <div><h4>${esc(dir)}agent.nix</h4>${nix}</div>
+    <div><h4>settings.json <span class="hint">rendered from the manifest</span></h4>${settings}</div>
+  </div>`;
+}
+
+const LAZY_RENDER = { describe: renderDescribe, logs: renderLogs, config: renderConfig };
+
+function lazyMeta(d, entry) {
+  if (!entry) return '';
+  if (entry.loading && !entry.data && !entry.err) return 'loading…';
+  const parts = [];
+  const data = entry.data || {};
+  if (d.dataset.lazy === 'logs' && entry.data) {
+    parts.push(data.unit || 'whole machine journal');
+    parts.push(plural((data.text || '').split('\n').filter(Boolean).length, 'line'));
+  }
+  if (d.dataset.lazy === 'config' && data.commit_short) parts.push(`at ${data.commit_short}`);
+  if (entry.at) parts.push(`fetched ${new Date(entry.at).toLocaleTimeString([], { hour12: false })}`);
+  if (entry.loading) parts.push('refreshing…');
+  return parts.join(' · ');
+}
+
+function fillLazy(d) {
+  const entry = lazyCache.get(d.dataset.key);
+  const out = d.querySelector('.lazy-out');
+  d.querySelector('.lazy-meta').textContent = lazyMeta(d, entry);
+  d.querySelector('[data-lazy-refresh]').classList.toggle('busy', Boolean(entry && entry.loading));
+  if (!entry || (!entry.data && !entry.err)) {
+    out.innerHTML = '<p class="empty">loading…</p>';
+  } else if (entry.err) {
+    out.innerHTML = `<p class="lazy-err">${esc(entry.err)}</p>${entry.data ? LAZY_RENDER[d.dataset.lazy](entry.data, d) : ''}`;
+  } else {
+    out.innerHTML = LAZY_RENDER[d.dataset.lazy](entry.data, d);
+  }
+}
+
+function hydrateAgents(root, snap) {
+  // After a redraw: re-fill lazy blocks from the cache. Those that were open stay "loaded"
+  // (no refetch when restore() reopens them); the others fetch again when next opened.
+  root.querySelectorAll('details[data-lazy]').forEach((d) => {
+    fillLazy(d);
+    if (snap.open[d.dataset.key] && lazyCache.has(d.dataset.key)) d.dataset.loaded = '1';
+  });
+}
+
+const findLazy = (key) => document.querySelector(`details[data-lazy][data-key="${CSS.escape(key)}"]`);
+
+async function loadLazy(d) {
+  const key = d.dataset.key;
+  const url = lazyUrl(d);
+  const seq = (lazySeq.get(key) || 0) + 1;
+  lazySeq.set(key, seq);
+  const prev = lazyCache.get(key) || {};
+  lazyCache.set(key, { ...prev, loading: true });
+  d.dataset.loaded = '1';
+  fillLazy(d);
+  let entry;
+  try {
+    const r = await fetch(url, { headers: { Accept: 'application/json' }, cache: 'no-store' });
+    const data = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      const e = data.error || {};
+      throw new Error(e.message || `${r.status} ${r.statusText}`);
+    }
+    entry = { data, err: '', at: Date.now(), loading: false };
+  } catch (e) {
+    entry = { data: d.dataset.lazy === 'logs' ? null : prev.data, err: String(e.message || e), at: Date.now(), loading: false };
+  }
+  if (lazySeq.get(key) !== seq) return; // a newer request for this block is under way
+  lazyCache.set(key, entry);
+  const cur = findLazy(key); // the table may have been redrawn meanwhile
+  if (!cur) return;
+  fillLazy(cur);
+  const pre = cur.querySelector('pre.logs');
+  if (pre) pre.scrollTop = pre.scrollHeight;
+  tickClocks();
+}
+
+document.addEventListener('toggle', (ev) => {
+  const d = ev.target;
+  if (!(d instanceof HTMLDetailsElement) || !d.matches('details[data-lazy]')) return;
+  if (!d.open) { delete d.dataset.loaded; return; }
+  if (!d.dataset.loaded) loadLazy(d);
+}, true);
+
+document.addEventListener('change', (ev) => {
+  const d = ev.target.closest && ev.target.closest('[data-lazy-param]') && ev.target.closest('details[data-lazy]');
+  if (d) loadLazy(d);
+});
 
 function problem(a) {
   // The first condition that is not fine, as a one-line subtitle under the agent's name.
@@ -171,13 +423,6 @@ function renderAgents({ agents, err }) {
   const rows = agents.map((a) => {
     const name = esc(a.name);
     const p = problem(a);
-    const upd = a.needs_update
-      ? actionForm(`/api/agents/${encodeURIComponent(a.name)}/update`, 'needs update ↻', {
-        cls: 'badge update', kind: 'lifecycle',
-        confirm: `Update ${a.name} now? It is rebuilt/restarted at the desired commit.`,
-        title: (a.conditions.find((c) => c.type === 'UpToDate') || {}).message || 'deployed commit differs from main',
-      })
-      : '';
     const running = a.phase === 'running';
     const verbs = running ? ['restart', 'kill'] : ['start'];
     const confirmText = {
@@ -193,16 +438,19 @@ function renderAgents({ agents, err }) {
     const link = a.url
       ? `<a href="${esc(a.url)}" target="_blank" rel="noopener" title="open ${name}'s web UI">:${esc(a.web_port)} ↗</a>`
       : '<span class="empty">—</span>';
-    return `<tr data-agent="${name}">
+    return `<tr class="agent-main" data-agent="${name}">
       <td><div class="agent-name">${name}${a.name === MANAGER ? '<span class="role">mgr</span>' : ''}</div>
         ${p ? `<div class="agent-sub${p.bad ? ' bad' : ''}">${esc(p.text)}</div>` : ''}</td>
-      <td><span class="badge phase-${esc(['running', 'failed', 'stopped', 'absent'].includes(a.phase) ? a.phase : 'unknown')}">${esc(a.phase)}</span> ${upd}</td>
+      <td><div class="badges"><span class="badge phase-${esc(['running', 'failed', 'stopped', 'absent'].includes(a.phase) ? a.phase : 'unknown')}">${esc(a.phase)}</span>${stateBadges(a)}</div></td>
       <td><div class="conds">${shownConditions(a).map(condChip).join('')}</div></td>
       <td>${a.model ? `<span class="chip">${esc(a.model)}</span>` : ''}</td>
       <td>${a.commit_short ? `<span class="commit" title="deployed ${esc(a.commit)}">${esc(a.commit_short)}</span>` : '<span class="empty">never deployed</span>'}${a.desired_short && a.desired_short !== a.commit_short ? ` <span class="dim" title="desired (main)">→ ${esc(a.desired_short)}</span>` : ''}</td>
       <td>${link}</td>
       <td class="right"><div class="lifecycle">${buttons}</div></td>
-    </tr>`;
+    </tr>
+    <tr class="agent-more" data-agent-more="${name}"><td colspan="7"><div class="more">
+      ${lazyBlock('describe', a.name)}${lazyBlock('logs', a.name)}${lazyBlock('config', a.name)}${dangerForms(a)}
+    </div></td></tr>`;
   }).join('');
   return `<table><thead><tr><th>agent</th><th>state</th><th>conditions</th><th>model</th><th>deployed</th><th>ui</th><th></th></tr></thead><tbody>${rows}</tbody></table>`;
 }
@@ -300,6 +548,28 @@ function renderInbox(msgs) {
   return msgs.map((m) => msgRow(m, false)).join('');
 }
 
+function renderTombstones(kept) {
+  if (!kept.length) {
+    return '<p class="empty">Nothing kept. DESTR0Y on an agent keeps its notes, claude credentials and sessions here (a new agent with the same name picks them up); PURG3 deletes them.</p>';
+  }
+  const rows = kept.map((t) => {
+    const n = t.name;
+    const size = t.bytes == null ? 'unknown size' : fmtBytes(t.bytes);
+    const last = t.commit_short ? `<span class="dim" title="last deployed commit">at <span class="commit">${esc(t.commit_short)}</span></span>` : '';
+    return `<tr data-tombstone="${esc(t.id)}" data-name="${esc(n)}">
+      <td class="agent-name">${esc(n)}</td>
+      <td>${t.in_place ? 'left in place' : 'destroyed'} ${whenCell(t.destroyed_at)}</td>
+      <td>${last}</td>
+      <td>${esc(size)}</td>
+      <td><code class="path">${esc(t.path)}</code></td>
+      <td class="right">${actionForm(`/api/tombstones/${encodeURIComponent(t.id)}/purge`, 'PURG3', {
+    cls: 'small danger solid', kind: 'purge', title: `delete this kept state of ${n} for good`,
+    confirm: `Purge the kept state of ${n}?\n\nDELETED for good (${size} at ${t.path}): its notes (/state), claude credentials and sessions (conversation history). A new agent named ${n} would start from nothing.\n\nThere is no undo.`,
+  })}</td></tr>`;
+  }).join('');
+  return `<table class="kept">${rows}</table>`;
+}
+
 function renderHistory(hist) {
   if (!hist.length) return '<p class="empty">No decisions yet. Approved, denied, deployed and failed proposals show up here (every deploy is a tag in meta.git).</p>';
   return `<div class="hist">${hist.map((p) => `
@@ -322,13 +592,15 @@ function render(s) {
   state = s;
   $('swarm').innerHTML = renderSwarm(s);
   const errors = s.errors || {};
-  renderInto('agents', { agents: s.agents || [], err: errors.status || errors.agents || '' }, renderAgents);
+  renderInto('agents', { agents: s.agents || [], err: errors.status || errors.agents || '' }, renderAgents, hydrateAgents);
+  renderInto('kept', s.tombstones || [], renderTombstones);
   renderInto('proposals', s.proposals || [], renderProposals);
   renderInto('questions', s.questions || [], renderQuestions);
   renderInto('history', s.history || [], renderHistory);
   if (renderInto('inbox', s.inbox || [], renderInbox)) $('inbox').scrollTop = $('inbox').scrollHeight;
   renderRecipients(s.recipients || []);
   $('agents-count').textContent = (s.agents || []).length || '';
+  $('kept-count').textContent = (s.tombstones || []).length || '';
   $('proposals-count').textContent = (s.proposals || []).length || '';
   $('questions-count').textContent = (s.questions || []).length || '';
   $('inbox-count').textContent = (s.inbox || []).length || '';
@@ -390,6 +662,8 @@ function describe(form, data) {
     case 'spawn': return `proposed #${data.id}: ${data.title} — approve it above`;
     case 'send': return `sent to ${data.message ? data.message.to : '?'}`;
     case 'lifecycle': return data.result || 'done';
+    case 'destroy': return data.result || `destroyed ${data.agent}`;
+    case 'purge': return data.result || `purged ${data.agent}`;
     case 'answer': return `answered question #${data.id}`;
     case 'cancel': return `cancelled question #${data.id}`;
     case 'reconcile': {
@@ -457,6 +731,11 @@ document.addEventListener('submit', (ev) => {
 });
 
 document.addEventListener('click', async (ev) => {
+  const refresh = ev.target.closest('[data-lazy-refresh]');
+  if (refresh) {
+    loadLazy(refresh.closest('details[data-lazy]'));
+    return;
+  }
   const cancel = ev.target.closest('[data-cancel-question]');
   if (cancel) {
     const id = cancel.dataset.cancelQuestion;
@@ -570,6 +849,10 @@ function notifyFromState(s) {
   const items = [
     ...(s.proposals || []).map((p) => [`p${p.id}`, `proposal #${p.id}`, p.title]),
     ...(s.questions || []).map((q) => [`q${q.id}`, `question #${q.id}`, q.question]),
+    ...(s.agents || []).filter((a) => a.crash_loop).map((a) => {
+      const c = (a.conditions || []).find((x) => x.reason === CRASH_LOOP) || {};
+      return [`crash-${a.name}-${c.last_transition_time}`, `${a.name} is crash-looping`, c.message];
+    }),
   ];
   for (const [key, title, body] of items) {
     if (!notif.seen.has(key) && notif.seeded) notify(title, body, key);
