@@ -1,0 +1,243 @@
+"""The harness' inputs: its environment (the process contract) and ``settings.json``.
+
+Environment (see docs/architecture.md, "Harness process contract"):
+
+=========================  ==================================================
+``HYPERHIVE_AGENT``        logical name (``alice``, ``manager``)
+``HYPERHIVE_FLAVOR``       ``agent`` or ``manager``
+``HYPERHIVE_SOCKET``       the agent's API socket
+``HYPERHIVE_STATE_DIR``    durable dir, claude's fixed cwd
+``HYPERHIVE_SETTINGS``     settings.json rendered from the manifest (read-only)
+``HYPERHIVE_WEB_HOST``     agent UI bind host (default ``127.0.0.1``)
+``HYPERHIVE_WEB_PORT``     agent UI port (default: settings ``web_port``)
+``CLAUDE_CONFIG_DIR``      claude credentials + sessions (default ``~/.claude``)
+``HYPERHIVE_CLAUDE_BIN``   the claude executable (default ``claude`` on PATH)
+=========================  ==================================================
+
+``settings.json`` is read once at start; a malformed file is an error the
+operator must see (``SettingsError``), a missing one falls back to defaults
+derived from the environment so a developer can run ``serve`` by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.names import MANAGER, default_web_port
+
+log = logging.getLogger(__name__)
+
+FLAVORS = ("agent", "manager")
+DEFAULT_MODEL = "haiku"
+#: MCP server keys must be safe inside ``mcp__<key>__<tool>`` names.
+MCP_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class SettingsError(ValueError):
+    """settings.json (or the environment) is unusable; ``str()`` says which field and why."""
+
+
+@dataclass(frozen=True)
+class McpServerSpec:
+    """One extra stdio MCP server from ``settings.mcp_servers``.
+
+    ``allowed_tools`` lists tool names auto-approved for claude; ``("*",)``
+    (the default) approves every tool of the server.
+    """
+
+    command: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    allowed_tools: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """settings.json, as rendered by the controller from the agent manifest."""
+
+    agent: str
+    flavor: str = "agent"
+    model: str = DEFAULT_MODEL
+    allowed_recipients: tuple[str, ...] = ()
+    mcp_servers: Mapping[str, McpServerSpec] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
+    marketplaces: tuple[str, ...] = ()
+    web_port: int | None = None
+    dashboard_url: str | None = None
+    meta_commit: str | None = None
+    hyperhive_version: str | None = None
+
+
+def _str_list(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = doc.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{key}: must be a list of strings")
+    return tuple(value)
+
+
+def _opt_str(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise SettingsError(f"{key}: must be a string")
+    return value
+
+
+def _mcp_servers(doc: Mapping[str, Any]) -> dict[str, McpServerSpec]:
+    raw = doc.get("mcp_servers") or {}
+    if not isinstance(raw, dict):
+        raise SettingsError("mcp_servers: must be an object keyed by server name")
+    out: dict[str, McpServerSpec] = {}
+    for key, spec in raw.items():
+        where = f"mcp_servers.{key}"
+        if not isinstance(spec, dict):
+            raise SettingsError(f"{where}: must be an object")
+        command = spec.get("command")
+        if not isinstance(command, str) or not command:
+            raise SettingsError(f"{where}.command: is required")
+        args = spec.get("args") or []
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise SettingsError(f"{where}.args: must be a list of strings")
+        env = spec.get("env") or {}
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise SettingsError(f"{where}.env: must map strings to strings")
+        allowed = spec.get("allowedTools", spec.get("allowed_tools", ["*"]))
+        if not isinstance(allowed, list) or not all(isinstance(t, str) for t in allowed):
+            raise SettingsError(f"{where}.allowedTools: must be a list of strings")
+        out[str(key)] = McpServerSpec(command, tuple(args), dict(env), tuple(allowed))
+    return out
+
+
+def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settings:
+    """Build ``Settings`` from a decoded settings.json; ``agent``/``flavor`` are the env fallbacks.
+
+    Raises ``SettingsError`` naming the offending field.
+    """
+    name = doc.get("agent", agent)
+    if not isinstance(name, str) or not name:
+        raise SettingsError("agent: must be a non-empty string")
+    fl = doc.get("flavor", flavor)
+    if fl not in FLAVORS:
+        raise SettingsError(f"flavor: must be one of {list(FLAVORS)}")
+    model = doc.get("model") or DEFAULT_MODEL
+    if not isinstance(model, str):
+        raise SettingsError("model: must be a string")
+    port = doc.get("web_port")
+    if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
+        raise SettingsError("web_port: must be an integer 1-65535")
+    return Settings(
+        agent=name,
+        flavor=str(fl),
+        model=model,
+        allowed_recipients=_str_list(doc, "allowed_recipients"),
+        mcp_servers=_mcp_servers(doc),
+        plugins=_str_list(doc, "plugins"),
+        marketplaces=_str_list(doc, "marketplaces"),
+        web_port=port,
+        dashboard_url=_opt_str(doc, "dashboard_url"),
+        meta_commit=_opt_str(doc, "meta_commit"),
+        hyperhive_version=_opt_str(doc, "hyperhive_version"),
+    )
+
+
+def load_settings(path: Path | None, *, agent: str, flavor: str) -> Settings:
+    """Read settings.json at ``path``; a missing file (or ``None``) gives env-derived defaults.
+
+    Raises ``SettingsError`` when the file exists but is not valid JSON or has a bad field.
+    """
+    if path is None or not path.exists():
+        if path is not None:
+            log.warning("settings file %s does not exist; using defaults", path)
+        return Settings(agent=agent, flavor=flavor)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{path}: cannot read settings: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise SettingsError(f"{path}: (root): must be a JSON object")
+    return parse_settings(doc, agent=agent, flavor=flavor)
+
+
+@dataclass(frozen=True)
+class HarnessEnv:
+    """The process contract, resolved. Paths are absolute."""
+
+    agent: str
+    flavor: str
+    socket: str
+    state_dir: Path
+    settings_path: Path | None
+    web_host: str
+    web_port: int | None
+    claude_bin: str
+    config_dir: Path
+
+    @property
+    def is_manager(self) -> bool:
+        """True for the manager flavor (privileged MCP tools, no failure reports to itself)."""
+        return self.flavor == "manager"
+
+
+def resolve_claude_bin(environ: Mapping[str, str]) -> str:
+    """``HYPERHIVE_CLAUDE_BIN``, else ``claude`` found on PATH, else the bare name ``claude``."""
+    explicit = environ.get("HYPERHIVE_CLAUDE_BIN")
+    if explicit:
+        return explicit
+    return shutil.which("claude", path=environ.get("PATH")) or "claude"
+
+
+def env_from(environ: Mapping[str, str]) -> HarnessEnv:
+    """Resolve the harness environment from ``environ`` (normally ``os.environ``).
+
+    Raises ``SettingsError`` when a variable is malformed. ``HYPERHIVE_AGENT``
+    defaults to ``manager`` for the manager flavor; the socket defaults to
+    ``/run/hive/mcp.sock`` (the container path) and the state dir to the cwd.
+    """
+    flavor = environ.get("HYPERHIVE_FLAVOR", "agent")
+    if flavor not in FLAVORS:
+        raise SettingsError(f"HYPERHIVE_FLAVOR: must be one of {list(FLAVORS)}, got {flavor!r}")
+    agent = environ.get("HYPERHIVE_AGENT") or (MANAGER if flavor == "manager" else "")
+    if not agent:
+        raise SettingsError("HYPERHIVE_AGENT: is required (the agent's logical name)")
+    port_s = environ.get("HYPERHIVE_WEB_PORT")
+    port: int | None = None
+    if port_s:
+        try:
+            port = int(port_s)
+        except ValueError:
+            raise SettingsError(f"HYPERHIVE_WEB_PORT: not a port number: {port_s!r}") from None
+        if not 0 <= port <= 65535:
+            raise SettingsError(f"HYPERHIVE_WEB_PORT: out of range: {port}")
+    settings = environ.get("HYPERHIVE_SETTINGS")
+    config_dir = environ.get("CLAUDE_CONFIG_DIR") or str(Path.home() / ".claude")
+    return HarnessEnv(
+        agent=agent,
+        flavor=flavor,
+        socket=environ.get("HYPERHIVE_SOCKET", "/run/hive/mcp.sock"),
+        state_dir=Path(environ.get("HYPERHIVE_STATE_DIR") or os.getcwd()).absolute(),
+        settings_path=Path(settings).absolute() if settings else None,
+        web_host=environ.get("HYPERHIVE_WEB_HOST") or "127.0.0.1",
+        web_port=port,
+        claude_bin=resolve_claude_bin(environ),
+        config_dir=Path(config_dir).absolute(),
+    )
+
+
+def web_port(env: HarnessEnv, settings: Settings) -> int:
+    """The UI port: ``HYPERHIVE_WEB_PORT``, else settings ``web_port``, else the FNV-1a default."""
+    if env.web_port is not None:
+        return env.web_port
+    if settings.web_port is not None:
+        return settings.web_port
+    return default_web_port(env.agent)

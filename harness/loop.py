@@ -1,0 +1,528 @@
+"""The turn loop: long-poll the inbox, run one claude turn per message, record it.
+
+::
+
+    POST /recv {"wait_seconds": 180, "lease_seconds": 1800}   (parks up to 180 s)
+      → wake prompt (harness.prompts)
+      → claude -p [--continue] (harness.turn), every stdout line into the event log
+      → prompt_too_long? compact (/compact with --continue) and retry once
+      → POST /ack {"ids": [id]}   (not when the harness is stopping: the lease redelivers)
+      → GET /status → one turn-stats row
+      → failed? best-effort message to the manager (unless we are the manager)
+
+The controller may restart under us: an unreachable socket is retried forever
+with backoff (1 s doubling to 30 s), logged once per outage. Operator controls
+(cancel, compact, new session, model) come from the web UI thread and are
+thread-safe. ``stop()`` (SIGTERM) cancels the running turn, records it
+``cancelled`` and makes :meth:`TurnLoop.run_forever` return.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness import claude, prompts
+from harness.config import HarnessEnv, Settings
+from harness.events import Bus, TurnState
+from harness.login import has_credentials
+from harness.model import ModelStore
+from harness.stream import StreamEvent, Usage, event_json
+from harness.turn import ClaudeRunner, RunKind, RunResult
+from harness.turnstats import TurnRow, TurnStats
+from schemas.client import ApiError, UnixClient, Unreachable
+from schemas.names import MANAGER
+from schemas.wire import Message, Status
+
+log = logging.getLogger(__name__)
+
+RECV_WAIT = 180
+LEASE_SECONDS = 1800
+BACKOFF_MAX = 30.0
+LOGIN_POLL = 5.0
+COMPACT_PROMPT = "/compact"
+MAX_REPORT_CHARS = 8000
+STDERR_REPORT = 20  # stderr lines sent to the manager with a failure
+
+
+@dataclass
+class Timings:
+    """Latency figures of one turn, milliseconds.
+
+    ``recv_to_spawn``: recv returned → claude process started (prompt building,
+    config writing, fork/exec). ``result_to_recorded``: result line parsed →
+    turn-stats row written (process exit, ack, status peek, sqlite insert).
+    """
+
+    recv_to_spawn_ms: float | None = None
+    result_to_recorded_ms: float | None = None
+
+    def to_json(self) -> dict[str, float | None]:
+        """``{"recv_to_spawn_ms", "result_to_recorded_ms"}``."""
+        return {
+            "recv_to_spawn_ms": self.recv_to_spawn_ms,
+            "result_to_recorded_ms": self.result_to_recorded_ms,
+        }
+
+
+def _ms(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round((b - a) * 1000.0, 3)
+
+
+class TurnLoop:
+    """One agent's turn loop: :meth:`run_forever`, or :meth:`handle` for one message."""
+
+    def __init__(
+        self,
+        env: HarnessEnv,
+        settings: Settings,
+        bus: Bus,
+        stats: TurnStats,
+        models: ModelStore,
+        *,
+        environ: Mapping[str, str],
+        client: UnixClient | None = None,
+        runner: ClaudeRunner | None = None,
+        python: str | None = None,
+    ) -> None:
+        self.env = env
+        self.settings = settings
+        self.bus = bus
+        self.stats = stats
+        self.models = models
+        self.environ = dict(environ)
+        self.client = client or UnixClient(env.socket)
+        self.runner = runner or ClaudeRunner()
+        self.python = python
+        self.mcp_config_path = env.state_dir / "hyperhive-mcp.json"
+        self._stop = threading.Event()
+        self._claude_lock = threading.Lock()  # one claude process at a time (turn or compaction)
+        self._flags = threading.Lock()
+        self._new_session = False
+        self._intro_due = False
+        self._compact_pending = False
+        self._cancel_requested = False
+        self._shutdown = False
+        self._current_turn: int | None = None
+        self.last_timings = Timings()
+        self.on_turn_recorded: Callable[[TurnRow, Timings], None] | None = None
+
+    # ------------------------------------------------------------------ controls (any thread)
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Stop the loop: cancel the running turn (recorded ``cancelled``, message not acked)."""
+        with self._flags:
+            self._shutdown = True
+            self._cancel_requested = True
+        self._stop.set()
+        self.runner.cancel()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no turn or compaction is running (at most ``timeout`` s); True when idle.
+
+        After :meth:`stop`, a turn that finishes is recorded before this returns.
+        """
+        if not self._claude_lock.acquire(timeout=timeout):
+            return False
+        self._claude_lock.release()
+        return True
+
+    def cancel_turn(self) -> bool:
+        """Cancel the running turn or compaction (the message is acked). False when idle."""
+        with self._flags:
+            if self.bus.state == TurnState.IDLE:
+                return False
+            self._cancel_requested = True
+        self.runner.cancel()
+        self.bus.note("operator cancelled the turn", "warning", self._current_turn)
+        return True
+
+    def request_new_session(self) -> None:
+        """Make the next turn start a fresh claude session (no ``--continue``)."""
+        with self._flags:
+            self._new_session = True
+        self.bus.note("next turn starts a fresh session (operator /new)")
+
+    def request_compact(self) -> str:
+        """Compact now if idle (``"started"``), else after the running turn (``"queued"``)."""
+        if self._claude_lock.acquire(blocking=False):
+            threading.Thread(target=self._compact_locked, name="compact", daemon=True).start()
+            return "started"
+        with self._flags:
+            self._compact_pending = True
+        self.bus.note("compaction queued until the running turn ends")
+        return "queued"
+
+    def set_model(self, model: str) -> str:
+        """Override the model from the next turn on; return the effective model.
+
+        Raises ``InvalidModel``.
+        """
+        effective = self.models.set(model)
+        self.bus.set_model(effective, "operator" if self.models.override else "settings")
+        return effective
+
+    # ------------------------------------------------------------------ socket helpers
+
+    def _status(self) -> Status | None:
+        try:
+            return Status.from_json(self.client.get("/status", timeout=5.0))
+        except (ApiError, Unreachable, KeyError, TypeError, ValueError) as exc:
+            log.debug("status peek failed: %s", exc)
+            return None
+
+    def _ack(self, msg_id: int) -> None:
+        try:
+            self.client.call(
+                "POST", "/ack", {"ids": [msg_id]}, timeout=10.0, retry=not self.stopping
+            )
+        except (ApiError, Unreachable) as exc:
+            log.warning(
+                "ack of message %d failed (%s); it will be redelivered after its lease", msg_id, exc
+            )
+
+    def _report_failure(self, turn: int, msg: Message, run: RunResult) -> None:
+        if self.env.is_manager:
+            return
+        lines = "\n".join(run.stderr_tail[-STDERR_REPORT:]) or "(no stderr)"
+        body = (
+            f"[hyperhive] agent {self.env.agent}: turn {turn} "
+            f"(message #{msg.id} from {msg.sender}) "
+            f"failed: {run.failure_summary()}\nlast stderr lines:\n{lines}"
+        )[:MAX_REPORT_CHARS]
+        try:
+            self.client.post("/send", {"to": MANAGER, "body": body}, timeout=10.0)
+        except (ApiError, Unreachable) as exc:
+            log.warning("could not tell the manager about the failed turn: %s", exc)
+
+    # ------------------------------------------------------------------ claude runs
+
+    def _invocation(self, model: str, continue_session: bool) -> claude.Invocation:
+        extras = self.settings.mcp_servers
+        doc = claude.render_mcp_config(
+            socket=self.env.socket,
+            flavor=self.env.flavor,
+            agent=self.env.agent,
+            extras=extras,
+            python=self.python or sys.executable,
+            pythonpath=claude.import_path(exclude=self.env.state_dir),
+        )
+        claude.write_mcp_config(self.mcp_config_path, doc)
+        argv = claude.build_argv(
+            claude_bin=self.env.claude_bin,
+            model=model,
+            mcp_config=self.mcp_config_path,
+            allow=claude.allowed_tools(self.env.flavor, extras),
+            continue_session=continue_session,
+        )
+        env = claude.build_env(self.environ, config_dir=self.env.config_dir)
+        return claude.Invocation(argv, env, self.env.state_dir)
+
+    def _pump(self, turn: int | None) -> Callable[[StreamEvent], None]:
+        def on_event(ev: StreamEvent) -> None:
+            self.bus.emit(ev.kind, event_json(ev), turn)
+            usage = getattr(ev, "usage", None)
+            if isinstance(usage, Usage) and ev.kind != "result":
+                self.bus.set_usage(usage, turn)
+
+        return on_event
+
+    def _run(self, prompt: str, model: str, continue_session: bool, turn: int | None) -> RunResult:
+        inv = self._invocation(model, continue_session)
+        log.info(
+            "turn %s: starting claude (model %s, %s)",
+            turn,
+            model,
+            "continue" if continue_session else "fresh",
+        )
+        return self.runner.run(inv, prompt, self._pump(turn), lambda: self._cancel_requested)
+
+    def _compact(self, turn: int | None) -> RunResult:
+        """Run ``/compact`` on the current session; caller holds ``_claude_lock``."""
+        self.bus.set_state(TurnState.COMPACTING, turn)
+        run = self._run(COMPACT_PROMPT, self.models.current(), True, turn)
+        if run.kind == RunKind.OK:
+            with self._flags:
+                self._intro_due = True
+            self.bus.note("compaction done", turn=turn)
+        else:
+            self._log_failure("compaction", turn, run)
+        return run
+
+    def _compact_locked(self) -> None:
+        try:
+            with self._flags:
+                self._compact_pending = False
+                self._cancel_requested = False
+            self._compact(None)
+        except Exception:
+            log.exception("compaction failed")
+        finally:
+            self.bus.set_state(TurnState.IDLE)
+            self._claude_lock.release()
+
+    def _log_failure(self, what: str, turn: int | None, run: RunResult) -> None:
+        summary = run.failure_summary()
+        tail = "\n".join(run.stderr_tail)
+        log.error("%s (turn %s) failed: %s\n%s", what, turn, summary, tail)
+        self.bus.emit(
+            "note",
+            {"level": "error", "text": f"{what} failed: {summary}", "stderr": run.stderr_tail},
+            turn,
+        )
+
+    # ------------------------------------------------------------------ one wake
+
+    def handle(self, msg: Message, recv_at: float | None = None) -> TurnRow:
+        """Run the turn for ``msg`` (compact + retry once on overflow), ack, record it.
+
+        ``recv_at`` is the ``time.monotonic()`` when recv returned (for the timings).
+        """
+        recv_at = time.monotonic() if recv_at is None else recv_at
+        with self._claude_lock:
+            return self._handle_locked(msg, recv_at)
+
+    def _handle_locked(self, msg: Message, recv_at: float) -> TurnRow:
+        turn = self.bus.log.next_turn()
+        self._current_turn = turn
+        started_at = time.time()
+        # the previous claude may still be exiting (it was reaped in the background after its
+        # result line); it writes its session file on the way out, so wait before looking
+        self.runner.reap()
+        with self._flags:
+            fresh = self._new_session or not claude.session_exists(
+                self.env.config_dir, self.env.state_dir
+            )
+            self._new_session = False
+            intro = fresh or self._intro_due
+            self._intro_due = False
+            if not self._shutdown:
+                self._cancel_requested = False
+        model = self.models.current()
+        self.bus.set_model(model, "operator" if self.models.override else "settings")
+        self.bus.emit(
+            "turn_start",
+            {
+                "message": msg.to_json(),
+                "model": model,
+                "fresh_session": fresh,
+                "started_at": started_at,
+            },
+            turn,
+        )
+        self.bus.set_state(TurnState.THINKING, turn)
+        prompt = prompts.wake_prompt(
+            msg,
+            agent=self.env.agent,
+            flavor=self.env.flavor,
+            state_dir=self.env.state_dir,
+            fresh_session=intro,
+        )
+        runs: list[RunResult] = []
+        compactions = 0
+        if not self._cancel_requested:
+            runs.append(self._run(prompt, model, not fresh, turn))
+        if runs and runs[-1].kind == RunKind.PROMPT_TOO_LONG and not self._cancel_requested:
+            self.bus.note(
+                "context is full (prompt_too_long): compacting, then retrying once", "warning", turn
+            )
+            compact = self._compact(turn)
+            compactions += 1
+            if compact.kind == RunKind.OK and not self._cancel_requested:
+                self.bus.set_state(TurnState.THINKING, turn)
+                retry_prompt = prompts.wake_prompt(
+                    msg, agent=self.env.agent, flavor=self.env.flavor, state_dir=self.env.state_dir,
+                    fresh_session=True,
+                )  # fmt: skip
+                with self._flags:
+                    self._intro_due = False
+                runs.append(self._run(retry_prompt, model, True, turn))
+        final = runs[-1] if runs else None
+        if final is None or (self._cancel_requested and (final.kind != RunKind.OK)):
+            kind = RunKind.CANCELLED
+        else:
+            kind = final.kind
+        self.bus.set_state(TurnState.IDLE, turn)
+        ended_at = time.time()
+        duration_ms = int((ended_at - started_at) * 1000)
+        self.bus.set_last_turn(duration_ms)
+        if kind in (RunKind.FAILED, RunKind.PROMPT_TOO_LONG) and final is not None:
+            self._log_failure("turn", turn, final)
+
+        usage = sum((r.usage for r in runs), Usage())
+        tools: Counter[str] = Counter()
+        for r in runs:
+            tools.update(r.tool_calls)
+        shutdown = self._shutdown
+        if not (kind == RunKind.CANCELLED and shutdown):
+            self._ack(msg.id)
+        status = self._status()
+        if status is not None:
+            self.bus.set_status(self.bus.snapshot()["status"], inbox=status.to_json())
+        row = TurnRow(
+            model=model,
+            result_kind=kind,
+            started_at=started_at,
+            ended_at=ended_at,
+            duration_ms=duration_ms,
+            turn=turn,
+            message_id=msg.id,
+            wake_from=msg.sender,
+            wake_kind=str(msg.kind),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_input_tokens,
+            cache_creation_tokens=usage.cache_creation_input_tokens,
+            cost_usd=round(sum(r.cost_usd for r in runs), 8),
+            tool_calls=sum(tools.values()),
+            tool_breakdown=dict(tools),
+            compactions=compactions,
+            open_threads=status.open_threads if status else None,
+            pending_reminders=status.pending_reminders if status else None,
+            meta_commit=self.settings.meta_commit,
+            session_id=final.session_id if final else None,
+            exit_code=final.exit_code if final else None,
+            note=(final.failure_summary() or None) if final and kind != RunKind.OK else None,
+        )
+        self.stats.record(row)
+        recorded = time.monotonic()
+        first = runs[0] if runs else None
+        self.last_timings = Timings(
+            recv_to_spawn_ms=_ms(recv_at, first.spawned if first else None),
+            result_to_recorded_ms=_ms(final.result_at if final else None, recorded),
+        )
+        self.bus.emit(
+            "turn_end",
+            {
+                "result_kind": kind,
+                "duration_ms": duration_ms,
+                "usage": usage.to_json(),
+                "cost_usd": row.cost_usd,
+                "tool_calls": row.tool_calls,
+                "compactions": compactions,
+                "message_id": msg.id,
+                "timings": self.last_timings.to_json(),
+                "note": row.note,
+            },
+            turn,
+        )
+        log.info(
+            "turn %d: %s in %d ms (%d in / %d out tokens, %d tool calls)",
+            turn, kind, duration_ms, usage.input_tokens, usage.output_tokens, row.tool_calls,
+        )  # fmt: skip
+        if kind == RunKind.FAILED and final is not None:
+            self._report_failure(turn, msg, final)
+        self._current_turn = None
+        if self.on_turn_recorded is not None:
+            self.on_turn_recorded(row, self.last_timings)
+        return row
+
+    # ------------------------------------------------------------------ the loop
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True when the loop should go on."""
+        return not self._stop.wait(seconds)
+
+    def _await_login(self) -> bool:
+        """Block while claude has no credentials (status ``needs_login``); False when stopped."""
+        announced = False
+        while not has_credentials(self.environ, self.env.config_dir):
+            if not announced:
+                log.warning(
+                    "claude has no credentials in %s: waiting for a login", self.env.config_dir
+                )
+                self.bus.set_status(
+                    "needs_login", "log in from the agent web UI or set ANTHROPIC_API_KEY"
+                )
+                announced = True
+            if not self._sleep(LOGIN_POLL):
+                return False
+        if announced:
+            log.info("claude credentials found")
+            self.bus.set_status("online")
+        return True
+
+    def recv(self) -> tuple[dict[str, Any] | None, bool]:
+        """One long poll; returns ``(response, reachable)``."""
+        try:
+            data = self.client.post(
+                "/recv",
+                {"wait_seconds": RECV_WAIT, "lease_seconds": LEASE_SECONDS},
+                timeout=RECV_WAIT + 30.0,
+            )
+        except Unreachable as exc:
+            log.debug("recv: %s", exc)
+            return None, False
+        return (data if isinstance(data, dict) else None), True
+
+    def _maybe_compact(self) -> None:
+        with self._flags:
+            pending = self._compact_pending
+        if pending and self._claude_lock.acquire(blocking=False):
+            self._compact_locked()
+
+    def run_forever(self) -> None:
+        """Loop until :meth:`stop`. Never raises for controller or claude trouble."""
+        delay = 1.0
+        outage = False
+        while not self.stopping:
+            if not self._await_login():
+                break
+            try:
+                data, reachable = self.recv()
+            except ApiError as exc:
+                log.error("recv refused: %s (%s); retrying in 5 s", exc.message, exc.status)
+                self._sleep(5.0)
+                continue
+            if not reachable:
+                if not outage:
+                    log.warning(
+                        "controller socket %s unreachable; retrying with backoff", self.env.socket
+                    )
+                    self.bus.set_status(
+                        "controller_unreachable", f"socket {self.env.socket} unreachable"
+                    )
+                    outage = True
+                self._sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            recv_at = time.monotonic()
+            if outage:
+                log.info("controller socket reachable again")
+                self.bus.set_status("online", "")
+                outage = False
+            delay = 1.0
+            if data is None:
+                continue
+            if isinstance(data.get("status"), dict):
+                self.bus.set_status(self.bus.snapshot()["status"], inbox=data["status"])
+            raw = data.get("message")
+            if raw is None:
+                self._maybe_compact()
+                continue
+            if self.stopping:  # leased, not acked: redelivered after the lease
+                break
+            try:
+                msg = Message.from_json(raw)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("malformed message from recv (%s): %r", exc, raw)
+                continue
+            try:
+                self.handle(msg, recv_at)
+            except Exception:
+                log.exception("turn for message %d crashed", msg.id)
+                self.bus.set_state(TurnState.IDLE)
+                self._sleep(1.0)
+            self._maybe_compact()
+        log.info("turn loop stopped")

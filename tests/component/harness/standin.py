@@ -1,0 +1,308 @@
+"""A stand-in for one agent socket of the controller: Falcon + waitress on a unix socket.
+
+Implements the agent-socket endpoints the harness calls (docs/architecture.md):
+``/send /recv /ack /status /recent /wake /ask /answer /remind`` and the manager
+verbs ``/request_spawn /request_apply_commit /start /kill /restart /update
+/ask_operator /list``, with a tiny in-memory inbox (leases, long polls).
+Bodies are validated against ``schemas/json/wire.schema.json``; errors use the
+controller's JSON shape ``{"error": {"code", "message", "field"}}``.
+
+Tests inspect ``calls`` (every request), ``sent`` (POST /send bodies),
+``acked`` (acked ids) and put messages in with :meth:`StandIn.deliver`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import falcon
+import waitress
+from waitress import wasyncore
+
+from schemas.names import InvalidName, check_agent_name
+from schemas.validate import ValidationFailed, validate
+from schemas.wire import Message, MessageKind, Status, rfc3339
+
+
+@dataclass
+class _Msg:
+    msg: Message
+    leased_until: float = 0.0
+    acked: bool = False
+    delivered: bool = False
+
+
+class _Err(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+class StandIn:
+    """One agent's socket. ``agent`` is the identity (``manager`` enables manager verbs)."""
+
+    def __init__(self, path: Path | str, agent: str = "alice") -> None:
+        self.path = str(path)
+        self.agent = agent
+        self.calls: list[tuple[str, str, Any]] = []
+        self.sent: list[dict[str, Any]] = []
+        self.acked: list[int] = []
+        self.open_threads = 0
+        self.pending_reminders = 0
+        self._msgs: list[_Msg] = []
+        self._next_id = 1
+        self._lock = threading.Condition()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ inbox
+
+    def deliver(
+        self,
+        sender: str,
+        body: str,
+        kind: MessageKind = MessageKind.MESSAGE,
+        thread: int | None = None,
+        event: dict[str, Any] | None = None,
+    ) -> int:
+        """Put a message into the agent's inbox; wakes a parked recv. Returns its id."""
+        with self._lock:
+            mid = self._next_id
+            self._next_id += 1
+            self._msgs.append(
+                _Msg(
+                    Message(mid, sender, self.agent, body, kind, thread, event, sent_at=time.time())
+                )
+            )
+            self._lock.notify_all()
+            return mid
+
+    def status(self) -> Status:
+        """Unread = not acked and not currently leased."""
+        now = time.time()
+        with self._lock:
+            unread = sum(1 for m in self._msgs if not m.acked and m.leased_until <= now)
+        return Status(unread, self.open_threads, self.pending_reminders)
+
+    def _take(self, lease: int | None) -> Message | None:
+        now = time.time()
+        for m in self._msgs:
+            if m.acked or m.leased_until > now:
+                continue
+            if lease is None:
+                m.acked = True
+            else:
+                m.leased_until = now + lease
+            m.delivered = True
+            return m.msg
+        return None
+
+    def wait_for(self, pred: Any, timeout: float = 30.0) -> bool:
+        """Poll ``pred()`` until true or ``timeout`` seconds passed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            time.sleep(0.05)
+        return bool(pred())
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _body(self, req: falcon.Request, schema: str | None) -> dict[str, Any]:
+        raw = req.bounded_stream.read()
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
+            raise _Err(400, "invalid_json", "request body is not valid JSON", "(root)") from None
+        if schema is not None:
+            try:
+                validate(doc, f"wire#{schema}")
+            except ValidationFailed as exc:
+                raise _Err(400, "invalid", str(exc), exc.field) from None
+        return doc if isinstance(doc, dict) else {}
+
+    def _handle(self, req: falcon.Request, resp: falcon.Response, verb: str) -> None:
+        try:
+            data = self._dispatch(req, verb)
+        except _Err as exc:
+            resp.status = falcon.code_to_http_status(exc.status)
+            resp.media = {"error": {"code": exc.code, "message": exc.message, "field": exc.field}}
+            return
+        resp.media = data
+
+    def _dispatch(self, req: falcon.Request, verb: str) -> Any:
+        manager_only = {
+            "request_spawn",
+            "request_apply_commit",
+            "start",
+            "kill",
+            "restart",
+            "update",
+            "ask_operator",
+            "list",
+        }
+        if verb in manager_only and self.agent != "manager":
+            raise _Err(403, "forbidden", f"{verb} is only available to the manager")
+        schemas = {
+            "send": "SendRequest",
+            "recv": "RecvRequest",
+            "ack": "AckRequest",
+            "recent": "RecentRequest",
+            "wake": "WakeRequest",
+            "ask": "AskRequest",
+            "answer": "AnswerRequest",
+            "remind": "RemindRequest",
+            "request_spawn": "SpawnRequest",
+            "request_apply_commit": "ApplyCommitRequest",
+            "start": "NameRequest",
+            "kill": "NameRequest",
+            "restart": "NameRequest",
+            "update": "NameRequest",
+            "ask_operator": "AskOperatorRequest",
+        }
+        body = self._body(req, schemas.get(verb)) if req.method == "POST" else {}
+        self.calls.append((req.method, "/" + verb, body))
+        st = lambda: self.status().to_json()  # noqa: E731
+        if verb == "status":
+            return st()
+        if verb == "send":
+            self.sent.append(body)
+            with self._lock:
+                mid = self._next_id
+                self._next_id += 1
+            return {"id": mid, "status": st()}
+        if verb == "recv":
+            wait = float(body.get("wait_seconds", 0))
+            lease = body.get("lease_seconds")
+            deadline = time.monotonic() + wait
+            with self._lock:
+                while True:
+                    msg = self._take(lease)
+                    remaining = deadline - time.monotonic()
+                    if msg is not None or remaining <= 0 or self._server is None:
+                        break
+                    self._lock.wait(min(remaining, 0.5))
+            return {"message": msg.to_json() if msg else None, "status": st()}
+        if verb == "ack":
+            n = 0
+            with self._lock:
+                for m in self._msgs:
+                    if m.msg.id in body["ids"] and not m.acked:
+                        m.acked = True
+                        n += 1
+                self.acked.extend(body["ids"])
+            return {"acked": n}
+        if verb == "recent":
+            with self._lock:
+                msgs = [m.msg.to_json() for m in self._msgs if m.delivered][
+                    -int(body.get("limit", 20)) :
+                ]
+            return {"messages": msgs, "status": st()}
+        if verb == "wake":
+            mid = self.deliver(body["from"], body["body"], MessageKind.WAKE)
+            return {"id": mid, "status": st()}
+        if verb == "ask":
+            with self._lock:
+                mid = self._next_id
+                self._next_id += 1
+            return {"id": mid, "thread": mid, "status": st()}
+        if verb == "answer":
+            return {"id": 99, "status": st()}
+        if verb == "remind":
+            due = rfc3339(time.time() + int(body["after_seconds"]))
+            return {"id": 77, "due_at": due, "status": st()}
+        if verb == "request_spawn":
+            try:
+                check_agent_name(body["name"])
+            except InvalidName as exc:
+                raise _Err(400, "invalid", str(exc), "name") from None
+            return {"id": 1, "ref": "refs/tags/proposal/1", "status": st()}
+        if verb == "request_apply_commit":
+            return {"id": 2, "ref": "refs/tags/proposal/2", "status": st()}
+        if verb in ("start", "kill", "restart", "update"):
+            return {"result": f"{verb} requested for {body['name']}"}
+        if verb == "ask_operator":
+            return {"id": 5}
+        if verb == "list":
+            return {"agents": [{"name": "alice", "phase": "Running"}]}
+        raise _Err(404, "not_found", f"no such endpoint: /{verb}")
+
+    def app(self) -> falcon.App:
+        """The Falcon app (every verb is one route)."""
+        outer = self
+
+        class Route:
+            def __init__(self, verb: str) -> None:
+                self.verb = verb
+
+            def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+                outer._handle(req, resp, self.verb)
+
+            on_post = on_get
+
+        app = falcon.App()
+        for verb in (
+            "send",
+            "recv",
+            "ack",
+            "status",
+            "recent",
+            "wake",
+            "ask",
+            "answer",
+            "remind",
+            "request_spawn",
+            "request_apply_commit",
+            "start",
+            "kill",
+            "restart",
+            "update",
+            "ask_operator",
+            "list",
+        ):
+            app.add_route("/" + verb, Route(verb))
+        return app
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> StandIn:
+        """Listen on the unix socket (removing a stale one) in a background thread."""
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self._server = waitress.create_server(self.app(), unix_socket=self.path, threads=8)
+        server = self._server
+
+        def run() -> None:
+            with contextlib.suppress(OSError):  # closed under the loop by stop()
+                server.run()
+
+        self._thread = threading.Thread(target=run, name="standin", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and remove the socket file (parked recvs return empty)."""
+        server, self._server = self._server, None
+        with self._lock:
+            self._lock.notify_all()
+        if server is not None:
+            server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
+            server.close()
+            wasyncore.close_all(server._map)
+        if self._thread is not None:
+            self._thread.join(5)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def __enter__(self) -> StandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,158 @@
+"""harness.stream on real stream-json lines captured from claude 2.1.197 (data/*.jsonl)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.stream import (
+    MAX_TOOL_RESULT_CHARS,
+    AssistantText,
+    Result,
+    SystemEvent,
+    SystemInit,
+    ToolResult,
+    ToolUse,
+    Unknown,
+    Usage,
+    UserText,
+    event_json,
+    parse_line,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def events(name: str) -> list[object]:
+    out: list[object] = []
+    for line in (DATA / f"{name}.jsonl").read_text().splitlines():
+        out.extend(parse_line(line))
+    return out
+
+
+def test_tool_turn_shapes() -> None:
+    evs = events("tool_turn")
+    kinds = [type(e).__name__ for e in evs]
+    assert kinds == [
+        "SystemInit",
+        "AssistantText",
+        "ToolUse",
+        "ToolUse",
+        "ToolResult",
+        "ToolResult",
+        "AssistantText",
+        "Result",
+    ]
+    init = evs[0]
+    assert isinstance(init, SystemInit)
+    assert init.version == "2.1.197"
+    assert init.tools == ("Bash", "Edit", "Glob", "Grep", "Read", "Write", "mcp__hyperhive__echo")
+    assert init.mcp_servers == (("hyperhive", "connected"),)
+    assert init.session_id
+    text = evs[1]
+    assert isinstance(text, AssistantText) and text.text == "calling tools"
+    assert text.usage == Usage(50, 1, 0, 0)  # the message_start usage: output_tokens 1
+    echo, write = evs[2], evs[3]
+    assert (
+        isinstance(echo, ToolUse)
+        and echo.name == "mcp__hyperhive__echo"
+        and echo.input == {"text": "hi"}
+    )
+    assert isinstance(write, ToolUse) and write.name == "Write"
+    assert write.input == {"file_path": "notes.md", "content": "a\nb\n"}
+    assert echo.message_id == write.message_id == text.message_id
+    r1, r2 = evs[4], evs[5]
+    assert isinstance(r1, ToolResult) and r1.tool_use_id == echo.id and r1.text == "echo: hi"
+    assert not r1.is_error
+    assert isinstance(r2, ToolResult) and r2.tool_use_id == write.id and "File created" in r2.text
+    res = evs[-1]
+    assert isinstance(res, Result)
+    assert not res.is_error and res.terminal_reason == "completed" and not res.prompt_too_long
+    assert res.text == "all done"
+    # usage sums both API calls: 50 + 100 input; output from message_delta: 10 + 20
+    assert res.usage == Usage(150, 30, 30, 40)
+    assert res.cost_usd > 0 and res.duration_ms > 0 and res.num_turns >= 2
+    assert res.session_id == init.session_id
+
+
+def test_prompt_too_long() -> None:
+    evs = events("prompt_too_long")
+    res = evs[-1]
+    assert isinstance(res, Result)
+    assert res.is_error and res.prompt_too_long and res.api_error_status == 400
+    synthetic = [e for e in evs if isinstance(e, AssistantText)]
+    assert synthetic and synthetic[0].text.startswith("Prompt is too long")
+    assert synthetic[0].usage is None  # the CLI's own error text carries no real usage
+
+
+def test_compact_run() -> None:
+    evs = events("compact")
+    statuses = [e for e in evs if isinstance(e, SystemEvent)]
+    assert [s.subtype for s in statuses] == ["status", "status", "compact_boundary"]
+    assert statuses[0].data["status"] == "compacting"
+    assert statuses[1].data["compact_result"] == "success"
+    assert statuses[2].data["compact_metadata"]["trigger"] == "manual"
+    users = [e for e in evs if isinstance(e, UserText)]
+    assert users[0].text.startswith("This session is being continued") and users[0].synthetic
+    res = evs[-1]
+    assert isinstance(res, Result) and not res.is_error and res.num_turns == 0
+
+
+def test_garbage_never_raises() -> None:
+    assert parse_line("") == []
+    assert parse_line("   \n") == []
+    (u,) = parse_line("not json at all")
+    assert isinstance(u, Unknown) and u.reason.startswith("not JSON")
+    (u,) = parse_line("[1, 2]")
+    assert isinstance(u, Unknown) and u.reason == "not a JSON object"
+    (u,) = parse_line('{"type": "stream_event", "event": {}}')
+    assert isinstance(u, Unknown) and "stream_event" in u.reason
+    (u,) = parse_line('{"type": "assistant"}')
+    assert isinstance(u, Unknown)
+    assert parse_line(b'{"type":"assistant","message":{"content":"plain"}}')[0] == AssistantText(
+        "plain", "", None
+    )
+    (r,) = parse_line('{"type":"result"}')
+    assert isinstance(r, Result) and r.usage == Usage() and not r.is_error
+
+
+def test_long_tool_result_is_cut() -> None:
+    line = json.dumps(
+        {
+            "type": "user",
+            "message": {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": "x" * (MAX_TOOL_RESULT_CHARS + 5),
+                        "is_error": True,
+                    }
+                ],
+            },
+        }
+    )
+    (r,) = parse_line(line)
+    assert isinstance(r, ToolResult)
+    assert r.truncated and r.is_error and len(r.text) == MAX_TOOL_RESULT_CHARS
+
+
+def test_event_json_is_serialisable_and_has_kind() -> None:
+    for name in ("tool_turn", "prompt_too_long", "compact"):
+        for ev in events(name):
+            d = event_json(ev)  # type: ignore[arg-type]
+            json.dumps(d)
+            assert d["kind"] == ev.kind  # type: ignore[attr-defined]
+    init = events("tool_turn")[0]
+    d = event_json(init)  # type: ignore[arg-type]
+    assert d["mcp_servers"] == [{"name": "hyperhive", "status": "connected"}]
+
+
+def test_usage_context_tokens() -> None:
+    u = Usage(
+        input_tokens=3, output_tokens=7, cache_read_input_tokens=100, cache_creation_input_tokens=20
+    )
+    assert u.context_tokens == 123
+    assert (u + u).output_tokens == 14
+    assert Usage.from_json({"input_tokens": True, "output_tokens": "x"}) == Usage()
