@@ -4,13 +4,30 @@
 Transport failures (connect refused, socket missing, connection reset) are
 retried with backoff 2-4-8-16-30 s within a 60 s budget when ``retry=True``;
 HTTP error statuses are never retried and raise ``ApiError``.
+
+Connections are persistent (HTTP/1.1 keep-alive): a ``UnixClient`` keeps up
+to ``POOL_SIZE`` idle connections and reuses one per request (each thread
+takes its own, so a parked long poll never blocks another call). Before reuse
+a connection is checked the way urllib3 does: one idle longer than
+``MAX_IDLE_SECONDS`` or that the server closed (readable at EOF) is dropped
+and a new one opened. A request that fails while being written on a reused
+connection (the server closed it at that instant) is sent once more on a new
+connection, which is safe: the server never read it. Any other failure is a
+transport failure as above. Measured with ``bench/broker.py``: see
+docs/broker.md.
+
+Non-idempotent verbs (``send``, ``ask``, ``remind``, ``wake``) are only safe
+to retry with an ``idempotency_key`` in the body: the controller may have
+committed a request whose answer was lost.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +35,10 @@ from typing import Any
 
 RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0, 30.0)
 RETRY_BUDGET = 60.0
+POOL_SIZE = 4
+"""Idle connections a ``UnixClient`` keeps for reuse."""
+MAX_IDLE_SECONDS = 60.0
+"""An idle connection older than this is not reused (waitress closes them after 300 s)."""
 
 
 class ApiError(Exception):
@@ -55,6 +76,22 @@ class _UnixConnection(http.client.HTTPConnection):
             raise
         self.sock = sock
 
+    def set_timeout(self, timeout: float) -> None:
+        self.timeout = timeout
+        if self.sock is not None:
+            self.sock.settimeout(timeout)
+
+    def dropped(self) -> bool:
+        """True when the server closed this idle connection (or sent something unasked)."""
+        if self.sock is None:
+            return True
+        try:
+            poller = select.poll()  # not select(): no limit on the descriptor number
+            poller.register(self.sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+
 
 @dataclass(frozen=True)
 class Result:
@@ -76,23 +113,82 @@ class UnixClient:
         path: str,
         timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        *,
+        keepalive: bool = True,
     ) -> None:
         self.path = path
         self.timeout = timeout
+        self.keepalive = keepalive
         self._sleep = sleep
+        self._pool: list[tuple[_UnixConnection, float]] = []
+        self._pool_lock = threading.Lock()
+        self.connections_opened = 0
+        """How many connections this client opened (for tests and the benchmark)."""
+
+    def __enter__(self) -> UnixClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the idle connections (the client stays usable; it reconnects)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, []
+        for conn, _ in pool:
+            conn.close()
+
+    def _take(self, timeout: float) -> tuple[_UnixConnection, bool]:
+        """A connection for one request and whether it is a reused one."""
+        now = time.monotonic()
+        while self.keepalive:
+            with self._pool_lock:
+                if not self._pool:
+                    break
+                conn, since = self._pool.pop()
+            if now - since > MAX_IDLE_SECONDS or conn.dropped():
+                conn.close()
+                continue
+            conn.set_timeout(timeout)
+            return conn, True
+        self.connections_opened += 1
+        return _UnixConnection(self.path, timeout), False
+
+    def _give_back(self, conn: _UnixConnection) -> None:
+        with self._pool_lock:
+            if len(self._pool) < POOL_SIZE:
+                self._pool.append((conn, time.monotonic()))
+                return
+        conn.close()
 
     def _once(self, method: str, url: str, body: Any, timeout: float) -> Any:
-        conn = _UnixConnection(self.path, timeout)
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        if not self.keepalive:
+            headers["Connection"] = "close"
+        conn, reused = self._take(timeout)
+        keep = False
         try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Accept": "application/json"}
-            if payload is not None:
-                headers["Content-Type"] = "application/json"
-            conn.request(method, url, body=payload, headers=headers)
+            try:
+                conn.request(method, url, body=payload, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # the server closed the idle connection as we wrote: it never read this
+                conn.close()
+                conn, reused = _UnixConnection(self.path, timeout), False
+                self.connections_opened += 1
+                conn.request(method, url, body=payload, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
+            keep = self.keepalive and not resp.will_close
         finally:
-            conn.close()
+            if keep:
+                self._give_back(conn)
+            else:
+                conn.close()
         data: Any = json.loads(raw) if raw else None
         if resp.status >= 400:
             err = data.get("error", {}) if isinstance(data, dict) else {}

@@ -1,0 +1,144 @@
+"""``schemas.client.UnixClient`` against real waitress servers: persistent connections,
+reconnects after a server restart or an idle close, per-thread connections for long polls,
+and the 2-4-8-16-30 s retry schedule."""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.httpserve import serve_unix
+from schemas import client as client_mod
+from schemas.client import RETRY_DELAYS, ApiError, UnixClient, Unreachable
+
+
+def _app() -> Any:
+    """Echo app: ``/sleep?S`` sleeps S seconds first, ``/fail`` answers a JSON 404."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/sleep":
+            time.sleep(float(environ.get("QUERY_STRING") or 0.5))
+        if environ["PATH_INFO"] == "/fail":
+            start_response("404 Not Found", [("Content-Type", "application/json")])
+            return [json.dumps({"error": {"code": "not_found", "message": "no"}}).encode()]
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(size) if size else b""
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"path": environ["PATH_INFO"], "len": len(body)}).encode()]
+
+    return app
+
+
+@pytest.fixture
+def sock_path() -> Path:
+    return Path(tempfile.mkdtemp(prefix="hh-cl-", dir="/tmp")) / "api.sock"
+
+
+def test_one_connection_for_many_requests(sock_path: Path) -> None:
+    served = serve_unix(_app(), sock_path)
+    try:
+        c = UnixClient(str(sock_path))
+        for i in range(50):
+            assert c.post("/x", {"i": i})["path"] == "/x"
+        assert c.connections_opened == 1
+        with pytest.raises(ApiError):
+            c.get("/fail")
+        assert c.get("/y")["path"] == "/y"
+        assert c.connections_opened == 1  # an error status does not cost the connection
+        off = UnixClient(str(sock_path), keepalive=False)
+        for _ in range(5):
+            off.get("/z")
+        assert off.connections_opened == 5
+        c.close()
+    finally:
+        served.stop()
+
+
+def test_reconnects_after_the_server_restarts(sock_path: Path) -> None:
+    served = serve_unix(_app(), sock_path)
+    c = UnixClient(str(sock_path))
+    assert c.get("/a")["path"] == "/a"
+    served.stop()
+    served = serve_unix(_app(), sock_path)
+    try:
+        # the pooled connection is dead; it is noticed before use, no retry needed
+        assert c.get("/b")["path"] == "/b"
+        assert c.connections_opened == 2
+    finally:
+        served.stop()
+    with pytest.raises(Unreachable):
+        c.get("/c")
+
+
+def test_idle_connections_expire(sock_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    served = serve_unix(_app(), sock_path)
+    try:
+        c = UnixClient(str(sock_path))
+        c.get("/a")
+        monkeypatch.setattr(client_mod, "MAX_IDLE_SECONDS", 0.05)
+        time.sleep(0.1)
+        c.get("/b")
+        assert c.connections_opened == 2
+    finally:
+        served.stop()
+
+
+def test_a_long_poll_does_not_block_the_same_clients_other_calls(sock_path: Path) -> None:
+    served = serve_unix(_app(), sock_path, threads=4)
+    try:
+        c = UnixClient(str(sock_path))
+        c.get("/warm")
+        t = threading.Thread(target=c.get, args=("/sleep?1.0",))
+        t.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        for _ in range(5):
+            c.get("/quick")
+        assert time.monotonic() - t0 < 0.5
+        t.join(5)
+        assert c.connections_opened == 2
+        # many threads at once: each has its own connection; only POOL_SIZE stay idle
+        ts = [threading.Thread(target=c.get, args=("/sleep?0.3",)) for _ in range(4)]
+        for x in ts:
+            x.start()
+        for x in ts:
+            x.join(5)
+        assert len(c._pool) <= client_mod.POOL_SIZE
+    finally:
+        served.stop()
+
+
+def test_server_closing_an_idle_connection_midway_is_retried_safely(sock_path: Path) -> None:
+    """A pooled connection whose server end closes between the liveness check and the
+    write: the request was never read, so it goes out once more on a new connection."""
+    served = serve_unix(_app(), sock_path)
+    try:
+        c = UnixClient(str(sock_path))
+        c.get("/a")
+        conn, _ = c._pool[0]
+        assert conn.sock is not None
+        conn.sock.shutdown(socket.SHUT_WR)  # our writes now fail with EPIPE
+        conn.dropped = lambda: False  # type: ignore[method-assign]
+        assert c.post("/b", {"x": 1})["path"] == "/b"
+        assert c.connections_opened == 2
+    finally:
+        served.stop()
+
+
+def test_retry_schedule_is_2_4_8_16_30(sock_path: Path) -> None:
+    slept: list[float] = []
+    c = UnixClient(str(sock_path), sleep=slept.append)
+    with pytest.raises(Unreachable):
+        c.call("GET", "/x", retry=True)
+    assert tuple(slept) == RETRY_DELAYS
+    slept.clear()
+    with pytest.raises(Unreachable):
+        c.call("GET", "/x")  # retry=False: no sleeping
+    assert slept == []
