@@ -7,12 +7,20 @@ long poll:
   per recipient: the least any sqlite broker in Python can cost;
 * ``broker`` ``controller.broker.Broker`` called in-process;
 * ``http``   the real thing: one waitress agent socket per receiver, clients
-  ``POST /recv {"wait_seconds": 30}`` and a sender ``POST /send`` over unix sockets.
+  ``POST /recv {"wait_seconds": 30}`` and a sender ``POST /send`` over unix
+  sockets, with ``schemas.client.UnixClient``'s persistent connections;
+* ``http-nk`` the same with ``keepalive=False``: a new connection per request
+  (what the client did before keep-alive).
 
 Figures: send→recv wake latency (p50 / p99, one message in flight at a time,
 measured from just before the send call to the moment the parked receiver has
 it) and sustained send throughput (``--senders`` threads sending for
-``--seconds`` while the receivers drain). Ratios are against ``floor``.
+``--seconds`` while the receivers drain). Ratios are against ``floor``. For
+the HTTP stacks, the connections the clients opened per delivered message.
+
+Last, the cost of request validation (``schemas.validate``): every ``$ref``
+resolved through the ``referencing`` registry per call (how it was) against
+the compiled, ref-free validator per definition (how it is).
 """
 
 from __future__ import annotations
@@ -182,6 +190,7 @@ def run(
     drain = time.perf_counter() - t0
     stop.set()
     out = {
+        "messages": float(received[0] - before + len(lat)),
         "p50_ms": pct(lat, 50) * 1e3,
         "p99_ms": pct(lat, 99) * 1e3,
         "mean_ms": statistics.fmean(lat) * 1e3,
@@ -198,25 +207,106 @@ def run(
 
 
 def http_clients(
-    state: str, agents: list[str], samples: int, seconds: float, senders: int, out: Any
+    state: str,
+    agents: list[str],
+    samples: int,
+    seconds: float,
+    senders: int,
+    keepalive: bool,
+    out: Any,
 ) -> None:
     """Child process: drive the agent sockets under ``state`` and send the figures back."""
     layout = Layout(state=Path(state), run=Path(state) / "run")
-    clients = {a: UnixClient(str(layout.agent_sock(a)), timeout=60) for a in agents}
+    clients = {
+        a: UnixClient(str(layout.agent_sock(a)), timeout=60, keepalive=keepalive) for a in agents
+    }
+    sending: list[UnixClient] = []
 
     def h_recv(a: str) -> str | None:
         m = clients[a].post("/recv", {"wait_seconds": 30})["message"]
         return None if m is None else str(m["body"])
 
     def make_sender() -> Send:
-        c = UnixClient(str(layout.agent_sock("bench")), timeout=30)
+        c = UnixClient(str(layout.agent_sock("bench")), timeout=30, keepalive=keepalive)
+        sending.append(c)
 
         def send(to: str, body: str) -> None:
             c.post("/send", {"to": to, "body": body})
 
         return send
 
-    out.send(run("http", make_sender(), h_recv, agents, samples, seconds, senders, make_sender))
+    label = "http" if keepalive else "http-nk"
+    res = run(label, make_sender(), h_recv, agents, samples, seconds, senders, make_sender)
+    opened = sum(c.connections_opened for c in [*clients.values(), *sending])
+    res["conns_per_msg"] = opened / max(res["messages"], 1.0)
+    print(f"{'':7s} connections opened per delivered message: {res['conns_per_msg']:.3f}")
+    out.send(res)
+
+
+def http_stack(
+    d: Path, agents: list[str], samples: int, seconds: float, senders: int, keepalive: bool
+) -> dict[str, float]:
+    """Serve one agent socket per receiver (plus the sender's) and drive them from a child."""
+    sub = d / ("ka" if keepalive else "nk")
+    hb = Broker(sub / "http.sqlite")
+    layout = Layout(state=sub, run=sub / "run")
+    ops = OpsStub([*agents, "bench", "manager"])
+    registry = SocketRegistry(hb, ops, layout)
+    registry.sync([*agents, "bench"])
+    # the clients (receivers and senders) run in another process, as the harnesses do,
+    # so they do not compete with the server for this process' GIL
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=http_clients,
+        args=(str(sub), agents, samples, seconds, senders, keepalive, child),
+    )
+    proc.start()
+    res: dict[str, float] = parent.recv()
+    for a in agents:  # wake the parked receivers so they see their stop flag
+        hb.send("bench", a, "bye")
+    proc.join(60)
+    registry.close_all(timeout=3.0)
+    hb.close()
+    return res
+
+
+def validation_cost(n: int = 3000) -> None:
+    """µs per ``validate`` call: registry-resolved ``$ref`` (before) vs compiled (now)."""
+    import jsonschema
+    from jsonschema import Draft202012Validator
+
+    from schemas.validate import _registry, validate
+
+    cases = [
+        ("wire#SendRequest", {"to": "bob", "body": "hello there", "idempotency_key": "k-1"}),
+        ("wire#RecvRequest", {"wait_seconds": 30, "lease_seconds": 600}),
+        ("wire#AckRequest", {"ids": [1, 2, 3]}),
+        ("events", {"type": "ContainerCrash", "agent": "alice", "restarts": 2}),
+    ]
+    print("\nrequest validation, µs per call (registry $ref lookups → compiled):")
+    for ref, doc in cases:
+        name, _, definition = ref.partition("#")
+        target = f"{name}.schema.json" + (f"#/$defs/{definition}" if definition else "")
+        old = Draft202012Validator({"$ref": target}, registry=_registry())
+
+        def before(v: Any = old, d: Any = doc) -> None:
+            jsonschema.exceptions.best_match(v.iter_errors(d))
+
+        def after(r: str = ref, d: Any = doc) -> None:
+            validate(d, r)
+
+        timings = []
+        for fn in (before, after):
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            timings.append((time.perf_counter() - t0) / n * 1e6)
+        print(
+            f"  {ref:18s} {timings[0]:7.1f} → {timings[1]:6.1f} µs  "
+            f"(x{timings[0] / timings[1]:.1f} faster)"
+        )
 
 
 def main() -> None:
@@ -225,6 +315,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=500, help="latency samples (default 500)")
     ap.add_argument("--seconds", type=float, default=5.0, help="throughput phase (default 5)")
     ap.add_argument("--senders", type=int, default=4, help="sender threads (default 4)")
+    ap.add_argument(
+        "--no-close-run", action="store_true", help="skip the http run without keep-alive"
+    )
     args = ap.parse_args()
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     agents = [f"a{i}" for i in range(args.agents)]
@@ -267,34 +360,30 @@ def main() -> None:
     )
     broker.close()
 
-    hb = Broker(d / "http.sqlite")
-    layout = Layout(state=d, run=d / "run")
-    ops = OpsStub([*agents, "bench", "manager"])
-    registry = SocketRegistry(hb, ops, layout)
-    registry.sync([*agents, "bench"])
-    # the clients (receivers and senders) run in another process, as the harnesses do,
-    # so they do not compete with the server for this process' GIL
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(
-        target=http_clients,
-        args=(str(d), agents, args.samples, args.seconds, args.senders, child),
-    )
-    proc.start()
-    res_http: dict[str, float] = parent.recv()
-    for a in agents:  # wake the parked receivers so they see their stop flag
-        hb.send("bench", a, "bye")
-    proc.join(60)
-    registry.close_all(timeout=3.0)
-    hb.close()
+    stacks = [("broker", res_broker)]
+    stacks.append(("http", http_stack(d, agents, args.samples, args.seconds, args.senders, True)))
+    if not args.no_close_run:
+        stacks.append(
+            ("http-nk", http_stack(d, agents, args.samples, args.seconds, args.senders, False))
+        )
 
     print("\nratios against the floor (lower latency / higher throughput is better):")
-    for label, res in (("broker", res_broker), ("http", res_http)):
+    for label, res in stacks:
         print(
             f"  {label:7s} p50 x{res['p50_ms'] / res_floor['p50_ms']:6.1f}   "
             f"p99 x{res['p99_ms'] / res_floor['p99_ms']:6.1f}   "
             f"throughput x{res['send_per_s'] / res_floor['send_per_s']:6.3f}"
         )
+    if len(stacks) == 3:
+        ka, nk = stacks[1][1], stacks[2][1]
+        print(
+            f"\nkeep-alive gain (http vs http-nk): p50 {nk['p50_ms']:.3f} → {ka['p50_ms']:.3f} ms, "
+            f"p99 {nk['p99_ms']:.3f} → {ka['p99_ms']:.3f} ms, "
+            f"sends {nk['send_per_s']:.0f} → {ka['send_per_s']:.0f}/s "
+            f"(x{ka['send_per_s'] / nk['send_per_s']:.2f}), connections per message "
+            f"{nk['conns_per_msg']:.2f} → {ka['conns_per_msg']:.3f}"
+        )
+    validation_cost()
 
 
 if __name__ == "__main__":

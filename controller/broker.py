@@ -184,10 +184,19 @@ _ADDED_COLUMNS = {
 _INDEXES = """
 -- version 1's pending index had no attempts column and kept dead letters
 DROP INDEX IF EXISTS messages_pending;
--- covering for recv's claim and status' counts: no table lookups per pending row
+-- every pending row, in delivery order: recv's claim stops at the first deliverable one;
+-- covering (acked_at, dead_at included) so status' count needs no table lookups
 CREATE INDEX IF NOT EXISTS messages_inbox
-    ON messages(recipient, id, due_at, lease_until, attempts, kind)
+    ON messages(recipient, id, due_at, lease_until, attempts, kind, acked_at, dead_at)
     WHERE acked_at IS NULL AND dead_at IS NULL;
+-- the few pending rows that are leased, or reminders: status and the dead-letter check
+-- cost O(leased) and O(reminders), not O(pending)
+CREATE INDEX IF NOT EXISTS messages_leased
+    ON messages(recipient, lease_until, attempts, due_at, acked_at, dead_at)
+    WHERE lease_until IS NOT NULL AND acked_at IS NULL AND dead_at IS NULL;
+CREATE INDEX IF NOT EXISTS messages_reminders
+    ON messages(recipient, due_at, kind, acked_at, dead_at)
+    WHERE kind = 'reminder' AND acked_at IS NULL AND dead_at IS NULL;
 CREATE INDEX IF NOT EXISTS messages_to ON messages(recipient, id);
 CREATE INDEX IF NOT EXISTS messages_from ON messages(sender, id);
 CREATE INDEX IF NOT EXISTS messages_acked ON messages(acked_at) WHERE acked_at IS NOT NULL;
@@ -213,6 +222,8 @@ _Q_COLS = (
 # recipient's whole history (messages_to), which grows for 30 days. Every query through
 # it must repeat the index's WHERE (_INBOX).
 _PENDING = "INDEXED BY messages_inbox"
+_LEASED = "INDEXED BY messages_leased"
+_REMINDERS = "INDEXED BY messages_reminders"
 _INBOX = "acked_at IS NULL AND dead_at IS NULL"
 # A message the recipient may be handed now (needs :r, :now and :max bound): due, not
 # leased (or the lease ran out) and, if it was leased, not delivered :max times already.
@@ -777,7 +788,7 @@ class Broker:
             names = [
                 r[0]
                 for r in conn.execute(
-                    f"SELECT DISTINCT recipient FROM messages {_PENDING} WHERE {_INBOX} "
+                    f"SELECT DISTINCT recipient FROM messages {_LEASED} WHERE {_INBOX} "
                     "AND lease_until IS NOT NULL AND lease_until <= ? AND attempts >= ?",
                     (now, self.max_deliveries),
                 )
@@ -790,7 +801,7 @@ class Broker:
             params = {"r": name, "now": now, "max": self.max_deliveries}
             if (
                 conn.execute(
-                    f"SELECT 1 FROM messages {_PENDING} WHERE {_EXHAUSTED} LIMIT 1", params
+                    f"SELECT 1 FROM messages {_LEASED} WHERE {_EXHAUSTED} LIMIT 1", params
                 ).fetchone()
                 is None
             ):
@@ -799,7 +810,7 @@ class Broker:
             try:
                 dead = conn.execute(
                     "UPDATE messages SET dead_at = :now, lease_until = NULL WHERE id IN "
-                    f"(SELECT id FROM messages {_PENDING} WHERE {_EXHAUSTED}) RETURNING {_COLS}",
+                    f"(SELECT id FROM messages {_LEASED} WHERE {_EXHAUSTED}) RETURNING {_COLS}",
                     params,
                 ).fetchall()
                 count += len(dead)
@@ -1008,27 +1019,25 @@ class Broker:
         marked yet). Changes nothing."""
         params = {"r": recipient, "now": self._clock(), "max": self.max_deliveries}
         with self._locked() as conn:
-            unread = conn.execute(
-                f"SELECT count(*) FROM messages {_PENDING} WHERE {_DELIVERABLE}", params
-            ).fetchone()[0]
-            reminders = conn.execute(
-                f"SELECT count(*) FROM messages {_PENDING} WHERE recipient = :r AND {_INBOX} "
-                "AND kind = 'reminder' AND due_at > :now",
+            # unread = pending - reminders not due - leased rows not deliverable: only the
+            # first count walks every pending row (the cheapest walk: a covering count)
+            row = conn.execute(
+                f"SELECT (SELECT count(*) FROM messages {_PENDING} "
+                f"  WHERE recipient = :r AND {_INBOX}), "
+                f"(SELECT count(*) FROM messages {_REMINDERS} WHERE recipient = :r "
+                f"  AND kind = 'reminder' AND {_INBOX} AND due_at > :now), "
+                f"(SELECT count(*) FROM messages {_LEASED} WHERE recipient = :r "
+                f"  AND lease_until IS NOT NULL AND {_INBOX} AND lease_until > :now), "
+                f"(SELECT count(*) FROM messages {_LEASED} WHERE {_EXHAUSTED}), "
+                "(SELECT count(*) FROM threads WHERE answered_at IS NULL "
+                "  AND (asker = :r OR asked = :r)), "
+                "(SELECT count(*) FROM messages INDEXED BY messages_dead "
+                "  WHERE recipient = :r AND dead_at IS NOT NULL)",
                 params,
-            ).fetchone()[0]
-            threads = conn.execute(
-                "SELECT count(*) FROM threads "
-                "WHERE answered_at IS NULL AND (asker = :r OR asked = :r)",
-                params,
-            ).fetchone()[0]
-            dead = conn.execute(
-                "SELECT count(*) FROM messages INDEXED BY messages_dead "
-                "WHERE recipient = :r AND dead_at IS NOT NULL",
-                params,
-            ).fetchone()[0]
-            dead += conn.execute(
-                f"SELECT count(*) FROM messages {_PENDING} WHERE {_EXHAUSTED}", params
-            ).fetchone()[0]
+            ).fetchone()
+        pending, reminders, leased, exhausted, threads, dead = (int(v) for v in row)
+        unread = pending - reminders - leased - exhausted
+        dead += exhausted
         return Status(int(unread), int(threads), int(reminders), int(dead))
 
     def dead_letter_counts(self) -> dict[str, int]:
@@ -1041,7 +1050,7 @@ class Broker:
             ).fetchall()
             out = {str(r[0]): int(r[1]) for r in rows}
             for r in conn.execute(
-                f"SELECT recipient, count(*) FROM messages {_PENDING} WHERE {_INBOX} "
+                f"SELECT recipient, count(*) FROM messages {_LEASED} WHERE {_INBOX} "
                 "AND lease_until IS NOT NULL AND lease_until <= ? AND attempts >= ? "
                 "GROUP BY recipient",
                 (self._clock(), self.max_deliveries),
