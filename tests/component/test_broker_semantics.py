@@ -330,7 +330,7 @@ def test_multi_answers_are_subsets(broker: Broker) -> None:
     qid = broker.ask_operator("colours?", opts, multi=True)
     for bad in (["red", "red"], ["pink"], [], "red, pink", "", "red,blue"):
         with pytest.raises(Invalid) as exc:
-            broker.answer_question(qid, bad)  # type: ignore[arg-type]
+            broker.answer_question(qid, bad)
         assert exc.value.field == "answer"
     assert broker.answer_question(qid, "blue, green, dark").answer == "blue, green, dark"
     q2 = broker.ask_operator("again?", opts, multi=True)
