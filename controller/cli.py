@@ -9,6 +9,7 @@ is running. ``--state-dir`` / ``--run-dir`` (or ``HYPERHIVE_STATE_DIR`` /
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -20,7 +21,7 @@ from controller import __version__
 from controller.config import ConfigError, load_config
 from controller.paths import Layout, default_state_dir
 from schemas.client import ApiError, UnixClient, Unreachable
-from schemas.wire import Message
+from schemas.wire import Message, parse_rfc3339
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -145,36 +146,94 @@ def _cond_summary(conds: list[dict[str, Any]]) -> str:
     return " ".join(marks) or "-"
 
 
+def _when(ts: Any) -> str:
+    return f"{_ago(float(ts))} ago" if isinstance(ts, int | float) and ts else "-"
+
+
+def _describe(a: dict[str, Any]) -> None:
+    now = time.time()
+    print(f"Name:        {a.get('name')}")
+    print(f"Phase:       {a.get('phase')}" + (f"  ({a['detail']})" if a.get("detail") else ""))
+    print(f"Deployed:    {str(a.get('commit') or '-')[:12]}")
+    print(f"Desired:     {str(a.get('desired_commit') or '-')[:12]}")
+    print(f"Model:       {a.get('model') or '-'}")
+    if a.get("hyperhive_version"):
+        print(f"Hyperhive:   {a['hyperhive_version']}")
+    if a.get("web_port"):
+        print(f"Web UI:      http://127.0.0.1:{a['web_port']}/")
+    if a.get("held"):
+        print(f"Held:        {a['held']} (hyperhive start/restart clears it)")
+    if a.get("suspended"):
+        print("Suspended:   spec.suspend is true")
+    crash = a.get("crash")
+    if crash:
+        state = "crash loop (Stalled)" if crash.get("stalled") else "backing off"
+        print(f"Crashes:     {len(crash.get('times', []))} in the last 10 minutes, {state}")
+    fail = a.get("failure")
+    if fail:
+        print(
+            f"Last error:  {fail.get('action')} ({fail.get('kind')}, attempt "
+            f"{fail.get('attempts')}): {fail.get('message')}"
+        )
+    print("Conditions:")
+    rows = [["  TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"]]
+    for c in a.get("conditions", []):
+        since = "-"
+        with contextlib.suppress(Exception):
+            since = _ago(parse_rfc3339(str(c.get("lastTransitionTime"))), now)
+        rows.append(
+            [
+                f"  {c.get('type')}",
+                str(c.get("status")),
+                str(c.get("reason")),
+                since,
+                str(c.get("message") or ""),
+            ]
+        )
+    print(_table(rows))
+    deploys = a.get("deploys") or []
+    print("Deploys:" if deploys else "Deploys:     none touched this agent yet")
+    if deploys:
+        rows = [["  ID", "STATE", "KIND", "AGE", "TAGS", "TITLE"]]
+        for d in deploys:
+            rows.append(
+                [
+                    f"  {d.get('id')}",
+                    str(d.get("state")),
+                    str(d.get("kind")),
+                    _ago(d.get("at"), now),
+                    " ".join(d.get("tags", [])),
+                    str(d.get("title") or ""),
+                ]
+            )
+        print(_table(rows))
+        failed = next((d for d in deploys if d.get("state") == "failed"), None)
+        if failed and failed is deploys[0]:
+            note = str(failed.get("note") or "").strip().splitlines()
+            if note:
+                print(f"  failed/{failed['id']}: " + " | ".join(note[-3:]))
+    events = a.get("events") or []
+    print("Events:" if events else "Events:      none recorded")
+    if events:
+        rows = [["  AGE", "TYPE", "MESSAGE"]]
+        for e in events:
+            rows.append([f"  {_ago(e.get('at'), now)}", str(e.get("type")), str(e.get("message"))])
+        print(_table(rows))
+    stones = a.get("tombstones") or []
+    if stones:
+        print(f"Tombstones:  {len(stones)} earlier incarnation(s) kept (hyperhive tombstones)")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    st = _call(args, "GET", "/status")
-    agents: list[dict[str, Any]] = st.get("agents", [])
     if args.name:
-        match = [a for a in agents if a.get("name") == args.name]
-        if not match:
-            names = ", ".join(a.get("name", "?") for a in agents) or "none"
-            raise CliError(f"no agent {args.name!r} (agents: {names})")
-        a = match[0]
+        a = _call(args, "GET", f"/agents/{args.name}")
         if args.output == "json":
             print(json.dumps(a, indent=2))
-            return EXIT_OK
-        print(f"Name:      {a.get('name')}")
-        print(f"Phase:     {a.get('phase')}")
-        print(f"Commit:    {a.get('commit') or '-'}")
-        print(f"Model:     {a.get('model') or '-'}")
-        if a.get("web_port"):
-            print(f"Web UI:    http://127.0.0.1:{a['web_port']}/")
-        print("Conditions:")
-        for c in a.get("conditions", []):
-            print(
-                f"  {c.get('type'):<12} {c.get('status'):<8} "
-                f"{c.get('reason', '')}: {c.get('message', '')}"
-            )
-        for key in ("deploys", "events"):
-            if a.get(key):
-                print(f"{key.capitalize()}:")
-                for row in a[key]:
-                    print(f"  {row}")
+        else:
+            _describe(a)
         return EXIT_OK
+    st = _call(args, "GET", "/status")
+    agents: list[dict[str, Any]] = st.get("agents", [])
     if args.output == "json":
         print(json.dumps(st, indent=2))
         return EXIT_OK
@@ -182,15 +241,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"runtime {st.get('runtime', '?')}  main {str(st.get('main') or '-')[:12]}  "
         f"pending proposals {st.get('pending', 0)}"
     )
+    if st.get("runtime_note"):
+        print(st["runtime_note"])
     if not agents:
         print("no agents yet — the manager proposes spawns; `hyperhive pending` lists them")
         return EXIT_OK
-    rows = [["AGENT", "PHASE", "COMMIT", "CONDITIONS", "AGE"]]
+    rows = [["AGENT", "STATE", "DEPLOYED", "CONDITIONS", "AGE"]]
     for a in agents:
         rows.append(
             [
                 str(a.get("name")),
-                str(a.get("phase")),
+                _state(a),
                 str(a.get("commit") or "-")[:12],
                 _cond_summary(a.get("conditions", [])),
                 _ago(a.get("since")),
@@ -198,6 +259,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     print(_table(rows))
     return EXIT_OK
+
+
+def _state(a: dict[str, Any]) -> str:
+    """The phase, or the reason that matters more (Stalled, Reconciling) — like kubectl's STATUS."""
+    conds = {c.get("type"): c for c in a.get("conditions", [])}
+    stalled = conds.get("Stalled", {})
+    if stalled.get("status") == "True":
+        return str(stalled.get("reason"))
+    rec = conds.get("Reconciling", {})
+    if rec.get("status") == "True":
+        return str(rec.get("reason"))
+    ready = conds.get("Ready", {})
+    if ready.get("status") == "False" and ready.get("reason") not in (None, "Stopped"):
+        return str(ready.get("reason"))
+    return str(a.get("phase"))
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
@@ -282,8 +358,53 @@ def cmd_messages(args: argparse.Namespace) -> int:
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
-    r = _call(args, "POST", f"/agents/{args.name}/destroy", {"purge": bool(args.purge)})
+    r = _call(
+        args, "POST", f"/agents/{args.name}/destroy", {"purge": bool(args.purge)}, timeout=3600
+    )
     print(r.get("result", f"destroy {args.name} requested"))
+    return EXIT_OK
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    r = _call(args, "POST", f"/tombstones/{args.name}/purge", {})
+    print(r.get("result", f"purged {args.name}"))
+    return EXIT_OK
+
+
+def _size(n: Any) -> str:
+    size = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return "-"
+
+
+def cmd_tombstones(args: argparse.Namespace) -> int:
+    stones: list[dict[str, Any]] = _call(args, "GET", "/tombstones").get("tombstones", [])
+    if args.output == "json":
+        print(json.dumps(stones, indent=2))
+        return EXIT_OK
+    if not stones:
+        print("no tombstones: no destroyed agent's state is kept")
+        return EXIT_OK
+    rows = [["ID", "AGENT", "DESTROYED", "SIZE", "PATH"]]
+    for t in stones:
+        where = str(t.get("path")) + (" (kept in place)" if t.get("in_place") else "")
+        rows.append(
+            [
+                str(t.get("id")),
+                str(t.get("name")),
+                _when(t.get("destroyed_at")),
+                _size(t.get("bytes")),
+                where,
+            ]
+        )
+    print(_table(rows))
+    print(
+        "spawning an agent of that name restores its newest tombstone; "
+        "`hyperhive purge NAME|ID` deletes"
+    )
     return EXIT_OK
 
 
@@ -335,11 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser(
         "status",
-        help="agents, their phase and conditions",
-        description="A table of agents (phase, deployed commit, conditions, age), or with "
-        "NAME a description of one agent.",
+        help="agents, their state and conditions; or one agent in depth",
+        description="Without NAME: a table of agents — STATE (the phase, or what matters "
+        "more: Stalled / Reconciling reasons such as CrashLoopBackOff, RetryScheduled), the "
+        "deployed meta commit, the conditions at a glance (Ready, Reconciling, Stalled, "
+        "UpToDate, LoggedIn; + true, - false, ? unknown) and how long it has been in its "
+        "phase. With NAME: the agent described — every condition with its reason, message "
+        "and age, the last deploys that touched it with their tags (proposal/approved/"
+        "building/deployed|failed), crash and retry backoff, and its recent events.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  hyperhive status\n  hyperhive status alice\n"
+        "  hyperhive status alice -o json | jq '.conditions'",
     )
-    st.add_argument("name", nargs="?", help="describe this agent")
+    st.add_argument("name", nargs="?", help="describe this agent (GET /agents/NAME)")
     st.add_argument("-o", "--output", choices=["table", "json"], default="table")
     st.set_defaults(fn=cmd_status)
 
@@ -369,10 +498,47 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--output", choices=["text", "json"], default="text")
     m.set_defaults(fn=cmd_messages)
 
-    de = sub.add_parser("destroy", help="remove an agent from desired state (a commit on main)")
-    de.add_argument("name")
-    de.add_argument("--purge", action="store_true", help="also delete its state and credentials")
+    de = sub.add_parser(
+        "destroy",
+        help="remove an agent: a commit on main, then its container goes",
+        description="Remove agents/NAME/ from main (a commit authored by the operator, "
+        "exactly like `git rm -r agents/NAME && git push`) and run a reconcile pass: the "
+        "agent's container or process is destroyed and the deploy is tagged "
+        "deployed/<id>. Its state — notes, claude credentials and sessions, home, web "
+        "port — is kept as a tombstone under <state>/tombstones/ (see `hyperhive "
+        "tombstones`); spawning NAME again restores it. To stop an agent without "
+        "destroying it, set spec.suspend: true in its manifest, or `kill` it.",
+        epilog="examples:\n  hyperhive destroy alice\n  hyperhive destroy alice --purge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    de.add_argument("name", help="the agent (never the manager)")
+    de.add_argument(
+        "--purge",
+        action="store_true",
+        help="also delete its state and credentials for good (no tombstone; no undo)",
+    )
     de.set_defaults(fn=cmd_destroy)
+
+    pu = sub.add_parser(
+        "purge",
+        help="delete a destroyed agent's kept state (its tombstones)",
+        description="Delete what `destroy` kept of an agent: every tombstone of NAME, or "
+        "the one tombstone ID (as `hyperhive tombstones` lists it) — notes, claude "
+        "credentials and sessions, home, logs. There is no undo. Refused while the agent "
+        "is still in desired state (use `hyperhive destroy NAME --purge`).",
+    )
+    pu.add_argument("name", metavar="NAME|ID", help="an agent name or a tombstone id")
+    pu.set_defaults(fn=cmd_purge)
+
+    tb = sub.add_parser(
+        "tombstones",
+        help="destroyed agents whose state is kept",
+        description="List the kept state of destroyed agents: id, agent, when it was "
+        "destroyed, its size and where it is. Spawning an agent of the same name restores "
+        "the newest one; `hyperhive purge` deletes them.",
+    )
+    tb.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    tb.set_defaults(fn=cmd_tombstones)
     return p
 
 

@@ -42,9 +42,15 @@ class Config:
     agent_port_base: int = 8100
     agent_port_range: int = 900
     resync_seconds: float = 60.0
+    crash_watch_seconds: float = 10.0
+    """How often the crash watch looks at the agents between passes."""
     hyperhive_flake: str = "github:hyperhive/hyperhive"
     default_model: str = "haiku"
     log_level: str = "info"
+    local_sandbox: bool = False
+    """local runtime: run each harness under bubblewrap (when ``bwrap`` exists)."""
+    local_start_grace: float = 0.3
+    """local runtime: seconds a fresh harness must survive for its start to count."""
 
     def resolved_runtime(self) -> Runtime:
         """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``."""
@@ -73,9 +79,12 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         agent_port_base=ports.get("agent_base", cfg.agent_port_base),
         agent_port_range=ports.get("agent_range", cfg.agent_port_range),
         resync_seconds=float(doc.get("resync_seconds", cfg.resync_seconds)),
+        crash_watch_seconds=float(doc.get("crash_watch_seconds", cfg.crash_watch_seconds)),
         hyperhive_flake=doc.get("hyperhive_flake", cfg.hyperhive_flake),
         default_model=doc.get("default_model", cfg.default_model),
         log_level=doc.get("log_level", cfg.log_level),
+        local_sandbox=bool(doc.get("local_sandbox", cfg.local_sandbox)),
+        local_start_grace=float(doc.get("local_start_grace_seconds", cfg.local_start_grace)),
     )
 
 

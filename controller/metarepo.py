@@ -362,6 +362,7 @@ class MetaRepo:
         self._desired: tuple[str, DesiredState, dict[str, str]] | None = None
         self._agent_cache: dict[tuple[str, str], _AgentRead] = {}
         self._diff_cache: dict[tuple[str | None, str], str] = {}
+        self._build_cache: dict[int, Build] = {}
 
     # ---------------------------------------------------------------- setup
 
@@ -434,7 +435,12 @@ class MetaRepo:
             pygit2.GIT_FILEMODE_BLOB,
         )
         root.insert(AGENTS_DIR, agents.write(), pygit2.GIT_FILEMODE_TREE)
-        repo.create_commit(MAIN_REF, sig, sig, "init: hyperhive meta repo\n", root.write(), [])
+        genesis = repo.create_commit(
+            MAIN_REF, sig, sig, "init: hyperhive meta repo\n", root.write(), []
+        )
+        # The genesis commit is the controller's own bootstrap, not a change anyone
+        # proposed or pushed: it gets no id, so the first proposal is proposal/1.
+        repo.references.create(LAST_DEPLOY_REF, genesis, force=True)
 
     def _configure(self) -> None:
         cfg = self.repo.config
@@ -1208,6 +1214,112 @@ class MetaRepo:
                     message.rstrip() + "\n",
                 )
             self._dirty = True
+
+    # ---------------------------------------------------------------- operator edits
+
+    def remove_agent(self, name: str, message: str, who: str = "operator") -> str:
+        """Commit on main removing ``agents/<name>/`` (the operator's ``destroy``); returns it.
+
+        Written like an operator push (the next pass records it as a ``push``
+        deploy and prunes the agent). NotFound when main has no such directory;
+        Invalid for the manager.
+        """
+        if name == MANAGER:
+            raise Invalid("the manager cannot be removed from desired state", field="name")
+        with self._lock:
+            for _ in range(5):
+                main = self._main_oid()
+                main_commit = self.repo[main]
+                assert isinstance(main_commit, pygit2.Commit)
+                tree = main_commit.tree
+                agents = subtree(self.repo, tree, AGENTS_DIR)
+                if agents is None or name not in agents:
+                    raise NotFound(f"agents/{name}/ is not in main", field="name")
+                agents_tb = self.repo.TreeBuilder(agents)
+                agents_tb.remove(name)
+                root_tb = self.repo.TreeBuilder(tree)
+                root_tb.insert(AGENTS_DIR, agents_tb.write(), pygit2.GIT_FILEMODE_TREE)
+                author = _sig(who, f"{who}@hyperhive.local", self._clock)
+                committer = _sig(CONTROLLER_NAME, CONTROLLER_EMAIL, self._clock)
+                new = self.repo.create_commit(
+                    None, author, committer, message.rstrip() + "\n", root_tb.write(), [main]
+                )
+                try:
+                    self._update_main(new, main, f"{message.splitlines()[0]} (by {who})")
+                except _MainMoved:
+                    continue
+                self._desired = None
+                return str(new)
+            raise Conflict("main kept moving; try again")
+
+    # ---------------------------------------------------------------- per agent
+
+    def agent_files(self, commit: str, name: str) -> tuple[str | None, str | None]:
+        """``(agent.yaml, agent.nix)`` texts of ``agents/<name>/`` at ``commit`` (None: absent)."""
+        with self._lock:
+            try:
+                tree = self.repo[commit].peel(pygit2.Tree)
+            except (KeyError, ValueError, pygit2.GitError) as exc:
+                raise NotFound(f"no commit {commit} in {self.path}") from exc
+            agent = subtree(self.repo, subtree(self.repo, tree, AGENTS_DIR), name)
+            out: list[str | None] = []
+            for fname in (MANIFEST_FILE, NIX_FILE):
+                blob = agent[fname] if agent is not None and fname in agent else None
+                if isinstance(blob, pygit2.Blob):
+                    out.append(blob.data.decode("utf-8", errors="replace"))
+                else:
+                    out.append(None)
+            return out[0], out[1]
+
+    def deploys_for(self, agent: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest ``limit`` deploys that touched ``agent`` (its directory, or the flake).
+
+        Each ``{"id", "kind", "state", "title", "commit", "note", "at", "tags"}``:
+        ``tags`` the refs of that id (``proposal/3``, ``approved/3``, ``building/3``,
+        ``deployed/3``), ``note`` the outcome's message, ``at`` unix seconds of the
+        outcome (else of the proposal). A deploy's Build is cached by id, so
+        describing an agent again reads nothing new.
+        """
+        with self._lock:
+            idx = self._refresh()
+            out: list[dict[str, Any]] = []
+            for id in sorted(idx.entries, reverse=True):
+                e = idx.entries[id]
+                if "building" not in e.targets and not (
+                    "failed" in e.targets and "proposal" in e.targets
+                ):
+                    continue
+                build = self._build_cache.get(id)
+                if build is None:
+                    build = self._build(id)
+                    if "building" in e.targets:
+                        self._build_cache[id] = build
+                if not build.touches(agent):
+                    continue
+                outcome = e.targets.get("failed") or e.targets.get("deployed")
+                at: float | None = None
+                if outcome is not None:
+                    obj = self.repo.get(outcome)
+                    if isinstance(obj, pygit2.Tag) and obj.tagger is not None:
+                        at = float(obj.tagger.time)
+                anchor = e.targets.get("building") or outcome
+                if at is None and anchor is not None:
+                    at = float(self._peel(anchor).commit_time)
+                out.append(
+                    {
+                        "id": id,
+                        "kind": build.kind.value,
+                        "state": self._state(e).value,
+                        "title": build.title,
+                        "commit": build.commit,
+                        "note": self._tag_message(outcome),
+                        "at": at,
+                        "tags": [f"{p}/{id}" for p in TAG_PREFIXES if p in e.targets],
+                    }
+                )
+                if len(out) >= limit:
+                    break
+            return out
 
     def flake_ref(self, commit: str, agent: str) -> str:
         """The flake ref to build ``agent`` at ``commit``: ``git+file://<meta.git>?rev=<commit>#<agent>``."""

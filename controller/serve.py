@@ -11,6 +11,7 @@ separate processes or containers) and are found again on the next start.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -73,6 +74,33 @@ def resolve_layout(cfg: Config, state_dir: str | None, run_dir: str | None) -> L
     return Layout.for_state(state, run)
 
 
+AGENT_ARGV_ENV = "HYPERHIVE_AGENT_ARGV"
+"""JSON list: the command the local runtime runs per agent instead of ``python -m harness
+serve`` (tests and development use a stand-in agent)."""
+VERSION_ENV = "HYPERHIVE_VERSION_OVERRIDE"
+"""Pretend to be this hyperhive version (tests of upgrade drift; never set it in production)."""
+
+
+def hyperhive_version() -> str:
+    """``controller.__version__``, or ``$HYPERHIVE_VERSION_OVERRIDE`` when set."""
+    return os.environ.get(VERSION_ENV) or __version__
+
+
+def agent_argv() -> list[str] | None:
+    """``$HYPERHIVE_AGENT_ARGV`` parsed (None when unset); ValueError when it is not a JSON
+    list of strings."""
+    raw = os.environ.get(AGENT_ARGV_ENV)
+    if not raw:
+        return None
+    try:
+        argv = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{AGENT_ARGV_ENV} is not JSON: {exc}") from exc
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError(f"{AGENT_ARGV_ENV} must be a non-empty JSON list of strings")
+    return argv
+
+
 def make_driver(cfg: Config, layout: Layout) -> Driver:
     """The runtime driver ``cfg.runtime`` asks for (``auto`` picks by what is installed)."""
     runtime = cfg.resolved_runtime()
@@ -80,9 +108,16 @@ def make_driver(cfg: Config, layout: Layout) -> Driver:
         from controller.drivers.nixos_container import NixosContainerDriver
 
         return NixosContainerDriver(layout, cfg)
-    from controller.drivers.local import LocalDriver
+    from controller.drivers.local import DEFAULT_ARGV, LocalDriver
 
-    return LocalDriver(layout, cfg, dict(os.environ))
+    return LocalDriver(
+        layout,
+        cfg,
+        dict(os.environ),
+        argv=agent_argv() or DEFAULT_ARGV,
+        start_grace=cfg.local_start_grace,
+        sandbox=cfg.local_sandbox,
+    )
 
 
 def _setup_logging(level: str) -> None:
@@ -102,7 +137,7 @@ def one_shot_pass(
 
     layout = resolve_layout(cfg, state_dir, run_dir)
     with state_lock(layout):
-        meta = MetaRepo.open_or_init(layout, cfg)
+        meta = MetaRepo.open_or_init(layout, cfg, version=hyperhive_version())
         broker = Broker(layout.broker_db)
         try:
             swarm = Swarm(layout, cfg, meta, broker, make_driver(cfg, layout))
@@ -152,17 +187,25 @@ def run_daemon(
         stack.callback(lock_cm.__exit__, None, None, None)
         for d in (layout.run, layout.log_dir):
             d.mkdir(parents=True, exist_ok=True)
-        meta = MetaRepo.open_or_init(layout, cfg)
+        meta = MetaRepo.open_or_init(layout, cfg, version=hyperhive_version())
         broker = Broker(layout.broker_db)
         stack.callback(broker.close)
-        driver = make_driver(cfg, layout)
+        try:
+            driver = make_driver(cfg, layout)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
         registry: SocketRegistry | None = None
 
         def on_deploy(agent: str) -> None:
             if registry is not None:
                 registry.ensure(agent)
 
-        swarm = Swarm(layout, cfg, meta, broker, driver, on_deploy=on_deploy)
+        def on_destroy(agent: str) -> None:
+            if registry is not None:
+                registry.remove(agent)
+
+        swarm = Swarm(layout, cfg, meta, broker, driver, on_deploy=on_deploy, on_destroy=on_destroy)
         registry = SocketRegistry(broker, swarm, layout)
         stack.callback(registry.close_all)
         admin = serve_unix(make_admin_app(broker, swarm), layout.host_sock, threads=16)
@@ -180,7 +223,7 @@ def run_daemon(
         stack.callback(streams_stop.set)
         log.info(
             "hyperhive %s: state %s, runtime %s, admin %s, dashboard http://%s:%d/",
-            __version__,
+            meta.version,
             layout.state,
             driver.name,
             layout.host_sock,
@@ -224,8 +267,9 @@ def run_daemon(
         run_pass("startup")
         notify.ready()
         last_sweep = 0.0
-        tick = min(cfg.resync_seconds, QUESTION_TICK)
+        tick = min(cfg.resync_seconds, QUESTION_TICK, cfg.crash_watch_seconds)
         next_resync = time.monotonic() + cfg.resync_seconds
+        next_watch = time.monotonic() + cfg.crash_watch_seconds
         while not stop.is_set():
             watchdog.beat()
             reason = swarm.wait_for_pass_request(timeout=tick)
@@ -237,6 +281,13 @@ def run_daemon(
             if reason is not None:
                 run_pass(reason)
                 next_resync = time.monotonic() + cfg.resync_seconds
+            elif now >= next_watch:
+                # crash watch between passes: observe only; asks for a pass if needed
+                next_watch = now + cfg.crash_watch_seconds
+                try:
+                    swarm.watch()
+                except Exception:
+                    log.exception("crash watch failed; trying again on the next tick")
             broker.expire_questions(time.time())
             if now - last_sweep >= SWEEP_EVERY:
                 last_sweep = now

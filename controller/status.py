@@ -6,18 +6,25 @@ pure; ``load_status`` / ``save_status`` are the only I/O here.
 Conditions (``type``: ``status`` / CamelCase ``reason``):
 
 - ``Ready``: True/Running when the agent's process or container runs; False with
-  Suspended, StoppedByRequest, NotDeployed, Stopped, Failed, InvalidManifest, Pruning.
+  Suspended, StoppedByRequest, NotDeployed, Stopped, Failed, CrashLoopBackOff,
+  InvalidManifest, Pruning.
 - ``Reconciling``: True while an action is still owed (Creating, Rebuilding,
-  ApplyingManifest, Starting, Stopping, Destroying, RetryScheduled); False/Reconciled.
-- ``Stalled``: True on a permanent error (PermanentError) or a manifest at main that
-  fails the schema (InvalidManifest) — until desired state changes; False/NotStalled.
+  ApplyingManifest, Starting, Stopping, Destroying, RetryScheduled, CrashBackOff);
+  False/Reconciled, False/Stalled.
+- ``Stalled``: True on a permanent error (PermanentError), a manifest at main that
+  fails the schema (InvalidManifest) or repeated crashes (CrashLoopBackOff) — until
+  desired state changes or the operator starts the agent again; False/NotStalled.
 - ``UpToDate``: True when the deployed digests match main; False with NotDeployed,
-  NeedsRebuild, ManifestChanged; Unknown/NotDesired while being pruned. Under a
-  runtime that does not build agent.nix (``local``) the message says so.
+  NeedsUpdate (hyperhive version), NeedsRebuild (agent.nix / flake), ManifestChanged;
+  Unknown/NotDesired while being pruned. Under a runtime that does not build
+  agent.nix (``local``) the message says so.
 - ``LoggedIn``: True when claude credentials are present (or an API key is passed
   through), False/NeedsLogin, Unknown/NotProbed.
 
-``lastTransitionTime`` changes only when status, reason or message change.
+``lastTransitionTime`` changes only when status, reason or message change;
+``observedCommit`` is the main commit the condition was computed against (it
+follows main without moving the transition time, like Kubernetes'
+``observedGeneration``).
 
 status.json shape::
 
@@ -25,8 +32,18 @@ status.json shape::
      "agents": {"alice": {"name", "phase", "observed_commit", "desired_commit",
                           "held", "web_port", "model", "suspended", "detail",
                           "conditions": [{"type", "status", "reason", "message",
-                                          "lastTransitionTime"}]}},
-     "holds": {"alice": {"reason": "stopped by request", "since": <unix seconds>}}}
+                                          "lastTransitionTime", "observedCommit"}]}},
+     "holds": {"alice": {"reason": "stopped by request", "since": <unix seconds>}},
+     "failures": {"alice": {"kind", "action", "message", "attempts", "retry_at",
+                            "key": [config_digest, build_digest]}},
+     "crashes": {"alice": {"times": [<unix s>, ...], "restart_at", "stalled",
+                           "key": [config_digest, build_digest]}},
+     "events": {"alice": [{"at": <unix s>, "type": "Crashed", "message"}]},
+     "purge": ["bob"]}
+
+``failures`` (retry backoff, permanent stalls), ``crashes`` (crash-loop backoff)
+and ``events`` survive a controller restart; ``key`` ties a record to the
+desired digests it was made for, so a change of desired state clears it.
 """
 
 from __future__ import annotations
@@ -74,6 +91,7 @@ class Condition:
     reason: str
     message: str = ""
     last_transition_time: float = 0.0
+    observed_commit: str | None = None
 
     def same_state(self, other: Condition) -> bool:
         """True when status, reason and message are equal (transition time ignored)."""
@@ -84,13 +102,14 @@ class Condition:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """``{"type", "status", "reason", "message", "lastTransitionTime"}``."""
+        """``{"type", "status", "reason", "message", "lastTransitionTime", "observedCommit"}``."""
         return {
             "type": str(self.type),
             "status": str(self.status),
             "reason": self.reason,
             "message": self.message,
             "lastTransitionTime": rfc3339(self.last_transition_time),
+            "observedCommit": self.observed_commit,
         }
 
     @classmethod
@@ -102,6 +121,7 @@ class Condition:
             reason=str(d["reason"]),
             message=str(d.get("message", "")),
             last_transition_time=parse_rfc3339(d["lastTransitionTime"]),
+            observed_commit=str(d["observedCommit"]) if d.get("observedCommit") else None,
         )
 
 
@@ -121,6 +141,86 @@ class Failure:
     message: str
     attempts: int = 1
     retry_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"kind", "action", "message", "attempts", "retry_at"}`` (status.json ``failures``)."""
+        return {
+            "kind": str(self.kind),
+            "action": str(self.action),
+            "message": self.message,
+            "attempts": self.attempts,
+            "retry_at": self.retry_at,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Failure:
+        """Inverse of ``to_json``; raises KeyError / ValueError / TypeError when malformed."""
+        retry = d.get("retry_at")
+        return cls(
+            kind=FailureKind(d["kind"]),
+            action=ActionKind(d["action"]),
+            message=str(d["message"]),
+            attempts=int(d.get("attempts", 1)),
+            retry_at=float(retry) if retry is not None else None,
+        )
+
+
+CRASH_LIMIT = 5
+"""Crashes within ``CRASH_WINDOW`` seconds that stall an agent (CrashLoopBackOff)."""
+CRASH_WINDOW = 600.0
+CRASH_BACKOFF_BASE = 10.0
+CRASH_BACKOFF_MAX = 300.0
+
+
+def crash_backoff(crashes: int) -> float:
+    """Seconds before restarting after crash number ``crashes`` in the window: 0, 10, 20, 40…
+
+    The first crash restarts at once; each further one doubles the wait (capped
+    at ``CRASH_BACKOFF_MAX``).
+    """
+    if crashes <= 1:
+        return 0.0
+    return float(min(CRASH_BACKOFF_MAX, CRASH_BACKOFF_BASE * 2 ** (crashes - 2)))
+
+
+@dataclass(frozen=True)
+class CrashState:
+    """Recent crashes of one agent: restart backoff, and the crash-loop stall.
+
+    ``times`` are the crashes within ``CRASH_WINDOW`` (unix seconds, oldest
+    first); ``restart_at`` when the next automatic restart is allowed;
+    ``stalled`` True after ``CRASH_LIMIT`` crashes in the window: no automatic
+    restart until desired state changes or the agent is started by request.
+    """
+
+    times: tuple[float, ...] = ()
+    restart_at: float | None = None
+    stalled: bool = False
+
+    def crashed(self, now: float) -> CrashState:
+        """This state after one more crash at ``now``."""
+        times = (*(t for t in self.times if now - t < CRASH_WINDOW), now)
+        if len(times) >= CRASH_LIMIT:
+            return CrashState(times, None, True)
+        return CrashState(times, now + crash_backoff(len(times)), False)
+
+    def expired(self, now: float) -> bool:
+        """True when the last crash left the window and nothing is stalled: forget it."""
+        return not self.stalled and (not self.times or now - self.times[-1] >= CRASH_WINDOW)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"times", "restart_at", "stalled"}``."""
+        return {"times": list(self.times), "restart_at": self.restart_at, "stalled": self.stalled}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CrashState:
+        """Inverse of ``to_json``; raises KeyError / ValueError / TypeError when malformed."""
+        restart = d.get("restart_at")
+        return cls(
+            times=tuple(float(t) for t in d.get("times", ())),
+            restart_at=float(restart) if restart is not None else None,
+            stalled=bool(d.get("stalled", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -143,6 +243,9 @@ class AgentFacts:
     builds_nix: bool = True
     logged_in: bool | None = None
     login_reason: str = ""
+    crash: CrashState | None = None
+    version: str | None = None
+    """The hyperhive version main wants (``DesiredState.hyperhive_version``)."""
 
 
 _PENDING_REASON = {
@@ -175,6 +278,14 @@ def _ready(f: AgentFacts) -> Condition:
     if phase is Phase.ABSENT:
         return Condition(t, CondStatus.FALSE, "NotDeployed", "not deployed yet")
     detail = obs.detail if obs else ""
+    if f.crash is not None and f.crash.stalled:
+        return Condition(
+            t,
+            CondStatus.FALSE,
+            "CrashLoopBackOff",
+            f"crashed {len(f.crash.times)} times in {int(CRASH_WINDOW // 60)} minutes; "
+            "not restarted automatically",
+        )
     if phase is Phase.FAILED:
         return Condition(t, CondStatus.FALSE, "Failed", detail or "exited unexpectedly")
     return Condition(t, CondStatus.FALSE, "Stopped", detail or "stopped")
@@ -186,6 +297,18 @@ def _reconciling(f: AgentFacts) -> Condition:
         return Condition(t, CondStatus.FALSE, "Reconciled", "nothing to do")
     if f.failure is not None and f.failure.kind is FailureKind.PERMANENT:
         return Condition(t, CondStatus.FALSE, "Stalled", f"{f.pending.kind.value} is stalled")
+    if f.crash is not None and f.pending.kind is ActionKind.START:
+        if f.crash.stalled:
+            return Condition(t, CondStatus.FALSE, "Stalled", "crash loop: not restarting")
+        if f.crash.restart_at is not None:
+            n = len(f.crash.times)
+            return Condition(
+                t,
+                CondStatus.TRUE,
+                "CrashBackOff",
+                f"crashed {n} time{'s' if n != 1 else ''} in {int(CRASH_WINDOW // 60)} "
+                f"minutes; restarting at {rfc3339(f.crash.restart_at)}",
+            )
     if f.failure is not None:
         return Condition(
             t,
@@ -209,6 +332,19 @@ def _stalled(f: AgentFacts) -> Condition:
             f"{f.failure.action.value} failed: {f.failure.message}; waiting for desired state "
             "to change",
         )
+    if (
+        f.crash is not None
+        and f.crash.stalled
+        and f.pending is not None
+        and f.pending.kind is ActionKind.START
+    ):
+        return Condition(
+            t,
+            CondStatus.TRUE,
+            "CrashLoopBackOff",
+            f"crashed {len(f.crash.times)} times in {int(CRASH_WINDOW // 60)} minutes; "
+            "start or restart it (hyperhive status shows its log), or change its desired state",
+        )
     return Condition(t, CondStatus.FALSE, "NotStalled", "")
 
 
@@ -219,6 +355,17 @@ def _up_to_date(f: AgentFacts) -> Condition:
         return Condition(t, CondStatus.UNKNOWN, "NotDesired", "not in desired state")
     if have is None or have.phase is Phase.ABSENT or have.build_digest is None:
         return Condition(t, CondStatus.FALSE, "NotDeployed", f"main is at {want.commit[:12]}")
+    if (
+        f.version is not None
+        and have.hyperhive_version is not None
+        and have.hyperhive_version != f.version
+    ):
+        return Condition(
+            t,
+            CondStatus.FALSE,
+            "NeedsUpdate",
+            f"hyperhive {have.hyperhive_version} is deployed, {f.version} is current",
+        )
     if have.build_digest != want.build_digest:
         return Condition(
             t, CondStatus.FALSE, "NeedsRebuild", "agent.nix, the flake or hyperhive changed"
@@ -246,15 +393,31 @@ def compute_conditions(f: AgentFacts) -> tuple[Condition, ...]:
 
 
 def merge_conditions(
-    previous: Sequence[Condition], current: Sequence[Condition], now: float
+    previous: Sequence[Condition],
+    current: Sequence[Condition],
+    now: float,
+    observed_commit: str | None = None,
 ) -> tuple[Condition, ...]:
-    """Stamp ``current`` with transition times: ``previous``'s when unchanged, else ``now``."""
+    """Stamp ``current`` with transition times: ``previous``'s when unchanged, else ``now``.
+
+    ``observed_commit`` (the main commit this pass evaluated) is set on every
+    condition; it does not count as a change.
+    """
     prev = {c.type: c for c in previous}
     out: list[Condition] = []
     for c in current:
         old = prev.get(c.type)
         when = old.last_transition_time if old is not None and old.same_state(c) else now
-        out.append(Condition(c.type, c.status, c.reason, c.message, last_transition_time=when))
+        out.append(
+            Condition(
+                c.type,
+                c.status,
+                c.reason,
+                c.message,
+                last_transition_time=when,
+                observed_commit=observed_commit or c.observed_commit,
+            )
+        )
     return tuple(out)
 
 

@@ -9,20 +9,40 @@ dashboard, CLI). A pass is serialized by a lock and runs:
    and gets ``building/<id>`` — a conflict gets ``failed/<id>`` instead, main
    untouched; every ``denied/<id>`` is reported to the manager exactly once; a
    main that moved with no deploy (an operator push) gets a new id + ``building/<id>``.
-2. observe → plan (``controller.plan``) → execute through the driver. A driver
-   ``TransientError`` (or any unexpected exception) is retried on later passes
-   with exponential backoff; a ``PermanentError`` stalls the agent until its
-   desired digests change.
+2. observe → crash watch → plan (``controller.plan``) → execute through the
+   driver. A driver ``TransientError`` (or any unexpected exception) is retried
+   on later passes with exponential backoff; a ``PermanentError`` stalls the
+   agent until its desired digests change.
 3. record: ``deployed/<id>`` when every agent a build touches converged,
    else ``failed/<id>`` with the errors; ``ApprovalResolved`` events to the
-   manager; per-agent conditions to ``<state>/status.json``.
+   manager; per-agent conditions to ``<state>/status.json``; login / needs-update
+   transitions to the manager.
 
 ``dry_run`` plans without executing or writing anything; ref work it would do is
 returned in ``PassResult.pending``.
 
+Crash watch (``watch``, called by the serve loop every few seconds, and the
+start of every pass): an agent that was running and is now stopped or failed,
+with no transition of ours under way (passes and lifecycle verbs hold the pass
+lock; ``watch`` skips while one runs), crashed. The manager gets a
+``ContainerCrash`` (coalesced while unread); the agent is restarted at once,
+then with exponential backoff (``controller.status.crash_backoff``); after
+``CRASH_LIMIT`` crashes in ``CRASH_WINDOW`` it is Stalled (CrashLoopBackOff) and
+no longer restarted until it is started by request or its desired state changes.
+``NeedsLogin`` / ``LoggedIn`` / ``NeedsUpdate`` fire on transitions only; the
+first pass after a start seeds every agent's state silently.
+
 Lifecycle overrides: ``kill`` records a hold ("stopped by request") in
 status.json so the next pass does not start the agent again; ``start``,
-``restart``, ``update`` and the next deploy touching the agent clear it.
+``restart``, ``update`` and the next deploy touching the agent clear it (and
+any crash-loop or failure backoff).
+
+Prune: a destroyed agent's state directory becomes a tombstone
+(``controller.tombstones``); spawning the name again restores it; ``purge``
+deletes it.
+
+Backoff, stalls, crash records and recent per-agent events are persisted in
+status.json, so a controller restart does not reset them.
 """
 
 from __future__ import annotations
@@ -35,13 +55,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from controller import tombstones
 from controller.config import Config
 from controller.drivers.base import Deployment, Driver
 from controller.errors import (
     Conflict,
     HyperhiveError,
+    Invalid,
     NotFound,
     PermanentError,
     TransientError,
@@ -60,10 +83,12 @@ from controller.ops import Lifecycle, PassResult, Proposal, ProposalKind, Propos
 from controller.paths import Layout
 from controller.plan import agent_order, plan, plan_agent
 from controller.status import (
+    CRASH_WINDOW,
     STATUS_VERSION,
     AgentFacts,
     AgentStatus,
     Condition,
+    CrashState,
     Failure,
     FailureKind,
     compute_conditions,
@@ -72,7 +97,7 @@ from controller.status import (
     merge_conditions,
     save_status,
 )
-from schemas.names import MANAGER, default_web_port
+from schemas.names import MANAGER, InvalidName, check_agent_name, default_web_port, is_agent_name
 from schemas.wire import EventType, rfc3339
 
 log = logging.getLogger("hyperhive.swarm")
@@ -81,6 +106,21 @@ WEB_PORT_FILE = "web-port"
 BACKOFF_BASE = 5.0
 BACKOFF_MAX = 300.0
 HOLD_REASON = "stopped by request"
+EVENTS_KEEP = 20
+"""Recent lifecycle events kept per agent (``describe``, status.json)."""
+DEPLOYS_SHOWN = 10
+MAX_JOURNAL_LINES = 5000
+
+_DONE_EVENT = {
+    ActionKind.CREATE: "Created",
+    ActionKind.REBUILD: "Rebuilt",
+    ActionKind.APPLY_MANIFEST: "ManifestApplied",
+    ActionKind.START: "Started",
+    ActionKind.STOP: "Stopped",
+    ActionKind.DESTROY: "Destroyed",
+}
+
+Key = tuple[str | None, str | None]
 
 
 class EventSink(Protocol):
@@ -96,16 +136,38 @@ class EventSink(Protocol):
 @dataclass(frozen=True)
 class _Fail:
     failure: Failure
-    key: tuple[str | None, str | None]
+    key: Key
 
 
-def _desired_key(want: DesiredAgent | None) -> tuple[str | None, str | None]:
+@dataclass(frozen=True)
+class _Crash:
+    state: CrashState
+    key: Key
+
+
+def _desired_key(want: DesiredAgent | None) -> Key:
     return (None, None) if want is None else (want.config_digest, want.build_digest)
+
+
+def _key_from_json(raw: Any) -> Key:
+    if isinstance(raw, list | tuple) and len(raw) == 2:
+        a, b = raw
+        return (a if isinstance(a, str) else None, b if isinstance(b, str) else None)
+    return (None, None)
 
 
 def backoff(attempts: int) -> float:
     """Seconds before retry number ``attempts`` (5, 10, 20, ... capped at 300)."""
     return float(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** max(0, attempts - 1)))
+
+
+def _check_name(name: str) -> None:
+    if name == MANAGER:
+        return
+    try:
+        check_agent_name(name)
+    except InvalidName as exc:
+        raise Invalid(str(exc), field="name") from exc
 
 
 class Swarm:
@@ -142,14 +204,16 @@ class Swarm:
         self._req_lock = threading.Lock()
         self._requested = threading.Event()
         self._reasons: list[str] = []
-        self._failures: dict[str, _Fail] = {}
-        self._last_phase: dict[str, Phase] | None = None
-        self._crashes: dict[str, int] = {}
+        # the crash watch's view: None until the first pass seeds it
+        self._seen_phase: dict[str, Phase] | None = None
+        self._seen_login: dict[str, bool] | None = None
+        self._seen_stale: dict[str, bool] | None = None
         self._last_pass: dict[str, Any] = {}
         self._recipients: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._ports: dict[str, int | None] = {}
         self._row_cache: dict[str, tuple[tuple[Any, ...], AgentStatus]] = {}
         self._saved: tuple[Any, ...] | None = None
+        self._rev = 0  # bumped whenever failures / crashes / events / purge change
         self._rows_lock = threading.RLock()
         doc = load_status(layout.status_file)
         self._status_doc: dict[str, Any] = doc
@@ -165,6 +229,22 @@ class Swarm:
             for name, row in agents.items():
                 if isinstance(row, dict):
                     self._conditions[str(name)] = conditions_from_json(row.get("conditions"))
+        self._failures: dict[str, _Fail] = {}
+        for name, d in _mapping(doc.get("failures")).items():
+            with contextlib.suppress(KeyError, ValueError, TypeError, AttributeError):
+                self._failures[name] = _Fail(Failure.from_json(d), _key_from_json(d.get("key")))
+        self._crashes: dict[str, _Crash] = {}
+        for name, d in _mapping(doc.get("crashes")).items():
+            with contextlib.suppress(KeyError, ValueError, TypeError, AttributeError):
+                self._crashes[name] = _Crash(CrashState.from_json(d), _key_from_json(d.get("key")))
+        self._events: dict[str, list[dict[str, Any]]] = {}
+        for name, rows in _mapping(doc.get("events")).items():
+            if isinstance(rows, list):
+                self._events[name] = [dict(r) for r in rows if isinstance(r, dict)][-EVENTS_KEEP:]
+        purge = doc.get("purge")
+        self._purge: set[str] = (
+            {str(x) for x in purge if isinstance(x, str)} if isinstance(purge, list) else set()
+        )
 
     # ================================================================ triggers
 
@@ -235,6 +315,13 @@ class Swarm:
             f"approval:{id}:{decision}",
         )
 
+    def _event(self, agent: str, type_: str, message: str) -> None:
+        """Append a lifecycle event to ``agent``'s recent events (``describe``)."""
+        rows = self._events.setdefault(agent, [])
+        rows.append({"at": self._clock(), "type": type_, "message": message})
+        del rows[:-EVENTS_KEEP]
+        self._rev += 1
+
     def _decisions(self, errors: list[str]) -> list[Build]:
         meta = self.meta
         builds: list[Build] = list(meta.open_builds())
@@ -267,7 +354,7 @@ class Swarm:
                 if b.touches(name):
                     del self._holds[name]
         observed = self.driver.observe()
-        self._detect_crashes(observed)
+        self._watch_phases(desired, observed, now)
         plannable = {n: o for n, o in observed.items() if n not in invalid}
         actions = plan(desired, plannable, held=frozenset(self._holds))
         done: dict[str, str] = {}
@@ -283,7 +370,7 @@ class Swarm:
         if builds:
             with contextlib.suppress(Exception):
                 self.meta.sync_manager_clone()
-        self._last_phase = {n: o.phase for n, o in after.items()}
+        self._seen_phase = {n: o.phase for n, o in after.items()}
         for name, why in invalid.items():
             errors.append(f"{name}: {why}")
         self._last_pass = {
@@ -292,10 +379,167 @@ class Swarm:
             "errors": list(errors),
             "builds": [b.id for b in builds],
         }
+        self._watch_flags(desired, after)
         self._record(desired, invalid, after, now)
         return PassResult(tuple(actions), tuple(errors))
 
+    # ---------------------------------------------------------------- crash watch
+
+    def watch(self) -> list[str]:
+        """One crash-watch tick between passes: observe, report crashes and transitions.
+
+        Never waits for a running pass (it returns ``[]`` at once: a pass is a
+        transition under way). Requests a pass when an agent crashed or when an
+        action is due (a backoff ran out); returns the reasons it requested one.
+        Before the first pass has seeded the watch, does nothing.
+        """
+        if not self._pass_lock.acquire(blocking=False):
+            return []
+        try:
+            if self._seen_phase is None:
+                return []
+            now = self._clock()
+            desired, invalid = self.meta.desired_checked()
+            observed = self.driver.observe()
+            reasons = [f"crash: {n}" for n in self._watch_phases(desired, observed, now)]
+            self._watch_flags(desired, observed)
+            if not reasons:
+                plannable = {n: o for n, o in observed.items() if n not in invalid}
+                for a in plan(desired, plannable, held=frozenset(self._holds)):
+                    if self._gate(a, desired, now) is None:
+                        reasons.append(f"due: {a.agent} {a.kind.value}")
+                        break
+            if self._rev and self._saved is not None:
+                self._save_now()
+            rotate = getattr(self.driver, "rotate_logs", None)
+            if callable(rotate):
+                try:
+                    rotate()
+                except OSError:
+                    log.exception("log rotation failed")
+            for r in reasons:
+                self.request_pass(r)
+            return reasons
+        finally:
+            self._pass_lock.release()
+
+    def _watch_phases(
+        self, desired: DesiredState, observed: Mapping[str, ObservedAgent], now: float
+    ) -> list[str]:
+        """Crash detection: running before, stopped/failed now, not on purpose. Returns names."""
+        seen = self._seen_phase
+        self._seen_phase = {n: o.phase for n, o in observed.items()}
+        if seen is None:
+            return []  # the first pass only seeds: no events for what happened before we ran
+        crashed: list[str] = []
+        for name, o in observed.items():
+            if seen.get(name) is not Phase.RUNNING or o.phase not in (Phase.STOPPED, Phase.FAILED):
+                continue
+            want = desired.agents.get(name)
+            if want is None or want.manifest.suspend or name in self._holds:
+                continue
+            self._on_crash(name, want, o, now)
+            crashed.append(name)
+        return crashed
+
+    def _on_crash(self, name: str, want: DesiredAgent, o: ObservedAgent, now: float) -> None:
+        key = _desired_key(want)
+        prev = self._crashes.get(name)
+        state = prev.state if prev is not None and prev.key == key else CrashState()
+        state = state.crashed(now)
+        self._crashes[name] = _Crash(state, key)
+        self._rev += 1
+        n = len(state.times)
+        what = o.detail or f"{o.phase.value} without being asked to"
+        minutes = int(CRASH_WINDOW // 60)
+        if state.stalled:
+            note = (
+                f"{what}; crashed {n} times in {minutes} minutes: not restarted any more "
+                "(Stalled, CrashLoopBackOff) until it is started by request or its desired "
+                "state changes"
+            )
+            key_ = f"crashloop:{name}:{int(state.times[0])}"
+            self._event(name, "CrashLoopBackOff", note)
+            log.error("%s: crash loop: %s", name, note)
+        else:
+            wait = max(0.0, (state.restart_at or now) - now)
+            when = "restarting now" if wait <= 0 else f"restarting in {int(wait)} s"
+            note = f"{what}; {when} (crash {n} in {minutes} minutes)"
+            key_ = f"crash:{name}"
+            self._event(name, "Crashed", note)
+            log.warning("%s: crashed: %s", name, note)
+        self._emit(
+            {"type": EventType.CONTAINER_CRASH.value, "agent": name, "restarts": n, "note": note},
+            key_,
+        )
+
+    def _watch_flags(self, desired: DesiredState, observed: Mapping[str, ObservedAgent]) -> None:
+        """``NeedsLogin`` / ``LoggedIn`` / ``NeedsUpdate`` on transitions (seeded on first use).
+
+        Only deployed agents count. A newly deployed agent that is not logged in
+        gets ``NeedsLogin`` (one that existed at start-up was seeded silently);
+        ``NeedsUpdate`` fires when an up-to-date agent becomes stale and stays so
+        after the pass (suspended, held, a failing rebuild) — a successful rebuild
+        is announced by ``Rebuilt`` instead.
+        """
+        login: dict[str, bool] = {}
+        stale: dict[str, bool] = {}
+        for name, want in desired.agents.items():
+            o = observed.get(name)
+            if o is None or o.phase is Phase.ABSENT:
+                continue
+            login[name] = bool(self._logged_in(name)[0])
+            stale[name] = o.build_digest != want.build_digest or (
+                o.hyperhive_version is not None and o.hyperhive_version != desired.hyperhive_version
+            )
+        prev_login, prev_stale = self._seen_login, self._seen_stale
+        self._seen_login, self._seen_stale = login, stale
+        if prev_login is None or prev_stale is None:
+            return
+        for name, ok in login.items():
+            before = prev_login.get(name)
+            if ok and before is False:
+                self._event(name, "LoggedIn", "claude credentials appeared")
+                self._emit({"type": EventType.LOGGED_IN.value, "agent": name}, f"login:{name}:in")
+            elif not ok and before is not False:
+                why = "claude credentials are gone" if before else "deployed without credentials"
+                self._event(name, "NeedsLogin", f"{why}; log in from the agent's web UI")
+                self._emit(
+                    {"type": EventType.NEEDS_LOGIN.value, "agent": name}, f"login:{name}:needs"
+                )
+        for name, st in stale.items():
+            if st and prev_stale.get(name) is False:
+                o = observed[name]
+                if o.hyperhive_version and o.hyperhive_version != desired.hyperhive_version:
+                    note = f"hyperhive {o.hyperhive_version} → {desired.hyperhive_version}"
+                else:
+                    note = "agent.nix or the flake changed; it needs a rebuild"
+                self._event(name, "NeedsUpdate", note)
+                self._emit(
+                    {"type": EventType.NEEDS_UPDATE.value, "agent": name, "note": note},
+                    f"update:{name}:{desired.agents[name].build_digest}",
+                )
+
     # ---------------------------------------------------------------- execute
+
+    def _gate(self, action: Action, desired: DesiredState, now: float) -> str | None:
+        """Why ``action`` must wait (backoff, stall, crash loop), or None when it may run."""
+        name = action.agent
+        key = _desired_key(desired.agents.get(name))
+        prev = self._failures.get(name)
+        if prev is not None and prev.key == key:
+            f = prev.failure
+            if f.kind is FailureKind.PERMANENT:
+                return f"stalled: {f.message}"
+            if f.retry_at is not None and now < f.retry_at:
+                return f"retry after backoff: {f.message}"
+        crash = self._crashes.get(name)
+        if action.kind is ActionKind.START and crash is not None and crash.key == key:
+            if crash.state.stalled:
+                return "crash loop: not restarted until started by request"
+            if crash.state.restart_at is not None and now < crash.state.restart_at:
+                return f"restart after crash backoff (at {rfc3339(crash.state.restart_at)})"
+        return None
 
     def _run_action(
         self,
@@ -310,19 +554,22 @@ class Swarm:
         prev = self._failures.get(name)
         if prev is not None and prev.key != key:
             self._failures.pop(name, None)
+            self._rev += 1
             prev = None
-        if prev is not None:
-            f = prev.failure
-            if f.kind is FailureKind.PERMANENT:
-                return f"skipped: stalled: {f.message}"
-            if f.retry_at is not None and now < f.retry_at:
-                return f"skipped: retry after backoff: {f.message}"
+        crash = self._crashes.get(name)
+        if crash is not None and crash.key != key:
+            self._crashes.pop(name, None)
+            self._rev += 1
+        why = self._gate(action, desired, now)
+        if why is not None:
+            return f"skipped: {why}"
         try:
             self._execute(action, desired, observed)
         except PermanentError as exc:
             attempts = prev.failure.attempts + 1 if prev else 1
             fail = Failure(FailureKind.PERMANENT, action.kind, exc.message, attempts)
             self._failures[name] = _Fail(fail, key)
+            self._event(name, "FailedPermanently", f"{action.kind.value}: {exc.message}")
             log.error("%s: %s failed permanently: %s", name, action.kind.value, exc.message)
             return f"error: {exc.message}"
         except Exception as exc:
@@ -330,15 +577,21 @@ class Swarm:
             if not isinstance(exc, TransientError | HyperhiveError | OSError):
                 log.exception("%s: %s crashed", name, action.kind.value)
             attempts = prev.failure.attempts + 1 if prev else 1
-            fail = Failure(
-                FailureKind.TRANSIENT, action.kind, message, attempts, now + backoff(attempts)
-            )
+            wait = backoff(attempts)
+            fail = Failure(FailureKind.TRANSIENT, action.kind, message, attempts, now + wait)
             self._failures[name] = _Fail(fail, key)
+            self._event(
+                name,
+                "Failed",
+                f"{action.kind.value} (attempt {attempts}): {message}; retrying in {int(wait)} s",
+            )
             log.warning(
                 "%s: %s failed (attempt %d): %s", name, action.kind.value, attempts, message
             )
             return f"error: {message}"
-        self._failures.pop(name, None)
+        if self._failures.pop(name, None) is not None:
+            self._rev += 1
+        self._event(name, _DONE_EVENT[action.kind], action.reason)
         log.info("%s: %s (%s)", name, action.kind.value, action.reason)
         return "ok"
 
@@ -353,6 +606,8 @@ class Swarm:
         if kind in (ActionKind.CREATE, ActionKind.REBUILD, ActionKind.APPLY_MANIFEST):
             want = desired.agents[name]
             have = observed.get(name)
+            if kind is ActionKind.CREATE:
+                self._restore(name)
             d = self._deployment(want, existing=have is not None and have.phase is not Phase.ABSENT)
             self.on_deploy(name)
 
@@ -377,6 +632,70 @@ class Swarm:
         elif kind is ActionKind.DESTROY:
             driver.destroy(name)
             self.on_destroy(name)
+            have = observed.get(name)
+            self._bury(name, have.commit if have is not None else None, desired.commit)
+
+    # ---------------------------------------------------------------- tombstones
+
+    def _forget_caches(self, name: str) -> None:
+        self._ports.pop(name, None)
+        self._recipients.pop(name, None)
+
+    def _bury(self, name: str, commit: str | None, main: str) -> None:
+        """After a destroy: keep the agent's state as a tombstone, or delete it (purge)."""
+        self._forget_caches(name)
+        self._failures.pop(name, None)
+        self._crashes.pop(name, None)
+        self._rev += 1
+        if name in self._purge:
+            self._purge.discard(name)
+            self._purge_dirs(name, [self.layout.agent_dir(name)])
+            return
+        try:
+            path = tombstones.bury(
+                self.layout, name, self._clock(), {"commit": commit, "main": main}
+            )
+        except OSError as exc:
+            log.error("%s: could not move its state to %s: %s", name, self.layout.tombstones, exc)
+            self._event(name, "TombstoneFailed", f"state kept in place: {exc}")
+            return
+        if path is not None:
+            self._event(name, "Tombstoned", f"state kept in {path}")
+            log.info("%s: state kept as tombstone %s", name, path)
+
+    def _restore(self, name: str) -> None:
+        """Before a create: bring back the newest tombstone of ``name`` (notes, login, port)."""
+        try:
+            src = tombstones.restore(self.layout, name)
+        except OSError as exc:
+            log.error("%s: could not restore its tombstone: %s", name, exc)
+            return
+        if src is not None:
+            self._forget_caches(name)
+            self._event(name, "Restored", f"state restored from tombstone {src.name}")
+            log.info("%s: restored state from tombstone %s", name, src)
+
+    def _purge_dirs(self, name: str, paths: list[Path]) -> int:
+        freed = 0
+        for p in paths:
+            freed += tombstones.dir_bytes(p)
+            try:
+                tombstones.remove(p)
+            except FileNotFoundError:
+                continue
+        if not tombstones.moved(self.layout, name) and not self.layout.agent_dir(name).exists():
+            for log_file in (
+                self.layout.log_dir / f"{name}.log",
+                self.layout.log_dir / f"{name}.log.1",
+                self.layout.log_dir / f"{name}.build.log",
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    log_file.unlink()
+            self._events.pop(name, None)
+        self._forget_caches(name)
+        self._rev += 1
+        log.info("%s: purged %d path(s), %d bytes", name, len(paths), freed)
+        return freed
 
     def _dashboard_url(self) -> str:
         host = self.config.dashboard_host
@@ -439,25 +758,6 @@ class Swarm:
         )
 
     # ---------------------------------------------------------------- record
-
-    def _detect_crashes(self, observed: Mapping[str, ObservedAgent]) -> None:
-        last = self._last_phase
-        if last is None:
-            return  # the first pass only seeds: no events for what happened before we ran
-        for name, o in observed.items():
-            if o.phase is Phase.FAILED and last.get(name) is Phase.RUNNING:
-                count = self._crashes.get(name, 0) + 1
-                self._crashes[name] = count
-                log.warning("%s: crashed (%s)", name, o.detail)
-                self._emit(
-                    {
-                        "type": EventType.CONTAINER_CRASH.value,
-                        "agent": name,
-                        "restarts": count,
-                        "note": o.detail or "exited unexpectedly; restarting",
-                    },
-                    f"crash:{name}:{count}",
-                )
 
     def _finish_build(
         self,
@@ -556,11 +856,25 @@ class Swarm:
             have = observed.get(name)
             raw_hold = self._holds.get(name)
             hold = dict(raw_hold) if raw_hold is not None else None
+            key_ = _desired_key(want)
             fail = self._failures.get(name)
-            failure = fail.failure if fail is not None and fail.key == _desired_key(want) else None
+            failure = fail.failure if fail is not None and fail.key == key_ else None
+            c = self._crashes.get(name)
+            crash = c.state if c is not None and c.key == key_ else None
             login = self._logged_in(name)
             port = self._port_of(name)
-            key = (want, have, hold, failure, invalid.get(name), login, port, builds_nix)
+            key = (
+                want,
+                have,
+                hold,
+                failure,
+                crash,
+                invalid.get(name),
+                login,
+                port,
+                builds_nix,
+                desired.commit,
+            )
             cached = self._row_cache.get(name)
             if cached is not None and cached[0] == key:
                 rows.append(cached[1])
@@ -579,9 +893,19 @@ class Swarm:
                 builds_nix=builds_nix,
                 logged_in=login[0],
                 login_reason=login[1],
+                crash=crash,
+                version=desired.hyperhive_version,
             )
             previous = cached[1].conditions if cached else self._conditions.get(name, ())
-            conditions = merge_conditions(previous, compute_conditions(facts), now)
+            conditions = merge_conditions(previous, compute_conditions(facts), now, desired.commit)
+            extra: dict[str, Any] = {
+                "flavor": "manager" if name == MANAGER else "agent",
+                "commit": have.commit if have else None,
+                "since": have.since if have else None,
+                "hyperhive_version": have.hyperhive_version if have else None,
+            }
+            if crash is not None:
+                extra["crashes"] = len(crash.times)
             row = AgentStatus(
                 name=name,
                 phase=(have.phase if have else Phase.ABSENT).value,
@@ -593,11 +917,7 @@ class Swarm:
                 model=want.manifest.model if want else None,
                 suspended=bool(want and want.manifest.suspend),
                 detail=have.detail if have else "",
-                extra={
-                    "flavor": "manager" if name == MANAGER else "agent",
-                    "commit": have.commit if have else None,
-                    "since": have.since if have else None,
-                },
+                extra=extra,
             )
             self._row_cache[name] = (key, row)
             rows.append(row)
@@ -612,15 +932,38 @@ class Swarm:
         observed: Mapping[str, ObservedAgent],
         now: float,
     ) -> None:
+        live = set(desired.agents) | set(invalid) | set(observed)
         self._holds = {k: v for k, v in self._holds.items() if k in desired.agents}
+        for table in (self._failures, self._crashes):
+            for name in [n for n in table if n not in live]:
+                del table[name]
+                self._rev += 1
+        for name, c in list(self._crashes.items()):
+            if c.state.expired(now):
+                del self._crashes[name]
+                self._rev += 1
         rows = self._rows(desired, invalid, observed, now)
         self._conditions = {r.name: r.conditions for r in rows}
         self._save(rows, desired.commit, now)
 
+    def _extra_doc(self) -> dict[str, Any]:
+        return {
+            "failures": {
+                n: {**f.failure.to_json(), "key": list(f.key)}
+                for n, f in sorted(self._failures.items())
+            },
+            "crashes": {
+                n: {**c.state.to_json(), "key": list(c.key)}
+                for n, c in sorted(self._crashes.items())
+            },
+            "events": {n: list(rows) for n, rows in sorted(self._events.items()) if rows},
+            "purge": sorted(self._purge),
+        }
+
     def _save(self, rows: list[AgentStatus], main: str, now: float) -> None:
         """Write status.json unless nothing changed since the last write."""
         holds = json.dumps(self._holds, sort_keys=True)
-        fingerprint = (tuple(id(r) for r in rows), main, holds)
+        fingerprint = (tuple(id(r) for r in rows), main, holds, self._rev)
         if fingerprint == self._saved:
             return
         doc: dict[str, Any] = {
@@ -629,6 +972,7 @@ class Swarm:
             "runtime": self.driver.name,
             "agents": {r.name: r.to_json() for r in rows},
             "holds": json.loads(holds),
+            **self._extra_doc(),
         }
         if {k: v for k, v in self._status_doc.items() if k != "updated_at"} == doc:
             self._saved = fingerprint
@@ -642,9 +986,11 @@ class Swarm:
         self._status_doc = doc
         self._saved = fingerprint
 
-    def _save_holds(self) -> None:
+    def _save_now(self) -> None:
+        """Write holds, failures, crashes, events and purge intents now (rows as last saved)."""
         doc = dict(self._status_doc)
         doc["holds"] = self._holds
+        doc.update(self._extra_doc())
         doc["updated_at"] = rfc3339(self._clock())
         try:
             save_status(self.layout.status_file, doc)
@@ -677,6 +1023,7 @@ class Swarm:
 
         NotFound for an unknown agent; Conflict when the agent's state forbids it
         (suspended in its manifest, not deployed yet) or the runtime failed.
+        Start, restart and update clear a hold, a crash loop and a failure backoff.
         """
         with self._pass_lock:
             desired, _ = self.meta.desired_checked()
@@ -691,6 +1038,19 @@ class Swarm:
                 raise Conflict(f"{verb.value} {name} failed: {exc.message}") from exc
             except TransientError as exc:
                 raise Conflict(f"{verb.value} {name} failed (try again): {exc.message}") from exc
+            finally:
+                self._note_phase(name)
+
+    def _note_phase(self, name: str) -> None:
+        """After a verb changed an agent on purpose: the crash watch's view follows it."""
+        if self._seen_phase is None:
+            return
+        with contextlib.suppress(Exception):
+            o = self.driver.observe().get(name)
+            if o is None:
+                self._seen_phase.pop(name, None)
+            else:
+                self._seen_phase[name] = o.phase
 
     def _lifecycle(
         self,
@@ -702,7 +1062,8 @@ class Swarm:
         deployed = have is not None and have.phase is not Phase.ABSENT
         if verb is Lifecycle.KILL:
             self._holds[name] = {"reason": HOLD_REASON, "since": self._clock()}
-            self._save_holds()
+            self._event(name, "Stopped", "stopped by request (kill)")
+            self._save_now()
             self.driver.stop(name)
             return f"{name} stopped; it stays stopped until start, restart or its next deploy"
         if want is None:
@@ -712,9 +1073,11 @@ class Swarm:
                 f"{name} is suspended by spec.suspend in agents/{name}/agent.yaml; "
                 "propose a change to resume it"
             )
-        if self._holds.pop(name, None) is not None:
-            self._save_holds()
+        self._holds.pop(name, None)
         self._failures.pop(name, None)
+        self._crashes.pop(name, None)
+        self._event(name, "Requested", f"{verb.value} by request")
+        self._save_now()
         if not deployed:
             self.request_pass(f"{verb.value} {name}")
             return f"{name} is not deployed yet; a reconcile pass was requested"
@@ -785,9 +1148,190 @@ class Swarm:
         self.request_pass(f"denied/{id}")
         return p
 
+    # ================================================================ agents in depth
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """One agent: its ``list_agents`` row plus ``deploys`` (newest first), ``events``
+        (oldest first, the last 20), ``failure`` and ``crash`` (backoff state) and
+        ``tombstones`` (kept state of earlier incarnations). NotFound when the agent is
+        neither desired nor observed."""
+        _check_name(name)
+        desired, invalid = self.meta.desired_checked()
+        observed = self.driver.observe()
+        rows = self._rows(desired, invalid, observed, self._clock())
+        row = next((r for r in rows if r.name == name), None)
+        if row is None:
+            hint = ""
+            if tombstones.moved(self.layout, name):
+                hint = "; it was destroyed and its state is kept (hyperhive tombstones)"
+            raise NotFound(f"no agent {name!r}{hint}", field="name")
+        doc = row.to_json()
+        key = _desired_key(desired.agents.get(name))
+        fail = self._failures.get(name)
+        crash = self._crashes.get(name)
+        doc["failure"] = fail.failure.to_json() if fail is not None and fail.key == key else None
+        doc["crash"] = crash.state.to_json() if crash is not None and crash.key == key else None
+        doc["deploys"] = self.meta.deploys_for(name, DEPLOYS_SHOWN)
+        doc["events"] = [dict(e) for e in self._events.get(name, ())]
+        doc["tombstones"] = [
+            {"id": p.name, "destroyed_at": info["destroyed_at"], "path": str(p)}
+            for _, p, info in tombstones.moved(self.layout, name)
+        ]
+        return doc
+
+    def destroy(self, name: str, purge: bool = False) -> str:
+        """Remove ``agents/<name>/`` from main (a commit by the operator) and run a pass.
+
+        The pass destroys the runtime and keeps the agent's state as a tombstone
+        (``purge``: deletes it). An agent already gone from main but still running
+        is just reconciled; one that is entirely gone but has tombstones is purged
+        when ``purge``. Invalid for the manager or a bad name; NotFound otherwise.
+        """
+        _check_name(name)
+        if name == MANAGER:
+            raise Invalid("the manager cannot be destroyed", field="name")
+        with self._pass_lock:
+            desired, invalid = self.meta.desired_checked()
+            at_main = name in desired.agents or name in invalid
+            running = name in self.driver.observe()
+            if not at_main and not running:
+                if purge and self._tombstone_paths(name):
+                    return self._purge_locked(name)
+                raise NotFound(f"no agent {name!r} in desired state or running", field="name")
+            if purge:
+                self._purge.add(name)
+                self._rev += 1
+            commit = None
+            if at_main:
+                what = "destroy" + (" --purge" if purge else "")
+                commit = self.meta.remove_agent(name, f"{what} {name}")
+            self._save_now()
+            result = self._pass()
+            if name in self.driver.observe():
+                errs = "; ".join(e for e in result.errors if e.startswith(f"{name}:"))
+                return (
+                    f"{name} removed from main"
+                    + (f" ({commit[:12]})" if commit else "")
+                    + f" but not destroyed yet: {errs or 'see hyperhive status ' + name}; "
+                    "the next passes retry"
+                )
+            builds = self._last_pass.get("builds") or []
+            tag = f" (deployed/{builds[-1]})" if builds else ""
+            if purge:
+                return f"{name} destroyed{tag}; its state and credentials were deleted"
+            kept = tombstones.moved(self.layout, name)
+            where = f" in {kept[-1][1]}" if kept else ""
+            return (
+                f"{name} destroyed{tag}; its state is kept{where} — spawning {name} again "
+                f"restores it, `hyperhive purge {name}` deletes it"
+            )
+
+    def _tombstone_paths(self, name: str) -> list[Path]:
+        paths = [p for _, p, _ in tombstones.moved(self.layout, name)]
+        agent_dir = self.layout.agent_dir(name)
+        if agent_dir.is_dir():
+            paths.append(agent_dir)
+        return paths
+
+    def purge(self, name: str) -> str:
+        """Delete the kept state of a destroyed agent: every tombstone of ``name`` (an agent
+        name), or the one tombstone ``name`` (a tombstone id ``<agent>-<unix>``).
+
+        Invalid for a bad name or the manager; Conflict while the agent is in desired state
+        or still running; NotFound when nothing is kept.
+        """
+        m = tombstones.TOMBSTONE_ID_RE.match(name)
+        agent = m.group(1) if m and not is_agent_name(name) else name
+        _check_name(agent)
+        if agent == MANAGER:
+            raise Invalid("the manager's state is never a tombstone", field="name")
+        with self._pass_lock:
+            desired, invalid = self.meta.desired_checked()
+            if agent in desired.agents or agent in invalid:
+                raise Conflict(
+                    f"{agent} is in desired state (agents/{agent}/ at main); "
+                    f"`hyperhive destroy {agent} --purge` removes and purges it",
+                    field="name",
+                )
+            if agent in self.driver.observe():
+                raise Conflict(
+                    f"{agent} is still being destroyed; try again after the next pass",
+                    field="name",
+                )
+            if agent != name:
+                path = self.layout.tombstones / name
+                if not path.is_dir():
+                    raise NotFound(f"no tombstone {name!r}", field="name")
+                freed = self._purge_dirs(agent, [path])
+                self._save_now()
+                return f"purged tombstone {name} ({_size(freed)})"
+            return self._purge_locked(agent)
+
+    def _purge_locked(self, name: str) -> str:
+        paths = self._tombstone_paths(name)
+        if not paths:
+            raise NotFound(f"nothing is kept for {name!r}", field="name")
+        freed = self._purge_dirs(name, paths)
+        self._purge.discard(name)
+        self._save_now()
+        return f"purged {name}: {len(paths)} tombstone(s), {_size(freed)} deleted"
+
+    def tombstones(self) -> list[dict[str, Any]]:
+        """Destroyed agents whose state is kept, oldest first: ``{"name", "id",
+        "destroyed_at", "bytes", "path", "commit", "in_place"}``."""
+        desired, invalid = self.meta.desired_checked()
+        live = set(desired.agents) | set(invalid) | set(self.driver.observe())
+        return tombstones.listing(self.layout, live)
+
+    def journal(self, name: str, unit: str | None = None, lines: int = 200) -> str:
+        """The agent runtime's recent log lines (``driver.journal``): the container journal
+        under nixos-container, the tail of ``<state>/logs/<a>.log`` under local.
+
+        Invalid (name, unit, lines outside 1..5000), NotFound (unknown agent).
+        """
+        _check_name(name)
+        if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= 5000:
+            raise Invalid("lines must be between 1 and 5000", field="lines")
+        desired, invalid = self.meta.desired_checked()
+        if name not in desired.agents and name not in invalid and name not in self.driver.observe():
+            raise NotFound(f"no agent {name!r}", field="name")
+        reader = getattr(self.driver, "journal", None)
+        if not callable(reader):
+            raise Conflict(f"the {self.driver.name} runtime keeps no journal")
+        text = reader(name, unit, lines)
+        return str(text)
+
+    def agent_config(self, name: str) -> dict[str, Any]:
+        """What ``name`` is deployed from: ``{"name", "commit" (deployed, else desired),
+        "desired_commit", "manifest" (agent.yaml text), "agent_nix" (text or None),
+        "settings" (the rendered settings.json, or None)}``. NotFound for an unknown agent."""
+        _check_name(name)
+        desired, invalid = self.meta.desired_checked()
+        have = self.driver.observe().get(name)
+        want = desired.agents.get(name)
+        if want is None and have is None and name not in invalid:
+            raise NotFound(f"no agent {name!r}", field="name")
+        commit = (have.commit if have is not None else None) or desired.commit
+        try:
+            manifest, nix = self.meta.agent_files(commit, name)
+        except NotFound:
+            commit = desired.commit
+            manifest, nix = self.meta.agent_files(commit, name)
+        settings: Any = None
+        with contextlib.suppress(OSError, ValueError):
+            settings = json.loads(self.layout.agent_settings(name).read_text())
+        return {
+            "name": name,
+            "commit": commit,
+            "desired_commit": want.commit if want is not None else None,
+            "manifest": manifest,
+            "agent_nix": nix,
+            "settings": settings,
+        }
+
     def status(self) -> dict[str, Any]:
         """``{"agents": [rows], "pending": n, "main", "last_deploy", "runtime", "runtime_note",
-        "last_pass": {"at", "plan", "errors", "builds"}}``."""
+        "last_pass": {"at", "plan", "errors", "builds"}, "holds", "version"}``."""
         ids = self.meta.ids_by_state()
         note = ""
         if not getattr(self.driver, "builds_nix", True):
@@ -801,4 +1345,18 @@ class Swarm:
             "runtime_note": note,
             "last_pass": dict(self._last_pass),
             "holds": {k: dict(v) for k, v in self._holds.items()},
+            "version": self.meta.version,
         }
+
+
+def _mapping(raw: Any) -> dict[str, Any]:
+    return {str(k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -38,7 +38,7 @@ class ValidationFailed(ValueError):
         self.reason = reason
 
 
-SCHEMA_NAMES = ("agent", "config", "wire", "events")
+SCHEMA_NAMES = ("agent", "config", "wire", "events", "admin")
 
 
 @cache

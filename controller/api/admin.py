@@ -18,7 +18,20 @@ Every request acts as the operator (sender name ``operator``). Endpoints:
 ``GET  /questions/{id}``                                         Question
 ``POST /questions/{id}/answer``        AnswerQuestionRequest     Question
 ``POST /questions/{id}/cancel``        ``{}``                    Question
+``GET  /agents/{name}``                                          admin#DescribeResponse
+``POST /agents/{name}/destroy``        admin#DestroyRequest      admin#ResultResponse
+``GET  /agents/{name}/journal``        ``?unit=&lines=``         admin#JournalResponse
+``GET  /agents/{name}/config``                                   admin#AgentConfigResponse
+``GET  /tombstones``                                             admin#TombstonesResponse
+``POST /tombstones/{name}/purge``      ``{}``                    admin#ResultResponse
 =====================================  ========================  ==============================
+
+Bodies of the ``/agents`` and ``/tombstones`` verbs are validated against
+``schemas/json/admin.schema.json``. ``{name}`` is an agent name (a bad one is a
+400 naming ``name``); ``/tombstones/{name}/purge`` also takes one tombstone's id
+(``alice-1700000000``). ``destroy`` commits the removal on main and runs a pass
+before it answers (so it may take as long as a pass). ``journal``'s ``lines`` is
+1..5000 (default 200); ``unit`` may only name the harness unit.
 
 ``/answer`` lets the operator answer a thread an agent opened with
 ``ask(to="operator")``. The stream sends each new message as ``event:
@@ -50,7 +63,10 @@ from controller.api.common import (
 from controller.broker import Broker
 from controller.errors import Invalid, NotFound
 from controller.ops import SwarmOps
-from schemas.names import MANAGER, OPERATOR
+from schemas.names import AGENT_NAME_RE, MANAGER, OPERATOR
+from schemas.validate import validate
+
+TOMBSTONE_ID_MAX = 24
 
 _ID = f"{{id:int(min=1, max={ID_MAX})}}"
 
@@ -193,6 +209,63 @@ class _Questions:
         resp.media = self.broker.cancel_question(id).to_json()
 
 
+def _name(name: str, tombstone_id: bool = False) -> str:
+    """A path ``{name}``: an agent name (or, with ``tombstone_id``, ``<agent>-<digits>``)."""
+    if AGENT_NAME_RE.fullmatch(name):
+        return name
+    if tombstone_id and len(name) <= TOMBSTONE_ID_MAX:
+        agent, sep, digits = name.rpartition("-")
+        if sep and digits.isdigit() and digits.isascii() and AGENT_NAME_RE.fullmatch(agent):
+            return name
+    raise Invalid(
+        f"{name[:40]!r} is not an agent name (1-9 characters: a lowercase letter first, "
+        "then lowercase letters, digits or '-')",
+        "name",
+    )
+
+
+class _Agents:
+    def __init__(self, ops: SwarmOps) -> None:
+        self.ops = ops
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        resp.media = self.ops.describe(_name(name))
+
+    def on_post_destroy(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        doc = read_json(req)
+        validate(doc, "admin#DestroyRequest")
+        agent = _name(name)
+        resp.media = {
+            "name": agent,
+            "result": self.ops.destroy(agent, purge=bool(doc.get("purge", False))),
+        }
+
+    def on_get_journal(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        agent = _name(name)
+        unit = req.get_param("unit") or None
+        if unit is not None and len(unit) > 256:
+            raise Invalid("unit is too long", "unit")
+        lines = query_int(req, "lines", 200, 1, 5000)
+        text = self.ops.journal(agent, unit, lines)
+        resp.media = {"name": agent, "unit": unit, "lines": lines, "text": text}
+
+    def on_get_config(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        resp.media = self.ops.agent_config(_name(name))
+
+
+class _Tombstones:
+    def __init__(self, ops: SwarmOps) -> None:
+        self.ops = ops
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"tombstones": self.ops.tombstones()}
+
+    def on_post_purge(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        validate(read_json(req), "admin#Empty")
+        target = _name(name, tombstone_id=True)
+        resp.media = {"name": target, "result": self.ops.purge(target)}
+
+
 def make_admin_app(
     broker: Broker,
     ops: SwarmOps,
@@ -225,4 +298,12 @@ def make_admin_app(
     app.add_route(f"/questions/{_ID}", questions, suffix="one")
     app.add_route(f"/questions/{_ID}/answer", questions, suffix="answer")
     app.add_route(f"/questions/{_ID}/cancel", questions, suffix="cancel")
+    agents = _Agents(ops)
+    app.add_route("/agents/{name}", agents)
+    app.add_route("/agents/{name}/destroy", agents, suffix="destroy")
+    app.add_route("/agents/{name}/journal", agents, suffix="journal")
+    app.add_route("/agents/{name}/config", agents, suffix="config")
+    tombs = _Tombstones(ops)
+    app.add_route("/tombstones", tombs)
+    app.add_route("/tombstones/{name}/purge", tombs, suffix="purge")
     return app

@@ -21,7 +21,19 @@ controller restart; ``observe`` finds them again from harness.pid and checks the
 process create time so a reused pid is never mistaken for the agent. A pid file
 whose process is gone means the harness died on its own (phase ``failed``);
 ``stop`` removes the pid file (phase ``stopped``). ``destroy`` stops and removes
-pid file and marker; state/, claude/, home/ and the web-port file stay in place.
+pid file and marker; state/, claude/, home/ and the web-port file stay in place
+(the swarm moves them to a tombstone).
+
+Sandbox (``sandbox=True``, config ``local_sandbox``): when ``bwrap`` is on PATH the
+harness runs under bubblewrap with the whole host read-only, a private ``/tmp``,
+``/dev`` and ``/proc``, and only its own ``state/``, ``claude/``, ``home/`` and
+socket dir (plus the manager's meta clone) writable. Without ``bwrap`` it runs
+unsandboxed and says so in its log.
+
+Logs: ``<state>/logs/<a>.log`` is rotated to ``<a>.log.1`` when it passes
+``log_max_bytes`` — at start, and by ``rotate_logs`` (the crash-watch tick) for a
+running harness (copy, then truncate in place: the harness writes with
+``O_APPEND``, so it carries on at the start of the emptied file).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +56,7 @@ import psutil
 
 from controller.config import Config
 from controller.drivers.base import Deployment, LineSink
-from controller.errors import PermanentError, TransientError
+from controller.errors import Invalid, PermanentError, TransientError
 from controller.model import ObservedAgent, Phase
 from controller.paths import Layout
 from schemas.names import MANAGER, is_agent_name
@@ -72,6 +85,9 @@ PASS_NAMES = (
     "no_proxy",
 )
 NOT_BUILT = "agent.nix is not built under the local runtime"
+HARNESS_UNIT = "hyperhive-agent.service"
+MAX_JOURNAL_LINES = 5000
+LOG_MAX_BYTES = 16 * 1024 * 1024
 
 
 def _atomic_write(path: Path, text: str, mode: int) -> None:
@@ -146,7 +162,9 @@ class LocalDriver:
     ``env`` is the controller's environment to pass through from (default
     ``os.environ``); ``argv`` the harness command (tests use a stand-in);
     ``stop_timeout`` seconds between SIGTERM and SIGKILL; ``start_grace`` seconds
-    a fresh process must survive for a start to count as successful.
+    a fresh process must survive for a start to count as successful; ``sandbox``
+    runs it under bubblewrap when ``bwrap`` exists; ``log_max_bytes`` is where
+    ``<a>.log`` rotates.
     """
 
     name = "local"
@@ -161,6 +179,8 @@ class LocalDriver:
         argv: Sequence[str] = DEFAULT_ARGV,
         stop_timeout: float = 10.0,
         start_grace: float = 0.3,
+        sandbox: bool = False,
+        log_max_bytes: int = LOG_MAX_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.layout = layout
@@ -169,6 +189,8 @@ class LocalDriver:
         self.argv = tuple(argv)
         self.stop_timeout = stop_timeout
         self.start_grace = start_grace
+        self.sandbox = sandbox
+        self.log_max_bytes = log_max_bytes
         self._clock = clock
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._procs_lock = threading.Lock()
@@ -317,12 +339,41 @@ class LocalDriver:
     # ------------------------------------------------------------ lifecycle
 
     def command(self, agent: str) -> list[str]:
-        """The argv that runs ``agent``'s harness.
+        """The argv that runs ``agent``'s harness: ``self.argv``, under ``bwrap`` when sandboxed.
 
-        Seam for the optional bubblewrap sandbox (issue 3): wrap ``self.argv`` in
-        ``bwrap`` binding only the agent's dirs and socket when ``bwrap`` exists.
+        The sandbox binds the host read-only and only the agent's own dirs
+        writable (see the module docstring); the network is shared (the web UI
+        listens on a host port) and the process stays in the controller's pid
+        namespace, so stop / observe work unchanged.
         """
-        return list(self.argv)
+        argv = list(self.argv)
+        if not self.sandbox:
+            return argv
+        bwrap = shutil.which("bwrap", path=self.env.get("PATH") or os.defpath)
+        if bwrap is None:
+            return argv
+        lay = self.layout
+        writable = [
+            lay.agent_state(agent),
+            lay.agent_claude(agent),
+            self.home_dir(agent),
+            lay.agent_sock_dir(agent),
+        ]
+        if agent == MANAGER:
+            writable.append(lay.manager_meta)
+        wrap = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        wrap += ["--tmpfs", "/tmp", "--unshare-ipc", "--unshare-uts"]
+        # the command's own files and PYTHONPATH stay visible if they live under /tmp
+        seen: list[str] = []
+        for item in [*argv, *(self.env.get("PYTHONPATH") or "").split(os.pathsep)]:
+            if item.startswith("/tmp/") and os.path.exists(item) and item not in seen:
+                seen.append(item)
+                wrap += ["--ro-bind", item, item]
+        for path in writable:
+            path.mkdir(parents=True, exist_ok=True)
+            wrap += ["--bind", str(path), str(path)]
+        wrap += ["--chdir", str(lay.agent_state(agent)), "--"]
+        return wrap + argv
 
     def _spawn(self, agent: str) -> None:
         settings = _read_json(self.layout.agent_settings(agent))
@@ -336,7 +387,12 @@ class LocalDriver:
         self.layout.agent_sock_dir(agent).mkdir(parents=True, exist_ok=True)
         argv = self.command(agent)
         env = agent_env(self.layout, agent, web_port, self.env)
+        if self.sandbox and argv == list(self.argv):
+            env["HYPERHIVE_SANDBOX"] = "none (bwrap not found)"
+        elif self.sandbox:
+            env["HYPERHIVE_SANDBOX"] = "bwrap"
         log_path = self.log_file(agent)
+        self._rotate(log_path, copy=False)
         with open(log_path, "ab") as fh:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             fh.write(f"--- {stamp} hyperhive: starting {' '.join(argv)}\n".encode())
@@ -451,12 +507,82 @@ class LocalDriver:
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()
 
+    # ------------------------------------------------------------ logs
+
+    def journal(self, agent: str, unit: str | None = None, lines: int = 200) -> str:
+        """The last ``lines`` lines of ``<state>/logs/<agent>.log`` ("" when there is none).
+
+        ``unit`` may only be the harness (``hyperhive-agent.service``, the one
+        unit a local agent has) or None; ``lines`` is 1..5000 — else ``Invalid``.
+        """
+        if not is_agent_name(agent):
+            raise Invalid(f"invalid agent name {agent!r}", "name")
+        if unit not in (None, "", HARNESS_UNIT):
+            raise Invalid(
+                f"unit must be {HARNESS_UNIT} (the harness: the only unit of a local agent)",
+                "unit",
+            )
+        if isinstance(lines, bool) or not 1 <= lines <= MAX_JOURNAL_LINES:
+            raise Invalid(f"lines must be between 1 and {MAX_JOURNAL_LINES}", "lines")
+        return tail_lines(self.log_file(agent), lines)
+
+    def _rotate(self, path: Path, copy: bool) -> bool:
+        """``path`` → ``path.1`` when larger than ``log_max_bytes``; True if rotated.
+
+        ``copy``: copy then truncate in place (a running writer keeps its fd);
+        else rename (nobody writes to it).
+        """
+        try:
+            if path.stat().st_size <= self.log_max_bytes:
+                return False
+        except OSError:
+            return False
+        old = path.with_name(path.name + ".1")
+        if copy:
+            shutil.copyfile(path, old)
+            os.truncate(path, 0)
+        else:
+            os.replace(path, old)
+        return True
+
+    def rotate_logs(self) -> list[str]:
+        """Rotate every agent log over ``log_max_bytes`` (copy + truncate); the agents done."""
+        done: list[str] = []
+        try:
+            logs = sorted(self.layout.log_dir.glob("*.log"))
+        except OSError:
+            return done
+        for path in logs:
+            if self._rotate(path, copy=True):
+                done.append(path.stem)
+        return done
+
 
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
     except OSError:
         return None
+
+
+def tail_lines(path: Path, lines: int, block: int = 65536) -> str:
+    """The last ``lines`` lines of ``path`` (read backwards by blocks; "" if it is missing)."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 — closed below
+    except OSError:
+        return ""
+    with fh:
+        fh.seek(0, os.SEEK_END)
+        end = fh.tell()
+        pos = end
+        data = b""
+        while pos > 0 and data.count(b"\n") <= lines:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            data = fh.read(step) + data
+    rows = data.decode(errors="replace").splitlines()
+    return "\n".join(rows[-lines:]) + ("\n" if rows else "")
 
 
 def _tail(path: Path, lines: int) -> str:

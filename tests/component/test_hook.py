@@ -106,7 +106,10 @@ def test_forged_controller_tags_refused(meta: MetaRepo, work: Path, prefix: str)
 
 
 def test_controller_bookkeeping_refs_refused(meta: MetaRepo, work: Path) -> None:
+    # last-deploy already points at the genesis commit: moving it elsewhere is refused
+    git("commit", "-q", "--allow-empty", "-m", "scratch", cwd=work)
     refused(push(work, "HEAD:refs/hyperhive/last-deploy"), "controller-owned")
+    refused(push(work, "HEAD:refs/hyperhive/other"), "controller-owned")
     refused(push(work, "HEAD:refs/notes/hyperhive"), "controller-owned")
 
 

@@ -390,9 +390,13 @@ def test_apply_conflict_leaves_main(meta: MetaRepo) -> None:
 
 
 def test_record_push(meta: MetaRepo) -> None:
-    first = meta.record_push()
-    assert first is not None and first.id == 1 and first.kind is ProposalKind.PUSH
-    assert first.flake_changed and first.base is None
+    # the genesis commit is the controller's own bootstrap: no id, nothing to record
+    assert meta.record_push() is None
+    assert meta.last_deploy() == meta.main_commit()
+    first = write_main(meta, {"flake.lock": b"{}\n"}, "lock the flake")
+    b1 = meta.record_push()
+    assert b1 is not None and b1.id == 1 and b1.kind is ProposalKind.PUSH
+    assert b1.flake_changed and b1.commit == first
     assert meta.record_push() is None
     meta.finish(1, True, "initial")
     new = write_main(meta, {"agents/alice/agent.yaml": manifest("alice")}, "add alice")

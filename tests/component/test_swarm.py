@@ -210,7 +210,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 @pytest.fixture
 def up(env: Env) -> Env:
-    """The swarm after its first pass: manager running, deployed/1."""
+    """The swarm after its first pass: manager running (the genesis commit has no id)."""
     result = env.swarm.reconcile()
     assert result.ok, result.errors
     return env
@@ -233,11 +233,10 @@ def test_first_pass_deploys_the_manager(env: Env) -> None:
     assert [(a.agent, a.kind) for a in result.plan] == [("manager", ActionKind.CREATE)]
     assert env.driver.observe()["manager"].phase is Phase.RUNNING
     assert env.deploys == [("manager", False)]  # socket first, process after
-    assert "building/1" in env.tags() and "deployed/1" in env.tags()
-    p = env.swarm.proposal(1)
-    assert (p.kind, p.state) == (ProposalKind.PUSH, ProposalState.DEPLOYED)
-    assert "manager: create" in p.note
-    assert env.broker.approvals() == []  # the bootstrap deploy approves nothing
+    # the genesis commit is the controller's bootstrap: no id, no tags, nothing announced
+    assert env.tags() == {} and env.swarm.proposals() == []
+    assert env.meta.last_deploy() == env.meta.main_commit()
+    assert env.broker.approvals() == []
     assert env.cond("manager", "Ready")["status"] == "True"
     assert env.status()["agents"]["manager"]["web_port"] == 18000
     assert env.standin("manager")["settings"]["web_port"] == 18000
@@ -412,7 +411,11 @@ def test_prune_removes_the_process_keeps_state(up: Env) -> None:
     assert env.destroys == ["alice"]
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    assert (env.layout.agent_state("alice") / "notes.md").read_text() == "keep me"
+    assert not env.layout.agent_dir("alice").exists()
+    [stone] = env.swarm.tombstones()
+    assert stone["name"] == "alice" and stone["id"].startswith("alice-")
+    kept = Path(stone["path"])
+    assert (kept / "state" / "notes.md").read_text() == "keep me"
     assert "alice" not in env.status()["agents"]
 
 
