@@ -271,6 +271,53 @@ def http_stack(
     return res
 
 
+def _sequential_client(path: str, n: int, rounds: int, out: Any) -> None:
+    """Child process: per request kind, alternating rounds of ``n`` sequential calls with a
+    new connection per request and with keep-alive; the median round of each."""
+    clients = {False: UnixClient(path, keepalive=False), True: UnixClient(path, keepalive=True)}
+    res: dict[str, dict[bool, float]] = {}
+    for label in ("status", "send"):
+        per: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(rounds):
+            for keepalive, c in clients.items():
+                c.get("/status")  # warm
+                t0 = time.perf_counter()
+                for i in range(n):
+                    if label == "status":
+                        c.get("/status")
+                    else:
+                        c.post("/send", {"to": "a0", "body": f"seq {r} {i}"})
+                per[keepalive].append((time.perf_counter() - t0) / n * 1e6)
+        res[label] = {k: statistics.median(v) for k, v in per.items()}
+    out.send(res)
+
+
+def sequential_http(d: Path, n: int = 300, rounds: int = 7) -> None:
+    """µs per request for one client calling in a row (the harness' recv → ack → status
+    pattern), with and without keep-alive: the connection cost alone."""
+    sub = d / "seq"
+    hb = Broker(sub / "http.sqlite")
+    layout = Layout(state=sub, run=sub / "run")
+    registry = SocketRegistry(hb, OpsStub(["a0", "bench", "manager"]), layout)
+    registry.sync(["bench"])
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=_sequential_client, args=(str(layout.agent_sock("bench")), n, rounds, child)
+    )
+    proc.start()
+    results: dict[str, dict[bool, float]] = parent.recv()
+    proc.join(60)
+    print(
+        "\none client, sequential requests, µs per request, median of "
+        f"{rounds} rounds (new connection → keep-alive):"
+    )
+    for label, r in results.items():
+        print(f"  {label:7s} {r[False]:7.0f} → {r[True]:5.0f} µs  (x{r[False] / r[True]:.2f})")
+    registry.close_all(timeout=3.0)
+    hb.close()
+
+
 def validation_cost(n: int = 3000) -> None:
     """µs per ``validate`` call: registry-resolved ``$ref`` (before) vs compiled (now)."""
     import jsonschema
@@ -383,6 +430,7 @@ def main() -> None:
             f"(x{ka['send_per_s'] / nk['send_per_s']:.2f}), connections per message "
             f"{nk['conns_per_msg']:.2f} → {ka['conns_per_msg']:.3f}"
         )
+    sequential_http(d)
     validation_cost()
 
 
