@@ -20,8 +20,11 @@ ensure_venv() {
   fi
   if [[ ! -f "$stamp" || "$root/requirements.lock" -nt "$stamp" || "$root/pyproject.toml" -nt "$stamp" ]]; then
     echo "hh: installing Python dependencies from requirements.lock into .venv" >&2
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/requirements.lock"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$root"
+    # some machines' pip config names local indexes that may be absent: drop those warnings only
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/requirements.lock" \
+      2> >(grep -v "^WARNING: Location '" >&2)
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$root" \
+      2> >(grep -v "^WARNING: Location '" >&2)
     touch "$stamp"
   fi
 }
