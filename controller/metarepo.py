@@ -43,7 +43,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -363,6 +363,8 @@ class MetaRepo:
         self._agent_cache: dict[tuple[str, str], _AgentRead] = {}
         self._diff_cache: dict[tuple[str | None, str], str] = {}
         self._build_cache: dict[int, Build] = {}
+        self._scope_owner: int | None = None  # the thread in pass_scope, if any
+        self._scope_checked = False  # ...and whether it checked the ref storage yet
 
     # ---------------------------------------------------------------- setup
 
@@ -628,10 +630,57 @@ class MetaRepo:
         racy = newest >= time.time_ns() - RACY_NS
         return tuple(out), racy
 
-    def _refresh(self) -> _Index:
-        fp, racy = self._fingerprint()
+    @contextlib.contextmanager
+    def pass_scope(self) -> Iterator[None]:
+        """Hold the ref index for one reconcile pass, in the calling thread only.
+
+        The first lookup checks the ref storage as usual (and rebuilds the index
+        if it changed, or is too recent to trust); later lookups in the scope use
+        the index as is, with the controller's own ref writes applied to it in
+        place (``_own``). A ref an operator pushes meanwhile is seen by the next
+        pass — the hook's poke asks for one. So a pass that writes a few tags
+        reads the ref storage once, not after every write.
+        """
+        with self._lock:
+            self._scope_owner = threading.get_ident()
+            self._scope_checked = False
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._scope_owner = None
+                self._scope_checked = False
+
+    def _frozen(self) -> bool:
+        """True in the pass thread's scope once the ref storage was checked."""
+        return self._scope_checked and self._scope_owner == threading.get_ident()
+
+    def _own(self, prefix: str, id: int, target: pygit2.Oid | None) -> None:
+        """Record a ref the controller itself just wrote (``notified``: target None)."""
         idx = self._index
+        if idx is None or self._dirty or not self._frozen():
+            self._dirty = True
+            return
+        e = idx.entries.setdefault(id, _Entry())
+        if prefix == "notified":
+            e.notified = True
+        elif target is not None:
+            e.targets[prefix] = target
+            idx.max_id = max(idx.max_id, id)
+        idx.open_builds.clear()
+        idx.approved.clear()
+        idx.denied.clear()
+        idx.open_proposals.clear()
+        idx.classify()
+
+    def _refresh(self) -> _Index:
+        idx = self._index
+        if idx is not None and not self._dirty and self._frozen():
+            return idx
+        fp, racy = self._fingerprint()
         if idx is not None and not self._dirty and not idx.racy and idx.fingerprint == fp:
+            if self._scope_owner == threading.get_ident():
+                self._scope_checked = True
             return idx
         entries: dict[int, _Entry] = {}
         max_id = 0
@@ -655,6 +704,8 @@ class MetaRepo:
         index.classify()
         self._index = index
         self._dirty = False
+        if self._scope_owner == threading.get_ident():
+            self._scope_checked = True
         return index
 
     def _entry(self, id: int) -> _Entry | None:
@@ -704,7 +755,7 @@ class MetaRepo:
             except pygit2.AlreadyExistsError:
                 n += 1
                 continue
-            self._dirty = True
+            self._own(prefix, n, target)
             return n
 
     # ---------------------------------------------------------------- proposals
@@ -1082,7 +1133,7 @@ class MetaRepo:
             self.repo.references.create(
                 f"{NOTIFIED_PREFIX}{id}", self._peel(e.targets["denied"]).id, force=True
             )
-            self._dirty = True
+            self._own("notified", id, None)
 
     def apply_approved(self, id: int) -> Build:
         """Apply approved ``proposal/<id>`` to main and write ``building/<id>``.
@@ -1151,10 +1202,12 @@ class MetaRepo:
                     None, sig, sig, f"merge proposal/{id}: {title}\n", tree_id, [main, prop.id]
                 )
                 self._update_main(new_main, main, f"proposal/{id}: merge ({title})")
-        with contextlib.suppress(pygit2.AlreadyExistsError):
+        try:
             self.repo.references.create(tag_ref("building", id), new_main, force=False)
+            self._own("building", id, new_main)
+        except pygit2.AlreadyExistsError:
+            self._dirty = True
         self.repo.references.create(LAST_DEPLOY_REF, new_main, force=True)
-        self._dirty = True
         return self._build(id, str(new_main))
 
     def record_push(self) -> Build | None:
@@ -1205,15 +1258,17 @@ class MetaRepo:
                 raise NotFound(f"no building/{id} or proposal/{id}")
             prefix = "deployed" if ok else "failed"
             sig = _sig(CONTROLLER_NAME, CONTROLLER_EMAIL, self._clock)
-            with contextlib.suppress(pygit2.AlreadyExistsError):
-                self.repo.create_tag(
+            try:
+                tag = self.repo.create_tag(
                     f"{prefix}/{id}",
                     self._peel(target).id,
                     ObjectType.COMMIT,
                     sig,
                     message.rstrip() + "\n",
                 )
-            self._dirty = True
+                self._own(prefix, id, tag)
+            except pygit2.AlreadyExistsError:
+                self._dirty = True
 
     # ---------------------------------------------------------------- operator edits
 

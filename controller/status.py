@@ -485,8 +485,8 @@ def save_status(path: Path, doc: Mapping[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".status.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-            fh.write("\n")
+            # one line: json's C encoder only runs without indent (``jq . status.json``)
+            fh.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -276,6 +276,10 @@ class Swarm:
                 return self._dry_run()
             return self._pass()
 
+    def _pass(self) -> PassResult:
+        with self.meta.pass_scope():
+            return self._pass_scoped()
+
     def _dry_run(self) -> PassResult:
         pending: list[str] = []
         for b in self.meta.open_builds():
@@ -344,7 +348,7 @@ class Swarm:
                 meta.mark_notified(d.id)
         return builds
 
-    def _pass(self) -> PassResult:
+    def _pass_scoped(self) -> PassResult:
         now = self._clock()
         errors: list[str] = []
         builds = self._decisions(errors)

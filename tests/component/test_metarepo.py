@@ -423,6 +423,36 @@ def test_ref_index_sees_external_tags(meta: MetaRepo, tmp_path: Path) -> None:
     assert meta.approved_unapplied() == [1]
 
 
+def test_pass_scope_holds_the_index_for_its_thread_only(meta: MetaRepo, tmp_path: Path) -> None:
+    import threading
+
+    meta.propose_spawn("alice")
+    meta.propose_spawn("bob")
+    work = tmp_path / "op"
+    git("clone", "-q", str(meta.path), str(work))
+    git("fetch", "-q", "origin", "refs/tags/*:refs/tags/*", cwd=work)
+    with meta.pass_scope():
+        assert meta.approved_unapplied() == []
+        meta.approve(1)  # a verb (not a pass write): the index is rebuilt
+        assert meta.approved_unapplied() == [1]
+        # the controller's own writes are applied to the held index
+        build = meta.apply_approved(1)
+        assert meta.open_builds()[0].id == build.id and meta.approved_unapplied() == []
+        meta.finish(1, True, "ok")
+        assert meta.open_builds() == [] and meta.proposal(1).state.value == "deployed"
+        # an operator push meanwhile: the pass thread keeps its index ...
+        git("tag", "approved/2", "proposal/2", cwd=work)
+        git("push", "-q", "origin", "approved/2", cwd=work)
+        assert meta.approved_unapplied() == []
+        # ... other threads see it at once
+        seen: list[list[int]] = []
+        t = threading.Thread(target=lambda: seen.append(meta.approved_unapplied()))
+        t.start()
+        t.join()
+        assert seen == [[2]]
+    assert meta.approved_unapplied() == [2]  # and the next pass does too
+
+
 def test_sync_manager_clone(meta: MetaRepo) -> None:
     new = write_main(meta, {"agents/alice/agent.yaml": manifest("alice")})
     assert meta.sync_manager_clone() is True
