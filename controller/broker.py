@@ -56,9 +56,12 @@ steps) and a ``recv`` claim that is one atomic ``UPDATE ... RETURNING``
 without ``BEGIN IMMEDIATE`` retries. ``busy_timeout`` still covers another
 process (a ``sqlite3`` shell) holding the write lock.
 
-Pending rows are found through a partial covering index (``acked_at IS
-NULL``), forced with ``INDEXED BY``: ``recv`` and ``status`` cost O(pending),
-not O(30 days of history).
+Pending rows are found through partial covering indexes (not acked, not
+dead), forced with ``INDEXED BY``: ``recv``'s claim stops at the first
+deliverable row; ``status`` counts the recipient's pending rows once (a plain
+covering count) and its leased rows and reminders through their own small
+indexes; the dead-letter check before each claim looks at leased rows only.
+Nothing costs O(30 days of history). See docs/broker.md for figures.
 
 Open threads
 ------------
