@@ -260,3 +260,16 @@ def test_kill_9_before_building_then_restart_deploys_once(ctl: Controller) -> No
     wait_for("deployed/<id>", lambda: f"refs/tags/deployed/{id}" in ctl.refs(), timeout=30)
     assert len(ctl.starts("bob")) == 1
     assert [e["decision"] for e in ctl.approvals(id)] == ["deployed"]
+
+
+def test_a_second_controller_on_the_same_state_dir_refuses_to_start(ctl: Controller) -> None:
+    ctl.start()
+    argv = [sys.executable, "-m", "controller.cli", "--state-dir", str(ctl.state)]
+    argv += ["--run-dir", str(ctl.root / "r2"), "serve", "--config", str(ctl.config)]
+    second = subprocess.run(
+        argv, cwd=ROOT, env=ctl.env(), capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 2
+    assert "refusing to start" in second.stdout + second.stderr
+    assert ctl.proc is not None and ctl.proc.poll() is None  # the first one is unharmed
+    assert ctl.admin.get("/status")["runtime"] == "local"
