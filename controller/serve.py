@@ -289,6 +289,8 @@ def run_daemon(
                 except Exception:
                     log.exception("crash watch failed; trying again on the next tick")
             broker.expire_questions(time.time())
+            # announce poison messages even when their recipient is not receiving
+            broker.reap_dead_letters()
             if now - last_sweep >= SWEEP_EVERY:
                 last_sweep = now
                 try:
