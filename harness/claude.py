@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SERVER_KEY = "hyperhive"
 #: Built-in tools the agent may use (also the ``--tools`` set, so nothing else is offered).
 BUILTIN_TOOLS: tuple[str, ...] = ("Bash", "Edit", "Glob", "Grep", "Read", "Write")
+#: Added to the built-ins when the agent has plugins: their commands and skills run through it.
+PLUGIN_TOOL = "Skill"
 #: Built-ins refused outright (belt and braces: ``--tools`` already hides them).
 DENIED_TOOLS: tuple[str, ...] = ("WebFetch", "WebSearch", "Task", "TodoWrite", "NotebookEdit")
 AGENT_VERBS: tuple[str, ...] = ("send", "recv", "ask", "answer", "remind", "recent", "status")
@@ -74,13 +76,20 @@ def usable_extras(extras: Mapping[str, McpServerSpec]) -> dict[str, McpServerSpe
     return out
 
 
-def allowed_tools(flavor: str, extras: Mapping[str, McpServerSpec]) -> list[str]:
+def builtin_tools(plugins: bool = False) -> list[str]:
+    """The ``--tools`` set: :data:`BUILTIN_TOOLS`, plus ``Skill`` when plugins are configured."""
+    return [*BUILTIN_TOOLS, PLUGIN_TOOL] if plugins else list(BUILTIN_TOOLS)
+
+
+def allowed_tools(
+    flavor: str, extras: Mapping[str, McpServerSpec], plugins: bool = False
+) -> list[str]:
     """The ``--allowedTools`` list: built-ins, the flavor's hyperhive tools, extras.
 
     An extra's ``allowedTools: ["*"]`` becomes ``mcp__<key>__*``; a concrete
-    list becomes one ``mcp__<key>__<tool>`` per entry.
+    list becomes one ``mcp__<key>__<tool>`` per entry. ``plugins`` adds ``Skill``.
     """
-    allow = list(BUILTIN_TOOLS) + hyperhive_tools(flavor)
+    allow = builtin_tools(plugins) + hyperhive_tools(flavor)
     for key, spec in usable_extras(extras).items():
         tools = spec.allowed_tools or ("*",)
         if "*" in tools:
@@ -170,6 +179,7 @@ def build_argv(
         "--output-format",
         "stream-json",
         "--verbose",
+        "--include-partial-messages",
         f"--model={model}",
         f"--mcp-config={mcp_config}",
         "--strict-mcp-config",

@@ -12,6 +12,8 @@ Environment (see docs/architecture.md, "Harness process contract"):
 ``HYPERHIVE_WEB_PORT``     agent UI port (default: settings ``web_port``)
 ``CLAUDE_CONFIG_DIR``      claude credentials + sessions (default ``~/.claude``)
 ``HYPERHIVE_CLAUDE_BIN``   the claude executable (default ``claude`` on PATH)
+``HYPERHIVE_TURN_TIMEOUT`` a turn's time limit in seconds (default: settings
+                           ``turn_timeout_seconds``, else 1800)
 =========================  ==================================================
 
 ``settings.json`` is read once at start; a malformed file is an error the
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 FLAVORS = ("agent", "manager")
 DEFAULT_MODEL = "haiku"
+DEFAULT_TURN_TIMEOUT = 1800  # seconds: a turn running longer is cancelled and recorded failed
+MIN_TURN_TIMEOUT, MAX_TURN_TIMEOUT = 1, 7 * 86400
 #: MCP server keys must be safe inside ``mcp__<key>__<tool>`` names.
 MCP_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -74,6 +78,7 @@ class Settings:
     dashboard_url: str | None = None
     meta_commit: str | None = None
     hyperhive_version: str | None = None
+    turn_timeout_seconds: int | None = None
 
 
 def _str_list(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -136,6 +141,15 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
     port = doc.get("web_port")
     if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
         raise SettingsError("web_port: must be an integer 1-65535")
+    limit = doc.get("turn_timeout_seconds")
+    if limit is not None and (
+        not isinstance(limit, int)
+        or isinstance(limit, bool)
+        or not MIN_TURN_TIMEOUT <= limit <= MAX_TURN_TIMEOUT
+    ):
+        raise SettingsError(
+            f"turn_timeout_seconds: must be an integer {MIN_TURN_TIMEOUT}-{MAX_TURN_TIMEOUT}"
+        )
     return Settings(
         agent=name,
         flavor=str(fl),
@@ -148,6 +162,7 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         dashboard_url=_opt_str(doc, "dashboard_url"),
         meta_commit=_opt_str(doc, "meta_commit"),
         hyperhive_version=_opt_str(doc, "hyperhive_version"),
+        turn_timeout_seconds=limit,
     )
 
 
@@ -182,6 +197,7 @@ class HarnessEnv:
     web_port: int | None
     claude_bin: str
     config_dir: Path
+    turn_timeout: float | None = None  # HYPERHIVE_TURN_TIMEOUT (seconds), overrides settings
 
     @property
     def is_manager(self) -> bool:
@@ -219,6 +235,17 @@ def env_from(environ: Mapping[str, str]) -> HarnessEnv:
             raise SettingsError(f"HYPERHIVE_WEB_PORT: not a port number: {port_s!r}") from None
         if not 0 <= port <= 65535:
             raise SettingsError(f"HYPERHIVE_WEB_PORT: out of range: {port}")
+    timeout_s = environ.get("HYPERHIVE_TURN_TIMEOUT")
+    turn_timeout: float | None = None
+    if timeout_s:
+        try:
+            turn_timeout = float(timeout_s)
+        except ValueError:
+            raise SettingsError(
+                f"HYPERHIVE_TURN_TIMEOUT: not a number of seconds: {timeout_s!r}"
+            ) from None
+        if not MIN_TURN_TIMEOUT / 10 <= turn_timeout <= MAX_TURN_TIMEOUT:
+            raise SettingsError(f"HYPERHIVE_TURN_TIMEOUT: out of range: {timeout_s}")
     settings = environ.get("HYPERHIVE_SETTINGS")
     config_dir = environ.get("CLAUDE_CONFIG_DIR") or str(Path.home() / ".claude")
     return HarnessEnv(
@@ -231,6 +258,7 @@ def env_from(environ: Mapping[str, str]) -> HarnessEnv:
         web_port=port,
         claude_bin=resolve_claude_bin(environ),
         config_dir=Path(config_dir).absolute(),
+        turn_timeout=turn_timeout,
     )
 
 
@@ -241,3 +269,12 @@ def web_port(env: HarnessEnv, settings: Settings) -> int:
     if settings.web_port is not None:
         return settings.web_port
     return default_web_port(env.agent)
+
+
+def turn_timeout(env: HarnessEnv, settings: Settings) -> float:
+    """A turn's time limit, seconds: ``HYPERHIVE_TURN_TIMEOUT``, settings, else 30 minutes."""
+    if env.turn_timeout is not None:
+        return env.turn_timeout
+    if settings.turn_timeout_seconds is not None:
+        return float(settings.turn_timeout_seconds)
+    return float(DEFAULT_TURN_TIMEOUT)

@@ -15,11 +15,17 @@ Event JSON (``Event.to_json``)::
 (``system_init``, ``assistant_text``, ``tool_use``, ``tool_result``,
 ``user_text``, ``system``, ``result``, ``unknown``) plus ``turn_start``,
 ``turn_end``, ``note``, ``turn_state_changed``, ``model_changed``,
-``token_usage_changed``, ``status_changed``.
+``token_usage_changed``, ``status_changed``, ``login``.
+
+Live-only events (:meth:`EventLog.publish`: model text as it streams, ``text_delta``)
+are not stored: they reach the subscribers that are connected at that moment
+(without an ``id``, so they do not move a ``Last-Event-ID`` resume point) and
+are superseded by the stored ``assistant_text`` of the same block.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import logging
@@ -45,6 +51,11 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_turn ON events(turn);
 """
+
+#: Live-only events kept in memory for subscribers that are a little behind.
+LIVE_KEEP = 2000
+#: Streaming text kept per block for late subscribers (the stored text is complete anyway).
+MAX_PARTIAL_CHARS = 200_000
 
 
 @dataclass(frozen=True)
@@ -104,12 +115,45 @@ class EventLog:
         self._last_id = int(row[0])
         self._max_turn = int(row[1])
         self._closed = False
+        # live-only events: (sequence number, id of the newest stored event at publish time, event)
+        self._live: collections.deque[tuple[int, int, Event]] = collections.deque(maxlen=LIVE_KEEP)
+        self._live_seq = 0
 
     @property
     def last_id(self) -> int:
         """The id of the newest event (0 when empty)."""
         with self._lock:
             return self._last_id
+
+    def ensure_turn_at_least(self, turn: int) -> None:
+        """Never hand out a turn number ``<= turn`` (the turn-stats table remembers turns whose
+        events the host's retention sweep already deleted)."""
+        with self._lock:
+            self._max_turn = max(self._max_turn, turn)
+
+    @property
+    def live_seq(self) -> int:
+        """The sequence number of the newest live-only event (0 when none was published)."""
+        with self._lock:
+            return self._live_seq
+
+    def publish(self, kind: str, data: dict[str, Any], turn: int | None = None) -> Event:
+        """Hand a live-only event (``id`` 0, not stored) to the connected subscribers."""
+        with self._cond:
+            self._live_seq += 1
+            ev = Event(0, self._clock(), kind, turn, data)
+            self._live.append((self._live_seq, self._last_id, ev))
+            self._cond.notify_all()
+        return ev
+
+    def live_since(self, after_seq: int) -> list[tuple[int, int, Event]]:
+        """Live-only events newer than ``after_seq``: ``(seq, anchor id, event)``, oldest first.
+
+        Only the newest ``LIVE_KEEP`` are kept; a subscriber that fell further behind
+        misses some (the stored ``assistant_text`` still brings the whole text).
+        """
+        with self._lock:
+            return [x for x in self._live if x[0] > after_seq]
 
     def next_turn(self) -> int:
         """Allocate the next turn number (1 + the largest seen, persisted through events)."""
@@ -202,6 +246,48 @@ class EventLog:
                 self._cond.wait(remaining)
         return self.since(after_id, limit)
 
+    def wait_any(
+        self,
+        after_id: int,
+        after_seq: int,
+        timeout: float,
+        limit: int = 500,
+        stop: Callable[[], bool] | None = None,
+    ) -> tuple[list[Event], int]:
+        """Like :meth:`wait`, but also returns live-only events published after ``after_seq``.
+
+        Returns ``(events, seq)``: the events in publication order (a live event
+        published when the newest stored id was ``n`` comes after stored event
+        ``n`` and before ``n + 1``; live events have ``id`` 0) and the live sequence
+        number to pass next time.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (
+                self._last_id <= after_id
+                and self._live_seq <= after_seq
+                and not self._closed
+                and not (stop and stop())
+            ):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return [], after_seq
+                self._cond.wait(remaining)
+        stored = self.since(after_id, limit)
+        live = self.live_since(after_seq)
+        if len(stored) >= limit:  # more stored events follow: keep live ones for the next call
+            live = [x for x in live if x[1] < stored[-1].id]
+        seq = live[-1][0] if live else after_seq
+        out: list[Event] = []
+        i = 0
+        for ev in stored:
+            while i < len(live) and live[i][1] < ev.id:
+                out.append(live[i][2])
+                i += 1
+            out.append(ev)
+        out.extend(x[2] for x in live[i:])
+        return out, seq
+
     def notify(self) -> None:
         """Wake every waiter so it re-checks its ``stop`` predicate."""
         with self._cond:
@@ -248,6 +334,7 @@ class Bus:
         self._status = "online"
         self._status_detail = ""
         self._inbox: dict[str, int] | None = None
+        self._partial: dict[str, Any] | None = None  # {"turn", "index", "text"} while text streams
         last_usage = events.last_of("token_usage_changed")
         if last_usage is not None:
             self._usage = Usage.from_json(last_usage.data)
@@ -256,12 +343,39 @@ class Bus:
             self._last_turn_ms = int(last_end.data["duration_ms"])
 
     def emit(self, kind: str, data: dict[str, Any], turn: int | None = None) -> Event:
-        """Append an event to the log (and so to every live subscriber)."""
+        """Append an event to the log (and so to every live subscriber).
+
+        An ``assistant_text`` completes the block whose text was streaming (``partial``).
+        """
+        if kind == "assistant_text":
+            self.end_partial()
         return self.log.append(kind, data, turn)
 
     def note(self, text: str, level: str = "info", turn: int | None = None) -> Event:
         """A human-readable harness note in the live tail (``level``: info / warning / error)."""
         return self.emit("note", {"level": level, "text": text}, turn)
+
+    def text_delta(self, turn: int | None, index: int, text: str) -> Event:
+        """Publish a piece of streaming model text (live only): ``{"index", "offset", "text"}``.
+
+        ``offset`` is the length of the block's text before this piece, so a client can
+        tell a gap or an overlap. The text so far is in :meth:`snapshot` ``partial``.
+        """
+        with self._lock:
+            p = self._partial
+            if p is None or p["turn"] != turn or p["index"] != index:
+                p = {"turn": turn, "index": index, "text": ""}
+            offset = len(p["text"])
+            if offset < MAX_PARTIAL_CHARS:
+                p["text"] += text
+            self._partial = p
+        data = {"index": index, "offset": offset, "text": text}
+        return self.log.publish("text_delta", data, turn)
+
+    def end_partial(self) -> None:
+        """The streaming block is complete (its ``assistant_text`` arrived) or the run ended."""
+        with self._lock:
+            self._partial = None
 
     @property
     def state(self) -> TurnState:
@@ -283,6 +397,8 @@ class Bus:
             self._state = state
             self._since = self._clock()
             since = self._since
+            if state == TurnState.IDLE:
+                self._partial = None
         self.emit("turn_state_changed", {"state": str(state), "since": since}, turn)
 
     def set_model(self, model: str, source: str) -> None:
@@ -329,7 +445,8 @@ class Bus:
 
     def snapshot(self) -> dict[str, Any]:
         """``{"turn_state", "turn_state_since", "model", "usage", "last_turn_ms", "status",
-        "status_detail", "inbox_status", "last_event_id"}`` (usage may be ``null``)."""
+        "status_detail", "inbox_status", "last_event_id", "partial"}`` (usage may be ``null``;
+        ``partial`` is ``{"turn", "index", "text"}`` while model text streams, else ``null``)."""
         with self._lock:
             usage = None
             if self._usage is not None:
@@ -344,4 +461,5 @@ class Bus:
                 "status_detail": self._status_detail,
                 "inbox_status": self._inbox,
                 "last_event_id": self.log.last_id,
+                "partial": dict(self._partial) if self._partial else None,
             }

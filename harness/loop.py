@@ -12,9 +12,15 @@
 
 The controller may restart under us: an unreachable socket is retried forever
 with backoff (1 s doubling to 30 s), logged once per outage. Operator controls
-(cancel, compact, new session, model) come from the web UI thread and are
+(cancel, compact, new session, model, login) come from the web UI thread and are
 thread-safe. ``stop()`` (SIGTERM) cancels the running turn, records it
 ``cancelled`` and makes :meth:`TurnLoop.run_forever` return.
+
+Before the first recv: ``POST /release {}`` (messages a previous harness left
+leased come back at once instead of after their 30-minute lease; ignored while
+the controller has no such verb) and the configured marketplaces and plugins
+(``harness.plugins``). A turn longer than the time limit (settings
+``turn_timeout_seconds``, default 30 min) is cancelled and recorded ``failed``.
 """
 
 from __future__ import annotations
@@ -28,12 +34,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from harness import claude, prompts
-from harness.config import HarnessEnv, Settings
+from harness import claude, login, prompts
+from harness.config import HarnessEnv, Settings, turn_timeout
 from harness.events import Bus, TurnState
-from harness.login import has_credentials
+from harness.login import LoginBusy, LoginSession, LoginSnapshot, LoginState
 from harness.model import ModelStore
-from harness.stream import StreamEvent, Usage, event_json
+from harness.plugins import COMMAND_TIMEOUT, Outcome, failure_report, install_all
+from harness.stream import (
+    LIVE_ONLY_KINDS,
+    StreamEvent,
+    SystemEvent,
+    TextDelta,
+    Usage,
+    event_json,
+)
 from harness.turn import ClaudeRunner, RunKind, RunResult
 from harness.turnstats import TurnRow, TurnStats
 from schemas.client import ApiError, UnixClient, Unreachable
@@ -49,6 +63,18 @@ LOGIN_POLL = 5.0
 COMPACT_PROMPT = "/compact"
 MAX_REPORT_CHARS = 8000
 STDERR_REPORT = 20  # stderr lines sent to the manager with a failure
+#: How long the loop thread may stay in one phase before the systemd watchdog stops being
+#: fed (seconds; ``turn`` and ``plugins`` are computed from the time limits).
+PHASE_SLACK = 120.0
+
+
+def fmt_seconds(seconds: float) -> str:
+    """``30 min`` / ``90 s`` / ``1.5 h``: a time limit for humans."""
+    if seconds >= 5400:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 120:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 @dataclass
@@ -109,9 +135,22 @@ class TurnLoop:
         self._compact_pending = False
         self._cancel_requested = False
         self._shutdown = False
+        self._timed_out = False
         self._current_turn: int | None = None
+        self.turn_timeout = turn_timeout(env, settings)
         self.last_timings = Timings()
         self.on_turn_recorded: Callable[[TurnRow, Timings], None] | None = None
+        # login
+        self._creds_changed = threading.Event()
+        self._rejected: tuple[Any, ...] | None = None  # credentials fingerprint a 401 came with
+        self._login: LoginSession | None = None
+        self._login_lock = threading.Lock()
+        # boot
+        self.plugins: list[Outcome] | None = None  # None until the boot installs ran
+        self._release_supported = True
+        # watchdog: what the loop thread is doing, since when (monotonic), for how long at most
+        self._phase: tuple[str, float, float] = ("starting", time.monotonic(), PHASE_SLACK)
+        self._progress = time.monotonic()
 
     # ------------------------------------------------------------------ controls (any thread)
 
@@ -192,19 +231,61 @@ class TurnLoop:
                 "ack of message %d failed (%s); it will be redelivered after its lease", msg_id, exc
             )
 
-    def _report_failure(self, turn: int, msg: Message, run: RunResult) -> None:
+    def _report_failure(
+        self, turn: int, msg: Message, run: RunResult, summary: str | None = None
+    ) -> None:
         if self.env.is_manager:
             return
         lines = "\n".join(run.stderr_tail[-STDERR_REPORT:]) or "(no stderr)"
         body = (
             f"[hyperhive] agent {self.env.agent}: turn {turn} "
             f"(message #{msg.id} from {msg.sender}) "
-            f"failed: {run.failure_summary()}\nlast stderr lines:\n{lines}"
+            f"failed: {summary or run.failure_summary()}\nlast stderr lines:\n{lines}"
         )[:MAX_REPORT_CHARS]
         try:
             self.client.post("/send", {"to": MANAGER, "body": body}, timeout=10.0)
         except (ApiError, Unreachable) as exc:
             log.warning("could not tell the manager about the failed turn: %s", exc)
+
+    def _tell_manager(self, body: str, what: str) -> None:
+        """Best effort, in a background thread (the controller may not be up yet)."""
+        if self.env.is_manager:
+            return
+
+        def send() -> None:
+            try:
+                self.client.post(
+                    "/send", {"to": MANAGER, "body": body[:MAX_REPORT_CHARS]}, timeout=10.0,
+                    retry=True,
+                )  # fmt: skip
+            except (ApiError, Unreachable) as exc:
+                log.warning("could not tell the manager about %s: %s", what, exc)
+
+        threading.Thread(target=send, name="tell-manager", daemon=True).start()
+
+    def _release(self, ids: list[int] | None) -> None:
+        """``POST /release``: give leased messages back at once (``None``: all of ours).
+
+        Best effort; a controller without the verb (404 / 405) is remembered and not asked again.
+        """
+        if not self._release_supported:
+            return
+        body: dict[str, Any] = {} if ids is None else {"ids": ids}
+        try:
+            data = self.client.call("POST", "/release", body, timeout=5.0, retry=False)
+        except ApiError as exc:
+            if exc.status in (404, 405):
+                log.info("no POST /release on the controller; leased messages wait for the lease")
+                self._release_supported = False
+            else:
+                log.warning("release of leased messages refused: %s", exc.message)
+            return
+        except Unreachable as exc:
+            log.debug("release: %s", exc)
+            return
+        n = data.get("released") if isinstance(data, dict) else None
+        if n:
+            log.info("released %s leased message(s) %s", n, ids if ids is not None else "(all)")
 
     # ------------------------------------------------------------------ claude runs
 
@@ -219,19 +300,28 @@ class TurnLoop:
             pythonpath=claude.import_path(exclude=self.env.state_dir),
         )
         claude.write_mcp_config(self.mcp_config_path, doc)
+        plugins = bool(self.settings.plugins)
         argv = claude.build_argv(
             claude_bin=self.env.claude_bin,
             model=model,
             mcp_config=self.mcp_config_path,
-            allow=claude.allowed_tools(self.env.flavor, extras),
+            allow=claude.allowed_tools(self.env.flavor, extras, plugins=plugins),
+            tools=claude.builtin_tools(plugins),
             continue_session=continue_session,
         )
-        env = claude.build_env(self.environ, config_dir=self.env.config_dir)
+        env = self.claude_env()
         return claude.Invocation(argv, env, self.env.state_dir)
 
     def _pump(self, turn: int | None) -> Callable[[StreamEvent], None]:
         def on_event(ev: StreamEvent) -> None:
-            self.bus.emit(ev.kind, event_json(ev), turn)
+            self._progress = time.monotonic()
+            if isinstance(ev, TextDelta):
+                self.bus.text_delta(turn, ev.index, ev.text)
+                return
+            if isinstance(ev, SystemEvent) and ev.data.get("status") == "requesting":
+                pass  # one per API request with partial messages on: not worth a stored event
+            elif ev.kind not in LIVE_ONLY_KINDS:
+                self.bus.emit(ev.kind, event_json(ev), turn)
             usage = getattr(ev, "usage", None)
             if isinstance(usage, Usage) and ev.kind != "result":
                 self.bus.set_usage(usage, turn)
@@ -272,8 +362,10 @@ class TurnLoop:
             self.bus.set_state(TurnState.IDLE)
             self._claude_lock.release()
 
-    def _log_failure(self, what: str, turn: int | None, run: RunResult) -> None:
-        summary = run.failure_summary()
+    def _log_failure(
+        self, what: str, turn: int | None, run: RunResult, summary: str | None = None
+    ) -> None:
+        summary = summary or run.failure_summary()
         tail = "\n".join(run.stderr_tail)
         log.error("%s (turn %s) failed: %s\n%s", what, turn, summary, tail)
         self.bus.emit(
@@ -309,6 +401,41 @@ class TurnLoop:
             self._intro_due = False
             if not self._shutdown:
                 self._cancel_requested = False
+            self._timed_out = False
+        self._enter("turn", self.turn_timeout + PHASE_SLACK)
+        timer = threading.Timer(self.turn_timeout, self._on_time_limit, args=(turn,))
+        timer.daemon = True
+        try:
+            return self._turn(msg, recv_at, turn, started_at, fresh, intro, timer)
+        finally:
+            timer.cancel()
+            self._current_turn = None
+
+    def _on_time_limit(self, turn: int) -> None:
+        with self._flags:
+            if self._current_turn != turn:
+                return
+            self._timed_out = True
+            self._cancel_requested = True
+        limit = fmt_seconds(self.turn_timeout)
+        log.error("turn %d: time limit of %s exceeded; cancelling", turn, limit)
+        self.bus.note(
+            f"the turn ran longer than its time limit ({fmt_seconds(self.turn_timeout)}): "
+            "terminating claude", "error", turn,
+        )  # fmt: skip
+        self.runner.cancel()
+
+    def _turn(
+        self,
+        msg: Message,
+        recv_at: float,
+        turn: int,
+        started_at: float,
+        fresh: bool,
+        intro: bool,
+        timer: threading.Timer,
+    ) -> TurnRow:
+        timer.start()
         model = self.models.current()
         self.bus.set_model(model, "operator" if self.models.override else "settings")
         self.bus.emit(
@@ -348,17 +475,35 @@ class TurnLoop:
                 with self._flags:
                     self._intro_due = False
                 runs.append(self._run(retry_prompt, model, True, turn))
+        timer.cancel()
         final = runs[-1] if runs else None
-        if final is None or (self._cancel_requested and (final.kind != RunKind.OK)):
+        note: str | None = None
+        if self._timed_out and (final is None or final.kind != RunKind.OK):
+            kind = RunKind.FAILED
+            note = (
+                f"time limit of {fmt_seconds(self.turn_timeout)} exceeded: "
+                "the claude process tree was terminated"
+            )
+        elif final is None or (self._cancel_requested and (final.kind != RunKind.OK)):
             kind = RunKind.CANCELLED
         else:
             kind = final.kind
+        if note is None and final is not None and kind != RunKind.OK:
+            note = final.failure_summary() or None
         self.bus.set_state(TurnState.IDLE, turn)
         ended_at = time.time()
         duration_ms = int((ended_at - started_at) * 1000)
         self.bus.set_last_turn(duration_ms)
         if kind in (RunKind.FAILED, RunKind.PROMPT_TOO_LONG) and final is not None:
-            self._log_failure("turn", turn, final)
+            self._log_failure("turn", turn, final, note)
+        if (
+            kind == RunKind.FAILED
+            and final is not None
+            and final.result is not None
+            and final.result.api_error_status == 401
+        ):
+            self._rejected = login.fingerprint(self.environ, self.env.config_dir)
+            log.error("claude's credentials were rejected (401); waiting for a new login")
 
         usage = sum((r.usage for r in runs), Usage())
         tools: Counter[str] = Counter()
@@ -367,6 +512,8 @@ class TurnLoop:
         shutdown = self._shutdown
         if not (kind == RunKind.CANCELLED and shutdown):
             self._ack(msg.id)
+        else:  # cut off by SIGTERM: hand it back now rather than after its lease
+            self._release([msg.id])
         status = self._status()
         if status is not None:
             self.bus.set_status(self.bus.snapshot()["status"], inbox=status.to_json())
@@ -393,7 +540,7 @@ class TurnLoop:
             meta_commit=self.settings.meta_commit,
             session_id=final.session_id if final else None,
             exit_code=final.exit_code if final else None,
-            note=(final.failure_summary() or None) if final and kind != RunKind.OK else None,
+            note=note,
         )
         self.stats.record(row)
         recorded = time.monotonic()
@@ -422,8 +569,7 @@ class TurnLoop:
             turn, kind, duration_ms, usage.input_tokens, usage.output_tokens, row.tool_calls,
         )  # fmt: skip
         if kind == RunKind.FAILED and final is not None:
-            self._report_failure(turn, msg, final)
-        self._current_turn = None
+            self._report_failure(turn, msg, final, note)
         if self.on_turn_recorded is not None:
             self.on_turn_recorded(row, self.last_timings)
         return row
@@ -434,24 +580,181 @@ class TurnLoop:
         """Sleep unless stopped; True when the loop should go on."""
         return not self._stop.wait(seconds)
 
+    def needs_login(self) -> str | None:
+        """Why claude cannot authenticate (the ``needs_login`` detail), or ``None`` when it can.
+
+        No credentials at all; or the ones present were rejected with HTTP 401 and have
+        not changed since.
+        """
+        if not login.has_credentials(self.environ, self.env.config_dir):
+            return "claude has no credentials: log in from this page, or paste an API key or token"
+        if self._rejected is not None:
+            if login.fingerprint(self.environ, self.env.config_dir) == self._rejected:
+                return (
+                    "claude's credentials were rejected (HTTP 401): log in again, "
+                    "or paste a new API key or token"
+                )
+            self._rejected = None
+        return None
+
     def _await_login(self) -> bool:
-        """Block while claude has no credentials (status ``needs_login``); False when stopped."""
+        """Block while claude cannot authenticate (status ``needs_login``); False when stopped.
+
+        Re-checked every ``LOGIN_POLL`` seconds, and at once when the web UI stored a key or a
+        login finished (:meth:`credentials_changed`).
+        """
         announced = False
-        while not has_credentials(self.environ, self.env.config_dir):
+        while (reason := self.needs_login()) is not None:
             if not announced:
-                log.warning(
-                    "claude has no credentials in %s: waiting for a login", self.env.config_dir
-                )
-                self.bus.set_status(
-                    "needs_login", "log in from the agent web UI or set ANTHROPIC_API_KEY"
-                )
+                log.warning("%s (config dir %s): waiting", reason, self.env.config_dir)
                 announced = True
-            if not self._sleep(LOGIN_POLL):
+            self._set_login_status(reason)
+            self._enter("login", LOGIN_POLL + PHASE_SLACK)
+            self._creds_changed.wait(LOGIN_POLL)
+            self._creds_changed.clear()
+            if self.stopping:
                 return False
         if announced:
-            log.info("claude credentials found")
-            self.bus.set_status("online")
+            source = login.credential_source(self.environ, self.env.config_dir)
+            log.info("claude credentials found (%s); resuming", source)
+            self.bus.set_status("online", "")
+            self.bus.note(f"logged in ({source}): the turn loop resumes")
         return True
+
+    def _set_login_status(self, reason: str) -> None:
+        snap = self._login.snapshot() if self._login is not None else None
+        detail = reason
+        if snap is not None and snap.state not in LoginState.DONE:
+            detail = f"login in progress ({snap.state.replace('_', ' ')}): {snap.message}"
+        elif snap is not None and snap.state == LoginState.FAILED:
+            detail = f"{reason} — the last login failed: {snap.message}"
+        self.bus.set_status("needs_login", detail)
+
+    # ------------------------------------------------------------------ login controls
+
+    def claude_env(self) -> dict[str, str]:
+        """The environment every claude process gets (turns, login, plugin commands)."""
+        return claude.build_env(self.environ, config_dir=self.env.config_dir)
+
+    def credentials_changed(self) -> None:
+        """Wake a loop waiting for credentials so it re-checks now."""
+        self._creds_changed.set()
+
+    def login_state(self) -> dict[str, Any]:
+        """``{"needs_login", "reason", "source", "stored", "session"}`` for ``GET /api/state``."""
+        reason = self.needs_login()
+        return {
+            "needs_login": reason is not None,
+            "reason": reason,
+            "source": login.credential_source(self.environ, self.env.config_dir),
+            "stored": login.stored_kind(self.env.config_dir),
+            "session": self._login.snapshot().to_json() if self._login is not None else None,
+        }
+
+    def _on_login_change(self, snap: LoginSnapshot) -> None:
+        self.bus.emit("login", snap.to_json())
+        if snap.state == LoginState.SUCCEEDED:
+            self.credentials_changed()
+        reason = self.needs_login()
+        if reason is not None and not self.stopping:
+            self._set_login_status(reason)
+
+    def start_login(self, method: str = "claudeai") -> dict[str, Any]:
+        """Start ``claude auth login``; return the session snapshot (the URL follows in an event).
+
+        Raises ``LoginBusy`` when one runs, ``InvalidCredential`` for a bad ``method``.
+        """
+        with self._login_lock:
+            if self._login is not None and not self._login.done:
+                raise LoginBusy("a login is already in progress: paste its code or cancel it")
+            session = LoginSession(
+                self.env.claude_bin, self.claude_env(), self.env.state_dir, method=method,
+                on_change=self._on_login_change,
+            )  # fmt: skip
+            self._login = session
+        session.start()
+        self.bus.emit("login", session.snapshot().to_json())
+        return session.snapshot().to_json()
+
+    def submit_login_code(self, code: str) -> dict[str, Any]:
+        """Paste the sign-in page's code into the running login. Raises ``LoginBusy`` /
+        ``InvalidCredential``."""
+        session = self._login
+        if session is None or session.done:
+            raise LoginBusy("no login is waiting for a code: start one first")
+        session.submit_code(code)
+        return session.snapshot().to_json()
+
+    def cancel_login(self) -> bool:
+        """End the running login; False when none runs."""
+        session = self._login
+        return session.cancel() if session is not None else False
+
+    def store_credential(self, kind: str, value: str) -> str:
+        """Store an operator-supplied API key / OAuth token (see ``harness.login``); wake the
+        loop. Returns the credential source now in effect. Raises ``InvalidCredential``."""
+        login.store_credential(self.env.config_dir, kind, value)
+        self._rejected = None
+        self.bus.note(f"the operator stored an {kind.replace('_', ' ')} for claude")
+        self.credentials_changed()
+        return login.credential_source(self.environ, self.env.config_dir) or "none"
+
+    def forget_credential(self) -> bool:
+        """Remove the stored key / token; True when there was one."""
+        had = login.forget_credential(self.env.config_dir)
+        if had:
+            self.bus.note("the operator removed the stored key / token", "warning")
+        self.credentials_changed()
+        return had
+
+    # ------------------------------------------------------------------ boot, watchdog
+
+    def install_plugins(self) -> list[Outcome]:
+        """Add the configured marketplaces and install the plugins (idempotent, never raises);
+        failures are noted and — for a sub-agent — reported to the manager."""
+        marketplaces, plugins = self.settings.marketplaces, self.settings.plugins
+        if not marketplaces and not plugins:
+            self.plugins = []
+            return []
+        n = len(marketplaces) + len(plugins)
+        self._enter("plugins", COMMAND_TIMEOUT * (n + 2) + PHASE_SLACK)
+        self.bus.note(f"installing {len(marketplaces)} marketplace(s), {len(plugins)} plugin(s)…")
+
+        def outcome(o: Outcome) -> None:
+            self.bus.emit("plugin", o.to_json())
+
+        try:
+            outcomes = install_all(
+                self.env.claude_bin, self.claude_env(), self.env.state_dir, marketplaces, plugins,
+                on_outcome=outcome,
+            )  # fmt: skip
+        except Exception as exc:  # never stop the boot
+            log.exception("plugin installation crashed")
+            outcomes = [Outcome("plugin", ",".join(plugins), False, "failed", str(exc), 0.0)]
+        self.plugins = outcomes
+        failures = [o for o in outcomes if not o.ok]
+        if failures:
+            self.bus.note(
+                f"{len(failures)} of {n} plugin/marketplace install(s) failed; the agent runs "
+                "without them" + ("" if self.env.is_manager else " (the manager was told)"),
+                "error",
+            )
+            self._tell_manager(failure_report(self.env.agent, failures), "failed plugin installs")
+        return outcomes
+
+    def plugin_state(self) -> list[dict[str, Any]] | None:
+        """The boot installs' outcomes (``None`` until they ran)."""
+        return [o.to_json() for o in self.plugins] if self.plugins is not None else None
+
+    def _enter(self, phase: str, limit: float) -> None:
+        self._phase = (phase, time.monotonic(), limit)
+
+    def health(self, now: float | None = None) -> tuple[bool, str]:
+        """Is the loop thread making progress? ``(ok, what it is doing)`` — for the systemd
+        watchdog: each phase (recv long poll, turn, login wait, plugin installs) has a bound."""
+        phase, since, limit = self._phase
+        age = (time.monotonic() if now is None else now) - since
+        return age <= limit, f"{phase} for {age:.0f} s (limit {limit:.0f} s)"
 
     def recv(self) -> tuple[dict[str, Any] | None, bool]:
         """One long poll; returns ``(response, reachable)``."""
@@ -474,17 +777,22 @@ class TurnLoop:
 
     def run_forever(self) -> None:
         """Loop until :meth:`stop`. Never raises for controller or claude trouble."""
+        self._release(None)
+        self.install_plugins()
         delay = 1.0
         outage = False
         while not self.stopping:
+            self._enter("loop", PHASE_SLACK)
             if not self._await_login():
                 break
             try:
+                self._enter("recv", RECV_WAIT + 30.0 + PHASE_SLACK)
                 data, reachable = self.recv()
             except ApiError as exc:
                 log.error("recv refused: %s (%s); retrying in 5 s", exc.message, exc.status)
                 self._sleep(5.0)
                 continue
+            self._enter("loop", PHASE_SLACK)
             if not reachable:
                 if not outage:
                     log.warning(
@@ -502,6 +810,7 @@ class TurnLoop:
                 log.info("controller socket reachable again")
                 self.bus.set_status("online", "")
                 outage = False
+                self._release(None)
             delay = 1.0
             if data is None:
                 continue
@@ -511,13 +820,14 @@ class TurnLoop:
             if raw is None:
                 self._maybe_compact()
                 continue
-            if self.stopping:  # leased, not acked: redelivered after the lease
-                break
             try:
                 msg = Message.from_json(raw)
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("malformed message from recv (%s): %r", exc, raw)
                 continue
+            if self.stopping:  # leased, never started: hand it back
+                self._release([msg.id])
+                break
             try:
                 self.handle(msg, recv_at)
             except Exception:

@@ -5,6 +5,13 @@ the main thread waits for SIGTERM / SIGINT. On a signal: cancel the running
 claude process tree, let the loop record the turn ``cancelled`` (up to
 ``SHUTDOWN_GRACE`` seconds), stop the web UI, exit 0.
 
+systemd (``Type=notify``): ``READY=1`` once the web UI listens, ``STATUS=`` with
+the turn state, ``STOPPING=1`` on a signal, and — when the unit sets
+``WatchdogSec=`` (``$WATCHDOG_USEC``) — ``WATCHDOG=1`` every half period for as
+long as the turn loop thread is alive and within the bound of what it is doing
+(``TurnLoop.health``): a loop stuck past its recv, turn or login bound stops
+feeding the watchdog and systemd restarts the harness.
+
 Files under the state dir (``HYPERHIVE_STATE_DIR``, claude's fixed cwd):
 ``hyperhive-events.sqlite``, ``hyperhive-turn-stats.sqlite``,
 ``hyperhive-model`` (operator model override), ``hyperhive-mcp.json``
@@ -55,6 +62,12 @@ class Harness:
     server: WebServer
     loop_thread: threading.Thread | None = None
 
+    def alive(self) -> tuple[bool, str]:
+        """Should the systemd watchdog be fed? ``(ok, why)``."""
+        if self.loop_thread is None or not self.loop_thread.is_alive():
+            return False, "the turn loop thread is not running"
+        return self.loop.health()
+
     def start(self) -> None:
         """Start the web UI and the turn loop threads."""
         self.server.start()
@@ -97,6 +110,8 @@ def build(env: HarnessEnv, environ: Mapping[str, str], *, port: int | None = Non
     models = ModelStore(env.state_dir / MODEL_FILE, settings.model)
     bus = Bus(EventLog(env.state_dir / EVENTS_DB), models.current())
     stats = TurnStats(env.state_dir / STATS_DB)
+    # the host's retention sweep may have deleted old events: turn numbers keep counting on
+    bus.log.ensure_turn_at_least(stats.max_turn())
     client = UnixClient(env.socket)
     loop = TurnLoop(env, settings, bus, stats, models, environ=environ, client=client)
     web = WebApp(env, settings, bus, stats, models, loop, dict(environ), client=client)
@@ -111,6 +126,43 @@ def setup_logging(environ: Mapping[str, str]) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+
+
+def watchdog_interval(environ: Mapping[str, str], pid: int) -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings (half of ``$WATCHDOG_USEC``), or ``None`` when the
+    watchdog is off or meant for another process (``$WATCHDOG_PID``)."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    owner = environ.get("WATCHDOG_PID", "")
+    try:
+        if not usec or int(usec) <= 0 or (owner and int(owner) != pid):
+            return None
+    except ValueError:
+        return None
+    return max(0.05, int(usec) / 2e6)
+
+
+def _notify_loop(
+    h: Harness, notifier: sdnotify.SystemdNotifier, stop: threading.Event, watchdog: float | None
+) -> None:
+    """``WATCHDOG=1`` while the loop is healthy, ``STATUS=`` when the turn state changes."""
+    status = ""
+    starved = False
+    while not stop.wait(min(watchdog or 5.0, 5.0)):
+        if watchdog is not None:
+            ok, why = h.alive()
+            if ok:
+                notifier.notify("WATCHDOG=1")
+                if starved:
+                    log.info("watchdog: the turn loop is making progress again")
+                starved = False
+            elif not starved:
+                log.error("watchdog: not feeding systemd: %s", why)
+                starved = True
+        snap = h.bus.snapshot()
+        line = f"agent {h.env.agent}: {snap['turn_state']}, {snap['status'].replace('_', ' ')}"
+        if line != status:
+            notifier.notify(f"STATUS={line}")
+            status = line
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:
@@ -143,6 +195,12 @@ def main(environ: Mapping[str, str] | None = None) -> int:
             notifier.notify(f"READY=1\nSTATUS=agent {env.agent}: web UI on port {h.server.port}")
 
     threading.Thread(target=ready, name="sd-ready", daemon=True).start()
+    watchdog = watchdog_interval(environ, os.getpid())
+    if watchdog is not None:
+        log.info("systemd watchdog on: pinging every %.1f s while the loop is healthy", watchdog)
+    threading.Thread(
+        target=_notify_loop, args=(h, notifier, stop, watchdog), name="sd-notify", daemon=True
+    ).start()
     while not stop.wait(1.0):
         if h.loop_thread is not None and not h.loop_thread.is_alive():
             log.error("turn loop exited unexpectedly")

@@ -18,6 +18,13 @@ Line shapes (claude-code 2.1.x, see docs/claude-cli.md):
   → :class:`ToolResult` / :class:`UserText`
 - ``{"type":"result","subtype","is_error","terminal_reason","session_id","usage",
   "total_cost_usd","duration_ms","num_turns","result","api_error_status"}`` → :class:`Result`
+- with ``--include-partial-messages``: ``{"type":"stream_event","event":{...}}`` — the
+  API's own SSE events, one per line, *before* the complete ``assistant`` line of the
+  same block: ``message_start`` → :class:`MessageStart` (the request's input usage,
+  so the context size is known as soon as a request starts), ``content_block_delta``
+  with a ``text_delta`` → :class:`TextDelta`; every other stream event (block
+  start/stop, ``input_json_delta``, ``thinking_delta``, ``message_delta``,
+  ``message_stop``) gives ``[]`` — the complete lines carry the same content.
 - anything else, or a line that is not a JSON object → :class:`Unknown`
 """
 
@@ -86,6 +93,7 @@ class SystemInit:
     tools: tuple[str, ...]
     mcp_servers: tuple[tuple[str, str], ...]  # (name, status)
     version: str
+    plugins: tuple[str, ...] = ()  # "name@marketplace" of every loaded plugin
     kind: str = field(default="system_init", init=False)
 
 
@@ -170,6 +178,29 @@ class Result:
 
 
 @dataclass(frozen=True)
+class MessageStart:
+    """A model request started streaming (partial messages only): its id and input usage."""
+
+    message_id: str
+    model: str
+    usage: Usage | None
+    kind: str = field(default="message_start", init=False)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of model text as it streams (partial messages only).
+
+    ``index`` is the content block's index within its message. The complete
+    text arrives afterwards as an :class:`AssistantText` for the same block.
+    """
+
+    index: int
+    text: str
+    kind: str = field(default="text_delta", init=False)
+
+
+@dataclass(frozen=True)
 class Unknown:
     """A line the parser does not understand; ``raw`` is kept (cut at 4000 characters)."""
 
@@ -179,8 +210,20 @@ class Unknown:
 
 
 StreamEvent = (
-    SystemInit | SystemEvent | AssistantText | ToolUse | ToolResult | UserText | Result | Unknown
+    SystemInit
+    | SystemEvent
+    | AssistantText
+    | ToolUse
+    | ToolResult
+    | UserText
+    | Result
+    | MessageStart
+    | TextDelta
+    | Unknown
 )
+
+#: Event kinds that only matter while they stream (not worth a row in the event log).
+LIVE_ONLY_KINDS = frozenset({"message_start", "text_delta"})
 
 
 def event_json(ev: StreamEvent) -> dict[str, Any]:
@@ -189,6 +232,7 @@ def event_json(ev: StreamEvent) -> dict[str, Any]:
     if isinstance(ev, SystemInit):
         d["tools"] = list(ev.tools)
         d["mcp_servers"] = [{"name": n, "status": s} for n, s in ev.mcp_servers]
+        d["plugins"] = list(ev.plugins)
     return d
 
 
@@ -221,6 +265,12 @@ def _system(obj: dict[str, Any]) -> list[StreamEvent]:
         if isinstance(s, dict):
             servers.append((_str(s, "name"), _str(s, "status")))
     tools = obj.get("tools") or []
+    plugins: list[str] = []
+    for pl in obj.get("plugins") or []:
+        if isinstance(pl, dict):
+            plugins.append(_str(pl, "source") or _str(pl, "name"))
+        elif isinstance(pl, str):
+            plugins.append(pl)
     return [
         SystemInit(
             session_id=_str(obj, "session_id"),
@@ -229,6 +279,7 @@ def _system(obj: dict[str, Any]) -> list[StreamEvent]:
             tools=tuple(str(t) for t in tools if isinstance(t, str)),
             mcp_servers=tuple(servers),
             version=_str(obj, "claude_code_version"),
+            plugins=tuple(p for p in plugins if p),
         )
     ]
 
@@ -318,6 +369,27 @@ def _result(obj: dict[str, Any]) -> list[StreamEvent]:
     ]
 
 
+def _stream_event(obj: dict[str, Any]) -> list[StreamEvent]:
+    ev = obj.get("event")
+    if not isinstance(ev, dict):
+        return []
+    etype = ev.get("type")
+    if etype == "message_start":
+        msg = ev.get("message")
+        if not isinstance(msg, dict):
+            return []
+        usage = Usage.from_json(msg["usage"]) if isinstance(msg.get("usage"), dict) else None
+        return [MessageStart(_str(msg, "id"), _str(msg, "model"), usage)]
+    if etype == "content_block_delta":
+        delta = ev.get("delta")
+        index = ev.get("index")
+        if isinstance(delta, dict) and delta.get("type") == "text_delta":
+            text = _str(delta, "text")
+            if text:
+                return [TextDelta(index if isinstance(index, int) else 0, text)]
+    return []
+
+
 def _cut(raw: str, n: int = 4000) -> str:
     return raw if len(raw) <= n else raw[:n] + "…"
 
@@ -348,4 +420,6 @@ def parse_line(line: str | bytes) -> list[StreamEvent]:
         return _user(obj)
     if kind == "result":
         return _result(obj)
+    if kind == "stream_event":
+        return _stream_event(obj)
     return [Unknown(_cut(text), f"unknown type {kind!r}")]

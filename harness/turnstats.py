@@ -145,6 +145,17 @@ class TurnStats:
             out.append(TurnRow(**d))
         return out
 
+    def max_turn(self) -> int:
+        """The largest turn number recorded (0 when none)."""
+        with self._lock:
+            if self._db is None:
+                return 0
+            try:
+                row = self._db.execute("SELECT COALESCE(MAX(turn), 0) FROM turns").fetchone()
+            except sqlite3.Error:
+                return 0
+        return int(row[0] or 0)
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:

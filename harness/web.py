@@ -15,6 +15,11 @@
 ``POST /api/compact``      ``{}`` → ``{"result": "started" | "queued"}``
 ``POST /api/new``          ``{}`` → next turn starts a fresh session
 ``POST /api/cancel``       ``{}`` → cancel the running turn; 409 when idle
+``POST /api/login/start``  ``{"method"?}`` → start ``claude auth login`` (URL follows)
+``POST /api/login/code``   ``{"code"}`` → paste the sign-in page's ``CODE#STATE``
+``POST /api/login/cancel`` ``{}`` → end the running login; 409 when none runs
+``POST /api/login/key``    ``{"kind": "api_key" | "oauth_token", "value"}`` → store it
+``POST /api/login/forget`` ``{}`` → remove a stored key / token
 =========================  =====================================================
 
 Bodies are JSON (form-encoded works too). Bad input gets a 4xx
@@ -34,7 +39,7 @@ import falcon
 
 from harness.config import HarnessEnv, Settings
 from harness.events import Bus, Event, EventLog
-from harness.login import has_credentials
+from harness.login import InvalidCredential, LoginBusy, check_code, check_secret
 from harness.model import InvalidModel, ModelStore
 from harness.turnstats import TurnStats
 from schemas.client import ApiError, UnixClient, Unreachable
@@ -59,6 +64,15 @@ class Controls(Protocol):
     def request_compact(self) -> str: ...
     def request_new_session(self) -> None: ...
     def set_model(self, model: str) -> str: ...
+    def login_state(self) -> dict[str, Any]: ...
+    def start_login(self, method: str = "claudeai") -> dict[str, Any]: ...
+    def submit_login_code(self, code: str) -> dict[str, Any]: ...
+    def cancel_login(self) -> bool: ...
+    def store_credential(self, kind: str, value: str) -> str: ...
+    def forget_credential(self) -> bool: ...
+    def plugin_state(self) -> list[dict[str, Any]] | None: ...
+    @property
+    def turn_timeout(self) -> float: ...
 
 
 class BadInput(falcon.HTTPError):
@@ -116,8 +130,14 @@ def _int_param(req: falcon.Request, name: str, default: int | None, lo: int, hi:
 
 
 def sse_frame(ev: Event) -> bytes:
-    """One SSE frame: ``id: <id>\\nevent: <kind>\\ndata: <event JSON>\\n\\n``."""
+    """One SSE frame: ``id: <id>\\nevent: <kind>\\ndata: <event JSON>\\n\\n``.
+
+    A live-only event (``id`` 0: streaming text) has no ``id:`` line, so it does not
+    move the client's ``Last-Event-ID``.
+    """
     data = json.dumps(ev.to_json(), separators=(",", ":"))
+    if not ev.id:
+        return f"event: {ev.kind}\ndata: {data}\n\n".encode()
     return f"id: {ev.id}\nevent: {ev.kind}\ndata: {data}\n\n".encode()
 
 
@@ -165,6 +185,7 @@ class WebApp:
         r("/api/compact", _Action(self, "compact"))
         r("/api/new", _Action(self, "new"))
         r("/api/cancel", _Action(self, "cancel"))
+        r("/api/login/{action}", _Login(self))
         r("/healthz", _Health())
 
     def stop(self) -> None:
@@ -205,6 +226,7 @@ class WebApp:
     def state(self) -> dict[str, Any]:
         """The ``GET /api/state`` document."""
         snap = self.bus.snapshot()
+        login = self.controls.login_state()
         return {
             "agent": self.env.agent,
             "flavor": self.env.flavor,
@@ -218,7 +240,11 @@ class WebApp:
             "context_tokens": snap["usage"]["context_tokens"] if snap["usage"] else None,
             "status": snap["status"],
             "status_detail": snap["status_detail"],
-            "needs_login": not has_credentials(self.environ, self.env.config_dir),
+            "needs_login": login["needs_login"],
+            "login": login,
+            "plugins": self.controls.plugin_state(),
+            "turn_timeout_seconds": self.controls.turn_timeout,
+            "partial": snap["partial"],
             "dashboard_url": self.settings.dashboard_url,
             "inbox": self.inbox(),
             "inbox_status": snap["inbox_status"],
@@ -232,6 +258,7 @@ class WebApp:
     def stream(self, after: int | None, backfill: int) -> Iterator[bytes]:
         """SSE body: backfill (or resume after ``after``), a ``ready`` marker, then live events."""
         try:
+            seq = self.log.live_seq  # live-only events from now on (the text so far is in ready)
             yield b"retry: 3000\n\n"
             if after is None:
                 history = self.log.page(None, backfill)
@@ -250,7 +277,7 @@ class WebApp:
             ready = json.dumps({"last_event_id": last, "state": self.bus.snapshot()})
             yield f"event: ready\ndata: {ready}\n\n".encode()
             while not self._stopping.is_set():
-                batch = self.log.wait(last, HEARTBEAT, stop=self._stopping.is_set)
+                batch, seq = self.log.wait_any(last, seq, HEARTBEAT, stop=self._stopping.is_set)
                 if not batch:
                     if self.log.closed or self._stopping.is_set():
                         return
@@ -258,7 +285,8 @@ class WebApp:
                     continue
                 for ev in batch:
                     yield sse_frame(ev)
-                    last = ev.id
+                    if ev.id:
+                        last = ev.id
         finally:
             with self._streams_lock:
                 self._streams -= 1
@@ -408,3 +436,55 @@ class _Action:
             raise BadInput("no turn is running", None, falcon.HTTP_409, "conflict")
         else:
             resp.media = {"result": "cancelled"}
+
+
+class _Login:
+    def __init__(self, web: WebApp) -> None:
+        self.web = web
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, action: str) -> None:
+        doc = _media(req)
+        c = self.web.controls
+        allowed = {
+            "start": {"method"},
+            "code": {"code"},
+            "cancel": set(),
+            "key": {"kind", "value"},
+            "forget": set(),
+        }
+        if action not in allowed:
+            raise BadInput(f"no such login action: {action}", "action", falcon.HTTP_404,
+                           "not_found")  # fmt: skip
+        extra = sorted(set(doc) - allowed[action])
+        if extra:
+            raise BadInput(f"{extra[0]}: is not an allowed field", extra[0])
+        try:
+            if action == "start":
+                method = doc.get("method", "claudeai")
+                if method not in ("claudeai", "console"):
+                    raise InvalidCredential(
+                        "method: must be 'claudeai' (subscription) or 'console' (API billing)"
+                    )
+                resp.media = {"result": "started", "login": c.start_login(method)}
+            elif action == "code":
+                code = check_code(doc.get("code"))
+                resp.media = {"result": "code sent", "login": c.submit_login_code(code)}
+            elif action == "cancel":
+                if not c.cancel_login():
+                    raise BadInput("no login is running", None, falcon.HTTP_409, "conflict")
+                resp.media = {"result": "cancelled"}
+            elif action == "key":
+                kind, value = check_secret(doc.get("kind"), doc.get("value"))
+                source = c.store_credential(kind, value)
+                resp.media = {"result": "stored", "source": source}
+            else:
+                resp.media = {"result": "removed" if c.forget_credential() else "nothing stored"}
+        except InvalidCredential as exc:
+            text = str(exc)
+            field = text.split(":", 1)[0] if ":" in text else None
+            raise BadInput(text, field) from None
+        except LoginBusy as exc:
+            raise BadInput(str(exc), None, falcon.HTTP_409, "conflict") from None
+        except OSError as exc:
+            raise BadInput(f"cannot write the claude config dir: {exc.strerror or exc}", None,
+                           falcon.HTTP_500, "io_error") from None  # fmt: skip

@@ -1,7 +1,10 @@
 """A stand-in for one agent socket of the controller: Falcon + waitress on a unix socket.
 
 Implements the agent-socket endpoints the harness calls (docs/architecture.md):
-``/send /recv /ack /status /recent /wake /ask /answer /remind`` and the manager
+``/send /recv /ack /status /recent /wake /ask /answer /remind``, the proposed
+``/release`` (``{"ids"?: [int]}`` → ``{"released": n}``: leased, unacked messages
+become deliverable at once; no ``ids`` = all of them; ``supports_release=False``
+answers 404 like a controller without the verb) and the manager
 verbs ``/request_spawn /request_apply_commit /start /kill /restart /update
 /ask_operator /list``, with a tiny in-memory inbox (leases, long polls).
 Bodies are validated against ``schemas/json/wire.schema.json``; errors use the
@@ -54,6 +57,8 @@ class StandIn:
         self.calls: list[tuple[str, str, Any]] = []
         self.sent: list[dict[str, Any]] = []
         self.acked: list[int] = []
+        self.released: list[list[int] | None] = []  # bodies' ids of every POST /release
+        self.supports_release = True
         self.open_threads = 0
         self.pending_reminders = 0
         self._msgs: list[_Msg] = []
@@ -199,6 +204,26 @@ class StandIn:
                         n += 1
                 self.acked.extend(body["ids"])
             return {"acked": n}
+        if verb == "release":
+            if not self.supports_release:
+                raise _Err(404, "not_found", "no such endpoint: /release")
+            ids = body.get("ids")
+            if ids is not None and (
+                not isinstance(ids, list) or not all(isinstance(i, int) for i in ids)
+            ):
+                raise _Err(400, "invalid", "ids: must be a list of message ids", "ids")
+            n = 0
+            with self._lock:
+                now = time.time()
+                for m in self._msgs:
+                    if m.acked or m.leased_until <= now:
+                        continue
+                    if ids is None or m.msg.id in ids:
+                        m.leased_until = 0.0
+                        n += 1
+                self.released.append(ids)
+                self._lock.notify_all()
+            return {"released": n}
         if verb == "recent":
             with self._lock:
                 msgs = [m.msg.to_json() for m in self._msgs if m.delivered][
@@ -252,6 +277,7 @@ class StandIn:
             "send",
             "recv",
             "ack",
+            "release",
             "status",
             "recent",
             "wake",

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import falcon.testing
 import pytest
@@ -17,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from standin import StandIn
 
+from harness import login
 from harness import web as webmod
 from harness.config import HarnessEnv, parse_settings
 from harness.events import Bus, EventLog, TurnState
@@ -51,6 +53,53 @@ class FakeControls:
         self.bus.set_model(eff, "operator")
         return eff
 
+    # login: the real credential store on a temporary claude dir, a scripted session
+    config_dir = Path("/nonexistent")
+    environ: dict[str, str]
+    session: dict[str, Any] | None = None
+
+    def login_state(self) -> dict[str, Any]:
+        source = login.credential_source(self.environ, self.config_dir)
+        return {
+            "needs_login": source is None,
+            "reason": None if source else "no credentials",
+            "source": source,
+            "stored": login.stored_kind(self.config_dir),
+            "session": self.session,
+        }
+
+    def start_login(self, method: str = "claudeai") -> dict[str, Any]:
+        self.calls.append(f"login:{method}")
+        if self.session is not None and self.session["state"] == "waiting_code":
+            raise login.LoginBusy("a login is already in progress")
+        self.session = {"state": "waiting_code", "method": method, "url": "https://x/auth"}
+        return self.session
+
+    def submit_login_code(self, code: str) -> dict[str, Any]:
+        self.calls.append("code")
+        if self.session is None:
+            raise login.LoginBusy("no login is waiting for a code")
+        self.session = {**self.session, "state": "exchanging"}
+        return self.session
+
+    def cancel_login(self) -> bool:
+        had, self.session = self.session is not None, None
+        return had
+
+    def store_credential(self, kind: str, value: str) -> str:
+        login.store_credential(self.config_dir, kind, value)
+        return login.credential_source(self.environ, self.config_dir) or "none"
+
+    def forget_credential(self) -> bool:
+        return login.forget_credential(self.config_dir)
+
+    def plugin_state(self) -> list[dict[str, Any]] | None:
+        return [{"kind": "plugin", "spec": "hello@mkt", "ok": True, "action": "present"}]
+
+    @property
+    def turn_timeout(self) -> float:
+        return 1800.0
+
 
 @pytest.fixture
 def rig(
@@ -67,6 +116,8 @@ def rig(
     bus = Bus(EventLog(tmp_path / "ev.sqlite"), "haiku")
     stats = TurnStats(tmp_path / "ts.sqlite")
     controls = FakeControls(models, bus)
+    controls.config_dir = tmp_path / "claude"
+    controls.environ = {"ANTHROPIC_API_KEY": "k"}
     app = webmod.WebApp(
         env,
         settings,
@@ -255,6 +306,107 @@ def test_sse_backfill_resume_heartbeat_over_waitress(
         app.stop()
         server.stop()
         assert time.monotonic() - t0 < 8
+
+
+def test_sse_streams_live_text_without_ids(
+    rig: tuple[falcon.testing.TestClient, webmod.WebApp, StandIn, FakeControls],
+) -> None:
+    """Streaming model text is live-only: no ``id:`` (a resume point never moves), ordered with
+    the stored events around it, and the text so far is in ``ready`` for a late subscriber."""
+    _, app, _, _ = rig
+    app.bus.note("before")
+    app.bus.set_state(TurnState.THINKING, 1)
+    app.bus.text_delta(1, 0, "Hel")
+    server = WebServer(app.app, "127.0.0.1", 0)
+    server.start()
+    assert server.wait_bound(5) and server.port
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", "/events/stream")
+        resp = conn.getresponse()
+        lines: list[str] = []
+
+        def read_until(token: str) -> str:
+            while token not in "".join(lines):
+                lines.append(resp.readline().decode())
+            return "".join(lines)
+
+        text = read_until('"partial"')
+        assert '"partial":{"turn":1,"index":0,"text":"Hel"}' in text.replace(" ", "")
+        app.bus.text_delta(1, 0, "lo")
+        app.bus.emit("assistant_text", {"text": "Hello"}, 1)
+        app.bus.text_delta(1, 0, "next")
+        text = read_until('"next"')
+        tail = text[text.index("event: ready") :]
+        i_lo, i_full, i_next = tail.index('"lo"'), tail.index("assistant_text"), tail.index("next")
+        assert i_lo < i_full < i_next  # publication order kept
+        frame = tail[tail.index("event: text_delta") - 1 : i_lo]
+        assert "id:" not in frame and '"offset":3' in tail.replace(" ", "")
+        conn.close()
+    finally:
+        app.stop()
+        server.stop()
+    assert app.bus.snapshot()["partial"] == {"turn": 1, "index": 0, "text": "next"}
+    app.bus.set_state(TurnState.IDLE, 1)
+    assert app.bus.snapshot()["partial"] is None
+
+
+def test_login_endpoints(
+    rig: tuple[falcon.testing.TestClient, webmod.WebApp, StandIn, FakeControls],
+    tmp_path: Path,
+) -> None:
+    c, _, _, controls = rig
+    controls.environ = {}
+    s = c.simulate_get("/api/state").json
+    assert s["needs_login"] is True and s["login"]["source"] is None
+    assert s["plugins"][0]["spec"] == "hello@mkt" and s["turn_timeout_seconds"] == 1800
+    # interactive login: start, paste a code, cancel
+    r = c.simulate_post("/api/login/start", json={"method": "console"})
+    assert r.status_code == 200 and r.json["login"]["url"] == "https://x/auth"
+    assert c.simulate_post("/api/login/start", json={}).status_code == 409
+    r = c.simulate_post("/api/login/code", json={"code": "no-hash-here"})
+    assert r.status_code == 400 and r.json["error"]["field"] == "code"
+    r = c.simulate_post("/api/login/code", json={"code": " abc#def \n"})
+    assert r.status_code == 200 and r.json["login"]["state"] == "exchanging"
+    assert c.simulate_post("/api/login/cancel", json={}).json == {"result": "cancelled"}
+    assert c.simulate_post("/api/login/cancel", json={}).status_code == 409
+    assert controls.calls == ["login:console", "login:claudeai", "code"]
+    # paste a key: stored in the claude dir's settings.json env, mode 0600
+    r = c.simulate_post("/api/login/key", json={"kind": "api_key", "value": "sk-ant-api03-x"})
+    assert r.status_code == 200 and r.json == {"result": "stored", "source": "stored api key"}
+    settings = controls.config_dir / "settings.json"
+    assert (settings.stat().st_mode & 0o777) == 0o600
+    s = c.simulate_get("/api/state").json
+    assert s["needs_login"] is False and s["login"]["stored"] == "api_key"
+    assert "sk-ant" not in str(s)  # the secret is never echoed
+    assert c.simulate_post("/api/login/forget", json={}).json == {"result": "removed"}
+    assert c.simulate_post("/api/login/forget", json={}).json == {"result": "nothing stored"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    [
+        ("/api/login/start", {"method": "sso"}, 400, "method"),
+        ("/api/login/start", {"email": "x"}, 400, "email"),
+        ("/api/login/code", {}, 400, "code"),
+        ("/api/login/code", {"code": "a b#c"}, 400, "code"),
+        ("/api/login/key", {"kind": "password", "value": "x"}, 400, "kind"),
+        ("/api/login/key", {"kind": "api_key"}, 400, "value"),
+        ("/api/login/key", {"kind": "api_key", "value": "two words"}, 400, "value"),
+        ("/api/login/key", {"kind": "oauth_token", "value": "x" * 5000}, 400, "value"),
+        ("/api/login/nope", {}, 404, "action"),
+    ],
+)
+def test_login_bad_input_names_the_field(
+    rig: tuple[falcon.testing.TestClient, webmod.WebApp, StandIn, FakeControls],
+    path: str,
+    body: dict[str, object],
+    status: int,
+    field: str,
+) -> None:
+    r = rig[0].simulate_post(path, json=body)
+    assert r.status_code == status, r.json
+    assert r.json["error"]["field"] == field and r.json["error"]["message"]
 
 
 def test_bind_retry_waits_for_the_port(

@@ -307,8 +307,13 @@ def test_message_in_send_out_recorded_everywhere(start: Callable[..., Agent]) ->
     last = evs[-1]["id"]
     a.sock.deliver("bob", "second")
     live = sse_until(a, lambda es: any(e.get("kind") == "turn_end" for e in es), last_event_id=last)
-    ids = [e["id"] for e in live if e["_event"] != "ready"]
+    ids = [e["id"] for e in live if e["_event"] != "ready" and e["_id"] is not None]
     assert ids == list(range(last + 1, last + 1 + len(ids)))  # nothing repeated, nothing lost
+    # the model's text streamed live (--include-partial-messages) before the stored block
+    deltas = [i for i, e in enumerate(live) if e["_event"] == "text_delta"]
+    assert deltas and all(live[i]["_id"] is None and live[i]["id"] == 0 for i in deltas)
+    done = next(i for i, e in enumerate(live) if e.get("kind") == "assistant_text")
+    assert max(deltas) < done and "".join(live[i]["data"]["text"] for i in deltas) == "ok"
     assert sum(1 for e in live if e["_event"] == "ready") == 1
     # /api/state
     st = a.get("/api/state")

@@ -96,3 +96,31 @@ def test_web_port_precedence(tmp_path: Path) -> None:
         )
         == 8000
     )
+
+
+def test_turn_time_limit_precedence() -> None:
+    from harness.config import turn_timeout
+
+    env = env_from({"HYPERHIVE_AGENT": "alice"})
+    assert turn_timeout(env, parse_settings({}, agent="alice", flavor="agent")) == 1800
+    s = parse_settings({"turn_timeout_seconds": 600}, agent="alice", flavor="agent")
+    assert turn_timeout(env, s) == 600
+    fast = env_from({"HYPERHIVE_AGENT": "alice", "HYPERHIVE_TURN_TIMEOUT": "2.5"})
+    assert turn_timeout(fast, s) == 2.5
+    for bad in (0, -1, "60", True, 10**9):
+        with pytest.raises(SettingsError, match="turn_timeout_seconds"):
+            parse_settings({"turn_timeout_seconds": bad}, agent="alice", flavor="agent")
+    for bad_env in ("soon", "0", "1e12"):
+        with pytest.raises(SettingsError, match="HYPERHIVE_TURN_TIMEOUT"):
+            env_from({"HYPERHIVE_AGENT": "a", "HYPERHIVE_TURN_TIMEOUT": bad_env})
+
+
+def test_watchdog_interval() -> None:
+    from harness.serve import watchdog_interval
+
+    assert watchdog_interval({}, 7) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "60000000"}, 7) == 30.0
+    assert watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "7"}, 7) == 30.0
+    assert watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "8"}, 7) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}, 7) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "x"}, 7) is None

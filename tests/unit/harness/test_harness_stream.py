@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 from harness.stream import (
+    LIVE_ONLY_KINDS,
     MAX_TOOL_RESULT_CHARS,
     AssistantText,
+    MessageStart,
     Result,
     SystemEvent,
     SystemInit,
+    TextDelta,
     ToolResult,
     ToolUse,
     Unknown,
@@ -105,8 +108,10 @@ def test_garbage_never_raises() -> None:
     assert isinstance(u, Unknown) and u.reason.startswith("not JSON")
     (u,) = parse_line("[1, 2]")
     assert isinstance(u, Unknown) and u.reason == "not a JSON object"
-    (u,) = parse_line('{"type": "stream_event", "event": {}}')
-    assert isinstance(u, Unknown) and "stream_event" in u.reason
+    assert parse_line('{"type": "stream_event", "event": {}}') == []
+    assert parse_line('{"type": "stream_event", "event": 3}') == []
+    (u,) = parse_line('{"type": "mystery_event"}')
+    assert isinstance(u, Unknown) and "mystery_event" in u.reason
     (u,) = parse_line('{"type": "assistant"}')
     assert isinstance(u, Unknown)
     assert parse_line(b'{"type":"assistant","message":{"content":"plain"}}')[0] == AssistantText(
@@ -156,3 +161,69 @@ def test_usage_context_tokens() -> None:
     assert u.context_tokens == 123
     assert (u + u).output_tokens == 14
     assert Usage.from_json({"input_tokens": True, "output_tokens": "x"}) == Usage()
+
+
+def test_partial_messages_stream_text_then_the_complete_block() -> None:
+    """``--include-partial-messages`` (captured from claude 2.1.197, data/partial_turn.jsonl):
+    a text block arrives as text_delta pieces, then as the complete assistant line."""
+    evs = events("partial_turn")
+    kinds = [e.kind for e in evs]  # type: ignore[attr-defined]
+    assert kinds == [
+        "system_init",
+        "system",  # status: requesting
+        "message_start",
+        "text_delta",
+        "assistant_text",
+        "tool_use",
+        "tool_result",
+        "system",
+        "message_start",
+        "text_delta",
+        "text_delta",
+        "text_delta",
+        "text_delta",
+        "assistant_text",
+        "result",
+    ]
+    starts = [e for e in evs if isinstance(e, MessageStart)]
+    assert starts[0].message_id.startswith("msg_fake") and starts[0].model == "claude-test"
+    assert starts[0].usage == Usage(30, 1, 100, 20)  # the input side is known at once
+    deltas = [e for e in evs if isinstance(e, TextDelta)]
+    assert deltas[0] == TextDelta(0, "Let me check.")
+    assert "".join(d.text for d in deltas[1:]) == "All done: it printed hi."
+    final = [e for e in evs if isinstance(e, AssistantText)][-1]
+    assert final.text == "All done: it printed hi."
+    assert {"message_start", "text_delta"} == LIVE_ONLY_KINDS
+
+
+def test_stream_event_shapes_that_carry_nothing_new() -> None:
+    def line(ev: dict[str, object]) -> str:
+        return json.dumps({"type": "stream_event", "event": ev})
+
+    assert parse_line(line({"type": "content_block_stop", "index": 0})) == []
+    assert parse_line(line({"type": "message_stop"})) == []
+    tool_json = {"type": "input_json_delta", "partial_json": "{"}
+    assert parse_line(line({"type": "content_block_delta", "index": 1, "delta": tool_json})) == []
+    thinking = {"type": "thinking_delta", "thinking": "hm"}
+    assert parse_line(line({"type": "content_block_delta", "index": 0, "delta": thinking})) == []
+    empty = {"type": "text_delta", "text": ""}
+    assert parse_line(line({"type": "content_block_delta", "index": 0, "delta": empty})) == []
+    (d,) = parse_line(line({"type": "content_block_delta", "delta": {"type": "text_delta",
+                                                                     "text": "x"}}))  # fmt: skip
+    assert d == TextDelta(0, "x")
+    (m,) = parse_line(line({"type": "message_start", "message": {"id": "m1"}}))
+    assert m == MessageStart("m1", "", None)
+
+
+def test_init_lists_plugins() -> None:
+    line = json.dumps(
+        {
+            "type": "system",
+            "subtype": "init",
+            "session_id": "s",
+            "plugins": [{"name": "hello", "path": "/p", "source": "hello@hh-test"}, "bare", 3],
+        }
+    )
+    (init,) = parse_line(line)
+    assert isinstance(init, SystemInit) and init.plugins == ("hello@hh-test", "bare")
+    assert event_json(init)["plugins"] == ["hello@hh-test", "bare"]
