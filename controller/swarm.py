@@ -214,6 +214,7 @@ class Swarm:
         self._row_cache: dict[str, tuple[tuple[Any, ...], AgentStatus]] = {}
         self._saved: tuple[Any, ...] | None = None
         self._rev = 0  # bumped whenever failures / crashes / events / purge change
+        self._rev_saved = 0
         self._rows_lock = threading.RLock()
         doc = load_status(layout.status_file)
         self._status_doc: dict[str, Any] = doc
@@ -413,7 +414,7 @@ class Swarm:
                     if self._gate(a, desired, now) is None:
                         reasons.append(f"due: {a.agent} {a.kind.value}")
                         break
-            if self._rev and self._saved is not None:
+            if self._rev != self._rev_saved:
                 self._save_now()
             rotate = getattr(self.driver, "rotate_logs", None)
             if callable(rotate):
@@ -938,6 +939,10 @@ class Swarm:
     ) -> None:
         live = set(desired.agents) | set(invalid) | set(observed)
         self._holds = {k: v for k, v in self._holds.items() if k in desired.agents}
+        if self._purge & set(desired.agents):
+            # back in desired state before it was destroyed: the purge intent is void
+            self._purge -= set(desired.agents)
+            self._rev += 1
         for table in (self._failures, self._crashes):
             for name in [n for n in table if n not in live]:
                 del table[name]
@@ -980,6 +985,7 @@ class Swarm:
         }
         if {k: v for k, v in self._status_doc.items() if k != "updated_at"} == doc:
             self._saved = fingerprint
+            self._rev_saved = self._rev
             return
         doc["updated_at"] = rfc3339(now)
         try:
@@ -989,6 +995,7 @@ class Swarm:
             return
         self._status_doc = doc
         self._saved = fingerprint
+        self._rev_saved = self._rev
 
     def _save_now(self) -> None:
         """Write holds, failures, crashes, events and purge intents now (rows as last saved)."""
@@ -1003,6 +1010,7 @@ class Swarm:
             return
         self._status_doc = json.loads(json.dumps(doc))
         self._saved = None
+        self._rev_saved = self._rev
 
     # ================================================================ manager verbs
 

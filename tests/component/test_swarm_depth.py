@@ -597,3 +597,17 @@ def test_agent_argv_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setenv("HYPERHIVE_AGENT_ARGV", bad)
         with pytest.raises(ValueError, match="HYPERHIVE_AGENT_ARGV"):
             agent_argv()
+
+
+def test_a_quiet_watch_writes_nothing_and_a_crash_is_persisted_at_once(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    env.swarm.reconcile()
+    mtime = env.layout.status_file.stat().st_mtime_ns
+    for _ in range(3):
+        assert env.swarm.watch() == []
+    assert env.layout.status_file.stat().st_mtime_ns == mtime
+    crash(env)
+    env.swarm.watch()
+    assert env.status()["crashes"]["alice"]["times"]  # before any pass ran
+    assert env.status()["events"]["alice"][-1]["type"] == "Crashed"
