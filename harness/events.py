@@ -112,7 +112,9 @@ class EventLog:
         row = self._db.execute(
             "SELECT COALESCE(MAX(id), 0), COALESCE(MAX(turn), 0) FROM events"
         ).fetchone()
-        self._last_id = int(row[0])
+        # ids never go back, even when the host's retention sweep deleted every row
+        seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        self._last_id = max(int(row[0]), int(seq[0]) if seq else 0)
         self._max_turn = int(row[1])
         self._closed = False
         # live-only events: (sequence number, id of the newest stored event at publish time, event)
