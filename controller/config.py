@@ -44,6 +44,8 @@ class Config:
     resync_seconds: float = 60.0
     crash_watch_seconds: float = 10.0
     """How often the crash watch looks at the agents between passes."""
+    parallel_actions: int = 4
+    """How many agents a pass creates / rebuilds / starts at once (the manager goes first)."""
     hyperhive_flake: str = "github:hyperhive/hyperhive"
     default_model: str = "haiku"
     log_level: str = "info"
@@ -80,6 +82,7 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         agent_port_range=ports.get("agent_range", cfg.agent_port_range),
         resync_seconds=float(doc.get("resync_seconds", cfg.resync_seconds)),
         crash_watch_seconds=float(doc.get("crash_watch_seconds", cfg.crash_watch_seconds)),
+        parallel_actions=int(doc.get("parallel_actions", cfg.parallel_actions)),
         hyperhive_flake=doc.get("hyperhive_flake", cfg.hyperhive_flake),
         default_model=doc.get("default_model", cfg.default_model),
         log_level=doc.get("log_level", cfg.log_level),

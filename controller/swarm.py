@@ -10,9 +10,10 @@ dashboard, CLI). A pass is serialized by a lock and runs:
    untouched; every ``denied/<id>`` is reported to the manager exactly once; a
    main that moved with no deploy (an operator push) gets a new id + ``building/<id>``.
 2. observe → crash watch → plan (``controller.plan``) → execute through the
-   driver. A driver ``TransientError`` (or any unexpected exception) is retried
-   on later passes with exponential backoff; a ``PermanentError`` stalls the
-   agent until its desired digests change.
+   driver: the manager first, then up to ``config.parallel_actions`` agents at
+   once (one action per agent per pass). A driver ``TransientError`` (or any
+   unexpected exception) is retried on later passes with exponential backoff; a
+   ``PermanentError`` stalls the agent until its desired digests change.
 3. record: ``deployed/<id>`` when every agent a build touches converged,
    else ``failed/<id>`` with the errors; ``ApprovalResolved`` events to the
    manager; per-agent conditions to ``<state>/status.json``; login / needs-update
@@ -54,6 +55,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -362,13 +364,11 @@ class Swarm:
         self._watch_phases(desired, observed, now)
         plannable = {n: o for n, o in observed.items() if n not in invalid}
         actions = plan(desired, plannable, held=frozenset(self._holds))
-        done: dict[str, str] = {}
+        done = self._execute_all(actions, desired, observed, now)
         for action in actions:
-            outcome = self._run_action(action, desired, observed, now)
-            if outcome is not None:
-                if outcome.startswith("error: "):
-                    errors.append(f"{action.agent}: {action.kind.value}: {outcome[7:]}")
-                done[action.agent] = outcome
+            outcome = done.get(action.agent, "")
+            if outcome.startswith("error: "):
+                errors.append(f"{action.agent}: {action.kind.value}: {outcome[7:]}")
         after = self.driver.observe() if actions else observed
         for b in builds:
             self._finish_build(b, desired, invalid, after, actions, done)
@@ -546,45 +546,101 @@ class Swarm:
                 return f"restart after crash backoff (at {rfc3339(crash.state.restart_at)})"
         return None
 
-    def _run_action(
+    def _execute_all(
+        self,
+        actions: list[Action],
+        desired: DesiredState,
+        observed: Mapping[str, ObservedAgent],
+        now: float,
+    ) -> dict[str, str]:
+        """Run the plan: each agent's outcome ("ok", "skipped: …", "error: …").
+
+        Gating, ports, tombstone restores and sockets are done here, one agent
+        after the other; the driver calls then run in parallel (up to
+        ``config.parallel_actions``), the manager's alone and first (the others
+        may need it); outcomes are recorded here again, in plan order. One
+        agent never has two actions in a pass (the plan has one per agent).
+        """
+        done: dict[str, str] = {}
+        jobs: list[tuple[Action, Callable[[], None]]] = []
+        for action in actions:
+            outcome, job = self._prepare(action, desired, observed, now)
+            if job is None:
+                done[action.agent] = outcome
+            else:
+                jobs.append((action, job))
+        first = [j for j in jobs if j[0].agent == MANAGER]
+        rest = [j for j in jobs if j[0].agent != MANAGER]
+        for action, job in first:
+            done[action.agent] = self._record_action(action, desired, observed, now, _call(job))
+        workers = max(1, min(self.config.parallel_actions, len(rest)))
+        if workers == 1:
+            for action, job in rest:
+                done[action.agent] = self._record_action(action, desired, observed, now, _call(job))
+            return done
+        with ThreadPoolExecutor(workers, thread_name_prefix="hyperhive-action") as pool:
+            futures = [(action, pool.submit(_call, job)) for action, job in rest]
+            for action, future in futures:
+                done[action.agent] = self._record_action(
+                    action, desired, observed, now, future.result()
+                )
+        return done
+
+    def _prepare(
         self,
         action: Action,
         desired: DesiredState,
         observed: Mapping[str, ObservedAgent],
         now: float,
-    ) -> str | None:
-        """Run one action unless backoff/stall holds it: "ok", "skipped: …" or "error: …"."""
+    ) -> tuple[str, Callable[[], None] | None]:
+        """Gate one action and set it up: ``("", job)`` to run, or ``(outcome, None)``."""
         name = action.agent
         key = _desired_key(desired.agents.get(name))
         prev = self._failures.get(name)
         if prev is not None and prev.key != key:
             self._failures.pop(name, None)
             self._rev += 1
-            prev = None
         crash = self._crashes.get(name)
         if crash is not None and crash.key != key:
             self._crashes.pop(name, None)
             self._rev += 1
         why = self._gate(action, desired, now)
         if why is not None:
-            return f"skipped: {why}"
+            return f"skipped: {why}", None
         try:
-            self._execute(action, desired, observed)
-        except PermanentError as exc:
+            return "", self._job(action, desired, observed)
+        except Exception as exc:
+            return self._record_action(action, desired, observed, now, exc), None
+
+    def _record_action(
+        self,
+        action: Action,
+        desired: DesiredState,
+        observed: Mapping[str, ObservedAgent],
+        now: float,
+        exc: BaseException | None,
+    ) -> str:
+        """Bookkeeping after one action ran (``exc`` None: it succeeded): "ok" / "error: …"."""
+        name = action.agent
+        key = _desired_key(desired.agents.get(name))
+        prev = self._failures.get(name)
+        if isinstance(exc, PermanentError):
             attempts = prev.failure.attempts + 1 if prev else 1
             fail = Failure(FailureKind.PERMANENT, action.kind, exc.message, attempts)
             self._failures[name] = _Fail(fail, key)
+            self._rev += 1
             self._event(name, "FailedPermanently", f"{action.kind.value}: {exc.message}")
             log.error("%s: %s failed permanently: %s", name, action.kind.value, exc.message)
             return f"error: {exc.message}"
-        except Exception as exc:
+        if exc is not None:
             message = exc.message if isinstance(exc, HyperhiveError) else f"{exc}"
             if not isinstance(exc, TransientError | HyperhiveError | OSError):
-                log.exception("%s: %s crashed", name, action.kind.value)
+                log.error("%s: %s crashed", name, action.kind.value, exc_info=exc)
             attempts = prev.failure.attempts + 1 if prev else 1
             wait = backoff(attempts)
             fail = Failure(FailureKind.TRANSIENT, action.kind, message, attempts, now + wait)
             self._failures[name] = _Fail(fail, key)
+            self._rev += 1
             self._event(
                 name,
                 "Failed",
@@ -596,18 +652,34 @@ class Swarm:
             return f"error: {message}"
         if self._failures.pop(name, None) is not None:
             self._rev += 1
+        if action.kind is ActionKind.REBUILD:
+            want = desired.agents[name]
+            self._emit(
+                {"type": EventType.REBUILT.value, "agent": name, "commit": want.commit},
+                f"rebuilt:{name}:{want.build_digest}",
+            )
+        elif action.kind is ActionKind.DESTROY:
+            self.on_destroy(name)
+            have = observed.get(name)
+            self._bury(name, have.commit if have is not None else None, desired.commit)
         self._event(name, _DONE_EVENT[action.kind], action.reason)
         log.info("%s: %s (%s)", name, action.kind.value, action.reason)
         return "ok"
 
-    def _execute(
+    def _job(
         self,
         action: Action,
         desired: DesiredState,
         observed: Mapping[str, ObservedAgent],
-    ) -> None:
+    ) -> Callable[[], None]:
+        """Set ``action`` up (tombstone restore, port, settings, socket) and return the
+        driver call that carries it out (run on a worker thread)."""
         name, kind = action.agent, action.kind
         driver = self.driver
+
+        def sink(line: str) -> None:
+            log.info("[%s] %s", name, line)
+
         if kind in (ActionKind.CREATE, ActionKind.REBUILD, ActionKind.APPLY_MANIFEST):
             want = desired.agents[name]
             have = observed.get(name)
@@ -615,30 +687,17 @@ class Swarm:
                 self._restore(name)
             d = self._deployment(want, existing=have is not None and have.phase is not Phase.ABSENT)
             self.on_deploy(name)
-
-            def sink(line: str) -> None:
-                log.info("[%s] %s", name, line)
-
             if kind is ActionKind.CREATE:
-                driver.create(d, sink)
-            elif kind is ActionKind.REBUILD:
-                driver.rebuild(d, sink)
-                self._emit(
-                    {"type": EventType.REBUILT.value, "agent": name, "commit": want.commit},
-                    f"rebuilt:{name}:{want.build_digest}",
-                )
-            else:
-                driver.apply_manifest(d)
-        elif kind is ActionKind.START:
+                return lambda: driver.create(d, sink)
+            if kind is ActionKind.REBUILD:
+                return lambda: driver.rebuild(d, sink)
+            return lambda: driver.apply_manifest(d)
+        if kind is ActionKind.START:
             self.on_deploy(name)
-            driver.start(name)
-        elif kind is ActionKind.STOP:
-            driver.stop(name)
-        elif kind is ActionKind.DESTROY:
-            driver.destroy(name)
-            self.on_destroy(name)
-            have = observed.get(name)
-            self._bury(name, have.commit if have is not None else None, desired.commit)
+            return lambda: driver.start(name)
+        if kind is ActionKind.STOP:
+            return lambda: driver.stop(name)
+        return lambda: driver.destroy(name)
 
     # ---------------------------------------------------------------- tombstones
 
@@ -1359,6 +1418,15 @@ class Swarm:
             "holds": {k: dict(v) for k, v in self._holds.items()},
             "version": self.meta.version,
         }
+
+
+def _call(job: Callable[[], None]) -> BaseException | None:
+    """Run ``job``; the exception it raised, or None."""
+    try:
+        job()
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _mapping(raw: Any) -> dict[str, Any]:

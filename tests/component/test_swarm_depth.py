@@ -611,3 +611,43 @@ def test_a_quiet_watch_writes_nothing_and_a_crash_is_persisted_at_once(up: Env) 
     env.swarm.watch()
     assert env.status()["crashes"]["alice"]["times"]  # before any pass ran
     assert env.status()["events"]["alice"][-1]["type"] == "Crashed"
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_agents_start_in_parallel_with_distinct_ports(tmp_path: Path, workers: int) -> None:
+    import sys
+    from dataclasses import replace
+
+    cfg = replace(CFG, parallel_actions=workers)
+    env = Env(tmp_path)
+    env.driver = LocalDriver(
+        env.layout,
+        cfg,
+        {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        argv=[sys.executable, str(env.script)],
+        stop_timeout=2.0,
+        start_grace=0.5,
+    )
+    env.swarm = env.make_swarm()
+    env.swarm.config = cfg
+    try:
+        assert env.swarm.reconcile().ok
+        names = [f"w{i}" for i in range(6)]
+        env.push_main({f"agents/{n}/agent.yaml": manifest(n) for n in names}, "six at once")
+        t0 = time.monotonic()
+        result = env.swarm.reconcile()
+        took = time.monotonic() - t0
+        assert result.ok, result.errors
+        assert {a.agent for a in result.plan} == set(names)
+        obs = env.driver.observe()
+        assert all(obs[n].phase is Phase.RUNNING for n in names)
+        ports = [env.status()["agents"][n]["web_port"] for n in names]
+        assert len(set(ports)) == len(ports)
+        if workers == 1:
+            assert took >= 6 * 0.5
+        else:
+            assert took < 6 * 0.5
+        assert env.swarm.proposals()[0].state is ProposalState.DEPLOYED
+    finally:
+        for name in list(env.driver.observe()):
+            env.driver.stop(name)
