@@ -134,6 +134,14 @@ class EventSink(Protocol):
         """Deliver a typed event to ``recipient``'s inbox (coalesced by ``dedup_key``)."""
         ...
 
+    def close_threads(self, agent: str, reason: str | None = None) -> int:
+        """Close every open thread ``agent`` asked or was asked; returns how many."""
+        ...
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters per recipient (messages whose lease ran out too often)."""
+        ...
+
 
 @dataclass(frozen=True)
 class _Fail:
@@ -708,6 +716,11 @@ class Swarm:
     def _bury(self, name: str, commit: str | None, main: str) -> None:
         """After a destroy: keep the agent's state as a tombstone, or delete it (purge)."""
         self._forget_caches(name)
+        # peers waiting on an answer from a gone agent would wait forever
+        try:
+            self.broker.close_threads(name, f"{name} was destroyed")
+        except Exception:
+            log.exception("%s: could not close its open threads", name)
         self._failures.pop(name, None)
         self._crashes.pop(name, None)
         self._rev += 1
@@ -1168,7 +1181,11 @@ class Swarm:
         (deployed) / observed_commit / desired_commit, since, web_port, model, held."""
         desired, invalid = self.meta.desired_checked()
         observed = self.driver.observe()
-        return [r.to_json() for r in self._rows(desired, invalid, observed, self._clock())]
+        dead = self.broker.dead_letter_counts()
+        rows = [r.to_json() for r in self._rows(desired, invalid, observed, self._clock())]
+        for row in rows:
+            row["dead_letters"] = dead.get(str(row.get("name")), 0)
+        return rows
 
     def agent_names(self) -> frozenset[str]:
         """Agents in desired state plus ``manager``: the valid recipients."""

@@ -71,6 +71,8 @@ class FakeBroker:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], str | None]] = []
+        self.closed: list[str] = []
+        self.dead: dict[str, int] = {}
 
     def emit_event(
         self, recipient: str, event: dict[str, Any], dedup_key: str | None = None
@@ -78,6 +80,13 @@ class FakeBroker:
         validate(event, "events")
         self.calls.append((recipient, event, dedup_key))
         return None
+
+    def close_threads(self, agent: str, reason: str | None = None) -> int:
+        self.closed.append(agent)
+        return 0
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return dict(self.dead)
 
     def of(self, type_: str) -> list[dict[str, Any]]:
         return [e for _, e, _ in self.calls if e["type"] == type_]
@@ -417,6 +426,14 @@ def test_prune_removes_the_process_keeps_state(up: Env) -> None:
     kept = Path(stone["path"])
     assert (kept / "state" / "notes.md").read_text() == "keep me"
     assert "alice" not in env.status()["agents"]
+    assert env.broker.closed == ["alice"]  # nobody waits on a gone agent's answer
+
+
+def test_agent_rows_carry_dead_letter_counts(up: Env) -> None:
+    env = up
+    env.broker.dead = {"manager": 2}
+    rows = {r["name"]: r for r in env.swarm.list_agents()}
+    assert rows["manager"]["dead_letters"] == 2
 
 
 # ------------------------------------------------------------------ crash safety
