@@ -39,12 +39,15 @@ const app = {
   stickBottom: true,
   tools: new Map(), // tool_use id -> name (to label results)
   source: null,
+  stream: null, // {turn, index, node, text}: model text arriving live (text_delta)
+  login: null, // the login session snapshot, when one ran
+  needsLogin: false,
 };
 
 const KINDS = [
   "turn_start", "turn_end", "system_init", "system", "assistant_text", "tool_use", "tool_result",
   "user_text", "result", "note", "unknown", "turn_state_changed", "model_changed",
-  "token_usage_changed", "status_changed",
+  "token_usage_changed", "status_changed", "text_delta", "login", "plugin",
 ];
 
 // ------------------------------------------------------------------ formatting helpers
@@ -149,9 +152,15 @@ function splitLines(s) {
   return lines;
 }
 
+// paths under the agent's cwd (its state dir) are shown relative to it
+function relPath(path) {
+  const p = String(path || "?");
+  return app.cwd && p.startsWith(app.cwd + "/") ? p.slice(app.cwd.length + 1) : p;
+}
+
 // Write / Edit / MultiEdit → collapsible diff; null for other tools.
 function renderFileWriteEdit(name, input) {
-  const path = input.file_path || input.path || "?";
+  const path = relPath(input.file_path || input.path);
   if (name === "Write") {
     const added = splitLines(input.content);
     return collapsible(`→ Write ${path} · +${added.length}`, diffBlock([], added), "tool-row tool");
@@ -183,7 +192,7 @@ function fmtToolUse(name, input) {
   const i = input || {};
   switch (name) {
     case "Bash": return `$ ${i.command || ""}` + (i.description ? `   # ${i.description}` : "");
-    case "Read": return `→ Read ${i.file_path || ""}` + (i.offset ? ` from line ${i.offset}` : "") + (i.limit ? ` (${i.limit} lines)` : "");
+    case "Read": return `→ Read ${relPath(i.file_path)}` + (i.offset ? ` from line ${i.offset}` : "") + (i.limit ? ` (${i.limit} lines)` : "");
     case "Glob": return `→ Glob ${i.pattern || ""}` + (i.path ? ` in ${i.path}` : "");
     case "Grep": return `→ Grep ${JSON.stringify(i.pattern || "")}` + (i.path ? ` in ${i.path}` : "") + (i.glob ? ` (${i.glob})` : "");
     case "mcp__hyperhive__send": return `✉ send → ${i.to}: ${i.body}`;
@@ -196,6 +205,37 @@ function fmtToolUse(name, input) {
       const args = JSON.stringify(i);
       return `→ ${short}(${args === "{}" ? "" : args.length > 300 ? args.slice(0, 300) + "…" : args})`;
     }
+  }
+}
+
+// ------------------------------------------------------------------ live text (text_delta)
+
+function streamText(turn, index, offset, text) {
+  let st = app.stream;
+  if (!st || st.turn !== turn || st.index !== index) {
+    endStream(false);
+    const node = row("say streaming", "");
+    st = app.stream = { turn, index, node, text: "" };
+    append(node, true);
+  }
+  // offset = length of the block's text before this piece: skip what we already have
+  if (offset < st.text.length) text = text.slice(st.text.length - offset);
+  if (!text) return;
+  st.text += text;
+  st.node.textContent = st.text;
+  if (app.stickBottom) ui.term.scrollTop = ui.term.scrollHeight;
+}
+
+// the complete block arrived (replaces the live one) or the turn ended (keep what came, marked)
+function endStream(cutOff) {
+  const st = app.stream;
+  app.stream = null;
+  if (!st) return;
+  if (cutOff) {
+    st.node.classList.remove("streaming");
+    st.node.classList.add("cut");
+  } else {
+    st.node.remove();
   }
 }
 
@@ -214,6 +254,7 @@ function renderEvent(ev) {
       return box;
     }
     case "system_init": {
+      if (d.cwd) app.cwd = d.cwd;
       const servers = (d.mcp_servers || []).map((s) => `${s.name} ${s.status === "connected" ? "✓" : s.status}`).join(", ");
       return row("dim", `  session ${String(d.session_id || "").slice(0, 8)} · ${d.model} · claude ${d.version} · mcp: ${servers || "none"}`);
     }
@@ -230,6 +271,7 @@ function renderEvent(ev) {
       return row("dim", `  system ${d.subtype}`);
     }
     case "assistant_text":
+      endStream(false);
       if (!d.text) return null;
       return row("say", d.text);
     case "tool_use": {
@@ -243,8 +285,9 @@ function renderEvent(ev) {
       const name = shortName(app.tools.get(d.tool_use_id) || "tool");
       const text = d.text || "";
       const cls = "tres" + (d.is_error ? " err" : "");
-      if (lineCount(text) <= 1 && text.length <= 160) {
-        return row(cls, `↳ ${name}${d.is_error ? " error" : ""}: ${text || "(empty)"}`);
+      if (lineCount(text) <= 1) {
+        const shown = app.cwd ? text.split(app.cwd + "/").join("") : text;
+        return row(cls, `↳ ${name}${d.is_error ? " error" : ""}: ${firstLine(shown, 160) || "(empty)"}`);
       }
       const body = pre(text + (d.truncated ? "\n… (cut)" : ""));
       return collapsible(`↳ ${name}: ${firstLine(text, 100)} (${lineCount(text)} lines)`, body, cls);
@@ -262,6 +305,7 @@ function renderEvent(ev) {
       return row("ok", `✓ done · ${fmtMs(d.duration_ms)} · ${fmtTokens(u.input_tokens)} in / ${fmtTokens(u.output_tokens)} out · cache ${fmtTokens(u.cache_read_input_tokens)} read / ${fmtTokens(u.cache_creation_input_tokens)} write${cost}`);
     }
     case "turn_end": {
+      endStream(true);
       const cls = d.result_kind === "ok" ? "turn-end" : "turn-end err";
       const tools = d.tool_calls ? ` · ${d.tool_calls} tool call${d.tool_calls === 1 ? "" : "s"}` : "";
       const comp = d.compactions ? ` · ${d.compactions} compaction` : "";
@@ -279,6 +323,25 @@ function renderEvent(ev) {
     }
     case "model_changed":
       return row("dim", `• model → ${d.model} (${d.source})`);
+    case "login": {
+      const what = {
+        starting: "login: starting claude auth login…",
+        waiting_code: "login: open the link in the login panel, sign in, paste the code",
+        exchanging: "login: code sent, finishing…",
+        succeeded: "login: done — claude is logged in",
+        failed: `login failed: ${d.message}`,
+        cancelled: `login cancelled${d.message ? ": " + d.message : ""}`,
+      }[d.state] || `login: ${d.state}`;
+      return row(d.state === "failed" ? "note-error" : d.state === "succeeded" ? "ok" : "note-info", `• ${what}`);
+    }
+    case "plugin": {
+      const secs = d.seconds ? ` · ${Number(d.seconds).toFixed(1)} s` : "";
+      if (d.ok) return row("dim", `⧉ ${d.kind} ${d.spec}: ${d.action}${secs}`);
+      const box = el("div");
+      box.appendChild(row("note-error", `⧉ ${d.kind} ${d.spec}: failed${secs}`));
+      box.appendChild(collapsible("  output", pre(d.detail || ""), "dim"));
+      return box;
+    }
     case "unknown":
       return collapsible(`  unparsed line (${d.reason})`, pre(d.raw, "raw"), "dim");
     default:
@@ -343,7 +406,9 @@ function setStatus(status, detail, inbox) {
     ui.alive.className = `badge alive-${status}`;
     ui.alive.textContent = status.replace("_", " ");
     ui.alive.title = detail || "";
-    $("login-banner").hidden = status !== "needs_login";
+    app.needsLogin = status === "needs_login";
+    if (app.needsLogin) $("login-detail").textContent = detail || "";
+    renderLogin();
   }
   if (inbox) {
     ui.inboxCounts.hidden = false;
@@ -382,6 +447,10 @@ async function refreshState() {
     setModel(s.model, s.model_override ? s.settings_model : null);
     setUsage(s.usage);
     setLastTurn(s.last_turn_ms);
+    if (s.login) {
+      app.login = s.login.session;
+      app.loginSource = s.login.source;
+    }
     setStatus(s.needs_login ? "needs_login" : s.status, s.status_detail, s.inbox_status);
     setTurnState(s.turn_state, s.turn_state_since);
     renderInbox(s.inbox);
@@ -393,6 +462,10 @@ async function refreshState() {
 // ------------------------------------------------------------------ the stream
 
 function handle(ev, live) {
+  if (ev.kind === "text_delta") { // live only: no id
+    if (live) streamText(ev.turn, ev.data.index, ev.data.offset, ev.data.text);
+    return;
+  }
   if (ev.id <= app.lastId) return; // already shown (reconnect overlap)
   app.lastId = ev.id;
   if (app.firstId === null) app.firstId = ev.id;
@@ -403,6 +476,7 @@ function handle(ev, live) {
     case "token_usage_changed": setUsage(d); break;
     case "status_changed": setStatus(d.status, d.detail, d.inbox); break;
     case "turn_end": setLastTurn(d.duration_ms); if (live) refreshState(); break;
+    case "login": app.login = d; renderLogin(); if (live && d.state === "succeeded") refreshState(); break;
   }
   const node = renderEvent(ev);
   if (node) append(node, live);
@@ -429,6 +503,8 @@ function connect() {
       if (r.state) {
         setTurnState(r.state.turn_state, r.state.turn_state_since);
         setStatus(r.state.status, r.state.status_detail, r.state.inbox_status);
+        const p = r.state.partial;
+        if (p && p.text && !app.stream) streamText(p.turn, p.index, 0, p.text);
       }
     } catch (e) { /* ignore */ }
     ui.older.hidden = app.firstId === null || app.firstId <= 1;
@@ -489,6 +565,7 @@ async function post(path, body) {
 
 const HELP = [
   "/help            this list",
+  "/login           log claude in (sign in, or paste an API key / long-lived token)",
   "/model           show the model · /model NAME switches the next turns (e.g. sonnet, opus, haiku)",
   "/model default   back to the deployed model",
   "/compact         compact the session now (or after the running turn)",
@@ -511,7 +588,7 @@ async function runCommand(text) {
       }
       const r = await post("/api/model", { model: arg === "default" ? "" : arg });
       setModel(r.model, r.override ? r.settings_model : null);
-      local(`model → ${r.model}${r.override ? "" : " (deployed default)"}`);
+      local(`model → ${r.model}${r.override ? " from the next turn" : " (the deployed default)"}`);
       return;
     }
     case "/compact": {
@@ -527,6 +604,13 @@ async function runCommand(text) {
       await post("/api/cancel");
       local("turn cancelled");
       return;
+    case "/login":
+      app.loginOpen = true;
+      app.loginDismissed = false;
+      renderLogin();
+      $("login-panel").scrollIntoView({ block: "nearest" });
+      local("the login panel is open above");
+      return;
     default:
       local(`unknown command ${cmd} — /help lists them`, true);
   }
@@ -541,7 +625,7 @@ async function submit() {
       await runCommand(text);
     } else {
       const r = await post("/api/send", { body: text });
-      local(`» operator → ${$("agent-name").textContent} (#${r.id}): ${text}`);
+      local(`» sent to ${$("agent-name").textContent} as message #${r.id}`);
     }
     ui.prompt.value = "";
   } catch (e) {
@@ -569,6 +653,82 @@ ui.cancel.addEventListener("click", async () => {
   } catch (e) {
     local(`✗ ${e.message}`, true);
   }
+});
+
+// ------------------------------------------------------------------ login panel
+
+function renderLogin() {
+  const panel = $("login-panel");
+  const s = app.login;
+  const running = s && ["starting", "waiting_code", "exchanging"].includes(s.state);
+  panel.hidden = app.loginDismissed || !(app.needsLogin || app.loginOpen || running);
+  ui.alive.classList.toggle("clickable", app.needsLogin);
+  if (panel.hidden) return;
+  $("login-title").textContent = app.needsLogin
+    ? "claude needs a login — turns wait until it has credentials"
+    : `claude credentials: ${app.loginSource || "?"}`;
+  $("login-detail").hidden = !app.needsLogin || !!running;
+  $("login-start").hidden = !!running;
+  $("login-cancel").hidden = !running;
+  const waiting = s && s.state === "waiting_code";
+  $("login-step").hidden = !running;
+  $("login-code-form").hidden = !waiting;
+  const link = $("login-url");
+  if (s && s.url && running) {
+    link.href = s.url;
+    link.textContent = s.url.length > 90 ? s.url.slice(0, 90) + "…" : s.url;
+    link.hidden = false;
+  } else {
+    link.hidden = true;
+  }
+  const msg = $("login-msg");
+  msg.textContent = s ? `${s.state.replace("_", " ")}: ${s.message}` : "";
+  msg.className = "login-msg " + (s && s.state === "failed" ? "err" : s && s.state === "succeeded" ? "ok" : "dim");
+}
+
+async function loginAction(path, body, okText) {
+  try {
+    const r = await post(path, body);
+    if (r && r.login) { app.login = r.login; renderLogin(); }
+    if (okText) local(okText(r));
+    return r;
+  } catch (e) {
+    local(`✗ ${e.message}`, true);
+    return null;
+  }
+}
+
+for (const b of document.querySelectorAll("[data-login-method]")) {
+  b.addEventListener("click", () => loginAction("/api/login/start", { method: b.dataset.loginMethod }));
+}
+$("login-cancel").addEventListener("click", () => loginAction("/api/login/cancel", {}, () => "login cancelled"));
+$("login-code-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = $("login-code");
+  const r = await loginAction("/api/login/code", { code: input.value });
+  if (r) input.value = "";
+});
+$("login-key-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = $("login-key");
+  const kind = $("login-kind").value;
+  const r = await loginAction("/api/login/key", { kind, value: input.value },
+    (x) => `stored the ${kind.replace("_", " ")} · claude now uses: ${x.source}`);
+  if (r) {
+    input.value = "";
+    app.loginOpen = false;
+    refreshState();
+  }
+});
+$("login-close").addEventListener("click", () => {
+  app.loginOpen = false;
+  app.loginDismissed = true; // the "needs login" badge or /login brings it back
+  renderLogin();
+});
+ui.alive.addEventListener("click", () => {
+  if (!app.needsLogin) return;
+  app.loginDismissed = false;
+  renderLogin();
 });
 
 refreshState();
