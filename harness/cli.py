@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 
 from schemas.client import ApiError, UnixClient, Unreachable
@@ -91,7 +92,10 @@ def wake(label: str, body: str, socket: str, as_json: bool = False) -> int:
         return 2
     try:
         data = UnixClient(socket).post(
-            "/wake", {"from": label, "body": body}, timeout=15.0, retry=True
+            "/wake",
+            {"from": label, "body": body, "idempotency_key": uuid.uuid4().hex},
+            timeout=15.0,
+            retry=True,
         )
     except ApiError as exc:
         where = f" ({exc.field})" if exc.field else ""

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -52,6 +53,16 @@ def format_message(m: Message) -> str:
     if m.event:
         head += f"\nevent: {json.dumps(m.event, sort_keys=True)}"
     return f"{head}:\n{m.body}"
+
+
+def _key() -> str:
+    """A fresh idempotency key for one tool call.
+
+    Made once per call, not per attempt: ``UnixClient`` retries re-send the same
+    body, so a send that committed before the controller died is not duplicated
+    (docs/broker.md, "Idempotency").
+    """
+    return uuid.uuid4().hex
 
 
 class Tools:
@@ -100,7 +111,7 @@ class Tools:
     # -- agent verbs
 
     def send(self, to: str, body: str) -> str:
-        data, r = self.call("POST", "/send", {"to": to, "body": body})
+        data, r = self.call("POST", "/send", {"to": to, "body": body, "idempotency_key": _key()})
         return self.finish(f"sent message #{data.get('id')} to {to}.", r)
 
     def recv(self, wait_seconds: float = 0) -> str:
@@ -114,7 +125,9 @@ class Tools:
         return self.finish(text, r)
 
     def ask(self, to: str, question: str) -> str:
-        data, r = self.call("POST", "/ask", {"to": to, "question": question})
+        data, r = self.call(
+            "POST", "/ask", {"to": to, "question": question, "idempotency_key": _key()}
+        )
         return self.finish(
             f"asked {to} (message #{data.get('id')}, thread {data.get('thread')}); the answer will "
             "arrive in your inbox as kind 'answer' on that thread.",
@@ -126,7 +139,11 @@ class Tools:
         return self.finish(f"answered thread {thread} (message #{data.get('id')}).", r)
 
     def remind(self, after_seconds: int, body: str) -> str:
-        data, r = self.call("POST", "/remind", {"after_seconds": after_seconds, "body": body})
+        data, r = self.call(
+            "POST",
+            "/remind",
+            {"after_seconds": after_seconds, "body": body, "idempotency_key": _key()},
+        )
         return self.finish(
             f"reminder #{data.get('id')} set; it arrives in your inbox at {data.get('due_at')}.", r
         )

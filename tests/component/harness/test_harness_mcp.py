@@ -86,7 +86,10 @@ def test_agent_tools_listed_and_send_ends_with_status(alice: StandIn) -> None:
         text.splitlines()[-1]
         == "[status] 1 unread message(s), 0 open thread(s), 0 pending reminder(s)"
     )
-    assert alice.sent == [{"to": "bob", "body": "hello bob"}]
+    [sent] = alice.sent
+    key = sent.pop("idempotency_key")
+    assert sent == {"to": "bob", "body": "hello bob"}
+    assert len(key) == 32 and int(key, 16) >= 0  # one fresh key per tool call
     # the status line came from a non-mutating GET /status
     assert ("GET", "/status", {}) in alice.calls
 

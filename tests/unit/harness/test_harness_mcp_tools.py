@@ -50,7 +50,10 @@ def test_result_ends_with_status_line() -> None:
         "sent message #9 to bob.",
         "[status] 2 unread message(s), 1 open thread(s), 0 pending reminder(s)",
     ]
-    assert c.calls[0] == ("POST", "/send", {"to": "bob", "body": "hi"}, True)
+    method, path, body, retry = c.calls[0]
+    key = body.pop("idempotency_key")
+    assert (method, path, body, retry) == ("POST", "/send", {"to": "bob", "body": "hi"}, True)
+    assert isinstance(key, str) and len(key) == 32
     assert c.calls[1][:2] == ("GET", "/status")
 
 
