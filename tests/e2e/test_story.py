@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,7 +108,18 @@ def model_script(req: Request) -> Reply:
             return reply_tool_use(
                 "mcp__hyperhive__send", {"to": "alice", "body": "hello alice, please reply"}
             )
+        if "alice here" in text:
+            # a threaded question to a peer: alice must answer on the thread
+            return reply_tool_use(
+                "mcp__hyperhive__ask", {"to": "alice", "question": "which colour do you like?"}
+            )
         return reply_text("noted.")
+    if "which colour do you like?" in text:
+        thread = re.search(r'thread="(\d+)"', text)
+        assert thread is not None, text
+        return reply_tool_use(
+            "mcp__hyperhive__answer", {"thread": int(thread.group(1)), "body": "violet, thanks"}
+        )
     if "hello alice" in text:
         return reply_tool_use(
             "mcp__hyperhive__send", {"to": "manager", "body": "hi manager, alice here"}
@@ -376,6 +388,23 @@ def test_the_whole_story(swarm: Swarm) -> None:
     assert ("alice", "manager", "message") in flow
     events = [m for m in msgs if m["kind"] == "event"]
     assert any(e["event"]["type"] == "ApprovalResolved" and e["event"]["id"] == 1 for e in events)
+    # a threaded ask/answer between two agents, both on the real CLI
+    wait_for(
+        "alice's answer on the thread to reach the manager",
+        lambda: s.requests_where(lambda r: is_manager(r) and "violet, thanks" in r.last_user_text),
+        timeout=90,
+    )
+    msgs = s.messages()
+    [question] = [m for m in msgs if m["kind"] == "question"]
+    [answer] = [m for m in msgs if m["kind"] == "answer"]
+    assert (question["from"], question["to"]) == ("manager", "alice")
+    assert (answer["from"], answer["to"], answer["thread"]) == (
+        "alice",
+        "manager",
+        question["thread"],
+    )
+    manager_status = UnixClient(str(s.state / "run" / "manager" / "mcp.sock")).get("/status")
+    assert manager_status["open_threads"] == 0
     human = s.cli("messages").stdout
     assert "alice → manager" in human and "hi manager, alice here" in human
     dash = json.loads(
