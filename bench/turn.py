@@ -1,6 +1,6 @@
 """Harness overhead per turn, measured against the real claude CLI and the fake Messages API.
 
-Run by hand: ``.venv/bin/python bench/turn.py [--turns N] [--mcp]``.
+Run by hand: ``.venv/bin/python bench/turn.py [--turns N] [--mcp] [--gap S]``.
 
 Two figures, both milliseconds, both pure harness overhead (claude's own work excluded):
 
@@ -15,17 +15,34 @@ real ``hyperhive-agent mcp`` server, which makes claude's own start-up slower bu
 the harness overhead). Also printed: whole-turn wall time, for scale. With ``--gap 0``
 (a backlog) recv→spawn also includes waiting for the previous claude process to exit,
 which the harness does in the background after recording the previous turn.
+
+Beside them, for scale, the CLI's own start-up: ``claude --version`` and the very
+``claude -p`` invocation the harness builds, run bare (no harness), wall time to its
+result line and to its exit. Last, memory: ``python -m harness serve`` as its own process
+(stand-in socket, fake API), its resident set size sampled while idle and while a turn
+streams (claude's process tree, which is not the harness, shown apart). ``--no-memory``
+skips that part.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -63,6 +80,110 @@ def describe(name: str, values: list[float]) -> str:
     )
 
 
+def bare_cli(loop: TurnLoop, runs: int) -> tuple[list[float], list[float], list[float]]:
+    """``claude --version`` wall times, and the harness' own ``claude -p`` argv run bare:
+    wall time to the result line and to the process exit (ms)."""
+    version: list[float] = []
+    to_result: list[float] = []
+    to_exit: list[float] = []
+    inv = loop._invocation(loop.models.current(), False)
+    for _ in range(runs):
+        t0 = time.monotonic()
+        subprocess.run([inv.argv[0], "--version"], capture_output=True, env=inv.env, check=True)
+        version.append((time.monotonic() - t0) * 1000)
+        t0 = time.monotonic()
+        p = subprocess.Popen(inv.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, cwd=inv.cwd, env=inv.env)  # fmt: skip
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(b"go bare")
+        p.stdin.close()
+        for line in p.stdout:
+            if line.startswith(b'{"type":"result"'):
+                to_result.append((time.monotonic() - t0) * 1000)
+        p.wait()
+        to_exit.append((time.monotonic() - t0) * 1000)
+    return version, to_result, to_exit
+
+
+def _rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def _tree_rss_mb(pid: int) -> float:
+    total = 0.0
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    for k in kids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += k.memory_info().rss / 2**20
+    return total
+
+
+def memory(cli: Path, root: Path) -> dict[str, Any]:
+    """RSS of a ``serve`` process idle and while a turn streams (MiB)."""
+    slow = reply_text("streaming " * 400, chunk_delay=0.05, chunk_chars=20)
+    script = Rules(rule(slow, contains="stream"), default=reply_text("ok"))
+    with FakeAnthropic(script) as api, StandIn(root / "m.sock", agent="alice") as sock:
+        state = root / "mstate"
+        state.mkdir()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = api.cli_env(root / "mhome")
+        env.update(HYPERHIVE_AGENT="alice", HYPERHIVE_SOCKET=sock.path,
+                   HYPERHIVE_STATE_DIR=str(state), HYPERHIVE_WEB_PORT=str(port),
+                   HYPERHIVE_CLAUDE_BIN=str(cli), PYTHONPATH=str(REPO),
+                   HYPERHIVE_LOG_LEVEL="WARNING")  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "harness", "serve"], env=env, cwd=state,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+        def state_doc() -> Any:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5) as r:
+                return json.loads(r.read())
+
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    state_doc()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            sock.deliver("bob", "warm up")  # imports and caches of a first turn
+            while state_doc()["last_turn_ms"] is None:
+                time.sleep(0.1)
+            time.sleep(1.0)
+            idle = []
+            for _ in range(20):
+                idle.append(_rss_mb(proc.pid))
+                time.sleep(0.1)
+            sock.deliver("bob", "stream please")
+            while state_doc()["turn_state"] != "thinking":
+                time.sleep(0.02)
+            busy: list[float] = []
+            claude: list[float] = []
+            while state_doc()["turn_state"] == "thinking":
+                busy.append(_rss_mb(proc.pid))
+                claude.append(_tree_rss_mb(proc.pid))
+                time.sleep(0.1)
+            return {
+                "idle_mb": statistics.median(idle),
+                "streaming_mb": max(busy) if busy else float("nan"),
+                "claude_tree_mb": max(claude) if claude else float("nan"),
+                "samples": len(busy),
+            }
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+
+
 def main() -> int:
     """Run the benchmark; print the table; exit 1 when no claude CLI is installed."""
     ap = argparse.ArgumentParser(
@@ -77,6 +198,8 @@ def main() -> int:
         help="seconds between a turn being recorded and the next message (0 = a backlog: the next "
         "spawn then also waits for the previous claude process to finish exiting)",
     )
+    ap.add_argument("--bare", type=int, default=5, help="bare claude runs for the start-up figures")
+    ap.add_argument("--no-memory", action="store_true", help="skip the resident-memory part")
     args = ap.parse_args()
     cli = find_claude_cli(REPO)
     if cli is None:
@@ -148,12 +271,25 @@ def main() -> int:
                 wall.append(float(row.duration_ms))
             loop.stop()
             loop.wait_idle(10)
+            loop.runner.reap(10)
+            version, bare_result, bare_exit = bare_cli(loop, args.bare)
+        mem = None if args.no_memory else memory(cli, root)
 
     mcp = " · one MCP tool call each" if args.mcp else ""
     print(f"claude {cli} · {args.turns} turns{mcp} · gap {args.gap:g} s (ms)")
     print(describe("recv→spawn", spawn))
     print(describe("result→recorded", record))
     print(describe("whole turn (wall)", wall))
+    print(f"the CLI alone, {args.bare} runs (ms):")
+    print(describe("claude --version", version))
+    print(describe("claude -p → result", bare_result))
+    print(describe("claude -p → exit", bare_exit))
+    if mem is not None:
+        print(
+            f"harness RSS: idle {mem['idle_mb']:.1f} MiB · while streaming "
+            f"{mem['streaming_mb']:.1f} MiB ({mem['samples']} samples) · claude process tree "
+            f"then {mem['claude_tree_mb']:.0f} MiB"
+        )
     return 0
 
 
