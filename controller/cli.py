@@ -408,6 +408,40 @@ def cmd_tombstones(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_since(text: str) -> float:
+    """``30m`` / ``12h`` / ``7d`` → seconds. Raises ``argparse.ArgumentTypeError``."""
+    unit = text[-1:]
+    try:
+        n = float(text[:-1]) if unit in _SINCE_UNITS else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since takes a duration like 30m, 12h or 7d, not {text!r}"
+        ) from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("--since must not be negative")
+    return n * _SINCE_UNITS.get(unit, 1)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    # turn stats live in each agent's state dir: read them directly (read-only), so
+    # this works whether or not the controller is running
+    from controller.stats import load_rows, render_stats, stats_json
+
+    layout = _layout(args)
+    since = time.time() - args.since if args.since is not None else None
+    rows = load_rows(layout, [args.name] if args.name else None, since)
+    if args.name and not rows and not layout.agent_state(args.name).is_dir():
+        raise CliError(f"no agent {args.name!r} under {layout.state}")
+    if args.output == "json":
+        print(json.dumps(stats_json(rows, args.by), indent=2))
+    else:
+        print(render_stats(rows, args.by), end="")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for ``hyperhive``."""
     p = argparse.ArgumentParser(
@@ -539,6 +573,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tb.add_argument("-o", "--output", choices=["table", "json"], default="table")
     tb.set_defaults(fn=cmd_tombstones)
+
+    sa = sub.add_parser(
+        "stats",
+        help="turn statistics: turns, outcomes, tokens, cost, durations",
+        description="Summarise the harness's per-turn records (one row per claude turn: model, "
+        "wake source, result, tokens, cost, tool calls) by agent, model or deployed meta "
+        "commit, with p50/p95 turn durations. Reads the agents' state dirs directly, so it "
+        "works with or without a running controller.",
+    )
+    sa.add_argument("name", nargs="?", help="only this agent")
+    sa.add_argument(
+        "--by",
+        choices=["agent", "model", "commit"],
+        default="agent",
+        help="how to group the turns (default: agent)",
+    )
+    sa.add_argument(
+        "--since",
+        type=_parse_since,
+        metavar="DURATION",
+        help="only turns started in the last DURATION (e.g. 30m, 12h, 7d)",
+    )
+    sa.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    sa.set_defaults(fn=cmd_stats)
     return p
 
 

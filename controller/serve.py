@@ -155,6 +155,7 @@ def run_daemon(
     from controller.dashboard.app import make_dashboard_app
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
+    from controller.retention import sweep_event_logs
     from controller.swarm import Swarm
     from controller.systemd_notify import SystemdNotify, Watchdog, status_line
 
@@ -297,6 +298,8 @@ def run_daemon(
                     broker.sweep(time.time())
                 except Exception:
                     log.exception("broker retention sweep failed")
+                # agents' event logs: retention is the host's job, not the harness's
+                sweep_event_logs(layout, time.time())
         notify.stopping()
     log.info("stopped")
     return 0

@@ -471,5 +471,15 @@ def test_the_whole_story(swarm: Swarm) -> None:
         ),
     )
 
+    # every turn was counted, per agent and per model, with the fake's token numbers
+    stats = json.loads(s.cli("stats", "-o", "json").stdout)
+    groups = {g["key"]: g for g in stats["groups"]}
+    assert {"manager", "alice"} <= set(groups), groups
+    assert groups["alice"]["turns"] >= 2 and groups["manager"]["turns"] >= 4
+    assert stats["total"]["input_tokens"] > 0 and stats["total"]["output_tokens"] > 0
+    by_model = json.loads(s.cli("stats", "--by", "model", "-o", "json").stdout)
+    assert {"claude-test", "claude-alt"} <= {g["key"] for g in by_model["groups"]}
+    assert "alice" in s.cli("stats").stdout
+
     for k, v in s.timings.items():
         print(f"timing: {k}: {v * 1000:.0f} ms")
