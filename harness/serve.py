@@ -84,6 +84,8 @@ class Harness:
         """Cancel the running turn, wait for it to be recorded, stop the web UI, close databases."""
         log.info("shutting down")
         self.loop.stop()
+        if self.loop.cancel_login():  # claude auth login runs in its own session
+            log.info("cancelled the login in progress")
         # the loop thread may sit in a 180 s recv long poll: wait only for a running turn to be
         # recorded (a message received from now on stays leased and is redelivered)
         if not self.loop.wait_idle(grace):

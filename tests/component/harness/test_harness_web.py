@@ -445,6 +445,7 @@ def test_wake_cli(tmp_path: Path) -> None:
         r = run("--from", "cron", "--body", "-", stdin="line one\nline two\n")
         assert r.returncode == 0
         wakes = [b for m, p, b in sock.calls if p == "/wake"]
+        assert all(len(b.pop("idempotency_key", "")) >= 16 for b in wakes)  # retries never dup
         assert wakes == [
             {"from": "matrix: new dm", "body": "ping"},
             {"from": "cron", "body": "line one\nline two\n"},
