@@ -1015,6 +1015,44 @@ class Broker:
                 acked += cur.rowcount
         return acked
 
+    def release(self, recipient: str, ids: Sequence[int] | None = None) -> int:
+        """End ``recipient``'s leases now, so those messages are delivered again at once.
+
+        A harness that restarts (or stops mid-turn) gives back what it had leased instead of
+        leaving it to wait out the lease. ``ids=None`` releases every live lease of
+        ``recipient``; ids that are not its live leases (unknown, someone else's, acked,
+        dead) are ignored. A release still counts as a delivery attempt, so a message that
+        keeps killing its turn still ends as a dead letter. Returns how many were released.
+        """
+        _check_name(recipient, "recipient")
+        clean = None if ids is None else sorted({_check_id(i, "ids") for i in ids})
+        if clean == []:
+            return 0
+        released = 0
+        with self._write() as conn:
+            now = self._clock()
+            where = (
+                "recipient = ? AND acked_at IS NULL AND dead_at IS NULL "
+                "AND lease_until IS NOT NULL AND lease_until > ?"
+            )
+            if clean is None:
+                cur = conn.execute(
+                    f"UPDATE messages SET lease_until = ? WHERE {where}", (now, recipient, now)
+                )
+                released = cur.rowcount
+            else:
+                for start in range(0, len(clean), 500):
+                    chunk = clean[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    cur = conn.execute(
+                        f"UPDATE messages SET lease_until = ? WHERE {where} AND id IN ({marks})",
+                        (now, recipient, now, *chunk),
+                    )
+                    released += cur.rowcount
+        if released:
+            self._notify([recipient])
+        return released
+
     def status(self, recipient: str) -> Status:
         """``unread`` (deliverable now, incl. expired leases and due reminders), ``open_threads``
         (questions asked by or of ``recipient`` not yet answered), ``pending_reminders``

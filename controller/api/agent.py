@@ -169,6 +169,11 @@ class AgentApi:
         n = self.broker.ack(self.identity, doc["ids"])
         return {"acked": n, "status": self._status()}
 
+    def release(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+        """``POST /release``: give back leased messages (all, or ``ids``) for redelivery now."""
+        n = self.broker.release(self.identity, doc.get("ids"))
+        return {"released": n, "status": self._status()}
+
     def ask(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
         """``POST /ask``."""
         self.check_recipient(doc["to"])
@@ -269,6 +274,7 @@ def make_agent_app(
     app.add_route("/send", _Post("SendRequest", api.send))
     app.add_route("/recv", _Post("RecvRequest", api.recv))
     app.add_route("/ack", _Post("AckRequest", api.ack))
+    app.add_route("/release", _Post("ReleaseRequest", api.release))
     app.add_route("/ask", _Post("AskRequest", api.ask))
     app.add_route("/answer", _Post("AnswerRequest", api.answer))
     app.add_route("/remind", _Post("RemindRequest", api.remind))

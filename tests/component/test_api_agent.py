@@ -194,6 +194,33 @@ def test_send_recv_ack_roundtrip(swarm: Swarm) -> None:
     assert bob.post("/recv", {"wait_seconds": 0}) == {"message": None, "status": got["status"]}
 
 
+def test_release_gives_leases_back_at_once(swarm: Swarm) -> None:
+    alice, bob = swarm.client("alice"), swarm.client("bob")
+    m1 = alice.post("/send", {"to": "bob", "body": "one"})["id"]
+    m2 = alice.post("/send", {"to": "bob", "body": "two"})["id"]
+    assert bob.post("/recv", {"lease_seconds": 3600})["message"]["id"] == m1
+    assert bob.post("/recv", {"lease_seconds": 3600})["message"]["id"] == m2
+    assert bob.post("/recv", {})["message"] is None  # both leased for an hour
+    # a restarted harness gives back only what it names; others' ids are ignored
+    r = bob.post("/release", {"ids": [m2, 999999]})
+    validate(r, "wire#ReleaseResponse")
+    assert r["released"] == 1
+    assert bob.post("/recv", {"lease_seconds": 3600})["message"]["id"] == m2
+    assert alice.post("/release", {})["released"] == 0  # alice holds no leases
+    # a parked recv wakes at once when a release makes a message deliverable
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(r=bob.post("/recv", {"wait_seconds": 20})))
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert bob.post("/release", {})["released"] == 2
+    t.join(10)
+    assert out["r"]["message"]["id"] == m1 and time.monotonic() - t0 < 1.0
+    with pytest.raises(ApiError) as err:
+        bob.post("/release", {"ids": ["x"]})
+    assert err.value.status == 400 and err.value.field == "ids.0"
+
+
 def test_long_poll_returns_on_send_and_times_out(swarm: Swarm) -> None:
     bob = swarm.client("bob")
     out: dict[str, Any] = {}

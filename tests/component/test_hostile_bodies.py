@@ -66,6 +66,7 @@ POSTS: list[tuple[str, str, dict[str, Any]]] = [
     ("alice", "/send", {"to": "bob", "body": "hi", "idempotency_key": "k1"}),
     ("alice", "/recv", {"wait_seconds": 0, "lease_seconds": 30}),
     ("alice", "/ack", {"ids": [1]}),
+    ("alice", "/release", {"ids": [1]}),
     ("alice", "/ask", {"to": "bob", "question": "q?", "idempotency_key": "k2"}),
     ("alice", "/answer", {"thread": 1, "body": "a"}),
     ("alice", "/remind", {"after_seconds": 3600, "body": "later", "idempotency_key": "k3"}),
