@@ -120,6 +120,7 @@ def manifest_from_doc(doc: dict[str, Any]) -> AgentManifest:
             cpu_quota=res.get("cpuQuota"),
             tasks_max=res.get("tasksMax"),
         ),
+        turn_timeout_seconds=spec.get("turnTimeoutSeconds"),
     )
 
 
@@ -165,10 +166,11 @@ def render_settings(
         {"agent", "flavor", "model", "allowed_recipients": [..], "mcp_servers":
          {key: {"command", "args", "env", "allowedTools"}}, "plugins", "marketplaces",
          "web_port", "dashboard_url", "meta_commit", "hyperhive_version"}
+        (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds)
 
     A server keyed ``hyperhive`` is dropped: it would shadow the built-in surface.
     """
-    return {
+    settings: dict[str, Any] = {
         "agent": manifest.name,
         "flavor": flavor(manifest.name),
         "model": manifest.model,
@@ -190,3 +192,6 @@ def render_settings(
         "meta_commit": meta_commit,
         "hyperhive_version": hyperhive_version,
     }
+    if manifest.turn_timeout_seconds is not None:
+        settings["turn_timeout_seconds"] = manifest.turn_timeout_seconds
+    return settings

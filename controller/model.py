@@ -44,6 +44,7 @@ class AgentManifest:
     plugins: tuple[str, ...] = ()
     marketplaces: tuple[str, ...] = ()
     resources: Resources = Resources()
+    turn_timeout_seconds: int | None = None
 
 
 class Phase(enum.StrEnum):

@@ -51,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -123,6 +122,10 @@ _DONE_EVENT = {
 }
 
 Key = tuple[str | None, str | None]
+
+
+# environment variables that authenticate the claude CLI (docs/claude-cli.md)
+_CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
 
 
 class EventSink(Protocol):
@@ -889,14 +892,22 @@ class Swarm:
         log.info("%s/%d: %s", "deployed" if ok else "failed", b.id, note)
 
     def _logged_in(self, agent: str) -> tuple[bool | None, str]:
-        creds = os.path.join(self.layout.state, "agents", agent, "claude", ".credentials.json")
-        if os.path.exists(creds):
+        claude = self.layout.agent_claude(agent)
+        if (claude / ".credentials.json").exists():
             return True, "claude credentials present"
+        # a key or token pasted in the agent UI lands in the env block of claude's own
+        # settings.json, which the CLI reads before the process environment (docs/turn-loop.md)
+        with contextlib.suppress(OSError, ValueError):
+            doc = json.loads((claude / "settings.json").read_text())
+            if isinstance(doc, dict):
+                env_block = doc.get("env")
+                if isinstance(env_block, dict) and any(env_block.get(k) for k in _CREDENTIAL_VARS):
+                    return True, "API key or token stored in the agent's claude settings"
+                if doc.get("apiKeyHelper"):
+                    return True, "apiKeyHelper set in the agent's claude settings"
         env = getattr(self.driver, "env", None)
-        if isinstance(env, Mapping) and (
-            env.get("ANTHROPIC_API_KEY") or env.get("ANTHROPIC_AUTH_TOKEN")
-        ):
-            return True, "API key passed through from the controller's environment"
+        if isinstance(env, Mapping) and any(env.get(k) for k in _CREDENTIAL_VARS):
+            return True, "API key or token passed through from the controller's environment"
         return False, "no claude credentials; log in from the agent's web UI"
 
     def _port_of(self, agent: str) -> int | None:

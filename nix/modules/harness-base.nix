@@ -191,6 +191,9 @@ in
         RestartSec = "5s";
         # Plugin installs run before READY.
         TimeoutStartSec = "10min";
+        # The harness pings WATCHDOG=1 only while its loop is within the bound of
+        # what it is doing (a turn may run up to turn_timeout_seconds).
+        WatchdogSec = "2min";
         # SIGTERM to the harness only, so it can end the running turn itself;
         # whatever is left gets SIGKILL after TimeoutStopSec.
         KillMode = "mixed";

@@ -205,6 +205,33 @@ def test_login_transitions_fire_once_each(up: Env) -> None:
     assert len(env.broker.of("NeedsLogin")) == 2
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"env": {"ANTHROPIC_API_KEY": "sk-pasted"}},
+        {"env": {"CLAUDE_CODE_OAUTH_TOKEN": "tok", "ANTHROPIC_API_KEY": ""}},
+        {"apiKeyHelper": "/state/key.sh"},
+    ],
+)
+def test_a_key_pasted_in_the_agent_ui_counts_as_logged_in(
+    up: Env, settings: dict[str, object]
+) -> None:
+    env = up
+    spawn_alice(env)
+    assert env.cond("alice", "LoggedIn")["status"] == "False"
+    claude_settings = env.layout.agent_claude("alice") / "settings.json"
+    claude_settings.write_text(json.dumps({"model": "x", **settings}))
+    env.swarm.watch()
+    assert env.broker.of("LoggedIn") == [{"type": "LoggedIn", "agent": "alice"}]
+    env.swarm.reconcile()
+    assert env.cond("alice", "LoggedIn")["status"] == "True"
+    # an emptied key is no login
+    claude_settings.write_text(json.dumps({"env": {"ANTHROPIC_API_KEY": ""}}))
+    env.swarm.watch()
+    env.swarm.reconcile()
+    assert env.cond("alice", "LoggedIn")["status"] == "False"
+
+
 def test_needs_update_for_an_agent_that_cannot_be_rebuilt(up: Env) -> None:
     env = up
     spawn_alice(env)

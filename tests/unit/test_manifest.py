@@ -144,3 +144,15 @@ def test_render_settings_manager_flavor_and_no_shadowing() -> None:
     )
     assert s["flavor"] == "manager"
     assert s["mcp_servers"] == {}
+
+
+def test_turn_timeout_reaches_settings_only_when_set() -> None:
+    head = "apiVersion: hyperhive/v1\nkind: Agent\nmetadata: {name: a}\n"
+    kw = {"web_port": 1, "dashboard_url": "u", "meta_commit": "c", "hyperhive_version": "v"}
+    timed = parse_manifest(head + "spec: {turnTimeoutSeconds: 600}\n", "a")
+    assert timed.turn_timeout_seconds == 600
+    assert render_settings(timed, **kw)["turn_timeout_seconds"] == 600
+    assert "turn_timeout_seconds" not in render_settings(parse_manifest(head, "a"), **kw)
+    with pytest.raises(ManifestInvalid) as info:
+        parse_manifest(head + "spec: {turnTimeoutSeconds: 0}\n", "a")
+    assert info.value.schema_field == "spec.turnTimeoutSeconds"
