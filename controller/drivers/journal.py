@@ -22,7 +22,7 @@ runs as root, so journalctl has the access it needs. argv only, never a shell.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from controller.errors import Conflict, Invalid, NotFound, TransientError
 from schemas.names import AGENT_NAME_RE, MANAGER, MANAGER_CONTAINER
@@ -38,6 +38,23 @@ def _is_our_container(name: str) -> bool:
         return True
     agent = name[2:] if name.startswith("h-") else ""
     return bool(agent) and agent != MANAGER and bool(AGENT_NAME_RE.match(agent))
+
+
+def run_captured(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (no shell, stdin closed) and capture its output as text; no exit check.
+
+    Undecodable bytes are replaced. ``FileNotFoundError``, ``TimeoutExpired``
+    and other ``OSError`` reach the caller, which words them for its own use.
+    """
+    return subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        check=False,
+    )
 
 
 def journal_argv(
@@ -91,15 +108,7 @@ def read_journal(
         )
     argv = journal_argv(container, unit, lines, journalctl)
     try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            check=False,
-        )
+        proc = run_captured(argv, timeout)
     except FileNotFoundError as exc:
         raise TransientError(f"{journalctl} not found: {exc}") from exc
     except subprocess.TimeoutExpired as exc:

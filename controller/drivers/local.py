@@ -12,8 +12,7 @@ Per agent ``<a>`` (paths from ``controller.paths.Layout``):
   ``~/.gitconfig``, ``~/.cache`` or ``~/.npm`` never touch the operator's home
 - ``<state>/agents/<a>/settings.json``  rendered manifest, atomic write, mode 0444
 - ``<state>/agents/<a>/harness.pid``    ``{"pid", "create_time", "pgid", "argv", "started_at"}``
-- ``<state>/agents/<a>/deployed.json``  ``{"commit", "config_digest", "build_digest",
-  "hyperhive_version", "deployed_at", "has_nix", "web_port"}``
+- ``<state>/agents/<a>/deployed.json``  the deployed marker (``controller.drivers.marker``)
 - ``<state>/logs/<a>.log``              stdout + stderr, appended
 
 Processes start in their own session (``start_new_session``), so they outlive a
@@ -45,7 +44,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,13 +54,20 @@ import psutil
 
 from controller.config import Config
 from controller.drivers.base import Deployment, LineSink
+from controller.drivers.marker import (
+    MARKER_FILE,
+    atomic_write,
+    marker_record,
+    observed_from_marker,
+    read_json,
+    write_marker,
+)
 from controller.errors import Invalid, PermanentError, TransientError
 from controller.model import ObservedAgent, Phase
 from controller.paths import Layout
 from schemas.names import MANAGER, is_agent_name
 
 PID_FILE = "harness.pid"
-MARKER_FILE = "deployed.json"
 DEFAULT_ARGV: tuple[str, ...] = (sys.executable, "-m", "harness", "serve")
 PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
 PASS_NAMES = (
@@ -88,28 +93,6 @@ NOT_BUILT = "agent.nix is not built under the local runtime"
 HARNESS_UNIT = "hyperhive-agent.service"
 MAX_JOURNAL_LINES = 5000
 LOG_MAX_BYTES = 16 * 1024 * 1024
-
-
-def _atomic_write(path: Path, text: str, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def agent_env(
@@ -234,7 +217,7 @@ class LocalDriver:
     def pid(self, agent: str) -> int | None:
         """The live harness pid of ``agent``, or None."""
         self._reap()
-        info = _read_json(self.pid_file(agent))
+        info = read_json(self.pid_file(agent))
         if info is None or not self._alive(info):
             return None
         return int(info["pid"])
@@ -252,8 +235,8 @@ class LocalDriver:
             name = d.name
             if not is_agent_name(name):
                 continue
-            marker = _read_json(d / MARKER_FILE)
-            info = _read_json(d / PID_FILE)
+            marker = read_json(d / MARKER_FILE)
+            info = read_json(d / PID_FILE)
             if marker is None and info is None:
                 continue
             marker = marker or {}
@@ -274,15 +257,8 @@ class LocalDriver:
                 since = _mtime(d / MARKER_FILE)
             if marker.get("has_nix"):
                 notes.append(NOT_BUILT)
-            out[name] = ObservedAgent(
-                name=name,
-                phase=phase,
-                commit=marker.get("commit"),
-                config_digest=marker.get("config_digest"),
-                build_digest=marker.get("build_digest"),
-                hyperhive_version=marker.get("hyperhive_version"),
-                since=since,
-                detail="; ".join(notes),
+            out[name] = observed_from_marker(
+                name, phase, marker, since=since, detail="; ".join(notes)
             )
         return out
 
@@ -299,21 +275,12 @@ class LocalDriver:
     def _write_deployment(self, d: Deployment) -> None:
         name = d.agent.name
         self._prepare(name)
-        _atomic_write(
+        atomic_write(
             self.layout.agent_settings(name),
             json.dumps(d.settings, indent=1, sort_keys=True) + "\n",
             0o444,
         )
-        marker = {
-            "commit": d.agent.commit,
-            "config_digest": d.agent.config_digest,
-            "build_digest": d.agent.build_digest,
-            "hyperhive_version": d.settings.get("hyperhive_version"),
-            "deployed_at": self._clock(),
-            "has_nix": d.agent.has_nix,
-            "web_port": d.web_port,
-        }
-        _atomic_write(self.marker_file(name), json.dumps(marker, sort_keys=True) + "\n", 0o644)
+        write_marker(self.marker_file(name), marker_record(d, self._clock()))
 
     def create(self, d: Deployment, log: LineSink) -> None:
         """Write settings + marker and start the harness (an already running one is restarted)."""
@@ -376,8 +343,8 @@ class LocalDriver:
         return wrap + argv
 
     def _spawn(self, agent: str) -> None:
-        settings = _read_json(self.layout.agent_settings(agent))
-        if settings is None or _read_json(self.marker_file(agent)) is None:
+        settings = read_json(self.layout.agent_settings(agent))
+        if settings is None or read_json(self.marker_file(agent)) is None:
             raise PermanentError(f"{agent}: never deployed (no settings.json); run a reconcile")
         try:
             web_port = int(settings["web_port"])
@@ -423,7 +390,7 @@ class LocalDriver:
             "argv": argv,
             "started_at": self._clock(),
         }
-        _atomic_write(self.pid_file(agent), json.dumps(info) + "\n", 0o644)
+        atomic_write(self.pid_file(agent), json.dumps(info) + "\n", 0o644)
         deadline = time.monotonic() + self.start_grace
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -446,7 +413,7 @@ class LocalDriver:
         """SIGTERM the harness's process group, SIGKILL after ``stop_timeout``; drop pid file."""
         self._reap()
         pid_path = self.pid_file(name)
-        info = _read_json(pid_path)
+        info = read_json(pid_path)
         if info is None:
             with contextlib.suppress(FileNotFoundError):
                 pid_path.unlink()

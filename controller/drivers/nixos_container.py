@@ -96,16 +96,21 @@ from typing import Any, NoReturn
 from controller import __version__
 from controller.config import Config
 from controller.drivers.base import Deployment, LineSink
-from controller.drivers.journal import read_journal
+from controller.drivers.journal import read_journal, run_captured
+from controller.drivers.marker import (
+    MARKER_FILE,
+    atomic_write,
+    marker_record,
+    observed_from_marker,
+    read_json,
+    write_marker,
+)
 from controller.errors import HyperhiveError, PermanentError, TransientError
 from controller.model import ObservedAgent, Phase, Resources
 from controller.paths import Layout
 from schemas.names import MANAGER, MANAGER_CONTAINER, container_name, is_agent_name
 
 logger = logging.getLogger("hyperhive.drivers.nixos_container")
-
-MARKER_FILE = "deployed.json"
-"""``<state>/agents/<a>/deployed.json``: same keys as controller/drivers/local.py."""
 
 HARNESS_UNIT = "hyperhive-agent.service"
 """The harness's unit inside every container (nix/modules/harness-base.nix)."""
@@ -328,23 +333,6 @@ def clean_line(raw: bytes) -> str:
     return _ANSI.sub("", text)
 
 
-def _atomic_write(path: Path, text: str, mode: int) -> None:
-    """Write ``text`` to a temp file next to ``path``, fsync, chmod, rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_settings(path: Path, settings: Mapping[str, Any]) -> None:
     """Write the rendered manifest to ``path`` (mode 0444), keeping its inode if it exists.
 
@@ -358,7 +346,7 @@ def write_settings(path: Path, settings: Mapping[str, Any]) -> None:
     try:
         path.lstat()
     except FileNotFoundError:
-        _atomic_write(path, text, 0o444)
+        atomic_write(path, text, 0o444)
         return
     if not path.is_file() or path.is_symlink():
         raise PermanentError(f"{path} exists and is not a regular file; remove it")
@@ -375,14 +363,6 @@ def write_settings(path: Path, settings: Mapping[str, Any]) -> None:
     finally:
         os.close(fd)
         os.chmod(path, 0o444)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _os_error(what: str, path: Path, exc: OSError) -> NoReturn:
@@ -466,15 +446,7 @@ class NixosContainerDriver:
         """Run ``argv`` (no shell), capture output; missing binary / timeout → TransientError."""
         logger.debug("run %s", argv)
         try:
-            return subprocess.run(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-                check=False,
-            )
+            return run_captured(argv, timeout)
         except FileNotFoundError as exc:
             raise TransientError(f"{argv[0]} not found (is it on PATH?): {exc}") from exc
         except subprocess.TimeoutExpired as exc:
@@ -603,18 +575,10 @@ class NixosContainerDriver:
                 phase = Phase.ABSENT
             else:
                 phase = Phase.FAILED
-            marker = _read_json(self.marker_file(agent)) or {}
+            marker = read_json(self.marker_file(agent)) or {}
             if phase is not Phase.ABSENT and not marker:
                 detail = "; ".join(filter(None, [detail, "no deployed.json: not deployed by us"]))
-            result[agent] = ObservedAgent(
-                name=agent,
-                phase=phase,
-                commit=marker.get("commit"),
-                config_digest=marker.get("config_digest"),
-                build_digest=marker.get("build_digest"),
-                hyperhive_version=marker.get("hyperhive_version"),
-                detail=detail,
-            )
+            result[agent] = observed_from_marker(agent, phase, marker, detail=detail)
         return result
 
     # ------------------------------------------------------------ host-side files
@@ -641,7 +605,7 @@ class NixosContainerDriver:
                     path.chmod(mode)
             settings = lay.agent_settings(agent)
             if not settings.exists():
-                _atomic_write(settings, "{}\n", 0o444)
+                atomic_write(settings, "{}\n", 0o444)
         except OSError as exc:
             _os_error("bind source", Path(exc.filename or lay.agent_dir(agent)), exc)
 
@@ -657,7 +621,7 @@ class NixosContainerDriver:
         if new == old:
             return False
         try:
-            _atomic_write(path, new, 0o644)
+            atomic_write(path, new, 0o644)
         except OSError as exc:
             _os_error("container conf", path, exc)
         logger.info("%s: rewrote %s", container, path)
@@ -679,7 +643,7 @@ class NixosContainerDriver:
                 with contextlib.suppress(OSError):
                     path.parent.rmdir()
             else:
-                _atomic_write(path, text, 0o644)
+                atomic_write(path, text, 0o644)
         except OSError as exc:
             _os_error("limits drop-in", path, exc)
         self._check(self._argv("systemctl", "daemon-reload"), QUERY_TIMEOUT)
@@ -700,17 +664,10 @@ class NixosContainerDriver:
         self._check(self._argv("systemctl", "daemon-reload"), QUERY_TIMEOUT)
 
     def _write_marker(self, d: Deployment) -> None:
-        marker = {
-            "commit": d.agent.commit,
-            "config_digest": d.agent.config_digest,
-            "build_digest": d.agent.build_digest,
-            "hyperhive_version": d.settings.get("hyperhive_version") or __version__,
-            "deployed_at": self._clock(),
-            "has_nix": d.agent.has_nix,
-            "web_port": d.web_port,
-        }
-        _atomic_write(
-            self.marker_file(d.agent.name), json.dumps(marker, sort_keys=True) + "\n", 0o644
+        version = d.settings.get("hyperhive_version") or __version__
+        write_marker(
+            self.marker_file(d.agent.name),
+            marker_record(d, self._clock(), hyperhive_version=version),
         )
 
     def _prepare(self, d: Deployment, container: str) -> None:
@@ -838,7 +795,7 @@ class NixosContainerDriver:
                 )
             elif word == "error":
                 raise TransientError(f"{container}: {detail}")
-            marker = _read_json(self.marker_file(agent)) or {
+            marker = read_json(self.marker_file(agent)) or {
                 "build_digest": None,
                 "hyperhive_version": None,
                 "has_nix": d.agent.has_nix,
@@ -849,7 +806,7 @@ class NixosContainerDriver:
                 web_port=d.web_port,
                 deployed_at=self._clock(),
             )
-            _atomic_write(self.marker_file(agent), json.dumps(marker, sort_keys=True) + "\n", 0o644)
+            write_marker(self.marker_file(agent), marker)
 
     # ------------------------------------------------------------ lifecycle
 
