@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import os
 import socketserver
 import subprocess
 import threading
@@ -16,26 +15,9 @@ import pytest
 from controller.config import Config
 from controller.metarepo import MetaRepo
 from controller.paths import Layout
+from tests.gitutil import git
 
 CFG = Config(default_model="haiku")
-
-
-def git(
-    *args: str, cwd: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "op",
-        "GIT_AUTHOR_EMAIL": "op@example.org",
-        "GIT_COMMITTER_NAME": "op",
-        "GIT_COMMITTER_EMAIL": "op@example.org",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-    }
-    res = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
-    return res
 
 
 @pytest.fixture

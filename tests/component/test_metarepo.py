@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pygit2
@@ -14,25 +13,9 @@ from controller.errors import Conflict, Invalid, NotFound
 from controller.metarepo import ApplyFailed, MetaRepo, build_digest
 from controller.ops import ProposalKind, ProposalState
 from controller.paths import Layout
+from tests.gitutil import git
 
 CFG = Config(default_model="haiku", hyperhive_flake="path:/src/hyperhive")
-
-
-def git(
-    *args: str, cwd: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "op",
-        "GIT_AUTHOR_EMAIL": "op@example.org",
-        "GIT_COMMITTER_NAME": "op",
-        "GIT_COMMITTER_EMAIL": "op@example.org",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=check, capture_output=True, text=True
-    )
 
 
 @pytest.fixture

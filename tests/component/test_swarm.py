@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from controller.paths import Layout
 from controller.swarm import Swarm
 from schemas.names import default_web_port
 from schemas.validate import validate
+from tests.gitutil import git
 
 CFG = Config(default_model="haiku", agent_port_base=18100, manager_port=18000)
 
@@ -46,24 +46,6 @@ while True:
 """
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-
-
-def git(
-    *args: str, cwd: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "op",
-        "GIT_AUTHOR_EMAIL": "op@example.org",
-        "GIT_COMMITTER_NAME": "op",
-        "GIT_COMMITTER_EMAIL": "op@example.org",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-    }
-    res = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
-    return res
 
 
 class FakeBroker:
