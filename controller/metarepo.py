@@ -968,6 +968,25 @@ class MetaRepo:
             ProposalKind.SPAWN if commit.message.startswith("spawn ") else ProposalKind.APPLY_COMMIT
         )
 
+    def _compare(
+        self, e: _Entry, meta: Mapping[str, Any], commit: pygit2.Commit
+    ) -> tuple[ProposalKind, str | None, pygit2.Tree | None, TreeChange]:
+        """The kind of a proposal's ``commit`` (ref entry ``e``, note ``meta``) and its change.
+
+        The base is the note's ``base``, else the commit's first parent (not for
+        a push); returns (kind, base, the base's tree or None when there is none
+        or it is unknown, ``tree_change`` from that tree to the commit's).
+        """
+        kind = self._kind(e, meta, commit)
+        base = meta.get("base") if isinstance(meta.get("base"), str) else None
+        if base is None and kind is not ProposalKind.PUSH and commit.parent_ids:
+            base = str(commit.parent_ids[0])
+        base_tree = None
+        if base:
+            with contextlib.suppress(KeyError, ValueError):
+                base_tree = self.repo[base].peel(pygit2.Tree)
+        return kind, base, base_tree, tree_change(self.repo, base_tree, commit.tree)
+
     def _subject(self, id: int) -> tuple[pygit2.Commit, dict[str, Any]]:
         e = self._entry(id)
         if e is None:
@@ -988,15 +1007,7 @@ class MetaRepo:
             if e is None or not ({"proposal", "building"} & e.targets.keys()):
                 raise NotFound(f"no proposal/{id}")
             commit, meta = self._subject(id)
-            kind = self._kind(e, meta, commit)
-            base = meta.get("base") if isinstance(meta.get("base"), str) else None
-            if base is None and kind is not ProposalKind.PUSH and commit.parent_ids:
-                base = str(commit.parent_ids[0])
-            base_tree = None
-            if base:
-                with contextlib.suppress(KeyError, ValueError):
-                    base_tree = self.repo[base].peel(pygit2.Tree)
-            change = tree_change(self.repo, base_tree, commit.tree)
+            kind, base, _, change = self._compare(e, meta, commit)
             note = (
                 self._tag_message(e.targets.get("failed"))
                 or self._tag_message(e.targets.get("deployed"))
@@ -1073,15 +1084,7 @@ class MetaRepo:
         commit, meta = self._subject(id)
         e = self._entry(id)
         assert e is not None
-        kind = self._kind(e, meta, commit)
-        base = meta.get("base") if isinstance(meta.get("base"), str) else None
-        if base is None and kind is not ProposalKind.PUSH and commit.parent_ids:
-            base = str(commit.parent_ids[0])
-        base_tree = None
-        if base:
-            with contextlib.suppress(KeyError, ValueError):
-                base_tree = self.repo[base].peel(pygit2.Tree)
-        change = tree_change(self.repo, base_tree, commit.tree)
+        kind, base, base_tree, change = self._compare(e, meta, commit)
         target = main_commit
         if target is None:
             b = e.targets.get("building")
