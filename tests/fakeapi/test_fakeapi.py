@@ -10,7 +10,6 @@ down are written up in ``docs/claude-cli.md``.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from harness.claude import project_dir_name
 
 from .server import (
     FakeAnthropic,
@@ -56,37 +57,6 @@ def needs_cli(fn: _F) -> _F:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def project_dir_name(cwd: str | os.PathLike[str]) -> str:
-    """Directory name the CLI uses for ``cwd`` under ``$CLAUDE_CONFIG_DIR/projects``.
-
-    claude-code 2.1.x: ``realpath(cwd)`` with every character outside
-    ``[a-zA-Z0-9]`` replaced by ``-``; if longer than 200 characters, the first
-    200 plus ``-`` plus base-36 of ``abs(java_string_hash(path))``.
-    """
-    path = os.path.realpath(cwd)
-    data = path.encode("utf-16-le")  # JS strings are UTF-16: regex and hash see code units
-    units = [data[i] | data[i + 1] << 8 for i in range(0, len(data), 2)]
-    name = "".join(chr(u) if chr(u).isascii() and chr(u).isalnum() else "-" for u in units)
-    if len(name) <= 200:
-        return name
-    h = 0
-    for u in units:  # JS: h = (h << 5) - h + charCodeAt(i) | 0
-        h = (h * 31 + u) & 0xFFFFFFFF
-    if h >= 2**31:
-        h -= 2**32
-    return f"{name[:200]}-{_base36(abs(h))}"
-
-
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if n == 0:
-            return out
 
 
 @dataclass
