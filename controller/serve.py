@@ -33,6 +33,7 @@ log = logging.getLogger("hyperhive")
 SWEEP_EVERY = 3600.0
 BUILD_GRACE = 1800.0
 QUESTION_TICK = 5.0
+STOP_POLL = 0.5
 
 
 class AlreadyRunning(RuntimeError):
@@ -271,12 +272,18 @@ def run_daemon(
         tick = min(cfg.resync_seconds, QUESTION_TICK, cfg.crash_watch_seconds)
         next_resync = time.monotonic() + cfg.resync_seconds
         next_watch = time.monotonic() + cfg.crash_watch_seconds
+        next_chores = time.monotonic() + tick
         while not stop.is_set():
             watchdog.beat()
-            reason = swarm.wait_for_pass_request(timeout=tick)
+            # wait in short slices so SIGTERM stops us at once; the signal handler itself
+            # only sets an Event (taking the swarm's locks there could deadlock)
+            reason = swarm.wait_for_pass_request(timeout=STOP_POLL)
             if stop.is_set():
                 break
             now = time.monotonic()
+            if reason is None and now < next_chores:
+                continue
+            next_chores = now + tick
             if reason is None and now >= next_resync:
                 reason = "resync"
             if reason is not None:
