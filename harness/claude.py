@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import MCP_KEY_RE, McpServerSpec
+from schemas.wire import AGENT_VERBS, MANAGER_ONLY_VERBS
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,7 @@ BUILTIN_TOOLS: tuple[str, ...] = ("Bash", "Edit", "Glob", "Grep", "Read", "Write
 PLUGIN_TOOL = "Skill"
 #: Built-ins refused outright (belt and braces: ``--tools`` already hides them).
 DENIED_TOOLS: tuple[str, ...] = ("WebFetch", "WebSearch", "Task", "TodoWrite", "NotebookEdit")
-AGENT_VERBS: tuple[str, ...] = ("send", "recv", "ask", "answer", "remind", "recent", "status")
-MANAGER_VERBS: tuple[str, ...] = (
-    *AGENT_VERBS,
-    "request_spawn",
-    "request_apply_commit",
-    "start",
-    "kill",
-    "restart",
-    "update",
-    "ask_operator",
-    "list",
-)
+MANAGER_VERBS: tuple[str, ...] = (*AGENT_VERBS, *MANAGER_ONLY_VERBS)
 #: ``--settings`` for every run: hyperhive owns compaction; no auto memory.
 CLAUDE_SETTINGS: dict[str, Any] = {"autoCompactEnabled": False, "autoMemoryEnabled": False}
 

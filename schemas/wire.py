@@ -47,6 +47,21 @@ class EventType(enum.StrEnum):
     DEAD_LETTER = "DeadLetter"
 
 
+#: MCP tools every agent has (``mcp__hyperhive__<verb>``); each is a path on its socket.
+AGENT_VERBS: tuple[str, ...] = ("send", "recv", "ask", "answer", "remind", "recent", "status")
+#: Verbs only the manager's socket serves (DESIGN.md "Wire").
+MANAGER_ONLY_VERBS: tuple[str, ...] = (
+    "request_spawn",
+    "request_apply_commit",
+    "start",
+    "kill",
+    "restart",
+    "update",
+    "ask_operator",
+    "list",
+)
+
+
 @dataclass(frozen=True)
 class Status:
     """The one-line inbox summary every broker verb returns.

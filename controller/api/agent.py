@@ -50,22 +50,13 @@ from controller.broker import Broker
 from controller.errors import Forbidden, NotFound
 from controller.ops import Lifecycle, SwarmOps
 from schemas.names import MANAGER, OPERATOR
-from schemas.wire import Message, MessageKind, rfc3339
+from schemas.wire import MANAGER_ONLY_VERBS, Message, MessageKind, rfc3339
 
 Flavor = Literal["agent", "manager"]
 
 Handler = Callable[[dict[str, Any], falcon.Request], dict[str, Any]]
 
-MANAGER_VERBS = (
-    "request_spawn",
-    "request_apply_commit",
-    "start",
-    "kill",
-    "restart",
-    "update",
-    "ask_operator",
-    "list",
-)
+MANAGER_VERBS = MANAGER_ONLY_VERBS
 """Paths (without the slash) that only the manager socket serves."""
 
 

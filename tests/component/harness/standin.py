@@ -31,7 +31,7 @@ from waitress import wasyncore
 
 from schemas.names import InvalidName, check_agent_name
 from schemas.validate import ValidationFailed, validate
-from schemas.wire import Message, MessageKind, Status, rfc3339
+from schemas.wire import MANAGER_ONLY_VERBS, Message, MessageKind, Status, rfc3339
 
 
 @dataclass
@@ -143,17 +143,7 @@ class StandIn:
         resp.media = data
 
     def _dispatch(self, req: falcon.Request, verb: str) -> Any:
-        manager_only = {
-            "request_spawn",
-            "request_apply_commit",
-            "start",
-            "kill",
-            "restart",
-            "update",
-            "ask_operator",
-            "list",
-        }
-        if verb in manager_only and self.agent != "manager":
+        if verb in MANAGER_ONLY_VERBS and self.agent != "manager":
             raise _Err(403, "forbidden", f"{verb} is only available to the manager")
         schemas = {
             "send": "SendRequest",
