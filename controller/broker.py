@@ -75,6 +75,8 @@ it gets a ``[closed]`` answer from ``hyperhive``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -368,16 +370,25 @@ def _row_question(row: sqlite3.Row) -> OperatorQuestion:
     )
 
 
+def _check_text(value: str, field: str) -> str:
+    """``value`` unless it holds a lone surrogate, which sqlite cannot store as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Invalid(f"{field} holds a lone surrogate at index {exc.start}", field) from exc
+    return value
+
+
 def _check_name(value: object, field: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 128:
         raise Invalid(f"{field} must be a non-empty string of at most 128 characters", field)
-    return value
+    return _check_text(value, field)
 
 
 def _check_body(value: object, field: str = "body") -> str:
     if not isinstance(value, str) or not value:
         raise Invalid(f"{field} must be a non-empty string", field)
-    return value
+    return _check_text(value, field)
 
 
 def _check_id(value: object, field: str) -> int:
@@ -395,7 +406,54 @@ def _check_key(value: object) -> str | None:
             f"{MAX_IDEMPOTENCY_KEY} characters",
             "idempotency_key",
         )
-    return value
+    return _check_text(value, "idempotency_key")
+
+
+def _recv_args(recipient: str, wait_seconds: float, lease_seconds: int | None) -> float:
+    """Check ``recv``'s arguments; the park time in seconds (clamped to 0..180)."""
+    _check_name(recipient, "recipient")
+    if lease_seconds is not None and (
+        isinstance(lease_seconds, bool)
+        or not isinstance(lease_seconds, int)
+        or not 1 <= lease_seconds <= MAX_LEASE_SECONDS
+    ):
+        raise Invalid(
+            f"lease_seconds must be an integer from 1 to {MAX_LEASE_SECONDS}", "lease_seconds"
+        )
+    try:
+        wait = min(max(float(wait_seconds), 0.0), MAX_WAIT_SECONDS)
+    except (TypeError, ValueError) as exc:
+        raise Invalid("wait_seconds must be a number", "wait_seconds") from exc
+    if wait != wait:  # NaN
+        raise Invalid("wait_seconds must be a number", "wait_seconds")
+    return wait
+
+
+def _wake_future(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _wake_async(waiters: Sequence[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Resolve parked asyncio waiters from any thread (their loop runs the resolution)."""
+    for loop, fut in waiters:
+        # a closed loop raises RuntimeError: nobody is waiting there any more
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_wake_future, fut)
+
+
+async def _park_async(
+    fut: asyncio.Future[None], timeout: float, abandoned: asyncio.Event | None
+) -> None:
+    """Wait until ``fut`` resolves, ``timeout`` seconds pass or ``abandoned`` is set."""
+    waits: list[asyncio.Future[Any]] = [fut]
+    if abandoned is not None:
+        waits.append(asyncio.ensure_future(abandoned.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits[1:]:
+            w.cancel()
 
 
 def _request_digest(*parts: object) -> str:
@@ -526,6 +584,9 @@ class Broker:
         self._conds: dict[str, threading.Condition] = {}
         self._seq: dict[str, int] = {}
         self._any = threading.Condition(self._wait)
+        # asyncio waiters (recv_async / wait_for_new_async), resolved by _notify from any thread
+        self._parked: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self._parked_any: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         row = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
         self._last_id: int = int(row[0])
         self._closed = False
@@ -539,6 +600,9 @@ class Broker:
             for cond in self._conds.values():
                 cond.notify_all()
             self._any.notify_all()
+            woken = [w for ws in self._parked.values() for w in ws] + self._parked_any
+            self._parked, self._parked_any = {}, []
+        _wake_async(woken)
         with self._db:
             self._conn.close()
 
@@ -569,15 +633,21 @@ class Broker:
 
     def _notify(self, recipients: Sequence[str], last_id: int | None = None) -> None:
         """After a commit: wake ``recipients``' parked recvs and, on a new id, every follower."""
+        woken: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         with self._wait:
             for r in recipients:
                 self._seq[r] = self._seq.get(r, 0) + 1
                 cond = self._conds.get(r)
                 if cond is not None:
                     cond.notify_all()
+                woken += self._parked.pop(r, ())
             if last_id is not None and last_id > self._last_id:
                 self._last_id = last_id
                 self._any.notify_all()
+                woken += self._parked_any
+                self._parked_any = []
+        if woken:
+            _wake_async(woken)
 
     def _insert(
         self,
@@ -933,21 +1003,7 @@ class Broker:
         client that went away does not swallow one. Returns None at the
         deadline or when the broker closes. Raises ``Invalid`` for a bad lease.
         """
-        _check_name(recipient, "recipient")
-        if lease_seconds is not None and (
-            isinstance(lease_seconds, bool)
-            or not isinstance(lease_seconds, int)
-            or not 1 <= lease_seconds <= MAX_LEASE_SECONDS
-        ):
-            raise Invalid(
-                f"lease_seconds must be an integer from 1 to {MAX_LEASE_SECONDS}", "lease_seconds"
-            )
-        try:
-            wait = min(max(float(wait_seconds), 0.0), MAX_WAIT_SECONDS)
-        except (TypeError, ValueError) as exc:
-            raise Invalid("wait_seconds must be a number", "wait_seconds") from exc
-        if wait != wait:  # NaN
-            raise Invalid("wait_seconds must be a number", "wait_seconds")
+        wait = _recv_args(recipient, wait_seconds, lease_seconds)
         deadline = time.monotonic() + wait
         while True:
             with self._wait:
@@ -1152,6 +1208,127 @@ class Broker:
                 return rows
             with self._wait:  # ids above since_id were swept or rolled back: wait for newer
                 since_id = max(since_id, self._last_id)
+
+    # ------------------------------------------------------------------ asyncio waits
+
+    def _park(self, recipient: str | None, seq: int) -> asyncio.Future[None] | None:
+        """A future ``_notify`` resolves on the next change for ``recipient`` (None: any new
+        message); None instead when that change already happened (``seq`` is stale: the
+        recipient's sequence, or the last id for ``None``) or the broker is closed."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._wait:
+            if self._closed:
+                return None
+            if recipient is None:
+                if self._last_id != seq:
+                    return None
+                self._parked_any.append((loop, fut))
+            else:
+                if self._seq.get(recipient, 0) != seq:
+                    return None
+                self._parked.setdefault(recipient, []).append((loop, fut))
+        return fut
+
+    def _unpark(self, recipient: str | None, fut: asyncio.Future[None]) -> None:
+        with self._wait:
+            waiters = self._parked_any if recipient is None else self._parked.get(recipient, [])
+            for i, (_, f) in enumerate(waiters):
+                if f is fut:
+                    del waiters[i]
+                    break
+            if recipient is not None and not waiters:
+                self._parked.pop(recipient, None)
+
+    async def recv_async(
+        self,
+        recipient: str,
+        wait_seconds: float = 0,
+        lease_seconds: int | None = None,
+        *,
+        abandoned: asyncio.Event | None = None,
+    ) -> Message | None:
+        """``recv`` for asyncio code: parks on the running loop, never on a thread.
+
+        Same arguments, semantics and errors as ``recv``; ``abandoned`` (e.g.
+        ``hivehttp.disconnected(scope)``) set while parked makes it give up at
+        once without taking a message. The claim itself is one short sqlite
+        statement run inline. A send from any thread wakes it through
+        ``loop.call_soon_threadsafe``.
+        """
+        wait = _recv_args(recipient, wait_seconds, lease_seconds)
+        deadline = time.monotonic() + wait
+        while True:
+            with self._wait:
+                if self._closed:
+                    return None
+                seq = self._seq.get(recipient, 0)
+            if abandoned is not None and abandoned.is_set():
+                return None
+            try:
+                msg, next_due, events = self._claim(recipient, lease_seconds)
+            except BrokerClosed:
+                return None
+            self._notify_events(events)
+            if msg is not None:
+                if lease_seconds is not None:
+                    self._notify([recipient])
+                return msg
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            wake_at = deadline
+            if next_due is not None:
+                wake_at = min(wake_at, now + max(next_due - self._clock(), 0.0) + 0.005)
+            fut = self._park(recipient, seq)
+            if fut is None:
+                continue
+            try:
+                await _park_async(fut, max(wake_at - time.monotonic(), 0.0), abandoned)
+            finally:
+                self._unpark(recipient, fut)
+            if abandoned is not None and abandoned.is_set():
+                return None
+
+    async def wait_for_new_async(
+        self,
+        since_id: int,
+        timeout: float,
+        limit: int = 200,
+        *,
+        abandoned: asyncio.Event | None = None,
+    ) -> list[Message]:
+        """``wait_for_new`` for asyncio code: parks on the running loop, never on a thread.
+
+        Returns the messages above ``since_id`` (oldest first, at most
+        ``limit``), parking up to ``timeout`` seconds while there are none;
+        ``[]`` at the timeout, when the broker closes or once ``abandoned`` is set.
+        """
+        deadline = time.monotonic() + max(float(timeout), 0.0)
+        while True:
+            with self._wait:
+                if self._closed:
+                    return []
+                last = self._last_id
+            if last > since_id:
+                try:
+                    rows = self.messages(since_id, limit)
+                except BrokerClosed:
+                    return []
+                if rows:
+                    return rows
+                since_id = max(since_id, last)  # swept or rolled back: wait for newer
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or (abandoned is not None and abandoned.is_set()):
+                return []
+            fut = self._park(None, last)
+            if fut is None:
+                continue
+            try:
+                await _park_async(fut, left, abandoned)
+            finally:
+                self._unpark(None, fut)
 
     # ------------------------------------------------------------------ threads, reminders
 
