@@ -1,0 +1,179 @@
+"""Per-agent broker credentials: ``<state>/agents/<agent>/credential`` (0600).
+
+``Swarm`` issues one before an agent (or the manager) is first created and
+issues a fresh one on every recreate (rotation), and removes it on destroy,
+so a tombstone never carries a live credential. The agent's sandbox sees
+only its own file (``/etc/hyperhive/credential`` in a container,
+``$HYPERHIVE_CREDENTIAL_FILE``); the harness sends it as ``Authorization:
+Bearer`` on every broker request and the agent socket checks it against the
+socket's identity (``verify``). The token alone also names its agent
+(``identify``), for surfaces that have no per-agent socket (TCP, later).
+
+Reads are cached per agent and keyed by the file's identity (inode, size,
+mtime), so a file rotated by another process (or by hand) is honoured on the
+next request at the cost of one ``stat``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.auth.secretfile import (
+    CredentialError,
+    create_secret,
+    new_secret,
+    read_secret,
+    write_secret,
+)
+from controller.paths import Layout
+from schemas.names import is_agent_name
+
+
+@dataclass(frozen=True)
+class _Cached:
+    stamp: tuple[int, int, int]
+    token: str
+    digest: bytes
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii", errors="replace")).digest()
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class AgentCredentials:
+    """Issue, rotate, check and remove the agents' credentials under ``layout``.
+
+    Thread-safe. Agent names are checked (``schemas.names.is_agent_name``):
+    ``ValueError`` for anything else, so no name can reach outside
+    ``<state>/agents``.
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._lock = threading.Lock()
+        self._cache: dict[str, _Cached] = {}
+
+    def path(self, agent: str) -> Path:
+        """Where ``agent``'s credential lives; ``ValueError`` for a bad name."""
+        if not is_agent_name(agent):
+            raise ValueError(f"not an agent name: {agent!r}")
+        return self.layout.agent_credential(agent)
+
+    def _remember(self, agent: str, path: Path, token: str) -> None:
+        try:
+            stamp = _stamp(os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._cache[agent] = _Cached(stamp, token, _digest(token))
+
+    def issue(self, agent: str) -> str:
+        """Write a fresh credential for ``agent`` (replacing any: rotation); returns it.
+
+        The old credential stops working at once. Raises ``OSError`` when the
+        agent's directory is not writable.
+        """
+        path = self.path(agent)
+        token = new_secret()
+        write_secret(path, token)
+        self._remember(agent, path, token)
+        return token
+
+    def ensure(self, agent: str) -> str:
+        """``agent``'s credential, issued if it has none (an agent deployed before credentials
+        existed, or whose file was deleted). A malformed file is replaced."""
+        path = self.path(agent)
+        token = new_secret()
+        if create_secret(path, token):
+            self._remember(agent, path, token)
+            return token
+        current = self.current(agent)
+        return current if current is not None else self.issue(agent)
+
+    def current(self, agent: str) -> str | None:
+        """``agent``'s credential as on disk now (cached), or None when it has none or the
+        file is unreadable or malformed."""
+        path = self.path(agent)
+        try:
+            stamp = _stamp(os.stat(path, follow_symlinks=False))
+        except OSError:
+            with self._lock:
+                self._cache.pop(agent, None)
+            return None
+        with self._lock:
+            cached = self._cache.get(agent)
+        if cached is not None and cached.stamp == stamp:
+            return cached.token
+        try:
+            token = read_secret(path, f"{agent}'s credential")
+        except (OSError, CredentialError):
+            with self._lock:
+                self._cache.pop(agent, None)
+            return None
+        with self._lock:
+            self._cache[agent] = _Cached(stamp, token, _digest(token))
+        return token
+
+    def verify(self, agent: str, token: str | None) -> bool:
+        """True when ``token`` is ``agent``'s current credential (constant-time compare).
+
+        False for a missing/None token, an agent without a credential, a bad
+        agent name, or a token that is not ASCII.
+        """
+        if not token or not token.isascii() or not is_agent_name(agent):
+            return False
+        expected = self.current(agent)
+        if expected is None:
+            return False
+        return hmac.compare_digest(expected.encode("ascii"), token.encode("ascii"))
+
+    def identify(self, token: str | None) -> str | None:
+        """The agent whose current credential is ``token``, or None.
+
+        Looks the token's SHA-256 up among the cached credentials (refreshing
+        the cache from ``<state>/agents/*/credential`` on a miss), then
+        confirms with ``verify``, so a rotated or removed credential never
+        identifies anyone.
+        """
+        if not token or not token.isascii():
+            return None
+        want = _digest(token)
+        for refresh in (False, True):
+            if refresh:
+                self._scan()
+            with self._lock:
+                hits = [a for a, c in self._cache.items() if hmac.compare_digest(c.digest, want)]
+            for agent in hits:
+                if self.verify(agent, token):
+                    return agent
+        return None
+
+    def _scan(self) -> None:
+        root = self.layout.state / "agents"
+        try:
+            names = [e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return
+        for name in names:
+            if is_agent_name(name):
+                self.current(name)
+
+    def remove(self, agent: str) -> bool:
+        """Delete ``agent``'s credential; True if there was one. It stops working at once."""
+        path = self.path(agent)
+        with self._lock:
+            self._cache.pop(agent, None)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
