@@ -102,6 +102,23 @@ class Layout:
         """One agent's API socket; its path is the agent's identity."""
         return self.agent_sock_dir(agent) / "mcp.sock"
 
+    def agent_credential(self, agent: str) -> Path:
+        """The agent's broker credential (mode 0600): made at deploy, rotated on recreate.
+
+        Only this agent's sandbox sees it (``/etc/hyperhive/credential`` in a container);
+        the harness sends it as ``Authorization: Bearer`` on every broker request.
+        """
+        return self.agent_dir(agent) / "credential"
+
+    def agent_web_sock(self, agent: str) -> Path:
+        """The agent web UI's unix socket; only the controller's dashboard proxy connects."""
+        return self.agent_sock_dir(agent) / "web.sock"
+
+    @property
+    def operator_key(self) -> Path:
+        """The operator's secret (mode 0600), made on first start: host.sock bearer, sessions."""
+        return self.state / "operator.key"
+
     @property
     def tombstones(self) -> Path:
         """Where destroyed agents' state is kept until purged."""

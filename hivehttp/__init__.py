@@ -1,0 +1,41 @@
+"""hyperhive's HTTP core, shared by the controller and the harness.
+
+One asyncio loop serves every listener of a process (``server``); every
+request passes the checks of its listener's ``Policy`` first (``guard``);
+every JSON body is parsed by ``parse_json_object`` (``jsonbody``).
+"""
+
+from hivehttp.guard import LOOPBACK_HOSTS, Policy, browser_policy, disconnected, guarded
+from hivehttp.jsonbody import BadJson, parse_json_object
+from hivehttp.server import (
+    TCP_LIMITS,
+    UNIX_LIMITS,
+    HttpCore,
+    Limits,
+    Listener,
+    SocketInUse,
+    default_core,
+    run_blocking,
+    serve_tcp,
+    serve_unix,
+)
+
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "TCP_LIMITS",
+    "UNIX_LIMITS",
+    "BadJson",
+    "HttpCore",
+    "Limits",
+    "Listener",
+    "Policy",
+    "SocketInUse",
+    "browser_policy",
+    "default_core",
+    "disconnected",
+    "guarded",
+    "parse_json_object",
+    "run_blocking",
+    "serve_tcp",
+    "serve_unix",
+]

@@ -1,0 +1,287 @@
+"""The checks every request passes before an app sees it: Host, origin, media type, body size.
+
+``guarded(app, policy)`` wraps an ASGI app. In order, a request is refused with
+a JSON error ``{"error": {"code", "message", "field": null}}`` when:
+
+1. its ``Host`` is not in ``policy.allowed_hosts`` (403 ``bad_host``): a page
+   that rebinds its own DNS name to 127.0.0.1 still sends its own name, so
+   this ends DNS rebinding (the browser cannot forge ``Host``);
+2. it mutates (POST/PUT/PATCH/DELETE) and its ``Origin`` names another
+   host:port, or ``Sec-Fetch-Site`` says ``cross-site`` / ``same-site``
+   (403 ``cross_site``), when ``policy.same_origin``;
+3. it mutates with a ``Content-Type`` other than ``application/json``
+   (415), when ``policy.json_mutations``: an HTML form or a ``text/plain``
+   fetch can be sent cross-site without a CORS preflight, a JSON body cannot;
+4. its ``Content-Length`` is over ``policy.max_body`` (413, answered before
+   one byte of the body is read), its chunked body grows past it (413), or
+   the body takes longer than ``policy.body_timeout`` to arrive (408).
+
+The app then receives the whole body as one ``http.request`` message. Later
+``receive()`` calls go to the server, so ``http.disconnect`` still arrives;
+``disconnected(scope)`` is an ``asyncio.Event`` set once the client is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MiB = 1024 * 1024
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+"""Host names a loopback-bound surface answers to by default."""
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+_DISCONNECTED = "hivehttp.disconnected"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What ``guarded`` enforces on one listener.
+
+    ``max_body`` bytes; ``body_timeout`` seconds for the whole body;
+    ``allowed_hosts`` lower-case host names without port (None: no Host
+    check, for unix sockets); ``json_mutations`` and ``same_origin`` as in
+    the module doc.
+    """
+
+    max_body: int = 1 * MiB
+    body_timeout: float = 30.0
+    allowed_hosts: frozenset[str] | None = None
+    json_mutations: bool = False
+    same_origin: bool = False
+
+
+def browser_policy(extra_hosts: frozenset[str] = frozenset(), max_body: int = 1 * MiB) -> Policy:
+    """The policy for a surface a browser talks to: loopback names plus ``extra_hosts``."""
+    return Policy(
+        max_body=max_body,
+        allowed_hosts=LOOPBACK_HOSTS | {h.lower() for h in extra_hosts},
+        json_mutations=True,
+        same_origin=True,
+    )
+
+
+def disconnected(scope: Scope) -> asyncio.Event:
+    """An event set when this request's client has gone away (or its response is done).
+
+    Only for requests that came through ``guarded``; raises ``KeyError``
+    otherwise. Long polls and streams wait on it to give up early.
+    """
+    watch = scope[_DISCONNECTED]
+    assert isinstance(watch, _DisconnectWatch)
+    return watch.start()
+
+
+class _DisconnectWatch:
+    """Watches ``receive`` for ``http.disconnect``, started only when somebody asks.
+
+    Most requests never wait on their client, so the watcher task is made lazily.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.gone = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Event:
+        if self._task is None and not self.gone.is_set():
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+        return self.gone
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.gone.set()
+                return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def split_host(value: str) -> tuple[str, str]:
+    """``"Example.org:7000"`` → ``("example.org", "7000")``; IPv6 in brackets kept whole."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return value, ""
+        host, rest = value[: end + 1], value[end + 1 :]
+        return host, rest[1:] if rest.startswith(":") else ""
+    host, _, port = value.partition(":")
+    return host, port
+
+
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # the unread body (if any) is still on the wire: never reuse this connection
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _check_host(scope: Scope, policy: Policy) -> str | None:
+    if policy.allowed_hosts is None:
+        return None
+    raw = _header(scope, b"host")
+    if raw is None:
+        return "a Host header is required"
+    host, _ = split_host(raw.decode("latin-1"))
+    if host not in policy.allowed_hosts:
+        return (
+            f"Host {host!r} is not one this server answers to "
+            f"(allowed: {', '.join(sorted(policy.allowed_hosts))})"
+        )
+    return None
+
+
+def _check_origin(scope: Scope) -> str | None:
+    site = _header(scope, b"sec-fetch-site")
+    if site is not None and site.lower() not in (b"same-origin", b"none"):
+        return f"cross-site request refused (Sec-Fetch-Site: {site.decode('latin-1')})"
+    origin = _header(scope, b"origin")
+    if origin is None or origin == b"null":
+        # browsers send Origin on every cross-origin POST; "null" comes from sandboxed
+        # frames and file: pages, which are never the operator's own page
+        return None if origin is None else "requests from an opaque origin are refused"
+    host = _header(scope, b"host") or b""
+    parts = urlsplit(origin.decode("latin-1"))
+    if parts.netloc.lower() != host.decode("latin-1").strip().lower():
+        return f"cross-origin request refused (Origin: {origin.decode('latin-1')})"
+    return None
+
+
+def _is_json(scope: Scope) -> bool:
+    ctype = _header(scope, b"content-type")
+    if ctype is None:
+        return False
+    media = ctype.split(b";", 1)[0].strip().lower()
+    return media == b"application/json"
+
+
+def guarded(app: ASGIApp, policy: Policy) -> ASGIApp:
+    """``app`` behind the checks of ``policy`` (see the module doc); an ASGI 3 app."""
+
+    async def guard(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        problem = _check_host(scope, policy)
+        if problem:
+            await _refuse(send, 403, "bad_host", problem)
+            return
+        method = scope["method"]
+        if method in MUTATING:
+            if policy.same_origin and (problem := _check_origin(scope)):
+                await _refuse(send, 403, "cross_site", problem)
+                return
+            if policy.json_mutations and not _is_json(scope):
+                await _refuse(
+                    send, 415, "unsupported_media_type", "send the body as application/json"
+                )
+                return
+        length_raw = _header(scope, b"content-length")
+        if length_raw is not None:
+            if not length_raw.strip().isdigit():
+                await _refuse(send, 400, "invalid", "Content-Length is not a number")
+                return
+            if int(length_raw) > policy.max_body:
+                await _refuse(
+                    send,
+                    413,
+                    "too_large",
+                    f"request body is {int(length_raw)} bytes; the limit is {policy.max_body}",
+                )
+                return
+        try:
+            body = await asyncio.wait_for(_read_body(receive, policy.max_body), policy.body_timeout)
+        except _TooLarge:
+            await _refuse(
+                send, 413, "too_large", f"request body is over the limit of {policy.max_body} bytes"
+            )
+            return
+        except TimeoutError:
+            await _refuse(
+                send, 408, "timeout", f"request body took longer than {policy.body_timeout:g} s"
+            )
+            return
+        except _Gone:
+            return
+
+        watch = _DisconnectWatch(receive)
+        scope[_DISCONNECTED] = watch
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                watch.gone.set()
+            return message
+
+        try:
+            await app(scope, replay, send)
+        finally:
+            await watch.close()
+
+    return guard
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Gone(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Gone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        if chunk:
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)

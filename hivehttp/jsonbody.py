@@ -1,0 +1,130 @@
+"""Parse a request body as one JSON object, refusing what would hurt later layers.
+
+Every JSON body on every hyperhive surface goes through ``parse_json_object``.
+What it refuses, and why:
+
+* not UTF-8 (RFC 8259 §8.1 requires it);
+* nesting deeper than ``max_depth``: the stdlib decoder recurses and raises
+  ``RecursionError`` near the interpreter's limit, and every later walk of
+  the document would too;
+* a lone UTF-16 surrogate written as an escape (``"\\ud800"``): the decoder
+  accepts it (RFC 8259 §8.2 leaves it undefined) but the string cannot be
+  encoded back to UTF-8, so sqlite and every writer fail on it later;
+* ``NaN`` / ``Infinity`` and numbers that overflow a finite float, which
+  are not JSON at all;
+* integers outside signed 64 bits, which sqlite cannot store;
+* anything but an object at the top.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+MAX_DEPTH = 64
+"""Deepest nesting of arrays/objects a body may have."""
+
+INT_MAX = 2**63 - 1
+INT_MIN = -(2**63)
+
+# a \uD800-\uDFFF escape; only then can a decoded string hold a lone surrogate
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+class BadJson(ValueError):
+    """The body is not an acceptable JSON object.
+
+    ``message`` says what is wrong in plain words; ``field`` is the dotted
+    path of the offending value (``"(root)"`` for the whole body, ``None``
+    when the text itself does not parse).
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _join(path: str, key: object) -> str:
+    return str(key) if path == "(root)" else f"{path}.{key}"
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadJson(
+            f"{path}: holds a lone UTF-16 surrogate (\\u{ord(text[exc.start]):04x}), "
+            "which is not text",
+            path,
+        ) from None
+
+
+def _walk(value: Any, path: str, depth: int, max_depth: int, surrogates: bool) -> None:
+    if isinstance(value, dict):
+        if depth >= max_depth:
+            raise BadJson(f"{path}: nested deeper than {max_depth} levels", path)
+        for key, item in value.items():
+            child = _join(path, key)
+            if surrogates:
+                _check_text(key, child)
+            _walk(item, child, depth + 1, max_depth, surrogates)
+    elif isinstance(value, list):
+        if depth >= max_depth:
+            raise BadJson(f"{path}: nested deeper than {max_depth} levels", path)
+        for i, item in enumerate(value):
+            _walk(item, _join(path, i), depth + 1, max_depth, surrogates)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise BadJson(f"{path}: integer is out of range (64-bit signed)", path)
+    elif surrogates and isinstance(value, str):
+        _check_text(value, path)
+
+
+def parse_json_object(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+    """Decode ``raw`` as one JSON object; an empty (or all-whitespace) body is ``{}``.
+
+    Returns the object as a dict. Raises ``BadJson`` naming the problem and,
+    where there is one, the dotted path of the field (see the module doc
+    for what is refused). Cost: one ``json.loads`` plus one walk of the
+    result, and a second look at strings only when the raw text holds a
+    surrogate escape.
+    """
+    if not raw.strip():
+        return {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadJson(f"body is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise BadJson(
+            f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise BadJson(f"body is nested deeper than {max_depth} levels", "(root)") from None
+    except ValueError as exc:  # NaN, Infinity, 1e999, over-long integer literals
+        raise BadJson(f"body has an invalid number: {exc}") from None
+    if not isinstance(doc, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(doc), "a number"
+        )
+        raise BadJson(f"body must be a JSON object, not {kind}", "(root)")
+    _walk(doc, "(root)", 0, max_depth, _SURROGATE_ESCAPE.search(raw) is not None)
+    return doc

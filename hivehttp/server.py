@@ -1,0 +1,571 @@
+"""One asyncio loop thread serving every hyperhive HTTP listener: unix sockets and TCP.
+
+HTTP/1.1 parsing and the ASGI cycle are uvicorn's (its h11 protocol); what
+this module adds is the governance a surface exposed to web pages and
+untrusted local processes needs, which uvicorn does not have:
+
+* **a header-read deadline** (``Limits.header_timeout``): a connection must
+  send a whole request head within that many seconds of opening (or of the
+  first byte of the next keep-alive request). A slowloris client that
+  drip-feeds a header a byte at a time is closed, where uvicorn's keep-alive
+  timer is reset by every byte and never fires;
+* **connection caps** per listener and per client address, with shedding:
+  when a cap is reached the oldest connection that is not inside a request
+  (waiting for a head, or idle between keep-alive requests) is closed to
+  make room, so idle sockets can never lock the operator out; only when
+  every connection is busy in a request is the new one refused (503);
+* **one loop for all listeners**: a parked long poll or an open SSE stream
+  is a suspended coroutine, not a thread, so 200 agent sockets plus the
+  dashboard cost one thread;
+* the ``guard.Policy`` checks (Host, origin, media type, body size) in
+  front of every app.
+
+Listeners are opened and closed from any thread (``serve_unix``,
+``serve_tcp``, ``Listener.stop``); the loop runs in a daemon thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+from hivehttp.guard import ASGIApp, Policy, guarded
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SUN_PATH_MAX = 107
+"""Longest unix socket path the kernel accepts (``sun_path`` less the NUL)."""
+
+REFUSED_LINGER = 1.0
+"""Seconds a refused connection is drained before it is closed."""
+
+MAX_HEAD_BYTES = 16 * 1024
+"""Largest request line + headers; h11 answers 400 past it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Connection governance for one listener.
+
+    ``max_connections`` open at once; ``per_client`` from one client address
+    (TCP peer IP; a unix socket is one client); ``header_timeout`` seconds to
+    send a request head; ``keepalive_timeout`` seconds an idle keep-alive
+    connection stays open (above the clients' 60 s reuse window, see
+    ``schemas.client``).
+    """
+
+    max_connections: int = 256
+    per_client: int = 256
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+
+
+UNIX_LIMITS = Limits(max_connections=64, per_client=64)
+"""An agent's or the operator's unix socket: one client, a few parked long polls."""
+
+TCP_LIMITS = Limits(max_connections=512, per_client=128)
+"""A browser-facing TCP surface (the dashboard)."""
+
+
+_REFUSED_BODY = (
+    b'{"error": {"code": "unavailable", "message": "too many open connections; '
+    b'close some and retry", "field": null}}'
+)
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_REFUSED_BODY)
+) + _REFUSED_BODY
+
+
+class SocketInUse(RuntimeError):
+    """Another live server answers on the unix socket path we were asked to serve."""
+
+
+class _Guarded(H11Protocol):
+    """uvicorn's h11 protocol with the header deadline and the connection caps."""
+
+    listener: Listener  # set by the factory before connection_made
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_request = False
+        self.peer = ""
+        self.idle_since = time.monotonic()
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.peer = self.listener.peer_of(transport)
+        if not self.listener.admit(self):
+            self._refused = True
+            # answer, then read and drop what the client sends for a moment before
+            # closing: closing a socket with unread input makes the kernel send a
+            # reset, and the client would never see the 503
+            transport.write(_REFUSED)
+            if transport.can_write_eof():
+                transport.write_eof()
+            asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.close)
+            return
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._disarm_head_timer()
+        self.listener.release(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._in_request and self._head_timer is None:
+            self._arm_head_timer()  # the first byte of a keep-alive request starts its clock
+        before = self.cycle
+        super().data_received(data)
+        self._note_cycle(before)
+
+    def on_response_complete(self) -> None:
+        before = self.cycle
+        self._in_request = False
+        self.idle_since = time.monotonic()
+        super().on_response_complete()
+        self._note_cycle(before)  # a pipelined request may have started at once
+
+    # -- governance
+    @property
+    def sheddable(self) -> bool:
+        """True when closing this connection loses no request in progress."""
+        return not self._in_request
+
+    def shed(self) -> None:
+        """Close this (idle or head-waiting) connection to make room for a new one."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _note_cycle(self, before: object) -> None:
+        if self.cycle is not None and self.cycle is not before:
+            self._in_request = not self.cycle.response_complete
+            self._disarm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(
+            self.listener.limits.header_timeout, self._head_timeout
+        )
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self._in_request and not self.transport.is_closing():
+            log.debug(
+                "%s: closing %s: no request head within the deadline", self.listener, self.peer
+            )
+            self.transport.close()
+
+
+class Listener:
+    """One open listener: a unix socket (``path``) or a TCP address (``host``, ``port``).
+
+    ``connections`` is the number open now. ``stop()`` closes it (from any
+    thread but the loop's).
+    """
+
+    def __init__(
+        self,
+        core: HttpCore,
+        name: str,
+        app: ASGIApp,
+        limits: Limits,
+        path: Path | None,
+    ) -> None:
+        self.core = core
+        self.name = name
+        self.limits = limits
+        self.path = path
+        self.host: str | None = None
+        self.port: int | None = None
+        self._inode: int | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[_Guarded] = set()
+        self._per_client: dict[str, int] = {}
+        self._stopped = False
+        self._lock = threading.Lock()
+        self.config = Config(
+            app=app,
+            http=_Guarded,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=int(limits.keepalive_timeout),
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        )
+        self.config.load()
+        self.state = ServerState()
+
+    # -- called on the loop
+    def protocol(self) -> _Guarded:
+        proto = _Guarded(config=self.config, server_state=self.state, app_state={})
+        proto.listener = self
+        return proto
+
+    def peer_of(self, transport: asyncio.Transport) -> str:
+        """The client key the per-client cap counts: the TCP peer's address, or ``unix``."""
+        if self.path is not None:
+            return "unix"
+        peer = transport.get_extra_info("peername")
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+    def admit(self, proto: _Guarded) -> bool:
+        """Count ``proto`` in, shedding idle connections to stay under the caps."""
+        if self._stopped:
+            return False
+        peer = proto.peer
+        if self._per_client.get(peer, 0) >= self.limits.per_client and not self._shed(peer):
+            log.warning("%s: refusing a connection from %s: per-client cap", self, peer)
+            return False
+        if len(self._conns) >= self.limits.max_connections and not self._shed(None):
+            log.warning("%s: refusing a connection from %s: connection cap", self, peer)
+            return False
+        self._conns.add(proto)
+        self._per_client[peer] = self._per_client.get(peer, 0) + 1
+        return True
+
+    def _shed(self, peer: str | None) -> bool:
+        idle = [
+            c
+            for c in self._conns
+            if c.sheddable and (peer is None or c.peer == peer) and not c.transport.is_closing()
+        ]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.idle_since)
+        self._forget(victim)
+        victim.shed()
+        return True
+
+    def _forget(self, proto: _Guarded) -> None:
+        if proto in self._conns:
+            self._conns.discard(proto)
+            left = self._per_client.get(proto.peer, 1) - 1
+            if left > 0:
+                self._per_client[proto.peer] = left
+            else:
+                self._per_client.pop(proto.peer, None)
+
+    def release(self, proto: _Guarded) -> None:
+        """Count ``proto`` out (its connection is gone)."""
+        self._forget(proto)
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._conns)
+
+    @property
+    def alive(self) -> bool:
+        """True until ``stop``; a unix listener also needs its socket file in place."""
+        if self._stopped or self._server is None:
+            return False
+        if self.path is not None:
+            try:
+                st = os.lstat(self.path)
+            except FileNotFoundError:
+                return False
+            return stat.S_ISSOCK(st.st_mode) and st.st_ino == self._inode
+        return True
+
+    async def _open(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        if self.path is not None:
+            self._server = await loop.create_unix_server(self.protocol, sock=sock)
+            self._inode = os.stat(self.path).st_ino
+        else:
+            self._server = await loop.create_server(self.protocol, sock=sock)
+            addr = sock.getsockname()
+            self.host, self.port = str(addr[0]), int(addr[1])
+
+    async def _close(self, timeout: float) -> None:
+        self._stopped = True
+        if self._server is not None:
+            self._server.close()
+        for proto in list(self._conns):
+            # closing the transport marks the request disconnected: long polls and
+            # streams see it at once and return
+            if proto.transport is not None:
+                proto.transport.close()
+        tasks = list(self.state.tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        self._conns.clear()
+        self._per_client.clear()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == self._inode:
+                    self.path.unlink()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every connection, remove the socket file; idempotent.
+
+        Requests still running get ``timeout`` seconds (they see their client
+        gone at once) and are then cancelled.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self.core.running:
+            self.core.call(self._close(timeout), timeout=timeout + 5)
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.path is not None else f"{self.host}:{self.port}"
+        return f"<Listener {self.name} {where}>"
+
+
+class HttpCore:
+    """The event loop every listener of this process runs on, in one daemon thread.
+
+    ``call(coro)`` runs a coroutine on it from another thread and returns its
+    result. ``stop()`` ends the loop (listeners first).
+    """
+
+    def __init__(self, name: str = "hivehttp") -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop (starts the core on first use)."""
+        self.start()
+        assert self._loop is not None
+        return self._loop
+
+    @property
+    def running(self) -> bool:
+        """True while the loop thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the loop thread; idempotent."""
+        with self._lock:
+            if self.running:
+                return
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            self._loop = loop
+            self._thread = threading.Thread(target=run, name=self.name, daemon=True)
+            self._thread.start()
+            ready.wait()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+        """Run ``coro`` on the loop and wait for its result (re-raising its exception).
+
+        Raises ``RuntimeError`` when called on the loop thread itself (it would
+        deadlock) and ``TimeoutError`` after ``timeout`` seconds.
+        """
+        loop = self.loop
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("HttpCore.call() from the loop thread would deadlock")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise TimeoutError(f"{self.name}: no answer within {timeout} s") from exc
+
+    def serve_unix(
+        self,
+        app: ASGIApp,
+        path: Path,
+        *,
+        perms: int = 0o600,
+        limits: Limits = UNIX_LIMITS,
+        policy: Policy | None = None,
+        name: str | None = None,
+    ) -> Listener:
+        """Serve ``app`` on unix socket ``path`` (see the module-level ``serve_unix``)."""
+        path = Path(path).absolute()
+        if len(os.fsencode(str(path))) > SUN_PATH_MAX:
+            raise ValueError(f"unix socket path {path} is longer than {SUN_PATH_MAX} bytes")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _clear_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # bind under a umask that already leaves only ``perms``: no window in which
+            # the socket is open to others before the chmod
+            old = os.umask(0o777 & ~perms)
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old)
+            os.chmod(path, perms)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        listener = Listener(self, name or path.name, guarded(app, policy or Policy()), limits, path)
+        return self._open(listener, sock)
+
+    def serve_tcp(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        limits: Limits = TCP_LIMITS,
+        policy: Policy | None = None,
+        name: str | None = None,
+    ) -> Listener:
+        """Serve ``app`` on TCP ``host:port`` (see the module-level ``serve_tcp``)."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        listener = Listener(
+            self, name or f"{host}:{port}", guarded(app, policy or Policy()), limits, None
+        )
+        return self._open(listener, sock)
+
+    def _open(self, listener: Listener, sock: socket.socket) -> Listener:
+        try:
+            self.call(listener._open(sock))
+        except BaseException:
+            sock.close()
+            raise
+        with self._lock:
+            self._listeners = [x for x in self._listeners if x.alive] + [listener]
+        return listener
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every listener, then the loop; idempotent."""
+        with self._lock:
+            listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.stop(timeout)
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket file nobody answers on; refuse a live one or a non-socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # refused / gone: stale
+        return
+    finally:
+        probe.close()
+    raise SocketInUse(f"{path}: another server is answering on this socket")
+
+
+_default: HttpCore | None = None
+_default_lock = threading.Lock()
+
+
+def default_core() -> HttpCore:
+    """The process-wide core, started on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = HttpCore()
+        _default.start()
+        return _default
+
+
+def serve_unix(
+    app: ASGIApp,
+    path: Path,
+    *,
+    perms: int = 0o600,
+    limits: Limits = UNIX_LIMITS,
+    policy: Policy | None = None,
+    name: str | None = None,
+) -> Listener:
+    """Serve the ASGI ``app`` on unix socket ``path`` on the default core; returns at once.
+
+    Creates the parent directory (mode 0700), removes a stale socket file
+    (nobody answers), binds with mode ``perms``. Raises ``SocketInUse`` if a
+    live server answers there, ``FileExistsError`` if the path is not a
+    socket, ``ValueError`` if the path exceeds the 107-byte ``sun_path``.
+    """
+    return default_core().serve_unix(
+        app, path, perms=perms, limits=limits, policy=policy, name=name
+    )
+
+
+def serve_tcp(
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    limits: Limits = TCP_LIMITS,
+    policy: Policy | None = None,
+    name: str | None = None,
+) -> Listener:
+    """Serve the ASGI ``app`` on TCP ``host:port`` on the default core; returns at once.
+
+    ``port`` 0 binds an ephemeral port, reported as ``Listener.port``.
+    Raises ``OSError`` when the address is taken.
+    """
+    return default_core().serve_tcp(app, host, port, limits=limits, policy=policy, name=name)
+
+
+def run_blocking(fn: Callable[..., T], *args: Any) -> Coroutine[Any, Any, T]:
+    """``await run_blocking(fn, *args)``: run a blocking call off the loop (default executor)."""
+    return asyncio.to_thread(fn, *args)
