@@ -97,23 +97,29 @@ def render_mcp_config(
     extras: Mapping[str, McpServerSpec],
     python: str = sys.executable,
     pythonpath: str | None = None,
+    credential_file: str | None = None,
 ) -> dict[str, Any]:
     """The ``--mcp-config`` document::
 
         {"mcpServers": {
             "hyperhive": {"command": python, "args": ["-m", "harness", "mcp"],
                           "env": {"HYPERHIVE_SOCKET", "HYPERHIVE_FLAVOR", "HYPERHIVE_AGENT",
-                                  "PYTHONSAFEPATH": "1", ["PYTHONPATH": pythonpath]}},
+                                  "PYTHONSAFEPATH": "1", ["PYTHONPATH": pythonpath],
+                                  ["HYPERHIVE_CREDENTIAL_FILE": credential_file]}},
             "<key>": {"command", "args", "env"}, ...}}
 
     ``PYTHONSAFEPATH`` keeps the server from importing out of its cwd (the state
     dir, where the agent writes files); ``pythonpath`` (see :func:`import_path`)
-    lets it import what ``serve`` imports.
+    lets it import what ``serve`` imports. ``credential_file`` is where the server
+    reads the agent's broker credential (the path, never the secret: this document is
+    written to the state dir).
     """
     env = {"HYPERHIVE_SOCKET": socket, "HYPERHIVE_FLAVOR": flavor, "HYPERHIVE_AGENT": agent}
     env["PYTHONSAFEPATH"] = "1"
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
+    if credential_file:
+        env["HYPERHIVE_CREDENTIAL_FILE"] = credential_file
     servers: dict[str, Any] = {
         SERVER_KEY: {"command": python, "args": ["-m", "harness", "mcp"], "env": env}
     }

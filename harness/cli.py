@@ -9,16 +9,23 @@ import sys
 import uuid
 from collections.abc import Sequence
 
-from schemas.client import ApiError, UnixClient, Unreachable
+from harness.credential import CredentialError, broker_client, load_credential
+from schemas.client import ApiError, Unreachable
 
 ENV_HELP = """environment:
   HYPERHIVE_AGENT        the agent's logical name (alice, manager)
   HYPERHIVE_FLAVOR       agent | manager (the manager gets the privileged MCP tools)
   HYPERHIVE_SOCKET       the agent's API socket (default /run/hive/mcp.sock)
+  HYPERHIVE_CREDENTIAL_FILE  the agent's broker credential, sent as a bearer on every
+                         socket request (default /etc/hyperhive/credential)
   HYPERHIVE_STATE_DIR    durable state dir, claude's fixed cwd (default: the cwd)
   HYPERHIVE_SETTINGS     settings.json rendered from the agent manifest
-  HYPERHIVE_WEB_HOST     web UI bind host (default 127.0.0.1)
-  HYPERHIVE_WEB_PORT     web UI port (default: settings web_port, else 8100 + FNV-1a(name) % 900)
+  HYPERHIVE_WEB_SOCKET   the web UI's unix socket (default: web.sock beside HYPERHIVE_SOCKET)
+  HYPERHIVE_WEB_TCP      1 = also serve the web UI on TCP (every request needs
+                         Authorization: Bearer <credential>; default 0)
+  HYPERHIVE_WEB_HOST     TCP bind host (default 127.0.0.1)
+  HYPERHIVE_WEB_PORT     TCP port (default: settings web_port; only with HYPERHIVE_WEB_TCP=1)
+  HYPERHIVE_WEB_ALLOWED_HOSTS  extra Host names the TCP listener answers (comma-separated)
   CLAUDE_CONFIG_DIR      claude credentials + sessions (default ~/.claude)
   HYPERHIVE_CLAUDE_BIN   the claude executable (default: claude on PATH)
   HYPERHIVE_LOG_LEVEL    DEBUG | INFO | WARNING (default INFO; WARNING for mcp)
@@ -40,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Long-poll the agent's inbox; for each message run one `claude -p` turn with a "
         "wake prompt, stream its events into the event log (sqlite + the web UI's live tail), "
         "ack the message and record a turn-stats row. Compacts and retries once when the context "
-        "is full. Serves the agent web UI on HYPERHIVE_WEB_HOST:HYPERHIVE_WEB_PORT. SIGTERM "
-        "cancels the running turn and exits 0.",
+        "is full. Serves the agent web UI on HYPERHIVE_WEB_SOCKET (and on TCP with "
+        "HYPERHIVE_WEB_TCP=1). SIGTERM cancels the running turn and exits 0; a missing "
+        "credential file exits 2.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=ENV_HELP,
     )
@@ -62,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         description="POST /wake on HYPERHIVE_SOCKET: a message from LABEL lands in the agent's own "
         "inbox and starts a turn. For local tools (an MCP server that got a chat message, a "
         "webhook, a cron job). Prints the message id. Exit codes: 0 delivered, 1 refused "
-        "(the server's reason on stderr), 2 usage error, 3 socket unreachable.",
+        "(the server's reason on stderr), 2 usage error or no readable credential file, "
+        "3 socket unreachable.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  hyperhive-agent wake --from 'matrix: new dm' --body 'alice: are you there?'\n"
@@ -83,15 +92,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def wake(label: str, body: str, socket: str, as_json: bool = False) -> int:
-    """POST /wake; print the result. Returns the exit code (0 / 1 / 2 / 3)."""
+def wake(label: str, body: str, socket: str, token: str | None, as_json: bool = False) -> int:
+    """POST /wake with ``token`` as the bearer; print the result.
+
+    Returns the exit code (0 / 1 / 2 / 3)."""
     if body == "-":
         body = sys.stdin.read()
     if not body.strip():
         print("hyperhive-agent wake: the body is empty", file=sys.stderr)
         return 2
     try:
-        data = UnixClient(socket).post(
+        data = broker_client(socket, token).post(
             "/wake",
             {"from": label, "body": body, "idempotency_key": uuid.uuid4().hex},
             timeout=15.0,
@@ -123,7 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return mcp_main()
     socket = args.socket or os.environ.get("HYPERHIVE_SOCKET", "/run/hive/mcp.sock")
-    return wake(args.label, args.body, socket, args.json)
+    try:
+        token = load_credential(os.environ)
+    except CredentialError as exc:
+        print(f"hyperhive-agent wake: {exc}", file=sys.stderr)
+        return 2
+    return wake(args.label, args.body, socket, token, args.json)
 
 
 if __name__ == "__main__":

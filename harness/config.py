@@ -8,8 +8,17 @@ Environment (see docs/architecture.md, "Harness process contract"):
 ``HYPERHIVE_SOCKET``       the agent's API socket
 ``HYPERHIVE_STATE_DIR``    durable dir, claude's fixed cwd
 ``HYPERHIVE_SETTINGS``     settings.json rendered from the manifest (read-only)
-``HYPERHIVE_WEB_HOST``     agent UI bind host (default ``127.0.0.1``)
-``HYPERHIVE_WEB_PORT``     agent UI port (default: settings ``web_port``)
+``HYPERHIVE_CREDENTIAL_FILE`` the agent's broker credential (default
+                           ``/etc/hyperhive/credential``; see harness.credential)
+``HYPERHIVE_WEB_SOCKET``   the web UI's unix socket (default ``web.sock`` beside
+                           ``HYPERHIVE_SOCKET``; container ``/run/hive/web.sock``)
+``HYPERHIVE_WEB_TCP``      ``1`` opts into a TCP listener for the web UI as well
+                           (bearer = the agent credential; default off)
+``HYPERHIVE_WEB_HOST``     TCP bind host (default ``127.0.0.1``)
+``HYPERHIVE_WEB_PORT``     TCP port (default: settings ``web_port``); only with
+                           ``HYPERHIVE_WEB_TCP=1``
+``HYPERHIVE_WEB_ALLOWED_HOSTS`` extra ``Host`` names the TCP listener accepts
+                           (comma-separated; loopback names always)
 ``CLAUDE_CONFIG_DIR``      claude credentials + sessions (default ``~/.claude``)
 ``HYPERHIVE_CLAUDE_BIN``   the claude executable (default ``claude`` on PATH)
 ``HYPERHIVE_TURN_TIMEOUT`` a turn's time limit in seconds (default: settings
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.credential import credential_path
 from schemas.names import MANAGER, default_web_port
 
 log = logging.getLogger(__name__)
@@ -41,6 +51,9 @@ FLAVORS = ("agent", "manager")
 DEFAULT_MODEL = "haiku"
 DEFAULT_TURN_TIMEOUT = 1800  # seconds: a turn running longer is cancelled and recorded failed
 MIN_TURN_TIMEOUT, MAX_TURN_TIMEOUT = 1, 7 * 86400
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+#: A DNS name or an IP literal (IPv6 in brackets), as it appears in a ``Host`` header.
+_HOST_RE = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)$")
 #: MCP server keys must be safe inside ``mcp__<key>__<tool>`` names.
 MCP_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -198,6 +211,10 @@ class HarnessEnv:
     claude_bin: str
     config_dir: Path
     turn_timeout: float | None = None  # HYPERHIVE_TURN_TIMEOUT (seconds), overrides settings
+    web_socket: str = ""  # HYPERHIVE_WEB_SOCKET; "" = web.sock beside ``socket``
+    web_tcp: bool = False  # HYPERHIVE_WEB_TCP: serve the UI on TCP too (bearer required)
+    credential_file: Path | None = None  # HYPERHIVE_CREDENTIAL_FILE; None = send no bearer
+    web_allowed_hosts: tuple[str, ...] = ()  # HYPERHIVE_WEB_ALLOWED_HOSTS, beyond loopback
 
     @property
     def is_manager(self) -> bool:
@@ -246,12 +263,24 @@ def env_from(environ: Mapping[str, str]) -> HarnessEnv:
             ) from None
         if not MIN_TURN_TIMEOUT / 10 <= turn_timeout <= MAX_TURN_TIMEOUT:
             raise SettingsError(f"HYPERHIVE_TURN_TIMEOUT: out of range: {timeout_s}")
+    tcp_s = (environ.get("HYPERHIVE_WEB_TCP") or "0").strip().lower()
+    if tcp_s not in _TRUE + _FALSE:
+        raise SettingsError(f"HYPERHIVE_WEB_TCP: must be 1 or 0, got {tcp_s!r}")
+    hosts = tuple(
+        h.strip().lower()
+        for h in environ.get("HYPERHIVE_WEB_ALLOWED_HOSTS", "").split(",")
+        if h.strip()
+    )
+    bad = [h for h in hosts if not _HOST_RE.match(h)]
+    if bad:
+        raise SettingsError(f"HYPERHIVE_WEB_ALLOWED_HOSTS: not a host name: {bad[0]!r}")
+    socket = environ.get("HYPERHIVE_SOCKET", "/run/hive/mcp.sock")
     settings = environ.get("HYPERHIVE_SETTINGS")
     config_dir = environ.get("CLAUDE_CONFIG_DIR") or str(Path.home() / ".claude")
     return HarnessEnv(
         agent=agent,
         flavor=flavor,
-        socket=environ.get("HYPERHIVE_SOCKET", "/run/hive/mcp.sock"),
+        socket=socket,
         state_dir=Path(environ.get("HYPERHIVE_STATE_DIR") or os.getcwd()).absolute(),
         settings_path=Path(settings).absolute() if settings else None,
         web_host=environ.get("HYPERHIVE_WEB_HOST") or "127.0.0.1",
@@ -259,16 +288,44 @@ def env_from(environ: Mapping[str, str]) -> HarnessEnv:
         claude_bin=resolve_claude_bin(environ),
         config_dir=Path(config_dir).absolute(),
         turn_timeout=turn_timeout,
+        web_socket=environ.get("HYPERHIVE_WEB_SOCKET")
+        or os.path.join(os.path.dirname(socket), "web.sock"),
+        web_tcp=tcp_s in _TRUE,
+        credential_file=credential_path(environ),
+        web_allowed_hosts=hosts,
     )
 
 
+def web_socket(env: HarnessEnv) -> str:
+    """The web UI's unix socket: ``HYPERHIVE_WEB_SOCKET``, else ``web.sock`` beside the broker
+    socket (container ``/run/hive/web.sock``; local runtime ``<sock dir>/web.sock``)."""
+    return env.web_socket or os.path.join(os.path.dirname(env.socket), "web.sock")
+
+
 def web_port(env: HarnessEnv, settings: Settings) -> int:
-    """The UI port: ``HYPERHIVE_WEB_PORT``, else settings ``web_port``, else the FNV-1a default."""
+    """The configured UI port: ``HYPERHIVE_WEB_PORT``, else settings ``web_port``, else the
+    FNV-1a default. Only used when TCP is opted into (see :func:`web_tcp_port`)."""
     if env.web_port is not None:
         return env.web_port
     if settings.web_port is not None:
         return settings.web_port
     return default_web_port(env.agent)
+
+
+def web_tcp_port(env: HarnessEnv, settings: Settings) -> int | None:
+    """The opt-in TCP port of the UI, or ``None`` (the unix socket only).
+
+    ``None`` unless ``HYPERHIVE_WEB_TCP=1``; then ``HYPERHIVE_WEB_PORT``, else settings
+    ``web_port`` (``0``: an ephemeral port). Raises ``SettingsError`` when TCP is opted
+    into but neither names a port: a guessed port is not what the operator opened.
+    """
+    if not env.web_tcp:
+        return None
+    if env.web_port is None and settings.web_port is None:
+        raise SettingsError(
+            "HYPERHIVE_WEB_TCP=1 needs a port: set HYPERHIVE_WEB_PORT or settings web_port"
+        )
+    return web_port(env, settings)
 
 
 def turn_timeout(env: HarnessEnv, settings: Settings) -> float:

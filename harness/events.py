@@ -120,6 +120,32 @@ class EventLog:
         # live-only events: (sequence number, id of the newest stored event at publish time, event)
         self._live: collections.deque[tuple[int, int, Event]] = collections.deque(maxlen=LIVE_KEEP)
         self._live_seq = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` whenever waiters are woken (append, publish, notify, close).
+
+        ``fn`` runs on the writer's thread with the log's lock held: it must only hand the
+        news on (``loop.call_soon_threadsafe``), never block or call back into the log.
+        This is how asyncio code follows the log without a thread per follower.
+        """
+        with self._lock:
+            self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[], None]) -> None:
+        """Undo :meth:`add_listener` (no error when ``fn`` is not registered)."""
+        with self._lock:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+    def _wake_all(self) -> None:
+        """``notify_all`` plus the listeners; the caller holds ``_cond``."""
+        self._cond.notify_all()
+        for fn in self._listeners:
+            try:
+                fn()
+            except Exception:  # a listener must never break a writer
+                log.exception("event log listener failed")
 
     @property
     def last_id(self) -> int:
@@ -145,7 +171,7 @@ class EventLog:
             self._live_seq += 1
             ev = Event(0, self._clock(), kind, turn, data)
             self._live.append((self._live_seq, self._last_id, ev))
-            self._cond.notify_all()
+            self._wake_all()
         return ev
 
     def live_since(self, after_seq: int) -> list[tuple[int, int, Event]]:
@@ -186,7 +212,7 @@ class EventLog:
             self._last_id = eid
             if turn is not None and turn > self._max_turn:
                 self._max_turn = turn
-            self._cond.notify_all()
+            self._wake_all()
         return Event(eid, ts, kind, turn, json.loads(payload))
 
     @staticmethod
@@ -293,13 +319,13 @@ class EventLog:
     def notify(self) -> None:
         """Wake every waiter so it re-checks its ``stop`` predicate."""
         with self._cond:
-            self._cond.notify_all()
+            self._wake_all()
 
     def close(self) -> None:
         """Wake all waiters and close the database."""
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+            self._wake_all()
             self._db.close()
 
     @property

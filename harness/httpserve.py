@@ -1,121 +1,237 @@
-"""waitress on TCP for the agent web UI, in a background thread, with bind retry.
+"""The agent web UI's listeners on :mod:`hivehttp`: its unix socket, and TCP when opted in.
 
-waitress sets ``SO_REUSEADDR`` on its listening socket, which handles a
-previous instance's TIME_WAIT sockets; a port still held by a live process
-(the old harness not gone yet during a restart) is retried every
-``retry_interval`` seconds until it frees up or :meth:`WebServer.stop` is
-called — logged once, not per attempt.
+:class:`WebServer` opens one listener in a background thread and keeps trying
+while the address is held by a live process (the old harness not gone yet
+during a restart: ``hivehttp.SocketInUse`` on the unix socket, ``EADDRINUSE``
+on TCP), every ``retry_interval`` seconds until it frees up or
+:meth:`WebServer.stop` is called — logged once, not per attempt. A stale
+socket file (nobody answers) is replaced at once by ``hivehttp.serve_unix``.
+
+The unix socket (mode 0600) needs no credential: only the agent's own user (in
+its sandbox) and the controller's dashboard proxy can open it. The TCP listener
+is a surface a browser can reach, so it gets :func:`tcp_app`: every request must
+carry ``Authorization: Bearer <the agent's credential>`` (401 otherwise), its
+``Host`` must be a loopback name or one the operator allowed (403), and mutations
+are same-origin JSON only (``hivehttp.browser_policy``).
 """
 
 from __future__ import annotations
 
 import errno
+import hmac
+import json
 import logging
 import threading
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
-import waitress
-from waitress.server import BaseWSGIServer, MultiSocketServer
+import hivehttp
+from hivehttp.guard import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
+RETRY_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+"""TCP bind failures worth waiting out (the previous process still holds the port)."""
+
+
+@dataclass(frozen=True)
+class UnixEndpoint:
+    """Listen on the unix socket ``path`` (mode 0600)."""
+
+    path: Path
+
+    def describe(self) -> str:
+        """``unix:<path>`` for logs and systemd status lines."""
+        return f"unix:{self.path}"
+
+
+@dataclass(frozen=True)
+class TcpEndpoint:
+    """Listen on ``host:port`` (``port`` 0: an ephemeral port, see ``WebServer.port``)."""
+
+    host: str
+    port: int
+
+    def describe(self) -> str:
+        """``host:port`` for logs and systemd status lines."""
+        return f"{self.host}:{self.port}"
+
+
+Endpoint = UnixEndpoint | TcpEndpoint
+
+
+def _unauthorized(message: str) -> bytes:
+    doc = {"error": {"code": "unauthorized", "message": message, "field": None}}
+    return json.dumps(doc).encode()
+
+
+def require_bearer(app: ASGIApp, token: str) -> ASGIApp:
+    """``app`` behind ``Authorization: Bearer <token>``: anything else is a 401 JSON error.
+
+    The comparison is constant-time. ``WWW-Authenticate: Bearer`` tells a client what to send.
+    """
+    expected = f"Bearer {token}".encode()
+
+    async def check(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        given = b""
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                given = bytes(value)
+                break
+        if hmac.compare_digest(given, expected):
+            await app(scope, receive, send)
+            return
+        body = _unauthorized(
+            "send Authorization: Bearer <the agent's credential> (the TCP port of an agent UI "
+            "is for tools that hold it; the operator uses the dashboard)"
+            if not given
+            else "the bearer token is not this agent's credential"
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b'Bearer realm="hyperhive-agent"'),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return check
+
+
+def tcp_app(app: ASGIApp, token: str) -> ASGIApp:
+    """What the opt-in TCP listener serves: ``app`` behind :func:`require_bearer`."""
+    return require_bearer(app, token)
+
+
+def tcp_policy(endpoint: TcpEndpoint, extra_hosts: tuple[str, ...] = ()) -> hivehttp.Policy:
+    """The TCP listener's policy: loopback ``Host`` names, the bind host when it is a name or
+    a specific address, ``extra_hosts``; same-origin JSON-only mutations."""
+    hosts = set(extra_hosts)
+    if endpoint.host not in ("", "0.0.0.0", "::"):
+        hosts.add(endpoint.host.lower() if ":" not in endpoint.host else f"[{endpoint.host}]")
+    return hivehttp.browser_policy(frozenset(hosts))
+
+
+UNIX_POLICY = hivehttp.Policy(json_mutations=True)
+"""The unix listener: no Host check (no browser reaches it directly), JSON-only mutations."""
+
 
 class WebServer:
-    """Serve a WSGI ``app`` on ``host:port`` (``port=0`` picks a free port; see :attr:`port`)."""
+    """Serve the ASGI ``app`` on ``endpoint`` with ``policy``, binding (with retry) in a thread.
+
+    ``start()`` returns at once; ``wait_bound()`` says when it listens; ``port`` /
+    ``path`` tell where. ``stop()`` closes it and every connection.
+    """
 
     def __init__(
         self,
-        app: Any,
-        host: str,
-        port: int,
+        app: ASGIApp,
+        endpoint: Endpoint,
         *,
-        threads: int = 16,
-        connection_limit: int = 100,
+        policy: hivehttp.Policy | None = None,
         retry_interval: float = 1.0,
+        name: str = "web-ui",
     ) -> None:
         self.app = app
-        self.host = host
-        self.requested_port = port
-        self.threads = threads
-        self.connection_limit = connection_limit
+        self.endpoint = endpoint
+        self.policy = policy or (
+            UNIX_POLICY if isinstance(endpoint, UnixEndpoint) else tcp_policy(endpoint)
+        )
         self.retry_interval = retry_interval
-        self._server: BaseWSGIServer | MultiSocketServer | None = None
+        self.name = name
+        self._listener: hivehttp.Listener | None = None
         self._stop = threading.Event()
         self._bound = threading.Event()
         self._thread: threading.Thread | None = None
-        self.port: int | None = None
+        self._lock = threading.Lock()
 
-    def _bind(self) -> BaseWSGIServer | MultiSocketServer | None:
+    @property
+    def port(self) -> int | None:
+        """The bound TCP port (``None`` for a unix socket or before binding)."""
+        return self._listener.port if self._listener is not None else None
+
+    @property
+    def path(self) -> Path | None:
+        """The unix socket path (``None`` for TCP)."""
+        return self.endpoint.path if isinstance(self.endpoint, UnixEndpoint) else None
+
+    @property
+    def listener(self) -> hivehttp.Listener | None:
+        """The open listener, once bound."""
+        return self._listener
+
+    def describe(self) -> str:
+        """Where it listens (the bound port once known)."""
+        if isinstance(self.endpoint, TcpEndpoint) and self.port is not None:
+            return f"{self.endpoint.host}:{self.port}"
+        return self.endpoint.describe()
+
+    def _open(self) -> hivehttp.Listener:
+        ep = self.endpoint
+        if isinstance(ep, UnixEndpoint):
+            return hivehttp.serve_unix(
+                self.app, ep.path, perms=0o600, policy=self.policy, name=self.name
+            )
+        return hivehttp.serve_tcp(self.app, ep.host, ep.port, policy=self.policy, name=self.name)
+
+    def _bind(self) -> hivehttp.Listener | None:
         announced = False
         while not self._stop.is_set():
             try:
-                return waitress.create_server(
-                    self.app,
-                    host=self.host,
-                    port=self.requested_port,
-                    threads=self.threads,
-                    connection_limit=self.connection_limit,
-                    channel_timeout=60,
-                    ident="hyperhive-agent",
-                    clear_untrusted_proxy_headers=True,
-                )
+                return self._open()
+            except hivehttp.SocketInUse as exc:
+                why = str(exc)
             except OSError as exc:
-                if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+                if isinstance(exc, FileExistsError) or exc.errno not in RETRY_ERRNOS:
                     raise
-                if not announced:
-                    log.warning(
-                        "web UI: cannot bind %s:%s (%s); retrying every %.0f s",
-                        self.host, self.requested_port, exc.strerror, self.retry_interval,
-                    )  # fmt: skip
-                    announced = True
-                self._stop.wait(self.retry_interval)
+                why = exc.strerror or str(exc)
+            if not announced:
+                log.warning("web UI: cannot listen on %s (%s); retrying every %.0f s",
+                            self.endpoint.describe(), why, self.retry_interval)  # fmt: skip
+                announced = True
+            self._stop.wait(self.retry_interval)
         return None
 
     def _run(self) -> None:
         try:
-            server = self._bind()
+            listener = self._bind()
         except Exception:
-            log.exception("web UI: cannot start")
+            log.exception("web UI: cannot listen on %s", self.endpoint.describe())
             self._bound.set()
             return
-        if server is None:
-            self._bound.set()
-            return
-        self._server = server
-        self.port = int(getattr(server, "effective_port", self.requested_port))
-        log.info("web UI on http://%s:%s/", self.host, self.port)
+        with self._lock:
+            if listener is not None and self._stop.is_set():  # stopped while binding
+                listener.stop()
+                listener = None
+            self._listener = listener
+        if listener is not None:
+            log.info("web UI on %s", self.describe())
         self._bound.set()
-        try:
-            server.run()
-        except Exception:
-            if not self._stop.is_set():
-                log.exception("web UI server crashed")
 
     def start(self) -> None:
-        """Start serving in a daemon thread (binding, with retry, happens in that thread)."""
-        self._thread = threading.Thread(target=self._run, name="web-ui", daemon=True)
+        """Start binding in a daemon thread (serving itself runs on the hivehttp loop)."""
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def wait_bound(self, timeout: float | None = None) -> bool:
         """Block until bound (or given up); True when serving."""
         self._bound.wait(timeout)
-        return self._server is not None
+        return self._listener is not None
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close the listener and all connections; wait for the serving thread."""
+        """Stop retrying, close the listener and all its connections (open streams end)."""
         self._stop.set()
-        server = self._server
-        if server is not None:
-            try:
-                server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
-            except Exception:
-                log.debug("task dispatcher shutdown failed", exc_info=True)
-            try:
-                server.close()
-            except Exception:
-                log.debug("close failed", exc_info=True)
-            from waitress import wasyncore
-
-            wasyncore.close_all(server.map if hasattr(server, "map") else server._map)
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)

@@ -36,6 +36,7 @@ from typing import Any
 
 from harness import claude, login, prompts
 from harness.config import HarnessEnv, Settings, turn_timeout
+from harness.credential import broker_client, read_credential
 from harness.events import Bus, TurnState
 from harness.login import LoginBusy, LoginSession, LoginSnapshot, LoginState
 from harness.model import ModelStore
@@ -123,7 +124,10 @@ class TurnLoop:
         self.stats = stats
         self.models = models
         self.environ = dict(environ)
-        self.client = client or UnixClient(env.socket)
+        if client is None:  # serve passes its client; this is for a loop built on its own
+            cf = env.credential_file
+            client = broker_client(env.socket, read_credential(cf) if cf is not None else None)
+        self.client = client
         self.runner = runner or ClaudeRunner()
         self.python = python
         self.mcp_config_path = env.state_dir / "hyperhive-mcp.json"
@@ -298,6 +302,7 @@ class TurnLoop:
             extras=extras,
             python=self.python or sys.executable,
             pythonpath=claude.import_path(exclude=self.env.state_dir),
+            credential_file=str(cf) if (cf := self.env.credential_file) is not None else None,
         )
         claude.write_mcp_config(self.mcp_config_path, doc)
         plugins = bool(self.settings.plugins)

@@ -28,6 +28,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from harness.credential import CredentialError, broker_client, load_credential
 from schemas.client import ApiError, UnixClient, Unreachable
 from schemas.wire import Message, MessageKind, Status, rfc3339
 
@@ -364,7 +365,11 @@ def build_server(flavor: str, client: UnixClient) -> MCPServer:
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:
-    """Serve over stdio until claude closes the pipe. Logs go to stderr."""
+    """Serve over stdio until claude closes the pipe. Logs go to stderr.
+
+    Returns 2 (at once) when the agent credential (``HYPERHIVE_CREDENTIAL_FILE``) cannot be
+    read: every tool would be refused by the controller anyway.
+    """
     env = os.environ if environ is None else environ
     logging.basicConfig(
         level=env.get("HYPERHIVE_LOG_LEVEL", "WARNING").upper(),
@@ -373,7 +378,13 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     )
     socket = env.get("HYPERHIVE_SOCKET", "/run/hive/mcp.sock")
     flavor = env.get("HYPERHIVE_FLAVOR", "agent")
-    server = build_server(flavor, UnixClient(socket))
+    try:
+        token = load_credential(env)
+    except CredentialError as exc:
+        # claude shows the server as failed; the reason lands in its MCP log
+        print(f"hyperhive-agent mcp: {exc}", file=sys.stderr)
+        return 2
+    server = build_server(flavor, broker_client(socket, token))
     server.run("stdio")
     # claude waits for this process to exit after every turn: skip the interpreter teardown
     # (~150 ms of module cleanup for mcp/pydantic) — nothing is left to flush but the streams

@@ -1,9 +1,14 @@
 """``hyperhive-agent serve``: wire the turn loop and the web UI together and run them.
 
-The turn loop runs in a worker thread, the web UI in waitress threads, and
-the main thread waits for SIGTERM / SIGINT. On a signal: cancel the running
-claude process tree, let the loop record the turn ``cancelled`` (up to
-``SHUTDOWN_GRACE`` seconds), stop the web UI, exit 0.
+The turn loop runs in a worker thread, the web UI on the process' hivehttp
+event loop (its unix socket ``HYPERHIVE_WEB_SOCKET``, plus TCP when
+``HYPERHIVE_WEB_TCP=1``), and the main thread waits for SIGTERM / SIGINT.
+On a signal: cancel the running claude process tree, let the loop record the
+turn ``cancelled`` (up to ``SHUTDOWN_GRACE`` seconds), stop the web UI, exit 0.
+
+The agent's credential (``HYPERHIVE_CREDENTIAL_FILE``) is read at start: a
+missing or unreadable file is a configuration error naming it (exit 2). Every
+broker request carries it as a bearer, and the TCP listener requires it.
 
 systemd (``Type=notify``): ``READY=1`` once the web UI listens, ``STATUS=`` with
 the turn state, ``STOPPING=1`` on a signal, and — when the unit sets
@@ -27,18 +32,27 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import sdnotify
 
-from harness.config import HarnessEnv, Settings, SettingsError, env_from, load_settings, web_port
+from harness.config import (
+    HarnessEnv,
+    Settings,
+    SettingsError,
+    env_from,
+    load_settings,
+    web_socket,
+    web_tcp_port,
+)
+from harness.credential import CredentialError, broker_client, read_credential
 from harness.events import Bus, EventLog
-from harness.httpserve import WebServer
+from harness.httpserve import TcpEndpoint, UnixEndpoint, WebServer, tcp_app, tcp_policy
 from harness.loop import TurnLoop
 from harness.model import ModelStore
 from harness.turnstats import TurnStats
 from harness.web import WebApp
-from schemas.client import UnixClient
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +73,7 @@ class Harness:
     models: ModelStore
     loop: TurnLoop
     web: WebApp
-    server: WebServer
+    servers: list[WebServer]
     loop_thread: threading.Thread | None = None
 
     def alive(self) -> tuple[bool, str]:
@@ -69,8 +83,9 @@ class Harness:
         return self.loop.health()
 
     def start(self) -> None:
-        """Start the web UI and the turn loop threads."""
-        self.server.start()
+        """Start the web UI listeners and the turn loop thread."""
+        for server in self.servers:
+            server.start()
         self.loop_thread = threading.Thread(target=self._run_loop, name="turn-loop", daemon=True)
         self.loop_thread.start()
 
@@ -94,13 +109,21 @@ class Harness:
         if self.loop_thread is not None:
             self.loop_thread.join(0.2)
         self.web.stop()
-        self.server.stop()
+        for server in self.servers:
+            server.stop()
         self.stats.close()
         self.bus.log.close()
 
 
-def build(env: HarnessEnv, environ: Mapping[str, str], *, port: int | None = None) -> Harness:
-    """Read settings and open the state files; nothing runs yet. Raises ``SettingsError``."""
+def build(
+    env: HarnessEnv, environ: Mapping[str, str], *, token: str | None, port: int | None = None
+) -> Harness:
+    """Read settings and open the state files; nothing runs yet.
+
+    ``token`` is the agent's credential (sent on every broker request, required on the
+    TCP listener; ``None`` only in tests that play a controller without one). ``port``
+    overrides the TCP port (implies TCP). Raises ``SettingsError``.
+    """
     settings = load_settings(env.settings_path, agent=env.agent, flavor=env.flavor)
     if settings.agent != env.agent:
         log.warning(
@@ -108,17 +131,25 @@ def build(env: HarnessEnv, environ: Mapping[str, str], *, port: int | None = Non
             settings.agent,
             env.agent,
         )
+    tcp_port = web_tcp_port(env, settings) if port is None else port
+    if tcp_port is not None and not token:
+        raise SettingsError("HYPERHIVE_WEB_TCP=1: the TCP listener needs the agent credential")
     env.state_dir.mkdir(parents=True, exist_ok=True)
     models = ModelStore(env.state_dir / MODEL_FILE, settings.model)
     bus = Bus(EventLog(env.state_dir / EVENTS_DB), models.current())
     stats = TurnStats(env.state_dir / STATS_DB)
     # the host's retention sweep may have deleted old events: turn numbers keep counting on
     bus.log.ensure_turn_at_least(stats.max_turn())
-    client = UnixClient(env.socket)
+    client = broker_client(env.socket, token)
     loop = TurnLoop(env, settings, bus, stats, models, environ=environ, client=client)
     web = WebApp(env, settings, bus, stats, models, loop, dict(environ), client=client)
-    server = WebServer(web.app, env.web_host, web_port(env, settings) if port is None else port)
-    return Harness(env, settings, bus, stats, models, loop, web, server)
+    servers = [WebServer(web.asgi, UnixEndpoint(Path(web_socket(env))), name="web-ui")]
+    if tcp_port is not None and token:
+        ep = TcpEndpoint(env.web_host, tcp_port)
+        servers.append(WebServer(tcp_app(web.asgi, token), ep,
+                                 policy=tcp_policy(ep, env.web_allowed_hosts),
+                                 name="web-ui-tcp"))  # fmt: skip
+    return Harness(env, settings, bus, stats, models, loop, web, servers)
 
 
 def setup_logging(environ: Mapping[str, str]) -> None:
@@ -173,8 +204,10 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     setup_logging(environ)
     try:
         env = env_from(environ)
-        h = build(env, environ)
-    except SettingsError as exc:
+        assert env.credential_file is not None  # env_from always names one
+        token = read_credential(env.credential_file)
+        h = build(env, environ, token=token)
+    except (SettingsError, CredentialError) as exc:
         log.error("configuration error: %s", exc)
         return 2
     stop = threading.Event()
@@ -186,15 +219,16 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "hyperhive-agent serve: agent %s (%s), socket %s, state %s, claude %s",
-        env.agent, env.flavor, env.socket, env.state_dir, env.claude_bin,
+        "hyperhive-agent serve: agent %s (%s), socket %s, web %s, state %s, claude %s",
+        env.agent, env.flavor, env.socket, web_socket(env), env.state_dir, env.claude_bin,
     )  # fmt: skip
     notifier = sdnotify.SystemdNotifier()  # a no-op without $NOTIFY_SOCKET
     h.start()
 
-    def ready() -> None:  # Type=notify: READY=1 once the web UI listens
-        if h.server.wait_bound():
-            notifier.notify(f"READY=1\nSTATUS=agent {env.agent}: web UI on port {h.server.port}")
+    def ready() -> None:  # Type=notify: READY=1 once every web UI listener listens
+        if all(server.wait_bound() for server in h.servers):
+            where = " and ".join(server.describe() for server in h.servers)
+            notifier.notify(f"READY=1\nSTATUS=agent {env.agent}: web UI on {where}")
 
     threading.Thread(target=ready, name="sd-ready", daemon=True).start()
     watchdog = watchdog_interval(environ, os.getpid())

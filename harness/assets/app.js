@@ -434,7 +434,7 @@ function renderInbox(msgs) {
 
 async function refreshState() {
   try {
-    const r = await fetch("/api/state");
+    const r = await fetch("api/state");
     const s = await r.json();
     document.title = `${s.agent} · hyperhive`;
     $("agent-name").textContent = s.agent;
@@ -483,7 +483,7 @@ function handle(ev, live) {
 }
 
 function connect() {
-  const src = new EventSource("/events/stream");
+  const src = new EventSource("events/stream");
   app.source = src;
   let live = false;
   for (const kind of KINDS) {
@@ -523,7 +523,7 @@ ui.olderBtn.addEventListener("click", async () => {
   if (app.firstId === null) return;
   ui.olderBtn.disabled = true;
   try {
-    const r = await fetch(`/api/history?before=${app.firstId}&limit=300`);
+    const r = await fetch(`api/history?before=${app.firstId}&limit=300`);
     const body = await r.json();
     const frag = document.createDocumentFragment();
     const height = ui.term.scrollHeight;
@@ -586,22 +586,22 @@ async function runCommand(text) {
         local(ui.model.textContent);
         return;
       }
-      const r = await post("/api/model", { model: arg === "default" ? "" : arg });
+      const r = await post("api/model", { model: arg === "default" ? "" : arg });
       setModel(r.model, r.override ? r.settings_model : null);
       local(`model → ${r.model}${r.override ? " from the next turn" : " (the deployed default)"}`);
       return;
     }
     case "/compact": {
-      const r = await post("/api/compact");
+      const r = await post("api/compact");
       local(r.result === "queued" ? "compaction queued after the running turn" : "compacting…");
       return;
     }
     case "/new":
-      await post("/api/new");
+      await post("api/new");
       local("the next turn starts a fresh session");
       return;
     case "/cancel":
-      await post("/api/cancel");
+      await post("api/cancel");
       local("turn cancelled");
       return;
     case "/login":
@@ -624,7 +624,7 @@ async function submit() {
     if (text.trim().startsWith("/")) {
       await runCommand(text);
     } else {
-      const r = await post("/api/send", { body: text });
+      const r = await post("api/send", { body: text });
       local(`» sent to ${$("agent-name").textContent} as message #${r.id}`);
     }
     ui.prompt.value = "";
@@ -648,7 +648,7 @@ ui.prompt.addEventListener("keydown", (e) => {
 });
 ui.cancel.addEventListener("click", async () => {
   try {
-    await post("/api/cancel");
+    await post("api/cancel");
     local("turn cancelled");
   } catch (e) {
     local(`✗ ${e.message}`, true);
@@ -699,20 +699,20 @@ async function loginAction(path, body, okText) {
 }
 
 for (const b of document.querySelectorAll("[data-login-method]")) {
-  b.addEventListener("click", () => loginAction("/api/login/start", { method: b.dataset.loginMethod }));
+  b.addEventListener("click", () => loginAction("api/login/start", { method: b.dataset.loginMethod }));
 }
-$("login-cancel").addEventListener("click", () => loginAction("/api/login/cancel", {}, () => "login cancelled"));
+$("login-cancel").addEventListener("click", () => loginAction("api/login/cancel", {}, () => "login cancelled"));
 $("login-code-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const input = $("login-code");
-  const r = await loginAction("/api/login/code", { code: input.value });
+  const r = await loginAction("api/login/code", { code: input.value });
   if (r) input.value = "";
 });
 $("login-key-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const input = $("login-key");
   const kind = $("login-kind").value;
-  const r = await loginAction("/api/login/key", { kind, value: input.value },
+  const r = await loginAction("api/login/key", { kind, value: input.value },
     (x) => `stored the ${kind.replace("_", " ")} · claude now uses: ${x.source}`);
   if (r) {
     input.value = "";

@@ -1,4 +1,4 @@
-"""A stand-in for one agent socket of the controller: Falcon + waitress on a unix socket.
+"""A stand-in for one agent socket of the controller: falcon.asgi on a hivehttp unix socket.
 
 Implements the agent-socket endpoints the harness calls (docs/architecture.md):
 ``/send /recv /ack /status /recent /wake /ask /answer /remind``, the proposed
@@ -10,28 +10,46 @@ verbs ``/request_spawn /request_apply_commit /start /kill /restart /update
 Bodies are validated against ``schemas/json/wire.schema.json``; errors use the
 controller's JSON shape ``{"error": {"code", "message", "field"}}``.
 
+Like the controller, it requires ``Authorization: Bearer <the agent's credential>`` on
+every request (``token``, default :data:`TOKEN`; 401 ``unauthorized`` otherwise, counted
+in ``unauthorized``), so a test passing through it proves the harness sends it.
+:func:`write_credential` writes the file ``HYPERHIVE_CREDENTIAL_FILE`` names.
+
 Tests inspect ``calls`` (every request), ``sent`` (POST /send bodies),
 ``acked`` (acked ids) and put messages in with :meth:`StandIn.deliver`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import hmac
 import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import falcon
-import waitress
-from waitress import wasyncore
+import falcon.asgi
 
+import hivehttp
 from schemas.names import InvalidName, check_agent_name
 from schemas.validate import ValidationFailed, validate
 from schemas.wire import MANAGER_ONLY_VERBS, Message, MessageKind, Status, rfc3339
+
+TOKEN = "c3RhbmQtaW4tY3JlZGVudGlhbC1mb3ItdGVzdHMtMDAw"
+"""The credential a stand-in expects unless told otherwise (urlsafe base64, like the real one)."""
+
+
+def write_credential(path: Path, token: str = TOKEN) -> Path:
+    """Write ``token`` to ``path`` (mode 0600) the way the controller does; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
 
 
 @dataclass
@@ -51,9 +69,11 @@ class _Err(Exception):
 class StandIn:
     """One agent's socket. ``agent`` is the identity (``manager`` enables manager verbs)."""
 
-    def __init__(self, path: Path | str, agent: str = "alice") -> None:
+    def __init__(self, path: Path | str, agent: str = "alice", token: str | None = TOKEN) -> None:
         self.path = str(path)
         self.agent = agent
+        self.token = token
+        self.unauthorized = 0  # requests refused for a missing or wrong bearer
         self.calls: list[tuple[str, str, Any]] = []
         self.sent: list[dict[str, Any]] = []
         self.acked: list[int] = []
@@ -64,8 +84,9 @@ class StandIn:
         self._msgs: list[_Msg] = []
         self._next_id = 1
         self._lock = threading.Condition()
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: hivehttp.Listener | None = None
+        # recv long polls park a thread each: a pool of our own, not the loop's default one
+        self._pool = ThreadPoolExecutor(16, thread_name_prefix="standin")
 
     # ------------------------------------------------------------------ inbox
 
@@ -120,8 +141,7 @@ class StandIn:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _body(self, req: falcon.Request, schema: str | None) -> dict[str, Any]:
-        raw = req.bounded_stream.read()
+    def _body(self, raw: bytes, schema: str | None) -> dict[str, Any]:
         try:
             doc = json.loads(raw) if raw else {}
         except ValueError:
@@ -133,16 +153,28 @@ class StandIn:
                 raise _Err(400, "invalid", str(exc), exc.field) from None
         return doc if isinstance(doc, dict) else {}
 
-    def _handle(self, req: falcon.Request, resp: falcon.Response, verb: str) -> None:
+    async def _handle(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, verb: str
+    ) -> None:
+        expected = f"Bearer {self.token}".encode()
+        given = (req.get_header("Authorization") or "").encode()
+        if self.token is not None and not hmac.compare_digest(given, expected):
+            self.unauthorized += 1
+            resp.status = falcon.HTTP_401
+            resp.media = {"error": {"code": "unauthorized", "message": "bearer required",
+                                    "field": None}}  # fmt: skip
+            return
+        raw = await req.stream.read()
+        loop = asyncio.get_running_loop()
         try:
-            data = self._dispatch(req, verb)
+            data = await loop.run_in_executor(self._pool, self._dispatch, req.method, raw, verb)
         except _Err as exc:
             resp.status = falcon.code_to_http_status(exc.status)
             resp.media = {"error": {"code": exc.code, "message": exc.message, "field": exc.field}}
             return
         resp.media = data
 
-    def _dispatch(self, req: falcon.Request, verb: str) -> Any:
+    def _dispatch(self, method: str, raw: bytes, verb: str) -> Any:
         if verb in MANAGER_ONLY_VERBS and self.agent != "manager":
             raise _Err(403, "forbidden", f"{verb} is only available to the manager")
         schemas = {
@@ -162,8 +194,8 @@ class StandIn:
             "update": "NameRequest",
             "ask_operator": "AskOperatorRequest",
         }
-        body = self._body(req, schemas.get(verb)) if req.method == "POST" else {}
-        self.calls.append((req.method, "/" + verb, body))
+        body = self._body(raw, schemas.get(verb)) if method == "POST" else {}
+        self.calls.append((method, "/" + verb, body))
         st = lambda: self.status().to_json()  # noqa: E731
         if verb == "status":
             return st()
@@ -249,20 +281,20 @@ class StandIn:
             return {"agents": [{"name": "alice", "phase": "Running"}]}
         raise _Err(404, "not_found", f"no such endpoint: /{verb}")
 
-    def app(self) -> falcon.App:
-        """The Falcon app (every verb is one route)."""
+    def app(self) -> falcon.asgi.App:
+        """The falcon.asgi app (every verb is one route)."""
         outer = self
 
         class Route:
             def __init__(self, verb: str) -> None:
                 self.verb = verb
 
-            def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-                outer._handle(req, resp, self.verb)
+            async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+                await outer._handle(req, resp, self.verb)
 
             on_post = on_get
 
-        app = falcon.App()
+        app = falcon.asgi.App()
         for verb in (
             "send",
             "recv",
@@ -289,18 +321,8 @@ class StandIn:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> StandIn:
-        """Listen on the unix socket (removing a stale one) in a background thread."""
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        self._server = waitress.create_server(self.app(), unix_socket=self.path, threads=8)
-        server = self._server
-
-        def run() -> None:
-            with contextlib.suppress(OSError):  # closed under the loop by stop()
-                server.run()
-
-        self._thread = threading.Thread(target=run, name="standin", daemon=True)
-        self._thread.start()
+        """Listen on the unix socket (removing a stale one) on the hivehttp loop."""
+        self._server = hivehttp.serve_unix(self.app(), Path(self.path), name="standin")  # type: ignore[arg-type]
         return self
 
     def stop(self) -> None:
@@ -309,11 +331,7 @@ class StandIn:
         with self._lock:
             self._lock.notify_all()
         if server is not None:
-            server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
-            server.close()
-            wasyncore.close_all(server._map)
-        if self._thread is not None:
-            self._thread.join(5)
+            server.stop(2.0)
         if os.path.exists(self.path):
             os.unlink(self.path)
 

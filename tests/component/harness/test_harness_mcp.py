@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,10 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from standin import StandIn
+from standin import TOKEN, StandIn, write_credential
 
-from schemas.client import ApiError, UnixClient
+from harness.credential import broker_client
+from schemas.client import ApiError
 from schemas.wire import MessageKind
 
 REPO = Path(__file__).resolve().parents[3]
@@ -38,7 +40,7 @@ def _text(result: Any) -> str:
 
 
 async def _session(
-    sock: str, flavor: str, calls: list[tuple[str, dict[str, Any]]]
+    sock: str, flavor: str, calls: list[tuple[str, dict[str, Any]]], cred: Path
 ) -> tuple[set[str], list[Any]]:
     params = StdioServerParameters(
         command=sys.executable,
@@ -47,6 +49,7 @@ async def _session(
             "HYPERHIVE_SOCKET": sock,
             "HYPERHIVE_FLAVOR": flavor,
             "HYPERHIVE_AGENT": "alice",
+            "HYPERHIVE_CREDENTIAL_FILE": str(cred),
             "PYTHONPATH": str(REPO),
         },
         cwd=str(REPO),
@@ -60,7 +63,9 @@ async def _session(
 
 
 def run(sock: str, flavor: str, *calls: tuple[str, dict[str, Any]]) -> tuple[set[str], list[Any]]:
-    return anyio.run(_session, sock, flavor, list(calls))
+    """Start the MCP server on ``sock`` (credential: the file next to it) and call ``calls``."""
+    cred = write_credential(Path(sock).parent / "credential")
+    return anyio.run(_session, sock, flavor, list(calls), cred)
 
 
 @pytest.fixture
@@ -101,6 +106,7 @@ def test_recv_returns_the_message_and_peeks_with_zero(alice: StandIn) -> None:
     assert f"#{mid} from bob" in t1 and "what's up?" in t1 and "answer(thread=4" in t1
     assert t1.splitlines()[-1].startswith("[status] 0 unread")
     assert "no message." in _text(second)
+    assert alice.unauthorized == 0  # every call carried the agent's credential
     recv_bodies = [b for m, p, b in alice.calls if p == "/recv"]
     assert recv_bodies == [{"wait_seconds": 0.0}, {"wait_seconds": 0.0}]
 
@@ -111,7 +117,7 @@ def test_400_becomes_tool_error_with_server_message(alice: StandIn) -> None:
     text = _text(res)
     # what the socket itself answers to the same body
     with pytest.raises(ApiError) as ei:
-        UnixClient(alice.path).post("/send", {"to": "Not A Name!", "body": "x"})
+        broker_client(alice.path, TOKEN).post("/send", {"to": "Not A Name!", "body": "x"})
     expected = ei.value.message
     assert expected.startswith("to: does not match")
     # the SDK prefixes "Error executing tool send: "; the server's message follows verbatim
@@ -148,3 +154,30 @@ def test_tools_list_without_a_socket(tmp_path: Path) -> None:
     """Listing tools needs no controller: claude can start the server before the socket exists."""
     names, _ = run(str(tmp_path / "missing.sock"), "agent")
     assert names == AGENT_TOOLS
+
+
+def test_a_wrong_credential_is_refused_and_said(alice: StandIn) -> None:
+    """The server sends what the file holds: a stale credential gets the controller's 401."""
+    alice.token = "c29tZW9uZS1lbHNl"
+    _, (res,) = run(alice.path, "agent", ("status", {}))
+    assert res.is_error and "bearer" in _text(res)
+    assert alice.unauthorized >= 1 and alice.calls == []
+
+
+def test_a_missing_credential_file_stops_the_server_with_its_name(tmp_path: Path) -> None:
+    env = {
+        "HYPERHIVE_SOCKET": str(tmp_path / "s.sock"),
+        "PYTHONPATH": str(REPO),
+        "HYPERHIVE_CREDENTIAL_FILE": str(tmp_path / "nope"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "mcp"],
+        env=env,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'nope'} does not exist" in proc.stderr
