@@ -38,6 +38,9 @@ class Config:
     run_dir: Path | None = None
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 7000
+    dashboard_hosts: tuple[str, ...] = ()
+    """Host names the dashboard answers to besides the loopback names (``Host`` allow-list;
+    a request naming any other host is refused, which ends DNS rebinding)."""
     manager_port: int = 8000
     agent_port_base: int = 8100
     agent_port_range: int = 900
@@ -49,8 +52,9 @@ class Config:
     hyperhive_flake: str = "github:hyperhive/hyperhive"
     default_model: str = "haiku"
     log_level: str = "info"
-    local_sandbox: bool = False
-    """local runtime: run each harness under bubblewrap (when ``bwrap`` exists)."""
+    local_sandbox: bool = True
+    """local runtime: run each harness under bubblewrap when ``bwrap`` exists (on unless the
+    config says ``local_sandbox: false``; ``status`` shows ``Isolated`` either way)."""
     local_start_grace: float = 0.3
     """local runtime: seconds a fresh harness must survive for its start to count."""
 
@@ -77,6 +81,7 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         run_dir=Path(doc["run_dir"]) if "run_dir" in doc else cfg.run_dir,
         dashboard_host=dash.get("host", cfg.dashboard_host),
         dashboard_port=dash.get("port", cfg.dashboard_port),
+        dashboard_hosts=tuple(h.lower() for h in dash.get("hosts", cfg.dashboard_hosts)),
         manager_port=ports.get("manager", cfg.manager_port),
         agent_port_base=ports.get("agent_base", cfg.agent_port_base),
         agent_port_range=ports.get("agent_range", cfg.agent_port_range),

@@ -20,6 +20,10 @@ Conditions (``type``: ``status`` / CamelCase ``reason``):
   agent.nix (``local``) the message says so.
 - ``LoggedIn``: True when claude credentials are present (or an API key is passed
   through), False/NeedsLogin, Unknown/NotProbed.
+- ``Isolated`` (only when the runtime reports it, see ``driver_isolation``): True
+  with Bubblewrap (local runtime under bwrap) or Container (nixos-container);
+  False/NoSandbox when a local agent runs (or would start) without a sandbox: it
+  can read other agents' files and the operator's state as the controller's user.
 
 ``lastTransitionTime`` changes only when status, reason or message change;
 ``observedCommit`` is the main commit the condition was computed against (it
@@ -80,6 +84,41 @@ class CondType(enum.StrEnum):
     STALLED = "Stalled"
     UP_TO_DATE = "UpToDate"
     LOGGED_IN = "LoggedIn"
+    ISOLATED = "Isolated"
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How one agent is isolated from the others and from the operator's state.
+
+    ``isolated`` False means it runs as the controller's user with the host's view
+    (it can read other agents' credentials and ``<state>``); ``reason`` is the
+    condition's CamelCase reason (``Bubblewrap``, ``Container``, ``NoSandbox``);
+    ``message`` says what to do about it.
+    """
+
+    isolated: bool
+    reason: str
+    message: str
+
+
+CONTAINER_ISOLATION = Isolation(True, "Container", "runs in its own NixOS container")
+
+
+def driver_isolation(driver: object, agent: str) -> Isolation | None:
+    """The isolation ``driver`` reports for ``agent``, or None when it reports none.
+
+    Drivers with an ``isolation(agent)`` method are asked (the local driver: per
+    agent, from how its running process was started); the ``nixos-container``
+    runtime is always ``Container``.
+    """
+    probe = getattr(driver, "isolation", None)
+    if callable(probe):
+        found = probe(agent)
+        return found if isinstance(found, Isolation) else None
+    if getattr(driver, "name", None) == "nixos-container":
+        return CONTAINER_ISOLATION
+    return None
 
 
 @dataclass(frozen=True)
@@ -246,6 +285,8 @@ class AgentFacts:
     crash: CrashState | None = None
     version: str | None = None
     """The hyperhive version main wants (``DesiredState.hyperhive_version``)."""
+    isolation: Isolation | None = None
+    """What the runtime reports (``driver_isolation``); None: no ``Isolated`` condition."""
 
 
 _PENDING_REASON = {
@@ -387,9 +428,16 @@ def _logged_in(f: AgentFacts) -> Condition:
     return Condition(t, CondStatus.FALSE, "NeedsLogin", f.login_reason or "no claude credentials")
 
 
+def _isolated(iso: Isolation) -> Condition:
+    status = CondStatus.TRUE if iso.isolated else CondStatus.FALSE
+    return Condition(CondType.ISOLATED, status, iso.reason, iso.message)
+
+
 def compute_conditions(f: AgentFacts) -> tuple[Condition, ...]:
-    """Ready, Reconciling, Stalled, UpToDate, LoggedIn for one agent (transition time 0)."""
-    return (_ready(f), _reconciling(f), _stalled(f), _up_to_date(f), _logged_in(f))
+    """Ready, Reconciling, Stalled, UpToDate, LoggedIn (and Isolated when the runtime
+    reports it) for one agent (transition time 0)."""
+    out = (_ready(f), _reconciling(f), _stalled(f), _up_to_date(f), _logged_in(f))
+    return out if f.isolation is None else (*out, _isolated(f.isolation))
 
 
 def merge_conditions(
@@ -480,14 +528,14 @@ def load_status(path: Path) -> dict[str, Any]:
 
 
 def save_status(path: Path, doc: Mapping[str, Any]) -> None:
-    """Write status.json atomically (temp file + rename), mode 0644."""
+    """Write status.json atomically (temp file + rename), mode 0600 (the operator's alone)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".status.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             # one line: json's C encoder only runs without indent (``jq . status.json``)
             fh.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -23,11 +23,15 @@ whose process is gone means the harness died on its own (phase ``failed``);
 pid file and marker; state/, claude/, home/ and the web-port file stay in place
 (the swarm moves them to a tombstone).
 
-Sandbox (``sandbox=True``, config ``local_sandbox``): when ``bwrap`` is on PATH the
-harness runs under bubblewrap with the whole host read-only, a private ``/tmp``,
-``/dev`` and ``/proc``, and only its own ``state/``, ``claude/``, ``home/`` and
-socket dir (plus the manager's meta clone) writable. Without ``bwrap`` it runs
-unsandboxed and says so in its log.
+Sandbox (``sandbox=True``, config ``local_sandbox``, on by default): when ``bwrap``
+is on PATH and can build a sandbox here, the harness runs under bubblewrap
+(``controller.drivers.bwrap``): the host read-only, private ``/tmp``, ``/dev``,
+``/proc`` and pid namespace, an empty ``/run``, and no view of ``<state>`` or
+``<run>`` except the agent's own dir (read-only: settings.json, its credential)
+and its ``state/``, ``claude/``, ``home/`` and socket dir (plus the manager's meta
+clone) read-write. The network is shared (the Messages API may be on loopback).
+Without a working ``bwrap`` it runs unsandboxed, says so in its log, and
+``isolation()`` reports it (status condition ``Isolated=False``, ``NoSandbox``).
 
 Logs: ``<state>/logs/<a>.log`` is rotated to ``<a>.log.1`` when it passes
 ``log_max_bytes`` — at start, and by ``rotate_logs`` (the crash-watch tick) for a
@@ -53,6 +57,7 @@ from typing import Any
 import psutil
 
 from controller.config import Config
+from controller.drivers import bwrap as bw
 from controller.drivers.base import Deployment, LineSink
 from controller.drivers.marker import (
     MARKER_FILE,
@@ -65,6 +70,7 @@ from controller.drivers.marker import (
 from controller.errors import Invalid, PermanentError, TransientError
 from controller.model import ObservedAgent, Phase
 from controller.paths import Layout
+from controller.status import Isolation
 from schemas.names import MANAGER, is_agent_name
 
 PID_FILE = "harness.pid"
@@ -106,8 +112,10 @@ def agent_env(
     Passes through ``ANTHROPIC_*``, ``CLAUDE_CODE_*``, ``HYPERHIVE_CLAUDE_BIN``,
     ``PATH``, locale, TZ, TMPDIR, PYTHONPATH, CA bundles and proxies from
     ``base_env``; nothing else of the controller's environment leaks in.
-    ``HOME`` is the agent's own ``<state>/agents/<a>/home``. The manager also gets
-    ``HYPERHIVE_META_DIR`` (its working clone of the meta repo).
+    ``HOME`` is the agent's own ``<state>/agents/<a>/home``;
+    ``HYPERHIVE_CREDENTIAL_FILE`` its broker credential, ``HYPERHIVE_WEB_SOCKET`` the
+    unix socket its web UI serves on. The manager also gets ``HYPERHIVE_META_DIR``
+    (its working clone of the meta repo).
     """
     env = {
         k: v
@@ -122,6 +130,8 @@ def agent_env(
             "HYPERHIVE_SOCKET": str(layout.agent_sock(agent)),
             "HYPERHIVE_STATE_DIR": str(layout.agent_state(agent)),
             "HYPERHIVE_SETTINGS": str(layout.agent_settings(agent)),
+            "HYPERHIVE_CREDENTIAL_FILE": str(layout.agent_credential(agent)),
+            "HYPERHIVE_WEB_SOCKET": str(layout.agent_web_sock(agent)),
             "HYPERHIVE_WEB_HOST": "127.0.0.1",
             "HYPERHIVE_WEB_PORT": str(web_port),
             "HYPERHIVE_RUNTIME": "local",
@@ -146,8 +156,9 @@ class LocalDriver:
     ``os.environ``); ``argv`` the harness command (tests use a stand-in);
     ``stop_timeout`` seconds between SIGTERM and SIGKILL; ``start_grace`` seconds
     a fresh process must survive for a start to count as successful; ``sandbox``
-    runs it under bubblewrap when ``bwrap`` exists; ``log_max_bytes`` is where
-    ``<a>.log`` rotates.
+    runs it under bubblewrap when ``bwrap`` exists and works (the controller passes
+    config ``local_sandbox``, on by default; False here so unit tests opt in);
+    ``log_max_bytes`` is where ``<a>.log`` rotates.
     """
 
     name = "local"
@@ -177,6 +188,8 @@ class LocalDriver:
         self._clock = clock
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._procs_lock = threading.Lock()
+        self._bwrap: tuple[str | None, str] | None = None
+        self._bwrap_lock = threading.Lock()
 
     # ------------------------------------------------------------ paths
 
@@ -270,7 +283,7 @@ class LocalDriver:
         claude.mkdir(parents=True, exist_ok=True)
         claude.chmod(0o700)
         self.home_dir(agent).mkdir(parents=True, exist_ok=True)
-        self.layout.log_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _write_deployment(self, d: Deployment) -> None:
         name = d.agent.name
@@ -305,20 +318,25 @@ class LocalDriver:
 
     # ------------------------------------------------------------ lifecycle
 
-    def command(self, agent: str) -> list[str]:
-        """The argv that runs ``agent``'s harness: ``self.argv``, under ``bwrap`` when sandboxed.
+    def bwrap(self) -> tuple[str | None, str]:
+        """``(path, "")`` when bubblewrap is usable, else ``(None, why not)``; probed once.
 
-        The sandbox binds the host read-only and only the agent's own dirs
-        writable (see the module docstring); the network is shared (the web UI
-        listens on a host port) and the process stays in the controller's pid
-        namespace, so stop / observe work unchanged.
+        ``why`` is empty when the sandbox is off by configuration.
         """
-        argv = list(self.argv)
-        if not self.sandbox:
-            return argv
-        bwrap = shutil.which("bwrap", path=self.env.get("PATH") or os.defpath)
-        if bwrap is None:
-            return argv
+        with self._bwrap_lock:
+            if self._bwrap is None:
+                if not self.sandbox:
+                    self._bwrap = (None, "")
+                elif (path := bw.find_bwrap(self.env)) is None:
+                    self._bwrap = (None, "bwrap is not installed")
+                elif (err := bw.probe(path, self.env)) is not None:
+                    self._bwrap = (None, err)
+                else:
+                    self._bwrap = (path, "")
+            return self._bwrap
+
+    def sandbox_paths(self, agent: str) -> bw.SandboxPaths:
+        """What ``agent``'s sandbox hides and binds back (``controller.drivers.bwrap``)."""
         lay = self.layout
         writable = [
             lay.agent_state(agent),
@@ -328,19 +346,75 @@ class LocalDriver:
         ]
         if agent == MANAGER:
             writable.append(lay.manager_meta)
-        wrap = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-        wrap += ["--tmpfs", "/tmp", "--unshare-ipc", "--unshare-uts"]
-        # the command's own files and PYTHONPATH stay visible if they live under /tmp
-        seen: list[str] = []
-        for item in [*argv, *(self.env.get("PYTHONPATH") or "").split(os.pathsep)]:
-            if item.startswith("/tmp/") and os.path.exists(item) and item not in seen:
-                seen.append(item)
-                wrap += ["--ro-bind", item, item]
-        for path in writable:
-            path.mkdir(parents=True, exist_ok=True)
-            wrap += ["--bind", str(path), str(path)]
-        wrap += ["--chdir", str(lay.agent_state(agent)), "--"]
-        return wrap + argv
+        return bw.SandboxPaths(
+            hidden=(lay.state, lay.run),
+            read_only=(lay.agent_dir(agent),),
+            writable=tuple(writable),
+            chdir=lay.agent_state(agent),
+        )
+
+    def command(self, agent: str) -> list[str]:
+        """The argv that runs ``agent``'s harness: ``self.argv``, under ``bwrap`` when sandboxed.
+
+        See ``controller.drivers.bwrap`` for what the sandbox shows. The process stays
+        in the process group the driver signals (stop), and its outer ``bwrap`` is
+        the pid the driver records, so stop / observe work unchanged.
+        """
+        argv = list(self.argv)
+        path, _ = self.bwrap()
+        if path is None:
+            return argv
+        env = agent_env(self.layout, agent, 0, self.env)
+        return bw.sandbox_argv(path, self.sandbox_paths(agent), argv, env)
+
+    def isolation(self, agent: str) -> Isolation:
+        """How ``agent`` is isolated: from its running process's argv, else the next start's.
+
+        ``Bubblewrap`` (True) or ``NoSandbox`` (False, the message says how to fix it).
+        A harness started before bwrap was installed stays ``NoSandbox`` until restarted.
+        """
+        info = read_json(self.pid_file(agent))
+        if info is not None and self._alive(info) and isinstance(info.get("argv"), list):
+            sandboxed = bool(info["argv"]) and os.path.basename(str(info["argv"][0])) == "bwrap"
+            if sandboxed:
+                return Isolation(
+                    True,
+                    "Bubblewrap",
+                    "runs under bubblewrap: own pid namespace, only its own files and socket",
+                )
+            path, why = self.bwrap()
+            if path is not None:
+                return Isolation(
+                    False,
+                    "NoSandbox",
+                    "started without a sandbox; restart it to run it under bubblewrap",
+                )
+            return self._no_sandbox(why)
+        path, why = self.bwrap()
+        if path is not None:
+            return Isolation(
+                True,
+                "Bubblewrap",
+                "starts under bubblewrap: own pid namespace, only its own files and socket",
+            )
+        return self._no_sandbox(why)
+
+    @staticmethod
+    def _no_sandbox(why: str) -> Isolation:
+        if not why:
+            return Isolation(
+                False,
+                "NoSandbox",
+                "local_sandbox is off in the config: it can "
+                "read other agents' files and the controller's state",
+            )
+        return Isolation(
+            False,
+            "NoSandbox",
+            f"{why}: it runs unsandboxed and can read other "
+            "agents' files and the controller's state; install bubblewrap (bwrap) "
+            "and restart the controller",
+        )
 
     def _spawn(self, agent: str) -> None:
         settings = read_json(self.layout.agent_settings(agent))
@@ -354,15 +428,15 @@ class LocalDriver:
         self.layout.agent_sock_dir(agent).mkdir(parents=True, exist_ok=True)
         argv = self.command(agent)
         env = agent_env(self.layout, agent, web_port, self.env)
-        if self.sandbox and argv == list(self.argv):
-            env["HYPERHIVE_SANDBOX"] = "none (bwrap not found)"
-        elif self.sandbox:
-            env["HYPERHIVE_SANDBOX"] = "bwrap"
+        path, why = self.bwrap()
+        env["HYPERHIVE_SANDBOX"] = "bwrap" if path else f"none ({why or 'local_sandbox is off'})"
         log_path = self.log_file(agent)
         self._rotate(log_path, copy=False)
         with open(log_path, "ab") as fh:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             fh.write(f"--- {stamp} hyperhive: starting {' '.join(argv)}\n".encode())
+            if self.sandbox and path is None:
+                fh.write(f"--- {stamp} hyperhive: NOT sandboxed: {why}\n".encode())
             fh.flush()
             try:
                 proc = subprocess.Popen(
@@ -390,7 +464,7 @@ class LocalDriver:
             "argv": argv,
             "started_at": self._clock(),
         }
-        atomic_write(self.pid_file(agent), json.dumps(info) + "\n", 0o644)
+        atomic_write(self.pid_file(agent), json.dumps(info) + "\n", 0o600)
         deadline = time.monotonic() + self.start_grace
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -421,11 +495,18 @@ class LocalDriver:
         if self._alive(info):
             pid = int(info["pid"])
             pgid = int(info.get("pgid") or pid)
+            own_group = pgid == pid and pgid != os.getpgrp()
+            deadline = time.monotonic() + self.stop_timeout
             self._signal(pid, pgid, signal.SIGTERM)
-            if not self._wait(name, pid, self.stop_timeout):
+            stopped = self._wait(name, pid, self.stop_timeout)
+            # under bwrap the recorded pid is bwrap's monitor, which dies at once on
+            # SIGTERM while the harness inside is still shutting down: wait for the group
+            if stopped and own_group:
+                stopped = _wait_group(pgid, deadline)
+            if not stopped:
                 self._signal(pid, pgid, signal.SIGKILL)
                 self._wait(name, pid, 5.0)
-            if pgid == pid and pgid != os.getpgrp():
+            if own_group:
                 # leftovers of the group (claude, MCP servers) that ignored SIGTERM
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGKILL)
@@ -523,6 +604,20 @@ class LocalDriver:
             if self._rotate(path, copy=True):
                 done.append(path.stem)
         return done
+
+
+def _wait_group(pgid: int, deadline: float) -> bool:
+    """Wait until no process is left in group ``pgid`` (True) or ``deadline`` passes."""
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _mtime(path: Path) -> float | None:

@@ -1,0 +1,433 @@
+"""Agents under the local runtime's bubblewrap sandbox, with the real ``bwrap``.
+
+A probe runs as the agent's harness (``LocalDriver(sandbox=True)``) and reports
+what it can see and reach: other agents' credentials, state and sockets, the
+operator's ``host.sock``, ``broker.sqlite``, ``meta.git``, ``operator.key`` and logs,
+other processes; its own state, credential and socket dir; a TCP server on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from controller.config import Config
+from controller.drivers.base import Deployment
+from controller.drivers.local import LocalDriver
+from controller.drivers.nixos_container import NixosContainerDriver
+from controller.model import AgentManifest, DesiredAgent
+from controller.paths import Layout
+from controller.status import (
+    AgentFacts,
+    CondStatus,
+    CondType,
+    Isolation,
+    compute_conditions,
+    condition,
+    driver_isolation,
+)
+
+HAVE_BWRAP = any(
+    os.access(os.path.join(d, "bwrap"), os.X_OK) for d in os.environ.get("PATH", "").split(":")
+)
+needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bwrap is not installed")
+
+PROBE = r"""
+import json, os, signal, socket, sys, time
+
+targets = json.loads(os.environ["ANTHROPIC_PROBE_TARGETS"])
+report = {"pid": os.getpid(), "env_credential": os.environ.get("HYPERHIVE_CREDENTIAL_FILE"),
+          "env_web_socket": os.environ.get("HYPERHIVE_WEB_SOCKET")}
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError as e:
+        return "ERR " + type(e).__name__
+
+def connect_unix(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect(path)
+        return s.recv(16).decode()
+    except OSError as e:
+        return "ERR " + type(e).__name__
+    finally:
+        s.close()
+
+def write(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return True
+    except OSError:
+        return False
+
+report["read"] = {k: read(v) for k, v in targets["read"].items()}
+report["exists"] = {k: os.path.exists(v) for k, v in targets["exists"].items()}
+report["connect"] = {k: connect_unix(v) for k, v in targets["connect"].items()}
+report["write"] = {k: write(v) for k, v in targets["write"].items()}
+report["listdir_state"] = sorted(os.listdir(targets["state_root"]))
+report["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+report["controller_environ"] = read("/proc/%d/environ" % targets["controller_pid"])
+try:
+    os.kill(targets["controller_pid"], 0)
+    report["signal_controller"] = "sent"
+except OSError as e:
+    report["signal_controller"] = "ERR " + type(e).__name__
+tcp = socket.create_connection(("127.0.0.1", targets["tcp_port"]), timeout=3)
+report["tcp"] = tcp.recv(16).decode()
+tcp.close()
+
+# serve our own web socket; the test connects to it from outside
+web = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+web.bind(os.environ["HYPERHIVE_WEB_SOCKET"])
+web.listen(4)
+
+state = os.environ["HYPERHIVE_STATE_DIR"]
+with open(os.path.join(state, "report.json.tmp"), "w") as f:
+    json.dump(report, f)
+os.replace(os.path.join(state, "report.json.tmp"), os.path.join(state, "report.json"))
+
+def on_term(*_):
+    time.sleep(0.4)  # a graceful shutdown that takes a while
+    with open(os.path.join(state, "clean-exit"), "w") as f:
+        f.write("bye")
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+web.settimeout(0.05)
+while True:
+    try:
+        conn, _ = web.accept()
+        conn.sendall(b"web-ok")
+        conn.close()
+    except socket.timeout:
+        pass
+    with open(os.path.join(state, "heartbeat"), "w") as f:
+        f.write(str(time.time()))
+"""
+
+
+class Server:
+    """A listening socket in a thread that greets every client with ``greeting``."""
+
+    def __init__(self, sock: socket.socket, greeting: bytes) -> None:
+        self.sock = sock
+        self.greeting = greeting
+        sock.listen(16)
+        sock.settimeout(0.1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(self.greeting)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def unix_server(path: Path, greeting: bytes) -> Server:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    return Server(s, greeting)
+
+
+def deployment(name: str) -> Deployment:
+    agent = DesiredAgent(
+        name=name,
+        manifest=AgentManifest(name=name, model="haiku"),
+        commit="abc123",
+        config_digest="c1",
+        build_digest="b1",
+        has_nix=False,
+    )
+    settings = {"agent": name, "model": "haiku", "web_port": 8123, "hyperhive_version": "0.1.0"}
+    return Deployment(agent, settings, 8123, f"git+file:///x?rev=abc123#{name}")
+
+
+def wait_file(path: Path, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return path.read_text()
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never appeared")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A state dir with the operator's files, two agents and real listening sockets."""
+    lay = Layout(tmp_path / "state", tmp_path / "run")
+    lay.state.mkdir(parents=True)
+    (lay.meta_git / "refs").mkdir(parents=True)
+    (lay.meta_git / "HEAD").write_text("ref: refs/heads/main\n")
+    lay.broker_db.write_bytes(b"SQLite format 3\x00 messages")
+    lay.operator_key.write_text("operator-secret\n")
+    lay.log_dir.mkdir()
+    (lay.log_dir / "bob.log").write_text("bob's log\n")
+    for a in ("alice", "bob", "manager"):
+        lay.agent_state(a).mkdir(parents=True)
+        lay.agent_credential(a).write_text(f"{a}-credential\n")
+        lay.agent_credential(a).chmod(0o600)
+    (lay.agent_state("bob") / "notes.md").write_text("bob's notes\n")
+    (lay.agent_claude("bob")).mkdir(parents=True)
+    (lay.agent_claude("bob") / ".credentials.json").write_text('{"key": "bob-api-key"}')
+    servers = [
+        unix_server(lay.host_sock, b"host-ok"),
+        unix_server(lay.agent_sock("bob"), b"bob-ok"),
+        unix_server(lay.agent_sock("alice"), b"alice-ok"),
+    ]
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", 0))
+    servers.append(Server(tcp, b"tcp-ok"))
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    targets = {
+        "read": {
+            "own_credential": str(lay.agent_credential("alice")),
+            "own_settings": str(lay.agent_settings("alice")),
+            "bob_credential": str(lay.agent_credential("bob")),
+            "bob_notes": str(lay.agent_state("bob") / "notes.md"),
+            "bob_claude": str(lay.agent_claude("bob") / ".credentials.json"),
+            "operator_key": str(lay.operator_key),
+            "broker": str(lay.broker_db),
+            "meta_head": str(lay.meta_git / "HEAD"),
+            "bob_log": str(lay.log_dir / "bob.log"),
+        },
+        "exists": {
+            "host_sock": str(lay.host_sock),
+            "broker": str(lay.broker_db),
+            "meta_git": str(lay.meta_git),
+            "operator_key": str(lay.operator_key),
+            "logs": str(lay.log_dir),
+            "bob_dir": str(lay.agent_dir("bob")),
+            "bob_sock_dir": str(lay.agent_sock_dir("bob")),
+            "manager_dir": str(lay.agent_dir("manager")),
+        },
+        "connect": {
+            "own": str(lay.agent_sock("alice")),
+            "bob": str(lay.agent_sock("bob")),
+            "host": str(lay.host_sock),
+        },
+        "write": {
+            "own_state": str(lay.agent_state("alice") / "probe"),
+            "own_sock_dir": str(lay.agent_sock_dir("alice") / "probe"),
+            "own_settings": str(lay.agent_settings("alice")),
+            "own_credential": str(lay.agent_credential("alice")),
+            "meta_git": str(lay.meta_git / "refs" / "deployed-9999"),
+            "state_root": str(lay.state / "planted"),
+            "etc": "/etc/hyperhive-probe",
+        },
+        "state_root": str(lay.state),
+        "controller_pid": os.getpid(),
+        "tcp_port": tcp.getsockname()[1],
+    }
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "ANTHROPIC_PROBE_TARGETS": json.dumps(targets),
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{targets['tcp_port']}",
+    }
+    driver = LocalDriver(
+        lay,
+        Config(),
+        env,
+        argv=[sys.executable, str(script)],
+        stop_timeout=5.0,
+        start_grace=0.3,
+        sandbox=True,
+    )
+    try:
+        yield {"layout": lay, "driver": driver, "env": env, "script": script}
+    finally:
+        for name in list(driver.observe()):
+            driver.stop(name)
+        for s in servers:
+            s.close()
+
+
+@needs_bwrap
+def test_an_agent_sees_only_its_own_files_and_sockets(world: dict[str, Any]) -> None:
+    lay: Layout = world["layout"]
+    driver: LocalDriver = world["driver"]
+    driver.create(deployment("alice"), lambda _line: None)
+    report = json.loads(wait_file(lay.agent_state("alice") / "report.json"))
+
+    assert report["env_credential"] == str(lay.agent_credential("alice"))
+    assert report["env_web_socket"] == str(lay.agent_web_sock("alice"))
+    r = report["read"]
+    assert r["own_credential"] == "alice-credential\n"
+    assert json.loads(r["own_settings"])["agent"] == "alice"
+    for hidden in (
+        "bob_credential",
+        "bob_notes",
+        "bob_claude",
+        "operator_key",
+        "broker",
+        "meta_head",
+        "bob_log",
+    ):
+        assert r[hidden] == "ERR FileNotFoundError", hidden
+    assert not any(report["exists"].values()), report["exists"]
+    # the state dir shows only the path down to the agent's own dir
+    assert report["listdir_state"] == ["agents"]
+    c = report["connect"]
+    assert c["own"] == "alice-ok"
+    assert c["bob"].startswith("ERR") and c["host"].startswith("ERR")
+    w = report["write"]
+    assert w["own_state"] and w["own_sock_dir"]
+    assert not w["own_settings"] and not w["own_credential"] and not w["etc"]
+    assert not (lay.meta_git / "refs" / "deployed-9999").exists()
+    assert not w["state_root"] and not (lay.state / "planted").exists()
+    # its own pid namespace: only the sandbox's processes, not the controller's
+    assert max(report["pids"]) < 10 and os.getpid() not in report["pids"]
+    assert report["controller_environ"].startswith("ERR")
+    assert report["signal_controller"].startswith("ERR")
+    # the network is shared: loopback (a Messages API on 127.0.0.1) is reachable
+    assert report["tcp"] == "tcp-ok"
+    # its web UI socket in its own socket dir is reachable from the controller
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(lay.agent_web_sock("alice")))
+    assert s.recv(16) == b"web-ok"
+    s.close()
+
+    iso = driver.isolation("alice")
+    assert (iso.isolated, iso.reason) == (True, "Bubblewrap")
+
+
+@needs_bwrap
+def test_stop_waits_for_the_harness_inside_the_sandbox(world: dict[str, Any]) -> None:
+    lay: Layout = world["layout"]
+    driver: LocalDriver = world["driver"]
+    driver.create(deployment("alice"), lambda _line: None)
+    wait_file(lay.agent_state("alice") / "report.json")
+    info = json.loads((lay.agent_dir("alice") / "harness.pid").read_text())
+    driver.stop("alice")
+    # bwrap's monitor dies at once on SIGTERM; the harness got its time to shut down
+    assert (lay.agent_state("alice") / "clean-exit").read_text() == "bye"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(info["pgid"], 0)
+
+
+@needs_bwrap
+def test_agents_outlive_the_controller(world: dict[str, Any], tmp_path: Path) -> None:
+    lay: Layout = world["layout"]
+    starter = tmp_path / "start_alice.py"
+    starter.write_text(
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from controller.config import Config\n"
+        "from controller.drivers.base import Deployment\n"
+        "from controller.drivers.local import LocalDriver\n"
+        "from controller.model import AgentManifest, DesiredAgent\n"
+        "from controller.paths import Layout\n"
+        "a = DesiredAgent(name='alice', manifest=AgentManifest(name='alice', model='haiku'),"
+        " commit='abc123', config_digest='c1', build_digest='b1', has_nix=False)\n"
+        "dep = Deployment(a, {'agent': 'alice', 'web_port': 8123, 'hyperhive_version': '0.1.0'},"
+        " 8123, 'x')\n"
+        f"lay = Layout(Path({str(lay.state)!r}), Path({str(lay.run)!r}))\n"
+        f"env = json.loads({json.dumps(json.dumps(world['env']))})\n"
+        f"d = LocalDriver(lay, Config(), env, argv=[sys.executable, {str(world['script'])!r}],"
+        " sandbox=True)\n"
+        "d.create(dep, print)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [sys.executable, str(starter)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+        timeout=60,
+    )
+    # the controller process is gone; the sandboxed agent keeps running
+    beat = lay.agent_state("alice") / "heartbeat"
+    first = float(wait_file(beat))
+    deadline = time.monotonic() + 10
+    while float(beat.read_text() or 0) <= first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert float(beat.read_text() or 0) > first
+    pid = world["driver"].pid("alice")
+    assert pid is not None and psutil.Process(pid).name() == "bwrap"
+
+
+@needs_bwrap
+def test_the_sandbox_hides_a_run_dir_outside_the_state_dir(tmp_path: Path) -> None:
+    lay = Layout(tmp_path / "state", tmp_path / "elsewhere" / "run")
+    driver = LocalDriver(lay, Config(), {"PATH": os.environ["PATH"]}, sandbox=True)
+    argv = driver.command("alice")
+    hidden = [argv[i + 1] for i, a in enumerate(argv) if a == "--tmpfs"]
+    assert str(lay.state) in hidden and str(lay.run) in hidden
+    assert "/tmp" in hidden and "/run" in hidden
+    # nothing of <state> or <run> is bound back except the agent's own paths
+    bound = [
+        argv[i + 1] for i, a in enumerate(argv) if a in ("--bind", "--ro-bind", "--ro-bind-try")
+    ]
+    own = [str(lay.agent_dir("alice")), str(lay.agent_sock_dir("alice"))]
+    for src in bound:
+        if src.startswith((str(lay.state), str(lay.run))):
+            assert src.startswith(tuple(own)), src
+    assert "--unshare-pid" in argv and "--die-with-parent" not in argv
+
+
+def test_without_bwrap_the_agent_is_not_isolated(tmp_path: Path) -> None:
+    lay = Layout(tmp_path / "state", tmp_path / "run")
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    driver = LocalDriver(lay, Config(), {"PATH": str(empty)}, sandbox=True)
+    iso = driver.isolation("alice")
+    assert (iso.isolated, iso.reason) == (False, "NoSandbox")
+    assert "install bubblewrap" in iso.message
+    assert driver.command("alice") == list(driver.argv)
+    off = LocalDriver(lay, Config(), {"PATH": os.environ["PATH"]}, sandbox=False)
+    iso = off.isolation("alice")
+    assert (iso.isolated, iso.reason) == (False, "NoSandbox")
+    assert "local_sandbox" in iso.message
+
+
+def test_isolated_condition(tmp_path: Path) -> None:
+    lay = Layout(tmp_path / "state", tmp_path / "run")
+    container = driver_isolation(NixosContainerDriver(lay, Config()), "alice")
+    assert container is not None and (container.isolated, container.reason) == (True, "Container")
+    assert driver_isolation(object(), "alice") is None
+
+    def cond(iso: Isolation | None) -> Any:
+        facts = AgentFacts(name="alice", desired=None, observed=None, isolation=iso)
+        return condition(compute_conditions(facts), CondType.ISOLATED)
+
+    assert cond(None) is None  # a runtime that reports nothing gets no condition
+    c = cond(Isolation(False, "NoSandbox", "install bubblewrap"))
+    assert (c.status, c.reason, c.message) == (CondStatus.FALSE, "NoSandbox", "install bubblewrap")
+    c = cond(Isolation(True, "Bubblewrap", "x"))
+    assert (c.status, c.reason) == (CondStatus.TRUE, "Bubblewrap")
+
+
+def test_local_sandbox_is_on_by_default() -> None:
+    from controller.config import config_from_dict
+
+    assert Config().local_sandbox is True
+    assert config_from_dict({}).local_sandbox is True
+    assert config_from_dict({"local_sandbox": False}).local_sandbox is False
