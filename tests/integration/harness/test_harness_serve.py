@@ -1,12 +1,15 @@
 """``hyperhive-agent serve`` end to end: the real claude CLI, the fake API, a stand-in socket.
 
 Each test starts ``python -m harness serve`` as a subprocess with an isolated HOME /
-CLAUDE_CONFIG_DIR / state dir, a stand-in controller socket (tests/component/harness/standin.py)
-and the scripted fake API (tests/fakeapi). Skipped when no claude CLI is installed.
+CLAUDE_CONFIG_DIR / state dir, its credential file, a stand-in controller socket
+(tests/component/harness/standin.py, which refuses requests without that credential) and the
+scripted fake API (tests/fakeapi). The web UI is reached on its unix socket (the default:
+``web.sock`` beside the broker socket). Skipped when no claude CLI is installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -15,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "component" / "harness"))
 
-from standin import StandIn  # noqa: E402
+from standin import TOKEN, StandIn, UnixHTTPConnection, request, write_credential  # noqa: E402
 
 from tests.fakeapi import (  # noqa: E402
     FakeAnthropic,
@@ -63,28 +65,21 @@ class Agent:
     api: FakeAnthropic
     sock: StandIn
     state: Path
-    port: int
+    web: Path  # the web UI's unix socket
     log_path: Path
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def conn(self, timeout: float = 10.0) -> http.client.HTTPConnection:
+        return UnixHTTPConnection(self.web, timeout)
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
-            return json.loads(r.read())
+        status, doc = request(self.conn(), "GET", path)
+        if status != 200:
+            raise OSError(f"GET {path}: {status} {doc}")
+        return doc
 
     def post(self, path: str, body: Any) -> tuple[int, Any]:
-        req = urllib.request.Request(
-            self.url + path,
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+        return request(self.conn(), "POST", path, json.dumps(body).encode(),
+                       {"Content-Type": "application/json"})  # fmt: skip
 
     def turns(self) -> list[dict[str, Any]]:
         db = self.state / "hyperhive-turn-stats.sqlite"
@@ -141,20 +136,23 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
         name: str = "alice",
         settings: dict[str, Any] | None = None,
         extra_env: dict[str, str] | None = None,
+        wait_up: bool = True,
     ) -> Agent:
         api = FakeAnthropic(script).start()
+        for earlier in agents:  # a restart test: the new harness gets a fresh controller
+            if earlier.sock.path == str(tmp_path / f"{name}.sock"):
+                earlier.sock.stop()
         sock = StandIn(tmp_path / f"{name}.sock", agent=name).start()
         state = tmp_path / "state"
         state.mkdir(exist_ok=True)
         home = tmp_path / "home"
-        port = free_port()
         env = api.cli_env(home)
         env.update(
             HYPERHIVE_AGENT=name,
             HYPERHIVE_FLAVOR=flavor,
             HYPERHIVE_SOCKET=sock.path,
+            HYPERHIVE_CREDENTIAL_FILE=str(write_credential(tmp_path / "credential")),
             HYPERHIVE_STATE_DIR=str(state),
-            HYPERHIVE_WEB_PORT=str(port),
             HYPERHIVE_CLAUDE_BIN=str(CLI),
             HYPERHIVE_LOG_LEVEL="DEBUG",
             PYTHONPATH=str(REPO),
@@ -172,8 +170,10 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
             stdout=subprocess.DEVNULL,
             stderr=log_path.open("w"),
         )
-        agent = Agent(proc, api, sock, state, port, log_path)
+        agent = Agent(proc, api, sock, state, tmp_path / "web.sock", log_path)
         agents.append(agent)
+        if not wait_up:
+            return agent
         assert wait_for(lambda: _up(agent), 20), agent.log()
         return agent
 
@@ -203,7 +203,7 @@ def sse_until(
     last_event_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """Read ``/events/stream`` until ``pred(events)``; returns the events (and the ready marker)."""
-    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=timeout)
+    conn = agent.conn(timeout)
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = str(last_event_id)
@@ -485,9 +485,86 @@ def test_systemd_ready_notification(start: Callable[..., Agent], tmp_path: Path)
     try:
         a = start(Rules(default=reply_text("ok")), extra_env={"NOTIFY_SOCKET": path})
         msg = sd.recv(4096).decode()
-        assert msg.startswith("READY=1") and f"port {a.port}" in msg
+        assert msg.startswith("READY=1") and f"web UI on unix:{a.web}" in msg
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(30) == 0
         assert sd.recv(4096).decode() == "STOPPING=1"
     finally:
         sd.close()
+
+
+# ------------------------------------------------------------------------- the web surface
+
+
+def test_bounded_input_on_the_running_harness(start: Callable[..., Agent]) -> None:
+    """A 1 GiB Content-Length is a 413 before the body is read (the harness does not grow);
+    100k-deep JSON and a lone surrogate are 400s naming the field; a form is a 415."""
+    a = start(Rules(default=reply_text("ok")))
+    proc = psutil.Process(a.proc.pid)
+    before = proc.memory_info().rss
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.settimeout(10)
+    raw.connect(str(a.web))
+    raw.sendall(b"POST /api/send HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1073741824\r\n\r\n")  # fmt: skip
+    answer = raw.recv(4096)  # the head alone is answered
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        raw.sendall(b"x" * (1 << 20))  # the server hung up: nothing of this is read
+    raw.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert proc.memory_info().rss - before < 32 * 1024 * 1024
+    js = {"Content-Type": "application/json"}
+    deep = b'{"body": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, err = request(a.conn(), "POST", "/api/send", deep, js)
+    assert status == 400 and err["error"]["field"] == "(root)", err
+    status, err = request(a.conn(), "POST", "/api/send", b'{"body": "a\\ud800"}', js)
+    assert status == 400 and err["error"]["field"] == "body", err
+    status, err = request(a.conn(), "POST", "/api/model", b"model=opus",
+                          {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert status == 415, err
+    assert not [c for c in a.sock.calls if c[1] == "/wake"]
+    assert a.get("/api/state")["model"] == "haiku"
+    assert "Traceback" not in a.log()
+
+
+def test_tcp_is_opt_in_and_needs_the_credential(start: Callable[..., Agent]) -> None:
+    port = free_port()
+    a = start(Rules(default=reply_text("ok")),
+              extra_env={"HYPERHIVE_WEB_TCP": "1", "HYPERHIVE_WEB_PORT": str(port)})  # fmt: skip
+    tcp = lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # noqa: E731
+    status, err = request(tcp(), "GET", "/api/state")
+    assert status == 401 and err["error"]["code"] == "unauthorized"
+    status, _ = request(tcp(), "POST", "/api/send", b'{"body": "x"}',
+                        {"Content-Type": "application/json"})  # fmt: skip
+    assert status == 401 and not [c for c in a.sock.calls if c[1] == "/wake"]
+    status, doc = request(tcp(), "GET", "/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and doc["agent"] == "alice"
+    assert a.get("/api/state")["agent"] == "alice"  # the socket serves as well
+
+
+def test_without_opt_in_there_is_no_tcp_port(start: Callable[..., Agent]) -> None:
+    port = free_port()
+    a = start(Rules(default=reply_text("ok")), extra_env={"HYPERHIVE_WEB_PORT": str(port)})
+    assert a.get("/healthz")["ok"]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert psutil.Process(a.proc.pid).net_connections(kind="inet") == []
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"HYPERHIVE_CREDENTIAL_FILE": "/nonexistent/credential"},
+         "the agent credential file /nonexistent/credential does not exist"),
+        ({"HYPERHIVE_WEB_TCP": "1"}, "HYPERHIVE_WEB_TCP=1 needs a port"),
+        ({"HYPERHIVE_WEB_TCP": "maybe"}, "HYPERHIVE_WEB_TCP: must be 1 or 0"),
+    ],
+    ids=["missing-credential", "tcp-without-port", "bad-tcp-flag"],
+)  # fmt: skip
+def test_a_configuration_error_exits_2_and_says_what(
+    start: Callable[..., Agent], env: dict[str, str], says: str
+) -> None:
+    a = start(Rules(default=reply_text("ok")), extra_env=env, wait_up=False)
+    assert a.proc.wait(30) == 2
+    assert says in a.log() and "Traceback" not in a.log()
+    assert not a.web.exists()
