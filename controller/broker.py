@@ -89,7 +89,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.errors import Conflict, Forbidden, Invalid, NotFound
+from controller.errors import Conflict, Forbidden, HyperhiveError, Invalid, NotFound
 from schemas.names import MANAGER
 from schemas.validate import ValidationFailed, validate
 from schemas.wire import EventType, Message, MessageKind, Status
@@ -245,6 +245,59 @@ _EXHAUSTED = (
 
 class BrokerClosed(RuntimeError):
     """The broker was closed; the controller is shutting down."""
+
+
+class BrokerStorageError(HyperhiveError):
+    """The database cannot be read or written (read-only, I/O error, damaged, locked): 503.
+
+    The transaction was rolled back: nothing of the request was stored. The API layer
+    answers ``status`` with ``{"error": {"code", "message"}}`` (a ``HyperhiveError``).
+    """
+
+    code = "storage_unavailable"
+    status = 503
+
+
+class BrokerDiskFull(BrokerStorageError):
+    """The disk (or the database's size limit) is full: 507, nothing was stored."""
+
+    code = "insufficient_storage"
+    status = 507
+
+
+# sqlite primary result codes (the low byte of ``sqlite_errorcode``) that mean the storage,
+# not the request, is at fault
+_SQLITE_FULL = 13
+_SQLITE_STORAGE = {
+    3: "permission denied",  # SQLITE_PERM
+    5: "the database is locked by another process",  # SQLITE_BUSY
+    6: "a table is locked",  # SQLITE_LOCKED
+    8: "the database is read-only",  # SQLITE_READONLY
+    10: "disk I/O error",  # SQLITE_IOERR
+    11: "the database file is damaged",  # SQLITE_CORRUPT
+    14: "the database file cannot be opened",  # SQLITE_CANTOPEN
+    26: "the file is not a database",  # SQLITE_NOTADB
+}
+
+
+def _storage_error(exc: BaseException, path: Path) -> BrokerStorageError | None:
+    """The storage error ``exc`` (or what it was raised while handling) stands for, or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlite3.Error):
+            code = (getattr(seen, "sqlite_errorcode", None) or 0) & 0xFF
+            if code == _SQLITE_FULL:
+                return BrokerDiskFull(
+                    f"the disk holding the broker database {path} is full; nothing was stored "
+                    "(free space, then retry)"
+                )
+            if code in _SQLITE_STORAGE:
+                return BrokerStorageError(
+                    f"the broker database {path} is unavailable: {_SQLITE_STORAGE[code]} "
+                    f"({seen}); nothing was stored"
+                )
+        seen = seen.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -567,17 +620,24 @@ class Broker:
         self.max_deliveries = int(max_deliveries)
         self.dead_letter_to = dead_letter_to
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
-        )
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        conn.execute("PRAGMA busy_timeout=10000")
-        # the WAL only shrinks on a TRUNCATE checkpoint (the hourly sweep); between sweeps
-        # sqlite trims it to this size after each automatic checkpoint
-        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        _migrate(conn)
+        try:
+            conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+        except sqlite3.Error as exc:
+            raise BrokerStorageError(f"cannot open the broker database {self.path}: {exc}") from exc
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA busy_timeout=10000")
+            # the WAL only shrinks on a TRUNCATE checkpoint (the hourly sweep); between sweeps
+            # sqlite trims it to this size after each automatic checkpoint
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            _migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise BrokerStorageError(f"cannot open the broker database {self.path}: {exc}") from exc
         self._conn = conn
         self._db = threading.Lock()
         self._wait = threading.Lock()
@@ -616,20 +676,43 @@ class Broker:
         with self._db:
             if self._closed:
                 raise BrokerClosed("broker is closed")
-            yield self._conn
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                self._rollback()
+                if (err := _storage_error(exc, self.path)) is None:
+                    raise
+                raise err from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, else rolled back.
+
+        A storage failure anywhere, the COMMIT included (disk full, read-only, I/O
+        error), rolls back and raises ``BrokerStorageError`` / ``BrokerDiskFull``.
+        """
         with self._db:
             if self._closed:
                 raise BrokerClosed("broker is closed")
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._rollback()
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                if (err := _storage_error(exc, self.path)) is None:
+                    raise
+                raise err from exc
+
+    def _rollback(self) -> None:
+        """Roll back an open transaction (sqlite may already have, e.g. after SQLITE_FULL)."""
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
 
     def _notify(self, recipients: Sequence[str], last_id: int | None = None) -> None:
         """After a commit: wake ``recipients``' parked recvs and, on a new id, every follower."""

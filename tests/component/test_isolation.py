@@ -431,3 +431,60 @@ def test_local_sandbox_is_on_by_default() -> None:
     assert Config().local_sandbox is True
     assert config_from_dict({}).local_sandbox is True
     assert config_from_dict({"local_sandbox": False}).local_sandbox is False
+
+
+CLI_PROBE = r"""
+import json, os, subprocess, sys, time
+import harness.serve, harness.loop  # the harness's python and its imports work inside
+extra = json.loads(os.environ["ANTHROPIC_PROBE_ENV"])
+env = {**os.environ, **extra}
+p = subprocess.run(
+    [os.environ["HYPERHIVE_CLAUDE_BIN"], "-p", "--output-format", "stream-json", "--verbose",
+     "--model=claude-test"],
+    input="say hello", capture_output=True, text=True, timeout=120, env=env,
+)
+state = os.environ["HYPERHIVE_STATE_DIR"]
+with open(os.path.join(state, "cli.json.tmp"), "w") as f:
+    json.dump({"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr[-2000:]}, f)
+os.replace(os.path.join(state, "cli.json.tmp"), os.path.join(state, "cli.json"))
+while True:
+    time.sleep(0.1)
+"""
+
+
+@needs_bwrap
+def test_claude_and_the_harness_run_inside_the_sandbox(tmp_path: Path) -> None:
+    from tests.fakeapi.server import OFFLINE_ENV, FakeAnthropic, Rules, find_claude_cli, reply_text
+
+    cli = find_claude_cli()
+    if cli is None:
+        pytest.skip("the claude CLI is not installed")
+    root = Path(__file__).resolve().parents[2]
+    lay = Layout(tmp_path / "state", tmp_path / "run")
+    script = tmp_path / "cli_probe.py"
+    script.write_text(CLI_PROBE)
+    with FakeAnthropic(Rules(default=reply_text("hello from the fake"))) as api:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(root),
+            "HYPERHIVE_CLAUDE_BIN": str(cli),
+            "ANTHROPIC_BASE_URL": api.base_url,  # a Messages API on 127.0.0.1
+            "ANTHROPIC_API_KEY": "test-key",
+            "ANTHROPIC_PROBE_ENV": json.dumps(OFFLINE_ENV),
+        }
+        driver = LocalDriver(
+            lay, Config(), env, argv=[sys.executable, str(script)], start_grace=0.3, sandbox=True
+        )
+        try:
+            driver.create(deployment("alice"), lambda _line: None)
+            assert driver.isolation("alice").reason == "Bubblewrap"
+            out = json.loads(wait_file(lay.agent_state("alice") / "cli.json", timeout=120))
+        finally:
+            driver.stop("alice")
+    assert out["rc"] == 0, out["stderr"]
+    lines = [json.loads(line) for line in out["stdout"].splitlines() if line.strip()]
+    result = [x for x in lines if x.get("type") == "result"]
+    assert result and result[-1]["result"] == "hello from the fake"
+    assert api.parsed and api.parsed[0].last_user_text == "say hello"
+    # claude kept its config and session in the agent's own claude dir
+    assert any(lay.agent_claude("alice").iterdir())

@@ -1,0 +1,144 @@
+"""The broker when its storage fails: disk full → 507, read-only / damaged → 503, nothing stored.
+
+Disk full is a real full filesystem: the broker runs in a child process whose
+database lives on a 1 MiB tmpfs (bubblewrap ``--size``), and fills it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.broker import Broker, BrokerDiskFull, BrokerStorageError
+from controller.errors import HyperhiveError
+
+HAVE_BWRAP = any(
+    os.access(os.path.join(d, "bwrap"), os.X_OK) for d in os.environ.get("PATH", "").split(":")
+)
+ROOT = Path(__file__).resolve().parents[2]
+
+FILL = r"""
+import json, os, sqlite3, sys
+from pathlib import Path
+from controller.broker import Broker, BrokerDiskFull
+data = Path(os.environ["FILL_DATA"])
+db = data / "broker.sqlite"
+broker = Broker(db)
+ok = 0
+error = None
+for i in range(100000):
+    try:
+        broker.send("manager", "alice", f"{i} " + "x" * 2000)
+        ok += 1
+    except BrokerDiskFull as exc:
+        error = {"type": type(exc).__name__, "status": exc.status, "code": exc.code,
+                 "message": exc.message}
+        break
+status = broker.status("alice")
+last = broker.last_id()
+# free the space the filler took, and the broker writes again
+os.unlink(data / "filler")
+after = broker.send("manager", "alice", "after the disk had room again").id
+broker.close()
+conn = sqlite3.connect(db)
+rows = conn.execute("SELECT count(*), max(id) FROM messages").fetchone()
+check = conn.execute("PRAGMA quick_check").fetchone()[0]
+print(json.dumps({"ok": ok, "error": error, "unread": status.unread, "last": last,
+                  "after": after, "rows": rows, "check": check}))
+"""
+
+
+@pytest.mark.skipif(not HAVE_BWRAP, reason="bwrap is not installed")
+def test_a_full_disk_is_a_507_and_nothing_is_half_written(tmp_path: Path) -> None:
+    script = tmp_path / "fill.py"
+    script.write_text(FILL)
+    data = tmp_path / "data"
+    data.mkdir()
+    prefix = f"import os; open('{data}/filler', 'wb').write(os.urandom(256 * 1024)); "
+    argv = [
+        "bwrap",
+        "--ro-bind", "/", "/",
+        "--dev", "/dev",
+        "--proc", "/proc",
+        "--size", str(1024 * 1024), "--tmpfs", str(data),
+        "--",
+        sys.executable, "-c", prefix + f"exec(open({str(script)!r}).read())",
+    ]  # fmt: skip
+    res = subprocess.run(
+        argv,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "FILL_DATA": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["ok"] > 10
+    assert out["error"]["status"] == 507 and out["error"]["code"] == "insufficient_storage"
+    assert "full" in out["error"]["message"] and "nothing was stored" in out["error"]["message"]
+    # every acknowledged send is there, the failed one is not, ids never skip
+    assert out["unread"] == out["ok"] and out["last"] == out["ok"]
+    assert out["after"] == out["ok"] + 1
+    assert out["rows"] == [out["ok"] + 1, out["ok"] + 1]
+    assert out["check"] == "ok"
+
+
+def test_disk_full_from_the_page_limit(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker.sqlite")
+    try:
+        broker.send("manager", "alice", "first")
+        pages = broker._conn.execute("PRAGMA page_count").fetchone()[0]
+        broker._conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(BrokerDiskFull) as info:
+            for i in range(1000):
+                broker.send("manager", "alice", f"{i} " + "y" * 4000)
+        assert isinstance(info.value, HyperhiveError) and info.value.status == 507
+        n = broker.last_id()
+        assert broker.status("alice").unread == n
+        broker._conn.execute("PRAGMA max_page_count = 1000000")
+        assert broker.send("manager", "alice", "room again").id == n + 1
+    finally:
+        broker.close()
+
+
+def test_a_read_only_database_is_a_503(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker.sqlite")
+    try:
+        broker.send("manager", "alice", "first")
+        broker._conn.execute("PRAGMA query_only = 1")
+        with pytest.raises(BrokerStorageError) as info:
+            broker.send("manager", "alice", "second")
+        assert not isinstance(info.value, BrokerDiskFull)
+        assert info.value.status == 503 and info.value.code == "storage_unavailable"
+        assert "read-only" in info.value.message and "nothing was stored" in info.value.message
+        assert str(tmp_path / "broker.sqlite") in info.value.message
+        broker._conn.execute("PRAGMA query_only = 0")
+        assert [m.body for m in broker.recent("alice")] == ["first"]
+        assert broker.send("manager", "alice", "third").id == 2
+    finally:
+        broker.close()
+
+
+def test_a_garbage_file_fails_to_open_with_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "broker.sqlite"
+    db.write_bytes(b"garbage" * 1000)
+    with pytest.raises(BrokerStorageError) as info:
+        Broker(db)
+    assert str(db) in info.value.message and "not a database" in info.value.message
+
+
+def test_a_programming_error_is_not_a_storage_error(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker.sqlite")
+    try:
+        with pytest.raises(sqlite3.OperationalError), broker._write() as conn:
+            conn.execute("SELECT no_such_column FROM messages")
+        assert broker.send("manager", "alice", "still fine").id == 1
+    finally:
+        broker.close()
