@@ -1,9 +1,11 @@
 """``hyperhive``: the operator's command line.
 
 Every verb except ``serve`` talks to a running controller over its admin socket
-(``<run>/host.sock``); ``reconcile`` runs the pass in-process when no controller
-is running. ``--state-dir`` / ``--run-dir`` (or ``HYPERHIVE_STATE_DIR`` /
-``HYPERHIVE_RUN_DIR``) select the instance.
+(``<run>/host.sock``), sending the operator key (``<state>/operator.key``, made by
+``hyperhive serve``) as its bearer credential; ``reconcile`` runs the pass
+in-process when no controller is running. ``--state-dir`` / ``--run-dir`` (or
+``HYPERHIVE_STATE_DIR`` / ``HYPERHIVE_RUN_DIR``) select the instance.
+``hyperhive dashboard`` prints a one-time login URL for the dashboard.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from controller import __version__
+from controller.auth.operator import load_operator_key
+from controller.auth.secretfile import CredentialError
 from controller.config import ConfigError, load_config
 from controller.paths import Layout, default_state_dir
 from schemas.client import ApiError, UnixClient, Unreachable
@@ -46,8 +50,17 @@ def _layout(args: argparse.Namespace) -> Layout:
     return Layout.for_state(state, Path(args.run_dir) if args.run_dir else None)
 
 
+def _operator_key(layout: Layout) -> str:
+    """The operator key, or ``CliError`` with a one-line reason (missing, unreadable)."""
+    try:
+        return load_operator_key(layout)
+    except CredentialError as exc:
+        raise CliError(exc.message, EXIT_ERROR) from exc
+
+
 def _client(args: argparse.Namespace, timeout: float = 60.0) -> UnixClient:
-    return UnixClient(str(_layout(args).host_sock), timeout=timeout)
+    layout = _layout(args)
+    return UnixClient(str(layout.host_sock), timeout=timeout, token=_operator_key(layout))
 
 
 def _call(
@@ -114,7 +127,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     body = {"dry_run": bool(args.dry_run)}
     layout = _layout(args)
     try:
-        result: dict[str, Any] = UnixClient(str(layout.host_sock), timeout=3600).post(
+        key: str | None = load_operator_key(layout)
+    except CredentialError as exc:
+        key, key_error = None, exc.message  # fine while no controller runs: the pass is local
+    try:
+        result: dict[str, Any] = UnixClient(str(layout.host_sock), timeout=3600, token=key).post(
             "/reconcile", body
         )
     except Unreachable:
@@ -127,7 +144,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(f"hyperhive reconcile: {exc}", file=sys.stderr)
             return EXIT_ERROR
     except ApiError as exc:
-        print(f"hyperhive reconcile: {exc.message}", file=sys.stderr)
+        message = key_error if key is None and exc.status == 401 else exc.message
+        print(f"hyperhive reconcile: {message}", file=sys.stderr)
         return EXIT_ERROR
     _print_plan(result)
     if args.dry_run:
@@ -357,6 +375,17 @@ def cmd_messages(args: argparse.Namespace) -> int:
             return EXIT_OK
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    r = _call(args, "POST", "/login", {})
+    url = r.get("url")
+    if not url:
+        raise CliError("the controller did not say where its dashboard listens", EXIT_ERROR)
+    print(url)
+    until = time.strftime("%H:%M:%S", time.localtime(parse_rfc3339(r["expires_at"])))
+    print(f"open it in your browser: it logs you in once, until {until}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_destroy(args: argparse.Namespace) -> int:
     r = _call(
         args, "POST", f"/agents/{args.name}/destroy", {"purge": bool(args.purge)}, timeout=3600
@@ -563,6 +592,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pu.add_argument("name", metavar="NAME|ID", help="an agent name or a tombstone id")
     pu.set_defaults(fn=cmd_purge)
+
+    db = sub.add_parser(
+        "dashboard",
+        help="print a one-time login URL for the dashboard",
+        description="Ask the running controller for a one-time dashboard login URL and print "
+        "it. Opening it logs the browser in (an HttpOnly session cookie, valid 30 days); "
+        "the URL itself works once, within 10 minutes. Needs the operator key "
+        "(<state>/operator.key), like every verb.",
+    )
+    db.set_defaults(fn=cmd_dashboard)
 
     tb = sub.add_parser(
         "tombstones",

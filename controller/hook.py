@@ -16,9 +16,11 @@ Installed by ``MetaRepo.install_hooks`` as small shell scripts that exec
   whose ``metadata.name`` differs from the directory, or that drops ``flake.nix``
   or the manager's manifest (the message names the file and the field).
 
-``post-receive`` does ``POST /poke`` on ``<run>/host.sock`` so the controller
-runs a pass at once; when the controller is down it says so and exits 0 (the
-startup pass picks the change up).
+``post-receive`` does ``POST /poke`` on ``<run>/host.sock`` (with the operator
+key, ``<state>/operator.key``, as its bearer credential) so the controller runs
+a pass at once; when the controller is down, or the key cannot be read (a
+pusher who is not the operator), it says so and exits 0 (the next pass picks
+the change up).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import TextIO
 
 import pygit2
 
+from controller.auth.operator import load_operator_key
+from controller.auth.secretfile import CredentialError
 from controller.metarepo import (
     CONTROLLER_PREFIXES,
     LAST_DEPLOY_REF,
@@ -195,14 +199,26 @@ def post_receive(layout: Layout, stdin: TextIO, stderr: TextIO) -> int:
     """Poke the controller (``POST /poke``); always 0 — the push already happened."""
     updates = parse_updates(stdin.read().splitlines())
     refs = ", ".join(u.ref.removeprefix("refs/tags/").removeprefix("refs/heads/") for u in updates)
+    not_running = (
+        f"hyperhive: received {refs}; the controller is not running — it acts on this "
+        "when it starts"
+    )
     try:
-        UnixClient(str(layout.host_sock), timeout=5.0).post("/poke", {})
+        key = load_operator_key(layout)
+    except CredentialError as exc:
+        if not layout.host_sock.exists():
+            print(not_running, file=stderr)
+        else:
+            print(
+                f"hyperhive: received {refs}; could not poke the controller: {exc.message}; "
+                "it acts on this at its next pass",
+                file=stderr,
+            )
+        return 0
+    try:
+        UnixClient(str(layout.host_sock), timeout=5.0, token=key).post("/poke", {})
     except Unreachable:
-        print(
-            f"hyperhive: received {refs}; the controller is not running — it acts on this "
-            "when it starts",
-            file=stderr,
-        )
+        print(not_running, file=stderr)
         return 0
     except (ApiError, OSError, ValueError) as exc:
         print(f"hyperhive: received {refs}; could not poke the controller: {exc}", file=stderr)

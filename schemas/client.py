@@ -19,6 +19,12 @@ docs/broker.md.
 Non-idempotent verbs (``send``, ``ask``, ``remind``, ``wake``) are only safe
 to retry with an ``idempotency_key`` in the body: the controller may have
 committed a request whose answer was lost.
+
+Every hyperhive socket requires a credential: ``token`` is sent as
+``Authorization: Bearer <token>`` on every request (the operator key for
+``host.sock``, the agent's credential for its own socket). A 401 raises
+``ApiError`` (status 401, code ``unauthorized``) whose message says which
+credential the socket wants, and whether this client sent none.
 """
 
 from __future__ import annotations
@@ -105,7 +111,9 @@ class UnixClient:
     """JSON client for one unix socket.
 
     ``timeout`` (seconds) bounds one request; long polls pass a larger one.
-    ``sleep`` is injectable so tests of the backoff do not wait.
+    ``sleep`` is injectable so tests of the backoff do not wait. ``token`` is
+    the bearer credential sent with every request (None: none is sent, and
+    the socket answers 401).
     """
 
     def __init__(
@@ -115,10 +123,12 @@ class UnixClient:
         sleep: Callable[[float], None] = time.sleep,
         *,
         keepalive: bool = True,
+        token: str | None = None,
     ) -> None:
         self.path = path
         self.timeout = timeout
         self.keepalive = keepalive
+        self.token = token
         self._sleep = sleep
         self._pool: list[tuple[_UnixConnection, float]] = []
         self._pool_lock = threading.Lock()
@@ -161,9 +171,24 @@ class UnixClient:
                 return
         conn.close()
 
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def _error(self, status: int, raw: bytes, data: Any) -> ApiError:
+        err = data.get("error", {}) if isinstance(data, dict) else {}
+        message = str(err.get("message", raw[:500].decode(errors="replace")))
+        if status == 401 and self.token is None:
+            message = f"no credential was sent to {self.path}: {message}"
+        elif status == 401:
+            message = f"the credential sent to {self.path} was refused: {message}"
+        return ApiError(status, str(err.get("code", "error")), message, err.get("field"))
+
     def _once(self, method: str, url: str, body: Any, timeout: float) -> Any:
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json"}
+        headers = self._headers("application/json")
         if payload is not None:
             headers["Content-Type"] = "application/json"
         if not self.keepalive:
@@ -189,15 +214,13 @@ class UnixClient:
                 self._give_back(conn)
             else:
                 conn.close()
-        data: Any = json.loads(raw) if raw else None
         if resp.status >= 400:
-            err = data.get("error", {}) if isinstance(data, dict) else {}
-            raise ApiError(
-                resp.status,
-                str(err.get("code", "error")),
-                str(err.get("message", raw[:500].decode(errors="replace"))),
-                err.get("field"),
-            )
+            try:
+                err_doc: Any = json.loads(raw) if raw else None
+            except ValueError:
+                err_doc = None
+            raise self._error(resp.status, raw, err_doc)
+        data: Any = json.loads(raw) if raw else None
         return data
 
     def call(
@@ -248,10 +271,15 @@ class UnixClient:
         """
         conn = _UnixConnection(self.path, timeout)
         try:
-            conn.request("GET", url, headers={"Accept": "text/event-stream"})
+            conn.request("GET", url, headers=self._headers("text/event-stream"))
             resp = conn.getresponse()
             if resp.status >= 400:
-                raise ApiError(resp.status, "error", resp.read().decode(errors="replace"))
+                raw = resp.read()
+                try:
+                    err_doc: Any = json.loads(raw) if raw else None
+                except ValueError:
+                    err_doc = None
+                raise self._error(resp.status, raw, err_doc)
             event, data = "message", list[str]()
             while True:
                 line = resp.readline()

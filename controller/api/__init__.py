@@ -1,9 +1,10 @@
-"""Falcon WSGI apps for hyperhive's unix sockets.
+"""Falcon ASGI apps for hyperhive's unix sockets.
 
 ``make_agent_app`` serves one agent socket or the manager socket (identity =
-socket), ``make_admin_app`` the operator's ``host.sock``; ``common`` holds
-the JSON error handling, body validation and the SSE helper they share.
-``controller.httpserve`` serves them with waitress.
+socket and the agent's credential), ``make_admin_app`` the operator's
+``host.sock`` (the operator key); ``common`` holds the JSON error handling,
+bearer auth, body validation and the SSE helper they share. ``hivehttp``
+serves them (one event loop for every socket).
 """
 
 from controller.api.admin import make_admin_app

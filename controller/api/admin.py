@@ -1,6 +1,9 @@
 """The operator's admin API on ``<run>/host.sock`` (the CLI and the meta.git hook use it).
 
-Every request acts as the operator (sender name ``operator``). Endpoints:
+Every request must carry ``Authorization: Bearer <operator key>`` (the key in
+``<state>/operator.key``, ``controller.auth.operator``), else 401 before
+anything else is looked at; it then acts as the operator (sender name
+``operator``). Endpoints:
 
 =====================================  ========================  ==============================
 ``GET  /status``                                                 ``SwarmOps.status()``
@@ -24,7 +27,13 @@ Every request acts as the operator (sender name ``operator``). Endpoints:
 ``GET  /agents/{name}/config``                                   admin#AgentConfigResponse
 ``GET  /tombstones``                                             admin#TombstonesResponse
 ``POST /tombstones/{name}/purge``      ``{}``                    admin#ResultResponse
+``POST /login``                        ``{}``                    ``{"token", "expires_at", "url"}``
 =====================================  ========================  ==============================
+
+``/login`` makes a one-time dashboard login token (``controller.auth.LoginTokens``:
+single use, 10 minutes); ``url`` is the dashboard's ``/login?token=…`` URL when the
+controller knows where the dashboard listens, else null. ``hyperhive dashboard``
+prints it.
 
 Bodies of the ``/agents`` and ``/tombstones`` verbs are validated against
 ``schemas/json/admin.schema.json``. ``{name}`` is an agent name (a bad one is a
@@ -42,7 +51,11 @@ message; a heartbeat comment follows 15 s of silence.
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -50,6 +63,10 @@ import falcon
 from controller.api.common import (
     HEARTBEAT_SECONDS,
     ID_MAX,
+    App,
+    BearerAuth,
+    Request,
+    Response,
     SseEvent,
     StreamSlots,
     body,
@@ -60,15 +77,19 @@ from controller.api.common import (
     read_json,
     stream_sse,
 )
+from controller.auth.sessions import LoginTokens
 from controller.broker import Broker
 from controller.errors import Invalid, NotFound
 from controller.ops import SwarmOps
 from schemas.names import AGENT_NAME_RE, MANAGER, OPERATOR
 from schemas.validate import validate
+from schemas.wire import rfc3339
 
 TOMBSTONE_ID_MAX = 24
 
 _ID = f"{{id:int(min=1, max={ID_MAX})}}"
+
+_off = asyncio.to_thread
 
 
 def _empty(doc: dict[str, Any], verb: str) -> None:
@@ -82,28 +103,29 @@ class _Status:
     def __init__(self, ops: SwarmOps) -> None:
         self.ops = ops
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.ops.status()
+    async def on_get(self, req: Request, resp: Response) -> None:
+        resp.media = await _off(self.ops.status)
 
 
 class _Proposals:
     def __init__(self, ops: SwarmOps) -> None:
         self.ops = ops
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         pending = query_bool(req, "pending")
-        resp.media = {"proposals": [p.to_json() for p in self.ops.proposals(pending_only=pending)]}
+        rows = await _off(self.ops.proposals, pending)
+        resp.media = {"proposals": [p.to_json() for p in rows]}
 
-    def on_get_one(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
-        resp.media = self.ops.proposal(id).to_json()
+    async def on_get_one(self, req: Request, resp: Response, id: int) -> None:
+        resp.media = (await _off(self.ops.proposal, id)).to_json()
 
-    def on_post_approve(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
-        doc = body(req, "DecisionRequest")
-        resp.media = self.ops.approve(id, doc.get("note", "")).to_json()
+    async def on_post_approve(self, req: Request, resp: Response, id: int) -> None:
+        doc = await body(req, "DecisionRequest")
+        resp.media = (await _off(self.ops.approve, id, doc.get("note", ""))).to_json()
 
-    def on_post_deny(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
-        doc = body(req, "DecisionRequest")
-        resp.media = self.ops.deny(id, doc.get("note", "")).to_json()
+    async def on_post_deny(self, req: Request, resp: Response, id: int) -> None:
+        doc = await body(req, "DecisionRequest")
+        resp.media = (await _off(self.ops.deny, id, doc.get("note", ""))).to_json()
 
 
 class _Send:
@@ -111,9 +133,9 @@ class _Send:
         self.broker = broker
         self.ops = ops
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        doc = body(req, "OperatorSendRequest")
-        known = set(self.ops.agent_names()) | {MANAGER, OPERATOR}
+    async def on_post(self, req: Request, resp: Response) -> None:
+        doc = await body(req, "OperatorSendRequest")
+        known = set(await _off(self.ops.agent_names)) | {MANAGER, OPERATOR}
         if doc["to"] not in known:
             raise NotFound(
                 f"no agent named {doc['to']!r}; agents: {', '.join(sorted(known))}", "to"
@@ -126,8 +148,8 @@ class _Answer:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        doc = body(req, "AnswerRequest")
+    async def on_post(self, req: Request, resp: Response) -> None:
+        doc = await body(req, "AnswerRequest")
         m = self.broker.answer(OPERATOR, doc["thread"], doc["body"])
         resp.media = {
             "id": m.id,
@@ -142,18 +164,18 @@ class _Messages:
         self.heartbeat = heartbeat
         self.slots = slots
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         since = query_int(req, "since", 0, 0, ID_MAX)
         limit = query_int(req, "limit", 200, 1, 1000)
         resp.media = {"messages": [m.to_json() for m in self.broker.messages(since, limit)]}
 
-    def on_get_stream(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get_stream(self, req: Request, resp: Response) -> None:
         since = last_event_id(req, self.broker.last_id())
 
-        def fetch(cursor: int, timeout: float) -> list[SseEvent]:
+        async def fetch(cursor: int, timeout: float) -> list[SseEvent]:
             return [
                 SseEvent(m.id, "message", json.dumps(m.to_json(), ensure_ascii=False))
-                for m in self.broker.wait_for_new(cursor, timeout)
+                for m in await self.broker.wait_for_new_async(cursor, timeout)
             ]
 
         stream_sse(
@@ -171,18 +193,19 @@ class _Reconcile:
     def __init__(self, ops: SwarmOps) -> None:
         self.ops = ops
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        doc = body(req, "ReconcileRequest")
-        resp.media = self.ops.reconcile(dry_run=doc.get("dry_run", False)).to_json()
+    async def on_post(self, req: Request, resp: Response) -> None:
+        doc = await body(req, "ReconcileRequest")
+        result = await _off(self.ops.reconcile, doc.get("dry_run", False))
+        resp.media = result.to_json()
 
 
 class _Poke:
     def __init__(self, ops: SwarmOps) -> None:
         self.ops = ops
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _empty(read_json(req), "poke")
-        self.ops.request_pass("hook")
+    async def on_post(self, req: Request, resp: Response) -> None:
+        _empty(await read_json(req), "poke")
+        self.ops.request_pass("hook")  # never blocks (an event and a short lock)
         resp.status = falcon.HTTP_202
         resp.media = {"accepted": True}
 
@@ -191,21 +214,21 @@ class _Questions:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         pending = query_bool(req, "pending")
         resp.media = {
             "questions": [q.to_json() for q in self.broker.questions(pending_only=pending)]
         }
 
-    def on_get_one(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
+    async def on_get_one(self, req: Request, resp: Response, id: int) -> None:
         resp.media = self.broker.question(id).to_json()
 
-    def on_post_answer(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
-        doc = body(req, "AnswerQuestionRequest")
+    async def on_post_answer(self, req: Request, resp: Response, id: int) -> None:
+        doc = await body(req, "AnswerQuestionRequest")
         resp.media = self.broker.answer_question(id, doc["answer"]).to_json()
 
-    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: int) -> None:
-        _empty(read_json(req), "cancel")
+    async def on_post_cancel(self, req: Request, resp: Response, id: int) -> None:
+        _empty(await read_json(req), "cancel")
         resp.media = self.broker.cancel_question(id).to_json()
 
 
@@ -228,58 +251,91 @@ class _Agents:
     def __init__(self, ops: SwarmOps) -> None:
         self.ops = ops
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        resp.media = self.ops.describe(_name(name))
+    async def on_get(self, req: Request, resp: Response, name: str) -> None:
+        resp.media = await _off(self.ops.describe, _name(name))
 
-    def on_post_destroy(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        doc = read_json(req)
+    async def on_post_destroy(self, req: Request, resp: Response, name: str) -> None:
+        doc = await read_json(req)
         validate(doc, "admin#DestroyRequest")
         agent = _name(name)
-        resp.media = {
-            "name": agent,
-            "result": self.ops.destroy(agent, purge=bool(doc.get("purge", False))),
-        }
+        result = await _off(self.ops.destroy, agent, bool(doc.get("purge", False)))
+        resp.media = {"name": agent, "result": result}
 
-    def on_get_journal(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+    async def on_get_journal(self, req: Request, resp: Response, name: str) -> None:
         agent = _name(name)
         unit = req.get_param("unit") or None
         if unit is not None and len(unit) > 256:
             raise Invalid("unit is too long", "unit")
         lines = query_int(req, "lines", 200, 1, 5000)
-        text = self.ops.journal(agent, unit, lines)
+        text = await _off(self.ops.journal, agent, unit, lines)
         resp.media = {"name": agent, "unit": unit, "lines": lines, "text": text}
 
-    def on_get_config(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        resp.media = self.ops.agent_config(_name(name))
+    async def on_get_config(self, req: Request, resp: Response, name: str) -> None:
+        resp.media = await _off(self.ops.agent_config, _name(name))
 
 
 class _Tombstones:
     def __init__(self, ops: SwarmOps) -> None:
         self.ops = ops
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"tombstones": self.ops.tombstones()}
+    async def on_get(self, req: Request, resp: Response) -> None:
+        resp.media = {"tombstones": await _off(self.ops.tombstones)}
 
-    def on_post_purge(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        validate(read_json(req), "admin#Empty")
+    async def on_post_purge(self, req: Request, resp: Response, name: str) -> None:
+        validate(await read_json(req), "admin#Empty")
         target = _name(name, tombstone_id=True)
-        resp.media = {"name": target, "result": self.ops.purge(target)}
+        resp.media = {"name": target, "result": await _off(self.ops.purge, target)}
+
+
+class _Login:
+    def __init__(self, tokens: LoginTokens | None, dashboard_url: Callable[[], str | None]) -> None:
+        self.tokens = tokens
+        self.dashboard_url = dashboard_url
+
+    async def on_post(self, req: Request, resp: Response) -> None:
+        _empty(await read_json(req), "login")
+        if self.tokens is None:
+            raise NotFound("this controller serves no dashboard, so there is nothing to log in to")
+        t = self.tokens.issue()
+        base = self.dashboard_url()
+        url = None
+        if base:
+            url = f"{base.rstrip('/')}/login?" + urllib.parse.urlencode({"token": t.token})
+        resp.media = {"token": t.token, "expires_at": rfc3339(t.expires_at), "url": url}
+
+
+def operator_auth(operator_key: str) -> BearerAuth:
+    """The ``host.sock`` check: ``Authorization: Bearer <operator_key>`` (constant time)."""
+    if not operator_key:
+        raise ValueError("operator_key must not be empty")
+    want = operator_key.encode("ascii")
+    return BearerAuth(
+        lambda token: token is not None and hmac.compare_digest(token.encode("ascii"), want),
+        "host.sock needs the operator key: send 'Authorization: Bearer <key>' with the key "
+        "in <state>/operator.key (the hyperhive CLI does this)",
+    )
 
 
 def make_admin_app(
     broker: Broker,
     ops: SwarmOps,
+    operator_key: str,
     *,
+    login_tokens: LoginTokens | None = None,
+    dashboard_url: Callable[[], str | None] = lambda: None,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     max_streams: int = 8,
-) -> falcon.App[falcon.Request, falcon.Response]:
-    """The WSGI app for ``host.sock``: the operator's verbs (see the module docstring).
+) -> App:
+    """The ASGI app for ``host.sock``: the operator's verbs (see the module docstring).
 
-    ``max_streams`` caps concurrent ``/messages/stream`` clients (503 beyond),
-    so streams cannot hold every worker thread; serve it with more threads
-    than that.
+    Every request needs ``Authorization: Bearer <operator_key>`` (401 otherwise).
+    ``login_tokens`` backs ``POST /login`` (404 without it; the dashboard redeems
+    the same instance); ``dashboard_url()`` is the dashboard's base URL
+    (``http://127.0.0.1:7000``) or None. ``max_streams`` caps concurrent
+    ``/messages/stream`` clients (503 beyond). Raises ``ValueError`` for an
+    empty ``operator_key``.
     """
-    app = make_app()
+    app = make_app(operator_auth(operator_key))
     app.add_route("/status", _Status(ops))
     proposals = _Proposals(ops)
     app.add_route("/proposals", proposals)
@@ -306,4 +362,5 @@ def make_admin_app(
     tombs = _Tombstones(ops)
     app.add_route("/tombstones", tombs)
     app.add_route("/tombstones/{name}/purge", tombs, suffix="purge")
+    app.add_route("/login", _Login(login_tokens, dashboard_url))
     return app

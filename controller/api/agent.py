@@ -1,7 +1,10 @@
 """The agent and manager socket API (``<run>/agents/<a>/mcp.sock``, ``<run>/manager/mcp.sock``).
 
-Identity is the socket the request arrived on: each socket gets its own app
-built with ``make_agent_app(broker, identity, ops, flavor)``. Bodies are
+Identity is the socket the request arrived on *and* the agent's credential:
+each socket gets its own app built with ``make_agent_app(broker, identity,
+ops, flavor, credentials)``, and every request must carry ``Authorization:
+Bearer <identity's credential>`` (``controller.auth.AgentCredentials``), else
+401 before anything else is looked at. Bodies are
 ``wire.schema.json`` ``$defs``; every broker verb's response carries the
 caller's inbox ``status``. Endpoints (docs/architecture.md):
 
@@ -40,12 +43,22 @@ when the caller's ``allowedRecipients`` is non-empty, one on that list or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import falcon
 
-from controller.api.common import body, client_gone, make_app, read_json
+from controller.api.common import (
+    App,
+    BearerAuth,
+    Request,
+    Response,
+    body,
+    client_gone,
+    make_app,
+)
+from controller.auth.agents import AgentCredentials
 from controller.broker import Broker
 from controller.errors import Forbidden, NotFound
 from controller.ops import Lifecycle, SwarmOps
@@ -54,7 +67,7 @@ from schemas.wire import MANAGER_ONLY_VERBS, Message, MessageKind, rfc3339
 
 Flavor = Literal["agent", "manager"]
 
-Handler = Callable[[dict[str, Any], falcon.Request], dict[str, Any]]
+Handler = Callable[[dict[str, Any], Request], Awaitable[dict[str, Any]]]
 
 MANAGER_VERBS = MANAGER_ONLY_VERBS
 """Paths (without the slash) that only the manager socket serves."""
@@ -65,26 +78,26 @@ def _dup(m: Message) -> bool:
 
 
 class _Post:
-    """``POST`` endpoint: validate the body against ``schema`` and answer ``fn(doc, req)``."""
+    """``POST`` endpoint: validate the body against ``schema`` and answer ``await fn(doc, req)``."""
 
     def __init__(self, schema: str, fn: Handler, status: str = falcon.HTTP_200) -> None:
         self._schema = schema
         self._fn = fn
         self._status = status
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self._fn(body(req, self._schema), req)
+    async def on_post(self, req: Request, resp: Response) -> None:
+        resp.media = await self._fn(await body(req, self._schema), req)
         resp.status = self._status
 
 
 class _Get:
-    """``GET`` endpoint answering ``fn({}, req)``."""
+    """``GET`` endpoint answering ``await fn({}, req)``."""
 
     def __init__(self, fn: Handler) -> None:
         self._fn = fn
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self._fn({}, req)
+    async def on_get(self, req: Request, resp: Response) -> None:
+        resp.media = await self._fn({}, req)
 
 
 class _ManagerOnly:
@@ -96,16 +109,20 @@ class _ManagerOnly:
             f"ask the manager to do it (send to '{MANAGER}')"
         )
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         raise NotFound(self._message)
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        read_json(req)  # drain the body so the connection stays usable
+    async def on_post(self, req: Request, resp: Response) -> None:
         raise NotFound(self._message)
 
 
 class AgentApi:
-    """The handlers behind one agent or manager socket (``identity`` = who is calling)."""
+    """The handlers behind one agent or manager socket (``identity`` = who is calling).
+
+    Broker calls are short sqlite statements and run on the event loop;
+    ``SwarmOps`` calls (git, the driver, the pass lock) run in a worker
+    thread (``asyncio.to_thread``).
+    """
 
     def __init__(self, broker: Broker, identity: str, ops: SwarmOps, flavor: Flavor) -> None:
         self.broker = broker
@@ -119,7 +136,10 @@ class AgentApi:
         return self.broker.status(self.identity).to_json()
 
     def check_recipient(self, to: str, field: str = "to") -> None:
-        """``NotFound`` unless ``to`` exists; ``Forbidden`` if the caller's allow list bars it."""
+        """``NotFound`` unless ``to`` exists; ``Forbidden`` if the caller's allow list bars it.
+
+        Blocking (reads desired state): call it through ``asyncio.to_thread``.
+        """
         known = set(self.ops.agent_names()) | {MANAGER, OPERATOR}
         if to not in known:
             names = sorted(known)
@@ -137,17 +157,18 @@ class AgentApi:
 
     # -------------------------------------------------------------- broker verbs
 
-    def send(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def send(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /send``."""
-        self.check_recipient(doc["to"])
+        await asyncio.to_thread(self.check_recipient, doc["to"])
         m = self.broker.send(
             self.identity, doc["to"], doc["body"], idempotency_key=doc.get("idempotency_key")
         )
         return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
 
-    def recv(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
-        """``POST /recv`` (parks up to ``wait_seconds``)."""
-        m = self.broker.recv(
+    async def recv(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+        """``POST /recv``: parks on the event loop up to ``wait_seconds`` (no thread held);
+        gives up without taking a message when the client goes away."""
+        m = await self.broker.recv_async(
             self.identity,
             doc.get("wait_seconds", 0),
             doc.get("lease_seconds"),
@@ -155,30 +176,30 @@ class AgentApi:
         )
         return {"message": None if m is None else m.to_json(), "status": self._status()}
 
-    def ack(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def ack(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /ack``."""
         n = self.broker.ack(self.identity, doc["ids"])
         return {"acked": n, "status": self._status()}
 
-    def release(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def release(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /release``: give back leased messages (all, or ``ids``) for redelivery now."""
         n = self.broker.release(self.identity, doc.get("ids"))
         return {"released": n, "status": self._status()}
 
-    def ask(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def ask(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /ask``."""
-        self.check_recipient(doc["to"])
+        await asyncio.to_thread(self.check_recipient, doc["to"])
         m = self.broker.ask(
             self.identity, doc["to"], doc["question"], idempotency_key=doc.get("idempotency_key")
         )
         return {"id": m.id, "thread": m.thread, "duplicate": _dup(m), "status": self._status()}
 
-    def answer(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def answer(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /answer``."""
         m = self.broker.answer(self.identity, doc["thread"], doc["body"])
         return {"id": m.id, "thread": m.thread, "status": self._status()}
 
-    def remind(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def remind(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /remind``."""
         m = self.broker.remind(
             self.identity,
@@ -193,16 +214,16 @@ class AgentApi:
             "status": self._status(),
         }
 
-    def recent(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def recent(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /recent``."""
         rows = self.broker.recent(self.identity, doc.get("limit", 20))
         return {"messages": [m.to_json() for m in rows], "status": self._status()}
 
-    def status(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def status(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``GET /status``."""
         return self._status()
 
-    def wake(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def wake(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /wake``: a message from label ``from`` into the caller's own inbox."""
         m = self.broker.send(
             doc["from"],
@@ -216,25 +237,28 @@ class AgentApi:
 
     # -------------------------------------------------------------- manager verbs
 
-    def request_spawn(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def request_spawn(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /request_spawn``."""
-        p = self.ops.request_spawn(doc["name"])
+        p = await asyncio.to_thread(self.ops.request_spawn, doc["name"])
         return {"id": p.id, "ref": f"proposal/{p.id}", "title": p.title, "status": self._status()}
 
-    def request_apply_commit(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def request_apply_commit(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /request_apply_commit``."""
-        p = self.ops.request_apply_commit(doc["commit"], doc.get("note", ""))
+        p = await asyncio.to_thread(
+            self.ops.request_apply_commit, doc["commit"], doc.get("note", "")
+        )
         return {"id": p.id, "ref": f"proposal/{p.id}", "title": p.title, "status": self._status()}
 
     def lifecycle(self, verb: Lifecycle) -> Handler:
         """``POST /start`` ``/kill`` ``/restart`` ``/update``."""
 
-        def handler(doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
-            return {"result": self.ops.lifecycle(verb, doc["name"]), "status": self._status()}
+        async def handler(doc: dict[str, Any], req: Request) -> dict[str, Any]:
+            result = await asyncio.to_thread(self.ops.lifecycle, verb, doc["name"])
+            return {"result": result, "status": self._status()}
 
         return handler
 
-    def ask_operator(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def ask_operator(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /ask_operator``: the question id at once; the answer arrives as an event."""
         qid = self.broker.ask_operator(
             doc["question"],
@@ -245,23 +269,36 @@ class AgentApi:
         )
         return {"id": qid, "status": self._status()}
 
-    def list_agents(self, doc: dict[str, Any], req: falcon.Request) -> dict[str, Any]:
+    async def list_agents(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``GET /list``."""
-        return {"agents": self.ops.list_agents(), "status": self._status()}
+        agents = await asyncio.to_thread(self.ops.list_agents)
+        return {"agents": agents, "status": self._status()}
 
 
 def make_agent_app(
-    broker: Broker, identity: str, ops: SwarmOps, flavor: Flavor = "agent"
-) -> falcon.App[falcon.Request, falcon.Response]:
-    """The WSGI app for one agent socket (``flavor="agent"``) or the manager socket.
+    broker: Broker,
+    identity: str,
+    ops: SwarmOps,
+    flavor: Flavor,
+    credentials: AgentCredentials,
+) -> App:
+    """The ASGI app for one agent socket (``flavor="agent"``) or the manager socket.
 
     ``identity`` is the caller every request is attributed to (``alice``,
-    ``manager``). Manager verbs answer 404 on an agent socket.
+    ``manager``); every request must carry ``Authorization: Bearer`` with
+    ``identity``'s current credential in ``credentials`` (401 otherwise,
+    also for another agent's credential). Manager verbs answer 404 on an
+    agent socket. Raises ``ValueError`` for an unknown ``flavor``.
     """
     if flavor not in ("agent", "manager"):
         raise ValueError(f"flavor must be 'agent' or 'manager', not {flavor!r}")
+    auth = BearerAuth(
+        lambda token: credentials.verify(identity, token),
+        f"this is {identity}'s socket and it needs {identity}'s credential: send "
+        "'Authorization: Bearer <token>' with the token in $HYPERHIVE_CREDENTIAL_FILE",
+    )
     api = AgentApi(broker, identity, ops, flavor)
-    app = make_app()
+    app = make_app(auth)
     app.add_route("/send", _Post("SendRequest", api.send))
     app.add_route("/recv", _Post("RecvRequest", api.recv))
     app.add_route("/ack", _Post("AckRequest", api.ack))

@@ -1,34 +1,42 @@
-"""What every hyperhive socket API shares: JSON errors, body reading and validation, SSE.
+"""What every hyperhive socket API shares: JSON errors, auth, body reading and validation, SSE.
+
+The apps are ``falcon.asgi.App`` s served by ``hivehttp`` (one event loop for
+every socket of the process): every responder is ``async``; anything that
+may block (git, swarm operations) runs off the loop via ``asyncio.to_thread``,
+quick sqlite broker calls run inline.
 
 Errors are always ``{"error": {"code", "message", "field"}}`` with a 4xx
 status for anything the client can fix (``controller.errors`` and
-``schemas.validate.ValidationFailed`` → 400/403/404/409, a body over 1 MiB →
-413, unknown path → 404, wrong method → 405). An unexpected exception is
-logged with its traceback and answered with a JSON 500; the worker thread
-lives on.
+``schemas.validate.ValidationFailed`` → 400/403/404/409, a missing or wrong
+credential → 401, a body over 1 MiB → 413, unknown path → 404, wrong method
+→ 405). An unexpected exception is logged with its traceback and answered
+with a JSON 500; the server lives on.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-import math
-import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import falcon
+import falcon.asgi
 
+from controller.auth.bearer import bearer_token
 from controller.broker import BrokerClosed
 from controller.errors import HyperhiveError, Invalid, TransientError
+from hivehttp import BadJson, disconnected, parse_json_object
 from schemas.validate import ValidationFailed, validate
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-"""Largest request body the APIs accept (1 MiB); larger → 413."""
+"""Largest request body the APIs accept (1 MiB); larger → 413 (``hivehttp.Policy`` refuses
+it before the app runs; this is the app's own backstop)."""
 
 MAX_JSON_INT = 2**63 - 1
 """Integers in a body must fit sqlite's signed 64 bits."""
@@ -38,6 +46,10 @@ HEARTBEAT_SECONDS = 15.0
 
 ID_MAX = MAX_JSON_INT
 """Upper bound for ``{id:int}`` path parameters."""
+
+Request = falcon.asgi.Request
+Response = falcon.asgi.Response
+App = falcon.asgi.App[Request, Response]
 
 
 class TooLarge(HyperhiveError):
@@ -54,13 +66,35 @@ class Unavailable(HyperhiveError):
     status = 503
 
 
+class Unauthorized(HyperhiveError):
+    """The request lacks the credential this socket requires (401)."""
+
+    code = "unauthorized"
+    status = 401
+
+
+def _printable(text: str) -> str:
+    # a lone surrogate from the request echoed into an error would fail to encode (a 500)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    """The wire shape of every error: ``{"error": {"code", "message", "field"}}``."""
-    return {"error": {"code": code, "message": message, "field": field}}
+    """The wire shape of every error: ``{"error": {"code", "message", "field"}}``.
+
+    Lone surrogates echoed from the request are written as ``\\udXXX`` escapes.
+    """
+    return {
+        "error": {
+            "code": code,
+            "message": _printable(message),
+            "field": None if field is None else _printable(field),
+        }
+    }
 
 
 _HTTP_CODES = {
     400: "invalid",
+    401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
@@ -72,9 +106,7 @@ _HTTP_CODES = {
 }
 
 
-def _handle_hyperhive(
-    req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
-) -> None:
+async def _handle_hyperhive(req: Request, resp: Response, ex: Exception, params: Any) -> None:
     assert isinstance(ex, HyperhiveError)
     status = ex.status
     if isinstance(ex, TransientError):
@@ -82,23 +114,23 @@ def _handle_hyperhive(
     if status >= 500:
         log.warning("%s %s: %s: %s", req.method, req.path, type(ex).__name__, ex.message)
     resp.status = falcon.code_to_http_status(status)
+    if isinstance(ex, Unauthorized):
+        resp.set_header("WWW-Authenticate", 'Bearer realm="hyperhive"')
     resp.media = error_body(ex.code, ex.message, ex.field)
 
 
-def _handle_validation(
-    req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
-) -> None:
+async def _handle_validation(req: Request, resp: Response, ex: Exception, params: Any) -> None:
     assert isinstance(ex, ValidationFailed)
     resp.status = falcon.HTTP_400
     resp.media = error_body("invalid", str(ex), ex.field)
 
 
-def _handle_closed(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+async def _handle_closed(req: Request, resp: Response, ex: Exception, params: Any) -> None:
     resp.status = falcon.HTTP_503
     resp.media = error_body("unavailable", "the controller is shutting down; retry shortly")
 
 
-def _handle_http(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+async def _handle_http(req: Request, resp: Response, ex: Exception, params: Any) -> None:
     assert isinstance(ex, falcon.HTTPError)
     code = ex.status_code
     if isinstance(ex, falcon.HTTPRouteNotFound) or (code == 404 and not ex.description):
@@ -114,9 +146,7 @@ def _handle_http(req: falcon.Request, resp: falcon.Response, ex: Exception, para
     resp.media = error_body(_HTTP_CODES.get(code, "error"), message)
 
 
-def _handle_unexpected(
-    req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
-) -> None:
+async def _handle_unexpected(req: Request, resp: Response, ex: Exception, params: Any) -> None:
     log.exception("unexpected error in %s %s", req.method, req.path, exc_info=ex)
     resp.status = falcon.HTTP_500
     resp.media = error_body(
@@ -124,9 +154,24 @@ def _handle_unexpected(
     )
 
 
-def make_app() -> falcon.App[falcon.Request, falcon.Response]:
-    """A ``falcon.App`` (WSGI) with hyperhive's JSON error handling installed."""
-    app = falcon.App()
+class BearerAuth:
+    """Falcon ASGI middleware: every request needs ``Authorization: Bearer <token>`` with
+    ``check(token)`` true, else ``Unauthorized`` (401, before routing, so an unknown path
+    tells a stranger nothing). ``message`` says which credential is missing."""
+
+    def __init__(self, check: Callable[[str | None], bool], message: str) -> None:
+        self._check = check
+        self._message = message
+
+    async def process_request(self, req: Request, resp: Response) -> None:
+        """Refuse the request unless it carries the right bearer token."""
+        if not self._check(bearer_token(req.get_header("Authorization"))):
+            raise Unauthorized(self._message)
+
+
+def make_app(auth: BearerAuth | None = None) -> App:
+    """A ``falcon.asgi.App`` with hyperhive's JSON error handling (and ``auth``) installed."""
+    app = falcon.asgi.App(middleware=[auth] if auth is not None else [])
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(falcon.HTTPError, _handle_http)
     app.add_error_handler(HyperhiveError, _handle_hyperhive)
@@ -138,87 +183,44 @@ def make_app() -> falcon.App[falcon.Request, falcon.Response]:
 # ---------------------------------------------------------------------- bodies
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
-
-
-def _check_ints(value: Any, path: str) -> None:
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        if not -MAX_JSON_INT - 1 <= value <= MAX_JSON_INT:
-            raise Invalid(f"{path}: integer is out of range (64-bit signed)", path)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_ints(v, f"{path}.{k}" if path != "(root)" else str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_ints(v, f"{path}.{i}" if path != "(root)" else str(i))
-
-
-def read_json(req: falcon.Request) -> dict[str, Any]:
+async def read_json(req: Request) -> dict[str, Any]:
     """Read the request body as one JSON object; an empty body is ``{}``.
 
-    Raises ``TooLarge`` (413) above ``MAX_BODY_BYTES``, ``Invalid`` (400) for
-    a body that is not UTF-8, not JSON, not an object, nested too deeply, or
-    holds a number outside 64-bit / finite range. The Content-Type is not
-    checked, so ``curl -d '{...}'`` works.
+    Raises ``TooLarge`` (413) above ``MAX_BODY_BYTES`` and ``Invalid`` (400,
+    naming the field where there is one) for what ``hivehttp.parse_json_object``
+    refuses: not UTF-8, not JSON, not an object, nested too deeply, a lone
+    surrogate, NaN / Infinity, an integer outside 64 bits. The Content-Type
+    is not checked, so ``curl -d '{...}'`` works.
     """
     length = req.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise TooLarge(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES} bytes")
-    raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    raw = await req.stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise TooLarge(f"request body is over the limit of {MAX_BODY_BYTES} bytes")
-    if not raw.strip():
-        return {}
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Invalid(f"request body is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    try:
-        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as exc:
-        raise Invalid(
-            f"request body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
-    except RecursionError as exc:
-        raise Invalid("request body is nested too deeply") from exc
-    except ValueError as exc:  # huge integer literals, NaN / Infinity, 1e999
-        raise Invalid(f"request body has an invalid number: {exc}") from exc
-    if not isinstance(doc, dict):
-        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-            type(doc), "a number"
-        )
-        raise Invalid(f"request body must be a JSON object, not {kind}", "(root)")
-    _check_ints(doc, "(root)")
-    return doc
+        return parse_json_object(raw)
+    except BadJson as exc:
+        raise Invalid(f"request {exc.message}", exc.field) from None
 
 
-def body(req: falcon.Request, name: str) -> dict[str, Any]:
+async def body(req: Request, name: str) -> dict[str, Any]:
     """The request body validated against ``wire.schema.json#/$defs/<name>``.
 
     Raises what ``read_json`` raises, and ``ValidationFailed`` (→ 400 naming the
     field) when the object does not match the schema.
     """
-    doc = read_json(req)
+    doc = await read_json(req)
     validate(doc, f"wire#{name}")
     return doc
 
 
-def query_int(req: falcon.Request, name: str, default: int, lo: int, hi: int) -> int:
+def query_int(req: Request, name: str, default: int, lo: int, hi: int) -> int:
     """Query parameter ``name`` as an int in ``[lo, hi]`` (``default`` if absent), else Invalid."""
     raw = req.get_param(name)
     if raw is None or raw == "":
         return default
-    if len(raw) > 20 or not raw.lstrip("-").isdigit():
+    if len(raw) > 20 or not raw.lstrip("-").isdigit() or not raw.isascii():
         raise Invalid(f"query parameter {name} must be an integer", name)
     value = int(raw)
     if not lo <= value <= hi:
@@ -226,7 +228,7 @@ def query_int(req: falcon.Request, name: str, default: int, lo: int, hi: int) ->
     return value
 
 
-def query_bool(req: falcon.Request, name: str, default: bool = False) -> bool:
+def query_bool(req: Request, name: str, default: bool = False) -> bool:
     """Boolean query parameter: ``1/true/yes/on`` or ``0/false/no/off``; else ``Invalid``."""
     raw = req.get_param(name)
     if raw is None or raw == "":
@@ -239,14 +241,17 @@ def query_bool(req: falcon.Request, name: str, default: bool = False) -> bool:
     raise Invalid(f"query parameter {name} must be 1 or 0", name)
 
 
-def client_gone(req: falcon.Request) -> Callable[[], bool] | None:
-    """waitress' ``client_disconnected`` check for this request, when the server provides one.
+def client_gone(req: Request) -> asyncio.Event | None:
+    """An event set when this request's client goes away (``hivehttp.disconnected``), or
+    None when the app runs outside ``hivehttp`` (e.g. ``falcon.testing``).
 
-    ``controller.httpserve`` enables it (``channel_request_lookahead``); a
-    long poll polls it so a vanished client does not take a message.
+    A long poll or stream waits on it, so a vanished client does not take a
+    message nor hold a stream slot.
     """
-    fn = req.env.get("waitress.client_disconnected")
-    return fn if callable(fn) else None
+    try:
+        return disconnected(req.scope)
+    except KeyError:
+        return None
 
 
 # ---------------------------------------------------------------------- SSE
@@ -267,7 +272,7 @@ class SseEvent:
         return ("\n".join(lines) + "\n\n").encode()
 
 
-def last_event_id(req: falcon.Request, default: int) -> int:
+def last_event_id(req: Request, default: int) -> int:
     """Where a stream resumes: the ``Last-Event-ID`` header, else ``?since=``, else ``default``."""
     header = req.get_header("Last-Event-ID")
     if header:
@@ -281,79 +286,101 @@ def last_event_id(req: falcon.Request, default: int) -> int:
 
 
 class StreamSlots:
-    """Caps concurrent SSE streams so they cannot take every worker thread of a server."""
+    """Caps concurrent SSE streams of one app (503 beyond), so streams cannot exhaust the
+    listener's connection cap and lock out ordinary requests. Used on the event loop only."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._sem = threading.BoundedSemaphore(limit)
+        self.open = 0
 
     def acquire(self) -> Callable[[], None]:
         """Take a slot; returns its idempotent release. ``Unavailable`` (503) when all are taken."""
-        if not self._sem.acquire(blocking=False):
+        if self.open >= self.limit:
             raise Unavailable(f"too many open streams (limit {self.limit}); close one and retry")
-        done = threading.Lock()
-        released = [False]
+        self.open += 1
+        released = False
 
         def release() -> None:
-            with done:
-                if not released[0]:
-                    released[0] = True
-                    self._sem.release()
+            nonlocal released
+            if not released:
+                released = True
+                self.open -= 1
 
         return release
 
 
-class _SseBody:
-    """The WSGI iterable for a stream: runs ``release`` on close even if never iterated."""
+Fetch = Callable[[int, float], Awaitable[Sequence[SseEvent]]]
+"""``await fetch(since_id, timeout)``: events with ids above ``since_id`` (oldest first),
+parking up to ``timeout`` seconds while there are none."""
 
-    def __init__(self, gen: Generator[bytes, None, None], release: Callable[[], None]) -> None:
+
+class _SseBody:
+    """The async iterator behind a stream; releases its slot on close, or when collected if
+    the server never iterated it (a response that failed before its first byte)."""
+
+    def __init__(self, gen: AsyncIterator[bytes], release: Callable[[], None]) -> None:
         self._gen = gen
         self._release = release
+        self._finalizer = weakref.finalize(self, release)
 
-    def __iter__(self) -> _SseBody:
+    def __aiter__(self) -> _SseBody:
         return self
 
-    def __next__(self) -> bytes:
-        return next(self._gen)
+    async def __anext__(self) -> bytes:
+        return await self._gen.__anext__()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """End the stream (falcon calls this once iteration stops, for whatever reason)."""
         try:
-            self._gen.close()
+            aclose = getattr(self._gen, "aclose", None)
+            if aclose is not None:
+                await aclose()
         finally:
-            self._release()
+            self._finalizer()
 
 
 def stream_sse(
-    req: falcon.Request,
-    resp: falcon.Response,
-    fetch: Callable[[int, float], Sequence[SseEvent]],
+    req: Request,
+    resp: Response,
+    fetch: Fetch,
     since: int,
     *,
     heartbeat: float = HEARTBEAT_SECONDS,
     stopped: Callable[[], bool] = lambda: False,
     slots: StreamSlots | None = None,
 ) -> None:
-    """Answer ``req`` with a ``text/event-stream`` fed by ``fetch``.
+    """Answer ``req`` with a ``text/event-stream`` fed by ``fetch`` (see ``Fetch``).
 
-    ``fetch(since_id, timeout)`` returns the events with ids above
-    ``since_id`` (oldest first), parking up to ``timeout`` seconds when there
-    are none. Every event carries ``id:``; a comment line goes out after
-    ``heartbeat`` seconds without events (so proxies keep the stream open and
-    a vanished client is noticed). The stream ends when the client goes
-    away (noticed within a second under ``controller.httpserve``, else at the
-    next heartbeat) or ``stopped()`` turns true. Uses ``resp.stream`` (WSGI);
-    ``slots`` caps concurrent streams (503 when full).
+    Every event carries ``id:``; a comment line goes out after ``heartbeat``
+    seconds without events (so proxies keep the stream open). The stream
+    ends when the client goes away (``hivehttp.disconnected``: at once, no
+    thread is held meanwhile), or ``stopped()`` turns true (checked at least
+    every ``heartbeat`` seconds). ``slots`` caps concurrent streams
+    (``Unavailable``, 503, when full).
     """
     release = slots.acquire() if slots is not None else (lambda: None)
     gone = client_gone(req)
-    poll = 1.0 if gone is not None else heartbeat
 
-    def events() -> Generator[bytes, None, None]:
+    async def next_batch(cursor: int, timeout: float) -> Sequence[SseEvent]:
+        if gone is None:
+            return await fetch(cursor, timeout)
+        task = asyncio.ensure_future(fetch(cursor, timeout))
+        left = asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait([task, left], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
+        if not task.done():
+            task.cancel()
+            return []
+        return task.result()
+
+    async def events() -> AsyncIterator[bytes]:
         cursor = since
         yield b"retry: 3000\n: connected\n\n"
         quiet_since = time.monotonic()
-        while not stopped() and not (gone is not None and gone()):
-            batch = fetch(cursor, min(poll, heartbeat))
+        while not stopped() and not (gone is not None and gone.is_set()):
+            batch = await next_batch(cursor, heartbeat)
             if batch:
                 cursor = batch[-1].id
                 quiet_since = time.monotonic()

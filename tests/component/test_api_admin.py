@@ -40,13 +40,17 @@ class _Conn(http.client.HTTPConnection):
 
 
 class SseReader:
-    """A raw SSE client: yields ``(id, event, data)`` and counts heartbeat comments."""
+    """A raw SSE client of ``swarm``'s host.sock (with the operator key): yields
+    ``(id, event, data)`` and counts heartbeat comments."""
 
     def __init__(
-        self, path: str, headers: dict[str, str] | None = None, url: str = "/messages/stream"
+        self, swarm: Swarm, headers: dict[str, str] | None = None, url: str = "/messages/stream"
     ):
-        self.conn = _Conn(path)
-        self.conn.request("GET", url, headers={"Accept": "text/event-stream", **(headers or {})})
+        self.conn = _Conn(str(swarm.layout.host_sock))
+        auth = {"Authorization": f"Bearer {swarm.operator_key}"}
+        self.conn.request(
+            "GET", url, headers={"Accept": "text/event-stream", **auth, **(headers or {})}
+        )
         self.resp = self.conn.getresponse()
         self.heartbeats = 0
 
@@ -73,12 +77,12 @@ class SseReader:
 
 
 def open_stream(
-    path: str, headers: dict[str, str] | None = None, url: str = "/messages/stream"
+    swarm: Swarm, headers: dict[str, str] | None = None, url: str = "/messages/stream"
 ) -> SseReader:
     """Connect, retrying while the server has not yet noticed a previous stream's client left."""
     deadline = time.monotonic() + 5
     while True:
-        s = SseReader(path, headers, url)
+        s = SseReader(swarm, headers, url)
         if s.resp.status != 503 or time.monotonic() > deadline:
             return s
         s.close()
@@ -148,7 +152,8 @@ def test_reconcile_and_poke(swarm: Swarm) -> None:
     res = op.call("POST", "/poke", {})
     assert res.data == {"accepted": True}
     conn = _Conn(str(swarm.layout.host_sock))
-    conn.request("POST", "/poke")  # the hook posts an empty body
+    auth = {"Authorization": f"Bearer {swarm.operator_key}"}
+    conn.request("POST", "/poke", headers=auth)  # an empty body is fine too
     resp = conn.getresponse()
     assert resp.status == 202
     resp.read()
@@ -202,7 +207,7 @@ def test_operator_questions(swarm: Swarm) -> None:
 
 def test_sse_stream_gets_new_messages_and_resumes(swarm: Swarm) -> None:
     old = swarm.broker.send("alice", "bob", "before connect")
-    stream = SseReader(str(swarm.layout.host_sock))
+    stream = SseReader(swarm)
     assert stream.resp.status == 200
     assert stream.resp.getheader("Content-Type", "").startswith("text/event-stream")
     time.sleep(0.2)
@@ -217,26 +222,26 @@ def test_sse_stream_gets_new_messages_and_resumes(swarm: Swarm) -> None:
     assert stream.heartbeats >= 1
     stream.close()
     m3 = swarm.broker.send("bob", "alice", "while away").id
-    resumed = open_stream(str(swarm.layout.host_sock), {"Last-Event-ID": str(m1)})
+    resumed = open_stream(swarm, {"Last-Event-ID": str(m1)})
     assert [resumed.next_event()[0] for _ in range(2)] == [m2, m3]
     resumed.close()
-    since = open_stream(str(swarm.layout.host_sock), url=f"/messages/stream?since={old.id}")
+    since = open_stream(swarm, url=f"/messages/stream?since={old.id}")
     assert since.next_event()[0] == m1
     since.close()
 
 
 def test_sse_stream_slots_are_freed_when_clients_leave(swarm: Swarm) -> None:
-    a = SseReader(str(swarm.layout.host_sock))
-    b = SseReader(str(swarm.layout.host_sock))
-    c = SseReader(str(swarm.layout.host_sock))
+    a = SseReader(swarm)
+    b = SseReader(swarm)
+    c = SseReader(swarm)
     assert (a.resp.status, b.resp.status, c.resp.status) == (200, 200, 503)
     assert json.loads(c.resp.read())["error"]["code"] == "unavailable"
     a.close()
     b.close()
     c.close()
     deadline = time.monotonic() + 5
-    while True:  # waitress notices the hang-up; the stream ends and frees its slot
-        d = SseReader(str(swarm.layout.host_sock))
+    while True:  # the server notices the hang-up; the stream ends and frees its slot
+        d = SseReader(swarm)
         if d.resp.status == 200:
             d.close()
             break
@@ -246,14 +251,14 @@ def test_sse_stream_slots_are_freed_when_clients_leave(swarm: Swarm) -> None:
 
 
 def test_sse_bad_last_event_id(swarm: Swarm) -> None:
-    s = SseReader(str(swarm.layout.host_sock), {"Last-Event-ID": "abc"})
+    s = SseReader(swarm, {"Last-Event-ID": "abc"})
     assert s.resp.status == 400
     assert json.loads(s.resp.read())["error"]["field"] == "Last-Event-ID"
     s.close()
 
 
 def test_sse_many_messages_in_order(swarm: Swarm) -> None:
-    stream = SseReader(str(swarm.layout.host_sock))
+    stream = SseReader(swarm)
     time.sleep(0.2)
     sent: list[int] = []
 

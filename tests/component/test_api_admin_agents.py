@@ -17,12 +17,13 @@ from test_swarm import CFG, ENV, STANDIN, FakeBroker
 
 from controller import cli
 from controller.api.admin import make_admin_app
+from controller.auth import ensure_operator_key
 from controller.broker import Broker
 from controller.drivers.local import LocalDriver
-from controller.httpserve import Served, serve_unix
 from controller.metarepo import MetaRepo
 from controller.paths import Layout
 from controller.swarm import Swarm
+from hivehttp import Listener, serve_unix
 from schemas.client import ApiError, UnixClient
 from schemas.validate import validate
 
@@ -34,11 +35,12 @@ class Host:
     swarm: Swarm
     driver: LocalDriver
     broker: Broker
-    admin: Served
+    admin: Listener
+    key: str
 
     @property
     def client(self) -> UnixClient:
-        return UnixClient(str(self.layout.host_sock), timeout=60)
+        return UnixClient(str(self.layout.host_sock), timeout=60, token=self.key)
 
     def cli(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
         base = ["--state-dir", str(self.layout.state), "--run-dir", str(self.layout.run)]
@@ -63,8 +65,9 @@ def host() -> Iterator[Host]:
     swarm.approve(p.id)
     assert swarm.reconcile().ok
     broker = Broker(layout.broker_db)
-    admin = serve_unix(make_admin_app(broker, swarm), layout.host_sock, threads=8)
-    h = Host(root, layout, swarm, driver, broker, admin)
+    key = ensure_operator_key(layout)
+    admin = serve_unix(make_admin_app(broker, swarm, key), layout.host_sock)
+    h = Host(root, layout, swarm, driver, broker, admin, key)
     try:
         yield h
     finally:

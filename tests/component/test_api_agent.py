@@ -1,7 +1,8 @@
-"""The agent and manager socket APIs over real unix sockets (waitress) and a real sqlite broker.
+"""The agent and manager socket APIs over real unix sockets (hivehttp) and a real sqlite broker.
 
-``FakeOps`` and the ``swarm`` fixture here are shared with ``test_api_admin`` and
-``test_hostile_bodies``.
+``FakeOps`` and the ``swarm`` fixture here are shared with ``test_api_admin``,
+``test_auth_sockets`` and ``test_hostile_bodies``. Every client carries its
+credential (the agent's, or the operator key for host.sock).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any
 
 import pytest
 
-from controller.api import make_admin_app
+from controller.api import make_admin_app, make_agent_app
+from controller.auth import AgentCredentials, LoginTokens, ensure_operator_key
 from controller.broker import Broker
 from controller.errors import Conflict, Invalid, NotFound, TransientError
-from controller.httpserve import Served, SocketRegistry, serve_unix
 from controller.model import Action, ActionKind
 from controller.ops import Lifecycle, PassResult, Proposal, ProposalKind, ProposalState
 from controller.paths import Layout
+from hivehttp import Listener, serve_unix
 from schemas.client import ApiError, UnixClient, Unreachable
 from schemas.names import MANAGER, InvalidName, check_agent_name
 from schemas.validate import validate
@@ -117,23 +119,58 @@ class FakeOps:
         return {"agents": self.list_agents(), "pending": pending, "runtime": "fake"}
 
 
+AGENTS = ("alice", "bob", "carol", MANAGER)
+
+
+def serve_agents(
+    broker: Broker,
+    ops: Any,
+    layout: Layout,
+    credentials: AgentCredentials,
+    names: tuple[str, ...] = AGENTS,
+) -> dict[str, Listener]:
+    """Issue each agent a credential and serve its socket (what ``SocketRegistry`` does)."""
+    out = {}
+    for name in names:
+        credentials.issue(name)
+        flavor = "manager" if name == MANAGER else "agent"
+        app = make_agent_app(broker, name, ops, flavor, credentials)
+        out[name] = serve_unix(app, layout.agent_sock(name), name=name)
+    return out
+
+
 @dataclass
 class Swarm:
-    """A broker, fake ops, the agent/manager sockets (via ``SocketRegistry``) and host.sock."""
+    """A broker, fake ops, the agent/manager sockets and host.sock, with real credentials."""
 
     dir: Path
     broker: Broker
     ops: FakeOps
     layout: Layout
-    registry: SocketRegistry
-    admin: Served
-    extra: list[Served] = field(default_factory=list)
+    credentials: AgentCredentials
+    operator_key: str
+    login_tokens: LoginTokens
+    sockets: dict[str, Listener]
+    admin: Listener
+    extra: list[Listener] = field(default_factory=list)
 
-    def client(self, who: str, timeout: float = 30.0) -> UnixClient:
-        """A client of ``who``'s socket (``operator`` → host.sock)."""
+    def token(self, who: str) -> str:
+        """``who``'s credential (``operator`` → the operator key)."""
         if who == "operator":
-            return UnixClient(str(self.layout.host_sock), timeout=timeout)
-        return UnixClient(str(self.layout.agent_sock(who)), timeout=timeout)
+            return self.operator_key
+        token = self.credentials.current(who)
+        assert token is not None
+        return token
+
+    def sock(self, who: str) -> Path:
+        """``who``'s socket path (``operator`` → host.sock)."""
+        return self.layout.host_sock if who == "operator" else self.layout.agent_sock(who)
+
+    def client(self, who: str, timeout: float = 30.0, token: str | None = "own") -> UnixClient:
+        """A client of ``who``'s socket (``operator`` → host.sock) sending ``who``'s
+        credential, or ``token`` when given (None: no credential)."""
+        tok = self.token(who) if token == "own" else token
+        return UnixClient(str(self.sock(who)), timeout=timeout, token=tok)
 
 
 def make_swarm(heartbeat: float = 15.0, max_streams: int = 8) -> Swarm:
@@ -142,21 +179,29 @@ def make_swarm(heartbeat: float = 15.0, max_streams: int = 8) -> Swarm:
     layout = Layout(state=d, run=d / "run")
     broker = Broker(layout.broker_db)
     ops = FakeOps()
-    registry = SocketRegistry(broker, ops, layout)
-    registry.sync(["alice", "bob", "carol", MANAGER])
+    credentials = AgentCredentials(layout)
+    key = ensure_operator_key(layout)
+    tokens = LoginTokens()
+    sockets = serve_agents(broker, ops, layout, credentials)
     admin = serve_unix(
-        make_admin_app(broker, ops, heartbeat_seconds=heartbeat, max_streams=max_streams),
+        make_admin_app(
+            broker,
+            ops,
+            key,
+            login_tokens=tokens,
+            dashboard_url=lambda: "http://127.0.0.1:7000",
+            heartbeat_seconds=heartbeat,
+            max_streams=max_streams,
+        ),
         layout.host_sock,
-        threads=12,
+        name="host.sock",
     )
-    return Swarm(d, broker, ops, layout, registry, admin)
+    return Swarm(d, broker, ops, layout, credentials, key, tokens, sockets, admin)
 
 
 def close_swarm(s: Swarm) -> None:
     """Stop every server and close the broker."""
-    s.registry.close_all(timeout=3.0)
-    s.admin.stop(timeout=3.0)
-    for x in s.extra:
+    for x in [*s.sockets.values(), s.admin, *s.extra]:
         x.stop(timeout=3.0)
     s.broker.close()
 
@@ -400,11 +445,12 @@ def test_client_gone_during_long_poll_does_not_swallow_message(swarm: Swarm) -> 
     payload = b'{"wait_seconds": 30}'
     sock.sendall(
         b"POST /recv HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + swarm.token("bob").encode() + b"\r\n"
         b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
     )
     time.sleep(0.3)
     sock.close()
-    time.sleep(1.5)  # the parked worker notices within about a second
+    time.sleep(0.5)  # the loop sees the hang-up at once
     swarm.client("alice").post("/send", {"to": "bob", "body": "do not lose me"})
     time.sleep(0.3)
     m = swarm.client("bob").post("/recv", {"wait_seconds": 2})["message"]
@@ -458,16 +504,21 @@ _CHILD = """
 import sys, time
 from pathlib import Path
 from controller.api import make_agent_app
+from controller.auth import AgentCredentials
 from controller.broker import Broker
-from controller.httpserve import serve_unix
+from controller.paths import Layout
+from hivehttp import serve_unix
 
 class Ops:
     def agent_names(self): return frozenset({"alice", "bob", "manager"})
     def allowed_recipients(self, agent): return ()
 
 b = Broker(Path(sys.argv[1]))
-serve_unix(make_agent_app(b, "alice", Ops()), Path(sys.argv[2]))
-serve_unix(make_agent_app(b, "bob", Ops()), Path(sys.argv[3]))
+creds = AgentCredentials(Layout(Path(sys.argv[1]).parent, Path(sys.argv[1]).parent))
+for name in ("alice", "bob"):
+    creds.ensure(name)  # the first start makes them; a restart keeps them
+serve_unix(make_agent_app(b, "alice", Ops(), "agent", creds), Path(sys.argv[2]))
+serve_unix(make_agent_app(b, "bob", Ops(), "agent", creds), Path(sys.argv[3]))
 print("ready", flush=True)
 while True:
     time.sleep(60)
@@ -495,8 +546,10 @@ def test_kill9_every_acknowledged_send_is_delivered_once() -> None:
     attempts = iter(range(1000))
     killed = threading.Event()
 
+    creds = AgentCredentials(Layout(d, d))
+
     def sender() -> None:
-        client = UnixClient(str(d / "a.sock"), timeout=10.0)
+        client = UnixClient(str(d / "a.sock"), timeout=10.0, token=creds.current("alice"))
         for i in attempts:
             body = f"n{i}"
             try:
@@ -519,7 +572,7 @@ def test_kill9_every_acknowledged_send_is_delivered_once() -> None:
     for t in threads:
         t.join(120)
     try:
-        bob = UnixClient(str(d / "b.sock"))
+        bob = UnixClient(str(d / "b.sock"), token=creds.current("bob"))
         got: list[str] = []
         while (m := bob.post("/recv", {})["message"]) is not None:
             got.append(m["body"])
@@ -601,11 +654,11 @@ def test_dead_letters_over_http(tmp_path: Path) -> None:
     d = Path(tempfile.mkdtemp(prefix="hh-dl-", dir="/tmp"))
     layout = Layout(state=d, run=d / "run")
     broker = Broker(layout.broker_db, max_deliveries=2)
-    registry = SocketRegistry(broker, FakeOps(), layout)
-    registry.sync(["alice", "bob", MANAGER])
+    creds = AgentCredentials(layout)
+    sockets = serve_agents(broker, FakeOps(), layout, creds, ("alice", "bob", MANAGER))
     try:
-        alice = UnixClient(str(layout.agent_sock("alice")))
-        bob = UnixClient(str(layout.agent_sock("bob")))
+        alice = UnixClient(str(layout.agent_sock("alice")), token=creds.current("alice"))
+        bob = UnixClient(str(layout.agent_sock("bob")), token=creds.current("bob"))
         mid = alice.post("/send", {"to": "bob", "body": "poison"})["id"]
         for _ in range(2):  # two harness turns that die before acking
             m = bob.post("/recv", {"wait_seconds": 5, "lease_seconds": 1})["message"]
@@ -613,10 +666,12 @@ def test_dead_letters_over_http(tmp_path: Path) -> None:
         r = bob.post("/recv", {"wait_seconds": 2, "lease_seconds": 1})
         assert r["message"] is None and r["status"]["dead_letters"] == 1
         assert r["status"]["unread"] == 0
-        ev = UnixClient(str(layout.agent_sock(MANAGER))).post("/recv", {})["message"]
+        mgr = UnixClient(str(layout.agent_sock(MANAGER)), token=creds.current(MANAGER))
+        ev = mgr.post("/recv", {})["message"]
         assert ev["event"]["type"] == "DeadLetter" and ev["event"]["id"] == mid
     finally:
-        registry.close_all(timeout=3.0)
+        for x in sockets.values():
+            x.stop(timeout=3.0)
         broker.close()
 
 

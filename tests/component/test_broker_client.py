@@ -1,9 +1,10 @@
-"""``schemas.client.UnixClient`` against real waitress servers: persistent connections,
+"""``schemas.client.UnixClient`` against real hivehttp servers: persistent connections,
 reconnects after a server restart or an idle close, per-thread connections for long polls,
-and the 2-4-8-16-30 s retry schedule."""
+the bearer credential and its 401s, and the 2-4-8-16-30 s retry schedule."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import tempfile
@@ -14,24 +15,39 @@ from typing import Any
 
 import pytest
 
-from controller.httpserve import serve_unix
+from hivehttp import serve_unix
 from schemas import client as client_mod
 from schemas.client import RETRY_DELAYS, ApiError, UnixClient, Unreachable
 
+TOKEN = "t" * 43
+
 
 def _app() -> Any:
-    """Echo app: ``/sleep?S`` sleeps S seconds first, ``/fail`` answers a JSON 404."""
+    """Echo app (ASGI): ``/sleep?S`` sleeps S seconds first, ``/fail`` answers a JSON 404,
+    ``/private`` a JSON 401 unless the bearer is ``TOKEN``; others echo path, body length
+    and the Authorization header."""
 
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        if environ["PATH_INFO"] == "/sleep":
-            time.sleep(float(environ.get("QUERY_STRING") or 0.5))
-        if environ["PATH_INFO"] == "/fail":
-            start_response("404 Not Found", [("Content-Type", "application/json")])
-            return [json.dumps({"error": {"code": "not_found", "message": "no"}}).encode()]
-        size = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(size) if size else b""
-        start_response("200 OK", [("Content-Type", "application/json")])
-        return [json.dumps({"path": environ["PATH_INFO"], "len": len(body)}).encode()]
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+        if path == "/sleep":
+            await asyncio.sleep(float(scope["query_string"] or 0.5))
+        status, doc = 200, {"path": path, "len": len(body), "auth": auth}
+        if path == "/fail":
+            status, doc = 404, {"error": {"code": "not_found", "message": "no"}}
+        if path == "/private" and auth != f"Bearer {TOKEN}":
+            status = 401
+            doc = {"error": {"code": "unauthorized", "message": "needs alice's credential"}}
+        raw = json.dumps(doc).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
 
     return app
 
@@ -91,7 +107,7 @@ def test_idle_connections_expire(sock_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_long_poll_does_not_block_the_same_clients_other_calls(sock_path: Path) -> None:
-    served = serve_unix(_app(), sock_path, threads=4)
+    served = serve_unix(_app(), sock_path)
     try:
         c = UnixClient(str(sock_path))
         c.get("/warm")
@@ -142,3 +158,25 @@ def test_retry_schedule_is_2_4_8_16_30(sock_path: Path) -> None:
     with pytest.raises(Unreachable):
         c.call("GET", "/x")  # retry=False: no sleeping
     assert slept == []
+
+
+def test_the_token_goes_out_as_a_bearer_credential(sock_path: Path) -> None:
+    served = serve_unix(_app(), sock_path)
+    try:
+        assert UnixClient(str(sock_path)).get("/x")["auth"] == ""
+        c = UnixClient(str(sock_path), token=TOKEN)
+        assert c.get("/x")["auth"] == f"Bearer {TOKEN}"
+        assert c.post("/private", {})["auth"] == f"Bearer {TOKEN}"
+        with pytest.raises(ApiError) as err:
+            UnixClient(str(sock_path)).post("/private", {})
+        assert (err.value.status, err.value.code) == (401, "unauthorized")
+        assert "no credential was sent" in err.value.message
+        assert "needs alice's credential" in err.value.message
+        with pytest.raises(ApiError) as err:
+            UnixClient(str(sock_path), token="wrong").get("/private")
+        assert "credential sent to" in err.value.message and "refused" in err.value.message
+        with pytest.raises(ApiError) as err:
+            next(iter(UnixClient(str(sock_path)).stream("/private")))
+        assert err.value.status == 401 and "no credential was sent" in err.value.message
+    finally:
+        served.stop()

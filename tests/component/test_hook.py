@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import http.server
-import socketserver
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
+from test_api_agent import FakeOps
 
+from controller.api import make_admin_app
+from controller.auth import ensure_operator_key
+from controller.broker import Broker
 from controller.config import Config
 from controller.metarepo import MetaRepo
 from controller.paths import Layout
+from hivehttp import serve_unix
 from tests.gitutil import git
 
 CFG = Config(default_model="haiku")
@@ -191,53 +192,50 @@ def test_operator_branches_are_free(meta: MetaRepo, work: Path) -> None:
     assert push(work, ":refs/heads/wip").returncode == 0
 
 
-class _Poke(http.server.BaseHTTPRequestHandler):
-    hits: ClassVar[list[str]] = []
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        type(self).hits.append(self.path)
-        body = b"{}"
-        self.send_response(202)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-    def get_request(self):  # type: ignore[no-untyped-def]
-        request, _ = super().get_request()
-        return request, ("local", 0)
-
-
 @pytest.fixture
-def poke_server(layout: Layout) -> Iterator[list[str]]:
-    layout.run.mkdir(parents=True, exist_ok=True)
-    _Poke.hits = []
-    srv = _UnixHTTPServer(str(layout.host_sock), _Poke)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+def poke_server(layout: Layout) -> Iterator[FakeOps]:
+    """The real host.sock app (fake swarm ops) with the install's operator key."""
+    broker = Broker(layout.state / "broker.sqlite")
+    ops = FakeOps()
+    listener = serve_unix(
+        make_admin_app(broker, ops, ensure_operator_key(layout)), layout.host_sock
+    )
     try:
-        yield _Poke.hits
+        yield ops
     finally:
-        srv.shutdown()
-        srv.server_close()
+        listener.stop(timeout=3.0)
+        broker.close()
 
 
-def test_post_receive_pokes_the_controller(
-    meta: MetaRepo, work: Path, poke_server: list[str]
-) -> None:
+def _approve_by_push(meta: MetaRepo, work: Path) -> subprocess.CompletedProcess[str]:
     meta.propose_spawn("alice")
     fetch(work)
     git("tag", "approved/1", "proposal/1", cwd=work)
     res = push(work, "approved/1")
     assert res.returncode == 0, res.stderr
-    assert poke_server == ["/poke"]
+    return res
+
+
+def test_post_receive_pokes_the_controller(
+    meta: MetaRepo, work: Path, poke_server: FakeOps
+) -> None:
+    res = _approve_by_push(meta, work)
+    assert poke_server.passes == ["hook"]
     assert "the controller is reconciling" in res.stderr
+
+
+def test_post_receive_without_the_operator_key_still_accepts_the_push(
+    meta: MetaRepo, work: Path, layout: Layout, poke_server: FakeOps
+) -> None:
+    """A pusher who cannot read operator.key: the push stands, the poke is skipped."""
+    layout.operator_key.write_text("x" * 43 + "\n")  # not the server's key
+    res = _approve_by_push(meta, work)
+    assert poke_server.passes == []
+    assert "could not poke the controller" in res.stderr
+    assert "operator key" in res.stderr
+    layout.operator_key.unlink()
+    git("tag", "denied/2", "proposal/1", cwd=work)  # any push runs the hook again
+    res = push(work, "HEAD:refs/heads/wip")
+    assert res.returncode == 0, res.stderr
+    assert poke_server.passes == []
+    assert str(layout.operator_key) in res.stderr and "hyperhive serve" in res.stderr

@@ -1,14 +1,17 @@
 """Malformed and hostile requests against every endpoint of the agent, manager and admin
 sockets: each gets a 4xx JSON error that names the problem, never a 500, and the
-server keeps answering."""
+server keeps answering. Requests carry the socket's credential, so they reach the
+app (``test_auth_sockets`` covers the refusals without one)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.client
 import json
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,18 +33,29 @@ class _Conn(http.client.HTTPConnection):
         self.sock = s
 
 
+@dataclass(frozen=True)
+class Target:
+    """A socket and the bearer token to send to it (None: none)."""
+
+    path: str
+    token: str | None
+
+
 def raw(
-    path: str,
+    target: Target,
     method: str,
     url: str,
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any, bytes]:
     """One request with a raw body; returns ``(status, parsed JSON or None, raw body)``."""
-    conn = _Conn(path)
+    conn = _Conn(target.path)
     try:
-        hdrs = {"Content-Type": "application/json", **(headers or {})}
-        conn.request(method, url, body=body, headers=hdrs)
+        auth = {"Authorization": f"Bearer {target.token}"} if target.token else {}
+        hdrs = {"Content-Type": "application/json", **auth, **(headers or {})}
+        # refused (413) before the whole body was read: the answer is waiting anyway
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.request(method, url, body=body, headers=hdrs)
         resp = conn.getresponse()
         data = resp.read()
     finally:
@@ -111,6 +125,9 @@ GENERIC: list[tuple[str, bytes, int]] = [
     ("5000-digit int", b'{"x": ' + b"9" * 5000 + b"}", 400),
     ("2**64", b'{"x": 18446744073709551616}', 400),
     ("deep nesting", DEEP, 400),
+    ("65 levels", b'{"a": ' + b"[" * 64 + b"]" * 64 + b"}", 400),
+    ("lone surrogate", b'{"x": "\\ud800"}', 400),
+    ("lone low surrogate in a key", b'{"\\udc00": 1}', 400),
     ("2 MB body", TWO_MB, 413),
 ]
 
@@ -152,8 +169,8 @@ def _check(
             problems.append(f"{label}: empty error message")
 
 
-def _sock(swarm: Swarm, who: str) -> str:
-    return str(swarm.layout.host_sock if who == "operator" else swarm.layout.agent_sock(who))
+def _sock(swarm: Swarm, who: str) -> Target:
+    return Target(str(swarm.sock(who)), swarm.token(who))
 
 
 @pytest.mark.parametrize(("who", "url", "valid"), POSTS, ids=[f"{w}{u}" for w, u, _ in POSTS])
@@ -166,6 +183,8 @@ def test_hostile_bodies(swarm: Swarm, who: str, url: str, valid: dict[str, Any])
         _check(problems, label, status, doc, data, expect)
         if status == 400 and label == "json array" and doc["error"]["field"] != "(root)":
             problems.append(f"{label}: field should be (root), got {doc['error']['field']}")
+        if status == 400 and label == "lone surrogate" and doc["error"]["field"] != "x":
+            problems.append(f"{label}: field should be x, got {doc['error']['field']}")
 
     status, doc, data = raw(path, "POST", url, json.dumps({**valid, "zzz_unknown": 1}).encode())
     _check(problems, "unknown field", status, doc, data, 400)
@@ -185,6 +204,16 @@ def test_hostile_bodies(swarm: Swarm, who: str, url: str, valid: dict[str, Any])
         hostile: list[Any] = []
         if isinstance(value, str):
             hostile = [BIG, PATHLIKE, UNICODE, ""]
+            # json.dumps escapes it as \ud800: what made sqlite raise UnicodeEncodeError (500)
+            body = {**valid, key: "a\ud800b"}
+            status, doc, data = raw(path, "POST", url, json.dumps(body).encode())
+            _check(problems, f"{key}=lone surrogate", status, doc, data, 400)
+            if status == 400 and doc["error"]["field"] != key:
+                problems.append(f"{key}=lone surrogate: field is {doc['error']['field']!r}")
+        elif isinstance(value, list) and value and isinstance(value[0], str):
+            body = {**valid, key: ["\udfff"]}
+            status, doc, data = raw(path, "POST", url, json.dumps(body).encode())
+            _check(problems, f"{key}=[lone surrogate]", status, doc, data, 400)
         elif isinstance(value, int | float) and not isinstance(value, bool):
             hostile = [-1, 0, -(2**63), 2**63, 10**30, 10**18, -0.5, 1.5e300]
         elif isinstance(value, list):
@@ -263,7 +292,7 @@ def test_garbage_on_the_wire_does_not_hurt(swarm: Swarm) -> None:
     ):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(5)
-        s.connect(path)
+        s.connect(path.path)
         s.sendall(junk)
         try:
             s.shutdown(socket.SHUT_WR)
