@@ -90,7 +90,7 @@ async function main(page) {
   if (!scrollable) await page.setViewportSize({ width: 1280, height: 520 });
   await page.$eval('#terminal', (t) => { t.scrollTop = 0; t.dispatchEvent(new Event('scroll')); });
   const turnsBefore = await page.$$eval('#log .turn-end', (r) => r.length);
-  await page.evaluate(() => fetch('/api/send', {
+  await page.evaluate(() => fetch('api/send', {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ body: 'thanks, noted' }),
   }));
   await page.waitForSelector('#new-pill:not([hidden])', { timeout: 60000 });

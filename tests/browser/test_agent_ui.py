@@ -8,21 +8,29 @@ a message typed in the prompt box wakes a turn whose text streams into the live 
 while the badge says thinking, the badge goes back to idle, a turn arriving while scrolled
 up raises the "↓ N new" pill, ``/help`` and the cancel button work. A second harness
 without credentials shows the login panel; the real ``claude auth login`` URL appears in
-it. Screenshots go to the test's tmp dir; with ``HYPERHIVE_UPDATE_SCREENSHOTS=1`` (or when
-missing) they also replace ``docs/img/agent-ui.png`` and ``docs/img/agent-ui-login.png``.
+it.
+
+The harness serves its UI on a unix socket only; the browser reaches it through
+:class:`Forwarder`, a loopback HTTP server in this test. The first story runs the page
+the way the controller's dashboard serves it, under ``/agents/alice/``: the page and
+``static/*`` from the harness' asset files, ``api/*`` and ``events/stream`` forwarded to
+the socket (Cookie and Authorization stripped). The login story forwards everything at
+``/``, so the harness' own page is the one loaded. Screenshots go to the test's tmp dir;
+with ``HYPERHIVE_UPDATE_SCREENSHOTS=1`` (or when missing) they also replace
+``docs/img/agent-ui.png`` and ``docs/img/agent-ui-login.png``.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +42,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "component" / "harness"))
 
-from standin import StandIn  # noqa: E402
+from standin import StandIn, UnixHTTPConnection, request, write_credential  # noqa: E402
 
 from tests.fakeapi import (  # noqa: E402
     FakeAnthropic,
@@ -119,28 +127,109 @@ def scene(state: Path) -> Rules:
     )  # fmt: skip
 
 
+ASSETS = ROOT / "harness" / "assets"
+#: What the dashboard serves itself under /agents/<name>/ (the rest goes to the socket).
+PAGE_FILES = {"": ("index.html", "text/html; charset=utf-8"),
+              "static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+              "static/app.css": ("app.css", "text/css; charset=utf-8")}  # fmt: skip
+FORWARDED = ("api/", "events/stream")
+PASS_HEADERS = ("content-type", "accept", "last-event-id", "content-length")
+
+
+class Forwarder:
+    """A loopback HTTP server in front of the UI's unix socket, mounted at ``prefix``.
+
+    ``page_from_assets``: serve the page and ``static/*`` from the harness' files and forward
+    only ``api/*`` and ``events/stream`` (what the dashboard does); otherwise forward all.
+    Streams (SSE) are copied as they arrive.
+    """
+
+    def __init__(self, sock: Path, prefix: str = "/", page_from_assets: bool = False) -> None:
+        self.sock, self.prefix, self.from_assets = sock, prefix, page_from_assets
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # one request per connection; streams end on close
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.handle(self)
+
+            do_POST = do_GET
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{self.prefix}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.path == self.prefix.rstrip("/"):
+            h.send_response(301)
+            h.send_header("Location", self.prefix)
+            h.end_headers()
+            return
+        if not h.path.startswith(self.prefix):
+            h.send_error(404)
+            return
+        rest = h.path[len(self.prefix) :]
+        where = rest.split("?", 1)[0]
+        if self.from_assets and where in PAGE_FILES:
+            name, ctype = PAGE_FILES[where]
+            data = (ASSETS / name).read_bytes()
+            h.send_response(200)
+            h.send_header("Content-Type", ctype)
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+            return
+        if self.from_assets and not where.startswith(FORWARDED):
+            h.send_error(404)
+            return
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else None
+        headers = {k: v for k, v in h.headers.items() if k.lower() in PASS_HEADERS}
+        conn = UnixHTTPConnection(self.sock, timeout=600)
+        try:
+            conn.request(h.command, "/" + rest, body=body, headers=headers)
+            resp = conn.getresponse()
+            h.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    h.send_header(k, v)
+            h.send_header("X-Content-Type-Options", "nosniff")
+            h.end_headers()
+            while chunk := resp.read1(65536):
+                h.wfile.write(chunk)
+                h.wfile.flush()
+        except OSError:
+            pass  # the browser or the harness went away
+        finally:
+            conn.close()
+
+
 @dataclass
 class Harness:
     proc: subprocess.Popen[bytes]
     api: FakeAnthropic
     sock: StandIn
     state: Path
-    port: int
+    web: Path
     log: Path
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
     def state_doc(self) -> Any:
-        with urllib.request.urlopen(self.url + "api/state", timeout=10) as r:
-            return json.loads(r.read())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        status, doc = request(UnixHTTPConnection(self.web), "GET", "/api/state")
+        if status != 200:
+            raise OSError(f"{status}: {doc}")
+        return doc
 
 
 def _wait(pred: Any, timeout: float) -> bool:
@@ -168,19 +257,20 @@ def harness(root: Path, name: str, script: Any, *, key: bool = True) -> Iterator
         "dashboard_url": "http://127.0.0.1:7000/", "meta_commit": "4f9c2d1e" * 5,
         "hyperhive_version": "0.1.0",
     }))  # fmt: skip
-    port = _free_port()
     env = api.cli_env(root / "home")
     if not key:
         env["ANTHROPIC_API_KEY"] = ""
+    web = root / "web.sock"
     env.update(
         HYPERHIVE_AGENT=name, HYPERHIVE_FLAVOR="agent", HYPERHIVE_SOCKET=sock.path,
+        HYPERHIVE_CREDENTIAL_FILE=str(write_credential(root / "credential")),
         HYPERHIVE_STATE_DIR=str(state), HYPERHIVE_SETTINGS=str(settings),
-        HYPERHIVE_WEB_PORT=str(port), HYPERHIVE_CLAUDE_BIN=str(CLI), PYTHONPATH=str(ROOT),
+        HYPERHIVE_WEB_SOCKET=str(web), HYPERHIVE_CLAUDE_BIN=str(CLI), PYTHONPATH=str(ROOT),
     )  # fmt: skip
     log = root / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "harness", "serve"], env=env, cwd=state,
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))  # fmt: skip
-    h = Harness(proc, api, sock, state, port, log)
+    h = Harness(proc, api, sock, state, web, log)
     try:
         assert _wait(lambda: h.state_doc()["agent"] == name, 20), log.read_text()
         yield h
@@ -231,7 +321,11 @@ def test_agent_ui_in_chromium(tmp_path: Path) -> None:
         h.sock.deliver("bob", "please tidy the notes and tell me when done")
         assert _wait(lambda: _turns(h) >= 1, 90), h.log.read_text()[-3000:]
         shot = tmp_path / "agent-ui.png"
-        seen = _drive("main", h.url, shot)
+        fwd = Forwarder(h.web, "/agents/alice/", page_from_assets=True)
+        try:
+            seen = _drive("main", fwd.url, shot)
+        finally:
+            fwd.close()
         log = h.log.read_text()[-4000:]
         # the history was backfilled: the first turn's tools, rendered readably
         summaries = seen["summaries"]
@@ -273,7 +367,11 @@ def test_login_panel_in_chromium(tmp_path: Path) -> None:
     with harness(tmp_path / "carol", "carol", Rules(), key=False) as h:
         assert _wait(lambda: h.state_doc()["status"] == "needs_login", 20)
         shot = tmp_path / "agent-ui-login.png"
-        seen = _drive("login", h.url, shot)
+        fwd = Forwarder(h.web, "/")
+        try:
+            seen = _drive("login", fwd.url, shot)
+        finally:
+            fwd.close()
         assert seen["badge"] == "needs login"
         assert seen["panelTitle"].startswith("claude needs a login")
         assert seen["url"].startswith("https://claude.com/cai/oauth/authorize?")
