@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller import tombstones
+from controller.auth.agents import AgentCredentials
 from controller.config import Config
 from controller.drivers.base import Deployment, Driver
 from controller.errors import (
@@ -190,7 +191,11 @@ class Swarm:
     ``controller.drivers.base.Driver``; ``on_deploy(agent)`` runs before an
     agent's process/container is created or started (the serve layer opens its
     socket there); ``on_destroy(agent)`` after it was destroyed. ``clock`` gives
-    unix seconds (backoff, transition times).
+    unix seconds (backoff, transition times). ``credentials`` (default: over
+    ``layout``) holds the agents' broker credentials: a fresh one is issued
+    before every create (first deploy or recreate: rotation), one is made if
+    missing before any other start, and it is removed when the agent is
+    destroyed (a tombstone never keeps a live credential).
     """
 
     def __init__(
@@ -204,13 +209,21 @@ class Swarm:
         *,
         on_destroy: Callable[[str], None] = lambda a: None,
         clock: Callable[[], float] = time.time,
+        credentials: AgentCredentials | None = None,
     ) -> None:
         self.layout = layout
         self.config = config
         self.meta = meta
         self.broker = broker
         self.driver = driver
-        self.on_deploy = on_deploy
+        self.credentials = credentials if credentials is not None else AgentCredentials(layout)
+
+        def deploying(agent: str) -> None:
+            # every (re)start needs a credential: agents deployed before credentials existed
+            self.credentials.ensure(agent)
+            on_deploy(agent)
+
+        self.on_deploy = deploying
         self.on_destroy = on_destroy
         self._clock = clock
         self._pass_lock = threading.RLock()
@@ -671,6 +684,7 @@ class Swarm:
             )
         elif action.kind is ActionKind.DESTROY:
             self.on_destroy(name)
+            self.credentials.remove(name)
             have = observed.get(name)
             self._bury(name, have.commit if have is not None else None, desired.commit)
         self._event(name, _DONE_EVENT[action.kind], action.reason)
@@ -696,6 +710,7 @@ class Swarm:
             have = observed.get(name)
             if kind is ActionKind.CREATE:
                 self._restore(name)
+                self.credentials.issue(name)  # first deploy or recreate: a fresh credential
             d = self._deployment(want, existing=have is not None and have.phase is not Phase.ABSENT)
             self.on_deploy(name)
             if kind is ActionKind.CREATE:

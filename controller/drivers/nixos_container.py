@@ -94,6 +94,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from controller import __version__
+from controller.auth.agents import AgentCredentials
 from controller.config import Config
 from controller.drivers.base import Deployment, LineSink
 from controller.drivers.journal import read_journal, run_captured
@@ -232,6 +233,9 @@ def bind_flags(layout: Layout, agent: str) -> list[str]:
         ("--bind", layout.agent_claude(agent), "/root/.claude"),
         ("--bind", layout.agent_state(agent), "/state"),
         ("--bind-ro", layout.agent_settings(agent), "/etc/hyperhive/settings.json"),
+        # the harness's default $HYPERHIVE_CREDENTIAL_FILE; a file bind pins the inode, which
+        # is fine: the credential only rotates on a recreate, which binds it anew
+        ("--bind-ro", layout.agent_credential(agent), "/etc/hyperhive/credential"),
     ]
     if agent == MANAGER:
         binds.append(("--bind", layout.manager_meta, "/meta"))
@@ -587,8 +591,10 @@ class NixosContainerDriver:
         """Create the bind sources nspawn needs (it fails to start on a missing one).
 
         New directories: claude/ 0700 (credentials), state/ and the socket dir
-        0750; an absent settings.json becomes ``{}`` (0444). Existing ones are
-        left alone (the socket dir is the API server's).
+        0750; an absent settings.json becomes ``{}`` (0444); an absent broker
+        credential is issued (0600; the swarm issues it before a deploy, this
+        covers a driver used alone). Existing ones are left alone (the socket
+        dir is the API server's).
         """
         lay = self.layout
         dirs: list[tuple[Path, int]] = [
@@ -606,6 +612,7 @@ class NixosContainerDriver:
             settings = lay.agent_settings(agent)
             if not settings.exists():
                 atomic_write(settings, "{}\n", 0o444)
+            AgentCredentials(lay).ensure(agent)
         except OSError as exc:
             _os_error("bind source", Path(exc.filename or lay.agent_dir(agent)), exc)
 
