@@ -121,6 +121,13 @@ def make_driver(cfg: Config, layout: Layout) -> Driver:
     )
 
 
+def _url_host(host: str) -> str:
+    """The host part of a URL that reaches a server bound to ``host``."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -152,6 +159,7 @@ def run_daemon(
 ) -> int:
     """Run the controller until SIGTERM/SIGINT; returns the process exit code."""
     from controller.api.admin import make_admin_app
+    from controller.auth import AgentCredentials, LoginTokens, ensure_operator_key
     from controller.broker import Broker
     from controller.dashboard.app import make_dashboard_app
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
@@ -159,6 +167,7 @@ def run_daemon(
     from controller.retention import sweep_event_logs
     from controller.swarm import Swarm
     from controller.systemd_notify import SystemdNotify, Watchdog, status_line
+    from hivehttp import browser_policy
 
     _setup_logging(cfg.log_level)
     if dashboard:
@@ -207,30 +216,70 @@ def run_daemon(
             if registry is not None:
                 registry.remove(agent)
 
+        operator_key = ensure_operator_key(layout)
+        credentials = AgentCredentials(layout)
         swarm = Swarm(layout, cfg, meta, broker, driver, on_deploy=on_deploy, on_destroy=on_destroy)
-        registry = SocketRegistry(broker, swarm, layout)
+        registry = SocketRegistry(broker, swarm, layout, credentials)
         stack.callback(registry.close_all)
-        admin = serve_unix(make_admin_app(broker, swarm), layout.host_sock, threads=16)
+        login_tokens = LoginTokens()
+        dashboard_url: list[str] = []
+        admin = serve_unix(
+            make_admin_app(
+                broker,
+                swarm,
+                operator_key,
+                login_tokens=login_tokens,
+                dashboard_url=lambda: dashboard_url[0] if dashboard_url else None,
+            ),
+            layout.host_sock,
+            name="host.sock",
+        )
         stack.callback(admin.stop)
         registry.sync(swarm.agent_names())
-        # SSE streams each hold a thread; this event ends them on shutdown
+        # ends open message flows on shutdown
         streams_stop = threading.Event()
-        dash = serve_tcp(
-            make_dashboard_app(swarm, broker, stop=streams_stop),
-            cfg.dashboard_host,
-            cfg.dashboard_port,
-            threads=24,
-        )
+        try:
+            dash = serve_tcp(
+                make_dashboard_app(
+                    swarm,
+                    broker,
+                    operator_key=operator_key,
+                    login_tokens=login_tokens,
+                    web_sock=layout.agent_web_sock,
+                    stop=streams_stop,
+                ),
+                cfg.dashboard_host,
+                cfg.dashboard_port,
+                policy=browser_policy(frozenset(cfg.dashboard_hosts)),
+                name="dashboard",
+            )
+        except OSError as exc:
+            log.error(
+                "cannot serve the dashboard on %s:%d: %s (another program uses the port? "
+                "choose another with --dashboard HOST:PORT)",
+                cfg.dashboard_host,
+                cfg.dashboard_port,
+                exc.strerror or exc,
+            )
+            return 2
         stack.callback(dash.stop)
         stack.callback(streams_stop.set)
+        dashboard_url.append(f"http://{_url_host(cfg.dashboard_host)}:{dash.port}")
         log.info(
-            "hyperhive %s: state %s, runtime %s, admin %s, dashboard http://%s:%d/",
+            "hyperhive %s: state %s, runtime %s, admin %s, dashboard %s/",
             meta.version,
             layout.state,
             driver.name,
             layout.host_sock,
-            cfg.dashboard_host,
-            dash.port,
+            dashboard_url[0],
+        )
+        login = login_tokens.issue()
+        log.info(
+            "open %s/login?token=%s to log in to the dashboard (one use, within %d minutes; "
+            "`hyperhive dashboard` prints a new one)",
+            dashboard_url[0],
+            login.token,
+            int(login_tokens.ttl // 60),
         )
 
         def run_pass(reason: str) -> None:

@@ -191,8 +191,9 @@ def _is_json(scope: Scope) -> bool:
     return media == b"application/json"
 
 
-def guarded(app: ASGIApp, policy: Policy) -> ASGIApp:
-    """``app`` behind the checks of ``policy`` (see the module doc); an ASGI 3 app."""
+def guarded(app: Any, policy: Policy) -> ASGIApp:
+    """``app`` (any ASGI 3 app, e.g. a ``falcon.asgi.App``) behind the checks of ``policy``
+    (see the module doc)."""
 
     async def guard(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

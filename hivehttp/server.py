@@ -44,7 +44,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from hivehttp.guard import ASGIApp, Policy, guarded
+from hivehttp.guard import Policy, guarded
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class Listener:
         self,
         core: HttpCore,
         name: str,
-        app: ASGIApp,
+        app: Any,
         limits: Limits,
         path: Path | None,
     ) -> None:
@@ -413,7 +413,7 @@ class HttpCore:
 
     def serve_unix(
         self,
-        app: ASGIApp,
+        app: Any,
         path: Path,
         *,
         perms: int = 0o600,
@@ -447,7 +447,7 @@ class HttpCore:
 
     def serve_tcp(
         self,
-        app: ASGIApp,
+        app: Any,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
@@ -529,7 +529,7 @@ def default_core() -> HttpCore:
 
 
 def serve_unix(
-    app: ASGIApp,
+    app: Any,
     path: Path,
     *,
     perms: int = 0o600,
@@ -550,7 +550,7 @@ def serve_unix(
 
 
 def serve_tcp(
-    app: ASGIApp,
+    app: Any,
     host: str = "127.0.0.1",
     port: int = 0,
     *,

@@ -24,7 +24,8 @@ let
     ps.pygit2
     ps.pyyaml
     ps.sdnotify
-    ps.waitress
+    ps.uvicorn
+    ps.h11
   ];
 in
 python.pkgs.buildPythonApplication {
@@ -39,6 +40,7 @@ python.pkgs.buildPythonApplication {
       ../controller
       ../harness
       ../schemas
+      ../hivehttp
       ../tests
       ./templates
       (lib.fileset.maybeMissing ../README.md)
@@ -85,6 +87,7 @@ python.pkgs.buildPythonApplication {
     "controller"
     "harness"
     "schemas"
+    "hivehttp"
   ];
 
   passthru = {
