@@ -402,6 +402,18 @@ def test_without_bwrap_the_agent_is_not_isolated(tmp_path: Path) -> None:
     assert (iso.isolated, iso.reason) == (False, "NoSandbox")
     assert "install bubblewrap" in iso.message
     assert driver.command("alice") == list(driver.argv)
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time\nwhile True:\n    time.sleep(0.1)\n")
+    driver = LocalDriver(
+        lay, Config(), {"PATH": str(empty)}, argv=[sys.executable, str(script)], sandbox=True
+    )
+    driver.create(deployment("alice"), lambda _line: None)
+    try:
+        log = (lay.log_dir / "alice.log").read_text()
+        assert "NOT sandboxed: bwrap is not installed" in log
+        assert driver.isolation("alice").reason == "NoSandbox"
+    finally:
+        driver.stop("alice")
     off = LocalDriver(lay, Config(), {"PATH": os.environ["PATH"]}, sandbox=False)
     iso = off.isolation("alice")
     assert (iso.isolated, iso.reason) == (False, "NoSandbox")
@@ -488,3 +500,22 @@ def test_claude_and_the_harness_run_inside_the_sandbox(tmp_path: Path) -> None:
     assert api.parsed and api.parsed[0].last_user_text == "say hello"
     # claude kept its config and session in the agent's own claude dir
     assert any(lay.agent_claude("alice").iterdir())
+
+
+@needs_bwrap
+def test_an_agent_started_unsandboxed_stays_not_isolated_until_restarted(tmp_path: Path) -> None:
+    lay = Layout(tmp_path / "state", tmp_path / "run")
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time\nwhile True:\n    time.sleep(0.1)\n")
+    env = {"PATH": os.environ["PATH"]}
+    argv = [sys.executable, str(script)]
+    plain = LocalDriver(lay, Config(), env, argv=argv, sandbox=False)
+    plain.create(deployment("alice"), lambda _line: None)
+    sandboxed = LocalDriver(lay, Config(), env, argv=argv, sandbox=True)
+    try:
+        iso = sandboxed.isolation("alice")
+        assert (iso.isolated, iso.reason) == (False, "NoSandbox") and "restart" in iso.message
+        sandboxed.restart("alice")
+        assert sandboxed.isolation("alice").reason == "Bubblewrap"
+    finally:
+        sandboxed.stop("alice")

@@ -118,6 +118,9 @@ def test_create_runs_the_harness_with_the_contract(driver: LocalDriver, layout: 
     assert env["HYPERHIVE_SOCKET"] == str(layout.agent_sock("alice"))
     assert env["HYPERHIVE_STATE_DIR"] == str(layout.agent_state("alice"))
     assert env["HYPERHIVE_SETTINGS"] == str(layout.agent_settings("alice"))
+    assert env["HYPERHIVE_CREDENTIAL_FILE"] == str(layout.agent_credential("alice"))
+    assert env["HYPERHIVE_WEB_SOCKET"] == str(layout.agent_web_sock("alice"))
+    assert env["HYPERHIVE_SANDBOX"] == "none (local_sandbox is off)"
     assert env["HYPERHIVE_WEB_PORT"] == "8123"
     assert env["HYPERHIVE_WEB_HOST"] == "127.0.0.1"
     assert env["CLAUDE_CONFIG_DIR"] == str(layout.agent_claude("alice"))
@@ -140,7 +143,9 @@ def test_create_runs_the_harness_with_the_contract(driver: LocalDriver, layout: 
     assert stat.S_IMODE(layout.agent_claude("alice").stat().st_mode) == 0o700
     marker = json.loads((layout.agent_dir("alice") / "deployed.json").read_text())
     assert marker["commit"] == "abc123" and marker["has_nix"] is True
-    info = json.loads((layout.agent_dir("alice") / "harness.pid").read_text())
+    pid_file = layout.agent_dir("alice") / "harness.pid"
+    assert stat.S_IMODE(pid_file.stat().st_mode) == 0o600
+    info = json.loads(pid_file.read_text())
     assert info["pid"] == s["pid"]
     assert os.getpgid(info["pid"]) == info["pid"]  # its own session / process group
     log = (layout.log_dir / "alice.log").read_text()
