@@ -430,6 +430,9 @@ class LocalDriver:
         env = agent_env(self.layout, agent, web_port, self.env)
         path, why = self.bwrap()
         env["HYPERHIVE_SANDBOX"] = "bwrap" if path else f"none ({why or 'local_sandbox is off'})"
+        if path:
+            # the controller's TMPDIR is hidden or read-only inside; /tmp is private and writable
+            env["TMPDIR"] = "/tmp"
         log_path = self.log_file(agent)
         self._rotate(log_path, copy=False)
         with open(log_path, "ab") as fh:

@@ -48,6 +48,7 @@ import json, os, signal, socket, sys, time
 
 targets = json.loads(os.environ["ANTHROPIC_PROBE_TARGETS"])
 report = {"pid": os.getpid(), "env_credential": os.environ.get("HYPERHIVE_CREDENTIAL_FILE"),
+          "tmpdir": os.environ.get("TMPDIR"),
           "env_web_socket": os.environ.get("HYPERHIVE_WEB_SOCKET")}
 
 def read(path):
@@ -250,6 +251,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "ANTHROPIC_PROBE_TARGETS": json.dumps(targets),
         "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{targets['tcp_port']}",
+        "TMPDIR": str(lay.state / "tmp"),
     }
     driver = LocalDriver(
         lay,
@@ -278,6 +280,7 @@ def test_an_agent_sees_only_its_own_files_and_sockets(world: dict[str, Any]) -> 
 
     assert report["env_credential"] == str(lay.agent_credential("alice"))
     assert report["env_web_socket"] == str(lay.agent_web_sock("alice"))
+    assert report["tmpdir"] == "/tmp"
     r = report["read"]
     assert r["own_credential"] == "alice-credential\n"
     assert json.loads(r["own_settings"])["agent"] == "alice"
