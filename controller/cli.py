@@ -107,7 +107,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = load_config(Path(args.config) if args.config else None)
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_ERROR) from exc
-    return run_daemon(cfg, args.state_dir, args.run_dir, dashboard=args.dashboard)
+    return run_daemon(
+        cfg,
+        args.state_dir,
+        args.run_dir,
+        dashboard=args.dashboard,
+        reset_broker=bool(args.reset_broker),
+    )
 
 
 def _print_plan(result: dict[str, Any]) -> None:
@@ -503,6 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--dashboard", metavar="HOST:PORT", help="dashboard bind address (default 127.0.0.1:7000)"
+    )
+    s.add_argument(
+        "--reset-broker",
+        action="store_true",
+        help="start with an empty broker when <state>/broker.sqlite is missing, emptied or "
+        "damaged although agents have run here (a damaged file is moved aside, never "
+        "deleted); without it the controller refuses to start and says why",
     )
     s.set_defaults(fn=cmd_serve)
 

@@ -155,16 +155,28 @@ def one_shot_pass(
 
 
 def run_daemon(
-    cfg: Config, state_dir: str | None, run_dir: str | None, dashboard: str | None = None
+    cfg: Config,
+    state_dir: str | None,
+    run_dir: str | None,
+    dashboard: str | None = None,
+    *,
+    reset_broker: bool = False,
 ) -> int:
-    """Run the controller until SIGTERM/SIGINT; returns the process exit code."""
+    """Run the controller until SIGTERM/SIGINT; returns the process exit code.
+
+    Exit 2, with one log line saying why and what to do, when another
+    controller holds the state dir, the broker database is refused
+    (``controller.dbcheck``), or a listener cannot be opened.
+    """
     from controller.api.admin import make_admin_app
     from controller.auth import AgentCredentials, LoginTokens, ensure_operator_key
     from controller.broker import Broker
     from controller.dashboard.app import make_dashboard_app
+    from controller.dbcheck import BrokerDbRefused, check_broker_db
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
     from controller.retention import sweep_event_logs
+    from controller.statedir import prepare_state_dirs
     from controller.swarm import Swarm
     from controller.systemd_notify import SystemdNotify, Watchdog, status_line
     from hivehttp import browser_policy
@@ -189,15 +201,27 @@ def run_daemon(
     signal.signal(signal.SIGINT, on_signal)
 
     try:
+        # umask 077 from here on: the broker, logs and meta repo are the operator's alone
+        for tightened in prepare_state_dirs(layout):
+            log.info("%s", tightened)
         lock_cm = state_lock(layout)
         lock_cm.__enter__()
     except AlreadyRunning as exc:
         log.error("%s", exc)
         return 2
+    except OSError as exc:
+        log.error("cannot prepare the state dir %s: %s", layout.state, exc)
+        return 2
     with ExitStack() as stack:
         stack.callback(lock_cm.__exit__, None, None, None)
         for d in (layout.run, layout.log_dir):
             d.mkdir(parents=True, exist_ok=True)
+        try:
+            checked = check_broker_db(layout, reset=reset_broker)
+        except BrokerDbRefused as exc:
+            log.error("%s", exc)
+            return 2
+        log.info("broker database: %s", checked.detail)
         meta = MetaRepo.open_or_init(layout, cfg, version=hyperhive_version())
         broker = Broker(layout.broker_db)
         stack.callback(broker.close)
@@ -218,7 +242,16 @@ def run_daemon(
 
         operator_key = ensure_operator_key(layout)
         credentials = AgentCredentials(layout)
-        swarm = Swarm(layout, cfg, meta, broker, driver, on_deploy=on_deploy, on_destroy=on_destroy)
+        swarm = Swarm(
+            layout,
+            cfg,
+            meta,
+            broker,
+            driver,
+            on_deploy=on_deploy,
+            on_destroy=on_destroy,
+            credentials=credentials,
+        )
         registry = SocketRegistry(broker, swarm, layout, credentials)
         stack.callback(registry.close_all)
         login_tokens = LoginTokens()

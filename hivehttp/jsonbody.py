@@ -59,7 +59,9 @@ def _finite_float(text: str) -> float:
 
 
 def _join(path: str, key: object) -> str:
-    return str(key) if path == "(root)" else f"{path}.{key}"
+    # a key may hold a lone surrogate; the path is echoed in errors, so keep it encodable
+    text = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if path == "(root)" else f"{path}.{text}"
 
 
 def _check_text(text: str, path: str) -> None:

@@ -53,6 +53,9 @@ T = TypeVar("T")
 SUN_PATH_MAX = 107
 """Longest unix socket path the kernel accepts (``sun_path`` less the NUL)."""
 
+EXECUTOR_WORKERS = 32
+"""Threads ``asyncio.to_thread`` may use on a core's loop (made on demand)."""
+
 REFUSED_LINGER = 1.0
 """Seconds a refused connection is drained before it is closed."""
 
@@ -382,6 +385,14 @@ class HttpCore:
             if self.running:
                 return
             loop = asyncio.new_event_loop()
+            # handlers run git, reconcile and lifecycle verbs through to_thread; those can take
+            # minutes, and the default pool (cores + 4) would let a few of them delay every
+            # quick call. Workers are made on demand, so an idle core costs no threads.
+            loop.set_default_executor(
+                concurrent.futures.ThreadPoolExecutor(
+                    max_workers=EXECUTOR_WORKERS, thread_name_prefix=f"{self.name}-worker"
+                )
+            )
             ready = threading.Event()
 
             def run() -> None:

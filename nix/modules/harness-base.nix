@@ -75,15 +75,24 @@ in
       '';
     };
 
+    webTcp = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Also serve the agent's web UI on TCP (`HYPERHIVE_WEB_TCP`). Off by
+        default: the UI listens on `/run/hive/web.sock` and the operator
+        reaches it through the dashboard at `/agents/<name>/`. When on, every
+        TCP request must carry the agent's credential as a bearer token.
+      '';
+    };
+
     webHost = lib.mkOption {
       type = lib.types.str;
       default = "127.0.0.1";
       example = "0.0.0.0";
       description = ''
-        Address the agent's web UI listens on (`HYPERHIVE_WEB_HOST`). The
-        container shares the host's network, so the default is the host's
-        loopback: reach it through an SSH tunnel. The web UI has no
-        authentication of its own.
+        Address the agent's web UI listens on when `webTcp` is on
+        (`HYPERHIVE_WEB_HOST`).
       '';
     };
 
@@ -165,12 +174,17 @@ in
         HYPERHIVE_SOCKET = "/run/hive/mcp.sock";
         HYPERHIVE_STATE_DIR = "/state";
         HYPERHIVE_SETTINGS = "/etc/hyperhive/settings.json";
+        # bound read-only by the controller; made at deploy, rotated on recreate
+        HYPERHIVE_CREDENTIAL_FILE = "/etc/hyperhive/credential";
         HYPERHIVE_CLAUDE_BIN = "${cfg.claudePackage}/bin/claude";
         CLAUDE_CONFIG_DIR = "/root/.claude";
         HOME = "/root";
         # The store is read-only; updates come with a rebuild.
         DISABLE_AUTOUPDATER = "1";
         PYTHONUNBUFFERED = "1";
+        # The UI always listens on /run/hive/web.sock, which the dashboard proxies at
+        # /agents/<name>/; a TCP port is an opt-in that requires the agent's credential.
+        HYPERHIVE_WEB_TCP = if cfg.webTcp then "1" else "0";
         HYPERHIVE_WEB_HOST = cfg.webHost;
         # null (unset): the harness reads web_port from the settings file.
         HYPERHIVE_WEB_PORT = lib.mapNullable toString cfg.webPort;

@@ -170,6 +170,7 @@ def expected_flags(layout: Layout, agent: str) -> str:
         f"--bind={a}/claude:/root/.claude",
         f"--bind={a}/state:/state",
         f"--bind-ro={a}/settings.json:/etc/hyperhive/settings.json",
+        f"--bind-ro={a}/credential:/etc/hyperhive/credential",
     ]
     if agent == MANAGER:
         flags.append(f"--bind={layout.state}/manager/meta:/meta")
@@ -745,6 +746,7 @@ def test_bind_flags_from_the_layout(tmp_path: Path) -> None:
         "--bind=/var/lib/hyperhive/agents/alice/claude:/root/.claude",
         "--bind=/var/lib/hyperhive/agents/alice/state:/state",
         "--bind-ro=/var/lib/hyperhive/agents/alice/settings.json:/etc/hyperhive/settings.json",
+        "--bind-ro=/var/lib/hyperhive/agents/alice/credential:/etc/hyperhive/credential",
     ]
     assert bind_flags(layout, MANAGER)[0] == "--bind=/run/hyperhive/manager:/run/hive"
     assert bind_flags(layout, MANAGER)[-1] == "--bind=/var/lib/hyperhive/manager/meta:/meta"

@@ -562,6 +562,7 @@ HARNESS_CONFIG = """
       flavor = "agent";
       package = "/nix/store/hyperhive";
       claudePackage = "/nix/store/claude-code";
+      webTcp = false;
       webHost = "127.0.0.1";
       webPort = WEB_PORT;
     };
@@ -595,7 +596,15 @@ def harness_module(env: dict[str, str], web_port: str) -> Any:
 
 def test_harness_base(nix_env: dict[str, str]) -> None:
     got = harness_module(nix_env, "null")
-    assert got["options"] == ["claudePackage", "flavor", "name", "package", "webHost", "webPort"]
+    assert got["options"] == [
+        "claudePackage",
+        "flavor",
+        "name",
+        "package",
+        "webHost",
+        "webPort",
+        "webTcp",
+    ]
     assert got["unfree"] == [True, False]
     assert got["boot"] == {"isNspawnContainer": True}
     assert got["networking"]["hostName"] == "h-alice"
@@ -609,7 +618,9 @@ def test_harness_base(nix_env: dict[str, str]) -> None:
         "HYPERHIVE_SOCKET": "/run/hive/mcp.sock",
         "HYPERHIVE_STATE_DIR": "/state",
         "HYPERHIVE_SETTINGS": "/etc/hyperhive/settings.json",
+        "HYPERHIVE_CREDENTIAL_FILE": "/etc/hyperhive/credential",
         "HYPERHIVE_CLAUDE_BIN": "/nix/store/claude-code/bin/claude",
+        "HYPERHIVE_WEB_TCP": "0",
         "HYPERHIVE_WEB_HOST": "127.0.0.1",
         "HYPERHIVE_WEB_PORT": None,
         "CLAUDE_CONFIG_DIR": "/root/.claude",
