@@ -176,9 +176,9 @@ def check_broker_db(layout: Layout, *, reset: bool = False, now: float | None = 
     if why is not None:
         if not reset:
             raise BrokerDbRefused(
-                f"broker database {db} {why}; stop, move {db.name}* aside and restore it from a "
-                f"backup, or start with `hyperhive serve {RESET_FLAG}` to move it aside and "
-                "begin with an empty broker"
+                f"broker database {db} {why}; restore {db.name} from a backup (moving "
+                f"{db.name}* aside first), or start with `hyperhive serve {RESET_FLAG}` to "
+                "move it aside and begin with an empty broker"
             )
         dest = _move_aside(db, time.time() if now is None else now)
         return DbCheck(
