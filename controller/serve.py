@@ -138,13 +138,22 @@ def _setup_logging(level: str) -> None:
 def one_shot_pass(
     cfg: Config, state_dir: str | None, run_dir: str | None, dry_run: bool
 ) -> dict[str, Any]:
-    """Run one pass in-process (no controller running); returns ``PassResult.to_json()``."""
+    """Run one pass in-process (no controller running); returns ``PassResult.to_json()``.
+
+    Raises ``AlreadyRunning``, ``controller.dbcheck.BrokerDbRefused`` (the broker
+    database is missing or damaged although agents have run) and what the pass raises.
+    """
     from controller.broker import Broker
+    from controller.dbcheck import check_broker_db
     from controller.metarepo import MetaRepo
+    from controller.statedir import prepare_state_dirs
     from controller.swarm import Swarm
 
     layout = resolve_layout(cfg, state_dir, run_dir)
+    prepare_state_dirs(layout)
     with state_lock(layout):
+        # never create an empty broker over one that was lost: the same check as serve
+        check_broker_db(layout)
         meta = MetaRepo.open_or_init(layout, cfg, version=hyperhive_version())
         broker = Broker(layout.broker_db)
         try:
@@ -170,7 +179,7 @@ def run_daemon(
     """
     from controller.api.admin import make_admin_app
     from controller.auth import AgentCredentials, LoginTokens, ensure_operator_key
-    from controller.broker import Broker
+    from controller.broker import Broker, BrokerStorageError
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, check_broker_db
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
@@ -223,7 +232,11 @@ def run_daemon(
             return 2
         log.info("broker database: %s", checked.detail)
         meta = MetaRepo.open_or_init(layout, cfg, version=hyperhive_version())
-        broker = Broker(layout.broker_db)
+        try:
+            broker = Broker(layout.broker_db)
+        except BrokerStorageError as exc:
+            log.error("%s", exc)
+            return 2
         stack.callback(broker.close)
         try:
             driver = make_driver(cfg, layout)

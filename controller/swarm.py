@@ -95,6 +95,7 @@ from controller.status import (
     FailureKind,
     compute_conditions,
     conditions_from_json,
+    driver_isolation,
     load_status,
     merge_conditions,
     save_status,
@@ -966,6 +967,7 @@ class Swarm:
             crash = c.state if c is not None and c.key == key_ else None
             login = self._logged_in(name)
             port = self._port_of(name)
+            isolation = driver_isolation(self.driver, name)
             key = (
                 want,
                 have,
@@ -977,6 +979,7 @@ class Swarm:
                 port,
                 builds_nix,
                 desired.commit,
+                isolation,
             )
             cached = self._row_cache.get(name)
             if cached is not None and cached[0] == key:
@@ -998,6 +1001,7 @@ class Swarm:
                 login_reason=login[1],
                 crash=crash,
                 version=desired.hyperhive_version,
+                isolation=isolation,
             )
             previous = cached[1].conditions if cached else self._conditions.get(name, ())
             conditions = merge_conditions(previous, compute_conditions(facts), now, desired.commit)
