@@ -347,13 +347,15 @@ in
 
             # Sockets (and the per-agent socket directories the containers
             # bind-mount) survive a restart of the controller.
+            # root's alone: the operator key, host.sock, the broker database and
+            # meta.git are the operator's (agents reach only their own bind mounts)
             RuntimeDirectory = "hyperhive";
-            RuntimeDirectoryMode = "0750";
+            RuntimeDirectoryMode = "0700";
             RuntimeDirectoryPreserve = "yes";
             StateDirectory = lib.mkIf (cfg.stateDir == defaultStateDir) "hyperhive";
-            StateDirectoryMode = "0750";
+            StateDirectoryMode = "0700";
             CacheDirectory = "hyperhive";
-            UMask = "0027";
+            UMask = "0077";
 
             # Hardening that leaves nixos-container working: it writes
             # /etc/nixos-containers, /var/lib/nixos-containers and
@@ -392,7 +394,7 @@ in
 
       (lib.mkIf (cfg.stateDir != defaultStateDir) {
         systemd.tmpfiles.settings."10-hyperhive".${cfg.stateDir}.d = {
-          mode = "0750";
+          mode = "0700";
           user = "root";
           group = "root";
         };

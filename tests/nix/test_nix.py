@@ -532,6 +532,17 @@ def test_host_module_systemd_unit(host_module: Any) -> None:
     assert service["WatchdogSec"]
     assert service["RuntimeDirectory"] == "hyperhive"
     assert service["RuntimeDirectoryPreserve"] == "yes"
+    # the operator key, host.sock, the broker database and meta.git are root's alone
+    assert service["UMask"] == "0077"
+    assert service["RuntimeDirectoryMode"] == "0700"
+    assert service["StateDirectoryMode"] == "0700"
+    contents = host_module["config"]["content"]["contents"]
+    tmpfiles = [
+        c["content"]["systemd"]["tmpfiles"]["settings"]["10-hyperhive"]
+        for c in contents[1:]
+        if "systemd" in c["content"]
+    ]
+    assert [d["d"]["mode"] for t in tmpfiles for d in t.values()] == ["0700"]
     assert service["StateDirectory"] == {"_type": "if", "condition": True, "content": "hyperhive"}
     assert service["ExecStart"] == (
         "/nix/store/hyperhive/bin/hyperhive --state-dir /var/lib/hyperhive serve"
