@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.paths import Layout
-from controller.retention import sweep_event_log, sweep_event_logs
+from controller.retention import UnsafeEventLog, _check_opened, sweep_event_log, sweep_event_logs
 
 # harness/events.py's table, written here by hand: controller never imports harness
 EVENTS_SQL = """
@@ -129,3 +129,84 @@ def test_sweeping_while_the_harness_appends(tmp_path: Path) -> None:
     assert kept == sorted(kept) and kept[-1] == appended[-1]
     assert all(i in kept for i in appended[-50:])
     log.close()
+
+
+def test_symlinks_the_agent_planted_are_never_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent owns its state/ dir: a log, a sidecar or the dir itself that is a symlink to a
+    file it cannot reach (another agent's log, the broker's WAL) is skipped, naming the agent,
+    and the target is untouched; the other agents are still swept."""
+    layout = Layout.for_state(tmp_path / "s", tmp_path / "run")
+    victim = tmp_path / "victim" / "hyperhive-events.sqlite"
+    make_log(victim, [NOW - 30 * DAY] * 7)
+    victim_wal = tmp_path / "victim" / "broker.sqlite-wal"
+    victim_wal.write_bytes(b"the broker's uncheckpointed frames")
+    good = layout.agent_state("good") / "hyperhive-events.sqlite"
+    make_log(good, [NOW - 30 * DAY] * 2)
+    # mallory's log is a symlink to another database
+    mallory = layout.agent_state("mallory") / "hyperhive-events.sqlite"
+    mallory.parent.mkdir(parents=True)
+    mallory.symlink_to(victim)
+    # eve's log is her own, but its WAL points at the broker's
+    eve = layout.agent_state("eve") / "hyperhive-events.sqlite"
+    make_log(eve, [NOW - 30 * DAY] * 3)
+    eve.with_name(eve.name + "-wal").symlink_to(victim_wal)
+    # trent's wal-index points elsewhere
+    trent = layout.agent_state("trent") / "hyperhive-events.sqlite"
+    make_log(trent, [NOW - 30 * DAY] * 4)
+    trent.with_name(trent.name + "-shm").symlink_to(victim_wal)
+    # oscar's whole state/ dir is a symlink to the victim's dir
+    layout.agent_dir("oscar").mkdir(parents=True)
+    layout.agent_state("oscar").symlink_to(victim.parent)
+
+    with caplog.at_level("WARNING", logger="controller.retention"):
+        assert sweep_event_logs(layout, NOW) == 2  # good's two, nobody else's
+    assert ids(good) == []
+    assert ids(victim) == list(range(1, 8))
+    assert victim_wal.read_bytes() == b"the broker's uncheckpointed frames"
+    eve.with_name(eve.name + "-wal").unlink()  # (so that this test can read them)
+    trent.with_name(trent.name + "-shm").unlink()
+    assert ids(eve) == [1, 2, 3] and ids(trent) == [1, 2, 3, 4]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for agent in ("mallory", "eve", "trent", "oscar"):
+        assert f"skipping agent {agent}:" in warned, agent
+    assert "symlink" in warned
+    # a direct sweep of a symlinked log refuses too
+    with pytest.raises(UnsafeEventLog, match="symlink"):
+        sweep_event_log(mallory, NOW)
+    assert ids(victim) == list(range(1, 8))
+
+
+def test_a_log_not_in_wal_mode_is_left_alone(tmp_path: Path) -> None:
+    """A rollback journal would be created, through a symlink if one appeared, at the first
+    write: only WAL logs (what the harness writes) are swept."""
+    path = tmp_path / "agents" / "a" / "state" / "hyperhive-events.sqlite"
+    make_log(path, [NOW - 30 * DAY] * 3)
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.close()
+    with pytest.raises(UnsafeEventLog, match="not WAL"):
+        sweep_event_log(path, NOW)
+    assert ids(path) == [1, 2, 3]
+
+
+def test_a_symlink_sqlite_followed_is_caught_before_any_write(tmp_path: Path) -> None:
+    """What the sweep checks after its first read: the files sqlite opened are the ones at
+    the log's own paths. Here sqlite opened the log through a symlink (as it would if one
+    were swapped in between the lstat and the open)."""
+    real = tmp_path / "real" / "hyperhive-events.sqlite"
+    make_log(real, [NOW] * 2)
+    state = tmp_path / "state"
+    state.mkdir()
+    link = state / "hyperhive-events.sqlite"
+    link.symlink_to(real)
+    con = sqlite3.connect(link)
+    try:
+        con.execute("SELECT count(*) FROM events").fetchone()
+        link.unlink()  # the agent swaps a plain file back in before the check
+        make_log(link, [NOW])
+        with pytest.raises(UnsafeEventLog, match="not opened at its own path"):
+            _check_opened(link)
+    finally:
+        con.close()
