@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pygit2
@@ -10,7 +11,7 @@ import pytest
 
 from controller.config import Config
 from controller.errors import Conflict, Invalid, NotFound
-from controller.metarepo import ApplyFailed, MetaRepo, build_digest
+from controller.metarepo import ApplyFailed, MetaRepo, build_digest, unshare_object_files
 from controller.ops import ProposalKind, ProposalState
 from controller.paths import Layout
 from tests.gitutil import git
@@ -443,3 +444,91 @@ def test_sync_manager_clone(meta: MetaRepo) -> None:
     assert str(clone.references["refs/remotes/origin/main"].target) == new
     assert (clone[new].peel(pygit2.Tree) / "agents/alice/agent.yaml") is not None
     assert meta.sync_manager_clone() is False
+
+
+# ---------------------------------------------------------------- manager clone isolation
+
+
+def object_inodes(git_dir: Path) -> dict[tuple[int, int], Path]:
+    return {
+        (st.st_dev, st.st_ino): p
+        for p in (git_dir / "objects").rglob("*")
+        if p.is_file() and not p.is_symlink()
+        for st in [p.stat()]
+    }
+
+
+def test_the_manager_clone_shares_no_object_file_with_meta_git(
+    meta: MetaRepo, layout: Layout
+) -> None:
+    """The manager's clone is bound read-write into its sandbox: an object file shared with
+    meta.git (libgit2 hardlinks them in a local-path clone) would let it rewrite meta.git."""
+    write_main(meta, {"agents/alice/agent.yaml": manifest("alice")})
+    clone = layout.manager_meta
+    shared = object_inodes(layout.meta_git).keys() & object_inodes(clone / ".git").keys()
+    assert not shared
+    assert all(p.stat().st_nlink == 1 for p in object_inodes(clone / ".git").values())
+    repo = pygit2.Repository(str(clone))
+    assert repo.remotes["origin"].url == layout.meta_git.as_uri()
+    assert str(repo.references["refs/remotes/origin/main"].target) != meta.main_commit()
+    assert meta.sync_manager_clone() is True  # objects are copied in, not linked
+    assert not object_inodes(layout.meta_git).keys() & object_inodes(clone / ".git").keys()
+
+
+def test_an_existing_hardlinked_clone_is_unshared_once(meta: MetaRepo, layout: Layout) -> None:
+    clone = layout.manager_meta
+    shutil.rmtree(clone)
+    write_main(meta, {"agents/alice/agent.yaml": manifest("alice")})
+    # a clone made the old way: a plain local path, which libgit2 hardlinks
+    pygit2.clone_repository(str(layout.meta_git), str(clone), checkout_branch="main")
+    linked = object_inodes(layout.meta_git).keys() & object_inodes(clone / ".git").keys()
+    assert linked  # (what the old code left behind)
+    (clone / "work.txt").write_text("the manager's uncommitted work\n")
+    before = {
+        p.relative_to(clone): (p.read_bytes(), p.stat().st_mode)
+        for p in (clone / ".git" / "objects").rglob("*")
+        if p.is_file()
+    }
+
+    again = MetaRepo.open_or_init(layout, CFG)
+    assert not object_inodes(layout.meta_git).keys() & object_inodes(clone / ".git").keys()
+    after = {
+        p.relative_to(clone): (p.read_bytes(), p.stat().st_mode)
+        for p in (clone / ".git" / "objects").rglob("*")
+        if p.is_file()
+    }
+    assert after == before  # same files, same content and modes: only the links are gone
+    assert all(
+        st.st_nlink == 1
+        for st in (p.stat() for p in (layout.meta_git / "objects").rglob("*") if p.is_file())
+    )
+    assert (clone / "work.txt").read_text() == "the manager's uncommitted work\n"
+    repo = pygit2.Repository(str(clone))
+    assert str(repo.head.target) == again.main_commit()
+    git("fsck", "--no-progress", cwd=clone)
+    git("fsck", "--no-progress", cwd=layout.meta_git)
+    # once: nothing left to do the next time
+    assert unshare_object_files(clone) == 0
+
+
+def test_unsharing_follows_no_symlink(meta: MetaRepo, layout: Layout, tmp_path: Path) -> None:
+    """The manager controls its clone: a symlinked objects dir or file is never followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "file"
+    target.write_text("x")
+    os.link(target, outside / "file-link")  # nlink 2
+    objects = layout.manager_meta / ".git" / "objects"
+    (objects / "zz").mkdir()
+    (objects / "zz" / "sym").symlink_to(target)
+    (objects / "zy").symlink_to(outside, target_is_directory=True)
+    assert unshare_object_files(layout.manager_meta) == 0
+    assert target.stat().st_nlink == 2
+    assert sorted(p.name for p in outside.iterdir()) == ["file", "file-link"]
+    real_objects = layout.manager_meta / ".git" / "objects"
+    moved = tmp_path / "objects-real"
+    real_objects.rename(moved)
+    real_objects.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(OSError):
+        unshare_object_files(layout.manager_meta)
+    assert target.stat().st_nlink == 2
