@@ -26,12 +26,14 @@ pid file and marker; state/, claude/, home/ and the web-port file stay in place
 Sandbox (``sandbox=True``, config ``local_sandbox``, on by default): when ``bwrap``
 is on PATH and can build a sandbox here, the harness runs under bubblewrap
 (``controller.drivers.bwrap``): the host read-only, private ``/tmp``, ``/dev``,
-``/proc`` and pid namespace, an empty ``/run``, and no view of ``<state>`` or
-``<run>`` except the agent's own dir (read-only: settings.json, its credential)
-and its ``state/``, ``claude/``, ``home/`` and socket dir (plus the manager's meta
-clone) read-write. The network is shared (the Messages API may be on loopback).
-Without a working ``bwrap`` it runs unsandboxed, says so in its log, and
-``isolation()`` reports it (status condition ``Isolated=False``, ``NoSandbox``).
+``/proc`` and pid namespace, an empty ``/run``; empty ``/home``, ``/root`` and
+controller's ``$HOME`` (only the dirs that run the harness and claude are bound
+back, never a whole home); no view of ``<state>`` or ``<run>`` except the agent's
+own dir (read-only: settings.json, its credential) and its ``state/``,
+``claude/``, ``home/`` and socket dir (plus the manager's meta clone) read-write.
+The network is shared (the Messages API may be on loopback). Without a working
+``bwrap`` it runs unsandboxed, says so in its log, and ``isolation()`` reports it
+(status condition ``Isolated=False``, ``NoSandbox``).
 
 Logs: ``<state>/logs/<a>.log`` is rotated to ``<a>.log.1`` when it passes
 ``log_max_bytes`` — at start, and by ``rotate_logs`` (the crash-watch tick) for a
@@ -86,6 +88,7 @@ PASS_NAMES = (
     "TMPDIR",
     "PYTHONPATH",
     "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
     "NIX_SSL_CERT_FILE",
     "NODE_EXTRA_CA_CERTS",
     "HTTP_PROXY",
@@ -351,6 +354,7 @@ class LocalDriver:
             read_only=(lay.agent_dir(agent),),
             writable=tuple(writable),
             chdir=lay.agent_state(agent),
+            homes=bw.home_dirs(self.env),
         )
 
     def command(self, agent: str) -> list[str]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import psutil
 import pytest
 
 from controller.config import Config
+from controller.drivers import bwrap as bw
 from controller.drivers.base import Deployment
 from controller.drivers.local import LocalDriver
 from controller.drivers.nixos_container import NixosContainerDriver
@@ -522,3 +525,251 @@ def test_an_agent_started_unsandboxed_stays_not_isolated_until_restarted(tmp_pat
         assert sandboxed.isolation("alice").reason == "Bubblewrap"
     finally:
         sandboxed.stop("alice")
+
+
+# ---------------------------------------------------------------- the operator's home
+
+HOME_PROBE = r"""
+import json, os, subprocess, sys, time
+import harness, harness.serve, harness.loop  # the harness's python and its imports work inside
+
+home = os.environ["ANTHROPIC_PROBE_HOME"]
+extra = json.loads(os.environ["ANTHROPIC_PROBE_ENV"])
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError as e:
+        return "ERR " + type(e).__name__
+
+def listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError as e:
+        return "ERR " + type(e).__name__
+
+def writable(path):
+    try:
+        with open(os.path.join(path, "planted"), "w") as f:
+            f.write("x")
+        return True
+    except OSError:
+        return False
+
+report = {
+    "harness_file": harness.__file__,
+    "home_env": os.environ["HOME"],
+    "ssh_key": read(os.path.join(home, ".ssh", "id_ed25519")),
+    "history": read(os.path.join(home, ".bash_history")),
+    "config": read(os.path.join(home, ".config", "gh", "hosts.yml")),
+    "home": listdir(home),
+    "root": listdir("/root"),
+    "home_root": listdir("/home"),
+    "write_home": writable(home),
+    "write_own_home": writable(os.environ["HOME"]),
+}
+p = subprocess.run(
+    [os.environ["HYPERHIVE_CLAUDE_BIN"], "-p", "--output-format", "stream-json", "--verbose",
+     "--model=claude-test"],
+    input="say hello", capture_output=True, text=True, timeout=120, env={**os.environ, **extra},
+)
+report["cli"] = {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr[-2000:]}
+git = subprocess.run(["git", "--version"], capture_output=True, text=True)
+report["git"] = git.stdout.strip()
+state = os.environ["HYPERHIVE_STATE_DIR"]
+with open(os.path.join(state, "home.json.tmp"), "w") as f:
+    json.dump(report, f)
+os.replace(os.path.join(state, "home.json.tmp"), os.path.join(state, "home.json"))
+while True:
+    time.sleep(0.1)
+"""
+
+START_AGENT = r"""
+import json, os, sys, time
+from pathlib import Path
+from controller.config import Config
+from controller.drivers.base import Deployment
+from controller.drivers.local import LocalDriver
+from controller.model import AgentManifest, DesiredAgent
+from controller.paths import Layout
+import controller, harness
+assert controller.__file__.startswith(sys.argv[4]), controller.__file__  # the copy in the home
+a = DesiredAgent(name="alice", manifest=AgentManifest(name="alice", model="haiku"),
+                 commit="abc123", config_digest="c1", build_digest="b1", has_nix=False)
+dep = Deployment(a, {"agent": "alice", "web_port": 8123, "hyperhive_version": "0.1.0"}, 8123, "x")
+lay = Layout(Path(sys.argv[1]), Path(sys.argv[2]))
+env = json.loads(sys.argv[3])
+d = LocalDriver(lay, Config(), env, argv=[sys.executable, sys.argv[5]], sandbox=True)
+d.create(dep, print)
+out = lay.agent_state("alice") / "home.json"
+deadline = time.monotonic() + 150
+try:
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(json.dumps({"isolation": d.isolation("alice").reason, "argv": d.command("alice")}))
+finally:
+    d.stop("alice")
+"""
+
+
+def _link_or_copy_tree(src: Path, dst: Path) -> None:
+    """``dst`` a copy of ``src`` with hard links where the filesystem allows (fast)."""
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, symlinks=True, copy_function=link)
+
+
+def operator_home(parent: Path) -> dict[str, Path]:
+    """A home like an operator's: secrets, and hyperhive's checkout, venv and claude in it.
+
+    The checkout is a copy of hyperhive's packages; the venv (no pip) finds them and
+    this venv's dependencies through a .pth file; the claude CLI sits in a node_modules.
+    """
+    root = Path(__file__).resolve().parents[2]
+    home = Path(tempfile.mkdtemp(prefix="hh-op-", dir=parent))
+    (home / ".ssh").mkdir(mode=0o700)
+    (home / ".ssh" / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (home / ".bash_history").write_text("export ANTHROPIC_API_KEY=sk-secret\n")
+    (home / ".config" / "gh").mkdir(parents=True)
+    (home / ".config" / "gh" / "hosts.yml").write_text("oauth_token: gho_secret\n")
+    src = home / "src" / "hyperhive"
+    for pkg in ("controller", "harness", "schemas", "hivehttp"):
+        shutil.copytree(root / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    venv = home / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
+    [site] = list((venv / "lib").glob("python3*/site-packages"))
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (site / "hyperhive-test.pth").write_text("\n".join([str(src), *deps]) + "\n")
+    return {"home": home, "src": src, "venv": venv}
+
+
+def add_claude(home: Path, cli: Path) -> Path:
+    """The claude CLI's package copied into ``home/app/node_modules``; its ``.bin/claude``."""
+    pkg = Path(os.path.realpath(cli))
+    while pkg.parent.name != "node_modules" and pkg.parent.parent.name != "node_modules":
+        pkg = pkg.parent  # up to node_modules/<pkg> or node_modules/@scope/<pkg>
+    rel = pkg.relative_to(pkg.parents[1] if pkg.parent.name.startswith("@") else pkg.parent)
+    modules = home / "app" / "node_modules"
+    _link_or_copy_tree(pkg, modules / rel)
+    (modules / ".bin").mkdir()
+    target = Path(os.path.realpath(cli)).relative_to(pkg)
+    (modules / ".bin" / "claude").symlink_to(Path("..") / rel / target)
+    return modules / ".bin" / "claude"
+
+
+@needs_bwrap
+def test_the_operators_home_is_hidden_and_the_harness_and_claude_still_run(
+    tmp_path: Path,
+) -> None:
+    """The controller runs from a venv and a checkout in its HOME (elsewhere than /home, or
+    under /home with HYPERHIVE_TEST_HOME_PARENT=/home), with its state dir in that HOME
+    too, as the default layout has it: the agent sees none of the home's secrets, yet the
+    harness imports and the claude CLI in the home's node_modules answers."""
+    from tests.fakeapi.server import OFFLINE_ENV, FakeAnthropic, Rules, find_claude_cli, reply_text
+
+    cli = find_claude_cli()
+    if cli is None:
+        pytest.skip("the claude CLI is not installed")
+    parent = Path(os.environ.get("HYPERHIVE_TEST_HOME_PARENT") or tmp_path)
+    op = operator_home(parent)
+    home = op["home"]
+    try:
+        claude = add_claude(home, cli)
+        script = tmp_path / "home_probe.py"
+        script.write_text(HOME_PROBE)
+        starter = tmp_path / "start_agent.py"
+        starter.write_text(START_AGENT)
+        lay = Layout(home / ".local" / "state" / "hyperhive", tmp_path / "run")
+        with FakeAnthropic(Rules(default=reply_text("hello from the fake"))) as api:
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(home),
+                "HYPERHIVE_CLAUDE_BIN": str(claude),
+                "ANTHROPIC_BASE_URL": api.base_url,
+                "ANTHROPIC_API_KEY": "test-key",
+                "ANTHROPIC_PROBE_ENV": json.dumps(OFFLINE_ENV),
+                "ANTHROPIC_PROBE_HOME": str(home),
+            }
+            args = [str(lay.state), str(lay.run), json.dumps(env), str(op["src"]), str(script)]
+            res = subprocess.run(
+                [str(op["venv"] / "bin" / "python"), str(starter), *args],
+                cwd=tmp_path,
+                env={"PATH": env["PATH"], "HOME": str(home)},
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+        assert res.returncode == 0, res.stderr[-3000:]
+        started = json.loads(res.stdout.strip().splitlines()[-1])
+        report = json.loads((lay.agent_state("alice") / "home.json").read_text())
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    assert started["isolation"] == "Bubblewrap"
+    argv: list[str] = started["argv"]
+    bound = [argv[i + 1] for i, a in enumerate(argv) if a in ("--bind", "--ro-bind")]
+    for whole in (str(home), "/root", "/home", "/"):
+        assert whole not in bound[1:], whole  # (bound[0] is the read-only host root)
+    # the home's secrets are not there
+    assert report["ssh_key"] == "ERR FileNotFoundError"
+    assert report["history"] == "ERR FileNotFoundError"
+    assert report["config"] == "ERR FileNotFoundError"
+    # only what runs the harness is bound back into the home (and the state dir's path)
+    assert report["home"] == [".local", "app", "src", "venv"], report["home"]
+    assert ".ssh" not in report["root"] and ".bash_history" not in report["root"]
+    # other people's homes: only the path down to what is bound back
+    for entry in report["home_root"]:
+        assert any(b.startswith(f"/home/{entry}/") for b in bound), entry
+    assert not report["write_home"]
+    # the agent's own HOME is its own dir, and writable
+    assert report["home_env"] == str(lay.agent_dir("alice") / "home")
+    assert report["write_own_home"]
+    # the harness came from the checkout in the home, and claude from the home's node_modules
+    assert report["harness_file"].startswith(str(op["src"]))
+    assert report["cli"]["rc"] == 0, report["cli"]["stderr"]
+    lines = [json.loads(x) for x in report["cli"]["stdout"].splitlines() if x.strip()]
+    result = [x for x in lines if x.get("type") == "result"]
+    assert result and result[-1]["result"] == "hello from the fake"
+    assert report["git"].startswith("git version")
+
+
+def test_no_bind_shows_a_whole_home(tmp_path: Path) -> None:
+    """PATH and PYTHONPATH entries that are a home (or above one) are never bound back; the
+    controller's HOME is hidden after a bind that contains it (``/tmp/<dir>``), read-only."""
+    home = tmp_path / "op"
+    (home / ".ssh").mkdir(parents=True)
+    (home / "bin").mkdir()
+    (home / "x.py").write_text("")
+    (tmp_path / "lib").mkdir()  # a PYTHONPATH entry in /tmp: its /tmp/<dir> is bound back
+    lay = Layout(home / "state", tmp_path / "run")
+    env = {
+        "HOME": str(home),
+        "PATH": os.pathsep.join([str(home), str(home / "bin"), "/root", "/home", "/usr/bin"]),
+        "PYTHONPATH": os.pathsep.join([str(home), "/", str(tmp_path / "lib")]),
+    }
+    command = [sys.executable, str(home / "x.py")]
+    driver = LocalDriver(lay, Config(), env, argv=command)
+    paths = driver.sandbox_paths("alice")
+    assert Path(os.path.realpath(home)) in paths.homes
+    argv = bw.sandbox_argv("bwrap", paths, command, env)
+    mounts = [(a, argv[i + 1]) for i, a in enumerate(argv) if a.startswith("--")]
+    bound = [p for a, p in mounts[1:] if a in ("--bind", "--ro-bind")]
+    for whole in (str(home), "/root", "/home", "/"):
+        assert whole not in bound, whole
+    assert str(home / "bin") in bound
+    assert str(home / "x.py") in bound  # a file in the home itself: only that file
+    top = "/tmp/" + tmp_path.relative_to("/tmp").parts[0]
+    for root in ("/tmp", "/run", "/home", "/root"):
+        assert ("--tmpfs", root) in mounts
+    order = [("--ro-bind", top), ("--tmpfs", str(home)), ("--ro-bind", str(home / "bin"))]
+    assert [mounts.index(m) for m in order] == sorted(mounts.index(m) for m in order)
+    assert ("--remount-ro", str(home)) in mounts
+    assert ("--remount-ro", "/tmp") not in mounts  # the private /tmp stays writable
