@@ -6,9 +6,11 @@ long poll:
 * ``floor``  bare sqlite (WAL, synchronous=NORMAL) + one ``threading.Condition``
   per recipient: the least any sqlite broker in Python can cost;
 * ``broker`` ``controller.broker.Broker`` called in-process;
-* ``http``   the real thing: one waitress agent socket per receiver, clients
-  ``POST /recv {"wait_seconds": 30}`` and a sender ``POST /send`` over unix
-  sockets, with ``schemas.client.UnixClient``'s persistent connections;
+* ``http``   the real thing: one agent socket per receiver (``SocketRegistry``:
+  falcon.asgi apps on hivehttp's one event loop, each checking its agent's
+  credential), clients ``POST /recv {"wait_seconds": 30}`` and a sender
+  ``POST /send`` over unix sockets, with ``schemas.client.UnixClient``'s
+  persistent connections and each agent's bearer credential;
 * ``http-nk`` the same with ``keepalive=False``: a new connection per request
   (what the client did before keep-alive).
 
@@ -26,7 +28,6 @@ the compiled, ref-free validator per definition (how it is).
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing
 import random
 import sqlite3
@@ -41,6 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from controller.auth import AgentCredentials
 from controller.broker import Broker
 from controller.httpserve import SocketRegistry
 from controller.paths import Layout
@@ -206,8 +208,21 @@ def run(
     return out
 
 
+def serve_agents(
+    broker: Broker, layout: Layout, names: list[str], known: list[str]
+) -> tuple[SocketRegistry, dict[str, str]]:
+    """Issue a credential for each of ``names`` and serve their sockets; the registry and
+    the tokens (agent → credential)."""
+    credentials = AgentCredentials(layout)
+    tokens = {a: credentials.issue(a) for a in names}
+    registry = SocketRegistry(broker, OpsStub(known), layout, credentials)
+    registry.sync(names)
+    return registry, tokens
+
+
 def http_clients(
     state: str,
+    tokens: dict[str, str],
     agents: list[str],
     samples: int,
     seconds: float,
@@ -218,7 +233,8 @@ def http_clients(
     """Child process: drive the agent sockets under ``state`` and send the figures back."""
     layout = Layout(state=Path(state), run=Path(state) / "run")
     clients = {
-        a: UnixClient(str(layout.agent_sock(a)), timeout=60, keepalive=keepalive) for a in agents
+        a: UnixClient(str(layout.agent_sock(a)), timeout=60, keepalive=keepalive, token=tokens[a])
+        for a in agents
     }
     sending: list[UnixClient] = []
 
@@ -227,7 +243,9 @@ def http_clients(
         return None if m is None else str(m["body"])
 
     def make_sender() -> Send:
-        c = UnixClient(str(layout.agent_sock("bench")), timeout=30, keepalive=keepalive)
+        c = UnixClient(
+            str(layout.agent_sock("bench")), timeout=30, keepalive=keepalive, token=tokens["bench"]
+        )
         sending.append(c)
 
         def send(to: str, body: str) -> None:
@@ -250,16 +268,14 @@ def http_stack(
     sub = d / ("ka" if keepalive else "nk")
     hb = Broker(sub / "http.sqlite")
     layout = Layout(state=sub, run=sub / "run")
-    ops = OpsStub([*agents, "bench", "manager"])
-    registry = SocketRegistry(hb, ops, layout)
-    registry.sync([*agents, "bench"])
+    registry, tokens = serve_agents(hb, layout, [*agents, "bench"], [*agents, "bench", "manager"])
     # the clients (receivers and senders) run in another process, as the harnesses do,
     # so they do not compete with the server for this process' GIL
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
         target=http_clients,
-        args=(str(sub), agents, samples, seconds, senders, keepalive, child),
+        args=(str(sub), tokens, agents, samples, seconds, senders, keepalive, child),
     )
     proc.start()
     res: dict[str, float] = parent.recv()
@@ -271,10 +287,13 @@ def http_stack(
     return res
 
 
-def _sequential_client(path: str, n: int, rounds: int, out: Any) -> None:
+def _sequential_client(path: str, token: str, n: int, rounds: int, out: Any) -> None:
     """Child process: per request kind, alternating rounds of ``n`` sequential calls with a
     new connection per request and with keep-alive; the median round of each."""
-    clients = {False: UnixClient(path, keepalive=False), True: UnixClient(path, keepalive=True)}
+    clients = {
+        False: UnixClient(path, keepalive=False, token=token),
+        True: UnixClient(path, keepalive=True, token=token),
+    }
     res: dict[str, dict[bool, float]] = {}
     for label in ("status", "send"):
         per: dict[bool, list[float]] = {False: [], True: []}
@@ -298,12 +317,12 @@ def sequential_http(d: Path, n: int = 300, rounds: int = 7) -> None:
     sub = d / "seq"
     hb = Broker(sub / "http.sqlite")
     layout = Layout(state=sub, run=sub / "run")
-    registry = SocketRegistry(hb, OpsStub(["a0", "bench", "manager"]), layout)
-    registry.sync(["bench"])
+    registry, tokens = serve_agents(hb, layout, ["bench"], ["a0", "bench", "manager"])
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
-        target=_sequential_client, args=(str(layout.agent_sock("bench")), n, rounds, child)
+        target=_sequential_client,
+        args=(str(layout.agent_sock("bench")), tokens["bench"], n, rounds, child),
     )
     proc.start()
     results: dict[str, dict[bool, float]] = parent.recv()
@@ -366,7 +385,6 @@ def main() -> None:
         "--no-close-run", action="store_true", help="skip the http run without keep-alive"
     )
     args = ap.parse_args()
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     agents = [f"a{i}" for i in range(args.agents)]
     d = Path(tempfile.mkdtemp(prefix="hh-bench-", dir="/tmp"))
     print(

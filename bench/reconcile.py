@@ -142,7 +142,7 @@ def change_one(meta: MetaRepo, name: str, n: int) -> None:
     main = repo.references["refs/heads/main"].target
     tree = repo[main].peel(pygit2.Tree)
     agents = tree["agents"]
-    agent_tb = repo.TreeBuilder(agents[name])  # type: ignore[index]
+    agent_tb = repo.TreeBuilder(agents[name])  # type: ignore[index,arg-type]
     text = (
         "apiVersion: hyperhive/v1\nkind: Agent\n"
         f"metadata:\n  name: {name}\nspec:\n  model: haiku\n  allowedRecipients: [a{n:03d}]\n"
@@ -156,10 +156,18 @@ def change_one(meta: MetaRepo, name: str, n: int) -> None:
 
 
 class NullBroker:
+    """The ``EventSink`` a pass writes to, doing nothing: the figure is the reconcile core."""
+
     def emit_event(
         self, recipient: str, event: dict[str, Any], dedup_key: str | None = None
     ) -> None:
         return None
+
+    def close_threads(self, agent: str, reason: str | None = None) -> int:
+        return 0
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return {}
 
 
 def build_repo(root: Path, agents: int, history: int) -> MetaRepo:

@@ -19,26 +19,26 @@ which the harness does in the background after recording the previous turn.
 Beside them, for scale, the CLI's own start-up: ``claude --version`` and the very
 ``claude -p`` invocation the harness builds, run bare (no harness), wall time to its
 result line and to its exit. Last, memory: ``python -m harness serve`` as its own process
-(stand-in socket, fake API), its resident set size sampled while idle and while a turn
-streams (claude's process tree, which is not the harness, shown apart). ``--no-memory``
-skips that part.
+(stand-in socket, fake API, its UI on its unix socket ``web.sock`` as in production), its
+resident set size sampled while idle and while a turn streams (claude's process tree, which
+is not the harness, shown apart). ``--no-memory`` skips that part.
+
+The stand-in socket requires the agent's credential on every request, as the controller
+does: the loop and ``serve`` find it at ``HYPERHIVE_CREDENTIAL_FILE``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "component" / "harness"))
 
-from standin import StandIn  # noqa: E402
+from standin import TOKEN, StandIn, UnixHTTPConnection, request, write_credential  # noqa: E402
 
 from harness.config import HarnessEnv, parse_settings  # noqa: E402
 from harness.events import Bus, EventLog  # noqa: E402
@@ -128,20 +128,25 @@ def memory(cli: Path, root: Path) -> dict[str, Any]:
     with FakeAnthropic(script) as api, StandIn(root / "m.sock", agent="alice") as sock:
         state = root / "mstate"
         state.mkdir()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        web = root / "mweb.sock"
         env = api.cli_env(root / "mhome")
         env.update(HYPERHIVE_AGENT="alice", HYPERHIVE_SOCKET=sock.path,
-                   HYPERHIVE_STATE_DIR=str(state), HYPERHIVE_WEB_PORT=str(port),
+                   HYPERHIVE_STATE_DIR=str(state), HYPERHIVE_WEB_SOCKET=str(web),
+                   HYPERHIVE_CREDENTIAL_FILE=str(write_credential(root / "mcredential")),
                    HYPERHIVE_CLAUDE_BIN=str(cli), PYTHONPATH=str(REPO),
                    HYPERHIVE_LOG_LEVEL="WARNING")  # fmt: skip
         proc = subprocess.Popen([sys.executable, "-m", "harness", "serve"], env=env, cwd=state,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
         def state_doc() -> Any:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5) as r:
-                return json.loads(r.read())
+            conn = UnixHTTPConnection(web, timeout=5)
+            try:
+                status, doc = request(conn, "GET", "/api/state")
+            finally:
+                conn.close()
+            if status != 200:
+                raise OSError(f"GET /api/state: {status} {doc}")
+            return doc
 
         try:
             deadline = time.monotonic() + 30
@@ -228,16 +233,25 @@ def main() -> int:
                 state,
                 None,
                 "127.0.0.1",
-                0,
+                None,
                 str(cli),
                 Path(environ["CLAUDE_CONFIG_DIR"]),
+                web_socket=str(root / "web.sock"),
+                # the --mcp server the loop starts reads it too
+                credential_file=write_credential(root / "credential"),
             )
             settings = parse_settings({"model": "haiku"}, agent="alice", flavor="agent")
             models = ModelStore(state / "hyperhive-model", "haiku")
             bus = Bus(EventLog(state / "hyperhive-events.sqlite"), "haiku")
             stats = TurnStats(state / "hyperhive-turn-stats.sqlite")
             loop = TurnLoop(
-                env, settings, bus, stats, models, environ=environ, client=UnixClient(sock.path)
+                env,
+                settings,
+                bus,
+                stats,
+                models,
+                environ=environ,
+                client=UnixClient(sock.path, token=TOKEN),
             )
             done: list[tuple[TurnRow, Timings]] = []
             got = threading.Event()
