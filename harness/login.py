@@ -71,6 +71,7 @@ RECORD_FILE = "hyperhive-login.json"
 STORED_KINDS = {"api_key": "ANTHROPIC_API_KEY", "oauth_token": "CLAUDE_CODE_OAUTH_TOKEN"}
 MAX_SECRET = 4096
 _SECRET_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
+_KEY_PREFIX_RE = re.compile(r"^sk-ant-[a-z]+[0-9]*-")  # names the key's type, not the key
 URL_RE = re.compile(r"visit:\s*(https://\S+)")
 LOGIN_TIMEOUT = 15 * 60.0  # an unattended login process is ended after this
 
@@ -222,6 +223,29 @@ def stored_kind(config_dir: Path) -> str | None:
         return None
     kind = doc.get("kind") if isinstance(doc, dict) else None
     return kind if kind in STORED_KINDS else None
+
+
+def mask_secret(value: str) -> str:
+    """A stored secret as the UI may show it: its kind prefix and last four characters.
+
+    ``sk-ant-api03-…wxyz``-style for Anthropic keys (the prefix names the key type,
+    not the key), ``…wxyz`` otherwise; the last four only when twelve more characters stay hidden.
+    """
+    prefix = _KEY_PREFIX_RE.match(value)
+    head = prefix.group(0) if prefix else ""
+    # the last four only when at least twelve more stay hidden
+    tail = value[-4:] if len(value) - len(head) >= 16 else ""
+    return f"{head}…{tail}"
+
+
+def stored_hint(config_dir: Path) -> str | None:
+    """The stored key / token, masked (:func:`mask_secret`), or None when none is stored."""
+    kind = stored_kind(config_dir)
+    if kind is None:
+        return None
+    env = _settings(config_dir).get("env")
+    value = env.get(STORED_KINDS[kind]) if isinstance(env, dict) else None
+    return mask_secret(value) if isinstance(value, str) and value else None
 
 
 # ------------------------------------------------------------------------ interactive login

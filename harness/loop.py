@@ -646,13 +646,15 @@ class TurnLoop:
         self._creds_changed.set()
 
     def login_state(self) -> dict[str, Any]:
-        """``{"needs_login", "reason", "source", "stored", "session"}`` for ``GET /api/state``."""
+        """``{"needs_login", "reason", "source", "stored", "stored_hint", "session"}`` for
+        ``GET /api/state``; ``stored_hint`` is the stored secret masked, never the secret."""
         reason = self.needs_login()
         return {
             "needs_login": reason is not None,
             "reason": reason,
             "source": login.credential_source(self.environ, self.env.config_dir),
             "stored": login.stored_kind(self.env.config_dir),
+            "stored_hint": login.stored_hint(self.env.config_dir),
             "session": self._login.snapshot().to_json() if self._login is not None else None,
         }
 

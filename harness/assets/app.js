@@ -449,7 +449,7 @@ async function refreshState() {
     setLastTurn(s.last_turn_ms);
     if (s.login) {
       app.login = s.login.session;
-      app.loginSource = s.login.source;
+      app.loginSource = s.login.source + (s.login.stored_hint ? ` ${s.login.stored_hint}` : "");
     }
     setStatus(s.needs_login ? "needs_login" : s.status, s.status_detail, s.inbox_status);
     setTurnState(s.turn_state, s.turn_state_since);
@@ -714,6 +714,7 @@ $("login-key-form").addEventListener("submit", async (e) => {
   const kind = $("login-kind").value;
   const r = await loginAction("api/login/key", { kind, value: input.value },
     (x) => `stored the ${kind.replace("_", " ")} · claude now uses: ${x.source}`);
+  // the value itself never comes back: the state shows it masked (stored_hint)
   if (r) {
     input.value = "";
     app.loginOpen = false;

@@ -50,6 +50,24 @@ def test_store_api_key_keeps_the_clis_settings(tmp_path: Path) -> None:
     # the settings env beats the process env (claude applies it over its environment)
     assert login.credential_source({"ANTHROPIC_API_KEY": "env"}, cfg) == "stored api key"
     assert login.stored_kind(cfg) == "api_key"
+    assert login.stored_hint(cfg) == "sk-ant-api03-…"  # too short to show its end
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("sk-ant-api03-" + "x" * 80 + "wxyz", "sk-ant-api03-…wxyz"),
+        ("sk-ant-oat01-" + "y" * 60 + "9876", "sk-ant-oat01-…9876"),
+        ("plainlongsecretvalue1234", "…1234"),
+        ("short-secret", "…"),
+    ],
+)
+def test_stored_secrets_are_shown_masked(tmp_path: Path, value: str, shown: str) -> None:
+    cfg = tmp_path / "claude"
+    login.store_credential(cfg, "api_key", value)
+    assert login.stored_hint(cfg) == shown
+    assert login.mask_secret(value) == shown
+    assert value[:-4] not in shown
 
 
 def test_store_oauth_token_blanks_a_key_and_forget_undoes_it(tmp_path: Path) -> None:
