@@ -1,7 +1,7 @@
 """Crash safety: ``kill -9`` a real ``hyperhive serve`` in the middle of a deploy.
 
-A real controller (subprocess, local runtime) runs a stand-in agent
-(``HYPERHIVE_AGENT_ARGV``) with a 3 s start grace (``local_start_grace_seconds``),
+A real controller (subprocess, local runtime, agents under bubblewrap as by
+default) runs a stand-in agent (``HYPERHIVE_AGENT_ARGV``) with a 3 s start grace (``local_start_grace_seconds``),
 so every deploy has a deterministic window in which ``building/<id>`` exists, the
 agent's process is already started and no outcome is written yet. The manager
 requests a spawn over its socket, the operator approves it over the admin socket,
@@ -34,16 +34,20 @@ import psutil
 import pygit2
 import pytest
 
+from controller.auth.operator import load_operator_key
+from controller.paths import Layout
 from schemas.client import UnixClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Runs inside the sandbox (on by default, as users run it): it can write only its own
+# state dir, and its pid there is its pid namespace's, so every start is a random id;
+# the host pid is the one harness.pid records.
 STANDIN = r"""
-import json, os, signal, sys, time
+import json, os, signal, sys, time, uuid
 state = os.environ["HYPERHIVE_STATE_DIR"]
-with open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(state))),
-                       "starts.log"), "a") as f:
-    f.write(json.dumps({"agent": os.environ["HYPERHIVE_AGENT"], "pid": os.getpid()}) + "\n")
+with open(os.path.join(state, "starts.log"), "a") as f:
+    f.write(json.dumps({"agent": os.environ["HYPERHIVE_AGENT"], "start": uuid.uuid4().hex}) + "\n")
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 while True:
     time.sleep(0.05)
@@ -123,11 +127,13 @@ class Controller:
 
     @property
     def admin(self) -> UnixClient:
-        return UnixClient(str(self.run / "host.sock"), timeout=30)
+        key = load_operator_key(Layout(self.state, self.run))
+        return UnixClient(str(self.run / "host.sock"), timeout=30, token=key)
 
     @property
     def manager(self) -> UnixClient:
-        return UnixClient(str(self.run / "manager" / "mcp.sock"), timeout=30)
+        token = (self.state / "agents" / "manager" / "credential").read_text().strip()
+        return UnixClient(str(self.run / "manager" / "mcp.sock"), timeout=30, token=token)
 
     def refs(self) -> set[str]:
         repo = pygit2.Repository(str(self.state / "meta.git"))
@@ -138,15 +144,20 @@ class Controller:
         main = repo.references["refs/heads/main"].target
         return [str(c.id) for c in repo.walk(main)]
 
-    def starts(self, agent: str) -> list[int]:
+    def starts(self, agent: str) -> list[str]:
+        """One id per start of ``agent``'s stand-in (from its own state dir)."""
         try:
-            rows = (self.state / "starts.log").read_text().splitlines()
+            rows = (self.state / "agents" / agent / "state" / "starts.log").read_text()
         except FileNotFoundError:
             return []
-        return [json.loads(r)["pid"] for r in rows if json.loads(r)["agent"] == agent]
+        return [json.loads(r)["start"] for r in rows.splitlines() if r.strip()]
 
     def pid_file(self, agent: str) -> Path:
         return self.state / "agents" / agent / "harness.pid"
+
+    def host_pid(self, agent: str) -> int:
+        """The host pid the driver recorded for ``agent`` (bwrap's, when sandboxed)."""
+        return int(json.loads(self.pid_file(agent).read_text())["pid"])
 
     def approvals(self, id: int) -> list[dict[str, Any]]:
         msgs = self.admin.get("/messages?since=0&limit=1000")["messages"]
@@ -207,14 +218,18 @@ def test_kill_9_mid_deploy_then_restart_finishes_it_exactly_once(ctl: Controller
     assert not {f"refs/tags/deployed/{id}", f"refs/tags/failed/{id}"} & ctl.refs()
     ctl.kill9()
     assert not {f"refs/tags/deployed/{id}", f"refs/tags/failed/{id}"} & ctl.refs()
-    [pid] = ctl.starts("alice")
+    [start] = ctl.starts("alice")
+    pid = ctl.host_pid("alice")
     assert alive(pid)  # the agent outlives its controller
+    if shutil.which("bwrap"):
+        assert psutil.Process(pid).name() == "bwrap"  # sandboxed, as by default
 
     ctl.start()
     wait_for("deployed/<id>", lambda: f"refs/tags/deployed/{id}" in ctl.refs(), timeout=30)
     refs = ctl.refs()
     assert f"refs/tags/failed/{id}" not in refs
-    assert ctl.starts("alice") == [pid] and alive(pid)  # found again, never started twice
+    # found again, never started twice
+    assert ctl.starts("alice") == [start] and ctl.host_pid("alice") == pid and alive(pid)
     history = ctl.main_history()
     assert len(history) == len(main_before) + 1  # main advanced once (the fast-forward)
     assert history[1:] == main_before
@@ -226,7 +241,7 @@ def test_kill_9_mid_deploy_then_restart_finishes_it_exactly_once(ctl: Controller
     assert [e["decision"] for e in ctl.approvals(id)] == ["deployed"]
     # a resync later: still exactly one of everything
     ctl.admin.post("/reconcile", {})
-    assert ctl.starts("alice") == [pid]
+    assert ctl.starts("alice") == [start] and ctl.host_pid("alice") == pid
     assert len(ctl.main_history()) == len(main_before) + 1
     assert [e["decision"] for e in ctl.approvals(id)] == ["deployed"]
 
