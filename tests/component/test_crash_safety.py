@@ -1,11 +1,12 @@
 """Crash safety: ``kill -9`` a real ``hyperhive serve`` in the middle of a deploy.
 
 A real controller (subprocess, local runtime, agents under bubblewrap as by
-default) runs a stand-in agent (``HYPERHIVE_AGENT_ARGV``) with a 3 s start grace (``local_start_grace_seconds``),
-so every deploy has a deterministic window in which ``building/<id>`` exists, the
-agent's process is already started and no outcome is written yet. The manager
-requests a spawn over its socket, the operator approves it over the admin socket,
-and the controller is SIGKILLed inside that window. The restarted controller must
+default) runs a stand-in agent (``HYPERHIVE_AGENT_ARGV``) with a 3 s start grace
+(``local_start_grace_seconds``), so every deploy has a deterministic window in
+which ``building/<id>`` exists, the agent's process is already started and no
+outcome is written yet. The manager requests a spawn over its socket, the
+operator approves it over the admin socket, and the controller is SIGKILLed
+inside that window. The restarted controller must
 finish the deploy: ``deployed/<id>`` exactly once (no ``failed/<id>``), one agent
 process (the one the dead controller started — not a second), main advanced once,
 and one ``ApprovalResolved`` for the manager.
