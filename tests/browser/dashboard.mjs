@@ -1,11 +1,12 @@
 // Drives the dashboard in headless Chromium (playwright-core, no bundled browser).
-// usage: node tests/browser/dashboard.mjs <base-url> <screenshot.png>
-// Prints one JSON line with what it saw; exits non-zero on any failed check.
+// usage: node tests/browser/dashboard.mjs <base-url> <login-url> <screenshot.png>
+// Logs in through the one-time login URL first. Prints one JSON line with what it saw;
+// exits non-zero on any failed check.
 import { chromium } from 'playwright-core';
 
-const [base, shot] = process.argv.slice(2);
-if (!base || !shot) {
-  console.error('usage: dashboard.mjs <base-url> <screenshot.png>');
+const [base, loginUrl, shot] = process.argv.slice(2);
+if (!base || !loginUrl || !shot) {
+  console.error('usage: dashboard.mjs <base-url> <login-url> <screenshot.png>');
   process.exit(2);
 }
 const executablePath = process.env.HYPERHIVE_CHROMIUM || '/usr/bin/chromium';
@@ -26,7 +27,19 @@ try {
     await (d.type() === 'prompt' ? d.accept('not needed') : d.accept());
   });
 
-  await page.goto(base, { waitUntil: 'domcontentloaded' });
+  // without a session: the page says how to log in, the API answers 401
+  let r = await page.goto(base, { waitUntil: 'domcontentloaded' });
+  seen.anonStatus = r.status();
+  seen.anonText = await page.textContent('body');
+  seen.anonApi = (await page.request.get(`${base}/api/state`)).status();
+  seen.anonErrors = seen.errors.splice(0); // the 401 itself is logged as a console error
+  // the login URL sets the session and lands on the dashboard
+  r = await page.goto(loginUrl, { waitUntil: 'domcontentloaded' });
+  seen.loginLanded = new URL(page.url()).pathname;
+  seen.cookies = (await page.context().cookies()).map((c) => ({
+    name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite, path: c.path,
+  }));
+  seen.cookieVisibleToScript = await page.evaluate(() => document.cookie.includes('hyperhive_session'));
 
   // agents table
   await page.waitForSelector('tr[data-agent="alice"]');
@@ -132,6 +145,13 @@ try {
   await page.waitForTimeout(1300); // let the "fresh" flash fade
   await page.screenshot({ path: shot, fullPage: true });
   seen.screenshot = shot;
+
+  // the login URL works once: a second browser using it gets the 401 page
+  const other = await browser.newPage();
+  r = await other.goto(loginUrl, { waitUntil: 'domcontentloaded' });
+  seen.reusedStatus = r.status();
+  seen.reusedText = await other.textContent('body');
+  await other.close();
 } finally {
   await browser.close();
 }

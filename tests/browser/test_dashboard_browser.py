@@ -1,7 +1,8 @@
 """The dashboard in real headless Chromium (playwright-core driven from node).
 
 Starts the dashboard over the demo fakes on 127.0.0.1:<ephemeral>, runs
-``tests/browser/dashboard.mjs`` (load, see agents with their badges, open an
+``tests/browser/dashboard.mjs`` (see the login page, log in through a one-time
+login URL, see agents with their badges, open an
 agent's logs, config and describe blocks, approve a proposal with a diff, answer
 a question, send a message and see it come back over SSE, destroy an agent and
 purge kept state through their confirms, screenshot) and checks what the fakes
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from controller.auth import LoginTokens
 from controller.dashboard import make_dashboard_app
 from controller.drivers.journal import HARNESS_UNIT
 from schemas.names import OPERATOR
@@ -60,10 +62,21 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
     ops, broker = fakes.demo()
     stop = threading.Event()
     shot = tmp_path / "dashboard.png"
-    with fakes.serve(make_dashboard_app(ops, broker, heartbeat_seconds=2.0, stop=stop)) as base:
+    tokens = LoginTokens()
+    app = make_dashboard_app(
+        ops,
+        broker,
+        operator_key="browser-test-operator-key",
+        login_tokens=tokens,
+        web_sock=lambda name: tmp_path / f"{name}.sock",
+        heartbeat_seconds=2.0,
+        stop=stop,
+    )
+    with fakes.serve(app) as base:
+        login = f"{base}/login?token={tokens.issue().token}"
         try:
             proc = subprocess.run(
-                ["node", str(SCRIPT), base, str(shot)],
+                ["node", str(SCRIPT), base, login, str(shot)],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
@@ -74,9 +87,18 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
 
+    # login: a 401 page until the one-time URL is opened, then an HttpOnly session cookie
+    assert seen["anonStatus"] == 401 and "hyperhive dashboard" in seen["anonText"]
+    assert seen["anonApi"] == 401 and all("401" in e for e in seen["anonErrors"])
+    assert seen["loginLanded"] == "/"
+    assert seen["cookies"] == [
+        {"name": "hyperhive_session", "httpOnly": True, "sameSite": "Strict", "path": "/"}
+    ]
+    assert seen["cookieVisibleToScript"] is False
+    assert seen["reusedStatus"] == 401 and "hyperhive dashboard" in seen["reusedText"]
     assert seen["agents"] == ["manager", "alice", "bob", "carol"]
     assert seen["aliceNeedsUpdate"] is True
-    assert seen["aliceLink"].startswith("http://127.0.0.1:") and seen["aliceLink"].endswith("/")
+    assert seen["aliceLink"] == "/agents/alice/"
     assert "StartFailed" in seen["bobProblem"]
     assert seen["bobCrashLoop"] == "crash loop"
     assert seen["bobLoginHref"] == seen["bobUiHref"] and seen["bobUiHref"].endswith("/")

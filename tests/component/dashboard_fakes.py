@@ -2,13 +2,16 @@
 
 ``FakeOps`` records every call in ``calls`` (and keeps kept state, deploys,
 events, journals and configs per agent); ``FakeBroker`` keeps messages and
-operator questions in lists and wakes ``wait_for_new`` on ``send``.
-``serve(app)`` runs a WSGI app with waitress on 127.0.0.1:<ephemeral> in a thread.
-Run ``python tests/component/dashboard_fakes.py`` to browse the demo dashboard.
+operator questions in lists and wakes ``wait_for_new`` / ``wait_for_new_async``
+on ``send``. ``serve(app)`` serves an ASGI app with ``hivehttp.serve_tcp`` on
+127.0.0.1:<ephemeral> under the dashboard's browser policy.
+Run ``python tests/component/dashboard_fakes.py`` to browse the demo dashboard
+(it prints a login URL).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
@@ -429,6 +432,24 @@ class FakeBroker:
                     return fresh[:200]
                 self.cond.wait(left)
 
+    async def wait_for_new_async(
+        self,
+        since_id: int,
+        timeout: float,
+        limit: int = 200,
+        *,
+        abandoned: asyncio.Event | None = None,
+    ) -> list[Message]:
+        """``wait_for_new`` on the event loop: checks every 20 ms (a fake may poll)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fresh = self.messages(since_id, limit)
+            if fresh or time.monotonic() >= deadline:
+                return fresh
+            if abandoned is not None and abandoned.is_set():
+                return []
+            await asyncio.sleep(0.02)
+
     def last_id(self) -> int:
         """The newest message id (0 when there is none)."""
         with self.cond:
@@ -601,35 +622,31 @@ def demo() -> tuple[FakeOps, FakeBroker]:
 
 
 @contextmanager
-def serve(app: Any, threads: int = 16) -> Iterator[str]:
-    """Serve ``app`` with waitress on 127.0.0.1:<ephemeral> in a thread; yields the base URL."""
-    from waitress.server import create_server
+def serve(app: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` on 127.0.0.1:<ephemeral> (``hivehttp``, the browser policy
+    ``hyperhive serve`` uses); yields the base URL."""
+    import hivehttp
 
-    server = create_server(app, host="127.0.0.1", port=0, threads=threads, channel_timeout=30)
-    thread = threading.Thread(target=server.run, name="waitress-test", daemon=True)
-    thread.start()
+    listener = hivehttp.serve_tcp(
+        app, "127.0.0.1", 0, policy=hivehttp.browser_policy(), name="dashboard-test"
+    )
     try:
-        yield f"http://127.0.0.1:{server.effective_port}"
+        yield f"http://127.0.0.1:{listener.port}"
     finally:
-
-        def close_all() -> None:  # runs in the server's own select loop
-            for channel in list(server._map.values()):
-                if channel is not server and channel is not server.trigger:
-                    channel.handle_close()
-            server.close()  # the listening socket and the trigger: the loop ends
-
-        server.trigger.pull_trigger(close_all)
-        thread.join(timeout=5)
-        server.task_dispatcher.shutdown(timeout=2)
+        listener.stop()
 
 
 if __name__ == "__main__":  # a demo dashboard to look at
     import sys
+    import tempfile
+    from pathlib import Path
 
+    from controller.auth import LoginTokens
     from controller.dashboard import make_dashboard_app
 
     ops_, broker_ = demo()
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 7000
+    socks = Path(tempfile.mkdtemp(prefix="hh-demo-"))
 
     def chatter() -> None:
         n = 0
@@ -639,6 +656,16 @@ if __name__ == "__main__":  # a demo dashboard to look at
             broker_.send("alice", "bob", f"heartbeat {n}: still grepping")
 
     threading.Thread(target=chatter, daemon=True).start()
-    from waitress import serve as wserve
+    import hivehttp
 
-    wserve(make_dashboard_app(ops_, broker_), host="127.0.0.1", port=port, threads=16)
+    tokens = LoginTokens()
+    app_ = make_dashboard_app(
+        ops_,
+        broker_,
+        operator_key="demo-operator-key",
+        login_tokens=tokens,
+        web_sock=lambda name: socks / name / "web.sock",
+    )
+    hivehttp.serve_tcp(app_, "127.0.0.1", port, policy=hivehttp.browser_policy())
+    print(f"open http://127.0.0.1:{port}/login?token={tokens.issue().token}", flush=True)
+    threading.Event().wait()

@@ -1,7 +1,10 @@
 """Component tests of the dashboard app with a fake SwarmOps and an in-memory broker.
 
-Plain endpoints go through ``falcon.testing``; the SSE stream through a real
-waitress server on 127.0.0.1 (the stream never ends, so it needs a socket).
+Plain endpoints go through ``falcon.testing`` with the app behind the same
+``hivehttp`` guard (browser policy) ``hyperhive serve`` puts in front of it and
+a valid session cookie; the streams and the agent UI proxy through a real
+``hivehttp`` listener on 127.0.0.1, with a real ASGI app on a unix socket
+standing in for an agent's web UI.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import falcon.testing
 import pytest
 from dashboard_fakes import FakeBroker, FakeOps, demo, serve
 
+import hivehttp
+from controller.auth import LoginTokens, SessionSigner
 from controller.dashboard import make_dashboard_app
-from controller.dashboard.app import (
+from controller.dashboard.views import (
     agent_view,
     describe_view,
     normalize_conditions,
@@ -33,6 +38,56 @@ from controller.ops import Lifecycle
 from schemas.names import MANAGER, OPERATOR
 from schemas.wire import Message
 
+KEY = "test-operator-key-0123456789abcdef"
+"""The operator key every test app signs sessions with."""
+
+TEST_HOSTS = frozenset({"falconframework.org", "hive.example"})
+"""Hosts the test policy allows besides loopback (falcon.testing's default Host)."""
+
+
+def make_app(
+    ops: FakeOps,
+    broker: Any,
+    *,
+    tokens: LoginTokens | None = None,
+    socks: Path | None = None,
+    **kw: Any,
+) -> Any:
+    """The dashboard over ``ops`` / ``broker``; agent UI sockets at ``<socks>/<name>.sock``."""
+    base = socks or Path("/nonexistent")
+    return make_dashboard_app(
+        ops,
+        broker,
+        operator_key=KEY,
+        login_tokens=tokens or LoginTokens(),
+        web_sock=lambda name: base / f"{name}.sock",
+        **kw,
+    )
+
+
+def guarded(app: Any) -> Any:
+    """``app`` behind the policy ``hyperhive serve`` gives the dashboard listener."""
+    guard = hivehttp.guarded(app, hivehttp.browser_policy(TEST_HOSTS))
+
+    async def listed(scope: Any, receive: Any, send: Any) -> None:
+        # falcon.testing hands headers over as a one-shot iterator (the ASGI spec allows
+        # any iterable); the guard reads them before the app does
+        if scope["type"] == "http":
+            scope["headers"] = [tuple(h) for h in scope["headers"]]
+        await guard(scope, receive, send)
+
+    return listed
+
+
+def session_cookie(signer: SessionSigner | None = None) -> str:
+    """A ``Cookie`` header value with a valid session."""
+    return f"hyperhive_session={(signer or SessionSigner(KEY)).issue()}"
+
+
+def logged_in(app: Any) -> falcon.testing.TestClient:
+    """A test client for ``app`` (guarded) that sends a valid session cookie."""
+    return falcon.testing.TestClient(guarded(app), headers={"Cookie": session_cookie()})
+
 
 @pytest.fixture
 def fakes() -> tuple[FakeOps, FakeBroker]:
@@ -42,9 +97,9 @@ def fakes() -> tuple[FakeOps, FakeBroker]:
 
 @pytest.fixture
 def client(fakes: tuple[FakeOps, FakeBroker]) -> falcon.testing.TestClient:
-    """A test client over the demo swarm."""
+    """A logged-in test client over the demo swarm."""
     ops, broker = fakes
-    return falcon.testing.TestClient(make_dashboard_app(ops, broker))
+    return logged_in(make_app(ops, broker))
 
 
 def _error(r: falcon.testing.Result, status: int, field: str | None) -> dict[str, Any]:
@@ -58,13 +113,6 @@ def _error(r: falcon.testing.Result, status: int, field: str | None) -> dict[str
 
 def _last_call(ops: FakeOps) -> tuple[Any, ...]:
     return ops.calls[-1]
-
-
-def _form(**fields: str | list[str]) -> dict[str, Any]:
-    return {
-        "body": urllib.parse.urlencode(fields, doseq=True),
-        "headers": {"Content-Type": "application/x-www-form-urlencoded"},
-    }
 
 
 # ----------------------------------------------------------------- static + state
@@ -92,14 +140,14 @@ def test_index_and_static(client: falcon.testing.TestClient) -> None:
 def test_state_snapshot(
     client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
 ) -> None:
-    r = client.simulate_get("/api/state", headers={"Host": "hive.lan:7000"})
+    r = client.simulate_get("/api/state")
     assert r.status_code == 200
     s = r.json
     names = [a["name"] for a in s["agents"]]
     assert names[0] == MANAGER and sorted(names[1:]) == names[1:] == ["alice", "bob", "carol"]
     alice = next(a for a in s["agents"] if a["name"] == "alice")
     assert alice["needs_update"] is True
-    assert alice["url"] == f"http://hive.lan:{alice['web_port']}/"
+    assert alice["url"] == "/agents/alice/" and alice["web_port"] > 0
     assert alice["commit_short"] == alice["commit"][:8]
     assert alice["model"] == "haiku"
     assert {c["type"] for c in alice["conditions"]} == {"Ready", "UpToDate", "LoggedIn"}
@@ -144,7 +192,7 @@ def test_state_etag_304(client: falcon.testing.TestClient) -> None:
 def test_state_survives_a_failing_section(fakes: tuple[FakeOps, FakeBroker]) -> None:
     ops, broker = fakes
     ops.fail_status = True
-    r = falcon.testing.TestClient(make_dashboard_app(ops, broker)).simulate_get("/api/state")
+    r = logged_in(make_app(ops, broker)).simulate_get("/api/state")
     assert r.status_code == 200
     assert r.json["agents"] == [] and "status exploded" in r.json["errors"]["status"]
     assert len(r.json["proposals"]) == 2
@@ -157,14 +205,14 @@ def test_state_survives_failing_tombstones(fakes: tuple[FakeOps, FakeBroker]) ->
         raise OSError("tombstones dir unreadable")
 
     ops.tombstones = boom  # type: ignore[method-assign]
-    r = falcon.testing.TestClient(make_dashboard_app(ops, broker)).simulate_get("/api/state")
+    r = logged_in(make_app(ops, broker)).simulate_get("/api/state")
     assert r.status_code == 200 and r.json["tombstones"] == []
     assert "unreadable" in r.json["errors"]["tombstones"] and len(r.json["agents"]) == 4
 
 
 def test_crash_loop_and_login_flags() -> None:
     def row(*conds: dict[str, Any]) -> dict[str, Any]:
-        return agent_view({"name": "x", "conditions": list(conds)}, "h")
+        return agent_view({"name": "x", "conditions": list(conds)})
 
     stalled = {"type": "Stalled", "status": "True", "reason": "CrashLoopBackOff"}
     assert row(stalled)["crash_loop"] is True
@@ -193,10 +241,10 @@ def test_condition_shapes() -> None:
             "web_port": 8123,
             "conditions": as_map,
         },
-        "::1",
     )
-    assert row["needs_update"] and row["commit"] == "abc" and row["url"] == "http://[::1]:8123/"
-    assert agent_view({"name": "y", "web_port": True}, "h")["url"] is None
+    assert row["needs_update"] and row["commit"] == "abc" and row["url"] == "/agents/x/"
+    assert row["web_port"] == 8123
+    assert agent_view({"name": "y", "web_port": True})["web_port"] is None
 
 
 def test_get_one_proposal(client: falcon.testing.TestClient) -> None:
@@ -208,20 +256,18 @@ def test_get_one_proposal(client: falcon.testing.TestClient) -> None:
 # ----------------------------------------------------------------- proposals
 
 
-def test_approve_json_and_form(
-    client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
-) -> None:
+def test_approve(client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]) -> None:
     ops, _ = fakes
     r = client.simulate_post("/api/proposals/7/approve", json={"note": "go"})
     assert r.status_code == 200 and r.json["state"] == "approved"
-    r = client.simulate_post("/api/proposals/8/approve", **_form())
+    r = client.simulate_post("/api/proposals/8/approve", json={})
     assert r.status_code == 200
     assert ("approve", 7, "go") in ops.calls and ("approve", 8, "") in ops.calls
     _error(client.simulate_post("/api/proposals/7/approve", json={}), 409, "id")
-    _error(client.simulate_post("/api/proposals/42/approve"), 404, "id")
-    _error(client.simulate_post("/api/proposals/abc/approve"), 400, "id")
-    _error(client.simulate_post("/api/proposals/0/approve"), 400, "id")
-    _error(client.simulate_post("/api/proposals/5x/approve"), 400, "id")
+    _error(client.simulate_post("/api/proposals/42/approve", json={}), 404, "id")
+    _error(client.simulate_post("/api/proposals/abc/approve", json={}), 400, "id")
+    _error(client.simulate_post("/api/proposals/0/approve", json={}), 400, "id")
+    _error(client.simulate_post("/api/proposals/5x/approve", json={}), 400, "id")
 
 
 def test_deny_needs_a_note(
@@ -230,13 +276,16 @@ def test_deny_needs_a_note(
     ops, _ = fakes
     _error(client.simulate_post("/api/proposals/7/deny", json={}), 400, "note")
     _error(client.simulate_post("/api/proposals/7/deny", json={"note": "   "}), 400, "note")
-    _error(client.simulate_post("/api/proposals/7/deny", **_form(note="")), 400, "note")
+    _error(client.simulate_post("/api/proposals/7/deny", json={"note": ""}), 400, "note")
     _error(client.simulate_post("/api/proposals/7/deny", json={"note": 5}), 400, "note")
     _error(client.simulate_post("/api/proposals/7/deny", json={"note": "x", "y": 1}), 400, "y")
     assert not [c for c in ops.calls if c[0] == "deny"]
-    r = client.simulate_post("/api/proposals/7/deny", **_form(note="one reviewer is enough"))
+    r = client.simulate_post("/api/proposals/7/deny", json={"note": "one reviewer is enough"})
     assert r.status_code == 200 and r.json["state"] == "denied"
     assert ("deny", 7, "one reviewer is enough") in ops.calls
+
+
+JSON = {"Content-Type": "application/json"}
 
 
 def test_bad_bodies(client: falcon.testing.TestClient) -> None:
@@ -256,8 +305,14 @@ def test_bad_bodies(client: falcon.testing.TestClient) -> None:
         400,
         "(root)",
     )
-    r = client.simulate_post(url, body="<x/>", headers={"Content-Type": "application/xml"})
-    assert r.status_code == 415 and r.json["error"]["code"]
+    deep = "[" * 100_000 + "]" * 100_000
+    err = _error(client.simulate_post(url, body=deep, headers=JSON), 400, "(root)")
+    assert "deeper" in err["message"]
+    err = _error(client.simulate_post(url, body='{"note": "a\\ud800b"}', headers=JSON), 400, "note")
+    assert "surrogate" in err["message"]
+    for ctype in ("application/xml", "text/plain", "application/x-www-form-urlencoded"):
+        r = client.simulate_post(url, body="note=x", headers={"Content-Type": ctype})
+        assert r.status_code == 415 and r.json["error"]["code"], ctype
     big = json.dumps({"note": "x" * (1 << 20)})
     r = client.simulate_post(url, body=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "error" in r.json
@@ -268,7 +323,7 @@ def test_bad_bodies(client: falcon.testing.TestClient) -> None:
 
 
 def test_spawn(client: falcon.testing.TestClient) -> None:
-    r = client.simulate_post("/api/spawn", **_form(name="dave"))
+    r = client.simulate_post("/api/spawn", json={"name": "dave"})
     assert r.status_code == 201 and r.json["kind"] == "spawn" and r.json["state"] == "pending"
     _error(client.simulate_post("/api/spawn", json={"name": "Bad Name"}), 400, "name")
     _error(client.simulate_post("/api/spawn", json={"name": "alice"}), 409, "name")
@@ -286,7 +341,7 @@ def test_send(client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroke
     m = broker.msgs[-1]
     assert (m.sender, m.recipient, m.body) == (OPERATOR, "alice", "hello")
     assert r.json == {"id": m.id, "message": m.to_json()}
-    r = client.simulate_post("/api/send", **_form(to=MANAGER, body="line 1\nline 2 & more"))
+    r = client.simulate_post("/api/send", json={"to": MANAGER, "body": "line 1\nline 2 & more"})
     assert r.status_code == 201 and broker.msgs[-1].body == "line 1\nline 2 & more"
     n = len(broker.msgs)
     _error(client.simulate_post("/api/send", json={"to": "alice"}), 400, "body")
@@ -311,7 +366,7 @@ def test_lifecycle(
     client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker], verb: str
 ) -> None:
     ops, _ = fakes
-    r = client.simulate_post(f"/api/agents/alice/{verb}")
+    r = client.simulate_post(f"/api/agents/alice/{verb}", json={})
     assert r.status_code == 200 and r.json["result"] == f"{verb} alice: ok"
     assert ops.calls[-1] == ("lifecycle", verb, "alice")
 
@@ -320,22 +375,22 @@ def test_lifecycle_errors(
     client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
 ) -> None:
     ops, _ = fakes
-    _error(client.simulate_post("/api/agents/alice/explode"), 404, "verb")
-    _error(client.simulate_post("/api/agents/zed/start"), 404, "name")
-    _error(client.simulate_post("/api/agents/Not%20A%20Name/start"), 404, "name")
+    _error(client.simulate_post("/api/agents/alice/explode", json={}), 404, "verb")
+    _error(client.simulate_post("/api/agents/zed/start", json={}), 404, "name")
+    _error(client.simulate_post("/api/agents/Not%20A%20Name/start", json={}), 404, "name")
     assert not [c for c in ops.calls if c[0] == "lifecycle"]
 
     def boom(verb: Lifecycle, name: str) -> str:
         raise TransientError("nixos-container start timed out")
 
     ops.lifecycle = boom  # type: ignore[method-assign]
-    r = client.simulate_post("/api/agents/alice/start")
+    r = client.simulate_post("/api/agents/alice/start", json={})
     assert r.status_code == 503 and "timed out" in r.json["error"]["message"]
 
 
 def test_reconcile(client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]) -> None:
     ops, _ = fakes
-    r = client.simulate_post("/api/reconcile", **_form(dry_run="1"))
+    r = client.simulate_post("/api/reconcile", json={"dry_run": True})
     assert r.status_code == 200 and r.json["dry_run"] is True
     assert r.json["plan"] == [
         {"action": "rebuild", "agent": "alice", "reason": "agent.nix changed"}
@@ -352,11 +407,11 @@ def test_reconcile(client: falcon.testing.TestClient, fakes: tuple[FakeOps, Fake
 
 
 def test_describe(client: falcon.testing.TestClient) -> None:
-    r = client.simulate_get("/api/agents/bob", headers={"Host": "hive.lan:7000"})
+    r = client.simulate_get("/api/agents/bob")
     assert r.status_code == 200
     d = r.json
     assert d["name"] == "bob" and d["crash_loop"] is True and d["needs_login"] is True
-    assert d["url"] == f"http://hive.lan:{d['web_port']}/"
+    assert d["url"] == "/agents/bob/"
     stalled = next(c for c in d["conditions"] if c["type"] == "Stalled")
     assert stalled["reason"] == "CrashLoopBackOff" and stalled["message"]
     assert stalled["last_transition_time"].endswith("Z")
@@ -381,7 +436,6 @@ def test_describe_view_shapes() -> None:
             "crash": {"times": [1.0, 2.0], "restart_at": None, "stalled": True},
             "failure": {"kind": "permanent", "action": "start", "message": "m", "retry_at": 5.0},
         },
-        "h",
     )
     assert d["deploys"] == [
         {"id": 3, "state": "failed", "commit": None, "at": None, "tag": "failed/3",
@@ -392,7 +446,7 @@ def test_describe_view_shapes() -> None:
     assert d["crash"]["stalled"] is True and d["crash"]["restart_at"] is None
     assert d["crash"]["times"][0].startswith("1970-01-01T00:00:01")
     assert d["failure"]["retry_at"].startswith("1970-01-01T00:00:05")
-    bare = describe_view({"name": "y"}, "h")
+    bare = describe_view({"name": "y"})
     assert bare["deploys"] == bare["events"] == [] and bare["crash"] is bare["failure"] is None
     t = tombstone_view({"name": "z", "destroyed_at": 0.5, "bytes": True, "path": None})
     assert t["id"] == "z" and t["bytes"] is None and t["path"] == "" and t["commit_short"] is None
@@ -443,7 +497,7 @@ def test_journal_errors(
         )
         assert "harness" in err["message"] and "machine" in err["message"]
     assert len(ops.calls) == n  # nothing reached ops
-    r = client.simulate_post("/api/agents/alice/journal")
+    r = client.simulate_post("/api/agents/alice/journal", json={})
     assert r.status_code == 405 and "error" in r.json
 
     def stopped(name: str, unit: str | None = None, lines: int = 200) -> str:
@@ -483,7 +537,7 @@ def test_destroy_keeps_state(
     client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
 ) -> None:
     ops, _ = fakes
-    r = client.simulate_post("/api/agents/carol/destroy", **_form())
+    r = client.simulate_post("/api/agents/carol/destroy", json={})
     assert r.status_code == 200 and r.json["purged"] is False and "kept" in r.json["result"]
     assert ops.calls[-1] == ("destroy", "carol", False)
     s = client.simulate_get("/api/state").json
@@ -493,7 +547,7 @@ def test_destroy_keeps_state(
     assert r.status_code == 200 and r.json["purged"] is True
     assert ops.calls[-1] == ("destroy", "bob", True)
     assert "bob" not in [t["name"] for t in client.simulate_get("/api/state").json["tombstones"]]
-    r = client.simulate_post("/api/agents/alice/destroy", **_form(purge="0"))
+    r = client.simulate_post("/api/agents/alice/destroy", json={"purge": False})
     assert r.status_code == 200 and ops.calls[-1] == ("destroy", "alice", False)
 
 
@@ -501,18 +555,18 @@ def test_destroy_errors(
     client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
 ) -> None:
     ops, _ = fakes
-    err = _error(client.simulate_post(f"/api/agents/{MANAGER}/destroy"), 400, "name")
+    err = _error(client.simulate_post(f"/api/agents/{MANAGER}/destroy", json={}), 400, "name")
     assert "manager" in err["message"]
     _error(
         client.simulate_post(f"/api/agents/{MANAGER}/destroy", json={"purge": True}), 400, "name"
     )
-    _error(client.simulate_post("/api/agents/zed/destroy"), 404, "name")
-    _error(client.simulate_post("/api/agents/NOPE/destroy"), 404, "name")
+    _error(client.simulate_post("/api/agents/zed/destroy", json={}), 404, "name")
+    _error(client.simulate_post("/api/agents/NOPE/destroy", json={}), 404, "name")
     _error(client.simulate_post("/api/agents/alice/destroy", json={"purge": "maybe"}), 400, "purge")
     _error(client.simulate_post("/api/agents/alice/destroy", json={"purge": 1}), 400, "purge")
     _error(client.simulate_post("/api/agents/alice/destroy", json={"force": True}), 400, "force")
     evil = {"Host": "127.0.0.1:7000", "Origin": "http://evil.example"}
-    _error(client.simulate_post("/api/agents/alice/destroy", headers=evil), 403, "Origin")
+    _error(client.simulate_post("/api/agents/alice/destroy", json={}, headers=evil), 403, None)
     assert client.simulate_get("/api/agents/alice/destroy").status_code == 405
     assert not [c for c in ops.calls if c[0] == "destroy"]
     assert "alice" in ops.agents
@@ -526,19 +580,20 @@ def test_purge_tombstone(
     url = f"/api/tombstones/{tid}/purge"
     _error(client.simulate_post(url, json={"x": 1}), 400, "x")
     evil = {"Host": "127.0.0.1:7000", "Origin": "http://evil.example"}
-    _error(client.simulate_post(url, headers=evil), 403, "Origin")
+    _error(client.simulate_post(url, json={}, headers=evil), 403, None)
     assert tid in ops.kept and not [c for c in ops.calls if c[0] == "purge"]
-    r = client.simulate_post(url, **_form())
+    r = client.simulate_post(url, json={})
     assert r.status_code == 200
     assert r.json == {"agent": tid, "purged": True, "result": f"purged {tid}"}
     assert ops.calls[-1] == ("purge", tid)
     assert client.simulate_get("/api/state").json["tombstones"] == []
-    _error(client.simulate_post(url), 404, "name")
-    _error(client.simulate_post("/api/tombstones/frank/purge"), 404, "name")
-    _error(client.simulate_post("/api/tombstones/alice/purge"), 409, "name")  # still desired
-    _error(client.simulate_post("/api/tombstones/Bad%20Name/purge"), 404, "name")
-    _error(client.simulate_post("/api/tombstones/frank-12x/purge"), 404, "name")
-    _error(client.simulate_post(f"/api/tombstones/{MANAGER}/purge"), 404, "name")
+    _error(client.simulate_post(url, json={}), 404, "name")
+    _error(client.simulate_post("/api/tombstones/frank/purge", json={}), 404, "name")
+    still_desired = client.simulate_post("/api/tombstones/alice/purge", json={})
+    _error(still_desired, 409, "name")
+    _error(client.simulate_post("/api/tombstones/Bad%20Name/purge", json={}), 404, "name")
+    _error(client.simulate_post("/api/tombstones/frank-12x/purge", json={}), 404, "name")
+    _error(client.simulate_post(f"/api/tombstones/{MANAGER}/purge", json={}), 404, "name")
     assert client.simulate_get(url).status_code == 405
 
 
@@ -546,10 +601,10 @@ def test_purge_by_agent_name(
     client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
 ) -> None:
     ops, _ = fakes
-    assert client.simulate_post("/api/agents/carol/destroy").status_code == 200
+    assert client.simulate_post("/api/agents/carol/destroy", json={}).status_code == 200
     kept = client.simulate_get("/api/state").json["tombstones"]
     assert [t["name"] for t in kept] == ["carol", "frank"]  # newest first
-    r = client.simulate_post("/api/tombstones/carol/purge")
+    r = client.simulate_post("/api/tombstones/carol/purge", json={})
     assert r.status_code == 200 and ops.calls[-1] == ("purge", "carol")
     assert [t["name"] for t in client.simulate_get("/api/state").json["tombstones"]] == ["frank"]
 
@@ -561,9 +616,9 @@ def test_answer_and_cancel(
     client: falcon.testing.TestClient, fakes: tuple[FakeOps, FakeBroker]
 ) -> None:
     _, broker = fakes
-    r = client.simulate_post("/api/questions/1/answer", **_form(answer="sonnet"))
+    r = client.simulate_post("/api/questions/1/answer", json={"answer": "sonnet"})
     assert r.status_code == 200 and broker.qs[1].answer == "sonnet"
-    r = client.simulate_post("/api/questions/2/answer", **_form(answer=["hyperhive", "infra"]))
+    r = client.simulate_post("/api/questions/2/answer", json={"answer": ["hyperhive", "infra"]})
     assert r.status_code == 200 and broker.qs[2].answer == "hyperhive, infra"
     _error(client.simulate_post("/api/questions/1/answer", json={"answer": "opus"}), 409, "id")
     _error(client.simulate_post("/api/questions/3/answer", json={}), 400, "answer")
@@ -571,14 +626,14 @@ def test_answer_and_cancel(
     _error(client.simulate_post("/api/questions/3/answer", json={"answer": 7}), 400, "answer")
     _error(client.simulate_post("/api/questions/99/answer", json={"answer": "x"}), 404, "id")
     _error(client.simulate_post("/api/questions/x/answer", json={"answer": "x"}), 400, "id")
-    r = client.simulate_post("/api/questions/3/cancel")
+    r = client.simulate_post("/api/questions/3/cancel", json={})
     assert r.status_code == 200 and broker.qs[3].answer == "[cancelled]"
-    _error(client.simulate_post("/api/questions/3/cancel"), 409, "id")
-    _error(client.simulate_post("/api/questions/99/cancel"), 404, "id")
+    _error(client.simulate_post("/api/questions/3/cancel", json={}), 409, "id")
+    _error(client.simulate_post("/api/questions/99/cancel", json={}), 404, "id")
     assert client.simulate_get("/api/state").json["questions"] == []
 
 
-# ----------------------------------------------------------------- CSRF
+# ----------------------------------------------------------------- CSRF, JSON only
 
 
 def test_cross_origin_posts_are_refused(
@@ -587,20 +642,41 @@ def test_cross_origin_posts_are_refused(
     ops, _ = fakes
     h = {"Host": "127.0.0.1:7000"}
     evil = {**h, "Origin": "http://evil.example"}
-    _error(client.simulate_post("/api/proposals/7/approve", headers=evil), 403, "Origin")
+    _error(client.simulate_post("/api/proposals/7/approve", json={}, headers=evil), 403, None)
     other_port = {**h, "Origin": "http://127.0.0.1:8100"}
-    _error(client.simulate_post("/api/proposals/7/approve", headers=other_port), 403, "Origin")
-    xsite = {**h, "Sec-Fetch-Site": "cross-site"}
-    _error(client.simulate_post("/api/proposals/7/approve", headers=xsite), 403, "Origin")
+    _error(client.simulate_post("/api/proposals/7/approve", json={}, headers=other_port), 403, None)
+    for site in ("cross-site", "same-site"):  # same-site: a page on an agent's own port
+        xsite = {**h, "Sec-Fetch-Site": site}
+        _error(client.simulate_post("/api/proposals/7/approve", json={}, headers=xsite), 403, None)
+        r = client.simulate_get("/api/state", headers=xsite)
+        _error(r, 403, None)
+        assert r.json["error"]["code"] == "cross_site"
+    rebinding = {"Host": "evil.example:7000", "Origin": "http://evil.example:7000"}
+    r = client.simulate_post("/api/proposals/7/approve", json={}, headers=rebinding)
+    assert r.status_code == 403 and r.json["error"]["code"] == "bad_host"
+    assert client.simulate_get("/api/state", headers=rebinding).status_code == 403
     assert not [c for c in ops.calls if c[0] == "approve"]
     same = {**h, "Origin": "http://127.0.0.1:7000", "Sec-Fetch-Site": "same-origin"}
-    assert client.simulate_post("/api/proposals/7/approve", headers=same).status_code == 200
-    assert client.simulate_get("/api/state", headers=evil).status_code == 200
+    r = client.simulate_post("/api/proposals/7/approve", json={}, headers=same)
+    assert r.status_code == 200
     proxied = {"Host": "hive.example", "Origin": "https://hive.example"}
-    assert client.simulate_post("/api/proposals/8/approve", headers=proxied).status_code == 200
+    r = client.simulate_post("/api/proposals/8/approve", json={}, headers=proxied)
+    assert r.status_code == 200
     bad = {"Host": "hive.example", "Origin": "https://hive.example.evil.com"}
-    _error(client.simulate_post("/api/send", headers=bad), 403, "Origin")
-    _error(client.simulate_post("/api/send", headers={**h, "Origin": "null"}), 403, "Origin")
+    _error(client.simulate_post("/api/send", json={}, headers=bad), 403, None)
+    _error(client.simulate_post("/api/send", json={}, headers={**h, "Origin": "null"}), 403, None)
+
+
+def test_the_app_alone_takes_json_only(fakes: tuple[FakeOps, FakeBroker]) -> None:
+    """Without the listener's guard the app still refuses forms (defence in depth)."""
+    ops, broker = fakes
+    bare = falcon.testing.TestClient(make_app(ops, broker), headers={"Cookie": session_cookie()})
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = bare.simulate_post("/api/send", body="to=alice&body=hi", headers=form)
+    assert r.status_code == 415 and r.json["error"]["code"]
+    r = bare.simulate_post("/api/send", body='{"to": "alice", "body": "hi"}', headers=JSON)
+    assert r.status_code == 201
+    assert [m.body for m in broker.msgs if m.sender == OPERATOR][-1] == "hi"
 
 
 # ----------------------------------------------------------------- SSE (real HTTP)
@@ -609,10 +685,13 @@ def test_cross_origin_posts_are_refused(
 class SSE:
     """A minimal SSE reader over http.client: ``next_event()`` → (id, event, data) or a comment."""
 
-    def __init__(self, base: str, path: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, base: str, path: str, headers: dict[str, str] | None = None, login: bool = True
+    ) -> None:
         u = urllib.parse.urlsplit(base)
         self.conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=10)
-        self.conn.request("GET", path, headers=headers or {})
+        sent = {"Cookie": session_cookie()} if login else {}
+        self.conn.request("GET", path, headers={**sent, **(headers or {})})
         self.resp = self.conn.getresponse()
 
     def next_block(self) -> dict[str, str]:
@@ -647,7 +726,7 @@ def live(fakes: tuple[FakeOps, FakeBroker]) -> Iterator[tuple[str, FakeBroker]]:
     """The demo app on a real socket, with a fast heartbeat."""
     ops, broker = fakes
     stop = threading.Event()
-    app = make_dashboard_app(ops, broker, heartbeat_seconds=0.3, stop=stop)
+    app = make_app(ops, broker, heartbeat_seconds=0.3, stop=stop)
     with serve(app) as base:
         yield base, broker
         stop.set()
@@ -713,7 +792,7 @@ def test_backlog_from_last_id_with_gaps() -> None:
     for i in range(1, 1000):
         broker.msgs.append(Message(id=i * 7, sender="a", recipient="b", body=str(i), sent_at=1.0))
     stop = threading.Event()
-    with serve(make_dashboard_app(ops, broker, heartbeat_seconds=0.1, stop=stop)) as base:
+    with serve(make_app(ops, broker, heartbeat_seconds=0.1, stop=stop)) as base:
         s = SSE(base, "/messages/stream?backlog=14")
         assert [int(s.next_message()["id"]) for _ in range(2)] == [998 * 7, 999 * 7]
         s.close()
@@ -729,8 +808,8 @@ def test_with_the_real_broker(tmp_path: Path) -> None:
     try:
         broker.send(MANAGER, OPERATOR, "hello operator")
         qid = broker.ask_operator("pick one", ["a", "b"], ttl_seconds=60)
-        app = make_dashboard_app(ops, broker, heartbeat_seconds=0.3, stop=stop)
-        client = falcon.testing.TestClient(app)
+        app = make_app(ops, broker, heartbeat_seconds=0.3, stop=stop)
+        client = logged_in(app)
         s = client.simulate_get("/api/state").json
         assert s["errors"] == {}
         assert [m["body"] for m in s["inbox"]] == ["hello operator"]
@@ -748,7 +827,7 @@ def test_with_the_real_broker(tmp_path: Path) -> None:
             assert event["kind"] == "event" and event["to"] == MANAGER
             sse.close()
             stop.set()
-        _error(client.simulate_post(f"/api/questions/{qid}/cancel"), 409, "id")
+        _error(client.simulate_post(f"/api/questions/{qid}/cancel", json={}), 409, "id")
         assert client.simulate_get("/api/state").json["questions"] == []
     finally:
         stop.set()

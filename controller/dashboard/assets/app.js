@@ -436,7 +436,7 @@ function renderAgents({ agents, err }) {
       cls: `small${v === 'kill' ? ' danger' : ''}`, confirm: confirmText[v], kind: 'lifecycle',
     })).join('');
     const link = a.url
-      ? `<a href="${esc(a.url)}" target="_blank" rel="noopener" title="open ${name}'s web UI">:${esc(a.web_port)} ↗</a>`
+      ? `<a href="${esc(a.url)}" target="_blank" rel="noopener" title="open ${name}'s web UI">ui ↗</a>`
       : '<span class="empty">—</span>';
     return `<tr class="agent-main" data-agent="${name}">
       <td><div class="agent-name">${name}${a.name === MANAGER ? '<span class="role">mgr</span>' : ''}</div>
@@ -620,6 +620,11 @@ function setBanner(text) {
 
 // ------------------------------------------------------------------ state fetching
 
+function loggedOut() {
+  // the session expired or the operator key changed: reloading shows the login page
+  setBanner('logged out — run `hyperhive dashboard` on the controller host and open the URL it prints');
+}
+
 let refreshing = null;
 let refreshTimer = null;
 
@@ -628,6 +633,7 @@ async function refreshState() {
   refreshing = (async () => {
     try {
       const r = await fetch('/api/state', { headers: { Accept: 'application/json' }, cache: 'no-cache' });
+      if (r.status === 401) { loggedOut(); return; }
       if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
       render(await r.json());
     } catch (e) {
@@ -681,12 +687,14 @@ function describe(form, data) {
 
 // ------------------------------------------------------------------ async forms
 
-async function post(action, body) {
+async function post(action, fields) {
+  // JSON only: the dashboard refuses forms (a form is what another site can post at it)
   const r = await fetch(action, {
     method: 'POST',
-    headers: { 'Content-Type': 'application/x-www-form-urlencoded', Accept: 'application/json' },
-    body,
+    headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+    body: JSON.stringify(fields),
   });
+  if (r.status === 401) loggedOut();
   const data = await r.json().catch(() => ({}));
   if (!r.ok) {
     const e = data.error || {};
@@ -695,16 +703,26 @@ async function post(action, body) {
   return data;
 }
 
+function formFields(form) {
+  // a form's fields as a JSON object; a name given more than once (checkboxes) becomes a list
+  const out = {};
+  for (const [k, v] of new FormData(form)) {
+    if (!(k in out)) out[k] = v;
+    else out[k] = [].concat(out[k], v);
+  }
+  return out;
+}
+
 async function submitAsync(form, submitter) {
   if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
-  const body = new URLSearchParams(new FormData(form));
+  const body = formFields(form);
   if (form.dataset.prompt) {
     const v = window.prompt(form.dataset.prompt, '');
     if (v === null) return;
     if (!v.trim()) { toast('a reason is required', 'err'); return; }
-    body.set(form.dataset.promptField || 'note', v.trim());
+    body[form.dataset.promptField || 'note'] = v.trim();
   }
-  if (form.dataset.minOne && !body.has(form.dataset.minOne)) { toast('pick at least one option', 'err'); return; }
+  if (form.dataset.minOne && !(form.dataset.minOne in body)) { toast('pick at least one option', 'err'); return; }
   const btn = submitter || form.querySelector('button[type=submit]');
   const buttons = [...form.querySelectorAll('button')];
   buttons.forEach((b) => { b.disabled = true; });
@@ -743,7 +761,7 @@ document.addEventListener('click', async (ev) => {
     cancel.disabled = true;
     cancel.classList.add('busy');
     try {
-      await post(`/api/questions/${id}/cancel`, new URLSearchParams());
+      await post(`/api/questions/${id}/cancel`, {});
       toast(`cancelled question #${id}`, 'ok');
       await refreshState();
     } catch (e) {

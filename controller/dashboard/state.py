@@ -1,0 +1,143 @@
+"""The ``/api/state`` snapshot: agents, proposals, history, kept state, questions, inbox.
+
+``Snapshot.build()`` is blocking (it calls ``SwarmOps``, which may wait on the
+reconcile thread's lock): the responder runs it with ``asyncio.to_thread``.
+A section that fails is reported under ``errors`` instead of failing the page.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from controller.dashboard.views import (
+    agent_view,
+    message_view,
+    proposal_view,
+    question_view,
+    rows,
+    tombstone_view,
+)
+from controller.ops import ProposalState, SwarmOps
+from schemas.names import MANAGER, OPERATOR
+from schemas.wire import Message
+
+log = logging.getLogger("controller.dashboard")
+
+INBOX_LIMIT = 40
+"""Messages to the operator shown in the inbox (newest last)."""
+
+HISTORY_LIMIT = 8
+"""Decided proposals / deploys shown under "recent decisions"."""
+
+HISTORY_TTL = 15.0
+"""Seconds the history list is reused between snapshots."""
+
+
+class SnapshotBroker(Protocol):
+    """The broker methods the snapshot reads."""
+
+    def recent(self, recipient: str, limit: int) -> list[Message]:
+        """Messages to or from ``recipient``, newest last (non-mutating)."""
+        ...
+
+    def questions(self, pending_only: bool) -> Sequence[Any]:
+        """Operator questions (only unanswered ones if ``pending_only``)."""
+        ...
+
+
+class Snapshot:
+    """Builds the snapshot; keeps the history list for ``HISTORY_TTL`` seconds."""
+
+    def __init__(self, ops: SwarmOps, broker: SnapshotBroker) -> None:
+        self.ops = ops
+        self.broker = broker
+        self._lock = threading.Lock()
+        self._history_cache: tuple[float, list[dict[str, Any]]] | None = None
+        self._logged: dict[str, str] = {}
+
+    def forget_history(self) -> None:
+        """Drop the cached history (after any POST: it may have decided something)."""
+        with self._lock:
+            self._history_cache = None
+
+    def build(self) -> dict[str, Any]:
+        """The snapshot ``/api/state`` serves (blocking; see the module doc)."""
+        errors: dict[str, str] = {}
+
+        def section(name: str, fn: Callable[[], Any], default: Any) -> Any:
+            try:
+                return fn()
+            except Exception as e:
+                errors[name] = f"{type(e).__name__}: {e}"
+                if self._logged.get(name) != errors[name]:  # once per distinct failure
+                    log.exception("dashboard: %s failed", name)
+                return default
+
+        status: dict[str, Any] = section("status", self.ops.status, {})
+        agents = section(
+            "agents",
+            lambda: sorted(
+                (agent_view(r) for r in rows(status.get("agents", []))),
+                key=lambda a: (a["name"] != MANAGER, a["name"]),
+            ),
+            [],
+        )
+        swarm = {k: v for k, v in status.items() if k != "agents"}
+        proposals = section(
+            "proposals",
+            lambda: [proposal_view(p) for p in self.ops.proposals(pending_only=True)],
+            [],
+        )
+        history = section("history", self._history, [])
+        tombstones = section(
+            "tombstones",
+            lambda: sorted(
+                (tombstone_view(t) for t in self.ops.tombstones()),
+                key=lambda t: t["destroyed_at"] or "",
+                reverse=True,
+            ),
+            [],
+        )
+        questions = section(
+            "questions",
+            lambda: [question_view(q) for q in self.broker.questions(pending_only=True)],
+            [],
+        )
+        inbox = section("inbox", self._inbox, [])
+        recipients = section("recipients", lambda: sorted(self.ops.agent_names() - {OPERATOR}), [])
+        self._logged = dict(errors)
+        return {
+            "swarm": swarm,
+            "agents": agents,
+            "proposals": proposals,
+            "history": history,
+            "tombstones": tombstones,
+            "questions": questions,
+            "inbox": inbox,
+            "recipients": recipients,
+            "errors": errors,
+        }
+
+    def _history(self) -> list[dict[str, Any]]:
+        """Recent decided proposals; cached for ``HISTORY_TTL`` s (listing every proposal
+        may be costly), dropped at once by the dashboard's own decisions."""
+        with self._lock:
+            cached = self._history_cache
+        if cached is not None and time.monotonic() - cached[0] < HISTORY_TTL:
+            return cached[1]
+        history = [
+            proposal_view(p, diff_limit=0)
+            for p in self.ops.proposals()
+            if p.state is not ProposalState.PENDING
+        ][:HISTORY_LIMIT]
+        with self._lock:
+            self._history_cache = (time.monotonic(), history)
+        return history
+
+    def _inbox(self) -> list[dict[str, Any]]:
+        msgs = [m for m in self.broker.recent(OPERATOR, INBOX_LIMIT * 3) if m.recipient == OPERATOR]
+        return [message_view(m) for m in msgs[-INBOX_LIMIT:]]
