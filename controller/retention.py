@@ -27,14 +27,28 @@ journal is ever created), and, before anything is written, the files sqlite has
 open are the ones at the expected paths (``/proc/self/fd``; this catches a
 symlink swapped in after the ``lstat``). Anything else is skipped with a warning
 naming the agent.
+
+Those checks race with an agent that keeps swapping a sidecar for a symlink: sqlite
+may open (and, for a wal-index, truncate) the target between the ``lstat`` and the
+check. So where bubblewrap works, ``sweep_event_logs`` sweeps each log in a child
+process (``python -m controller.retention``) inside a sandbox that shows the host
+read-only and, of ``<state>`` and ``<run>``, only that agent's ``state/`` dir
+(read-write): a symlink there can reach nothing the agent could not write itself.
+Without bubblewrap the agents are not sandboxed either (they can write the state
+dir directly), and the sweep runs in-process with the checks above.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from controller.paths import Layout
@@ -49,6 +63,8 @@ BUSY_TIMEOUT_MS = 10_000
 
 SIDECARS = ("-wal", "-shm", "-journal")
 FD_DIR = Path("/proc/self/fd")
+SANDBOX_TIMEOUT = 120.0
+"""Seconds one sandboxed sweep may take (sqlite waits up to ``BUSY_TIMEOUT_MS`` for locks)."""
 
 
 class UnsafeEventLog(Exception):
@@ -189,21 +205,99 @@ def sweep_event_log(
         con.close()
 
 
+@functools.cache
+def sweep_sandbox() -> str | None:
+    """``bwrap`` when it can build a sandbox here (probed once per process), else None."""
+    from controller.drivers import bwrap as bw
+
+    path = bw.find_bwrap(os.environ)
+    if path is None or bw.probe(path, os.environ) is not None:
+        return None
+    return path
+
+
+def sandbox_argv(bwrap: str, layout: Layout, state_dir: Path) -> list[str]:
+    """The ``bwrap`` argv prefix that shows the host read-only and of ``<state>`` and
+    ``<run>`` only ``state_dir`` (read-write); no network, own pid namespace."""
+    hidden = sorted({Path(os.path.realpath(p)) for p in (layout.state, layout.run)})
+    out = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    out += ["--unshare-all", "--die-with-parent", "--tmpfs", "/tmp"]
+    for h in sorted(hidden, key=lambda p: len(p.parts)):
+        out += ["--tmpfs", str(h)]
+    real = os.path.realpath(state_dir)
+    out += ["--bind", real, real]
+    for h in hidden:
+        out += ["--remount-ro", str(h)]
+    return [*out, "--chdir", "/", "--"]
+
+
+def sweep_sandboxed(
+    bwrap: str,
+    layout: Layout,
+    path: Path,
+    now: float,
+    keep_seconds: float = KEEP_SECONDS,
+    keep_rows: int = KEEP_ROWS,
+) -> int:
+    """``sweep_event_log`` of ``path`` in a child process inside ``sandbox_argv``.
+
+    Returns the events deleted. Raises ``UnsafeEventLog`` and ``sqlite3.Error`` as
+    the in-process sweep does, ``OSError`` when the child cannot run or times out.
+    """
+    _plain(path.parent, stat.S_IFDIR, False)
+    argv = sandbox_argv(bwrap, layout, path.parent)
+    # -P: neither the cwd nor a script dir on sys.path (nothing of the agent's is imported)
+    argv += [sys.executable, "-P", "-m", "controller.retention", str(path)]
+    argv += [repr(now), repr(keep_seconds), str(keep_rows)]
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "LANG", "TZ")}
+    try:
+        res = subprocess.run(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=SANDBOX_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise OSError(f"the sweep of {path} took more than {SANDBOX_TIMEOUT:g} s") from exc
+    try:
+        out = json.loads(res.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        err = res.stderr.decode(errors="replace").strip().splitlines()
+        raise OSError(
+            f"the sandboxed sweep of {path} failed (code {res.returncode}): "
+            + (err[-1] if err else "no output")
+        ) from None
+    if "deleted" in out:
+        return int(out["deleted"])
+    if "unsafe" in out:
+        raise UnsafeEventLog(str(out["unsafe"]))
+    raise sqlite3.OperationalError(str(out.get("error")))
+
+
 def sweep_event_logs(
     layout: Layout, now: float, keep_seconds: float = KEEP_SECONDS, keep_rows: int = KEEP_ROWS
 ) -> int:
     """Sweep every agent's event log (see the module doc); return the events deleted in total.
 
-    A file that cannot be swept (locked past the busy timeout, corrupt, unreadable, a
-    symlink or with a symlinked sidecar) is logged, naming the agent, and skipped; the
-    others are still swept. Never raises for one bad file.
+    Each log is swept inside a bubblewrap sandbox when ``bwrap`` works here
+    (``sweep_sandboxed``), else in-process. A file that cannot be swept (locked past
+    the busy timeout, corrupt, unreadable, a symlink or with a symlinked sidecar) is
+    logged, naming the agent, and skipped; the others are still swept. Never raises
+    for one bad file.
     """
+    bwrap = sweep_sandbox()
     total = 0
     for path in event_logs(layout):
+        agent = path.parent.parent.name
         try:
-            n = sweep_event_log(path, now, keep_seconds, keep_rows)
+            if bwrap is not None:
+                n = sweep_sandboxed(bwrap, layout, path, now, keep_seconds, keep_rows)
+            else:
+                n = sweep_event_log(path, now, keep_seconds, keep_rows)
         except UnsafeEventLog as exc:
-            log.warning("event log retention: skipping agent %s: %s", path.parent.parent.name, exc)
+            log.warning("event log retention: skipping agent %s: %s", agent, exc)
             continue
         except (sqlite3.Error, OSError) as exc:
             log.warning("event log retention: cannot sweep %s: %s", path, exc)
@@ -212,3 +306,30 @@ def sweep_event_logs(
             log.info("event log retention: deleted %d event(s) from %s", n, path)
         total += n
     return total
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m controller.retention <log> <now> <keep_seconds> <keep_rows>``.
+
+    Sweeps one log in-process (the child of ``sweep_sandboxed``) and prints one JSON
+    line: ``{"deleted": n}``, ``{"unsafe": why}`` or ``{"error": why}``. Exit code 0,
+    or 2 for bad arguments.
+    """
+    try:
+        path, now, keep_seconds, keep_rows = argv
+        args = (Path(path), float(now), float(keep_seconds), int(keep_rows))
+    except ValueError:
+        print("usage: python -m controller.retention <log> <now> <keep_seconds> <keep_rows>")
+        return 2
+    try:
+        out: dict[str, object] = {"deleted": sweep_event_log(*args)}
+    except UnsafeEventLog as exc:
+        out = {"unsafe": str(exc)}
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from controller.paths import Layout
-from controller.retention import UnsafeEventLog, _check_opened, sweep_event_log, sweep_event_logs
+from controller.retention import (
+    UnsafeEventLog,
+    _check_opened,
+    sandbox_argv,
+    sweep_event_log,
+    sweep_event_logs,
+    sweep_sandbox,
+)
 
 # harness/events.py's table, written here by hand: controller never imports harness
 EVENTS_SQL = """
@@ -210,3 +220,50 @@ def test_a_symlink_sqlite_followed_is_caught_before_any_write(tmp_path: Path) ->
             _check_opened(link)
     finally:
         con.close()
+
+
+@pytest.mark.skipif(sweep_sandbox() is None, reason="bubblewrap cannot build a sandbox here")
+def test_the_sandboxed_sweep_sees_only_the_agents_state_dir(tmp_path: Path) -> None:
+    """Where bwrap works each log is swept in a child inside a sandbox: there, a symlink the
+    agent swapped in after the checks reaches nothing it could not write itself."""
+    layout = Layout.for_state(tmp_path / "s", tmp_path / "run")
+    layout.broker_db.parent.mkdir(parents=True, exist_ok=True)
+    layout.broker_db.write_bytes(b"SQLite format 3\x00")
+    bob = layout.agent_state("bob") / "hyperhive-events.sqlite"
+    make_log(bob, [NOW] * 2)
+    alice = layout.agent_state("alice") / "hyperhive-events.sqlite"
+    make_log(alice, [NOW - 30 * DAY] * 3)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the operator's file")
+    (alice.parent / "to-broker").symlink_to(str(layout.broker_db) + "-wal")
+    (alice.parent / "to-outside").symlink_to(outside)
+    probe = (
+        "import json, os, sys\n"
+        "def w(p):\n"  # a new file only in the agent's own dir; else open what is there
+        "    flags = os.O_RDWR | (os.O_CREAT if p.endswith('new') else 0)\n"
+        "    try:\n"
+        "        fd = os.open(p, flags, 0o600); os.close(fd); return True\n"
+        "    except OSError:\n"
+        "        return False\n"
+        "a = sys.argv[1:]\n"
+        "print(json.dumps({'broker': os.path.exists(a[0]), 'bob': os.path.exists(a[1]),"
+        " 'own': w(a[2]), 'to_broker': w(a[3]), 'to_outside': w(a[4])}))\n"
+    )
+    argv = sandbox_argv(str(sweep_sandbox()), layout, alice.parent)
+    argv += [sys.executable, "-c", probe, str(layout.broker_db), str(bob)]
+    argv += [str(alice.parent / "new"), str(alice.parent / "to-broker")]
+    argv += [str(alice.parent / "to-outside")]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    seen = json.loads(res.stdout)
+    assert seen == {
+        "broker": False,
+        "bob": False,
+        "own": True,
+        "to_broker": False,
+        "to_outside": False,
+    }
+    assert not Path(str(layout.broker_db) + "-wal").exists()
+    assert outside.read_text() == "the operator's file"
+    # and the sweep itself runs there
+    assert sweep_event_logs(layout, NOW) == 3 and ids(alice) == []
+    assert ids(bob) == [1, 2]
