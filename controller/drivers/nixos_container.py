@@ -591,7 +591,7 @@ class NixosContainerDriver:
         """Create the bind sources nspawn needs (it fails to start on a missing one).
 
         New directories: claude/ 0700 (credentials), state/ and the socket dir
-        0750; an absent settings.json becomes ``{}`` (0444); an absent broker
+        0700; an absent settings.json becomes ``{}`` (0444); an absent broker
         credential is issued (0600; the swarm issues it before a deploy, this
         covers a driver used alone). Existing ones are left alone (the socket
         dir is the API server's).
@@ -599,11 +599,11 @@ class NixosContainerDriver:
         lay = self.layout
         dirs: list[tuple[Path, int]] = [
             (lay.agent_claude(agent), 0o700),
-            (lay.agent_state(agent), 0o750),
-            (lay.agent_sock_dir(agent), 0o750),
+            (lay.agent_state(agent), 0o700),
+            (lay.agent_sock_dir(agent), 0o700),
         ]
         if agent == MANAGER:
-            dirs.append((lay.manager_meta, 0o750))
+            dirs.append((lay.manager_meta, 0o700))
         try:
             for path, mode in dirs:
                 if not path.is_dir():

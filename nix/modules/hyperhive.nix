@@ -308,6 +308,8 @@ in
           # module puts the nixos-container matching its configuration.
           path = [
             pkgs.git
+            # the hourly event-log sweep runs in a sandbox that sees one agent's state only
+            pkgs.bubblewrap
             config.nix.package
             "/run/current-system/sw"
           ];

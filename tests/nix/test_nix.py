@@ -402,6 +402,7 @@ STUB_PKGS = """
     };
     stdenv.hostPlatform.system = "x86_64-linux";
     git = "/nix/store/git";
+    bubblewrap = "/nix/store/bubblewrap";
     hyperhive = "/nix/store/hyperhive";
     claude-code = "/nix/store/claude-code";
     makeWrapper = "/nix/store/make-wrapper";
@@ -550,6 +551,7 @@ def test_host_module_systemd_unit(host_module: Any) -> None:
     )
     assert service["ReadWritePaths"] == ["/etc/nixos-containers", "/etc/systemd/system.control"]
     assert "/nix/store/git" in unit["path"]
+    assert "/nix/store/bubblewrap" in unit["path"]
     assert "/run/current-system/sw" in unit["path"]
     assert unit["environment"]["HYPERHIVE_STATE_DIR"] == "/var/lib/hyperhive"
     assert unit["environment"]["HYPERHIVE_RUN_DIR"] == "/run/hyperhive"
