@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import socket
@@ -594,6 +595,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2000, help="(c) sequential requests")
     ap.add_argument("--clients", type=int, default=4, help="(c) concurrent clients")
     ap.add_argument("--seconds", type=float, default=3.0, help="(c) seconds of concurrent load")
+    ap.add_argument("--parts", default="a,b,c", help="which measurements (default a,b,c)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -602,10 +604,15 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="hh-bench-http-", dir="/tmp"))
     models: list[tuple[str, Path]] = []
+    if not args.no_before and importlib.util.find_spec("waitress") is None:
+        print("waitress is not installed: measuring the current tree only "
+              "(`.venv/bin/pip install waitress` for the before figures)")  # fmt: skip
+        args.no_before = True
     if not args.no_before:
         models.append(("before", extract(args.before, work)))
     models.append(("after", REPO))
     streams = [int(x) for x in args.streams.split(",")]
+    parts = set(args.parts.split(","))
     sockets = [int(x) for x in args.sockets.split(",")]
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
@@ -625,18 +632,20 @@ def main() -> int:
             finally:
                 server.close()
 
-        r: dict[str, Any] = {
-            "a": [
+        r: dict[str, Any] = {}
+        if "a" in parts:
+            r["a"] = [
                 fresh(lambda s, n=n: streams_vs_state(s, n, args.probes, args.probe_timeout, False))
                 for n in streams
             ]
-        }
-        print(f"  {model}: (a) done", flush=True)
-        r["b"] = fresh(lambda s: threads_by_sockets(s, sockets, args.parked))
-        print(f"  {model}: (b) done", flush=True)
-        r["c"] = fresh(lambda s: trivial_get(s, args.requests, args.clients, args.seconds))
-        print(f"  {model}: (c) done", flush=True)
-        if model == "after":
+            print(f"  {model}: (a) done", flush=True)
+        if "b" in parts:
+            r["b"] = fresh(lambda s: threads_by_sockets(s, sockets, args.parked))
+            print(f"  {model}: (b) done", flush=True)
+        if "c" in parts:
+            r["c"] = fresh(lambda s: trivial_get(s, args.requests, args.clients, args.seconds))
+            print(f"  {model}: (c) done", flush=True)
+        if model == "after" and "a" in parts:
             r["a_caps"] = [
                 fresh(
                     lambda s: streams_vs_state(
@@ -650,11 +659,20 @@ def main() -> int:
 
 
 def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
-    """Print the three tables."""
-    nan = float("nan")
+    """Print the tables of the parts that ran."""
     before = res.get("before", {})
     after = res["after"]
 
+    if "a" in after:
+        report_a(before, after, args)
+    if "b" in after:
+        report_b(before, after, args)
+    if "c" in after:
+        report_c(before, after, args)
+
+
+def report_a(before: dict[str, Any], after: dict[str, Any], args: argparse.Namespace) -> None:
+    """(a): one row per N and model, with the ratios."""
     print(
         f"\n(a) /api/state with N open /messages/stream streams: {args.probes} probes, "
         f"a new connection each, {args.probe_timeout:g} s timeout"
@@ -690,6 +708,9 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
             f"p99 {fmt(pct(r['lat'], 99), ' ms', 2)}"
         )
 
+
+def report_b(before: dict[str, Any], after: dict[str, Any], args: argparse.Namespace) -> None:
+    """(b): one row per socket count and model, with the ratios."""
     print(
         f"\n(b) a process serving N agent sockets: idle, then with {args.parked} parked recvs "
         "(threads / RSS MiB / fds), and GET /status on another socket meanwhile"
@@ -726,6 +747,10 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
                 )
             print(line)
 
+
+def report_c(before: dict[str, Any], after: dict[str, Any], args: argparse.Namespace) -> None:
+    """(c): the trivial GET and ``GET /status``, with the ratios."""
+    nan = float("nan")
     print(
         f"\n(c) GET over a unix socket, keep-alive: one client ({args.requests} in a row) and "
         f"{args.clients} clients at once ({args.seconds:g} s)"
