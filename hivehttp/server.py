@@ -12,8 +12,11 @@ untrusted local processes needs, which uvicorn does not have:
 * **connection caps** per listener and per client address, with shedding:
   when a cap is reached the oldest connection that is not inside a request
   (waiting for a head, or idle between keep-alive requests) is closed to
-  make room, so idle sockets can never lock the operator out; only when
-  every connection is busy in a request is the new one refused (503);
+  make room, so idle sockets can never lock the operator out; failing that,
+  the oldest one still sending its request body (a body is read before any
+  app checks a credential, so unfinished uploads from many loopback
+  addresses must not hold the listener full); only when every connection
+  is busy in a request whose body has arrived is the new one refused (503);
 * **one loop for all listeners**: a parked long poll or an open SSE stream
   is a suspended coroutine, not a thread, so 200 agent sockets plus the
   dashboard cost one thread;
@@ -160,6 +163,22 @@ class _Guarded(H11Protocol):
         """True when closing this connection loses no request in progress."""
         return not self._in_request
 
+    @property
+    def uploading(self) -> bool:
+        """True while the request body is still arriving and no response has started.
+
+        Closing such a connection loses only an unfinished upload; it is shed when every
+        connection is in a request, so that bodies that never finish (sent before the
+        app could look at any credential) cannot hold the listener full.
+        """
+        cycle = self.cycle
+        return bool(
+            self._in_request
+            and cycle is not None
+            and cycle.more_body
+            and not cycle.response_started
+        )
+
     def shed(self) -> None:
         """Close this (idle or head-waiting) connection to make room for a new one."""
         if self.transport is not None and not self.transport.is_closing():
@@ -261,11 +280,13 @@ class Listener:
         return True
 
     def _shed(self, peer: str | None) -> bool:
-        idle = [
+        mine = [
             c
             for c in self._conns
-            if c.sheddable and (peer is None or c.peer == peer) and not c.transport.is_closing()
+            if (peer is None or c.peer == peer) and not c.transport.is_closing()
         ]
+        # idle ones first; else the oldest still sending its request body
+        idle = [c for c in mine if c.sheddable] or [c for c in mine if c.uploading]
         if not idle:
             return False
         victim = min(idle, key=lambda c: c.idle_since)
