@@ -1,0 +1,134 @@
+"""One real ``hyperhive serve`` for the whole security session, and the report.
+
+The session's hive: local runtime (agents under bubblewrap when it works here),
+real ``python -m harness serve`` agents running the real claude CLI against the
+fake Messages API (``tests/fakeapi``, answering "ok."), a free dashboard port,
+state in a fresh dir under ``/tmp`` (short: unix socket paths are limited).
+Set up the way the operator would: the manager proposes alice and bob over its
+socket and the operator approves both with ``hyperhive approve``; a third
+proposal (carol) and an operator question stay pending as targets; the
+operator logs in through the URL ``hyperhive dashboard`` prints.
+
+At the end the tally of attacks tried and refused, and the figures for the
+note, are printed (always; ``-s`` also shows the tests' own lines).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakeapi import FakeAnthropic, Reply, Request, reply_text
+from tests.security.support import (
+    CLAUDE,
+    ROOT,
+    TALLY,
+    Hive,
+    Tally,
+    cookie_of,
+    free_block,
+    free_port,
+    wait_for,
+)
+
+LAST = ("test_operator_flow.py",)
+"""Modules run after every other security test (the legitimate flow, then the log check)."""
+
+
+def _model(_req: Request) -> Reply:
+    return reply_text("ok.")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The operator's own flow runs after the attacks, in the same run (stable otherwise)."""
+    here = Path(__file__).parent
+    last = [i for i in items if i.path.parent == here and i.path.name in LAST]
+    if last:
+        items[:] = [i for i in items if i not in last] + last
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the tally (attacks tried / refused, figures) when any security test ran."""
+    if TALLY.attacks or TALLY.figures:
+        terminalreporter.write_line(TALLY.summary())
+
+
+@pytest.fixture(scope="session")
+def tally() -> Tally:
+    """The session's tally of attacks and figures."""
+    return TALLY
+
+
+@pytest.fixture(scope="session")
+def hive() -> Iterator[Hive]:
+    """The running hive: manager, alice and bob running; carol pending; the operator logged in."""
+    api = FakeAnthropic(_model).start()
+    root = Path(tempfile.mkdtemp(prefix="hhsec-", dir="/tmp"))
+    home = root / "home"
+    home.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANTHROPIC_", "CLAUDE_", "HYPERHIVE_"))
+    }
+    env.update(api.cli_env(home))
+    for k in ("CLAUDE_CONFIG_DIR", "CLAUDE_CODE_TMPDIR"):
+        env.pop(k, None)  # each agent has its own (the driver sets them)
+    env.update(
+        {
+            "HOME": str(home),
+            "HYPERHIVE_CLAUDE_BIN": str(CLAUDE),
+            "PYTHONPATH": str(ROOT),
+            "GIT_AUTHOR_NAME": "operator",
+            "GIT_AUTHOR_EMAIL": "op@example.org",
+            "GIT_COMMITTER_NAME": "operator",
+            "GIT_COMMITTER_EMAIL": "op@example.org",
+        }
+    )
+    base = free_block(20)
+    dash = free_port()
+    (root / "config.json").write_text(
+        json.dumps(
+            {
+                "runtime": "local",
+                "dashboard": {"host": "127.0.0.1", "port": dash},
+                "ports": {"manager": base, "agent_base": base + 1, "agent_range": 19},
+                "resync_seconds": 30,
+                "default_model": "claude-test",
+            }
+        )
+    )
+    h = Hive(root, api, env, dash)
+    try:
+        h.start()
+        h.wait_running("manager")
+        for name in ("alice", "bob"):
+            h.deploy(name)
+        h.wait_running("alice", "bob")
+        manager = h.agent_client("manager")
+        h.carol = int(manager.post("/request_spawn", {"name": "carol"})["id"])
+        h.question = int(
+            manager.post("/ask_operator", {"question": "may I deploy on friday?"})["id"]
+        )
+        url = h.cli("dashboard").stdout.strip().splitlines()[-1]
+        assert url.startswith(h.origin + "/login?token="), url
+        login = h.redeem(url)
+        assert login.status == 303, login.brief()
+        h.cookie = cookie_of(login) or ""
+        assert h.cookie, login.headers
+        wait_for("the dashboard with a session", lambda: h.dget("/api/state").status == 200)
+        yield h
+    finally:
+        h.stop_everything()
+        api.stop()
+        log = h.log_text()
+        if log:
+            sys.stderr.write("---- controller log (tail) ----\n" + log[-4000:])
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,183 @@
+"""Agents are isolated from each other and from the operator's powers (local runtime).
+
+``probe.py`` runs inside an agent's sandbox exactly as the local driver runs the
+harness: the argv from ``LocalDriver.command`` (the driver's own builder, with the
+probe as the harness command), the environment from ``agent_env``, the agent's
+state dir as cwd, a new session. From there it tries other agents' files, sockets
+and credentials, host.sock, broker.sqlite, meta.git, operator.key and the
+controller's ``/proc/<pid>/environ``; all must fail, while its own socket, state
+and credential work. From outside, a credential on another agent's socket (or on
+host.sock) is a 401, and nothing in the state dir is open to other local users.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.config import load_config
+from controller.drivers.local import LocalDriver, agent_env
+from schemas.client import ApiError, UnixClient
+from tests.security.support import Hive, Tally
+
+CATEGORY = "agent isolation"
+PROBE = Path(__file__).with_name("probe.py")
+
+
+def _driver(h: Hive) -> LocalDriver:
+    """The driver ``hyperhive serve`` builds for this config, running the probe instead."""
+    cfg = load_config(h.tmp / "config.json")
+    argv = [sys.executable, "-c", PROBE.read_text()]
+    return LocalDriver(h.layout, cfg, h.env, argv=argv, sandbox=cfg.local_sandbox)
+
+
+def _run_probe(h: Hive, agent: str, others: list[str]) -> dict[str, dict[str, Any]]:
+    driver = _driver(h)
+    bwrap, why = driver.bwrap()
+    if bwrap is None:
+        pytest.skip(f"no bubblewrap sandbox on this machine ({why}); CI installs bubblewrap")
+    lay = h.layout
+    args = {
+        "self": agent,
+        "others": others,
+        "state": str(lay.state),
+        "run": str(lay.run),
+        "controller": h.proc.pid if h.proc else 0,
+        "dashboard": h.dashboard_port,
+        "sockets": {
+            f"{a}/{k}": str(lay.agent_sock(a) if k == "mcp" else lay.agent_web_sock(a))
+            for a in [agent, *others]
+            for k in ("mcp", "web")
+        },
+        "home": str(Path(os.path.expanduser("~"))),
+        "outside": str(h.tmp / "controller.log"),
+    }
+    # a JSON argument, never a bare path: the sandbox binds back /tmp paths in argv
+    driver.argv = (*driver.argv, json.dumps(args))
+    argv = driver.command(agent)
+    assert os.path.basename(argv[0]) == "bwrap", argv[:3]
+    env = agent_env(lay, agent, 0, h.env)
+    env.update(HYPERHIVE_SANDBOX="bwrap", TMPDIR="/tmp")  # as LocalDriver._spawn does
+    res = subprocess.run(
+        argv,
+        cwd=lay.agent_state(agent),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out: dict[str, dict[str, Any]] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("agent", "others"), [("alice", ["bob", "manager"]), ("manager", ["alice"])]
+)
+def test_an_agent_cannot_reach_past_its_sandbox(
+    hive: Hive, tally: Tally, agent: str, others: list[str]
+) -> None:
+    h = hive
+    isolated = [
+        c
+        for a in h.status()["agents"]
+        if a["name"] == agent
+        for c in a.get("conditions", [])
+        if c.get("type") == "Isolated"
+    ]
+    seen = _run_probe(h, agent, others)
+    assert isolated and isolated[0]["status"] in (True, "True"), isolated
+    for name, result in seen.items():
+        if name.startswith("own: "):
+            assert result["ok"], f"{agent} cannot {name[5:]}: {result['what']}"
+        elif name.startswith("observe: "):
+            tally.figure(f"inside {agent}'s sandbox, {name[9:]}", result["what"])
+        else:
+            tally.record(CATEGORY, f"{agent}: {name}", not result["ok"], result["what"])
+    tally.assert_refused(CATEGORY)
+
+
+def test_a_credential_works_only_on_its_own_socket(hive: Hive, tally: Tally) -> None:
+    h = hive
+    lay = h.layout
+    creds = {a: h.credential(a) for a in ("manager", "alice", "bob")}
+    creds["the operator key"] = h.key
+    creds["no credential"] = ""
+    sockets = {a: lay.agent_sock(a) for a in ("manager", "alice", "bob")}
+    sockets["host.sock"] = lay.host_sock
+    for holder, token in creds.items():
+        for owner, path in sockets.items():
+            mine = holder == owner or (holder == "the operator key" and owner == "host.sock")
+            client = UnixClient(str(path), timeout=10, token=token or None)
+            try:
+                client.get("/status")
+                status = 200
+            except ApiError as exc:
+                status = exc.status
+            if mine:
+                assert status == 200, f"{holder} on its own {owner}: {status}"
+                continue
+            tally.record(
+                CATEGORY,
+                f"{holder}'s credential on {owner}'s socket",
+                status == 401,
+                f"answered {status}",
+            )
+    tally.assert_refused(CATEGORY)
+
+
+def test_the_state_dir_is_the_operators_alone(hive: Hive, tally: Tally) -> None:
+    h = hive
+    lay = h.layout
+    top = stat.S_IMODE(h.state.stat().st_mode)
+    tally.record(
+        CATEGORY,
+        "another local user enters the state dir",
+        top & 0o077 == 0,
+        f"{h.state} is {oct(top)}",
+    )
+    secrets = [
+        lay.broker_db,
+        lay.broker_db.with_name("broker.sqlite-wal"),
+        lay.meta_git,
+        lay.meta_git / "config",
+        lay.log_dir,
+        *sorted(lay.log_dir.glob("*.log")),
+        lay.operator_key,
+        lay.host_sock,
+        *(lay.agent_credential(a) for a in ("manager", "alice", "bob")),
+        *(lay.agent_claude(a) for a in ("manager", "alice", "bob")),
+        *(lay.agent_sock_dir(a) for a in ("manager", "alice", "bob")),
+    ]
+    for p in secrets:
+        if not p.exists():
+            continue
+        mode = stat.S_IMODE(p.stat().st_mode)
+        tally.record(
+            CATEGORY,
+            f"another local user reads {p.relative_to(h.state)}",
+            mode & 0o077 == 0,
+            f"mode {oct(mode)}",
+        )
+    # behind the 0700 state dir, what else carries group/other bits (settings.json is 0444
+    # on purpose: read-only for its harness)
+    loose = [
+        str(p.relative_to(h.state))
+        for p in h.state.rglob("*")
+        if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077
+    ]
+    tally.figure(
+        "state dir paths with group/other bits (behind the 0700 state dir)",
+        f"{len(loose)}" + (f", e.g. {loose[:4]}" if loose else ""),
+    )
+    tally.assert_refused(CATEGORY)

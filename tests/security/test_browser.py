@@ -1,0 +1,185 @@
+"""A cross-origin page in the operator's own Chromium cannot command the swarm.
+
+``attacker.html`` is served on 127.0.0.2 (another origin) and, in headless
+Chromium, auto-submits urlencoded, text/plain (the JSON-in-a-form-field trick) and
+multipart forms and fires ``fetch(…, {mode: "no-cors"})`` (and a CORS JSON fetch)
+at every mutating dashboard route and at every mutating route of the manager's
+and alice's UIs behind the dashboard; it loads the event streams as 30+ images and
+tries to read the state. It runs twice in the same browser: before the operator
+logs in, and after they opened the URL ``hyperhive dashboard`` printed.
+
+Every request the page made must have been refused by the dashboard (401 / 403 /
+415, as the browser saw it), and the operator's own channels (host.sock, the
+meta repo, the agents' files) must show that nothing happened: no message from
+``operator``, no model change, no stored or forgotten key, no approval, no
+lifecycle action, the question still open, the session still valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.security.support import ROOT, Hive, Tally
+from tests.security.surface import EVIL_KEY, MARK, Snapshot, write_routes
+
+pytestmark = pytest.mark.browser
+
+CATEGORY = "cross-origin browser page"
+HERE = Path(__file__).parent
+CHROMIUM = os.environ.get("HYPERHIVE_CHROMIUM", "/usr/bin/chromium")
+REFUSALS = (401, 403, 415)
+STREAM_IMAGES = 16
+"""Images per event-stream path (two paths: 32 loads, the issue's 30)."""
+BROWSER_BLOCKS = {"fetch": "net::ERR_FAILED", "image": "net::ERR_BLOCKED_BY_ORB"}
+"""How the browser fails a request it stopped itself, by resource type."""
+OPERATOR_KEY = "sk-ant-api03-the-operators-own-key"
+"""What the operator stores for alice through the dashboard before the attack."""
+
+
+def _skip_reason() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"no chromium at {CHROMIUM} (set HYPERHIVE_CHROMIUM)"
+    if shutil.which("node") is None:
+        return "node is not on PATH"
+    if not (ROOT / "node_modules" / "playwright-core").is_dir():
+        return "node_modules/playwright-core missing: run `npm install` in the repo root"
+    return None
+
+
+@pytest.fixture
+def attacker(hive: Hive) -> Iterator[str]:
+    """The attacker's page on http://127.0.0.2:<port>/attack.html."""
+    routes = [{"path": r.path, "fields": r.body} for r in write_routes(hive)]
+    cfg = {
+        "dash": hive.origin,
+        "routes": routes,
+        "streams": ["/messages/stream", "/agents/manager/events/stream"],
+        "imagesPerStream": STREAM_IMAGES,
+        "reads": ["/api/state", "/agents/manager/api/state", f"/api/proposals/{hive.carol}"],
+    }
+    page = (HERE / "attacker.html").read_text().replace("ATTACK_CONFIG", json.dumps(cfg))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = page.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.2:{server.server_address[1]}/attack.html"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_a_cross_origin_page_cannot_command_the_swarm(
+    hive: Hive, tally: Tally, attacker: str, tmp_path: Path
+) -> None:
+    h = hive
+    # the operator stores a key for alice through the dashboard: the page's
+    # login/forget must not remove it, nor its login/key replace it
+    stored = h.dpost("/agents/alice/api/login/key", {"kind": "api_key", "value": OPERATOR_KEY})
+    assert stored.status == 200, stored.brief()
+    before = Snapshot.take(h)
+    login_url = h.cli("dashboard").stdout.strip().splitlines()[-1]
+    cfg = tmp_path / "cfg.json"
+    result = tmp_path / "seen.json"
+    cfg.write_text(
+        json.dumps({"attack": attacker, "dash": h.origin, "login": login_url, "out": str(result)})
+    )
+    res = subprocess.run(
+        ["node", str(HERE / "cross_origin.mjs"), str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.exists(), f"cross_origin.mjs wrote nothing (exit {res.returncode}): {res.stderr}"
+    seen = json.loads(result.read_text())
+    assert res.returncode == 0 and not seen["errors"], seen["errors"] or res.stderr[-2000:]
+
+    # the operator's login worked in that browser, before and after the attack
+    login = seen["login"]
+    assert login["landed"] == h.origin + "/", login
+    cookie = next(c for c in login["cookies"] if c["name"] == "hyperhive_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+    assert login["state"] == 200 and login["agentUi"] == 200, login
+    assert login["stateAfter"] == 200, login
+
+    n_routes = len(write_routes(h))
+    for phase, data in seen["phases"].items():
+        wire = data["wire"]
+        for r in wire:
+            what = f"{phase}: {r['method']} {r['url']} ({r['type']}, {r.get('ctype')})"
+            if r["status"] is None:
+                # never sent: a JSON fetch whose CORS preflight (tallied too) was refused
+                refused = r["method"] == "POST" and r["ctype"] == "application/json"
+                detail = "never sent by the browser (its CORS preflight was refused)"
+            else:
+                refused = r["status"] in REFUSALS
+                detail = f"the dashboard answered {r['status']}"
+            tally.record(CATEGORY, what, refused, detail)
+        answered = [r for r in wire if r["method"] == "POST" and r["status"]]
+        preflights = [r for r in wire if r["method"] == "OPTIONS"]
+        images = [r for r in wire if r["type"] == "Image"]
+        # every form and no-cors fetch reached the dashboard and was refused there; every
+        # JSON fetch was stopped at its preflight; every stream load was answered at once
+        kinds = Counter(
+            (r["url"], r["type"], (r["ctype"] or "").split("; boundary")[0]) for r in answered
+        )
+        missing = [k for k, n in kinds.items() if n != 1]
+        assert len(answered) == n_routes * 7, (phase, len(answered), missing, wire[-5:])
+        assert len(preflights) == n_routes, (phase, len(preflights))
+        assert len(images) == 2 * STREAM_IMAGES, (phase, len(images))
+        page_saw = data["page"]
+        odd = [r for r in page_saw["results"] if str(r).startswith(("READ", "timeout"))]
+        assert not odd, odd
+        for path, outcome in page_saw["reads"].items():
+            tally.record(
+                CATEGORY,
+                f"{phase}: read {path} with fetch (cors, credentials)",
+                outcome.startswith("blocked"),
+                outcome,
+            )
+        statuses = sorted({r["status"] or 0 for r in wire})
+        with_cookie = sum(1 for r in wire if r.get("cookie"))
+        tally.figure(
+            f"browser page ({phase})",
+            f"{len(answered)} cross-origin posts, {len(preflights)} preflights and "
+            f"{len(images)} stream loads reached the dashboard, answered {statuses}; "
+            f"the session cookie went with {with_cookie} of them",
+        )
+
+    after = Snapshot.take(h)
+    moved = before.changes(h, after)
+    tally.record(CATEGORY, "state after both attacks", not moved, "; ".join(moved))
+    files = dict(after.agent_files)
+    assert OPERATOR_KEY in files["agents/alice/claude/settings.json"], files
+    assert not any(EVIL_KEY in v or "pwned" in v.lower() for v in files.values()), files
+    assert MARK not in json.dumps(h.admin.get("/messages?since=0&limit=1000"))
+    for agent in ("manager", "alice"):  # as the operator sees it in the agent's UI
+        ui = h.dget(f"/agents/{agent}/api/state").json()
+        assert ui["model"] == "claude-test", ui
+    tally.assert_refused(CATEGORY)
