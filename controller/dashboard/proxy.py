@@ -124,6 +124,8 @@ class AgentUi:
     ) -> None:
         """The agent UI's ``app.js`` / ``app.css``."""
         await self._known(name)
+        if file == "index.html":  # the page lives at /agents/<name>/ only
+            raise NotFound(f"no agent UI file {file!r}", "file")
         agent_ui_asset(resp, file)
 
     # ----------------------------------------------------------------- forwarded

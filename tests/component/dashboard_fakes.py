@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import falcon.testing
+
+import hivehttp
+from controller.auth import LoginTokens, SessionSigner
+from controller.dashboard import make_dashboard_app
 from controller.drivers.journal import HARNESS_UNIT
 from controller.errors import Conflict, Invalid, NotFound
 from controller.model import Action, ActionKind
@@ -621,12 +629,102 @@ def demo() -> tuple[FakeOps, FakeBroker]:
     return ops, broker
 
 
+# --------------------------------------------------------------------------- test helpers
+
+KEY = "test-operator-key-0123456789abcdef"
+"""The operator key every test app signs sessions with."""
+
+TEST_HOSTS = frozenset({"falconframework.org", "hive.example"})
+"""Hosts the test policy allows besides loopback (falcon.testing's default Host)."""
+
+
+def make_app(
+    ops: FakeOps,
+    broker: Any,
+    *,
+    tokens: LoginTokens | None = None,
+    socks: Path | None = None,
+    **kw: Any,
+) -> Any:
+    """The dashboard over ``ops`` / ``broker``; agent UI sockets at ``<socks>/<name>.sock``."""
+    base = socks or Path("/nonexistent")
+    return make_dashboard_app(
+        ops,
+        broker,
+        operator_key=KEY,
+        login_tokens=tokens or LoginTokens(),
+        web_sock=lambda name: base / f"{name}.sock",
+        **kw,
+    )
+
+
+def guarded(app: Any) -> Any:
+    """``app`` behind the policy ``hyperhive serve`` gives the dashboard listener."""
+    guard = hivehttp.guarded(app, hivehttp.browser_policy(TEST_HOSTS))
+
+    async def listed(scope: Any, receive: Any, send: Any) -> None:
+        # falcon.testing hands headers over as a one-shot iterator (the ASGI spec allows
+        # any iterable); the guard reads them before the app does
+        if scope["type"] == "http":
+            scope["headers"] = [tuple(h) for h in scope["headers"]]
+        await guard(scope, receive, send)
+
+    return listed
+
+
+def session_cookie(signer: SessionSigner | None = None) -> str:
+    """A ``Cookie`` header value with a valid session."""
+    return f"hyperhive_session={(signer or SessionSigner(KEY)).issue()}"
+
+
+def logged_in(app: Any) -> falcon.testing.TestClient:
+    """A test client for ``app`` (guarded) that sends a valid session cookie."""
+    return falcon.testing.TestClient(guarded(app), headers={"Cookie": session_cookie()})
+
+
+class SSE:
+    """A minimal SSE reader over http.client: ``next_event()`` → (id, event, data) or a comment."""
+
+    def __init__(
+        self, base: str, path: str, headers: dict[str, str] | None = None, login: bool = True
+    ) -> None:
+        u = urllib.parse.urlsplit(base)
+        self.conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=10)
+        sent = {"Cookie": session_cookie()} if login else {}
+        self.conn.request("GET", path, headers={**sent, **(headers or {})})
+        self.resp = self.conn.getresponse()
+
+    def next_block(self) -> dict[str, str]:
+        """The next blank-line-terminated block as a dict (``":"`` holds comments)."""
+        block: dict[str, str] = {}
+        while True:
+            line = self.resp.readline().decode()  # de-chunked by http.client
+            if line == "":
+                raise EOFError("stream ended")
+            line = line.rstrip("\r\n")
+            if not line:
+                if block:
+                    return block
+                continue
+            key, _, value = line.partition(":")
+            block[key or ":"] = (block.get(key or ":", "") + value.lstrip(" ")).strip()
+
+    def next_message(self) -> dict[str, str]:
+        """Skip comments / retry blocks, return the next ``event: message`` block."""
+        while True:
+            b = self.next_block()
+            if b.get("event") == "message":
+                return b
+
+    def close(self) -> None:
+        """Drop the connection."""
+        self.conn.close()
+
+
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Serve the ASGI ``app`` on 127.0.0.1:<ephemeral> (``hivehttp``, the browser policy
     ``hyperhive serve`` uses); yields the base URL."""
-    import hivehttp
-
     listener = hivehttp.serve_tcp(
         app, "127.0.0.1", 0, policy=hivehttp.browser_policy(), name="dashboard-test"
     )
@@ -636,13 +734,111 @@ def serve(app: Any) -> Iterator[str]:
         listener.stop()
 
 
+class FakeAgentUi:
+    """A stand-in for an agent's web UI: a real ``falcon.asgi`` app for a unix socket.
+
+    Records the headers (lower-case names) and body of every request in
+    ``seen``; ``GET /api/state`` answers JSON, ``POST /api/send`` echoes,
+    ``GET /api/html`` / ``/api/plain`` answer HTML / text (the proxy must not
+    pass them), ``GET /api/cookie`` sets a cookie, ``GET /api/big?n=`` streams
+    ``n`` bytes of JSON, and ``GET /events/stream`` sends each string
+    ``push()``-ed as an SSE event as soon as it is pushed.
+    """
+
+    def __init__(self, name: str) -> None:
+        import falcon.asgi
+
+        self.name = name
+        self.seen: list[dict[str, Any]] = []
+        self.events: list[str] = []
+        self.streams_open = 0
+        app = falcon.asgi.App()
+        app.add_route("/api/{what}", self)
+        app.add_route("/events/stream", self, suffix="events")
+        self.app = app
+
+    def push(self, data: str) -> None:
+        """Queue one event for every open stream (thread-safe: a list append)."""
+        self.events.append(data)
+
+    async def _record(self, req: Any) -> None:
+        self.seen.append(
+            {
+                "method": req.method,
+                "path": req.path,
+                "query": req.query_string,
+                "headers": {k.lower(): v for k, v in req.headers.items()},
+                "body": (await req.stream.read()).decode(),
+            }
+        )
+
+    async def on_get(self, req: Any, resp: Any, what: str) -> None:
+        """The GET endpoints (see the class doc)."""
+        await self._record(req)
+        if what == "html":
+            resp.content_type = "text/html"
+            resp.text = "<script>alert(document.cookie)</script>"
+        elif what == "plain":
+            resp.content_type = "text/plain"
+            resp.text = "just text"
+        elif what == "big":
+            n = int(req.get_param("n") or "0")
+
+            async def chunks() -> Any:
+                yield b'{"pad": "'
+                for _ in range(n // 65536):
+                    yield b"x" * 65536
+                yield b'"}'
+
+            resp.content_type = "application/json"
+            resp.stream = chunks()
+        else:
+            if what == "cookie":
+                resp.set_cookie("agent_was_here", "1", secure=False)
+            resp.media = {"agent": self.name, "what": what}
+
+    async def on_post(self, req: Any, resp: Any, what: str) -> None:
+        """Echo the body back."""
+        await self._record(req)
+        resp.media = {"agent": self.name, "what": what, "echo": self.seen[-1]["body"]}
+
+    async def on_get_events(self, req: Any, resp: Any) -> None:
+        """SSE: every pushed string, as it comes (polled every 10 ms)."""
+        await self._record(req)
+
+        gone = hivehttp.disconnected(req.scope)
+
+        async def events() -> Any:
+            sent = 0
+            self.streams_open += 1
+            try:
+                yield b"retry: 1000\n\n"
+                while not gone.is_set():
+                    while sent < len(self.events):
+                        yield f"event: x\ndata: {self.events[sent]}\n\n".encode()
+                        sent += 1
+                    await asyncio.sleep(0.01)
+            finally:
+                self.streams_open -= 1
+
+        resp.content_type = "text/event-stream"
+        resp.stream = events()
+
+
+@contextmanager
+def serve_agent_ui(ui: FakeAgentUi, path: Any) -> Iterator[FakeAgentUi]:
+    """Serve ``ui`` on the unix socket ``path`` (``hivehttp.serve_unix``) while in the block."""
+    listener = hivehttp.serve_unix(ui.app, path, name=f"fake-ui-{ui.name}")
+    try:
+        yield ui
+    finally:
+        listener.stop()
+
+
 if __name__ == "__main__":  # a demo dashboard to look at
     import sys
     import tempfile
     from pathlib import Path
-
-    from controller.auth import LoginTokens
-    from controller.dashboard import make_dashboard_app
 
     ops_, broker_ = demo()
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 7000
@@ -656,8 +852,6 @@ if __name__ == "__main__":  # a demo dashboard to look at
             broker_.send("alice", "bob", f"heartbeat {n}: still grepping")
 
     threading.Thread(target=chatter, daemon=True).start()
-    import hivehttp
-
     tokens = LoginTokens()
     app_ = make_dashboard_app(
         ops_,

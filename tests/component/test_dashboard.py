@@ -9,11 +9,9 @@ standing in for an agent's web UI.
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,17 @@ from typing import Any
 import falcon
 import falcon.testing
 import pytest
-from dashboard_fakes import FakeBroker, FakeOps, demo, serve
+from dashboard_fakes import (
+    SSE,
+    FakeBroker,
+    FakeOps,
+    demo,
+    logged_in,
+    make_app,
+    serve,
+    session_cookie,
+)
 
-import hivehttp
-from controller.auth import LoginTokens, SessionSigner
-from controller.dashboard import make_dashboard_app
 from controller.dashboard.views import (
     agent_view,
     describe_view,
@@ -37,56 +41,6 @@ from controller.errors import Conflict, NotFound, TransientError
 from controller.ops import Lifecycle
 from schemas.names import MANAGER, OPERATOR
 from schemas.wire import Message
-
-KEY = "test-operator-key-0123456789abcdef"
-"""The operator key every test app signs sessions with."""
-
-TEST_HOSTS = frozenset({"falconframework.org", "hive.example"})
-"""Hosts the test policy allows besides loopback (falcon.testing's default Host)."""
-
-
-def make_app(
-    ops: FakeOps,
-    broker: Any,
-    *,
-    tokens: LoginTokens | None = None,
-    socks: Path | None = None,
-    **kw: Any,
-) -> Any:
-    """The dashboard over ``ops`` / ``broker``; agent UI sockets at ``<socks>/<name>.sock``."""
-    base = socks or Path("/nonexistent")
-    return make_dashboard_app(
-        ops,
-        broker,
-        operator_key=KEY,
-        login_tokens=tokens or LoginTokens(),
-        web_sock=lambda name: base / f"{name}.sock",
-        **kw,
-    )
-
-
-def guarded(app: Any) -> Any:
-    """``app`` behind the policy ``hyperhive serve`` gives the dashboard listener."""
-    guard = hivehttp.guarded(app, hivehttp.browser_policy(TEST_HOSTS))
-
-    async def listed(scope: Any, receive: Any, send: Any) -> None:
-        # falcon.testing hands headers over as a one-shot iterator (the ASGI spec allows
-        # any iterable); the guard reads them before the app does
-        if scope["type"] == "http":
-            scope["headers"] = [tuple(h) for h in scope["headers"]]
-        await guard(scope, receive, send)
-
-    return listed
-
-
-def session_cookie(signer: SessionSigner | None = None) -> str:
-    """A ``Cookie`` header value with a valid session."""
-    return f"hyperhive_session={(signer or SessionSigner(KEY)).issue()}"
-
-
-def logged_in(app: Any) -> falcon.testing.TestClient:
-    """A test client for ``app`` (guarded) that sends a valid session cookie."""
-    return falcon.testing.TestClient(guarded(app), headers={"Cookie": session_cookie()})
 
 
 @pytest.fixture
@@ -680,45 +634,6 @@ def test_the_app_alone_takes_json_only(fakes: tuple[FakeOps, FakeBroker]) -> Non
 
 
 # ----------------------------------------------------------------- SSE (real HTTP)
-
-
-class SSE:
-    """A minimal SSE reader over http.client: ``next_event()`` → (id, event, data) or a comment."""
-
-    def __init__(
-        self, base: str, path: str, headers: dict[str, str] | None = None, login: bool = True
-    ) -> None:
-        u = urllib.parse.urlsplit(base)
-        self.conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=10)
-        sent = {"Cookie": session_cookie()} if login else {}
-        self.conn.request("GET", path, headers={**sent, **(headers or {})})
-        self.resp = self.conn.getresponse()
-
-    def next_block(self) -> dict[str, str]:
-        """The next blank-line-terminated block as a dict (``":"`` holds comments)."""
-        block: dict[str, str] = {}
-        while True:
-            line = self.resp.fp.readline().decode()
-            if line == "":
-                raise EOFError("stream ended")
-            line = line.rstrip("\n")
-            if not line:
-                if block:
-                    return block
-                continue
-            key, _, value = line.partition(":")
-            block[key or ":"] = (block.get(key or ":", "") + value.lstrip(" ")).strip()
-
-    def next_message(self) -> dict[str, str]:
-        """Skip comments / retry blocks, return the next ``event: message`` block."""
-        while True:
-            b = self.next_block()
-            if b.get("event") == "message":
-                return b
-
-    def close(self) -> None:
-        """Drop the connection."""
-        self.conn.close()
 
 
 @pytest.fixture
