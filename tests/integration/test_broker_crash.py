@@ -4,9 +4,12 @@ order, and so is every keyed send that was retried until it succeeded.
 
 The controller runs the local runtime with a stand-in harness (a ``harness`` package
 earlier on PYTHONPATH whose ``serve`` only sleeps), so nothing drains the manager's inbox
-but this test: four sender threads on the manager socket, two to ``operator`` (checked
-through host.sock ``GET /messages``) and two to ``manager`` itself (drained with
-``POST /recv`` afterwards, so delivery is checked too). Threads 0 and 1 send with an
+but this test: four sender threads on the manager socket (with the manager's
+credential, read from its state dir as the harness would), two to ``operator``
+(checked through host.sock ``GET /messages``, with the operator key) and two to
+``manager`` itself (drained with ``POST /recv`` afterwards, so delivery is checked
+too). The restart must not rotate the manager's credential: a sender that got a 401
+after it would fail the test. Threads 0 and 1 send with an
 ``idempotency_key`` and retry a failed send with the same key until it succeeds; threads
 2 and 3 send without one and move on after a failure, as a client without keys must.
 """
@@ -33,6 +36,7 @@ import psutil
 import pytest
 
 from schemas.client import ApiError, UnixClient, Unreachable
+from tests.e2e.credentials import agent_client, operator_client
 
 ROOT = Path(__file__).resolve().parents[2]
 PER_THREAD = 250
@@ -80,14 +84,6 @@ class Controller:
     def state(self) -> Path:
         return self.tmp / "state"
 
-    @property
-    def host_sock(self) -> Path:
-        return self.state / "run" / "host.sock"
-
-    @property
-    def manager_sock(self) -> Path:
-        return self.state / "run" / "manager" / "mcp.sock"
-
     def start(self) -> None:
         self.starts += 1
         log = self.tmp / f"controller-{self.starts}.log"
@@ -112,10 +108,18 @@ class Controller:
         _wait_for(
             "the manager socket",
             lambda: (
-                UnixClient(str(self.manager_sock), timeout=5).get("/status") is not None
-                and UnixClient(str(self.host_sock), timeout=5).get("/messages?limit=1") is not None
+                self.manager(timeout=5).get("/status") is not None
+                and self.admin(timeout=5).get("/messages?limit=1") is not None
             ),
         )
+
+    def admin(self, timeout: float = 30.0) -> UnixClient:
+        """host.sock, with the operator key."""
+        return operator_client(self.state, timeout=timeout)
+
+    def manager(self, timeout: float = 30.0) -> UnixClient:
+        """The manager's socket, with the manager's credential."""
+        return agent_client(self.state, "manager", timeout=timeout)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -211,8 +215,9 @@ class Sender:
         return f"{PREFIX}t{self.k}:{n:04d}"
 
 
-def _run_sender(sock: Path, s: Sender, acked_total: list[int], lock: threading.Lock) -> None:
-    client = UnixClient(str(sock), timeout=10.0)
+def _run_sender(
+    client: UnixClient, s: Sender, acked_total: list[int], lock: threading.Lock
+) -> None:
     for n in range(PER_THREAD):
         doc: dict[str, Any] = {"to": s.to, "body": s.body(n)}
         if s.keyed:
@@ -239,8 +244,7 @@ def _run_sender(sock: Path, s: Sender, acked_total: list[int], lock: threading.L
             break
 
 
-def _all_messages(host_sock: Path) -> list[dict[str, Any]]:
-    admin = UnixClient(str(host_sock), timeout=30)
+def _all_messages(admin: UnixClient) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     since = 0
     while True:
@@ -264,7 +268,9 @@ def test_kill9_mid_stream_every_acknowledged_send_exactly_once(controller: Contr
     lock = threading.Lock()
     threads = [
         threading.Thread(
-            target=_run_sender, args=(controller.manager_sock, s, acked_total, lock), daemon=True
+            target=_run_sender,
+            args=(controller.manager(timeout=10.0), s, acked_total, lock),
+            daemon=True,
         )
         for s in senders
     ]
@@ -286,7 +292,7 @@ def test_kill9_mid_stream_every_acknowledged_send_exactly_once(controller: Contr
     )
 
     stored: dict[int, list[tuple[int, int]]] = {s.k: [] for s in senders}  # k -> [(id, n)]
-    for m in _all_messages(controller.host_sock):
+    for m in _all_messages(controller.admin()):
         if m["from"] == "manager" and m["body"].startswith(PREFIX):
             k, n = m["body"][len(PREFIX) + 1 :].split(":")
             assert m["to"] == senders[int(k)].to
@@ -308,7 +314,7 @@ def test_kill9_mid_stream_every_acknowledged_send_exactly_once(controller: Contr
             assert set(ids) - set(s.acked) <= set(s.failed)
 
     # the manager's inbox: every message to it is delivered by recv exactly once, in order
-    mgr = UnixClient(str(controller.manager_sock), timeout=30)
+    mgr = controller.manager()
     got: list[str] = []
     while (m := mgr.post("/recv", {})["message"]) is not None:
         if m["body"].startswith(PREFIX):
