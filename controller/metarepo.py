@@ -55,6 +55,7 @@ import pygit2
 from pygit2.enums import ObjectType
 
 import controller
+from controller.clonecheck import contained_git_dir
 from controller.config import Config
 from controller.errors import Conflict, Invalid, NotFound
 from controller.manifest import (
@@ -859,7 +860,8 @@ class MetaRepo:
 
         Objects are copied into meta.git with pygit2. ``base`` = merge-base with
         main (the commit may sit several commits on top of it). Raises NotFound
-        (no such commit / no clone, field ``commit``), Invalid (no shared history
+        (no such commit / no clone, field ``commit``), Invalid (a clone that
+        reads objects from elsewhere, ``controller.clonecheck``; no shared history
         with main; a changed manifest fails the schema: field = the file path),
         Conflict (nothing to change, already part of main, or already pending).
         """
@@ -867,8 +869,9 @@ class MetaRepo:
         if not commit or len(commit) > 256 or any(c.isspace() for c in commit):
             raise Invalid(f"{commit!r} is not a commit id", field="commit")
         try:
-            src = pygit2.Repository(str(src_path))
-        except pygit2.GitError as exc:
+            # the clone is the manager's: check it reads nothing outside itself first
+            src = pygit2.Repository(str(contained_git_dir(src_path)))
+        except (pygit2.GitError, OSError) as exc:
             raise NotFound(f"no git repository at {src_path}: {exc}", field="commit") from exc
         try:
             obj = src.revparse_single(commit).peel(pygit2.Commit)

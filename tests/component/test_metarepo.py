@@ -259,6 +259,53 @@ def test_propose_commit_stack_records_merge_base(meta: MetaRepo) -> None:
     assert "+  model: opus" in p.diff
 
 
+def test_propose_commit_refuses_a_clone_that_reads_elsewhere(
+    meta: MetaRepo, tmp_path: Path
+) -> None:
+    """The manager owns its clone: it must not make the controller import another repo's
+    commits (which the manager could then read back)."""
+    clone = meta.layout.manager_meta
+    c1 = clone_commit(meta, {"agents/bob/agent.yaml": manifest("bob")}, "spawn bob")
+    # a private repository elsewhere on the host, with a commit the manager must not reach
+    other = tmp_path / "private"
+    git("init", "-q", "-b", "main", str(other), cwd=tmp_path)
+    (other / "secret.txt").write_text("s3cret")
+    git("add", "secret.txt", cwd=other)
+    git("commit", "-qm", "secret", cwd=other)
+    secret = git("rev-parse", "HEAD", cwd=other).stdout.strip()
+    before = refs(meta)
+
+    def refused(match: str) -> None:
+        with pytest.raises(Invalid, match=match) as info:
+            meta.propose_commit(secret)
+        assert info.value.field == "commit"
+        assert refs(meta) == before and secret not in meta.repo
+
+    alternates = clone / ".git" / "objects" / "info" / "alternates"
+    alternates.write_text(str(other / ".git" / "objects") + "\n")
+    refused("borrows objects from elsewhere")
+    alternates.unlink()
+    loose = clone / ".git" / "objects" / secret[:2]
+    if loose.exists():
+        loose.rename(tmp_path / "kept")
+    loose.symlink_to(other / ".git" / "objects" / secret[:2])
+    refused("symbolic link among its objects")
+    loose.unlink()
+    if (tmp_path / "kept").exists():
+        (tmp_path / "kept").rename(loose)
+    real = clone / ".git"
+    real.rename(tmp_path / "real-git")
+    (clone / ".git").write_text(f"gitdir: {other / '.git'}\n")
+    refused("a file or a link")
+    (clone / ".git").unlink()
+    (clone / ".git").symlink_to(other / ".git")
+    refused("a file or a link")
+    (clone / ".git").unlink()
+    (tmp_path / "real-git").rename(real)
+    # the untouched clone still proposes
+    assert meta.propose_commit(c1).commit == c1
+
+
 def test_propose_commit_errors(meta: MetaRepo) -> None:
     bad = clone_commit(
         meta,
