@@ -18,7 +18,8 @@ const browser = await chromium.launch({
 });
 const seen = { dialogs: [], errors: [] };
 try {
-  const page = await browser.newPage({ viewport: { width: 1440, height: 1000 }, colorScheme: 'dark' });
+  const context = await browser.newContext({ viewport: { width: 1440, height: 1000 }, colorScheme: 'dark' });
+  const page = await context.newPage();
   page.setDefaultTimeout(15000);
   page.on('pageerror', (e) => seen.errors.push(`pageerror: ${e.message}`));
   page.on('console', (m) => { if (m.type() === 'error') seen.errors.push(`console: ${m.text()}`); });
@@ -145,6 +146,18 @@ try {
   await page.waitForTimeout(1300); // let the "fresh" flash fade
   await page.screenshot({ path: shot, fullPage: true });
   seen.screenshot = shot;
+
+  // alice's own UI through the dashboard: the controller's copy of the page, her API and
+  // events forwarded to her socket (relative URLs under /agents/alice/)
+  const ui = await context.newPage();
+  const uiErrors = [];
+  ui.on('pageerror', (e) => uiErrors.push(`pageerror: ${e.message}`));
+  ui.on('console', (m) => { if (m.type() === 'error') uiErrors.push(`console: ${m.text()}`); });
+  await ui.goto(`${base}/agents/alice/`, { waitUntil: 'domcontentloaded' });
+  await ui.waitForFunction(() => document.getElementById('agent-name').textContent === 'alice');
+  seen.agentUiTitle = await ui.title();
+  seen.agentUiErrors = uiErrors.filter((e) => /Content.Security.Policy|Refused/i.test(e));
+  await ui.close();
 
   // the login URL works once: a second browser using it gets the 401 page
   const other = await browser.newPage();

@@ -2,7 +2,8 @@
 
 Starts the dashboard over the demo fakes on 127.0.0.1:<ephemeral>, runs
 ``tests/browser/dashboard.mjs`` (see the login page, log in through a one-time
-login URL, see agents with their badges, open an
+login URL, see agents with their badges, open alice's UI through the dashboard
+(a stand-in UI on a unix socket), open an
 agent's logs, config and describe blocks, approve a proposal with a diff, answer
 a question, send a message and see it come back over SSE, destroy an agent and
 purge kept state through their confirms, screenshot) and checks what the fakes
@@ -72,7 +73,8 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
         heartbeat_seconds=2.0,
         stop=stop,
     )
-    with fakes.serve(app) as base:
+    alice_ui = fakes.FakeAgentUi("alice")
+    with fakes.serve_agent_ui(alice_ui, tmp_path / "alice.sock"), fakes.serve(app) as base:
         login = f"{base}/login?token={tokens.issue().token}"
         try:
             proc = subprocess.run(
@@ -95,6 +97,11 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
         {"name": "hyperhive_session", "httpOnly": True, "sameSite": "Strict", "path": "/"}
     ]
     assert seen["cookieVisibleToScript"] is False
+    # alice's UI behind the dashboard: her API and events went to her socket, no cookie
+    assert seen["agentUiTitle"] == "alice · hyperhive" and seen["agentUiErrors"] == []
+    paths = [r["path"] for r in alice_ui.seen]
+    assert "/api/state" in paths and "/events/stream" in paths
+    assert not any("cookie" in r["headers"] for r in alice_ui.seen)
     assert seen["reusedStatus"] == 401 and "hyperhive dashboard" in seen["reusedText"]
     assert seen["agents"] == ["manager", "alice", "bob", "carol"]
     assert seen["aliceNeedsUpdate"] is True

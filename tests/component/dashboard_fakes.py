@@ -796,6 +796,8 @@ class FakeAgentUi:
             if what == "cookie":
                 resp.set_cookie("agent_was_here", "1", secure=False)
             resp.media = {"agent": self.name, "what": what}
+            if what == "state":  # enough of the harness's shape for its page to render
+                resp.media.update({"flavor": "agent", "model": "haiku", "status": "idle"})
 
     async def on_post(self, req: Any, resp: Any, what: str) -> None:
         """Echo the body back."""

@@ -436,7 +436,7 @@ function renderAgents({ agents, err }) {
       cls: `small${v === 'kill' ? ' danger' : ''}`, confirm: confirmText[v], kind: 'lifecycle',
     })).join('');
     const link = a.url
-      ? `<a href="${esc(a.url)}" target="_blank" rel="noopener" title="open ${name}'s web UI">ui ↗</a>`
+      ? `<a href="${esc(a.url)}" target="_blank" rel="noopener" title="open ${name}'s web UI">ui&nbsp;↗</a>`
       : '<span class="empty">—</span>';
     return `<tr class="agent-main" data-agent="${name}">
       <td><div class="agent-name">${name}${a.name === MANAGER ? '<span class="role">mgr</span>' : ''}</div>
