@@ -1080,8 +1080,8 @@ class Broker:
         until a message arrives, a reminder falls due or a lease expires.
         ``lease_seconds`` None marks the message delivered and acked;
         otherwise it is leased for that many seconds (1..86400) and delivered
-        again afterwards unless ``ack`` ed. ``abandoned`` (e.g. waitress'
-        ``client_disconnected``) is polled about once a second while parked:
+        again afterwards unless ``ack`` ed. ``abandoned`` (a callable, e.g. a
+        thread-side check that the client hung up) is polled about once a second while parked:
         when it returns True, recv gives up without taking a message, so a
         client that went away does not swallow one. Returns None at the
         deadline or when the broker closes. Raises ``Invalid`` for a bad lease.

@@ -44,7 +44,7 @@ RETRY_BUDGET = 60.0
 POOL_SIZE = 4
 """Idle connections a ``UnixClient`` keeps for reuse."""
 MAX_IDLE_SECONDS = 60.0
-"""An idle connection older than this is not reused (waitress closes them after 300 s)."""
+"""An idle connection older than this is not reused (the server closes them after 75 s)."""
 
 
 class ApiError(Exception):

@@ -89,9 +89,10 @@ in
         default = "127.0.0.1";
         example = "0.0.0.0";
         description = ''
-          Address the dashboard listens on. It has no authentication of its own
-          and can approve deploys: keep it on loopback and reach it through an
-          SSH tunnel or an authenticating reverse proxy.
+          Address the dashboard listens on. It needs a login (`sudo hyperhive
+          dashboard` prints a one-time URL) and answers only to loopback names
+          and `settings.dashboard.hosts`; it speaks plain HTTP, so keep it on
+          loopback and reach it through an SSH tunnel or a TLS reverse proxy.
         '';
       };
 
@@ -116,8 +117,10 @@ in
         (`settings.ports.manager`) and the agents' range (`agent_base` up to
         `agent_base + agent_range - 1`). The containers share the host's
         network, so these are host ports; they only listen beyond loopback
-        if an agent's agent.nix sets `hyperhive.agent.webHost`. The web UIs
-        have no authentication.
+        if an agent's agent.nix sets `hyperhive.agent.webTcp` and
+        `hyperhive.agent.webHost`; each TCP request then needs that agent's
+        credential. The operator normally reaches agent UIs through the
+        dashboard at `/agents/<name>/` instead.
       '';
     };
 
