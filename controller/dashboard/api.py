@@ -1,21 +1,28 @@
 """The dashboard's JSON API: the snapshot, proposals, messages, questions, agents.
 
 Every swarm verb goes through ``SwarmOps`` (the same verbs as host.sock and the
-CLI, so no surface drifts), run with ``asyncio.to_thread``: a verb may take the
-reconcile lock or run git / journalctl for seconds, and the event loop serves
-every other request meanwhile. Quick sqlite broker calls run inline.
+CLI, so no surface drifts), run in a worker thread: a verb may run git or
+journalctl for seconds, and the event loop serves every other request
+meanwhile. The verbs that wait for a running reconcile pass (reconcile,
+lifecycle, destroy, purge: a pass may build for minutes) get a small pool of
+their own (``VERB_THREADS``), so a few clicks during a long build queue up
+there instead of taking every thread of the process's default pool, which
+``/api/state`` and the agent sockets also use. Quick sqlite broker calls run
+inline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import re
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
 import falcon
 import falcon.asgi
@@ -33,6 +40,11 @@ from controller.errors import Invalid, NotFound
 from controller.ops import Lifecycle, SwarmOps
 from schemas.names import MANAGER, OPERATOR, is_agent_name
 from schemas.wire import Message, rfc3339
+
+T = TypeVar("T")
+
+VERB_THREADS = 4
+"""Threads for the verbs that wait for a running pass (see the module doc)."""
 
 JOURNAL_LINES = 200
 """Journal lines returned when ``?lines=`` is not given."""
@@ -105,6 +117,12 @@ class SwarmApi:
         self.ops = ops
         self.broker = broker
         self.snapshot = Snapshot(ops, broker)
+        self._verbs = ThreadPoolExecutor(VERB_THREADS, thread_name_prefix="dashboard-verb")
+
+    async def _verb(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the verb pool (for verbs that may wait for a running pass)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._verbs, functools.partial(fn, *args))
 
     async def process_response(
         self,
@@ -195,7 +213,7 @@ class SwarmApi:
         extra = sorted(await read_body(req))
         if extra:
             raise Invalid(f"unknown field {extra[0]!r}; {verb} takes no fields", extra[0])
-        result = await asyncio.to_thread(self.ops.lifecycle, lifecycle, name)
+        result = await self._verb(self.ops.lifecycle, lifecycle, name)
         resp.media = {"agent": name, "verb": verb, "result": result}
 
     async def on_post_reconcile(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -204,7 +222,7 @@ class SwarmApi:
         if "dry_run" in doc:
             doc["dry_run"] = truthy(doc["dry_run"], "dry_run")
         checked(doc, "wire#ReconcileRequest")
-        result = await asyncio.to_thread(self.ops.reconcile, bool(doc.get("dry_run", False)))
+        result = await self._verb(self.ops.reconcile, bool(doc.get("dry_run", False)))
         resp.media = result.to_json()
 
     async def on_post_answer(
@@ -292,7 +310,7 @@ class SwarmApi:
         if name == MANAGER:
             raise Invalid("the manager cannot be destroyed (it is required infrastructure)", "name")
         with _agent_not_found(name):
-            result = await asyncio.to_thread(self.ops.destroy, name, purge)
+            result = await self._verb(self.ops.destroy, name, purge)
         resp.media = {"agent": name, "purged": purge, "result": result}
 
     async def on_post_purge(
@@ -308,5 +326,5 @@ class SwarmApi:
         if extra:
             raise Invalid(f"unknown field {extra[0]!r}; purge takes no fields", extra[0])
         with _agent_not_found(name):
-            result = await asyncio.to_thread(self.ops.purge, name)
+            result = await self._verb(self.ops.purge, name)
         resp.media = {"agent": name, "purged": True, "result": result}
