@@ -9,9 +9,11 @@ standing in for an agent's web UI.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -747,3 +749,45 @@ def test_with_the_real_broker(tmp_path: Path) -> None:
     finally:
         stop.set()
         broker.close()
+
+
+def test_verbs_stuck_behind_a_pass_leave_the_snapshot_answering(
+    fakes: tuple[FakeOps, FakeBroker],
+) -> None:
+    """40 reconcile clicks while a long pass holds the lock (more than any default thread
+    pool has threads) do not keep ``/api/state`` from answering."""
+    ops, broker = fakes
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def stuck_pass(dry_run: bool = False) -> Any:
+        started.release()
+        release.wait(60)
+        return FakeOps.reconcile(ops, dry_run)
+
+    ops.reconcile = stuck_pass  # type: ignore[method-assign]
+    cookie = session_cookie()
+    with serve(make_app(ops, broker)) as base:
+        netloc = urllib.parse.urlsplit(base).netloc
+        conns = []
+        try:
+            for _ in range(40):
+                c = http.client.HTTPConnection(netloc, timeout=60)
+                c.request(
+                    "POST",
+                    "/api/reconcile",
+                    body=b"{}",
+                    headers={"Cookie": cookie, "Content-Type": "application/json"},
+                )
+                conns.append(c)
+            assert started.acquire(timeout=10)  # at least one is inside the pass
+            probe = http.client.HTTPConnection(netloc, timeout=10)
+            probe.request("GET", "/api/state", headers={"Cookie": cookie})
+            r = probe.getresponse()
+            assert r.status == 200 and json.loads(r.read())["agents"]
+            probe.close()
+        finally:
+            release.set()
+        assert all(c.getresponse().status == 200 for c in conns)
+        for c in conns:
+            c.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socketserver
 import tempfile
 import threading
 import time
@@ -292,3 +293,69 @@ def test_without_a_session_nothing_is_forwarded(env: Env) -> None:
         r = env.call(method, path, b"{}", {"Cookie": "", "Content-Type": "application/json"})
         assert r.status == 401, path
     assert env.alice.seen == []
+
+
+# ----------------------------------------------------------------- odd upstreams
+
+CANNED = {
+    "/api/garbage": b"garbage\r\n\r\n",
+    "/api/close": b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"closed": true}',
+    "/api/chunked": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5;ext=1\r\n{"a":\r\n3\r\n 1}\r\n0\r\nX-Trailer: y\r\n\r\n'
+    ),
+    "/api/bad-chunk": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n"
+    ),
+    "/api/huge-head": b"HTTP/1.1 200 OK\r\nX-Pad: " + b"x" * 100_000 + b"\r\n\r\n{}",
+    "/api/status-1xx": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+    "/api/folded": b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n json\r\n\r\n<b>",
+    "/api/sniff": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: a=b\r\n"
+        b"Content-Length: 27\r\n\r\n<script>alert(1)</script>\r\n"
+    ),
+}
+
+
+class _Canned(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        head = self.rfile.readline().decode("latin-1")
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        path = head.split(" ")[1].split("?")[0]
+        self.wfile.write(CANNED.get(path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
+
+
+@pytest.fixture
+def odd(env: Env) -> Iterator[Env]:
+    """``env`` plus carol's 'UI': a raw socket server answering canned bytes."""
+    server = socketserver.ThreadingUnixStreamServer(str(env.socks / "carol.sock"), _Canned)
+    server.daemon_threads = True
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield env
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_odd_upstream_answers_never_pass_unchecked(odd: Env) -> None:
+    for path in ("garbage", "huge-head", "status-1xx", "folded"):
+        r = odd.call("GET", f"/agents/carol/api/{path}")
+        assert r.status == 502, (path, r.status, r.body[:200])
+        assert r.json()["error"]["code"] == "bad_gateway", path
+        assert r.headers["content-type"].startswith("application/json")
+    r = odd.call("GET", "/agents/carol/api/close")  # HTTP/1.0, body until the connection closes
+    assert r.status == 200 and r.json() == {"closed": True}
+    r = odd.call("GET", "/agents/carol/api/chunked")  # chunk extensions and trailers
+    assert r.status == 200 and r.json() == {"a": 1}
+    r = odd.call("GET", "/agents/carol/api/bad-chunk")  # cut short: the body just ends
+    assert r.status == 200 and r.body == b""
+    # a "JSON" body that is really HTML: passed as JSON, never sniffed, never run
+    r = odd.call("GET", "/agents/carol/api/sniff")
+    assert r.status == 200 and r.headers["content-type"].startswith("application/json")
+    _proxied_headers_ok(r)
+    # the dashboard is fine afterwards
+    assert odd.call("GET", "/api/state").status == 200
