@@ -1,10 +1,18 @@
 """The whole first story, end to end, with every real component.
 
 A real ``hyperhive serve`` (local runtime) runs real ``hyperhive-agent serve``
-harnesses, which run the real ``claude`` CLI against a fake Messages API served
-here on loopback. The "model" is the script below: it reads what each request
-contains and answers with text or MCP tool calls, so the whole loop — wake,
-turn, MCP tool, broker, proposal, git approval, deploy — runs for real.
+harnesses (under bubblewrap when it is installed, as users run them), which run
+the real ``claude`` CLI against a fake Messages API served here on loopback. The
+"model" is the script below: it reads what each request contains and answers
+with text or MCP tool calls, so the whole loop — wake, turn, MCP tool, broker,
+proposal, git approval, deploy — runs for real.
+
+The operator is driven on the new trust model: the CLI and the push hook read the
+operator key from the state dir (host.sock answers nothing without it), the test's
+own calls send the operator key or the agent's credential
+(``tests/e2e/credentials.py``), and the browser logs in to the dashboard with the
+URL ``hyperhive dashboard`` prints and reaches alice's UI through the dashboard's
+``/agents/alice/`` (``tests/e2e/browser.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +35,10 @@ from typing import Any
 import psutil
 import pytest
 
-from schemas.client import UnixClient, Unreachable
+from controller.auth.secretfile import CredentialError
+from schemas.client import ApiError, UnixClient, Unreachable
+from tests.e2e.browser import Browser
+from tests.e2e.credentials import agent_client, operator_client
 from tests.fakeapi import FakeAnthropic, Reply, Request, find_claude_cli, reply_text, reply_tool_use
 
 pytestmark = pytest.mark.e2e
@@ -193,8 +205,13 @@ class Swarm:
         self.proc.wait(timeout=30)
         self.proc = None
 
+    @property
+    def admin(self) -> UnixClient:
+        """host.sock with the operator key (``CredentialError`` before the first start)."""
+        return operator_client(self.state, timeout=10)
+
     def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = UnixClient(self.host_sock, timeout=10).get("/status")
+        data: dict[str, Any] = self.admin.get("/status")
         return data
 
     def agent(self, name: str) -> dict[str, Any] | None:
@@ -202,7 +219,7 @@ class Swarm:
             for a in self.status().get("agents", []):
                 if a.get("name") == name:
                     return dict(a)
-        except (Unreachable, OSError):
+        except (Unreachable, OSError, CredentialError):
             return None
         return None
 
@@ -229,10 +246,25 @@ class Swarm:
             check=True,
         ).stdout
 
+    def push(self, *refs: str) -> str:
+        """``git push origin <refs>`` from the operator's clone; what the remote (the
+        meta repo's hooks) said, from stderr. Fails unless the push succeeded."""
+        r = subprocess.run(
+            ["git", "push", "origin", *refs],
+            cwd=self.tmp / "m",
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, f"git push origin {' '.join(refs)}:\n{r.stdout}\n{r.stderr}"
+        return r.stderr
+
     def harness_procs(self) -> dict[str, list[int]]:
-        """Running harness processes under this state dir, by agent name."""
-        found: dict[str, list[int]] = {}
-        for p in psutil.process_iter(["pid", "cmdline", "environ"]):
+        """Running harnesses under this state dir, by agent name: the pid of the top
+        process of each (the outer ``bwrap`` when sandboxed; its children, the
+        sandbox's init and the harness python, are the same harness, not a second)."""
+        matched: dict[int, tuple[str, int]] = {}  # pid -> (agent, parent pid)
+        for p in psutil.process_iter(["pid", "ppid", "cmdline", "environ"]):
             try:
                 cmd = p.info["cmdline"] or []
                 env = p.info["environ"] or {}
@@ -243,7 +275,11 @@ class Swarm:
                 and "serve" in cmd
                 and env.get("HYPERHIVE_STATE_DIR", "").startswith(str(self.state))
             ):
-                found.setdefault(env.get("HYPERHIVE_AGENT", "?"), []).append(p.pid)
+                matched[p.info["pid"]] = (env.get("HYPERHIVE_AGENT", "?"), p.info["ppid"])
+        found: dict[str, list[int]] = {}
+        for pid, (agent, ppid) in sorted(matched.items()):
+            if ppid not in matched:
+                found.setdefault(agent, []).append(pid)
         return found
 
     def requests_where(self, pred: Callable[[Request], bool]) -> list[Request]:
@@ -277,7 +313,8 @@ def swarm(tmp_path: Path) -> Iterator[Swarm]:
             "GIT_COMMITTER_EMAIL": "op@example.org",
         }
     )
-    env.pop("CLAUDE_CONFIG_DIR", None)
+    for k in ("CLAUDE_CONFIG_DIR", "CLAUDE_CODE_TMPDIR"):
+        env.pop(k, None)  # each agent has its own (the driver sets them; the sandbox hides HOME)
     base = _free_block(60)
     dash = _free_port()
     (tmp_path / "config.json").write_text(
@@ -354,10 +391,18 @@ def test_the_whole_story(swarm: Swarm) -> None:
     s.git("clone", "-q", str(s.state / "meta.git"), str(s.tmp / "m"), cwd=s.tmp)
     s.git("tag", "approved/1", "proposal/1")
     t_push = time.monotonic()
-    s.git("push", "-q", "origin", "approved/1")
+    said = s.push("approved/1")
+    # the post-receive hook read the operator key and poked the controller over host.sock
+    assert "received approved/1; the controller is reconciling" in said, said
     wait_for("alice running", lambda: s.phase("alice") == "running", timeout=60, interval=0.05)
     s.timings["git push approved/1 → alice running"] = time.monotonic() - t_push
     wait_for("deployed/1", lambda: "deployed/1" in s.tags("deployed"))
+    if shutil.which("bwrap"):  # sandboxed, as users run it: the outer process is bwrap
+        for name, pids in s.harness_procs().items():
+            assert [psutil.Process(p).name() for p in pids] == ["bwrap"], (name, pids)
+            conditions = s.admin.get(f"/agents/{name}")["conditions"]
+            isolated = next(c for c in conditions if c["type"] == "Isolated")
+            assert (isolated["status"], isolated["reason"]) == ("True", "Bubblewrap"), isolated
     assert "building/1" in s.tags("building")
     main = s.git("--git-dir", str(s.state / "meta.git"), "rev-parse", "main", cwd=s.tmp).strip()
     assert "agents/alice/agent.yaml" in s.git(
@@ -403,16 +448,55 @@ def test_the_whole_story(swarm: Swarm) -> None:
         "manager",
         question["thread"],
     )
-    manager_status = UnixClient(str(s.state / "run" / "manager" / "mcp.sock")).get("/status")
+    manager_status = agent_client(s.state, "manager").get("/status")
     assert manager_status["open_threads"] == 0
+    with pytest.raises(ApiError) as no_key:  # a socket without its credential answers nothing
+        UnixClient(str(s.state / "run" / "manager" / "mcp.sock"), timeout=10).get("/status")
+    assert no_key.value.status == 401
     human = s.cli("messages").stdout
     assert "alice → manager" in human and "hi manager, alice here" in human
-    dash = json.loads(
-        __import__("urllib.request")
-        .request.urlopen(f"http://127.0.0.1:{s.dashboard_port}/api/state", timeout=10)
-        .read()
+
+    # 6b. the dashboard: nothing before the login; the URL `hyperhive dashboard` prints logs in
+    web = Browser(s.dashboard_port)
+    refused = web.get("/api/state")
+    assert refused.status == 401 and refused.json()["error"]["code"] == "unauthorized"
+    page = web.get("/")
+    assert page.status == 401 and "hyperhive dashboard" in page.text
+    assert web.get("/agents/alice/api/state").status == 401
+    assert web.get("/agents/alice/").status == 401
+    url = s.cli("dashboard").stdout.strip().splitlines()[-1]
+    login, landed = web.open_login(url)
+    assert login.status == 303 and login.header("Location") == "/", login
+    cookie = login.header("Set-Cookie")
+    assert "hyperhive_session=" in cookie, cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+    assert landed.status == 200 and "text/html" in landed.header("Content-Type")
+    assert Browser(s.dashboard_port).open_login(url)[0].status == 401  # the URL works once
+    dash = web.get("/api/state")
+    assert dash.status == 200 and "alice" in json.dumps(dash.json())
+    # alice's UI through the dashboard: the page is the controller's, the API alice's
+    ui = web.get("/agents/alice/")
+    assert ui.status == 200 and "text/html" in ui.header("Content-Type")
+    alice_ui = web.get("/agents/alice/api/state")
+    assert alice_ui.status == 200, alice_ui
+    assert alice_ui.json()["agent"] == "alice" and alice_ui.json()["model"] == "claude-test"
+    assert alice_ui.header("X-Content-Type-Options") == "nosniff"
+    assert "sandbox" in alice_ui.header("Content-Security-Policy")
+    status, ctype, head = web.stream_head("/agents/alice/events/stream", want_lines=1)
+    assert status == 200 and ctype.startswith("text/event-stream"), (status, ctype, head)
+    assert any(line.startswith("data:") for line in head), head
+    sent = web.post("/agents/alice/api/send", {"body": "a word from the dashboard"})
+    assert sent.status == 200, sent
+    wait_for(
+        "alice's turn on what the operator sent through the dashboard",
+        lambda: s.requests_where(
+            lambda r: not is_manager(r) and "a word from the dashboard" in r.last_user_text
+        ),
     )
-    assert "alice" in json.dumps(dash)
+    assert any(
+        (m["from"], m["to"], m["body"]) == ("operator", "alice", "a word from the dashboard")
+        for m in s.messages()
+    )
 
     # 8. a second proposal, denied with a reason the manager gets
     s.cli("send", "manager", "please spawn bob")
@@ -440,7 +524,8 @@ def test_the_whole_story(swarm: Swarm) -> None:
     manifest.write_text(manifest.read_text().replace("claude-test", "claude-alt"))
     assert "claude-alt" in manifest.read_text()
     s.git("commit", "-qam", "alice: switch model")
-    s.git("push", "-q", "origin", "main")  # the hook cannot poke a stopped controller; that is fine
+    said = s.push("main")  # the hook cannot poke a stopped controller; that is fine
+    assert "the controller is not running" in said, said
     dry = s.cli("reconcile", "--dry-run", check=False)
     assert dry.returncode == 1, dry.stdout + dry.stderr
     assert "alice" in dry.stdout and "apply-manifest" in dry.stdout
@@ -461,6 +546,9 @@ def test_the_whole_story(swarm: Swarm) -> None:
     assert s.harness_procs() == after_apply
     assert s.tags("deployed") == deployed
     assert len(s.messages()) >= n_msgs
+    # the browser's session survives the restart (it is signed with the operator key)
+    relogged = web.get("/agents/alice/api/state")
+    assert relogged.status == 200 and relogged.json()["model"] == "claude-alt", relogged
     s.cli("send", "alice", "hello alice, it is the operator")
     wait_for(
         "alice's turn on the new model",
