@@ -199,6 +199,8 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        # ASGI allows any iterable here; the checks below and the app both read it
+        scope["headers"] = [(bytes(k), bytes(v)) for k, v in scope["headers"]]
         problem = _check_host(scope, policy)
         if problem:
             await _refuse(send, 403, "bad_host", problem)
