@@ -35,16 +35,26 @@ try {
     if (seen && e.request.url.startsWith(cfg.dash + '/')) {
       wire.set(e.requestId, { method: e.request.method, url: e.request.url.slice(cfg.dash.length),
         ctype: e.request.headers['Content-Type'] || null, type: e.type || null,
-        doc: e.documentURL || '' });
+        doc: e.documentURL || '', initiator: e.initiator?.url || '' });
     }
   });
   let lastEvent = Date.now();
+  const answered = new Map(); // status from the response (the page-visible one)
+  const failed = new Map();
   cdp.on('Network.requestWillBeSentExtraInfo', (e) => {
     sentHeaders.set(e.requestId, e.headers);
     lastEvent = Date.now();
   });
   cdp.on('Network.responseReceivedExtraInfo', (e) => {
     rawStatus.set(e.requestId, e.statusCode);
+    lastEvent = Date.now();
+  });
+  cdp.on('Network.responseReceived', (e) => {
+    answered.set(e.requestId, e.response.status);
+    lastEvent = Date.now();
+  });
+  cdp.on('Network.loadingFailed', (e) => {
+    failed.set(e.requestId, e.errorText);
     lastEvent = Date.now();
   });
   // until the network events have been quiet for half a second (at most 5 s)
@@ -56,13 +66,12 @@ try {
     const out = [];
     for (const [id, w] of wire) {
       const h = Object.fromEntries(Object.entries(sentHeaders.get(id) || {}).map(([k, v]) => [k.toLowerCase(), v]));
-      const from = h.origin || h.referer || '';
-      if (!sentHeaders.has(id)) {
-        // never on the wire (stopped by the browser); the attacker's only, by document
-        if (w.doc.startsWith(attackerOrigin)) out.push({ ...w, status: null, from: null });
-      } else if (from.startsWith(attackerOrigin)) {
-        out.push({ ...w, status: rawStatus.get(id) ?? 0, from, cookie: 'cookie' in h });
-      }
+      const from = h.origin || h.referer || w.doc || w.initiator;
+      if (!from.startsWith(attackerOrigin)) continue; // the dashboard's own page, being left
+      // the status on the wire; else the one the response carried; null: never answered
+      const status = rawStatus.get(id) ?? answered.get(id) ?? null;
+      out.push({ ...w, status, sent: sentHeaders.has(id), failure: failed.get(id) || null,
+        from, cookie: 'cookie' in h });
     }
     return out;
   };

@@ -106,6 +106,24 @@ def page_route(path: str) -> bool:
     return not (path.startswith(("/api/", "/messages/")) or "/api/" in path or "/events/" in path)
 
 
+def _controls(h: Hive, agent: str) -> list[str]:
+    """What the operator's controls left in ``agent``'s event log (its UI's history, read
+    through the dashboard): model changes, compactions, ``/new``, cancelled turns."""
+    reply = h.dget(f"/agents/{agent}/api/history?limit=2000")
+    assert reply.status == 200, reply.brief()
+    out = []
+    for e in reply.json()["events"]:
+        kind, data = str(e.get("kind")), e.get("data") or {}
+        text = str(data.get("text", "")) if kind == "note" else ""
+        if (
+            "compact" in kind
+            or kind == "model_changed"
+            or any(w in text for w in ("/new", "compaction", "cancelled"))
+        ):
+            out.append(f"{agent} #{e['id']} {kind} {json.dumps(data)[:120]}")
+    return out
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What the operator's own channels show; compare two with ``changes``."""
@@ -117,6 +135,7 @@ class Snapshot:
     question: str
     agent_files: tuple[tuple[str, str], ...]
     tombstones: str
+    controls: tuple[str, ...]
 
     @classmethod
     def take(cls, h: Hive) -> Snapshot:
@@ -158,6 +177,7 @@ class Snapshot:
             question=json.dumps(admin.get(f"/questions/{h.question}"), sort_keys=True),
             agent_files=tuple(files),
             tombstones=json.dumps(admin.get("/tombstones"), sort_keys=True),
+            controls=tuple(c for n in ("manager", "alice") for c in _controls(h, n)),
         )
 
     def changes(self, h: Hive, after: Snapshot) -> list[str]:
@@ -175,7 +195,7 @@ class Snapshot:
         if after.refs != self.refs:
             added, gone = sorted(after.refs - self.refs), sorted(self.refs - after.refs)
             out.append(f"refs added {added}, gone {gone}")
-        for name in ("pending", "agents", "question", "agent_files", "tombstones"):
+        for name in ("pending", "agents", "question", "agent_files", "tombstones", "controls"):
             if getattr(self, name) != getattr(after, name):
                 out.append(f"{name}: {getattr(self, name)!r} -> {getattr(after, name)!r}"[:600])
         return out

@@ -133,6 +133,22 @@ def test_a_credential_works_only_on_its_own_socket(hive: Hive, tally: Tally) -> 
                 status == 401,
                 f"answered {status}",
             )
+            # and what it would be used for: approve carol, send as the socket's owner
+            if owner == "host.sock":
+                path, body = f"/proposals/{h.carol}/approve", {}
+            else:
+                path, body = "/send", {"to": "manager", "body": "PWNED: sent as someone else"}
+            try:
+                client.post(path, body)
+                status = 200
+            except ApiError as exc:
+                status = exc.status
+            tally.record(
+                CATEGORY,
+                f"POST {path} on {owner}'s socket with {holder}'s credential",
+                status == 401,
+                f"answered {status}",
+            )
     tally.assert_refused(CATEGORY)
 
 

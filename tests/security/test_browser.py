@@ -41,10 +41,28 @@ CHROMIUM = os.environ.get("HYPERHIVE_CHROMIUM", "/usr/bin/chromium")
 REFUSALS = (401, 403, 415)
 STREAM_IMAGES = 16
 """Images per event-stream path (two paths: 32 loads, the issue's 30)."""
-BROWSER_BLOCKS = {"fetch": "net::ERR_FAILED", "image": "net::ERR_BLOCKED_BY_ORB"}
-"""How the browser fails a request it stopped itself, by resource type."""
+EXPECTED_POSTS = (
+    ("Document", "application/x-www-form-urlencoded"),
+    ("Document", "text/plain"),
+    ("Document", "multipart/form-data"),
+    ("Fetch", "application/x-www-form-urlencoded"),
+    ("Fetch", "text/plain"),
+    ("Fetch", "multipart/form-data"),
+    ("Fetch", "text/plain;charset=UTF-8"),
+)
+"""What reaches the dashboard for each route: three forms and four no-cors fetches."""
 OPERATOR_KEY = "sk-ant-api03-the-operators-own-key"
 """What the operator stores for alice through the dashboard before the attack."""
+
+
+def _media(ctype: str | None) -> str:
+    """A Content-Type without its multipart boundary or a form's charset."""
+    text = (ctype or "").split("; boundary")[0]
+    return text.replace("urlencoded;charset=UTF-8", "urlencoded")
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, str]:
+    return (r["url"], r["type"], _media(r["ctype"]))
 
 
 def _skip_reason() -> str | None:
@@ -134,9 +152,11 @@ def test_a_cross_origin_page_cannot_command_the_swarm(
         for r in wire:
             what = f"{phase}: {r['method']} {r['url']} ({r['type']}, {r.get('ctype')})"
             if r["status"] is None:
-                # never sent: a JSON fetch whose CORS preflight (tallied too) was refused
-                refused = r["method"] == "POST" and r["ctype"] == "application/json"
-                detail = "never sent by the browser (its CORS preflight was refused)"
+                # never answered: a JSON fetch whose CORS preflight (tallied too) was refused
+                refused = (
+                    r["method"] == "POST" and r["ctype"] == "application/json" and not r["sent"]
+                )
+                detail = f"never sent by the browser ({r['failure']}): its preflight was refused"
             else:
                 refused = r["status"] in REFUSALS
                 detail = f"the dashboard answered {r['status']}"
@@ -146,11 +166,12 @@ def test_a_cross_origin_page_cannot_command_the_swarm(
         images = [r for r in wire if r["type"] == "Image"]
         # every form and no-cors fetch reached the dashboard and was refused there; every
         # JSON fetch was stopped at its preflight; every stream load was answered at once
-        kinds = Counter(
-            (r["url"], r["type"], (r["ctype"] or "").split("; boundary")[0]) for r in answered
+        expected = Counter(
+            (r.path, kind, ctype) for r in write_routes(h) for kind, ctype in EXPECTED_POSTS
         )
-        missing = [k for k, n in kinds.items() if n != 1]
-        assert len(answered) == n_routes * 7, (phase, len(answered), missing, wire[-5:])
+        got = Counter(_key(r) for r in answered)
+        lost = expected - got
+        assert got == expected, (phase, lost, got - expected, [r for r in wire if _key(r) in lost])
         assert len(preflights) == n_routes, (phase, len(preflights))
         assert len(images) == 2 * STREAM_IMAGES, (phase, len(images))
         page_saw = data["page"]

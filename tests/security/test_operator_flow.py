@@ -51,6 +51,34 @@ def test_the_operator_still_commands_the_swarm(hive: Hive) -> None:
     assert ("operator", "alice", "hello from the dashboard") in bodies
 
 
+def test_a_stored_key_is_never_shown_back(hive: Hive, tally: Tally) -> None:
+    """A key the operator stores for an agent is masked in its UI and appears in no log,
+    event or file but the one the agent's claude reads."""
+    h = hive
+    key = "sk-ant-api03-never-shown-back-" + "k" * 16
+    stored = h.dpost("/agents/bob/api/login/key", {"kind": "api_key", "value": key})
+    assert stored.status == 200, stored.brief()
+    where = {
+        str(p.relative_to(h.tmp))
+        for p in [h.tmp / "controller.log", *h.state.rglob("*")]
+        if p.is_file() and not p.is_symlink() and key.encode() in p.read_bytes()
+    }
+    shown = [
+        path
+        for path in ("/agents/bob/api/state", "/agents/bob/api/history", "/api/state")
+        if key.encode() in h.dget(path).body
+    ]
+    allowed = {"state/agents/bob/claude/settings.json"}
+    assert allowed <= where, f"the key was not stored where bob's claude reads it: {where}"
+    tally.record(
+        "secrets shown back",
+        "a stored key in logs, events, files or the UIs",
+        where <= allowed and not shown,
+        f"found in {sorted(where - allowed)}, shown by {shown}",
+    )
+    tally.assert_refused("secrets shown back")
+
+
 def test_no_tracebacks_in_any_log(hive: Hive, tally: Tally) -> None:
     logs = [hive.tmp / "controller.log", *sorted(hive.layout.log_dir.glob("*.log"))]
     found = tracebacks(logs)

@@ -3,7 +3,9 @@ tampered one, is a 401 that reads nothing and changes nothing; a login token wor
 
 from __future__ import annotations
 
+import json
 import secrets
+import socket
 import time
 
 from tests.security.support import SESSION_COOKIE, Hive, Reply, Tally, cookie_of, http
@@ -101,4 +103,25 @@ def test_a_login_token_works_once(hive: Hive, tally: Tally) -> None:
         empty.status == 401 and cookie_of(empty) is None,
         empty.brief(),
     )
+    tally.assert_refused(CATEGORY)
+
+
+def test_no_agent_ui_listens_on_a_tcp_port(hive: Hive, tally: Tally) -> None:
+    """The issue's first attack went to the agent UIs' own ports (8000, 8100+): by default
+    they serve on their unix socket only, so nothing answers on any agent's web port."""
+    h = hive
+    for agent in ("manager", "alice", "bob"):
+        settings = json.loads(h.layout.agent_settings(agent).read_text())
+        port = int(settings["web_port"])
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=3):
+                outcome = "a server answers"
+        except OSError as exc:
+            outcome = f"closed ({exc.strerror or exc})"
+        tally.record(
+            CATEGORY,
+            f"{agent}'s UI on its own TCP port {port}",
+            outcome.startswith("closed"),
+            outcome,
+        )
     tally.assert_refused(CATEGORY)
