@@ -26,17 +26,11 @@ from pathlib import Path
 import pytest
 
 from tests.fakeapi import FakeAnthropic, Reply, Request, reply_text
-from tests.security.support import (
-    CLAUDE,
-    ROOT,
-    TALLY,
-    Hive,
-    Tally,
-    cookie_of,
-    free_block,
-    free_port,
-    wait_for,
-)
+
+try:
+    from tests.security import support
+except pytest.skip.Exception:  # no claude CLI: every module here skips itself at import
+    support = None  # type: ignore[assignment]
 
 LAST = ("test_operator_flow.py",)
 """Modules run after every other security test (the legitimate flow, then the log check)."""
@@ -56,18 +50,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the tally (attacks tried / refused, figures) when any security test ran."""
-    if TALLY.attacks or TALLY.figures:
-        terminalreporter.write_line(TALLY.summary())
+    if support is not None and (support.TALLY.attacks or support.TALLY.figures):
+        terminalreporter.write_line(support.TALLY.summary())
 
 
 @pytest.fixture(scope="session")
-def tally() -> Tally:
+def tally() -> support.Tally:
     """The session's tally of attacks and figures."""
-    return TALLY
+    return support.TALLY
 
 
 @pytest.fixture(scope="session")
-def hive() -> Iterator[Hive]:
+def hive() -> Iterator[support.Hive]:
     """The running hive: manager, alice and bob running; carol pending; the operator logged in."""
     api = FakeAnthropic(_model).start()
     root = Path(tempfile.mkdtemp(prefix="hhsec-", dir="/tmp"))
@@ -84,16 +78,16 @@ def hive() -> Iterator[Hive]:
     env.update(
         {
             "HOME": str(home),
-            "HYPERHIVE_CLAUDE_BIN": str(CLAUDE),
-            "PYTHONPATH": str(ROOT),
+            "HYPERHIVE_CLAUDE_BIN": str(support.CLAUDE),
+            "PYTHONPATH": str(support.ROOT),
             "GIT_AUTHOR_NAME": "operator",
             "GIT_AUTHOR_EMAIL": "op@example.org",
             "GIT_COMMITTER_NAME": "operator",
             "GIT_COMMITTER_EMAIL": "op@example.org",
         }
     )
-    base = free_block(20)
-    dash = free_port()
+    base = support.free_block(20)
+    dash = support.free_port()
     (root / "config.json").write_text(
         json.dumps(
             {
@@ -105,7 +99,7 @@ def hive() -> Iterator[Hive]:
             }
         )
     )
-    h = Hive(root, api, env, dash)
+    h = support.Hive(root, api, env, dash)
     try:
         h.start()
         h.wait_running("manager")
@@ -121,9 +115,9 @@ def hive() -> Iterator[Hive]:
         assert url.startswith(h.origin + "/login?token="), url
         login = h.redeem(url)
         assert login.status == 303, login.brief()
-        h.cookie = cookie_of(login) or ""
+        h.cookie = support.cookie_of(login) or ""
         assert h.cookie, login.headers
-        wait_for("the dashboard with a session", lambda: h.dget("/api/state").status == 200)
+        support.wait_for("the dashboard with a session", lambda: h.dget("/api/state").status == 200)
         yield h
     finally:
         h.stop_everything()
