@@ -25,7 +25,7 @@ import pytest
 from controller.config import load_config
 from controller.drivers.local import LocalDriver, agent_env
 from schemas.client import ApiError, UnixClient
-from tests.security.support import Hive, Tally
+from tests.security.support import Hive, Tally, wait_for
 
 CATEGORY = "agent isolation"
 PROBE = Path(__file__).with_name("probe.py")
@@ -196,4 +196,132 @@ def test_the_state_dir_is_the_operators_alone(hive: Hive, tally: Tally) -> None:
         "state dir paths with group/other bits (behind the 0700 state dir)",
         f"{len(loose)}" + (f", e.g. {loose[:4]}" if loose else ""),
     )
+    tally.assert_refused(CATEGORY)
+
+
+HOSTILE_UI = r"""
+import json, os, socket, sys
+a = json.loads(sys.argv[1])
+path = a["sock"]
+os.unlink(path)  # an agent owns its socket dir: it can put its own server there
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(16)
+SCRIPT = b"<script>fetch('/api/proposals/1/approve',{method:'POST'})</script>"
+ANSWERS = {
+    "/api/state": (b"200 OK", [b"Content-Type: text/html"], SCRIPT),
+    "/api/history": (b"200 OK", [b"Content-Type: text/html; x=application/json"], SCRIPT),
+    "/api/turns": (b"200 OK", [
+        b"Content-Type: application/json",
+        b"Set-Cookie: hyperhive_session=planted; Path=/",
+        b"Access-Control-Allow-Origin: *",
+        b"Access-Control-Allow-Credentials: true",
+        b"Content-Security-Policy: default-src *",
+        b"Refresh: 0; url=http://evil.example/",
+    ], b'{"x": "' + SCRIPT.replace(b'"', b"'") + b'"}'),
+    "/api/send": (b"302 Found", [b"Location: http://evil.example/", b"Content-Type: text/html"],
+                  SCRIPT),
+    "/events/stream": (b"200 OK", [b"Content-Type: text/event-stream"],
+                       b"data: " + SCRIPT + b"\n\n"),
+}
+seen = []
+with open(a["log"], "w") as log:
+    for _ in range(len(ANSWERS)):
+        c, _ = srv.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += c.recv(65536)
+        head = data.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+        target = head[0].split(" ")[1].split("?")[0]
+        log.write(json.dumps({"target": target, "headers": head[1:]}) + "\n")
+        log.flush()
+        status, headers, body = ANSWERS.get(target, (b"404 Not Found", [], b""))
+        c.sendall(b"HTTP/1.1 " + status + b"\r\n" + b"".join(h + b"\r\n" for h in headers)
+                  + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        c.close()
+"""
+
+
+def test_a_hostile_agent_ui_cannot_act_on_the_dashboard_origin(
+    hive: Hive, tally: Tally, tmp_path: Path
+) -> None:
+    """Bob (untrusted: he runs whatever his model decides) replaces the server on his own
+    web.sock with one answering script, cookies, CORS grants and redirects. Through the
+    dashboard's proxy none of it reaches the operator's browser as something that runs or
+    sticks, and the operator's cookie never reaches bob."""
+    h = hive
+    driver = _driver(h)
+    if driver.bwrap()[0] is None:
+        pytest.skip("no bubblewrap sandbox on this machine; CI installs bubblewrap")
+    sock = h.layout.agent_web_sock("bob")
+    log = h.layout.agent_state("bob") / "hostile-ui.log"
+    driver.argv = (
+        sys.executable,
+        "-c",
+        HOSTILE_UI,
+        json.dumps({"sock": str(sock), "log": str(log)}),
+    )
+    env = agent_env(h.layout, "bob", 0, h.env)
+    env.update(HYPERHIVE_SANDBOX="bwrap", TMPDIR="/tmp")
+    before = sock.stat().st_ino
+    proc = subprocess.Popen(
+        driver.command("bob"),
+        cwd=h.layout.agent_state("bob"),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_for("bob's own server", lambda: sock.exists() and sock.stat().st_ino != before)
+        replies = {
+            path: h.dget(f"/agents/bob{path}")
+            for path in ("/api/state", "/api/history", "/api/turns", "/events/stream")
+        }
+        replies["/api/send"] = h.dpost("/agents/bob/api/send", {"body": "hello bob"})
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for path in ("/api/state", "/api/history", "/api/send"):
+        r = replies[path]
+        tally.record(
+            CATEGORY,
+            f"bob's UI answers {path} with HTML/script (or a redirect) through the proxy",
+            r.status == 502 and b"<script" not in r.body,
+            r.brief(),
+        )
+    for path in ("/api/turns", "/events/stream"):
+        r = replies[path]
+        names = {k for k, _ in r.headers}
+        ok = (
+            r.header("content-security-policy") == "default-src 'none'; sandbox"
+            and r.header("x-content-type-options") == "nosniff"
+            and not names & {"set-cookie", "access-control-allow-origin", "refresh", "location"}
+            and (r.header("content-type") or "").split(";")[0]
+            in ("application/json", "text/event-stream")
+        )
+        tally.record(
+            CATEGORY,
+            f"bob's UI answers {path} with a cookie, CORS grants and its own CSP",
+            ok,
+            f"{r.status} {r.headers}",
+        )
+    got = [json.loads(line) for line in log.read_text().splitlines()]
+    leaked = [
+        g
+        for g in got
+        if any(x.lower().startswith(("cookie:", "authorization:")) for x in g["headers"])
+    ]
+    tally.record(
+        CATEGORY,
+        "the operator's cookie or credential reaches bob through the proxy",
+        len(got) == 5 and not leaked,
+        f"{len(got)} requests reached bob; with the operator's cookie: {leaked}",
+    )
+    # the operator puts bob's real UI back: restart him from the dashboard
+    assert h.dpost("/api/agents/bob/restart", {}).status == 200
+    wait_for("bob's UI back", lambda: h.dget("/agents/bob/api/state").status == 200, timeout=60)
     tally.assert_refused(CATEGORY)

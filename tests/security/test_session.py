@@ -125,3 +125,36 @@ def test_no_agent_ui_listens_on_a_tcp_port(hive: Hive, tally: Tally) -> None:
             outcome,
         )
     tally.assert_refused(CATEGORY)
+
+
+TRAVERSALS = (
+    "/agents/manager/api/..%2F..%2Fhealthz",
+    "/agents/manager/api/%2e%2e/%2e%2e/static/index.html",
+    "/agents/manager/api/../../../etc/passwd",
+    "/agents/%2e%2e/api/state",
+    "/agents/manager%2F..%2Fbob/api/state",
+    "/agents/..%2F..%2Fstate/api/state",
+    "/agents/manager/static/..%2F..%2Fweb.py",
+    "/agents/manager/static/%2e%2e%2fweb.py",
+    "/static/..%2F..%2Fapp.py",
+    "/static/%2e%2e/%2e%2e/operator.key",
+    "/api/agents/..%2Fmanager/journal",
+    "/api/agents/manager/journal?unit=../../etc/passwd",
+    "/api/agents/manager/journal?lines=99999999999999999999",
+    "/api/tombstones/..%2F..%2Fagents%2Fmanager/purge",
+)
+
+
+def test_path_traversal_is_a_4xx(hive: Hive, tally: Tally) -> None:
+    """With the operator's own session: odd paths reach no file and no other agent."""
+    h = hive
+    for path in TRAVERSALS:
+        method = "POST" if path.endswith("/purge") else "GET"
+        reply = h.dpost(path, {}) if method == "POST" else h.dget(path)
+        tally.record(
+            "path traversal (4xx)",
+            f"{method} {path} with the session",
+            400 <= reply.status < 500 and b"root:" not in reply.body,
+            reply.brief(),
+        )
+    tally.assert_refused("path traversal (4xx)")
