@@ -184,13 +184,15 @@ def test_a_cross_origin_page_cannot_command_the_swarm(
                 outcome.startswith("blocked"),
                 outcome,
             )
-        statuses = sorted({r["status"] or 0 for r in wire})
+        statuses = sorted({r["status"] for r in wire if r["status"] is not None})
+        unsent = sum(1 for r in wire if r["status"] is None)
         with_cookie = sum(1 for r in wire if r.get("cookie"))
         tally.figure(
             f"browser page ({phase})",
             f"{len(answered)} cross-origin posts, {len(preflights)} preflights and "
             f"{len(images)} stream loads reached the dashboard, answered {statuses}; "
-            f"the session cookie went with {with_cookie} of them",
+            f"{unsent} JSON posts never left the browser; the session cookie went with "
+            f"{with_cookie} of them",
         )
 
     after = Snapshot.take(h)
