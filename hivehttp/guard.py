@@ -16,7 +16,9 @@ a JSON error ``{"error": {"code", "message", "field": null}}`` when:
    one byte of the body is read), its chunked body grows past it (413), or
    the body takes longer than ``policy.body_timeout`` to arrive (408).
 
-The app then receives the whole body as one ``http.request`` message. Later
+The body is read (within those bounds) before checks 1-3, so their refusals
+leave the connection clean for the next request. The app then receives the
+whole body as one ``http.request`` message. Later
 ``receive()`` calls go to the server, so ``http.disconnect`` still arrives;
 ``disconnected(scope)`` is an ``asyncio.Event`` set once the client is gone.
 """
@@ -135,20 +137,16 @@ def split_host(value: str) -> tuple[str, str]:
     return host, port
 
 
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+async def _refuse(send: Send, status: int, code: str, message: str, *, close: bool = True) -> None:
     body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # the unread body (if any) is still on the wire: never reuse this connection
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        # an unread body may still be on the wire: never reuse this connection
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -201,20 +199,6 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
             return
         # ASGI allows any iterable here; the checks below and the app both read it
         scope["headers"] = [(bytes(k), bytes(v)) for k, v in scope["headers"]]
-        problem = _check_host(scope, policy)
-        if problem:
-            await _refuse(send, 403, "bad_host", problem)
-            return
-        method = scope["method"]
-        if method in MUTATING:
-            if policy.same_origin and (problem := _check_origin(scope)):
-                await _refuse(send, 403, "cross_site", problem)
-                return
-            if policy.json_mutations and not _is_json(scope):
-                await _refuse(
-                    send, 415, "unsupported_media_type", "send the body as application/json"
-                )
-                return
         length_raw = _header(scope, b"content-length")
         if length_raw is not None:
             if not length_raw.strip().isdigit():
@@ -228,6 +212,8 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
                     f"request body is {int(length_raw)} bytes; the limit is {policy.max_body}",
                 )
                 return
+        # the body (bounded in size and time) is read before the other checks, so that a
+        # refusal leaves the connection clean: the client is never cut off mid-send
         try:
             body = await asyncio.wait_for(_read_body(receive, policy.max_body), policy.body_timeout)
         except _TooLarge:
@@ -242,6 +228,23 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
             return
         except _Gone:
             return
+        problem = _check_host(scope, policy)
+        if problem:
+            await _refuse(send, 403, "bad_host", problem, close=False)
+            return
+        if scope["method"] in MUTATING:
+            if policy.same_origin and (problem := _check_origin(scope)):
+                await _refuse(send, 403, "cross_site", problem, close=False)
+                return
+            if policy.json_mutations and not _is_json(scope):
+                await _refuse(
+                    send,
+                    415,
+                    "unsupported_media_type",
+                    "send the body as application/json",
+                    close=False,
+                )
+                return
 
         watch = _DisconnectWatch(receive)
         scope[_DISCONNECTED] = watch

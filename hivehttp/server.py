@@ -59,6 +59,9 @@ SUN_PATH_MAX = 107
 EXECUTOR_WORKERS = 32
 """Threads ``asyncio.to_thread`` may use on a core's loop (made on demand)."""
 
+REFUSAL_LOG_EVERY = 10.0
+"""Seconds between log lines about refused connections."""
+
 REFUSED_LINGER = 1.0
 """Seconds a refused connection is drained before it is closed."""
 
@@ -234,6 +237,8 @@ class Listener:
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Guarded] = set()
         self._per_client: dict[str, int] = {}
+        self._refused = 0
+        self._refusal_logged = -REFUSAL_LOG_EVERY
         self._stopped = False
         self._lock = threading.Lock()
         self.config = Config(
@@ -270,14 +275,30 @@ class Listener:
             return False
         peer = proto.peer
         if self._per_client.get(peer, 0) >= self.limits.per_client and not self._shed(peer):
-            log.warning("%s: refusing a connection from %s: per-client cap", self, peer)
+            self._note_refusal(peer, "per-client cap")
             return False
         if len(self._conns) >= self.limits.max_connections and not self._shed(None):
-            log.warning("%s: refusing a connection from %s: connection cap", self, peer)
+            self._note_refusal(peer, "connection cap")
             return False
         self._conns.add(proto)
         self._per_client[peer] = self._per_client.get(peer, 0) + 1
         return True
+
+    def _note_refusal(self, peer: str, why: str) -> None:
+        # a flood must not flood the log too: one line per REFUSAL_LOG_EVERY seconds
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= REFUSAL_LOG_EVERY:
+            log.warning(
+                "%s: refused %d connection(s) in the last %.0f s (latest from %s: %s)",
+                self,
+                self._refused,
+                min(now - self._refusal_logged, 1e9),
+                peer,
+                why,
+            )
+            self._refused = 0
+            self._refusal_logged = now
 
     def _shed(self, peer: str | None) -> bool:
         mine = [

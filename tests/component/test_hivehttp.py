@@ -277,6 +277,40 @@ def test_busy_connections_are_not_shed_a_new_one_gets_503(core: HttpCore) -> Non
     lis.stop()
 
 
+def test_unfinished_uploads_are_shed_when_nothing_is_idle(core: HttpCore) -> None:
+    """Bodies are read before any app checks a credential: heads whose bodies never finish
+    must not hold a listener full."""
+    lis = core.serve_tcp(Echo(), limits=Limits(max_connections=4, per_client=4))
+    stuck = []
+    for _ in range(4):
+        s = socket.create_connection(("127.0.0.1", lis.port), timeout=5)
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\na")
+        stuck.append(s)
+    deadline = time.monotonic() + 5
+    while lis.connections < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    conn = http.client.HTTPConnection("127.0.0.1", lis.port, timeout=5)
+    assert _get(conn, "GET", "/") == (200, b"ok")
+    assert sum(_closed_within(s, 0.3) for s in stuck) >= 1
+    for s in stuck:
+        s.close()
+    lis.stop()
+
+
+def test_refusals_leave_the_connection_usable(core: HttpCore) -> None:
+    lis = core.serve_tcp(Echo(), policy=browser_policy())
+    conn = http.client.HTTPConnection("127.0.0.1", lis.port, timeout=5)
+    here = f"127.0.0.1:{lis.port}"
+    form = {"Host": here, "Content-Type": "application/x-www-form-urlencoded"}
+    status, _ = _get(conn, "POST", "/echo", body=b"a=" + b"b" * 5000, headers=form)
+    assert status == 415
+    # the same connection carries the next request
+    js = {"Host": here, "Content-Type": "application/json"}
+    assert _get(conn, "POST", "/echo", body=b"{}", headers=js) == (200, b"{}")
+    lis.stop()
+
+
 def test_parked_requests_hold_no_threads_and_see_their_client_leave(
     core: HttpCore, tmp_path: Path
 ) -> None:
