@@ -516,6 +516,18 @@ def _request_digest(*parts: object) -> str:
 
 
 @dataclass(frozen=True)
+class _RecvStep:
+    """What one try of a receive decided: ``done`` (return ``msg``, None meaning nothing),
+    or park until ``wake_at`` (monotonic seconds) unless the recipient's sequence moves
+    past ``seq`` (the value read before the claim, so no change is missed)."""
+
+    done: bool
+    msg: Message | None = None
+    seq: int = 0
+    wake_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class _Idem:
     """An idempotency key as stored: unique per ``owner`` (the caller), with the request digest."""
 
@@ -1066,6 +1078,41 @@ class Broker:
         self._notify(sorted(woken))
         return count
 
+    def _recv_step(
+        self,
+        recipient: str,
+        lease_seconds: int | None,
+        deadline: float,
+        abandoned: Callable[[], bool] | None,
+    ) -> _RecvStep:
+        """One try of ``recv`` and ``recv_async``: claim the oldest deliverable message of
+        ``recipient``, or say until when (``deadline`` at the latest, monotonic seconds) to
+        park. Blocks only for the claim's short sqlite statement, so ``recv_async`` runs it
+        on the loop. ``abandoned()`` True ends the receive without taking a message."""
+        with self._wait:
+            if self._closed:
+                return _RecvStep(done=True)
+            seq = self._seq.get(recipient, 0)
+        if abandoned is not None and abandoned():
+            return _RecvStep(done=True)
+        try:
+            msg, next_due, events = self._claim(recipient, lease_seconds)
+        except BrokerClosed:
+            return _RecvStep(done=True)
+        self._notify_events(events)
+        if msg is not None:
+            if lease_seconds is not None:
+                # other parked receivers of this inbox must learn the lease's expiry
+                self._notify([recipient])
+            return _RecvStep(done=True, msg=msg)
+        now = time.monotonic()
+        if now >= deadline:
+            return _RecvStep(done=True)
+        wake_at = deadline
+        if next_due is not None:  # a reminder falls due or a lease runs out
+            wake_at = min(wake_at, now + max(next_due - self._clock(), 0.0) + 0.005)
+        return _RecvStep(done=False, seq=seq, wake_at=wake_at)
+
     def recv(
         self,
         recipient: str,
@@ -1086,31 +1133,12 @@ class Broker:
         client that went away does not swallow one. Returns None at the
         deadline or when the broker closes. Raises ``Invalid`` for a bad lease.
         """
-        wait = _recv_args(recipient, wait_seconds, lease_seconds)
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + _recv_args(recipient, wait_seconds, lease_seconds)
         while True:
-            with self._wait:
-                if self._closed:
-                    return None
-                seq = self._seq.get(recipient, 0)
-            if abandoned is not None and abandoned():
-                return None
-            try:
-                msg, next_due, events = self._claim(recipient, lease_seconds)
-            except BrokerClosed:
-                return None
-            self._notify_events(events)
-            if msg is not None:
-                if lease_seconds is not None:
-                    # other parked receivers of this inbox must learn the lease's expiry
-                    self._notify([recipient])
-                return msg
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            wake_at = deadline
-            if next_due is not None:  # a reminder falls due or a lease runs out
-                wake_at = min(wake_at, now + max(next_due - self._clock(), 0.0) + 0.005)
+            step = self._recv_step(recipient, lease_seconds, deadline, abandoned)
+            if step.done:
+                return step.msg
+            seq, wake_at = step.seq, step.wake_at
             # park until something changes for this recipient; only re-query then, so an
             # idle parked recv costs one wake-up per second (the abandoned check), no SQL
             while True:
@@ -1267,6 +1295,16 @@ class Broker:
             ).fetchall()
         return [_row_message(r) for r in rows]
 
+    def _fetch_new(self, since_id: int, limit: int) -> list[Message] | None:
+        """What a wait for new messages returns once ids above ``since_id`` exist: those
+        messages, ``[]`` when the broker closed meanwhile, or None when there are none after
+        all (swept or rolled back: the caller waits for newer)."""
+        try:
+            rows = self.messages(since_id, limit)
+        except BrokerClosed:
+            return []
+        return rows or None
+
     def wait_for_new(self, since_id: int, timeout: float, limit: int = 200) -> list[Message]:
         """``messages(since_id, limit)``, parking up to ``timeout`` seconds while there are none.
 
@@ -1283,11 +1321,8 @@ class Broker:
                     self._any.wait(left)
                 if self._closed:
                     return []
-            try:
-                rows = self.messages(since_id, limit)
-            except BrokerClosed:
-                return []
-            if rows:
+            rows = self._fetch_new(since_id, limit)
+            if rows is not None:
                 return rows
             with self._wait:  # ids above since_id were swept or rolled back: wait for newer
                 since_id = max(since_id, self._last_id)
@@ -1339,35 +1374,17 @@ class Broker:
         statement run inline. A send from any thread wakes it through
         ``loop.call_soon_threadsafe``.
         """
-        wait = _recv_args(recipient, wait_seconds, lease_seconds)
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + _recv_args(recipient, wait_seconds, lease_seconds)
+        gone = None if abandoned is None else abandoned.is_set
         while True:
-            with self._wait:
-                if self._closed:
-                    return None
-                seq = self._seq.get(recipient, 0)
-            if abandoned is not None and abandoned.is_set():
-                return None
-            try:
-                msg, next_due, events = self._claim(recipient, lease_seconds)
-            except BrokerClosed:
-                return None
-            self._notify_events(events)
-            if msg is not None:
-                if lease_seconds is not None:
-                    self._notify([recipient])
-                return msg
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            wake_at = deadline
-            if next_due is not None:
-                wake_at = min(wake_at, now + max(next_due - self._clock(), 0.0) + 0.005)
-            fut = self._park(recipient, seq)
+            step = self._recv_step(recipient, lease_seconds, deadline, gone)
+            if step.done:
+                return step.msg
+            fut = self._park(recipient, step.seq)
             if fut is None:
                 continue
             try:
-                await _park_async(fut, max(wake_at - time.monotonic(), 0.0), abandoned)
+                await _park_async(fut, max(step.wake_at - time.monotonic(), 0.0), abandoned)
             finally:
                 self._unpark(recipient, fut)
             if abandoned is not None and abandoned.is_set():
@@ -1394,11 +1411,8 @@ class Broker:
                     return []
                 last = self._last_id
             if last > since_id:
-                try:
-                    rows = self.messages(since_id, limit)
-                except BrokerClosed:
-                    return []
-                if rows:
+                rows = self._fetch_new(since_id, limit)
+                if rows is not None:
                     return rows
                 since_id = max(since_id, last)  # swept or rolled back: wait for newer
                 continue
