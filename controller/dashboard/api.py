@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -76,10 +76,6 @@ class ApiBroker(SnapshotBroker, Protocol):
 
     def cancel_question(self, id: int) -> object:
         """Resolve a question as ``[cancelled]``; NotFound / Conflict."""
-        ...
-
-    def questions(self, pending_only: bool) -> Sequence[Any]:
-        """Operator questions (only unanswered ones if ``pending_only``)."""
         ...
 
 

@@ -47,15 +47,15 @@ only one who commands the swarm from a browser.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import falcon
 import falcon.asgi
 
 from controller.auth.sessions import LoginTokens, SessionSigner
-from controller.dashboard.api import SwarmApi
+from controller.dashboard.api import ApiBroker, SwarmApi
 from controller.dashboard.httputil import (
     handle_hyperhive,
     handle_unexpected,
@@ -70,19 +70,21 @@ from controller.dashboard.streams import (
     TOTAL_STREAMS,
     FlowOptions,
     MessageStream,
+    StreamBroker,
     StreamSlots,
 )
 from controller.errors import HyperhiveError, NotFound
 from controller.ops import SwarmOps
 from schemas.validate import ValidationFailed
-from schemas.wire import Message
 
 HEARTBEAT_SECONDS = 15.0
 """SSE heartbeat comment interval of the message flow."""
 
 
-class DashboardBroker(Protocol):
-    """The broker methods the dashboard calls (``controller.broker.Broker`` has them all).
+class DashboardBroker(ApiBroker, StreamBroker, Protocol):
+    """The broker methods the dashboard calls (``controller.broker.Broker`` has them all):
+    the API's (``api.ApiBroker``, with the snapshot's) and the message flow's
+    (``streams.StreamBroker``).
 
     ``questions`` returns operator questions as objects with ``to_json()``,
     dataclasses or mappings; the dashboard reads ``id``, ``question``,
@@ -90,45 +92,6 @@ class DashboardBroker(Protocol):
     ``answer`` from them and passes other fields through. Optional extra used
     when present: a ``closed`` flag (ends open streams).
     """
-
-    def last_id(self) -> int:
-        """The newest message id (0 when there is none); ids only grow."""
-        ...
-
-    def messages(self, since_id: int, limit: int) -> list[Message]:
-        """Every message with ``id > since_id``, oldest first, at most ``limit``."""
-        ...
-
-    async def wait_for_new_async(
-        self,
-        since_id: int,
-        timeout: float,
-        limit: int = 200,
-        *,
-        abandoned: Any = None,
-    ) -> list[Message]:
-        """Messages above ``since_id``; parks on the event loop up to ``timeout`` s if none."""
-        ...
-
-    def send(self, sender: str, recipient: str, body: str) -> Message:
-        """Queue a plain message."""
-        ...
-
-    def recent(self, recipient: str, limit: int) -> list[Message]:
-        """Messages to or from ``recipient``, newest last (non-mutating)."""
-        ...
-
-    def questions(self, pending_only: bool) -> Sequence[Any]:
-        """Operator questions (only unanswered ones if ``pending_only``)."""
-        ...
-
-    def answer_question(self, id: int, answer: str) -> object:
-        """Resolve a question; NotFound / Conflict (already resolved)."""
-        ...
-
-    def cancel_question(self, id: int) -> object:
-        """Resolve a question as ``[cancelled]``; NotFound / Conflict."""
-        ...
 
 
 class _Page:
