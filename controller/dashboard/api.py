@@ -85,6 +85,21 @@ def check_agent_name(name: str) -> None:
         raise NotFound(f"no agent named {name!r}", "name")
 
 
+async def _decision_note(req: falcon.asgi.Request) -> str:
+    """The ``note`` of an approve or deny body (``wire#DecisionRequest``), stripped; ``""``
+    when absent. Raises ``Invalid`` / ``ValidationFailed`` (400) for a bad body."""
+    doc = checked(await read_body(req), "wire#DecisionRequest")
+    return str(doc.get("note", "")).strip()
+
+
+async def _no_fields(req: falcon.asgi.Request, verb: str) -> None:
+    """Read the body of ``verb``, which takes none: ``Invalid`` naming the first field
+    (in sorted order) when the JSON object has any."""
+    extra = sorted(await read_body(req))
+    if extra:
+        raise Invalid(f"unknown field {extra[0]!r}; {verb} takes no fields", extra[0])
+
+
 @contextlib.contextmanager
 def _agent_not_found(name: str) -> Iterator[None]:
     """Re-raise ``NotFound`` from an agent-scoped op as naming ``name`` (the path parameter)."""
@@ -160,8 +175,7 @@ class SwarmApi:
     ) -> None:
         """``POST /api/proposals/{id}/approve`` with an optional ``note``."""
         pid_ = parse_id(pid, "id")
-        doc = checked(await read_body(req), "wire#DecisionRequest")
-        note = str(doc.get("note", "")).strip()
+        note = await _decision_note(req)
         resp.media = (await asyncio.to_thread(self.ops.approve, pid_, note)).to_json()
 
     async def on_post_deny(
@@ -169,8 +183,7 @@ class SwarmApi:
     ) -> None:
         """``POST /api/proposals/{id}/deny``; ``note`` (the reason) is required."""
         pid_ = parse_id(pid, "id")
-        doc = checked(await read_body(req), "wire#DecisionRequest")
-        note = str(doc.get("note", "")).strip()
+        note = await _decision_note(req)
         if not note:
             raise Invalid("a reason is required to deny: the manager reads it", "note")
         resp.media = (await asyncio.to_thread(self.ops.deny, pid_, note)).to_json()
@@ -206,9 +219,7 @@ class SwarmApi:
             verbs = ", ".join(v.value for v in Lifecycle)
             raise NotFound(f"unknown verb {verb!r}; use one of {verbs}", "verb") from e
         check_agent_name(name)
-        extra = sorted(await read_body(req))
-        if extra:
-            raise Invalid(f"unknown field {extra[0]!r}; {verb} takes no fields", extra[0])
+        await _no_fields(req, verb)
         result = await self._verb(self.ops.lifecycle, lifecycle, name)
         resp.media = {"agent": name, "verb": verb, "result": result}
 
@@ -241,9 +252,7 @@ class SwarmApi:
     ) -> None:
         """``POST /api/questions/{id}/cancel``: the manager gets ``[cancelled]``."""
         qid_ = parse_id(qid, "id")
-        extra = sorted(await read_body(req))
-        if extra:
-            raise Invalid(f"unknown field {extra[0]!r}; cancel takes no fields", extra[0])
+        await _no_fields(req, "cancel")
         result = self.broker.cancel_question(qid_)
         resp.media = {"id": qid_, "cancelled": True, "result": _jsonable(result)}
 
@@ -318,9 +327,7 @@ class SwarmApi:
         """
         if name == MANAGER or not (is_agent_name(name) or _TOMBSTONE_ID_RE.fullmatch(name)):
             raise NotFound(f"no kept state for {name!r}", "name")
-        extra = sorted(await read_body(req))
-        if extra:
-            raise Invalid(f"unknown field {extra[0]!r}; purge takes no fields", extra[0])
+        await _no_fields(req, "purge")
         with _agent_not_found(name):
             result = await self._verb(self.ops.purge, name)
         resp.media = {"agent": name, "purged": True, "result": result}
