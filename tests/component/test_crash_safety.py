@@ -18,7 +18,7 @@ deploys it once.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import os
 import shutil
@@ -26,8 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,9 @@ import pytest
 from controller.auth.operator import load_operator_key
 from controller.paths import Layout
 from schemas.client import UnixClient
+from tests import realserve
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = realserve.ROOT
 
 # Runs inside the sandbox (on by default, as users run it): it can write only its own
 # state dir, and its pid there is its pid namespace's, so every start is a random id;
@@ -55,18 +55,8 @@ while True:
 """
 
 
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-        except Exception as exc:  # not up yet
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
+# the kill must land inside a deploy's 3 s window: poll often
+wait_for = functools.partial(realserve.wait_for, timeout=30.0, interval=0.05)
 
 
 class Controller:
@@ -78,32 +68,23 @@ class Controller:
         self.run = root / "r"
         self.script = root / "standin.py"
         self.script.write_text(STANDIN)
-        self.config = root / "config.json"
-        self.config.write_text(
-            json.dumps(
-                {
-                    "runtime": "local",
-                    "dashboard": {"host": "127.0.0.1", "port": 0},
-                    "ports": {"manager": 18900, "agent_base": 18901, "agent_range": 50},
-                    "resync_seconds": 60,
-                    "crash_watch_seconds": 1,
-                    "local_start_grace_seconds": 3,
-                }
-            )
+        self.config = realserve.write_config(
+            root / "config.json",
+            manager_port=18900,
+            agent_range=50,
+            resync_seconds=60,
+            crash_watch_seconds=1,
+            local_start_grace_seconds=3,
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "serve.log"
 
     def env(self) -> dict[str, str]:
-        keep = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
-        env = {k: v for k, v in os.environ.items() if k in keep}
-        env["PYTHONPATH"] = str(ROOT)
-        env["HYPERHIVE_AGENT_ARGV"] = json.dumps([sys.executable, str(self.script)])
-        return env
+        keep = (*realserve.STANDIN_ENV_KEEP, "TMPDIR")
+        return realserve.standin_env([sys.executable, str(self.script)], keep)
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "controller.cli", "--state-dir", str(self.state)]
-        argv += ["--run-dir", str(self.run), "serve", "--config", str(self.config)]
+        argv = realserve.serve_argv(self.state, self.config, run=self.run)
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
                 argv, cwd=ROOT, env=self.env(), stdout=fh, stderr=subprocess.STDOUT
@@ -118,12 +99,7 @@ class Controller:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            realserve.stop(self.proc)
             self.proc = None
 
     @property
@@ -170,14 +146,6 @@ class Controller:
             and m["event"].get("id") == id
         ]
 
-    def cleanup_agents(self) -> None:
-        for pid_file in (self.state / "agents").glob("*/harness.pid"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                info = json.loads(pid_file.read_text())
-                proc = psutil.Process(int(info["pid"]))
-                if abs(proc.create_time() - float(info["create_time"])) < 0.05:
-                    os.killpg(int(info["pgid"]), signal.SIGKILL)
-
 
 @pytest.fixture
 def ctl() -> Iterator[Controller]:
@@ -187,7 +155,7 @@ def ctl() -> Iterator[Controller]:
         yield c
     finally:
         c.stop()
-        c.cleanup_agents()
+        realserve.kill_agents(c.state)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -280,8 +248,7 @@ def test_kill_9_before_building_then_restart_deploys_once(ctl: Controller) -> No
 
 def test_a_second_controller_on_the_same_state_dir_refuses_to_start(ctl: Controller) -> None:
     ctl.start()
-    argv = [sys.executable, "-m", "controller.cli", "--state-dir", str(ctl.state)]
-    argv += ["--run-dir", str(ctl.root / "r2"), "serve", "--config", str(ctl.config)]
+    argv = realserve.serve_argv(ctl.state, ctl.config, run=ctl.root / "r2")
     second = subprocess.run(
         argv, cwd=ROOT, env=ctl.env(), capture_output=True, text=True, timeout=60
     )

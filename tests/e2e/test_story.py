@@ -23,75 +23,29 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from controller.auth.secretfile import CredentialError
-from schemas.client import ApiError, UnixClient, Unreachable
+from schemas.client import ApiError, UnixClient
 from tests.e2e.browser import Browser
-from tests.e2e.credentials import agent_client, operator_client
+from tests.e2e.credentials import agent_client
+from tests.e2e.swarm import Swarm, swarm_env
 from tests.fakeapi import FakeAnthropic, Reply, Request, find_claude_cli, reply_text, reply_tool_use
+from tests.realserve import ROOT, free_block, free_port, wait_for, write_config
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 CLAUDE = find_claude_cli(ROOT)
 if CLAUDE is None:
     pytest.skip(
         "the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)",
         allow_module_level=True,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _free_block(n: int) -> int:
-    """A base port with ``n`` consecutive free ports above it."""
-    for _ in range(200):
-        base = _free_port()
-        if base + n > 65000:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
-    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-        except Exception as exc:  # the thing may not be up yet
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_exc!r})"
     )
 
 
@@ -142,191 +96,21 @@ def model_script(req: Request) -> Reply:
 # --- the swarm under test ----------------------------------------------------
 
 
-@dataclass
-class Swarm:
-    """One controller instance with its state dir, driven like an operator would."""
-
-    tmp: Path
-    api: FakeAnthropic
-    env: dict[str, str]
-    dashboard_port: int
-    proc: subprocess.Popen[bytes] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def state(self) -> Path:
-        return self.tmp / "state"
-
-    @property
-    def host_sock(self) -> str:
-        return str(self.state / "run" / "host.sock")
-
-    def cli(
-        self, *args: str, check: bool = True, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(
-            [sys.executable, "-m", "controller.cli", "--state-dir", str(self.state), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            input=input,
-            cwd=ROOT,
-        )
-        if check and r.returncode != 0:
-            raise AssertionError(
-                f"hyperhive {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
-            )
-        return r
-
-    def start(self) -> None:
-        log = open(self.tmp / "controller.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "controller.cli",
-                "--state-dir",
-                str(self.state),
-                "serve",
-                "--config",
-                str(self.tmp / "config.json"),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        wait_for("the admin socket", lambda: self.status(), timeout=60)
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
-        self.proc = None
-
-    @property
-    def admin(self) -> UnixClient:
-        """host.sock with the operator key (``CredentialError`` before the first start)."""
-        return operator_client(self.state, timeout=10)
-
-    def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.admin.get("/status")
-        return data
-
-    def agent(self, name: str) -> dict[str, Any] | None:
-        try:
-            for a in self.status().get("agents", []):
-                if a.get("name") == name:
-                    return dict(a)
-        except (Unreachable, OSError, CredentialError):
-            return None
-        return None
-
-    def phase(self, name: str) -> str | None:
-        a = self.agent(name)
-        return None if a is None else str(a.get("phase"))
-
-    def tags(self, prefix: str) -> list[str]:
-        out = subprocess.run(
-            ["git", "--git-dir", str(self.state / "meta.git"), "tag", "--list", f"{prefix}/*"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return sorted(out.split())
-
-    def git(self, *args: str, cwd: Path | None = None) -> str:
-        return subprocess.run(
-            ["git", *args],
-            cwd=cwd or self.tmp / "m",
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-
-    def push(self, *refs: str) -> str:
-        """``git push origin <refs>`` from the operator's clone; what the remote (the
-        meta repo's hooks) said, from stderr. Fails unless the push succeeded."""
-        r = subprocess.run(
-            ["git", "push", "origin", *refs],
-            cwd=self.tmp / "m",
-            env=self.env,
-            capture_output=True,
-            text=True,
-        )
-        assert r.returncode == 0, f"git push origin {' '.join(refs)}:\n{r.stdout}\n{r.stderr}"
-        return r.stderr
-
-    def harness_procs(self) -> dict[str, list[int]]:
-        """Running harnesses under this state dir, by agent name: the pid of the top
-        process of each (the outer ``bwrap`` when sandboxed; its children, the
-        sandbox's init and the harness python, are the same harness, not a second)."""
-        matched: dict[int, tuple[str, int]] = {}  # pid -> (agent, parent pid)
-        for p in psutil.process_iter(["pid", "ppid", "cmdline", "environ"]):
-            try:
-                cmd = p.info["cmdline"] or []
-                env = p.info["environ"] or {}
-            except (psutil.Error, OSError):
-                continue
-            if (
-                "harness" in " ".join(cmd)
-                and "serve" in cmd
-                and env.get("HYPERHIVE_STATE_DIR", "").startswith(str(self.state))
-            ):
-                matched[p.info["pid"]] = (env.get("HYPERHIVE_AGENT", "?"), p.info["ppid"])
-        found: dict[str, list[int]] = {}
-        for pid, (agent, ppid) in sorted(matched.items()):
-            if ppid not in matched:
-                found.setdefault(agent, []).append(pid)
-        return found
-
-    def requests_where(self, pred: Callable[[Request], bool]) -> list[Request]:
-        return [r for r in list(self.api.parsed) if pred(r)]
-
-    def messages(self) -> list[dict[str, Any]]:
-        out = self.cli("messages", "-o", "json").stdout
-        data: list[dict[str, Any]] = json.loads(out)
-        return data
-
-
 @pytest.fixture
 def swarm(tmp_path: Path) -> Iterator[Swarm]:
     api = FakeAnthropic(model_script).start()
     home = tmp_path / "home"
     home.mkdir()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ANTHROPIC_", "CLAUDE_", "HYPERHIVE_"))
-    }
-    env.update(api.cli_env(home))
-    env.update(
-        {
-            "HOME": str(home),
-            "HYPERHIVE_CLAUDE_BIN": str(CLAUDE),
-            "PYTHONPATH": str(ROOT),
-            "GIT_AUTHOR_NAME": "operator",
-            "GIT_AUTHOR_EMAIL": "op@example.org",
-            "GIT_COMMITTER_NAME": "operator",
-            "GIT_COMMITTER_EMAIL": "op@example.org",
-        }
-    )
-    for k in ("CLAUDE_CONFIG_DIR", "CLAUDE_CODE_TMPDIR"):
-        env.pop(k, None)  # each agent has its own (the driver sets them; the sandbox hides HOME)
-    base = _free_block(60)
-    dash = _free_port()
-    (tmp_path / "config.json").write_text(
-        json.dumps(
-            {
-                "runtime": "local",
-                "dashboard": {"host": "127.0.0.1", "port": dash},
-                "ports": {"manager": base, "agent_base": base + 1, "agent_range": 59},
-                "resync_seconds": 30,
-                "default_model": "claude-test",
-            }
-        )
+    env = swarm_env(api, home, CLAUDE)
+    base = free_block(60)
+    dash = free_port()
+    write_config(
+        tmp_path / "config.json",
+        manager_port=base,
+        agent_range=59,
+        dashboard_port=dash,
+        resync_seconds=30,
+        default_model="claude-test",
     )
     s = Swarm(tmp_path, api, env, dash)
     try:

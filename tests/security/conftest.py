@@ -15,8 +15,6 @@ note, are printed (always; ``-s`` also shows the tests' own lines).
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.swarm import swarm_env
 from tests.fakeapi import FakeAnthropic, Reply, Request, reply_text
+from tests.realserve import write_config
 
 try:
     from tests.security import support
@@ -67,37 +67,16 @@ def hive() -> Iterator[support.Hive]:
     root = Path(tempfile.mkdtemp(prefix="hhsec-", dir="/tmp"))
     home = root / "home"
     home.mkdir()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ANTHROPIC_", "CLAUDE_", "HYPERHIVE_"))
-    }
-    env.update(api.cli_env(home))
-    for k in ("CLAUDE_CONFIG_DIR", "CLAUDE_CODE_TMPDIR"):
-        env.pop(k, None)  # each agent has its own (the driver sets them)
-    env.update(
-        {
-            "HOME": str(home),
-            "HYPERHIVE_CLAUDE_BIN": str(support.CLAUDE),
-            "PYTHONPATH": str(support.ROOT),
-            "GIT_AUTHOR_NAME": "operator",
-            "GIT_AUTHOR_EMAIL": "op@example.org",
-            "GIT_COMMITTER_NAME": "operator",
-            "GIT_COMMITTER_EMAIL": "op@example.org",
-        }
-    )
+    env = swarm_env(api, home, support.CLAUDE)
     base = support.free_block(20)
     dash = support.free_port()
-    (root / "config.json").write_text(
-        json.dumps(
-            {
-                "runtime": "local",
-                "dashboard": {"host": "127.0.0.1", "port": dash},
-                "ports": {"manager": base, "agent_base": base + 1, "agent_range": 19},
-                "resync_seconds": 30,
-                "default_model": "claude-test",
-            }
-        )
+    write_config(
+        root / "config.json",
+        manager_port=base,
+        agent_range=19,
+        dashboard_port=dash,
+        resync_seconds=30,
+        default_model="claude-test",
     )
     h = support.Hive(root, api, env, dash)
     try:

@@ -3,7 +3,7 @@
 - ``http(...)``: one HTTP/1.1 request over TCP or a unix socket, with every header
   under the caller's control (``Host``, ``Origin``, a lying ``Content-Length``), read
   back without trusting the server (a stream's head only, a bounded body).
-- ``Hive``: the e2e story's ``Swarm`` (``tests/e2e/test_story.py``: a real
+- ``Hive``: the e2e story's ``Swarm`` (``tests/e2e/swarm.py``: a real
   ``hyperhive serve`` on a temp state dir, driven through the CLI) with the
   operator's credentials: host.sock needs the operator key, the agent sockets
   their agent's credential, the dashboard a session cookie.
@@ -17,11 +17,8 @@ one tally per session.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,17 +31,16 @@ import pytest
 
 from controller.paths import Layout
 from schemas.client import UnixClient
+from tests.e2e.swarm import Swarm
 from tests.fakeapi import find_claude_cli
+from tests.realserve import ROOT, free_block, free_port, kill_agents, stop, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 CLAUDE = find_claude_cli(ROOT)
-if CLAUDE is None:  # the e2e module skips itself at import without the CLI
+if CLAUDE is None:  # every security module skips at import without the CLI
     pytest.skip(
         "the claude CLI is not installed (./hh test installs it, or set HYPERHIVE_CLAUDE_BIN)",
         allow_module_level=True,
     )
-
-from tests.e2e.test_story import Swarm, _free_block, _free_port, wait_for  # noqa: E402
 
 __all__ = [
     "CLAUDE",
@@ -55,11 +51,9 @@ __all__ = [
     "free_block",
     "free_port",
     "http",
+    "kill_agents",
     "wait_for",
 ]
-
-free_port = _free_port
-free_block = _free_block
 
 Target = tuple[str, int] | Path | str
 """``(host, port)`` for TCP, a path for a unix socket."""
@@ -340,11 +334,6 @@ class Hive(Swarm):
         """host.sock with the operator key."""
         return UnixClient(self.host_sock, timeout=20, token=self.key)
 
-    def status(self) -> dict[str, Any]:
-        """``GET /status`` on host.sock, with the operator key (the e2e one sends none)."""
-        data: dict[str, Any] = self.admin.get("/status")
-        return data
-
     def credential(self, agent: str) -> str:
         """``agent``'s broker credential, as the operator reads it from the state dir."""
         return self.layout.agent_credential(agent).read_text().strip()
@@ -467,27 +456,9 @@ class Hive(Swarm):
     def stop_everything(self) -> None:
         """SIGTERM the controller (SIGKILL after 20 s), then every agent's process group."""
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop(self.proc)
             self.proc = None
         kill_agents(self.state)
-
-
-def kill_agents(state: Path) -> None:
-    """SIGKILL the process group of every agent a pid file under ``state`` names (if it is
-    still the same process)."""
-    for pid_file in (state / "agents").glob("*/harness.pid"):
-        try:
-            info = json.loads(pid_file.read_text())
-            proc = psutil.Process(int(info["pid"]))
-            if abs(proc.create_time() - float(info["create_time"])) < 0.05:
-                os.killpg(int(info["pgid"]), signal.SIGKILL)
-        except (OSError, ValueError, KeyError, psutil.Error):
-            continue
 
 
 TRACEBACK = re.compile(r"^Traceback \(most recent call last\)", re.M)

@@ -10,7 +10,6 @@ naming the file, no traceback; and start with ``--reset-broker``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ import pytest
 from controller.broker import Broker
 from controller.paths import Layout
 from schemas.client import UnixClient
+from tests.realserve import serve_argv, standin_env, write_config
 from tests.security.support import ROOT, Hive, Tally, kill_agents, wait_for
 
 CATEGORY = "broken broker database"
@@ -60,22 +60,14 @@ class Copy:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.close()
-        self.config = root / "config.json"
-        self.config.write_text(
-            json.dumps(
-                {
-                    "runtime": "local",
-                    "dashboard": {"host": "127.0.0.1", "port": 0},
-                    "ports": {"manager": 18700, "agent_base": 18701, "agent_range": 50},
-                    "resync_seconds": 60,
-                    "local_sandbox": False,
-                }
-            )
+        self.config = write_config(
+            root / "config.json",
+            manager_port=18700,
+            agent_range=50,
+            resync_seconds=60,
+            local_sandbox=False,
         )
-        keep = ("PATH", "LANG", "LC_ALL", "TZ")
-        self.env = {k: v for k, v in os.environ.items() if k in keep}
-        self.env["PYTHONPATH"] = str(ROOT)
-        self.env["HYPERHIVE_AGENT_ARGV"] = json.dumps([sys.executable, "-c", STANDIN])
+        self.env = standin_env([sys.executable, "-c", STANDIN])
 
     @property
     def db(self) -> Path:
@@ -91,19 +83,7 @@ class Copy:
 
     def argv(self, *extra: str) -> list[str]:
         """``hyperhive serve`` on the copy."""
-        return [
-            sys.executable,
-            "-m",
-            "controller.cli",
-            "--state-dir",
-            str(self.layout.state),
-            "--run-dir",
-            str(self.layout.run),
-            "serve",
-            "--config",
-            str(self.config),
-            *extra,
-        ]
+        return serve_argv(self.layout.state, self.config, *extra, run=self.layout.run)
 
 
 @pytest.fixture
