@@ -4,7 +4,8 @@
 meta repo and the operator's clone, and reads the status over host.sock with the
 operator key. ``swarm_env`` is the environment both need: the fake Messages API
 for the real ``claude`` CLI, an empty ``HOME``, the repo on ``PYTHONPATH`` and the
-operator's git identity. Shared by the e2e story and the security replay
+operator's git identity; ``Swarm.prepare`` makes a state dir's config with free
+ports. Shared by the e2e story and the security replay
 (``tests/security``, whose ``Hive`` adds the operator's other credentials).
 """
 
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -26,7 +27,7 @@ from controller.auth.secretfile import CredentialError
 from schemas.client import UnixClient, Unreachable
 from tests.e2e.credentials import operator_client
 from tests.fakeapi import FakeAnthropic, Request
-from tests.realserve import ROOT, serve_argv, wait_for
+from tests.realserve import ROOT, free_block, free_port, serve_argv, wait_for, write_config
 
 
 def swarm_env(api: FakeAnthropic, home: Path, claude: Path) -> dict[str, str]:
@@ -66,6 +67,27 @@ class Swarm:
     dashboard_port: int
     proc: subprocess.Popen[bytes] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, tmp: Path, api: FakeAnthropic, claude: Path, agent_ports: int) -> Self:
+        """A swarm in ``tmp``, not started: ``tmp/home`` the operator's empty ``HOME``
+        (``swarm_env``), ``tmp/config.json`` with a free dashboard port, a free manager
+        port with ``agent_ports`` free ports above it, a 30 s resync and the model
+        ``claude-test``."""
+        home = tmp / "home"
+        home.mkdir()
+        env = swarm_env(api, home, claude)
+        base = free_block(agent_ports + 1)
+        dash = free_port()
+        write_config(
+            tmp / "config.json",
+            manager_port=base,
+            agent_range=agent_ports,
+            dashboard_port=dash,
+            resync_seconds=30,
+            default_model="claude-test",
+        )
+        return cls(tmp, api, env, dash)
 
     @property
     def state(self) -> Path:

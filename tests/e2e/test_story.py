@@ -35,9 +35,9 @@ import pytest
 from schemas.client import ApiError, UnixClient
 from tests.e2e.browser import Browser
 from tests.e2e.credentials import agent_client
-from tests.e2e.swarm import Swarm, swarm_env
+from tests.e2e.swarm import Swarm
 from tests.fakeapi import FakeAnthropic, Reply, Request, find_claude_cli, reply_text, reply_tool_use
-from tests.realserve import ROOT, free_block, free_port, wait_for, write_config
+from tests.realserve import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -99,20 +99,7 @@ def model_script(req: Request) -> Reply:
 @pytest.fixture
 def swarm(tmp_path: Path) -> Iterator[Swarm]:
     api = FakeAnthropic(model_script).start()
-    home = tmp_path / "home"
-    home.mkdir()
-    env = swarm_env(api, home, CLAUDE)
-    base = free_block(60)
-    dash = free_port()
-    write_config(
-        tmp_path / "config.json",
-        manager_port=base,
-        agent_range=59,
-        dashboard_port=dash,
-        resync_seconds=30,
-        default_model="claude-test",
-    )
-    s = Swarm(tmp_path, api, env, dash)
+    s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=59)
     try:
         yield s
     finally:

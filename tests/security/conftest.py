@@ -23,9 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.swarm import swarm_env
 from tests.fakeapi import FakeAnthropic, Reply, Request, reply_text
-from tests.realserve import write_config
 
 try:
     from tests.security import support
@@ -65,20 +63,7 @@ def hive() -> Iterator[support.Hive]:
     """The running hive: manager, alice and bob running; carol pending; the operator logged in."""
     api = FakeAnthropic(_model).start()
     root = Path(tempfile.mkdtemp(prefix="hhsec-", dir="/tmp"))
-    home = root / "home"
-    home.mkdir()
-    env = swarm_env(api, home, support.CLAUDE)
-    base = support.free_block(20)
-    dash = support.free_port()
-    write_config(
-        root / "config.json",
-        manager_port=base,
-        agent_range=19,
-        dashboard_port=dash,
-        resync_seconds=30,
-        default_model="claude-test",
-    )
-    h = support.Hive(root, api, env, dash)
+    h = support.Hive.prepare(root, api, support.CLAUDE, agent_ports=19)
     try:
         h.start()
         h.wait_running("manager")

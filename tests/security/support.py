@@ -33,7 +33,7 @@ from controller.paths import Layout
 from schemas.client import UnixClient
 from tests.e2e.swarm import Swarm
 from tests.fakeapi import find_claude_cli
-from tests.realserve import ROOT, free_block, free_port, kill_agents, stop, wait_for
+from tests.realserve import ROOT, kill_agents, stop, wait_for
 
 CLAUDE = find_claude_cli(ROOT)
 if CLAUDE is None:  # every security module skips at import without the CLI
@@ -48,8 +48,6 @@ __all__ = [
     "Hive",
     "Reply",
     "Tally",
-    "free_block",
-    "free_port",
     "http",
     "kill_agents",
     "wait_for",
