@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "tests" / "component" / "harness"))
 
 from standin import StandIn, UnixHTTPConnection, request, write_credential  # noqa: E402
 
+from tests import chromium  # noqa: E402
 from tests.fakeapi import (  # noqa: E402
     FakeAnthropic,
     Request,
@@ -56,7 +57,6 @@ from tests.fakeapi import (  # noqa: E402
 )
 
 SCRIPT = Path(__file__).with_name("agent_ui.mjs")
-CHROMIUM = os.environ.get("HYPERHIVE_CHROMIUM", "/usr/bin/chromium")
 DOC_SHOTS = {"main": ROOT / "docs" / "img" / "agent-ui.png",
              "login": ROOT / "docs" / "img" / "agent-ui-login.png"}  # fmt: skip
 CLI = find_claude_cli(ROOT)
@@ -73,13 +73,7 @@ STORY = (
 def _skip_reason() -> str | None:
     if CLI is None:
         return "the claude CLI is not installed (./hh test installs it)"
-    if not Path(CHROMIUM).exists():
-        return f"no chromium at {CHROMIUM} (set HYPERHIVE_CHROMIUM)"
-    if shutil.which("node") is None:
-        return "node is not on PATH"
-    if not (ROOT / "node_modules" / "playwright-core").is_dir():
-        return "node_modules/playwright-core missing: run `npm install` in the repo root"
-    return None
+    return chromium.skip_reason()
 
 
 def last_tool(req: Request) -> str | None:

@@ -30,10 +30,10 @@ from controller.auth import LoginTokens
 from controller.dashboard import make_dashboard_app
 from controller.drivers.journal import HARNESS_UNIT
 from schemas.names import OPERATOR
+from tests import chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("dashboard.mjs")
-CHROMIUM = os.environ.get("HYPERHIVE_CHROMIUM", "/usr/bin/chromium")
 DOC_SHOT = ROOT / "docs" / "img" / "dashboard.png"
 
 pytestmark = pytest.mark.browser
@@ -47,17 +47,7 @@ def _fakes() -> Any:
     return importlib.import_module("dashboard_fakes")
 
 
-def _skip_reason() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"no chromium at {CHROMIUM} (set HYPERHIVE_CHROMIUM)"
-    if shutil.which("node") is None:
-        return "node is not on PATH"
-    if not (ROOT / "node_modules" / "playwright-core").is_dir():
-        return "node_modules/playwright-core missing: run `npm install` in the repo root"
-    return None
-
-
-@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+@pytest.mark.skipif(chromium.skip_reason() is not None, reason=chromium.skip_reason() or "")
 def test_dashboard_in_chromium(tmp_path: Path) -> None:
     fakes = _fakes()
     ops, broker = fakes.demo()

@@ -18,8 +18,6 @@ lifecycle action, the question still open, the session still valid.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import threading
 from collections import Counter
@@ -30,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests import chromium
 from tests.security.support import ROOT, Hive, Tally
 from tests.security.surface import EVIL_KEY, MARK, Snapshot, write_routes
 
@@ -37,7 +36,6 @@ pytestmark = pytest.mark.browser
 
 CATEGORY = "cross-origin browser page"
 HERE = Path(__file__).parent
-CHROMIUM = os.environ.get("HYPERHIVE_CHROMIUM", "/usr/bin/chromium")
 REFUSALS = (401, 403, 415)
 STREAM_IMAGES = 16
 """Images per event-stream path (two paths: 32 loads, the issue's 30)."""
@@ -63,16 +61,6 @@ def _media(ctype: str | None) -> str:
 
 def _key(r: dict[str, Any]) -> tuple[str, str, str]:
     return (r["url"], r["type"], _media(r["ctype"]))
-
-
-def _skip_reason() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"no chromium at {CHROMIUM} (set HYPERHIVE_CHROMIUM)"
-    if shutil.which("node") is None:
-        return "node is not on PATH"
-    if not (ROOT / "node_modules" / "playwright-core").is_dir():
-        return "node_modules/playwright-core missing: run `npm install` in the repo root"
-    return None
 
 
 @pytest.fixture
@@ -110,7 +98,7 @@ def attacker(hive: Hive) -> Iterator[str]:
         server.server_close()
 
 
-@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+@pytest.mark.skipif(chromium.skip_reason() is not None, reason=chromium.skip_reason() or "")
 def test_a_cross_origin_page_cannot_command_the_swarm(
     hive: Hive, tally: Tally, attacker: str, tmp_path: Path
 ) -> None:
