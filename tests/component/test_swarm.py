@@ -191,16 +191,19 @@ def manifest(name: str, model: str = "haiku", extra: str = "") -> str:
     )
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+# Named so the modules that import them (test_swarm_depth, test_swarm_credentials) do not
+# shadow an imported name with every ``env`` / ``up`` parameter.
+@pytest.fixture(name="env")
+def swarm_env(tmp_path: Path) -> Iterator[Env]:
+    """A fresh ``Env``; its agents are stopped afterwards."""
     e = Env(tmp_path)
     yield e
     for name in list(e.driver.observe()):
         e.driver.stop(name)
 
 
-@pytest.fixture
-def up(env: Env) -> Env:
+@pytest.fixture(name="up")
+def swarm_up(env: Env) -> Env:
     """The swarm after its first pass: manager running (the genesis commit has no id)."""
     result = env.swarm.reconcile()
     assert result.ok, result.errors
@@ -213,6 +216,16 @@ def spawn_alice(env: Env) -> int:
     res = env.swarm.reconcile()
     assert res.ok, res.errors
     return p.id
+
+
+def crash(env: Env, agent: str = "alice") -> None:
+    """SIGKILL the agent's stand-in and wait until the driver sees it gone."""
+    os.kill(env.standin(agent)["pid"], signal.SIGKILL)
+    for _ in range(200):
+        if env.driver.observe()[agent].phase is Phase.FAILED:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{agent} did not die")
 
 
 # ------------------------------------------------------------------ the main story

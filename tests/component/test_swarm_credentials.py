@@ -4,27 +4,12 @@ removed on destroy (never kept in a tombstone), made for an agent deployed witho
 
 from __future__ import annotations
 
-import os
-import signal
 import stat
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from test_swarm import Env, spawn_alice
+from test_swarm import Env, crash, spawn_alice, swarm_env  # noqa: F401 (swarm_env: the env fixture)
 
-from controller.model import Phase
 from controller.ops import Lifecycle
 from schemas.names import MANAGER
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path)
-    yield e
-    for name in list(e.driver.observe()):
-        e.driver.stop(name)
 
 
 def _cred(env: Env, agent: str) -> str | None:
@@ -47,11 +32,7 @@ def test_credentials_follow_the_agent_lifecycle(env: Env) -> None:
     assert env.swarm.reconcile().ok
     assert _cred(env, "alice") == first and _cred(env, MANAGER) == manager
     # the process vanishes for good (its runtime is gone): the next create is a recreate
-    os.kill(env.standin("alice")["pid"], signal.SIGKILL)
-    for _ in range(200):
-        if env.driver.observe()["alice"].phase is Phase.FAILED:
-            break
-        time.sleep(0.02)
+    crash(env)
     env.driver.destroy("alice")
     assert env.swarm.reconcile().ok
     second = _cred(env, "alice")

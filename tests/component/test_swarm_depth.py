@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_swarm import CFG, Env, manifest, spawn_alice
+from test_swarm import (  # noqa: F401 (swarm_env, swarm_up: the env and up fixtures)
+    CFG,
+    Env,
+    crash,
+    manifest,
+    spawn_alice,
+    swarm_env,
+    swarm_up,
+)
 
 from controller.drivers.local import LocalDriver, tail_lines
 from controller.errors import Conflict, Invalid, NotFound
@@ -26,30 +32,6 @@ from controller.model import ActionKind, Phase
 from controller.ops import Lifecycle, ProposalState
 from controller.status import CRASH_LIMIT
 from schemas.validate import validate
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path)
-    yield e
-    for name in list(e.driver.observe()):
-        e.driver.stop(name)
-
-
-@pytest.fixture
-def up(env: Env) -> Env:
-    assert env.swarm.reconcile().ok
-    return env
-
-
-def crash(env: Env, agent: str = "alice") -> None:
-    """SIGKILL the agent's stand-in and wait until the driver sees it gone."""
-    os.kill(env.standin(agent)["pid"], signal.SIGKILL)
-    for _ in range(200):
-        if env.driver.observe()[agent].phase is Phase.FAILED:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{agent} did not die")
 
 
 def keys(env: Env, type_: str) -> list[str | None]:
