@@ -46,6 +46,16 @@ HAVE_BWRAP = any(
 )
 needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bwrap is not installed")
 
+PROBE_READ = r"""
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError as e:
+        return "ERR " + type(e).__name__
+"""
+"""``read(path)``, put before each probe run in the sandbox: the file's text, or ``ERR <error>``."""
+
 PROBE = r"""
 import json, os, signal, socket, sys, time
 
@@ -53,13 +63,6 @@ targets = json.loads(os.environ["ANTHROPIC_PROBE_TARGETS"])
 report = {"pid": os.getpid(), "env_credential": os.environ.get("HYPERHIVE_CREDENTIAL_FILE"),
           "tmpdir": os.environ.get("TMPDIR"),
           "env_web_socket": os.environ.get("HYPERHIVE_WEB_SOCKET")}
-
-def read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError as e:
-        return "ERR " + type(e).__name__
 
 def connect_unix(path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -209,7 +212,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     tcp.bind(("127.0.0.1", 0))
     servers.append(Server(tcp, b"tcp-ok"))
     script = tmp_path / "probe.py"
-    script.write_text(PROBE)
+    script.write_text(PROBE_READ + PROBE)
     targets = {
         "read": {
             "own_credential": str(lay.agent_credential("alice")),
@@ -536,13 +539,6 @@ import harness, harness.serve, harness.loop  # the harness's python and its impo
 home = os.environ["ANTHROPIC_PROBE_HOME"]
 extra = json.loads(os.environ["ANTHROPIC_PROBE_ENV"])
 
-def read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError as e:
-        return "ERR " + type(e).__name__
-
 def listdir(path):
     try:
         return sorted(os.listdir(path))
@@ -684,7 +680,7 @@ def test_the_operators_home_is_hidden_and_the_harness_and_claude_still_run(
     try:
         claude = add_claude(home, cli)
         script = tmp_path / "home_probe.py"
-        script.write_text(HOME_PROBE)
+        script.write_text(PROBE_READ + HOME_PROBE)
         starter = tmp_path / "start_agent.py"
         starter.write_text(START_AGENT)
         lay = Layout(home / ".local" / "state" / "hyperhive", tmp_path / "run")
