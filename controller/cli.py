@@ -17,15 +17,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import __version__
-from controller.auth.operator import load_operator_key
-from controller.auth.secretfile import CredentialError
-from controller.config import ConfigError, load_config
 from controller.paths import Layout, default_state_dir
-from schemas.client import ApiError, UnixClient, Unreachable
-from schemas.wire import Message, parse_rfc3339
+
+# Imported where used, not here: every verb (and --help, --version) pays for this
+# module's imports, and `hyperhive status` should cost little more than starting
+# Python (bench/push.py). schemas.client (http.client) and the operator key are
+# for the verbs that talk to host.sock, controller.config (yaml, jsonschema) for
+# serve/reconcile, schemas.wire (jsonschema) for formatting messages and times.
+if TYPE_CHECKING:
+    from schemas.client import UnixClient
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -52,6 +55,9 @@ def _layout(args: argparse.Namespace) -> Layout:
 
 def _operator_key(layout: Layout) -> str:
     """The operator key, or ``CliError`` with a one-line reason (missing, unreadable)."""
+    from controller.auth.operator import load_operator_key
+    from controller.auth.secretfile import CredentialError
+
     try:
         return load_operator_key(layout)
     except CredentialError as exc:
@@ -59,6 +65,8 @@ def _operator_key(layout: Layout) -> str:
 
 
 def _client(args: argparse.Namespace, timeout: float = 60.0) -> UnixClient:
+    from schemas.client import UnixClient
+
     layout = _layout(args)
     return UnixClient(str(layout.host_sock), timeout=timeout, token=_operator_key(layout))
 
@@ -66,6 +74,8 @@ def _client(args: argparse.Namespace, timeout: float = 60.0) -> UnixClient:
 def _call(
     args: argparse.Namespace, method: str, url: str, body: Any = None, timeout: float = 60.0
 ) -> Any:
+    from schemas.client import ApiError, Unreachable
+
     layout = _layout(args)
     try:
         return _client(args, timeout).call(method, url, body, timeout=timeout).data
@@ -101,6 +111,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError, load_config
     from controller.serve import run_daemon
 
     try:
@@ -130,6 +141,10 @@ def _print_plan(result: dict[str, Any]) -> None:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from controller.auth.operator import load_operator_key
+    from controller.auth.secretfile import CredentialError
+    from schemas.client import ApiError, UnixClient, Unreachable
+
     body = {"dry_run": bool(args.dry_run)}
     layout = _layout(args)
     try:
@@ -141,6 +156,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             "/reconcile", body
         )
     except Unreachable:
+        from controller.config import load_config
         from controller.serve import one_shot_pass
 
         try:
@@ -175,6 +191,8 @@ def _when(ts: Any) -> str:
 
 
 def _describe(a: dict[str, Any]) -> None:
+    from schemas.wire import parse_rfc3339
+
     now = time.time()
     print(f"Name:        {a.get('name')}")
     print(f"Phase:       {a.get('phase')}" + (f"  ({a['detail']})" if a.get("detail") else ""))
@@ -347,6 +365,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _fmt_message(m: dict[str, Any]) -> str:
+    from schemas.wire import Message
+
     msg = Message.from_json(m)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.sent_at))
     tag = "" if msg.kind == "message" else f"[{msg.kind}] "
@@ -366,6 +386,8 @@ def cmd_messages(args: argparse.Namespace) -> int:
         if not msgs:
             print('no messages yet — try `hyperhive send manager "hello"`')
         return EXIT_OK
+    from schemas.client import Unreachable
+
     last = msgs[-1]["id"] if msgs else 0
     client = _client(args, timeout=3600)
     while True:
@@ -382,6 +404,8 @@ def cmd_messages(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from schemas.wire import parse_rfc3339
+
     r = _call(args, "POST", "/login", {})
     url = r.get("url")
     if not url:
