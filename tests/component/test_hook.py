@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_api_agent import FakeOps
@@ -13,7 +16,7 @@ from controller.api import make_admin_app
 from controller.auth import ensure_operator_key
 from controller.broker import Broker
 from controller.config import Config
-from controller.metarepo import MetaRepo
+from controller.metarepo import MetaRepo, tag_ref
 from controller.paths import Layout
 from hivehttp import serve_unix
 from tests.gitutil import git
@@ -239,3 +242,117 @@ def test_post_receive_without_the_operator_key_still_accepts_the_push(
     assert res.returncode == 0, res.stderr
     assert poke_server.passes == []
     assert str(layout.operator_key) in res.stderr and "hyperhive serve" in res.stderr
+
+
+# ---------------------------------------------------------------- fast start
+
+
+def test_hook_ref_names_agree_with_metarepo() -> None:
+    """The hooks repeat metarepo's ref names so they never import pygit2 to read them."""
+    from controller import metarepo
+    from controller.hooks import updates
+
+    for name in ("MAIN_REF", "NOTES_REF", "LAST_DEPLOY_REF", "TAG_PREFIXES", "CONTROLLER_PREFIXES"):
+        assert getattr(updates, name) == getattr(metarepo, name), name
+    for text in ("1", "01", "0", "", "x", "12", "9" * 19):
+        assert updates.parse_id(text) == metarepo.parse_id(text), text
+
+
+HEAVY = ("pygit2", "jsonschema", "yaml", "http.client", "argparse", "falcon", "uvicorn")
+
+_RUN_AND_LIST = """
+import json, sys
+from {module} import main
+code = main({argv!r})
+heavy = [m for m in {heavy!r} if m in sys.modules]
+print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.__stdout__)
+"""
+
+
+def run_listing_imports(
+    module: str, argv: list[str], stdin: str = "", cwd: Path | None = None
+) -> dict[str, Any]:
+    """Run ``module.main(argv)`` in a fresh Python: its exit code, the heavy modules it loaded."""
+    code = _RUN_AND_LIST.format(module=module, argv=argv, heavy=HEAVY)
+    res = subprocess.run(
+        [sys.executable, "-c", code], input=stdin, capture_output=True, text=True, cwd=cwd
+    )
+    assert res.returncode == 0, res.stderr
+    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    out["stderr"] = res.stderr
+    return out
+
+
+def _hook_argv(kind: str, layout: Layout) -> list[str]:
+    return [kind, "--state-dir", str(layout.state), "--run-dir", str(layout.run)]
+
+
+def test_approval_check_and_poke_load_no_heavy_module(
+    meta: MetaRepo, layout: Layout, work: Path, poke_server: FakeOps
+) -> None:
+    """An approval's pre-receive check and the poke run without pygit2, jsonschema, http.client."""
+    meta.propose_spawn("alice")
+    commit = str(meta.repo.references[tag_ref("proposal", 1)].target)
+    line = f"{'0' * 40} {commit} refs/tags/approved/1\n"
+    pre = run_listing_imports("controller.hook", _hook_argv("pre-receive", layout), line)
+    assert (pre["code"], pre["heavy"]) == (0, []), pre
+    post = run_listing_imports("controller.hook", _hook_argv("post-receive", layout), line)
+    assert (post["code"], post["heavy"]) == (0, []), post
+    assert poke_server.passes == ["hook"]
+    assert "the controller is reconciling" in post["stderr"]
+    # a forged tag is refused the same way, still without pygit2
+    forged = f"{'0' * 40} {commit} refs/tags/deployed/1\n"
+    pre = run_listing_imports("controller.hook", _hook_argv("pre-receive", layout), forged)
+    assert (pre["code"], pre["heavy"]) == (1, []), pre
+    assert "controller only" in pre["stderr"]
+
+
+def test_a_main_push_still_loads_the_manifest_check(meta: MetaRepo, layout: Layout) -> None:
+    main = meta.main_commit()
+    line = f"{main} {main} refs/heads/main\n"
+    pre = run_listing_imports("controller.hook", _hook_argv("pre-receive", layout), line)
+    assert pre["code"] == 0 and "pygit2" in pre["heavy"] and "jsonschema" in pre["heavy"], pre
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["pre-receive"], ["pre-receive", "--state-dir", "/s"], ["push", "--state-dir", "/s"]],
+)
+def test_hook_with_bad_arguments_refuses(argv: list[str]) -> None:
+    """A hook script that lost its arguments refuses (exit 2) rather than accepting blind."""
+    res = subprocess.run(
+        [sys.executable, "-m", "controller.hook", *argv], capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "usage:" in res.stderr
+
+
+def test_git_guessing_rules_cannot_stand_in_for_a_proposal(meta: MetaRepo, work: Path) -> None:
+    """``refs/refs/tags/proposal/9`` is an operator's own ref, never proposal/9."""
+    git("commit", "-q", "--allow-empty", "-m", "decoy", cwd=work)
+    assert push(work, "HEAD:refs/refs/tags/proposal/9").returncode == 0
+    assert push(work, "HEAD:refs/tags/refs/tags/proposal/9").returncode == 0
+    git("tag", "approved/9", "HEAD", cwd=work)
+    refused(push(work, "approved/9"), "there is no proposal/9")
+
+
+def test_a_decision_on_the_proposals_tree_is_refused(meta: MetaRepo, work: Path) -> None:
+    meta.propose_spawn("alice")
+    fetch(work)
+    git("tag", "approved/1", "proposal/1^{tree}", cwd=work)
+    refused(push(work, "approved/1"), "must point at proposal/1's commit")
+    assert meta.approved_unapplied() == []
+
+
+def test_cli_status_and_version_load_no_heavy_module(
+    layout: Layout, poke_server: FakeOps, tmp_path: Path
+) -> None:
+    args = ["--state-dir", str(layout.state), "--run-dir", str(layout.run)]
+    status = run_listing_imports("controller.cli", [*args, "status"])
+    assert status["code"] == 0, status
+    assert [m for m in status["heavy"] if m not in ("argparse", "http.client")] == []
+    res = subprocess.run(
+        [sys.executable, "-c", "from controller.cli import main; main(['--version'])"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0 and res.stdout.startswith("hyperhive ")
