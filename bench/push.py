@@ -1,0 +1,241 @@
+"""The push path and the CLI's start-up, against a real ``hyperhive serve``.
+
+Run by hand: ``.venv/bin/python bench/push.py [--pushes N] [--cli-runs N] [--old-root DIR]``.
+
+Approval push: a real controller (local runtime, the claude CLI and the fake
+Messages API as in the e2e story), the manager asks for a spawn of ``b<i>`` over
+its socket, the operator tags ``approved/<id>`` in a clone and runs ``git push``.
+Timed from just before ``git push`` to
+
+- ``push``: ``git push`` returned (both hooks ran);
+- ``running``: a harness process of ``b<i>`` exists (``/proc``, polled every 2 ms);
+- ``ui``: ``b<i>``'s web UI answers an HTTP request on its ``web.sock`` (the socket
+  the dashboard proxies ``/agents/<name>/`` to).
+
+p50 / p95 over ``--pushes`` approvals (targets: running ≤ 0.3 s, ui ≤ 0.6 s, p95).
+
+``--old-root DIR``: a copy of an older tree (``controller/``, ``schemas/``,
+``hivehttp/``, e.g. ``git archive <rev> controller schemas hivehttp | tar -x -C DIR``):
+every other push runs that tree's hooks instead (the hook scripts in meta.git
+are rewritten to point there), so before and after are measured in the same run.
+
+CLI: wall time of ``hyperhive status`` (against the running controller),
+``hyperhive --version`` and ``python -c pass`` (the floor), median and p95 over
+``--cli-runs``, with the ratio to the floor (target: status ≤ 80 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.credentials import agent_client  # noqa: E402
+from tests.e2e.swarm import Swarm  # noqa: E402
+from tests.fakeapi import FakeAnthropic, find_claude_cli, reply_text  # noqa: E402
+from tests.realserve import wait_for  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+def describe(values: list[float]) -> str:
+    """``p50 … ms  p95 … ms  max … ms`` of seconds."""
+    return (
+        f"p50 {pct(values, 50) * 1000:6.0f} ms  p95 {pct(values, 95) * 1000:6.0f} ms  "
+        f"max {max(values) * 1000:6.0f} ms  (n={len(values)})"
+    )
+
+
+class ProcWatch:
+    """Finds a harness process of one agent by scanning only pids it has not seen yet."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set(self._pids())
+
+    @staticmethod
+    def _pids() -> list[int]:
+        return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+    def find(self, agent: str) -> bool:
+        """True once a process whose environment names ``agent`` runs ``serve``."""
+        needle = f"HYPERHIVE_AGENT={agent}\0".encode()
+        for pid in self._pids():
+            if pid in self.seen:
+                continue
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                self.seen.add(pid)
+                continue
+            if not cmd:
+                continue  # not exec'd yet: look again next time
+            if needle in env and b"serve" in cmd.split(b"\0"):
+                return True
+            if b"hyperhive" not in cmd and b"harness" not in cmd and b"bwrap" not in cmd:
+                self.seen.add(pid)
+        return False
+
+
+def ui_answers(path: Path) -> bool:
+    """True when ``path`` answers ``GET /`` with an HTTP status line (whatever the status)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            s.connect(str(path))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            return s.recv(16).startswith(b"HTTP/1.1 ")
+    except OSError:
+        return False
+
+
+def point_hooks_at(meta_git: Path, root: Path) -> None:
+    """Rewrite meta.git's hook scripts so they run the tree at ``root``."""
+    for kind in ("pre-receive", "post-receive"):
+        hook = meta_git / "hooks" / kind
+        lines = hook.read_text().splitlines()
+        lines = [
+            f"PYTHONPATH={shlex.quote(str(root))}" if ln.startswith("PYTHONPATH=") else ln
+            for ln in lines
+        ]
+        hook.write_text("\n".join(lines) + "\n")
+
+
+def approvals(s: Swarm, pushes: int, old_root: Path | None) -> dict[str, dict[str, list[float]]]:
+    """Approve ``pushes`` spawns by ``git push``; timings by which hooks ran ("new"/"old")."""
+    layout_run = s.state / "run"
+    manager = agent_client(s.state, "manager")
+    s.git("clone", "-q", str(s.state / "meta.git"), str(s.tmp / "m"), cwd=s.tmp)
+    out: dict[str, dict[str, list[float]]] = {}
+    for i in range(pushes):
+        which = "old" if old_root is not None and i % 2 == 1 else "new"
+        point_hooks_at(s.state / "meta.git", old_root if which == "old" else REPO)
+        name = f"b{i}"
+        p = manager.post("/request_spawn", {"name": name})
+        pid = p["id"]
+        s.git("fetch", "-q", "--tags", "origin")
+        s.git("tag", f"approved/{pid}", f"proposal/{pid}")
+        watch = ProcWatch()
+        web = layout_run / "agents" / name / "web.sock"
+        t0 = time.monotonic()
+        s.push(f"approved/{pid}")
+        t_push = time.monotonic() - t0
+        t_run = t_ui = None
+        while t_ui is None and time.monotonic() - t0 < 30:
+            now = time.monotonic() - t0
+            if t_run is None and watch.find(name):
+                t_run = now
+            if t_run is not None and ui_answers(web):
+                t_ui = time.monotonic() - t0
+            time.sleep(0.002)
+        if t_run is None or t_ui is None:
+            raise RuntimeError(f"{name} not running/answering 30 s after the push")
+        row = out.setdefault(which, {"push": [], "running": [], "ui": []})
+        row["push"].append(t_push)
+        row["running"].append(t_run)
+        row["ui"].append(t_ui)
+        print(
+            f"  {which} approved/{pid}: push {t_push * 1000:4.0f} ms, running "
+            f"{t_run * 1000:4.0f} ms, ui {t_ui * 1000:4.0f} ms",
+            flush=True,
+        )
+    return out
+
+
+def wall(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
+    """Wall times (s) of ``runs`` runs of ``argv`` (each must exit 0)."""
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        subprocess.run(argv, env=env, check=True, capture_output=True, cwd=REPO)
+        times.append(time.monotonic() - t0)
+    return times
+
+
+def cli(s: Swarm, runs: int, old_root: Path | None) -> None:
+    """Print the CLI's wall times beside ``python -c pass``."""
+    py = sys.executable
+    hh = str(Path(py).parent / "hyperhive")
+    state = ["--state-dir", str(s.state)]
+    cases: list[tuple[str, list[str], dict[str, str]]] = [
+        ("python -c pass", [py, "-c", "pass"], s.env),
+        ("hyperhive --version", [hh, "--version"], s.env),
+        ("hyperhive status", [hh, *state, "status"], s.env),
+    ]
+    if old_root is not None:
+        old_env = {**s.env, "PYTHONPATH": str(old_root)}
+        cases += [
+            ("old: --version", [py, "-m", "controller.cli", "--version"], old_env),
+            ("old: status", [py, "-m", "controller.cli", *state, "status"], old_env),
+        ]
+    wall(cases[2][1], cases[2][2], 3)  # warm the page cache and the controller's caches
+    floor = None
+    for label, argv, env in cases:
+        t = wall(argv, env, runs)
+        med = statistics.median(t)
+        floor = floor or med
+        print(
+            f"  {label:22} median {med * 1000:5.0f} ms  p95 {pct(t, 95) * 1000:5.0f} ms  "
+            f"×{med / floor:4.1f} the floor"
+        )
+
+
+def main() -> int:
+    """Run the bench; prints the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pushes", type=int, default=10)
+    ap.add_argument("--cli-runs", type=int, default=20)
+    ap.add_argument("--old-root", type=Path, help="also run the hooks of this older tree")
+    args = ap.parse_args()
+    claude = find_claude_cli(REPO)
+    if claude is None:
+        print("the claude CLI is not installed (npm ci, or HYPERHIVE_CLAUDE_BIN)", file=sys.stderr)
+        return 2
+    old_root = args.old_root.resolve() if args.old_root else None
+    pushes = args.pushes * (2 if old_root else 1)
+    api = FakeAnthropic(lambda req: reply_text("ok.")).start()
+    with tempfile.TemporaryDirectory(prefix="hh-push-") as d:
+        s = Swarm.prepare(Path(d), api, claude, agent_ports=pushes + 2)
+        try:
+            s.start()
+            wait_for("the manager running", lambda: s.phase("manager") == "running", timeout=60)
+            print(f"approval push → agent running / UI answering ({pushes} pushes)")
+            res = approvals(s, pushes, old_root)
+            for which, row in sorted(res.items()):
+                for what in ("push", "running", "ui"):
+                    print(f"  {which} {what:8} {describe(row[what])}")
+            print(f"CLI wall time ({args.cli_runs} runs each)")
+            cli(s, args.cli_runs, old_root)
+        finally:
+            if s.proc is not None:
+                s.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    s.proc.wait(timeout=30)
+                if s.proc.poll() is None:
+                    s.proc.kill()
+            for pids in s.harness_procs().values():
+                for pid in pids:
+                    with contextlib.suppress(OSError):
+                        os.killpg(os.getpgid(pid), signal.SIGKILL)
+            api.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
