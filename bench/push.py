@@ -19,6 +19,10 @@ p50 / p95 over ``--pushes`` approvals (targets: running ≤ 0.3 s, ui ≤ 0.6 s,
 every other push runs that tree's hooks instead (the hook scripts in meta.git
 are rewritten to point there), so before and after are measured in the same run.
 
+Hooks alone: each installed hook script run by hand with an approval's stdin
+line (pre-receive judges it, post-receive pokes the controller), beside
+``python -c pass``.
+
 CLI: wall time of ``hyperhive status`` (against the running controller),
 ``hyperhive --version`` and ``python -c pass`` (the floor), median and p95 over
 ``--cli-runs``, with the ratio to the floor (target: status ≤ 80 ms).
@@ -124,8 +128,9 @@ def approvals(s: Swarm, pushes: int, old_root: Path | None) -> dict[str, dict[st
     s.git("clone", "-q", str(s.state / "meta.git"), str(s.tmp / "m"), cwd=s.tmp)
     out: dict[str, dict[str, list[float]]] = {}
     for i in range(pushes):
-        which = "old" if old_root is not None and i % 2 == 1 else "new"
-        point_hooks_at(s.state / "meta.git", old_root if which == "old" else REPO)
+        root = old_root if old_root is not None and i % 2 == 1 else REPO
+        which = "new" if root == REPO else "old"
+        point_hooks_at(s.state / "meta.git", root)
         name = f"b{i}"
         p = manager.post("/request_spawn", {"name": name})
         pid = p["id"]
@@ -158,12 +163,43 @@ def approvals(s: Swarm, pushes: int, old_root: Path | None) -> dict[str, dict[st
     return out
 
 
-def wall(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
-    """Wall times (s) of ``runs`` runs of ``argv`` (each must exit 0)."""
+def hooks_alone(s: Swarm, runs: int, old_root: Path | None) -> None:
+    """Time meta.git's two hook scripts run by hand with an approval's stdin line.
+
+    pre-receive judges ``approved/<id>`` for an open proposal (nothing is
+    written: only git's receive-pack updates refs); post-receive pokes the
+    running controller (a pass with nothing to do). Beside ``python -c pass``.
+    """
+    manager = agent_client(s.state, "manager")
+    pid = manager.post("/request_spawn", {"name": "hookbench"})["id"]
+    meta_git = s.state / "meta.git"
+    commit = s.git("--git-dir", str(meta_git), "rev-parse", f"proposal/{pid}", cwd=s.tmp).strip()
+    line = f"{'0' * 40} {commit} refs/tags/approved/{pid}\n"
+    env = {**s.env, "GIT_DIR": str(meta_git)}
+    floor = statistics.median(wall([sys.executable, "-c", "pass"], env, runs))
+    print(f"  python -c pass         median {floor * 1000:5.0f} ms")
+    for which, root in (("new", REPO), ("old", old_root)):
+        if root is None:
+            continue
+        point_hooks_at(meta_git, root)
+        for kind in ("pre-receive", "post-receive"):
+            t = wall([str(meta_git / "hooks" / kind)], env, runs, line)
+            med = statistics.median(t)
+            print(
+                f"  {which} {kind:18} median {med * 1000:5.0f} ms  p95 {pct(t, 95) * 1000:5.0f} ms"
+                f"  ×{med / floor:4.1f} the floor"
+            )
+    point_hooks_at(meta_git, REPO)
+
+
+def wall(argv: list[str], env: dict[str, str], runs: int, stdin: str = "") -> list[float]:
+    """Wall times (s) of ``runs`` runs of ``argv`` fed ``stdin`` (each must exit 0)."""
     times = []
     for _ in range(runs):
         t0 = time.monotonic()
-        subprocess.run(argv, env=env, check=True, capture_output=True, cwd=REPO)
+        subprocess.run(
+            argv, env=env, check=True, capture_output=True, cwd=REPO, input=stdin.encode()
+        )
         times.append(time.monotonic() - t0)
     return times
 
@@ -220,6 +256,8 @@ def main() -> int:
             for which, row in sorted(res.items()):
                 for what in ("push", "running", "ui"):
                     print(f"  {which} {what:8} {describe(row[what])}")
+            print(f"hooks alone ({args.cli_runs} runs each)")
+            hooks_alone(s, args.cli_runs, old_root)
             print(f"CLI wall time ({args.cli_runs} runs each)")
             cli(s, args.cli_runs, old_root)
         finally:
