@@ -219,9 +219,20 @@ def sweep_sandbox() -> str | None:
 def sandbox_argv(bwrap: str, layout: Layout, state_dir: Path) -> list[str]:
     """The ``bwrap`` argv prefix that shows the host read-only and of ``<state>`` and
     ``<run>`` only ``state_dir`` (read-write); no network, own pid namespace."""
+    from controller.drivers import bwrap as bw
+
     hidden = sorted({Path(os.path.realpath(p)) for p in (layout.state, layout.run)})
     out = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     out += ["--unshare-all", "--die-with-parent", "--tmpfs", "/tmp"]
+    # the child runs this interpreter and imports controller: a checkout or venv under
+    # /tmp (a CI clone) must stay visible; <state> and <run> are hidden again below
+    tmp = Path(os.path.realpath("/tmp"))
+    for top in dict.fromkeys(
+        tmp / real.relative_to(tmp).parts[0]
+        for real in (Path(os.path.realpath(p)) for p in bw.runtime_paths())
+        if real != tmp and tmp in real.parents
+    ):
+        out += ["--ro-bind", str(top), str(top)]
     for h in sorted(hidden, key=lambda p: len(p.parts)):
         out += ["--tmpfs", str(h)]
     real = os.path.realpath(state_dir)
