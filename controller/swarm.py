@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -243,6 +244,15 @@ class Swarm:
         self._rev = 0  # bumped whenever failures / crashes / events / purge change
         self._rev_saved = 0
         self._rows_lock = threading.RLock()
+        # the observed state requests are served from: (driver generation, observed),
+        # refreshed by every pass, crash-watch tick and verb (``_observe``)
+        self._view: tuple[int | None, dict[str, ObservedAgent]] | None = None
+        self._view_lock = threading.Lock()
+        self._view_rev = 0  # bumped whenever a fresh observation differs from the last
+        self._list_cache: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
+        self._json_rows: dict[str, tuple[AgentStatus, dict[str, Any]]] = {}
+        self._tomb_cache: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
+        self._login_cache: dict[str, tuple[tuple[int, ...], tuple[bool | None, str]]] = {}
         doc = load_status(layout.status_file)
         self._status_doc: dict[str, Any] = doc
         holds = doc.get("holds")
@@ -272,6 +282,58 @@ class Swarm:
         purge = doc.get("purge")
         self._purge: set[str] = (
             {str(x) for x in purge if isinstance(x, str)} if isinstance(purge, list) else set()
+        )
+
+    # ================================================================ observed state
+
+    def _generation(self) -> int | None:
+        """The driver's change counter (``LocalDriver.generation``), None if it keeps none."""
+        fn = getattr(self.driver, "generation", None)
+        return int(fn()) if callable(fn) else None
+
+    def _observe(self) -> dict[str, ObservedAgent]:
+        """A fresh ``driver.observe()``; it becomes the view requests are served from."""
+        gen = self._generation()  # read first: a change during observe is seen next time
+        observed = self.driver.observe()
+        with self._view_lock:
+            if self._view is None or self._view[1] != observed:
+                self._view_rev += 1
+            self._view = (gen, observed)
+        return observed
+
+    def _observed(self) -> dict[str, ObservedAgent]:
+        """The observed state for a request: the last observation while the driver reports
+        no change since (its ``generation``), else a fresh one. Never mutate the result.
+
+        What the driver cannot report (an agent it did not start dying) shows up at the
+        next crash-watch tick (``config.crash_watch_seconds``) or pass. A driver without
+        ``generation`` is observed on every call.
+        """
+        gen = self._generation()
+        if gen is not None:
+            with self._view_lock:
+                view = self._view
+            if view is not None and view[0] == gen:
+                return view[1]
+        return self._observe()
+
+    def version(self) -> str:
+        """A token that changes whenever ``status()`` / ``tombstones()`` may change: observed
+        state, desired state, holds, failures, crashes, events, the last pass and refs.
+
+        Cheap (no process probing): the dashboard derives its ETag from it.
+        """
+        self._observed()
+        desired, _ = self.meta.desired_checked()
+        return ".".join(
+            (
+                str(self._view_rev),
+                desired.commit,
+                str(self._rev),
+                str(hash(json.dumps(self._holds, sort_keys=True, default=str))),
+                str(self._last_pass.get("at")),
+                str(self.meta.last_deploy()),
+            )
         )
 
     # ================================================================ triggers
@@ -320,7 +382,7 @@ class Swarm:
         if main != last:
             pending.append(f"main {main[:12]}: not deployed yet (pushed); deploy it")
         desired, invalid = self.meta.desired_checked()
-        observed = {n: o for n, o in self.driver.observe().items() if n not in invalid}
+        observed = {n: o for n, o in self._observed().items() if n not in invalid}
         actions = plan(desired, observed, held=frozenset(self._holds))
         return PassResult(tuple(actions), (), True, tuple(pending))
 
@@ -385,7 +447,7 @@ class Swarm:
             for name in list(self._holds):
                 if b.touches(name):
                     del self._holds[name]
-        observed = self.driver.observe()
+        observed = self._observe()
         self._watch_phases(desired, observed, now)
         plannable = {n: o for n, o in observed.items() if n not in invalid}
         actions = plan(desired, plannable, held=frozenset(self._holds))
@@ -394,7 +456,7 @@ class Swarm:
             outcome = done.get(action.agent, "")
             if outcome.startswith("error: "):
                 errors.append(f"{action.agent}: {action.kind.value}: {outcome[7:]}")
-        after = self.driver.observe() if actions else observed
+        after = self._observe() if actions else observed
         for b in builds:
             self._finish_build(b, desired, invalid, after, actions, done)
         if builds:
@@ -430,7 +492,7 @@ class Swarm:
                 return []
             now = self._clock()
             desired, invalid = self.meta.desired_checked()
-            observed = self.driver.observe()
+            observed = self._observe()
             reasons = [f"crash: {n}" for n in self._watch_phases(desired, observed, now)]
             self._watch_flags(desired, observed)
             if not reasons:
@@ -908,7 +970,28 @@ class Swarm:
         log.info("%s/%d: %s", "deployed" if ok else "failed", b.id, note)
 
     def _logged_in(self, agent: str) -> tuple[bool | None, str]:
-        claude = self.layout.agent_claude(agent)
+        """Whether ``agent`` has claude credentials, and how; re-read only when its claude
+        dir or claude's settings.json changed (two ``stat`` calls otherwise)."""
+        claude = str(self.layout.agent_claude(agent))
+        key: list[int] = []
+        for path in (claude, f"{claude}/settings.json"):
+            try:
+                st = os.stat(path)
+                key += (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                key += (0, 0, 0)
+        cached = self._login_cache.get(agent)
+        if cached is not None and cached[0] == tuple(key):
+            return cached[1]
+        found = self._read_login(Path(claude))
+        # a change within the last tick may be followed by another with the same mtime
+        if all(time.time_ns() - m > 50_000_000 for m in key[1::3]):
+            self._login_cache[agent] = (tuple(key), found)
+        else:
+            self._login_cache.pop(agent, None)
+        return found
+
+    def _read_login(self, claude: Path) -> tuple[bool | None, str]:
         if (claude / ".credentials.json").exists():
             return True, "claude credentials present"
         # a key or token pasted in the agent UI lands in the env block of claude's own
@@ -1141,7 +1224,7 @@ class Swarm:
         """
         with self._pass_lock:
             desired, _ = self.meta.desired_checked()
-            observed = self.driver.observe()
+            observed = self._observe()
             want = desired.agents.get(name)
             have = observed.get(name)
             if want is None and have is None:
@@ -1160,7 +1243,7 @@ class Swarm:
         if self._seen_phase is None:
             return
         with contextlib.suppress(Exception):
-            o = self.driver.observe().get(name)
+            o = self._observe().get(name)
             if o is None:
                 self._seen_phase.pop(name, None)
             else:
@@ -1209,13 +1292,38 @@ class Swarm:
     def list_agents(self) -> list[dict[str, Any]]:
         """Per-agent rows (``AgentStatus.to_json``): name, phase, conditions, commit
         (deployed) / observed_commit / desired_commit, since, web_port, model, held."""
-        desired, invalid = self.meta.desired_checked()
-        observed = self.driver.observe()
         dead = self.broker.dead_letter_counts()
-        rows = [r.to_json() for r in self._rows(desired, invalid, observed, self._clock())]
-        for row in rows:
-            row["dead_letters"] = dead.get(str(row.get("name")), 0)
-        return rows
+        return [
+            {**row, "dead_letters": dead.get(str(row.get("name")), 0)} for row in self._row_docs()
+        ]
+
+    def _row_docs(self) -> list[dict[str, Any]]:
+        """``AgentStatus.to_json`` of every row, reused while nothing they show changed
+        (observed and desired state, holds, failures, crashes, events). Shared: copy before
+        changing one."""
+        desired, invalid = self.meta.desired_checked()
+        observed = self._observed()
+        key = (
+            self._view_rev,
+            desired.commit,
+            id(desired),
+            self._rev,
+            json.dumps(self._holds, sort_keys=True, default=str),
+        )
+        with self._rows_lock:
+            cached = self._list_cache
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            docs: list[dict[str, Any]] = []
+            json_rows: dict[str, tuple[AgentStatus, dict[str, Any]]] = {}
+            for r in self._rows(desired, invalid, observed, self._clock()):
+                prev = self._json_rows.get(r.name)
+                doc = prev[1] if prev is not None and prev[0] is r else r.to_json()
+                json_rows[r.name] = (r, doc)
+                docs.append(doc)
+            self._json_rows = json_rows
+            self._list_cache = (key, docs)
+            return docs
 
     def agent_names(self) -> frozenset[str]:
         """Agents in desired state plus ``manager``: the valid recipients."""
@@ -1275,7 +1383,7 @@ class Swarm:
         neither desired nor observed."""
         _check_name(name)
         desired, invalid = self.meta.desired_checked()
-        observed = self.driver.observe()
+        observed = self._observed()
         rows = self._rows(desired, invalid, observed, self._clock())
         row = next((r for r in rows if r.name == name), None)
         if row is None:
@@ -1311,7 +1419,7 @@ class Swarm:
         with self._pass_lock:
             desired, invalid = self.meta.desired_checked()
             at_main = name in desired.agents or name in invalid
-            running = name in self.driver.observe()
+            running = name in self._observe()
             if not at_main and not running:
                 if purge and self._tombstone_paths(name):
                     return self._purge_locked(name)
@@ -1325,7 +1433,7 @@ class Swarm:
                 commit = self.meta.remove_agent(name, f"{what} {name}")
             self._save_now()
             result = self._pass()
-            if name in self.driver.observe():
+            if name in self._observe():
                 errs = "; ".join(e for e in result.errors if e.startswith(f"{name}:"))
                 return (
                     f"{name} removed from main"
@@ -1371,7 +1479,7 @@ class Swarm:
                     f"`hyperhive destroy {agent} --purge` removes and purges it",
                     field="name",
                 )
-            if agent in self.driver.observe():
+            if agent in self._observe():
                 raise Conflict(
                     f"{agent} is still being destroyed; try again after the next pass",
                     field="name",
@@ -1398,8 +1506,23 @@ class Swarm:
         """Destroyed agents whose state is kept, oldest first: ``{"name", "id",
         "destroyed_at", "bytes", "path", "commit", "in_place"}``."""
         desired, invalid = self.meta.desired_checked()
-        live = set(desired.agents) | set(invalid) | set(self.driver.observe())
-        return tombstones.listing(self.layout, live)
+        live = frozenset(desired.agents) | frozenset(invalid) | frozenset(self._observed())
+        stamps = []
+        for d in (self.layout.tombstones, self.layout.state / "agents"):
+            try:
+                st = d.stat()
+                stamps.append((st.st_ino, st.st_mtime_ns))
+            except OSError:
+                stamps.append((0, 0))
+        key = (live, *stamps)
+        cached = self._tomb_cache
+        if cached is not None and cached[0] == key:
+            return [dict(t) for t in cached[1]]
+        listing = tombstones.listing(self.layout, live)
+        # a dir changed within the last tick may change again with the same mtime: no cache
+        if all(time.time_ns() - m > 50_000_000 for _, m in stamps):
+            self._tomb_cache = (key, listing)
+        return [dict(t) for t in listing]
 
     def journal(self, name: str, unit: str | None = None, lines: int = 200) -> str:
         """The agent runtime's recent log lines (``driver.journal``): the container journal
@@ -1411,7 +1534,7 @@ class Swarm:
         if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= 5000:
             raise Invalid("lines must be between 1 and 5000", field="lines")
         desired, invalid = self.meta.desired_checked()
-        if name not in desired.agents and name not in invalid and name not in self.driver.observe():
+        if name not in desired.agents and name not in invalid and name not in self._observed():
             raise NotFound(f"no agent {name!r}", field="name")
         reader = getattr(self.driver, "journal", None)
         if not callable(reader):
@@ -1425,7 +1548,7 @@ class Swarm:
         "settings" (the rendered settings.json, or None)}``. NotFound for an unknown agent."""
         _check_name(name)
         desired, invalid = self.meta.desired_checked()
-        have = self.driver.observe().get(name)
+        have = self._observed().get(name)
         want = desired.agents.get(name)
         if want is None and have is None and name not in invalid:
             raise NotFound(f"no agent {name!r}", field="name")

@@ -76,6 +76,8 @@ from controller.status import Isolation
 from schemas.names import MANAGER, is_agent_name
 
 PID_FILE = "harness.pid"
+RACY_NS = 50_000_000
+"""An agent dir changed less than this long ago (ns) is re-read on every observe."""
 DEFAULT_ARGV: tuple[str, ...] = (sys.executable, "-m", "harness", "serve")
 PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
 PASS_NAMES = (
@@ -193,6 +195,10 @@ class LocalDriver:
         self._procs_lock = threading.Lock()
         self._bwrap: tuple[str | None, str] | None = None
         self._bwrap_lock = threading.Lock()
+        self._generation = 0
+        self._gen_lock = threading.Lock()
+        # agent dir -> ((inode, mtime ns), marker, pid info): observe re-reads changed dirs only
+        self._files: dict[str, tuple[tuple[int, int], Any, Any]] = {}
 
     # ------------------------------------------------------------ paths
 
@@ -215,19 +221,90 @@ class LocalDriver:
     # ------------------------------------------------------------ observe
 
     def _reap(self) -> None:
+        """Poll our children; an exit noticed here is a driver event (``generation``)."""
         with self._procs_lock:
             procs = list(self._procs.values())
         for proc in procs:
-            proc.poll()
+            self._poll(proc)
+
+    def _poll(self, proc: subprocess.Popen[bytes]) -> bool:
+        """True while ``proc`` runs; its exit (reaped here) bumps ``generation``."""
+        if proc.returncode is not None:
+            return False
+        if proc.poll() is None:
+            return True
+        self._bump()
+        return False
+
+    def _bump(self) -> None:
+        with self._gen_lock:
+            self._generation += 1
+
+    def generation(self) -> int:
+        """A counter that moves whenever what ``observe`` returns may have changed through
+        this driver: a start, stop, destroy or deploy, or one of its children exiting.
+
+        Cheap (one ``waitid`` probe while no child exited): the swarm serves requests from
+        its cached observation while this stays the same. A harness this driver did not
+        start (it survived a controller restart) dying is not seen here; the crash watch's
+        own ``observe`` finds it.
+        """
+        try:
+            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            exited = None
+        if exited is not None:
+            self._reap()
+        return self._generation
+
+    def _files_of(self, d: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """``(marker, pid info)`` of agent dir ``d``, re-read only when the dir changed.
+
+        Both files are only ever replaced by rename or unlinked, which moves the dir's
+        mtime; an mtime within ``RACY_NS`` of now is not trusted (the clock the kernel
+        stamps with is coarse: two changes in one tick leave the same mtime).
+        """
+        try:
+            st = os.stat(d)
+        except OSError:
+            self._files.pop(d, None)
+            return None, None
+        key = (st.st_ino, st.st_mtime_ns)
+        cached = self._files.get(d)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        marker = read_json(Path(d, MARKER_FILE))
+        info = read_json(Path(d, PID_FILE))
+        if time.time_ns() - st.st_mtime_ns > RACY_NS:
+            self._files[d] = (key, marker, info)
+        else:
+            self._files.pop(d, None)
+        return marker, info
 
     def _alive(self, info: Mapping[str, Any]) -> bool:
         try:
             pid = int(info["pid"])
-            proc = psutil.Process(pid)
-            if abs(proc.create_time() - float(info["create_time"])) > 0.05:
+            recorded = float(info["create_time"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        with self._procs_lock:
+            procs = list(self._procs.values())
+        proc = next((p for p in procs if p.pid == pid), None)
+        if proc is not None:
+            # our own child: waitpid says it all (an exited child is reaped here, not a zombie)
+            return self._poll(proc)
+        stat = _proc_stat(pid)
+        if stat is not None:
+            state, started = stat
+            if abs(started - recorded) > 0.05:
                 return False  # the pid was reused by another process
-            return proc.status() != psutil.STATUS_ZOMBIE
-        except (KeyError, TypeError, ValueError, psutil.Error):
+            return state != "Z"
+        try:
+            ps = psutil.Process(pid)
+            if abs(ps.create_time() - recorded) > 0.05:
+                return False
+            return ps.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
             return False
 
     def pid(self, agent: str) -> int | None:
@@ -239,20 +316,26 @@ class LocalDriver:
         return int(info["pid"])
 
     def observe(self) -> dict[str, ObservedAgent]:
-        """Every agent with a deployed marker or a pid file, keyed by name."""
+        """Every agent with a deployed marker or a pid file, keyed by name.
+
+        Per agent: one ``stat`` of its dir (the marker and pid file are re-read only when
+        it changed) and one liveness probe (``waitpid`` for our own children, one read
+        of ``/proc/<pid>/stat`` for others).
+        """
         self._reap()
         root = self.layout.state / "agents"
         out: dict[str, ObservedAgent] = {}
         try:
-            dirs = sorted(p for p in root.iterdir() if p.is_dir())
+            with os.scandir(root) as it:
+                names = sorted(e.name for e in it if e.is_dir(follow_symlinks=True))
         except FileNotFoundError:
             return out
-        for d in dirs:
-            name = d.name
+        base = str(root)
+        for name in names:
             if not is_agent_name(name):
                 continue
-            marker = read_json(d / MARKER_FILE)
-            info = read_json(d / PID_FILE)
+            marker, info = self._files_of(f"{base}/{name}")
+            d = root / name
             if marker is None and info is None:
                 continue
             marker = marker or {}
@@ -297,6 +380,7 @@ class LocalDriver:
             0o444,
         )
         write_marker(self.marker_file(name), marker_record(d, self._clock()))
+        self._bump()
 
     def create(self, d: Deployment, log: LineSink) -> None:
         """Write settings + marker and start the harness (an already running one is restarted)."""
@@ -377,7 +461,7 @@ class LocalDriver:
         ``Bubblewrap`` (True) or ``NoSandbox`` (False, the message says how to fix it).
         A harness started before bwrap was installed stays ``NoSandbox`` until restarted.
         """
-        info = read_json(self.pid_file(agent))
+        _, info = self._files_of(str(self.layout.agent_dir(agent)))
         if info is not None and self._alive(info) and isinstance(info.get("argv"), list):
             sandboxed = bool(info["argv"]) and os.path.basename(str(info["argv"][0])) == "bwrap"
             if sandboxed:
@@ -472,6 +556,7 @@ class LocalDriver:
             "started_at": self._clock(),
         }
         atomic_write(self.pid_file(agent), json.dumps(info) + "\n", 0o600)
+        self._bump()
         deadline = time.monotonic() + self.start_grace
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -521,6 +606,7 @@ class LocalDriver:
             pid_path.unlink()
         with self._procs_lock:
             self._procs.pop(name, None)
+        self._bump()
         with contextlib.suppress(OSError), open(self.log_file(name), "ab") as fh:
             fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} hyperhive: stopped\n".encode())
 
@@ -561,6 +647,7 @@ class LocalDriver:
         for f in (self.pid_file(name), self.marker_file(name)):
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()
+        self._bump()
 
     # ------------------------------------------------------------ logs
 
@@ -625,6 +712,32 @@ def _wait_group(pgid: int, deadline: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_BOOT_TIME: list[float] = []
+
+
+def _proc_stat(pid: int) -> tuple[str, float] | None:
+    """``(state letter, start time in unix seconds)`` of ``pid`` from ``/proc/<pid>/stat``
+    (psutil's formula: boot time + start ticks / CLK_TCK); None without /proc or pid.
+
+    One read instead of psutil's several: observe runs this once per agent.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: fields start after the last ")"
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        state, ticks = fields[0].decode(), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+    if not _BOOT_TIME:
+        _BOOT_TIME.append(psutil.boot_time())
+    return state, _BOOT_TIME[0] + ticks / _CLK_TCK
 
 
 def _mtime(path: Path) -> float | None:
