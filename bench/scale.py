@@ -43,13 +43,13 @@ from typing import Any
 import psutil
 import pygit2
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from controller.config import Config
 from controller.metarepo import MetaRepo
 from controller.paths import Layout
 from tests.realserve import (
+    ROOT,
     free_block,
     kill_agents,
     serve_argv,
@@ -120,9 +120,7 @@ def build_meta(layout: Layout, agents: int) -> None:
         agents_tb.insert(name, tb.write(), pygit2.GIT_FILEMODE_TREE)
     root_tb = repo.TreeBuilder(tree)
     root_tb.insert("agents", agents_tb.write(), pygit2.GIT_FILEMODE_TREE)
-    repo.create_commit(
-        "refs/heads/main", sig, sig, f"{agents} agents", root_tb.write(), [main]
-    )
+    repo.create_commit("refs/heads/main", sig, sig, f"{agents} agents", root_tb.write(), [main])
 
 
 @dataclass(frozen=True)
@@ -179,7 +177,9 @@ def measure(agents: int, requests: int, idle: float) -> Figures:
                 return len(rows) == agents + 1 and all(r["phase"] == "running" for r in rows)
 
             wait_for(f"{agents} agents running", all_running, timeout=600, interval=1.0)
-            _, _, body = request(host, "POST", "/login", {**auth, "Content-Type": "application/json"}, b"{}")
+            _, _, body = request(
+                host, "POST", "/login", {**auth, "Content-Type": "application/json"}, b"{}"
+            )
             url = json.loads(body)["url"]
             port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
             dash = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -244,7 +244,9 @@ def main() -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     figs = [measure(n, args.requests, args.idle) for n in sizes]
     floor, top = figs[0], figs[-1]
-    print(f"real serve, local runtime (sandbox off), stand-in agents; floor = {floor.agents} agents")
+    print(
+        f"real serve, local runtime (sandbox off), stand-in agents; floor = {floor.agents} agents"
+    )
     print(f"{'figure':<22}" + "".join(f"{f.agents:>10}" for f in figs) + f"{'ratio':>8}  target")
     ok = True
     for label, attr in (
@@ -259,11 +261,19 @@ def main() -> int:
         ok = ok and good
         row = "".join(f"{getattr(f, attr):>10.2f}" for f in figs)
         print(f"{label:<22}{row}{ratio:>8.2f}  ≤ 10, ≤ ×2 {'ok' if good else 'MISSED'}")
-    print(f"{'threads':<22}" + "".join(f"{f.threads:>10}" for f in figs) + f"{'':>8}  ≤ 50 "
-          + ("ok" if top.threads <= 50 else "MISSED"))
+    print(
+        f"{'threads':<22}"
+        + "".join(f"{f.threads:>10}" for f in figs)
+        + f"{'':>8}  ≤ 50 "
+        + ("ok" if top.threads <= 50 else "MISSED")
+    )
     print(f"{'fds':<22}" + "".join(f"{f.fds:>10}" for f in figs))
-    print(f"{'idle CPU % of a core':<22}" + "".join(f"{f.idle_cpu:>10.2f}" for f in figs)
-          + f"{'':>8}  ≤ 0.5 " + ("ok" if top.idle_cpu <= 0.5 else "MISSED"))
+    print(
+        f"{'idle CPU % of a core':<22}"
+        + "".join(f"{f.idle_cpu:>10.2f}" for f in figs)
+        + f"{'':>8}  ≤ 0.5 "
+        + ("ok" if top.idle_cpu <= 0.5 else "MISSED")
+    )
     ok = ok and top.threads <= 50 and top.idle_cpu <= 0.5
     return 0 if ok else 1
 
