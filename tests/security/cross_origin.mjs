@@ -80,7 +80,7 @@ try {
   async function attack(phase) {
     seen = true;
     await page.goto(cfg.attack, { waitUntil: 'domcontentloaded' });
-    const done = await page.waitForFunction(() => window.attackDone, null, { timeout: 90000 });
+    const done = await page.waitForFunction(() => window.attackDone, null, { timeout: 240000 });
     const page_saw = await done.jsonValue();
     await settle(); // late network events
     out.phases[phase] = { wire: wireOf(), page: page_saw };

@@ -119,7 +119,7 @@ def test_a_cross_origin_page_cannot_command_the_swarm(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,
         check=False,
     )
     assert result.exists(), f"cross_origin.mjs wrote nothing (exit {res.returncode}): {res.stderr}"
@@ -159,12 +159,13 @@ def test_a_cross_origin_page_cannot_command_the_swarm(
         )
         got = Counter(_key(r) for r in answered)
         lost = expected - got
+        # a request the page gave up on (a busy machine) shows here, before the tally below
+        page_saw = data["page"]
+        odd = [r for r in page_saw["results"] if str(r).startswith(("READ", "timeout"))]
+        assert not odd, (phase, odd)
         assert got == expected, (phase, lost, got - expected, [r for r in wire if _key(r) in lost])
         assert len(preflights) == n_routes, (phase, len(preflights))
         assert len(images) == 2 * STREAM_IMAGES, (phase, len(images))
-        page_saw = data["page"]
-        odd = [r for r in page_saw["results"] if str(r).startswith(("READ", "timeout"))]
-        assert not odd, odd
         for path, outcome in page_saw["reads"].items():
             tally.record(
                 CATEGORY,
