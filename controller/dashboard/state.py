@@ -58,6 +58,7 @@ class Snapshot:
         self._lock = threading.Lock()
         self._history_cache: tuple[float, list[dict[str, Any]]] | None = None
         self._logged: dict[str, str] = {}
+        self._agents_cache: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
 
     def forget_history(self) -> None:
         """Drop the cached history (after any POST: it may have decided something)."""
@@ -78,14 +79,7 @@ class Snapshot:
                 return default
 
         status: dict[str, Any] = section("status", self.ops.status, {})
-        agents = section(
-            "agents",
-            lambda: sorted(
-                (agent_view(r) for r in rows(status.get("agents", []))),
-                key=lambda a: (a["name"] != MANAGER, a["name"]),
-            ),
-            [],
-        )
+        agents = section("agents", lambda: self._agents(status), [])
         swarm = {k: v for k, v in status.items() if k != "agents"}
         proposals = section(
             "proposals",
@@ -121,6 +115,30 @@ class Snapshot:
             "recipients": recipients,
             "errors": errors,
         }
+
+    def _agents(self, status: dict[str, Any]) -> list[dict[str, Any]]:
+        """The agent cards, rebuilt only when the swarm's ``version()`` or a dead-letter
+        count moved (rendering 200 cards is most of a snapshot otherwise)."""
+        listed = rows(status.get("agents", []))
+        version = getattr(self.ops, "version", None)
+        key: tuple[Any, ...] | None = None
+        if callable(version):
+            key = (
+                str(version()),
+                tuple((r.get("name"), r.get("dead_letters")) for r in listed),
+            )
+            with self._lock:
+                cached = self._agents_cache
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        agents = sorted(
+            (agent_view(r) for r in listed),
+            key=lambda a: (a["name"] != MANAGER, a["name"]),
+        )
+        if key is not None:
+            with self._lock:
+                self._agents_cache = (key, agents)
+        return agents
 
     def _history(self) -> list[dict[str, Any]]:
         """Recent decided proposals; cached for ``HISTORY_TTL`` s (listing every proposal
