@@ -631,3 +631,38 @@ def test_recipients_and_pass_requests(up: Env) -> None:
     st = env.swarm.status()
     assert st["runtime"] == "local" and st["main"] == env.meta.main_commit()
     assert st["pending"] == 0 and {a["name"] for a in st["agents"]} == {"manager", "alice"}
+
+
+# ------------------------------------------------------------------ observed once per change
+
+
+def test_requests_are_served_from_the_last_observation_until_the_driver_reports_a_change(
+    up: Env,
+) -> None:
+    env = up
+    spawn_alice(env)
+    row = next(r for r in env.swarm.list_agents() if r["name"] == "alice")
+    assert row["phase"] == "running"
+    version = env.swarm.version()
+    # nothing changed: the same token, and the same rows without observing again
+    assert env.swarm.version() == version
+    gen = env.driver.generation()
+    # the harness dies: the driver's own child exiting is a driver event, so the very
+    # next request sees it (no crash-watch tick needed)
+    crash(env)
+    assert env.driver.generation() != gen
+    row = next(r for r in env.swarm.list_agents() if r["name"] == "alice")
+    assert row["phase"] == "failed"
+    assert env.swarm.version() != version
+
+
+def test_tombstones_are_listed_from_disk_and_follow_a_destroy(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    assert env.swarm.tombstones() == []
+    env.swarm.destroy("alice")
+    stones = env.swarm.tombstones()
+    assert [(t["name"], t["in_place"]) for t in stones] == [("alice", False)]
+    # the listing handed out is a copy: changing it changes nothing the next caller sees
+    stones[0]["name"] = "mallory"
+    assert [t["name"] for t in env.swarm.tombstones()] == ["alice"]
