@@ -183,7 +183,7 @@ def hooks_alone(s: Swarm, runs: int, old_root: Path | None) -> None:
             continue
         point_hooks_at(meta_git, root)
         for kind in ("pre-receive", "post-receive"):
-            t = wall([str(meta_git / "hooks" / kind)], env, runs, line)
+            t = wall([str(meta_git / "hooks" / kind)], env, runs, line, cwd=meta_git)
             med = statistics.median(t)
             print(
                 f"  {which} {kind:18} median {med * 1000:5.0f} ms  p95 {pct(t, 95) * 1000:5.0f} ms"
@@ -192,13 +192,19 @@ def hooks_alone(s: Swarm, runs: int, old_root: Path | None) -> None:
     point_hooks_at(meta_git, REPO)
 
 
-def wall(argv: list[str], env: dict[str, str], runs: int, stdin: str = "") -> list[float]:
-    """Wall times (s) of ``runs`` runs of ``argv`` fed ``stdin`` (each must exit 0)."""
+def wall(
+    argv: list[str], env: dict[str, str], runs: int, stdin: str = "", cwd: Path = Path("/")
+) -> list[float]:
+    """Wall times (s) of ``runs`` runs of ``argv`` fed ``stdin`` (each must exit 0).
+
+    ``cwd`` is never the repository: ``python -m`` puts the cwd first on
+    ``sys.path``, and an ``--old-root`` run must import the old tree.
+    """
     times = []
     for _ in range(runs):
         t0 = time.monotonic()
         subprocess.run(
-            argv, env=env, check=True, capture_output=True, cwd=REPO, input=stdin.encode()
+            argv, env=env, check=True, capture_output=True, cwd=cwd, input=stdin.encode()
         )
         times.append(time.monotonic() - t0)
     return times
