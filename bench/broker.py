@@ -254,7 +254,15 @@ def http_clients(
         return send
 
     label = "http" if keepalive else "http-nk"
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     res = run(label, make_sender(), h_recv, agents, samples, seconds, senders, make_sender)
+    cpu = time.process_time() - cpu0
+    res["client_cpu"] = cpu / (time.perf_counter() - wall0)
+    print(
+        f"{'':7s} client process busy {res['client_cpu'] * 100:.0f} % of a core, "
+        f"{cpu / max(res['messages'], 1.0) * 1e6:.0f} µs CPU per delivered message",
+        flush=True,
+    )
     opened = sum(c.connections_opened for c in [*clients.values(), *sending])
     res["conns_per_msg"] = opened / max(res["messages"], 1.0)
     print(f"{'':7s} connections opened per delivered message: {res['conns_per_msg']:.3f}")
@@ -277,8 +285,18 @@ def http_stack(
         target=http_clients,
         args=(str(sub), tokens, agents, samples, seconds, senders, keepalive, child),
     )
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     proc.start()
     res: dict[str, float] = parent.recv()
+    # this process only serves while the child drives it: its CPU time is the server's
+    cpu = time.process_time() - cpu0
+    res["server_cpu"] = cpu / (time.perf_counter() - wall0)
+    res["server_us_per_msg"] = cpu / max(res["messages"], 1.0) * 1e6
+    print(
+        f"{'':7s} server process busy {res['server_cpu'] * 100:.0f} % of a core, "
+        f"{res['server_us_per_msg']:.0f} µs CPU per delivered message (send + recv)",
+        flush=True,
+    )
     for a in agents:  # wake the parked receivers so they see their stop flag
         hb.send("bench", a, "bye")
     proc.join(60)

@@ -488,8 +488,19 @@ def _wake_future(fut: asyncio.Future[None]) -> None:
 
 
 def _wake_async(waiters: Sequence[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
-    """Resolve parked asyncio waiters from any thread (their loop runs the resolution)."""
+    """Resolve parked asyncio waiters from any thread (their loop runs the resolution).
+
+    On the waiter's own loop thread (a send over the HTTP API) the future is resolved
+    at once: no self-pipe write and wake-up of the loop, and the receiver's task is
+    ready before the sender's handler goes on."""
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
     for loop, fut in waiters:
+        if loop is here:
+            _wake_future(fut)
+            continue
         # a closed loop raises RuntimeError: nobody is waiting there any more
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_wake_future, fut)
@@ -498,15 +509,22 @@ def _wake_async(waiters: Sequence[tuple[asyncio.AbstractEventLoop, asyncio.Futur
 async def _park_async(
     fut: asyncio.Future[None], timeout: float, abandoned: asyncio.Event | None
 ) -> None:
-    """Wait until ``fut`` resolves, ``timeout`` seconds pass or ``abandoned`` is set."""
-    waits: list[asyncio.Future[Any]] = [fut]
+    """Wait until ``fut`` resolves, ``timeout`` seconds pass or ``abandoned`` is set.
+
+    Awaits ``fut`` itself (the timeout and ``abandoned`` resolve it), so a wake costs the
+    parked task one step of the loop, not the several of ``asyncio.wait``."""
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(timeout, _wake_future, fut)
+    watch: asyncio.Future[Any] | None = None
     if abandoned is not None:
-        waits.append(asyncio.ensure_future(abandoned.wait()))
+        watch = asyncio.ensure_future(abandoned.wait())
+        watch.add_done_callback(lambda _: _wake_future(fut))
     try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await fut
     finally:
-        for w in waits[1:]:
-            w.cancel()
+        timer.cancel()
+        if watch is not None:
+            watch.cancel()
 
 
 def _request_digest(*parts: object) -> str:

@@ -11,11 +11,22 @@ replaced by its target (``_inline``) and one validator is cached per ref:
 order do not change; ``tests/unit/test_validate.py`` compares both on a
 corpus). A schema that cannot be inlined (a recursive ``$ref``, or ``$ref``
 beside other keywords) keeps the registry.
+
+Faster still, for the hot request bodies (``SendRequest``, ``RecvRequest`` ...):
+a compiled schema that uses only simple keywords (``type``, ``properties``,
+``required``, ``additionalProperties: false``, bounds, lengths, ``pattern``,
+``items``, string ``enum``) also gets a plain-Python acceptance check
+(``_fast``, ~2 µs against ~20). It only ever says "valid"; anything it does not
+accept (an invalid body, or one it is unsure of, such as a float for an
+``integer``) goes through jsonschema as before, so verdicts and error messages
+are unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable, Sized
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -124,6 +135,134 @@ def _validator(ref: str) -> Draft202012Validator:
         )
 
 
+Check = Callable[[Any], bool]
+
+_TYPES: dict[str, Check] = {
+    "string": lambda x: isinstance(x, str),
+    # an integral float is an "integer" to jsonschema; not sure here, so not accepted
+    "integer": lambda x: isinstance(x, int) and not isinstance(x, bool),
+    "number": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+    "boolean": lambda x: isinstance(x, bool),
+    "object": lambda x: isinstance(x, dict),
+    "array": lambda x: isinstance(x, list),
+    "null": lambda x: x is None,
+}
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _props(props: dict[str, Check]) -> Check:
+    def check(x: Any) -> bool:
+        return not isinstance(x, dict) or all(k not in x or c(x[k]) for k, c in props.items())
+
+    return check
+
+
+def _required(names: tuple[str, ...]) -> Check:
+    def check(x: Any) -> bool:
+        return not isinstance(x, dict) or all(k in x for k in names)
+
+    return check
+
+
+def _closed(allowed: frozenset[str]) -> Check:
+    def check(x: Any) -> bool:
+        return not isinstance(x, dict) or allowed.issuperset(x)
+
+    return check
+
+
+def _bound(value: float, lower: bool) -> Check:
+    def check(x: Any) -> bool:
+        return not _is_num(x) or (x >= value if lower else x <= value)
+
+    return check
+
+
+def _length(kind: type[Sized], value: int, lower: bool) -> Check:
+    def check(x: Any) -> bool:
+        return not isinstance(x, kind) or (len(x) >= value if lower else len(x) <= value)
+
+    return check
+
+
+def _pattern(rx: re.Pattern[str]) -> Check:
+    def check(x: Any) -> bool:
+        return not isinstance(x, str) or rx.search(x) is not None  # jsonschema's re.search
+
+    return check
+
+
+def _items(item: Check) -> Check:
+    def check(x: Any) -> bool:
+        return not isinstance(x, list) or all(item(i) for i in x)
+
+    return check
+
+
+def _words(words: frozenset[str]) -> Check:
+    def check(x: Any) -> bool:
+        return isinstance(x, str) and x in words
+
+    return check
+
+
+def _all(checks: list[Check]) -> Check:
+    def check(x: Any) -> bool:
+        return all(c(x) for c in checks)
+
+    return check
+
+
+def _compile_fast(node: Any) -> Check:
+    """A check that is True only when ``node`` (a ref-free schema) accepts the instance;
+    ``_NotInlinable`` for a keyword it does not model exactly."""
+    if not isinstance(node, dict):
+        raise _NotInlinable("boolean schema")
+    checks: list[Check] = []
+    for key, value in node.items():
+        if key in _ANNOTATIONS:
+            continue
+        if key == "type" and isinstance(value, str) and value in _TYPES:
+            checks.append(_TYPES[value])
+        elif key == "properties" and isinstance(value, dict):
+            checks.append(_props({k: _compile_fast(v) for k, v in value.items()}))
+        elif key == "required" and isinstance(value, list):
+            checks.append(_required(tuple(value)))
+        elif key == "additionalProperties" and value is False:
+            checks.append(_closed(frozenset(node.get("properties", {}))))
+        elif key in ("minimum", "maximum") and _is_num(value):
+            checks.append(_bound(value, key == "minimum"))
+        elif key in ("minLength", "maxLength") and type(value) is int:
+            checks.append(_length(str, value, key == "minLength"))
+        elif key in ("minItems", "maxItems") and type(value) is int:
+            checks.append(_length(list, value, key == "minItems"))
+        elif key == "pattern" and isinstance(value, str):
+            checks.append(_pattern(re.compile(value)))
+        elif key == "items" and isinstance(value, dict):
+            checks.append(_items(_compile_fast(value)))
+        elif key == "enum" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            checks.append(_words(frozenset(value)))
+        else:
+            raise _NotInlinable(key)
+    return _all(checks)
+
+
+@cache
+def _fast(ref: str) -> Check | None:
+    """The plain-Python acceptance check for ``ref``, or None when its schema has a keyword
+    the check does not model (then jsonschema alone decides)."""
+    validator = _validator(ref)
+    if validator.schema is not None and "$ref" in json.dumps(validator.schema):
+        return None
+    try:
+        return _compile_fast(validator.schema)
+    except (_NotInlinable, re.error):
+        return None
+
+
 def _path(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
     required = error.validator_value
@@ -174,6 +313,9 @@ def validate(instance: Any, ref: str) -> None:
     Raises ``ValidationFailed`` naming the first offending field (the deepest,
     most specific error jsonschema reports).
     """
+    fast = _fast(ref)
+    if fast is not None and fast(instance):
+        return
     error = jsonschema.exceptions.best_match(_validator(ref).iter_errors(instance))
     if error is not None:
         raise ValidationFailed(_path(error), _reason(error))

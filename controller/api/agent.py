@@ -38,13 +38,20 @@ twice.
 Policy: ``send`` and ``ask`` need a recipient that exists (an agent in
 desired state, ``manager`` or ``operator``; else 404 listing who exists) and,
 when the caller's ``allowedRecipients`` is non-empty, one on that list or
-``manager`` (else 403 telling the model to go through the manager).
+``manager`` (else 403 telling the model to go through the manager). Reading
+desired state may wait on the reconcile thread, so it runs in a worker thread;
+its answer is kept for ``RECIPIENTS_TTL`` seconds and a recipient it allowed is
+allowed again inline meanwhile (a worker-thread hop is ~60 µs, a third of a
+send). A refusal is never answered from the cache: a new agent is reachable at
+once, a removed agent or a narrowed allow list bites within ``RECIPIENTS_TTL``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import falcon
@@ -67,6 +74,9 @@ from schemas.wire import MANAGER_ONLY_VERBS, Message, MessageKind, rfc3339
 
 Flavor = Literal["agent", "manager"]
 
+RECIPIENTS_TTL = 1.0
+"""Seconds a recipient check's reading of desired state is reused (see the module doc)."""
+
 Handler = Callable[[dict[str, Any], Request], Awaitable[dict[str, Any]]]
 
 MANAGER_VERBS = MANAGER_ONLY_VERBS
@@ -75,6 +85,26 @@ MANAGER_VERBS = MANAGER_ONLY_VERBS
 
 def _dup(m: Message) -> bool:
     return bool(m.extra.get("duplicate", False))
+
+
+@dataclass(frozen=True)
+class _Recipients:
+    """One reading of who exists (``names``) and whom the caller may message (``allowed``,
+    empty = anyone), good until ``until`` (monotonic seconds)."""
+
+    names: frozenset[str]
+    allowed: tuple[str, ...]
+    until: float
+
+    def allows(self, to: str) -> bool:
+        """True when this reading lets the caller message ``to``."""
+        return to in self.names and (not self.allowed or to in self.allowed or to == MANAGER)
+
+
+async def _let_woken_run() -> None:
+    """Yield once, so that a receiver the last commit woke on this loop answers before
+    the sender's own response is built (the wake is the latency that matters)."""
+    await asyncio.sleep(0)
 
 
 class _Post:
@@ -129,25 +159,38 @@ class AgentApi:
         self.identity = identity
         self.ops = ops
         self.flavor = flavor
+        self._recipients: _Recipients | None = None
 
     # -------------------------------------------------------------- policy
 
     def _status(self) -> dict[str, int]:
         return self.broker.status(self.identity).to_json()
 
+    async def allow_recipient(self, to: str, field: str = "to") -> None:
+        """``check_recipient`` for the event loop: inline when a fresh reading (under
+        ``RECIPIENTS_TTL`` seconds old) allows ``to``, else in a worker thread (which
+        also refreshes the reading). Raises what ``check_recipient`` raises."""
+        cached = self._recipients
+        if cached is not None and time.monotonic() < cached.until and cached.allows(to):
+            return
+        await asyncio.to_thread(self.check_recipient, to, field)
+
     def check_recipient(self, to: str, field: str = "to") -> None:
         """``NotFound`` unless ``to`` exists; ``Forbidden`` if the caller's allow list bars it.
 
-        Blocking (reads desired state): call it through ``asyncio.to_thread``.
+        Blocking (reads desired state): call it through ``asyncio.to_thread``, or
+        ``allow_recipient`` on the loop. Keeps what it read for ``allow_recipient``.
         """
-        known = set(self.ops.agent_names()) | {MANAGER, OPERATOR}
+        started = time.monotonic()
+        known = frozenset(self.ops.agent_names()) | {MANAGER, OPERATOR}
+        allowed = tuple(self.ops.allowed_recipients(self.identity))
+        self._recipients = _Recipients(known, allowed, started + RECIPIENTS_TTL)
         if to not in known:
             names = sorted(known)
             shown = ", ".join(names[:60]) + (
                 f" and {len(names) - 60} more" if len(names) > 60 else ""
             )
             raise NotFound(f"no agent named {to!r}; you can address: {shown}", field)
-        allowed = tuple(self.ops.allowed_recipients(self.identity))
         if allowed and to not in allowed and to != MANAGER:
             raise Forbidden(
                 f"{self.identity} may only message {', '.join(allowed)} (allowedRecipients); "
@@ -159,10 +202,11 @@ class AgentApi:
 
     async def send(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /send``."""
-        await asyncio.to_thread(self.check_recipient, doc["to"])
+        await self.allow_recipient(doc["to"])
         m = self.broker.send(
             self.identity, doc["to"], doc["body"], idempotency_key=doc.get("idempotency_key")
         )
+        await _let_woken_run()
         return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
 
     async def recv(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
@@ -188,7 +232,7 @@ class AgentApi:
 
     async def ask(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
         """``POST /ask``."""
-        await asyncio.to_thread(self.check_recipient, doc["to"])
+        await self.allow_recipient(doc["to"])
         m = self.broker.ask(
             self.identity, doc["to"], doc["question"], idempotency_key=doc.get("idempotency_key")
         )
@@ -233,6 +277,7 @@ class AgentApi:
             idempotency_key=doc.get("idempotency_key"),
             idempotency_owner=self.identity,
         )
+        await _let_woken_run()
         return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
 
     # -------------------------------------------------------------- manager verbs

@@ -350,3 +350,32 @@ def test_oversized_head_is_a_4xx(core: HttpCore) -> None:
     out = _raw(lis.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000)
     assert out.startswith(b"HTTP/1.1 400")
     lis.stop()
+
+
+def test_head_cap_counts_a_head_sent_in_pieces(core: HttpCore) -> None:
+    lis = core.serve_tcp(Echo())
+    with socket.create_connection(("127.0.0.1", lis.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        out = b""
+        try:
+            for _ in range(40):  # 40 KiB of headers, 1 KiB a read
+                s.sendall(b"X-Pad: " + b"a" * 1017 + b"\r\n")
+                time.sleep(0.005)
+        except OSError:
+            pass  # closed on us: what we want
+        while chunk := s.recv(65536):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 400")
+    # a large head under the cap, and two pipelined requests in one write, are served
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 12_000 + b"\r\n\r\n"
+    two = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" + big[:-2]
+    two += b"Connection: close\r\n\r\n"
+    assert (
+        _raw(lis.port, big + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").count(
+            b"HTTP/1.1 200"
+        )
+        == 2
+    )
+    out = _raw(lis.port, two)
+    assert out.count(b"HTTP/1.1 200") == 2 and b"abc" in out
+    lis.stop()

@@ -133,3 +133,17 @@ def test_event_errors_name_the_field() -> None:
     with pytest.raises(ValidationFailed) as exc:
         validate({"type": "ContainerCrash"}, "events")
     assert exc.value.field
+
+
+def test_hot_request_bodies_have_the_fast_check() -> None:
+    """The fast check covers the bodies of every request a harness sends on each turn, and
+    never accepts what jsonschema refuses (the corpus test above runs through it too)."""
+    from schemas.validate import _fast
+
+    for name in ("SendRequest", "RecvRequest", "AckRequest", "WakeRequest", "ReleaseRequest"):
+        check = _fast(f"wire#{name}")
+        assert check is not None, name
+        rng = random.Random(name)
+        for instance in _corpus(f"wire#{name}", rng):
+            if check(instance):
+                assert _reference(instance, f"wire#{name}") is None, json.dumps(instance)[:200]
