@@ -253,6 +253,11 @@ class Swarm:
         self._json_rows: dict[str, tuple[AgentStatus, dict[str, Any]]] = {}
         self._tomb_cache: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
         self._login_cache: dict[str, tuple[tuple[int, ...], tuple[bool | None, str]]] = {}
+        self._claude_dirs: dict[str, str] = {}
+        self._recorded: tuple[Any, ...] | None = None  # what the last ``_record`` saw
+        self._status_cache: tuple[tuple[Any, ...], bytes] | None = None
+        self._quiet: tuple[Any, ...] | None = None  # the key of the last pass with no plan
+        self._view_at = float("-inf")  # time.monotonic() of the last fresh observe
         doc = load_status(layout.status_file)
         self._status_doc: dict[str, Any] = doc
         holds = doc.get("holds")
@@ -299,6 +304,7 @@ class Swarm:
             if self._view is None or self._view[1] != observed:
                 self._view_rev += 1
             self._view = (gen, observed)
+            self._view_at = time.monotonic()
         return observed
 
     def _observed(self) -> dict[str, ObservedAgent]:
@@ -447,7 +453,17 @@ class Swarm:
             for name in list(self._holds):
                 if b.touches(name):
                     del self._holds[name]
-        observed = self._observe()
+        # the view is fresh enough while the driver reports no change and the crash watch's
+        # period has not run out (what it cannot report, the watch's own observe finds)
+        recent = time.monotonic() - self._view_at < self.config.crash_watch_seconds
+        observed = self._observed() if recent and not builds else self._observe()
+        quiet = self._quiet_key(desired, invalid)
+        if not builds and not errors and quiet == self._quiet:
+            # nothing moved since a pass that planned nothing: it plans nothing again
+            # (the plan is a function of desired, observed, invalid and holds, all in the key)
+            errors += [f"{name}: {why}" for name, why in invalid.items()]
+            self._last_pass = {"at": rfc3339(now), "plan": [], "errors": errors, "builds": []}
+            return PassResult((), tuple(errors))
         self._watch_phases(desired, observed, now)
         plannable = {n: o for n, o in observed.items() if n not in invalid}
         actions = plan(desired, plannable, held=frozenset(self._holds))
@@ -473,7 +489,19 @@ class Swarm:
         }
         self._watch_flags(desired, after)
         self._record(desired, invalid, after, now)
+        self._quiet = None if actions or builds else self._quiet_key(desired, invalid)
         return PassResult(tuple(actions), tuple(errors))
+
+    def _quiet_key(self, desired: DesiredState, invalid: Mapping[str, str]) -> tuple[Any, ...]:
+        """What a pass's plan and record depend on: the same key, the same outcome."""
+        return (
+            self._view_rev,
+            desired.commit,
+            id(desired),
+            tuple(sorted(invalid.items())),
+            self._rev,
+            json.dumps(self._holds, sort_keys=True, default=str),
+        )
 
     # ---------------------------------------------------------------- crash watch
 
@@ -972,7 +1000,9 @@ class Swarm:
     def _logged_in(self, agent: str) -> tuple[bool | None, str]:
         """Whether ``agent`` has claude credentials, and how; re-read only when its claude
         dir or claude's settings.json changed (two ``stat`` calls otherwise)."""
-        claude = str(self.layout.agent_claude(agent))
+        claude = self._claude_dirs.get(agent)
+        if claude is None:
+            claude = self._claude_dirs[agent] = str(self.layout.agent_claude(agent))
         key: list[int] = []
         for path in (claude, f"{claude}/settings.json"):
             try:
@@ -1136,9 +1166,14 @@ class Swarm:
             if c.state.expired(now):
                 del self._crashes[name]
                 self._rev += 1
+        # nothing a row shows moved since the last record (a no-op pass): skip the rows
+        key = self._quiet_key(desired, invalid)
+        if key == self._recorded and self._saved is not None:
+            return
         rows = self._rows(desired, invalid, observed, now)
         self._conditions = {r.name: r.conditions for r in rows}
         self._save(rows, desired.commit, now)
+        self._recorded = key
 
     def _extra_doc(self) -> dict[str, Any]:
         return {
@@ -1569,6 +1604,20 @@ class Swarm:
             "agent_nix": nix,
             "settings": settings,
         }
+
+    def status_json(self) -> bytes:
+        """``status()`` as compact JSON (UTF-8), encoded again only when ``version()``, the
+        pending count or a dead-letter count moved: an unchanged swarm costs no per-agent
+        work (host.sock ``/status``)."""
+        dead = self.broker.dead_letter_counts()
+        pending = len(self.meta.ids_by_state()[ProposalState.PENDING])
+        key = (self.version(), pending, tuple(sorted(dead.items())))
+        cached = self._status_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        body = json.dumps(self.status(), separators=(",", ":"), default=str).encode()
+        self._status_cache = (key, body)
+        return body
 
     def status(self) -> dict[str, Any]:
         """``{"agents": [rows], "pending": n, "main", "last_deploy", "runtime", "runtime_note",

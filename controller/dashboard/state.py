@@ -7,7 +7,11 @@ A section that fails is reported under ``errors`` instead of failing the page.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +41,10 @@ HISTORY_TTL = 15.0
 """Seconds the history list is reused between snapshots."""
 
 
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
 class SnapshotBroker(Protocol):
     """The broker methods the snapshot reads."""
 
@@ -59,6 +67,11 @@ class Snapshot:
         self._history_cache: tuple[float, list[dict[str, Any]]] | None = None
         self._logged: dict[str, str] = {}
         self._agents_cache: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
+        # (the cards list, its encoding, a sequence number naming that encoding)
+        self._agents_enc: tuple[list[dict[str, Any]], bytes, str] | None = None
+        self._enc_seq = itertools.count(1)
+        # names this process's encodings: an ETag from before a restart never matches
+        self._salt = os.urandom(8).hex()
 
     def forget_history(self) -> None:
         """Drop the cached history (after any POST: it may have decided something)."""
@@ -115,6 +128,34 @@ class Snapshot:
             "recipients": recipients,
             "errors": errors,
         }
+
+    def render(self) -> tuple[bytes, str]:
+        """``(body, etag)`` of ``/api/state``: compact JSON of ``build()`` and its ETag.
+
+        The agent cards (the part that grows with the swarm) are encoded again only when
+        they were rebuilt (``_agents``); the ETag is the hash of the other, small sections
+        plus the cards' version, so answering a 304 never hashes the whole body.
+        """
+        doc = self.build()
+        agents = doc["agents"]
+        with self._lock:
+            enc = self._agents_enc
+        if enc is None or enc[0] is not agents:
+            encoded = _dumps(agents)
+            same = enc is not None and enc[1] == encoded
+            enc = (agents, encoded, enc[2] if enc is not None and same else self._next_tag())
+            with self._lock:
+                self._agents_enc = enc
+        small = {k: v for k, v in doc.items() if k != "agents"}
+        small_body = _dumps(small)
+        digest = hashlib.sha256(small_body)
+        digest.update(f"|{enc[2]}".encode())
+        # the cards go first: {"agents": [...], <the small sections>}
+        body = b'{"agents":' + enc[1] + b"," + small_body[1:]
+        return body, digest.hexdigest()[:32]
+
+    def _next_tag(self) -> str:
+        return f"{self._salt}.{next(self._enc_seq)}"
 
     def _agents(self, status: dict[str, Any]) -> list[dict[str, Any]]:
         """The agent cards, rebuilt only when the swarm's ``version()`` or a dead-letter

@@ -196,6 +196,7 @@ class LocalDriver:
         self._bwrap: tuple[str | None, str] | None = None
         self._bwrap_lock = threading.Lock()
         self._generation = 0
+        self._agents_root = str(layout.state / "agents")
         self._gen_lock = threading.Lock()
         # agent dir -> ((inode, mtime ns), marker, pid info): observe re-reads changed dirs only
         self._files: dict[str, tuple[tuple[int, int], Any, Any]] = {}
@@ -281,16 +282,16 @@ class LocalDriver:
             self._files.pop(d, None)
         return marker, info
 
-    def _alive(self, info: Mapping[str, Any]) -> bool:
+    def _alive(self, info: Mapping[str, Any], agent: str | None = None) -> bool:
+        """Whether the process ``info`` (a pid file) records still runs; ``agent`` names
+        whose pid file it is (its own child is then probed with ``waitpid``)."""
         try:
             pid = int(info["pid"])
             recorded = float(info["create_time"])
         except (KeyError, TypeError, ValueError):
             return False
-        with self._procs_lock:
-            procs = list(self._procs.values())
-        proc = next((p for p in procs if p.pid == pid), None)
-        if proc is not None:
+        proc = self._procs.get(agent) if agent is not None else None
+        if proc is not None and proc.pid == pid:
             # our own child: waitpid says it all (an exited child is reaped here, not a zombie)
             return self._poll(proc)
         stat = _proc_stat(pid)
@@ -311,7 +312,7 @@ class LocalDriver:
         """The live harness pid of ``agent``, or None."""
         self._reap()
         info = read_json(self.pid_file(agent))
-        if info is None or not self._alive(info):
+        if info is None or not self._alive(info, agent):
             return None
         return int(info["pid"])
 
@@ -340,7 +341,7 @@ class LocalDriver:
                 continue
             marker = marker or {}
             notes: list[str] = []
-            if info is not None and self._alive(info):
+            if info is not None and self._alive(info, name):
                 phase = Phase.RUNNING
                 since = float(info.get("started_at") or info.get("create_time") or 0) or None
                 notes.append(f"pid {info['pid']}")
@@ -461,8 +462,8 @@ class LocalDriver:
         ``Bubblewrap`` (True) or ``NoSandbox`` (False, the message says how to fix it).
         A harness started before bwrap was installed stays ``NoSandbox`` until restarted.
         """
-        _, info = self._files_of(str(self.layout.agent_dir(agent)))
-        if info is not None and self._alive(info) and isinstance(info.get("argv"), list):
+        _, info = self._files_of(f"{self._agents_root}/{agent}")
+        if info is not None and self._alive(info, agent) and isinstance(info.get("argv"), list):
             sandboxed = bool(info["argv"]) and os.path.basename(str(info["argv"][0])) == "bwrap"
             if sandboxed:
                 return Isolation(
@@ -584,7 +585,7 @@ class LocalDriver:
             with contextlib.suppress(FileNotFoundError):
                 pid_path.unlink()
             return
-        if self._alive(info):
+        if self._alive(info, name):
             pid = int(info["pid"])
             pgid = int(info.get("pgid") or pid)
             own_group = pgid == pid and pgid != os.getpgrp()

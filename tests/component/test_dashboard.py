@@ -32,6 +32,7 @@ from dashboard_fakes import (
     session_cookie,
 )
 
+from controller.dashboard.state import Snapshot
 from controller.dashboard.views import (
     agent_view,
     describe_view,
@@ -143,6 +144,44 @@ def test_state_etag_304(client: falcon.testing.TestClient) -> None:
     client.simulate_post("/api/send", json={"to": "alice", "body": "hi"})
     client.simulate_post("/api/proposals/7/approve", json={})
     assert client.simulate_get("/api/state", headers={"If-None-Match": etag}).status_code == 200
+
+
+class VersionedOps(FakeOps):
+    """``FakeOps`` with the swarm's ``version()``: a token bumped by every change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rev = 0
+
+    def version(self) -> str:
+        return str(self.rev)
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_snapshot_render_is_the_build_and_its_etag_follows_the_state(versioned: bool) -> None:
+    ops, broker = demo()
+    if versioned:
+        o: FakeOps = VersionedOps()
+        o.__dict__.update({k: v for k, v in ops.__dict__.items() if k != "rev"})
+    else:
+        o = ops
+    snap = Snapshot(o, broker)
+    body, etag = snap.render()
+    assert json.loads(body) == json.loads(json.dumps(snap.build(), default=str))
+    assert snap.render() == (body, etag)  # nothing changed: the same body and ETag
+    row = dict(next(a for a in o.agents.values() if a.get("phase") != "failed"))
+    row["phase"] = "failed"
+    o.add_agent(row)
+    if isinstance(o, VersionedOps):
+        o.rev += 1  # what the swarm does when an agent's observed state moves
+    body2, etag2 = snap.render()
+    assert etag2 != etag
+    assert any(a["phase"] == "failed" for a in json.loads(body2)["agents"])
+    # a change outside the agent cards moves the ETag too
+    o.kept.clear()
+    assert snap.render()[1] != etag2
+    # another process (a restarted controller) never reuses an ETag
+    assert Snapshot(o, broker).render()[1] != snap.render()[1]
 
 
 def test_state_survives_a_failing_section(fakes: tuple[FakeOps, FakeBroker]) -> None:

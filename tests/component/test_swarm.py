@@ -666,3 +666,22 @@ def test_tombstones_are_listed_from_disk_and_follow_a_destroy(up: Env) -> None:
     # the listing handed out is a copy: changing it changes nothing the next caller sees
     stones[0]["name"] = "mallory"
     assert [t["name"] for t in env.swarm.tombstones()] == ["alice"]
+
+
+def test_status_json_is_the_status_and_follows_changes(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    body = env.swarm.status_json()
+    assert json.loads(body) == json.loads(json.dumps(env.swarm.status(), default=str))
+    assert env.swarm.status_json() is body  # nothing moved: the encoded document is kept
+    crash(env)
+    doc = json.loads(env.swarm.status_json())
+    assert next(r for r in doc["agents"] if r["name"] == "alice")["phase"] == "failed"
+    # a quiet pass after a pass that planned nothing plans nothing, and still restarts
+    # what the driver reports dead
+    result = env.swarm.reconcile()
+    assert [(a.agent, a.kind) for a in result.plan] == [("alice", ActionKind.START)]
+    assert not env.swarm.reconcile().plan
+    assert not env.swarm.reconcile().plan
+    doc = json.loads(env.swarm.status_json())
+    assert next(r for r in doc["agents"] if r["name"] == "alice")["phase"] == "running"
