@@ -1,6 +1,12 @@
 """Harness overhead per turn, measured against the real claude CLI and the fake Messages API.
 
-Run by hand: ``.venv/bin/python bench/turn.py [--turns N] [--mcp] [--gap S]``.
+Run by hand: ``.venv/bin/python bench/turn.py [--turns N] [--mcp] [--gap S] [--stdio]``.
+
+The headline: **turn overhead** = operator send → turn recorded (the message handed to the
+stand-in socket → the turn-stats row written), over the floor: the very ``claude -p`` argv
+the harness builds, run bare with an empty ``--mcp-config`` (no MCP server), to its exit.
+Target ≤ +5 % (issue 10). ``--stdio`` makes claude start the stdio server instead of the
+harness-served endpoint; ``--python WRAPPER`` runs another build of it (for before/after).
 
 Two figures, both milliseconds, both pure harness overhead (claude's own work excluded):
 
@@ -16,7 +22,7 @@ the harness overhead). Also printed: whole-turn wall time, for scale. With ``--g
 (a backlog) recv→spawn also includes waiting for the previous claude process to exit,
 which the harness does in the background after recording the previous turn.
 
-Beside them, for scale, the CLI's own start-up: ``claude --version`` and the very
+Beside them, the CLI's own start-up: ``claude --version`` and the very
 ``claude -p`` invocation the harness builds, run bare (no harness), wall time to its
 result line and to its exit. Last, memory: ``python -m harness serve`` as its own process
 (stand-in socket, fake API, its UI on its unix socket ``web.sock`` as in production), its
@@ -53,6 +59,7 @@ from standin import TOKEN, StandIn, UnixHTTPConnection, request, write_credentia
 from harness.config import HarnessEnv, parse_settings  # noqa: E402
 from harness.events import Bus, EventLog  # noqa: E402
 from harness.loop import Timings, TurnLoop  # noqa: E402
+from harness.mcp_http import McpEndpoint  # noqa: E402
 from harness.model import ModelStore  # noqa: E402
 from harness.turnstats import TurnRow, TurnStats  # noqa: E402
 from schemas.client import UnixClient  # noqa: E402
@@ -80,29 +87,41 @@ def describe(name: str, values: list[float]) -> str:
     )
 
 
-def bare_cli(loop: TurnLoop, runs: int) -> tuple[list[float], list[float], list[float]]:
-    """``claude --version`` wall times, and the harness' own ``claude -p`` argv run bare:
-    wall time to the result line and to the process exit (ms)."""
-    version: list[float] = []
-    to_result: list[float] = []
-    to_exit: list[float] = []
+def _run_bare(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """One ``claude -p`` run, prompt on stdin: ms to its result line and to its exit."""
+    to_result = float("nan")
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, cwd=cwd, env=env)  # fmt: skip
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(b"go bare")
+    p.stdin.close()
+    for line in p.stdout:
+        if line.startswith(b'{"type":"result"'):
+            to_result = (time.monotonic() - t0) * 1000
+    p.wait()
+    return to_result, (time.monotonic() - t0) * 1000
+
+
+def bare_cli(loop: TurnLoop, runs: int, root: Path) -> dict[str, list[float]]:
+    """The CLI alone (ms): ``claude --version``; the harness' own ``claude -p`` argv run bare
+    (to the result line, to the exit); and the floor: the same argv with an empty
+    ``--mcp-config`` (no MCP server at all), to its exit. Runs interleave, so drift in the
+    machine's load hits every figure alike."""
+    out: dict[str, list[float]] = {k: [] for k in ("version", "result", "exit", "floor")}
     inv = loop._invocation(loop.models.current(), False)
+    empty = root / "no-mcp.json"
+    empty.write_text('{"mcpServers": {}}')
+    floor_argv = [f"--mcp-config={empty}" if a.startswith("--mcp-config=") else a for a in inv.argv]
     for _ in range(runs):
         t0 = time.monotonic()
         subprocess.run([inv.argv[0], "--version"], capture_output=True, env=inv.env, check=True)
-        version.append((time.monotonic() - t0) * 1000)
-        t0 = time.monotonic()
-        p = subprocess.Popen(inv.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, cwd=inv.cwd, env=inv.env)  # fmt: skip
-        assert p.stdin is not None and p.stdout is not None
-        p.stdin.write(b"go bare")
-        p.stdin.close()
-        for line in p.stdout:
-            if line.startswith(b'{"type":"result"'):
-                to_result.append((time.monotonic() - t0) * 1000)
-        p.wait()
-        to_exit.append((time.monotonic() - t0) * 1000)
-    return version, to_result, to_exit
+        out["version"].append((time.monotonic() - t0) * 1000)
+        to_result, to_exit = _run_bare(inv.argv, inv.env, inv.cwd)
+        out["result"].append(to_result)
+        out["exit"].append(to_exit)
+        out["floor"].append(_run_bare(floor_argv, inv.env, inv.cwd)[1])
+    return out
 
 
 def _rss_mb(pid: int) -> float:
@@ -205,6 +224,18 @@ def main() -> int:
     )
     ap.add_argument("--bare", type=int, default=5, help="bare claude runs for the start-up figures")
     ap.add_argument("--no-memory", action="store_true", help="skip the resident-memory part")
+    ap.add_argument(
+        "--stdio",
+        action="store_true",
+        help="claude starts the stdio MCP server (hyperhive-agent mcp) each turn instead of "
+        "using the harness-served endpoint",
+    )
+    ap.add_argument(
+        "--python",
+        default=None,
+        help="the interpreter the --mcp-config names for the hyperhive server (default: this "
+        "one); a wrapper script here compares another server build",
+    )
     args = ap.parse_args()
     cli = find_claude_cli(REPO)
     if cli is None:
@@ -260,19 +291,29 @@ def main() -> int:
                 done.append((row, t))
                 got.set()
 
+            if args.python:
+                loop.python = args.python
+            if not args.stdio:  # what serve does: the harness serves the MCP tools itself
+                loop.mcp = McpEndpoint("agent", UnixClient(sock.path, token=TOKEN)).start()
             loop.on_turn_recorded = recorded
             worker = threading.Thread(target=loop.run_forever, daemon=True)
             worker.start()
             spawn: list[float] = []
             record: list[float] = []
             wall: list[float] = []
+            send: list[float] = []
+            floor_paired: list[float] = []
+            empty = root / "no-mcp.json"
+            empty.write_text('{"mcpServers": {}}')
             for i in range(args.turns + 1):
                 time.sleep(args.gap if i else 0)
                 got.clear()
+                sent_at = time.monotonic()
                 sock.deliver("bob", f"go {i}")
                 if not got.wait(120):
                     print("turn timed out", file=sys.stderr)
                     return 1
+                took = (time.monotonic() - sent_at) * 1000
                 row, t = done[-1]
                 if row.result_kind != "ok":
                     print(f"turn {i} {row.result_kind}: {row.note}", file=sys.stderr)
@@ -283,21 +324,40 @@ def main() -> int:
                 spawn.append(t.recv_to_spawn_ms)
                 record.append(t.result_to_recorded_ms)
                 wall.append(float(row.duration_ms))
+                send.append(took)
+                # the floor right after, so the machine's drifting load hits both alike: the
+                # argv of the next turn (--continue, same cwd and session), no MCP server
+                inv = loop._invocation(loop.models.current(), True)
+                argv = [f"--mcp-config={empty}" if a.startswith("--mcp-config=") else a
+                        for a in inv.argv]  # fmt: skip
+                floor_paired.append(_run_bare(argv, inv.env, inv.cwd)[1])
             loop.stop()
             loop.wait_idle(10)
             loop.runner.reap(10)
-            version, bare_result, bare_exit = bare_cli(loop, args.bare)
+            bare = bare_cli(loop, args.bare, root)
         mem = None if args.no_memory else memory(cli, root)
 
     mcp = " · one MCP tool call each" if args.mcp else ""
+    mcp += " · stdio MCP server" if args.stdio else " · MCP served by the harness"
     print(f"claude {cli} · {args.turns} turns{mcp} · gap {args.gap:g} s (ms)")
     print(describe("recv→spawn", spawn))
     print(describe("result→recorded", record))
     print(describe("whole turn (wall)", wall))
+    print(describe("send→recorded", send))
     print(f"the CLI alone, {args.bare} runs (ms):")
-    print(describe("claude --version", version))
-    print(describe("claude -p → result", bare_result))
-    print(describe("claude -p → exit", bare_exit))
+    print(describe("claude --version", bare["version"]))
+    print(describe("claude -p → result", bare["result"]))
+    print(describe("claude -p → exit", bare["exit"]))
+    print(describe("floor: no MCP", bare["floor"]))
+    print(describe("floor, paired", floor_paired))
+    ratios = [t / f for t, f in zip(send, floor_paired, strict=True)]
+    ratio = statistics.median(ratios)
+    print(
+        f"turn overhead: send→recorded {statistics.median(send):.0f} ms over the floor (the "
+        f"turn's claude -p argv run bare right after it, no MCP) "
+        f"{statistics.median(floor_paired):.0f} ms: median of per-turn ratios ×{ratio:.3f} "
+        f"({(ratio - 1) * 100:+.1f} %; target ≤ +5 %)"
+    )
     if mem is not None:
         print(
             f"harness RSS: idle {mem['idle_mb']:.1f} MiB · while streaming "

@@ -98,11 +98,12 @@ def render_mcp_config(
     python: str = sys.executable,
     pythonpath: str | None = None,
     credential_file: str | None = None,
+    hyperhive: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``--mcp-config`` document::
 
         {"mcpServers": {
-            "hyperhive": {"command": python, "args": ["-m", "harness", "mcp"],
+            "hyperhive": {"command": python, "args": ["-m", "harness.mcp_server"],
                           "env": {"HYPERHIVE_SOCKET", "HYPERHIVE_FLAVOR", "HYPERHIVE_AGENT",
                                   "PYTHONSAFEPATH": "1", ["PYTHONPATH": pythonpath],
                                   ["HYPERHIVE_CREDENTIAL_FILE": credential_file]}},
@@ -110,9 +111,15 @@ def render_mcp_config(
 
     ``PYTHONSAFEPATH`` keeps the server from importing out of its cwd (the state
     dir, where the agent writes files); ``pythonpath`` (see :func:`import_path`)
-    lets it import what ``serve`` imports. ``credential_file`` is where the server
+    lets it import what ``serve`` imports. The module is run directly, not through
+    ``python -m harness mcp``, so claude's wait for it skips the CLI's argparse set-up.
+    ``credential_file`` is where the server
     reads the agent's broker credential (the path, never the secret: this document is
     written to the state dir).
+
+    ``hyperhive``, when given, replaces the stdio entry: the harness serves the tools itself
+    (``{"type": "http", "url", "headers"}`` from :meth:`harness.mcp_http.McpEndpoint.mcp_config`),
+    so claude starts no server process.
     """
     env = {"HYPERHIVE_SOCKET": socket, "HYPERHIVE_FLAVOR": flavor, "HYPERHIVE_AGENT": agent}
     env["PYTHONSAFEPATH"] = "1"
@@ -121,7 +128,9 @@ def render_mcp_config(
     if credential_file:
         env["HYPERHIVE_CREDENTIAL_FILE"] = credential_file
     servers: dict[str, Any] = {
-        SERVER_KEY: {"command": python, "args": ["-m", "harness", "mcp"], "env": env}
+        SERVER_KEY: dict(hyperhive)
+        if hyperhive is not None
+        else {"command": python, "args": ["-m", "harness.mcp_server"], "env": env}
     }
     for key, spec in usable_extras(extras).items():
         servers[key] = {"command": spec.command, "args": list(spec.args), "env": dict(spec.env)}

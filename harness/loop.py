@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import claude, login, prompts
 from harness.config import HarnessEnv, Settings, turn_timeout
@@ -51,6 +51,9 @@ from harness.stream import (
 )
 from harness.turn import ClaudeRunner, RunKind, RunResult
 from harness.turnstats import TurnRow, TurnStats
+
+if TYPE_CHECKING:
+    from harness.mcp_http import McpEndpoint
 from schemas.client import ApiError, UnixClient, Unreachable
 from schemas.names import MANAGER
 from schemas.wire import Message, Status
@@ -131,6 +134,8 @@ class TurnLoop:
         self.runner = runner or ClaudeRunner()
         self.python = python
         self.mcp_config_path = env.state_dir / "hyperhive-mcp.json"
+        #: the harness-served MCP tools (serve sets it); None: claude starts the stdio server
+        self.mcp: McpEndpoint | None = None
         self._stop = threading.Event()
         self._claude_lock = threading.Lock()  # one claude process at a time (turn or compaction)
         self._flags = threading.Lock()
@@ -295,6 +300,9 @@ class TurnLoop:
 
     def _invocation(self, model: str, continue_session: bool) -> claude.Invocation:
         extras = self.settings.mcp_servers
+        mcp = self.mcp
+        # a fresh credential per claude run: the one of an earlier run stops working
+        served = mcp.mcp_config(mcp.issue()) if mcp is not None and mcp.alive else None
         doc = claude.render_mcp_config(
             socket=self.env.socket,
             flavor=self.env.flavor,
@@ -303,6 +311,7 @@ class TurnLoop:
             python=self.python or sys.executable,
             pythonpath=claude.import_path(exclude=self.env.state_dir),
             credential_file=str(cf) if (cf := self.env.credential_file) is not None else None,
+            hyperhive=served,
         )
         claude.write_mcp_config(self.mcp_config_path, doc)
         plugins = bool(self.settings.plugins)

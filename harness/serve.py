@@ -20,7 +20,11 @@ feeding the watchdog and systemd restarts the harness.
 Files under the state dir (``HYPERHIVE_STATE_DIR``, claude's fixed cwd):
 ``hyperhive-events.sqlite``, ``hyperhive-turn-stats.sqlite``,
 ``hyperhive-model`` (operator model override), ``hyperhive-mcp.json``
-(the ``--mcp-config`` file).
+(the ``--mcp-config`` file, 0600: it holds the running turn's MCP credential).
+
+The hyperhive MCP tools are served by this process (:mod:`harness.mcp_http`, an
+ephemeral loopback port, a fresh credential per claude run), so claude starts no MCP
+server process; if that port cannot be bound, claude starts ``hyperhive-agent mcp``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from harness.credential import CredentialError, broker_client, read_credential
 from harness.events import Bus, EventLog
 from harness.httpserve import TcpEndpoint, UnixEndpoint, WebServer, tcp_app, tcp_policy
 from harness.loop import TurnLoop
+from harness.mcp_http import McpEndpoint
 from harness.model import ModelStore
 from harness.turnstats import TurnStats
 from harness.web import WebApp
@@ -74,6 +79,7 @@ class Harness:
     loop: TurnLoop
     web: WebApp
     servers: list[WebServer]
+    mcp: McpEndpoint | None = None
     loop_thread: threading.Thread | None = None
 
     def alive(self) -> tuple[bool, str]:
@@ -86,6 +92,11 @@ class Harness:
         """Start the web UI listeners and the turn loop thread."""
         for server in self.servers:
             server.start()
+        if self.mcp is not None:
+            try:
+                self.loop.mcp = self.mcp.start()
+            except OSError as exc:  # no loopback port: claude starts the stdio server instead
+                log.warning("cannot serve the MCP tools on loopback (%s); using stdio", exc)
         self.loop_thread = threading.Thread(target=self._run_loop, name="turn-loop", daemon=True)
         self.loop_thread.start()
 
@@ -109,6 +120,8 @@ class Harness:
         if self.loop_thread is not None:
             self.loop_thread.join(0.2)
         self.web.stop()
+        if self.mcp is not None:
+            self.mcp.stop()
         for server in self.servers:
             server.stop()
         self.stats.close()
@@ -149,7 +162,8 @@ def build(
         servers.append(WebServer(tcp_app(web.asgi, token), ep,
                                  policy=tcp_policy(ep, env.web_allowed_hosts),
                                  name="web-ui-tcp"))  # fmt: skip
-    return Harness(env, settings, bus, stats, models, loop, web, servers)
+    mcp = McpEndpoint(env.flavor, client)
+    return Harness(env, settings, bus, stats, models, loop, web, servers, mcp)
 
 
 def setup_logging(environ: Mapping[str, str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -181,3 +183,32 @@ def test_a_missing_credential_file_stops_the_server_with_its_name(tmp_path: Path
     )
     assert proc.returncode == 2
     assert f"{tmp_path / 'nope'} does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_server_exits_on_claudes_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    """claude stops a stdio server with SIGINT, then SIGTERM after 100 ms: the server leaves on
+    the first, exit 0, without waiting for EOF on stdin."""
+    env = {
+        "HYPERHIVE_SOCKET": str(tmp_path / "s.sock"),
+        "PYTHONPATH": str(REPO),
+        "HYPERHIVE_CREDENTIAL_FILE": str(write_credential(tmp_path / "credential")),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.mcp_server"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline()) == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    proc.send_signal(sig)
+    try:
+        assert proc.wait(30) == 0  # stdin is still open: only the signal can end it
+    finally:
+        proc.kill()
+        proc.stdin.close()
+        proc.stdout.close()

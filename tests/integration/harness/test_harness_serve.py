@@ -543,12 +543,20 @@ def test_tcp_is_opt_in_and_needs_the_credential(start: Callable[..., Agent]) -> 
 
 
 def test_without_opt_in_there_is_no_tcp_port(start: Callable[..., Agent]) -> None:
+    """No web UI on TCP; the one loopback listener is the MCP endpoint, which answers nothing
+    without the running turn's credential."""
     port = free_port()
     a = start(Rules(default=reply_text("ok")), extra_env={"HYPERHIVE_WEB_PORT": str(port)})
     assert a.get("/healthz")["ok"]
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    assert psutil.Process(a.proc.pid).net_connections(kind="inet") == []
+    (mcp,) = psutil.Process(a.proc.pid).net_connections(kind="inet")
+    assert mcp.status == "LISTEN" and mcp.laddr.ip == "127.0.0.1"
+    for path in ("/", "/api/state", "/mcp"):
+        conn = http.client.HTTPConnection("127.0.0.1", mcp.laddr.port, timeout=10)
+        conn.request("GET", path)
+        assert conn.getresponse().status in (401, 404), path
+        conn.close()
 
 
 @pytest.mark.parametrize(
@@ -568,3 +576,44 @@ def test_a_configuration_error_exits_2_and_says_what(
     assert a.proc.wait(30) == 2
     assert says in a.log() and "Traceback" not in a.log()
     assert not a.web.exists()
+
+
+def test_mcp_tools_work_across_a_harness_restart(start: Callable[..., Agent]) -> None:
+    """The harness serves the hyperhive MCP tools itself (a loopback port, a credential per
+    claude run): after a restart between two turns the new process' endpoint is the one
+    claude gets, and the earlier turn's credential is dead."""
+    script = Rules(
+        rule(reply_text("greeted"), tool_result=True),
+        rule(reply_tool_use("mcp__hyperhive__send", {"to": "bob", "body": "hi"}), contains="greet"),
+        default=reply_text("ok"),
+    )
+    a = start(script)
+    a.sock.deliver("bob", "please greet bob")
+    (row,) = a.wait_turns(1)
+    assert row["result_kind"] == "ok" and len(a.sock.sent) == 1
+    first = json.loads((a.state / "hyperhive-mcp.json").read_text())["mcpServers"]["hyperhive"]
+    assert first["type"] == "http" and first["url"].startswith("http://127.0.0.1:")
+    assert (a.state / "hyperhive-mcp.json").stat().st_mode & 0o077 == 0
+    init = next(e for e in a.events() if e["kind"] == "system_init")
+    assert init["data"]["mcp_servers"] == [{"name": "hyperhive", "status": "connected"}]
+    # no MCP server process: claude's only child would have been a python one
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(30) == 0
+
+    b = start(script)
+    b.sock.deliver("bob", "greet bob again")
+    rows = b.wait_turns(2)
+    assert rows[-1]["result_kind"] == "ok", b.log()
+    assert [s["body"] for s in b.sock.sent] == ["hi"]
+    tr = b.api.parsed[-1].tool_results[0]
+    assert tr.text.startswith("sent message #") and not tr.is_error
+    second = json.loads((b.state / "hyperhive-mcp.json").read_text())["mcpServers"]["hyperhive"]
+    assert second["headers"] != first["headers"]
+    # the first harness' credential opens nothing on the new endpoint
+    host, port = second["url"].removeprefix("http://").split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    headers = {**first["headers"], "Content-Type": "application/json"}
+    conn.request("POST", "/mcp", body, headers)
+    assert conn.getresponse().status == 401
+    conn.close()

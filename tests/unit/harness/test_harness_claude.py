@@ -89,7 +89,7 @@ def test_mcp_config_with_extras_and_shadowing_guard(caplog: pytest.LogCaptureFix
     assert set(servers) == {"hyperhive", "matrix", "game"}
     assert servers["hyperhive"] == {
         "command": "/py",
-        "args": ["-m", "harness", "mcp"],
+        "args": ["-m", "harness.mcp_server"],
         "env": {
             "HYPERHIVE_SOCKET": "/run/hive/mcp.sock",
             "HYPERHIVE_FLAVOR": "agent",
@@ -164,3 +164,18 @@ def test_import_path_carries_sys_path(tmp_path: Path, monkeypatch: pytest.Monkey
         socket="/s", flavor="agent", agent="a", extras={}, pythonpath="/a"
     )
     assert doc["mcpServers"]["hyperhive"]["env"]["PYTHONPATH"] == "/a"
+
+
+def test_a_served_hyperhive_entry_replaces_the_stdio_server() -> None:
+    """serve hands claude its own endpoint (type http, per-run bearer); extras are unchanged."""
+    served = {
+        "type": "http",
+        "url": "http://127.0.0.1:5/mcp",
+        "headers": {"Authorization": "Bearer t"},
+    }
+    extras = {"matrix": McpServerSpec("/bin/matrix-mcp", ("--room", "x"), {"TOKEN": "t"}, ("*",))}
+    doc = claude.render_mcp_config(
+        socket="/s", flavor="agent", agent="alice", extras=extras, python="/py", hyperhive=served
+    )
+    assert doc["mcpServers"]["hyperhive"] == served
+    assert doc["mcpServers"]["matrix"]["command"] == "/bin/matrix-mcp"

@@ -1,13 +1,15 @@
-"""The MCP tool bodies with a scripted socket client: status line, retry note, errors."""
+"""The MCP tool bodies with a scripted socket client: status line, retry note, errors; the
+published tool table (pinned to what the MCP SDK server published) and argument checks."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp.server.mcpserver.exceptions import ToolError
 
-from harness.mcp_server import Tools
+from harness.mcp_server import McpHandler, ToolError, Tools, check_arguments, tool_specs
 from schemas.client import ApiError, Result, Unreachable
 
 STATUS = {"unread": 2, "open_threads": 1, "pending_reminders": 0}
@@ -111,3 +113,103 @@ def test_status_tool_is_just_the_line() -> None:
     t, c = tools({})
     assert t.status() == "[status] 2 unread message(s), 1 open thread(s), 0 pending reminder(s)"
     assert len(c.calls) == 1
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def _normalised(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # the SDK published docstrings with their source indentation; only whitespace differs
+    return [dict(t, description=" ".join(t["description"].split())) for t in tools]
+
+
+@pytest.mark.parametrize("flavor", ["agent", "manager"])
+def test_tools_list_is_what_the_sdk_server_published(flavor: str) -> None:
+    """Same names, order, descriptions and input schemas as the mcp SDK server (mcp 2.3.0)
+    answered to tools/list before it was replaced (tests/unit/harness/data/)."""
+    pinned = json.loads((DATA / f"mcp_tools_{flavor}.json").read_text())
+    listed = McpHandler(flavor, FakeClient({})).list_tools()  # type: ignore[arg-type]
+    assert _normalised(listed) == _normalised(pinned)
+
+
+def _spec(name: str) -> Any:
+    return next(s for s in tool_specs("manager") if s.name == name)
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "field"),
+    [
+        ("recv", {"wait_seconds": 999}, "wait_seconds: must be at most 180"),
+        ("recv", {"wait_seconds": -1}, "wait_seconds: must be at least 0"),
+        ("recv", {"wait_seconds": "5"}, "wait_seconds: must be a number"),
+        ("send", {"to": "bob"}, "body: required"),
+        ("send", {"to": 3, "body": "x"}, "to: must be a string"),
+        ("answer", {"thread": 0, "body": "x"}, "thread: must be at least 1"),
+        ("answer", {"thread": 1.5, "body": "x"}, "thread: must be an integer"),
+        ("answer", {"thread": True, "body": "x"}, "thread: must be an integer"),
+        ("ask_operator", {"question": "q", "options": ["a", 1]}, "options[1]: must be a string"),
+        ("ask_operator", {"question": "q", "multi": "yes"}, "multi: must be true or false"),
+        ("status", [], "arguments: must be an object"),
+    ],
+)
+def test_bad_arguments_name_the_field(tool: str, args: Any, field: str) -> None:
+    with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        check_arguments(_spec(tool), args)
+
+
+def test_arguments_are_normalised_and_unknown_keys_dropped() -> None:
+    assert check_arguments(_spec("answer"), {"thread": 4.0, "body": "x", "extra": 1}) == {
+        "thread": 4,
+        "body": "x",
+    }
+    assert check_arguments(_spec("ask_operator"), {"question": "q", "ttl_seconds": None}) == {
+        "question": "q",
+        "ttl_seconds": None,
+    }
+    assert check_arguments(_spec("status"), None) == {}
+
+
+def test_handler_speaks_json_rpc() -> None:
+    h = McpHandler("agent", FakeClient({"/send": {"id": 7}, "/status": STATUS}))  # type: ignore[arg-type]
+    init = h.handle(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18"},
+        }
+    )
+    assert init is not None and init["result"]["protocolVersion"] == "2025-06-18"
+    assert init["result"]["serverInfo"]["name"] == "hyperhive"
+    assert h.handle({"jsonrpc": "2.0", "method": "notifications/initialized"}) is None
+    call = h.handle(
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "send", "arguments": {"to": "bob", "body": "hi"}},
+        }
+    )
+    assert call is not None and call["result"]["isError"] is False
+    assert call["result"]["content"][0]["text"].startswith("sent message #7 to bob.")
+    bad = h.handle(
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "recv", "arguments": {"wait_seconds": 999}},
+        }
+    )
+    assert bad is not None and bad["result"]["isError"] is True
+    assert bad["result"]["content"][0]["text"].startswith("Error executing tool recv: wait_seconds")
+    missing = h.handle({"jsonrpc": "2.0", "id": 4, "method": "nope"})
+    assert missing is not None and missing["error"]["code"] == -32601
+    manager_only = h.handle(
+        {
+            "jsonrpc": "2.0",
+            "id": 5,
+            "method": "tools/call",
+            "params": {"name": "kill", "arguments": {"name": "bob"}},
+        }
+    )
+    assert manager_only is not None and manager_only["result"]["isError"] is True
