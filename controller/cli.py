@@ -74,20 +74,30 @@ def _client(args: argparse.Namespace, timeout: float = 60.0) -> UnixClient:
 def _call(
     args: argparse.Namespace, method: str, url: str, body: Any = None, timeout: float = 60.0
 ) -> Any:
-    from schemas.client import ApiError, Unreachable
+    """One request to host.sock; its JSON answer, or ``CliError`` saying what went wrong.
+
+    A verb makes one request and exits, so it goes through ``controller.unixhttp``
+    (``socket`` + ``json``), not ``schemas.client`` (``http.client``).
+    """
+    from controller.unixhttp import BadAnswer, request
 
     layout = _layout(args)
+    key = _operator_key(layout)
     try:
-        return _client(args, timeout).call(method, url, body, timeout=timeout).data
-    except Unreachable as exc:
+        answer = request(layout.host_sock, method, url, token=key, body=body, timeout=timeout)
+    except (OSError, BadAnswer) as exc:
         raise CliError(
             f"no controller answers on {layout.host_sock} — is `hyperhive serve` running "
             f"with this --state-dir ({layout.state})?",
             EXIT_ERROR,
         ) from exc
-    except ApiError as exc:
-        field = f" (field: {exc.field})" if exc.field else ""
-        raise CliError(f"{exc.message}{field}", EXIT_FAIL) from exc
+    if answer.status >= 400:
+        _, message, field = answer.error()
+        if answer.status == 401:
+            message = f"the credential sent to {layout.host_sock} was refused: {message}"
+        where = f" (field: {field})" if field else ""
+        raise CliError(f"{message}{where}", EXIT_FAIL)
+    return answer.body
 
 
 def _ago(ts: float | None, now: float | None = None) -> str:
