@@ -28,7 +28,8 @@ untrusted local processes needs, which uvicorn does not have:
 * **one write per response**: uvicorn writes a response's head and its body
   separately, which is two ``send`` syscalls, each waking the client (~50 µs
   apiece on a loaded host). Writes are gathered (``_Gathered``) and go out
-  together once the handler yields to the loop.
+  together when the response is complete (a stream's chunks: once the
+  handler yields to the loop).
 
 Listeners are opened and closed from any thread (``serve_unix``,
 ``serve_tcp``, ``Listener.stop``); the loop runs in a daemon thread.
@@ -237,6 +238,10 @@ class _Guarded(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        # the whole response is written: out with it now, not after the callbacks queued
+        # meanwhile (a woken long poll's answer must not wait for its sender's)
+        if isinstance(self.transport, _Gathered):
+            self.transport.flush()
         self.idle_since = time.monotonic()
         super().on_response_complete()
         # a pipelined request may have started at once: it is the current cycle then
