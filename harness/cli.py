@@ -59,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Speak MCP over stdin/stdout: the tools mcp__hyperhive__send, recv, ask, "
         "answer, remind, recent, status (plus request_spawn, request_apply_commit, start, kill, "
         "restart, update, ask_operator, list for HYPERHIVE_FLAVOR=manager), each a call on "
-        "HYPERHIVE_SOCKET. claude starts this itself through --mcp-config; you rarely run it "
-        "by hand.",
+        "HYPERHIVE_SOCKET. `serve` normally serves these tools itself (loopback HTTP, a "
+        "credential per claude run); claude starts this stdio server only when that endpoint "
+        "could not be opened. Exits at once on SIGINT / SIGTERM or EOF.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=ENV_HELP,
     )
