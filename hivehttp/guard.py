@@ -48,6 +48,14 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _DISCONNECTED = "hivehttp.disconnected"
 
+GONE = "hivehttp.gone"
+"""Scope key: an ``asyncio.Event`` the server sets when the connection is lost, so that
+``disconnected`` needs no task of its own watching ``receive``."""
+
+BODY_READ = "hivehttp.body_read"
+"""Scope key: True when the whole body had arrived before the app started (the body read
+needs no timeout then)."""
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -93,13 +101,15 @@ class _DisconnectWatch:
     Most requests never wait on their client, so the watcher task is made lazily.
     """
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, gone: asyncio.Event | None = None) -> None:
         self._receive = receive
-        self.gone = asyncio.Event()
+        # the server's own event (set on connection loss) when it offers one: no task needed
+        self._served = gone is not None
+        self.gone = gone if gone is not None else asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Event:
-        if self._task is None and not self.gone.is_set():
+        if self._task is None and not self._served and not self.gone.is_set():
             self._task = asyncio.get_running_loop().create_task(self._watch())
         return self.gone
 
@@ -215,10 +225,13 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
         # the body (bounded in size and time) is read before the other checks, so that a
         # refusal leaves the connection clean: the client is never cut off mid-send
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps the read in a task of its own,
-            # a measurable cost on every request
-            async with asyncio.timeout(policy.body_timeout):
-                body = await _read_body(receive, policy.max_body)
+            if scope.get(BODY_READ):
+                body = await _read_body(receive, policy.max_body)  # already here: no wait
+            else:
+                # asyncio.timeout, not wait_for: wait_for wraps the read in a task of its
+                # own, a measurable cost on every request
+                async with asyncio.timeout(policy.body_timeout):
+                    body = await _read_body(receive, policy.max_body)
         except _TooLarge:
             await _refuse(
                 send, 413, "too_large", f"request body is over the limit of {policy.max_body} bytes"
@@ -249,7 +262,8 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
                 )
                 return
 
-        watch = _DisconnectWatch(receive)
+        gone = scope.get(GONE)
+        watch = _DisconnectWatch(receive, gone if isinstance(gone, asyncio.Event) else None)
         scope[_DISCONNECTED] = watch
         delivered = False
 

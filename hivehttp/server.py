@@ -55,7 +55,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from hivehttp.guard import Policy, guarded
+from hivehttp.guard import BODY_READ, GONE, Policy, guarded
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,9 @@ class _Guarded(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
+        for cycle in [self.cycle, *(c for c, _ in self.pipeline)]:
+            if cycle is not None and isinstance(gone := cycle.scope.get(GONE), asyncio.Event):
+                gone.set()  # hivehttp.disconnected(scope) of a parked request
         self._disarm_head_timer()
         self.listener.release(self)
         super().connection_lost(exc)
@@ -232,6 +235,12 @@ class _Guarded(HttpToolsProtocol):
         self._head_bytes = 0
         self._begins += 1
         super().on_message_begin()
+        self.scope[GONE] = asyncio.Event()  # type: ignore[literal-required]
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            self.scope[BODY_READ] = True  # type: ignore[literal-required]
 
     def on_headers_complete(self) -> None:
         self._head_open = False
