@@ -350,7 +350,11 @@ class TurnLoop:
             model,
             "continue" if continue_session else "fresh",
         )
-        return self.runner.run(inv, prompt, self._pump(turn), lambda: self._cancel_requested)
+        try:
+            return self.runner.run(inv, prompt, self._pump(turn), lambda: self._cancel_requested)
+        finally:
+            if self.mcp is not None:  # the run is over: its MCP credential opens nothing now
+                self.mcp.revoke()
 
     def _compact(self, turn: int | None) -> RunResult:
         """Run ``/compact`` on the current session; caller holds ``_claude_lock``."""

@@ -617,3 +617,8 @@ def test_mcp_tools_work_across_a_harness_restart(start: Callable[..., Agent]) ->
     conn.request("POST", "/mcp", body, headers)
     assert conn.getresponse().status == 401
     conn.close()
+    # nor does the last run's, once the run is over
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/mcp", body, {**second["headers"], "Content-Type": "application/json"})
+    assert conn.getresponse().status == 401
+    conn.close()
