@@ -57,14 +57,15 @@ from typing import Any, Literal
 import falcon
 
 from controller.api.common import (
-    App,
     BearerAuth,
+    HasScope,
     Request,
     Response,
     body,
     client_gone,
     make_app,
 )
+from controller.api.fastpath import BearerCheck, FastRoute, FastVerbs
 from controller.auth.agents import AgentCredentials
 from controller.broker import Broker
 from controller.errors import Forbidden, NotFound
@@ -77,7 +78,7 @@ Flavor = Literal["agent", "manager"]
 RECIPIENTS_TTL = 1.0
 """Seconds a recipient check's reading of desired state is reused (see the module doc)."""
 
-Handler = Callable[[dict[str, Any], Request], Awaitable[dict[str, Any]]]
+Handler = Callable[[dict[str, Any], HasScope], Awaitable[dict[str, Any]]]
 
 MANAGER_VERBS = MANAGER_ONLY_VERBS
 """Paths (without the slash) that only the manager socket serves."""
@@ -200,7 +201,7 @@ class AgentApi:
 
     # -------------------------------------------------------------- broker verbs
 
-    async def send(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def send(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /send``."""
         await self.allow_recipient(doc["to"])
         m = self.broker.send(
@@ -209,7 +210,7 @@ class AgentApi:
         await _let_woken_run()
         return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
 
-    async def recv(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def recv(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /recv``: parks on the event loop up to ``wait_seconds`` (no thread held);
         gives up without taking a message when the client goes away."""
         m = await self.broker.recv_async(
@@ -220,17 +221,17 @@ class AgentApi:
         )
         return {"message": None if m is None else m.to_json(), "status": self._status()}
 
-    async def ack(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def ack(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /ack``."""
         n = self.broker.ack(self.identity, doc["ids"])
         return {"acked": n, "status": self._status()}
 
-    async def release(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def release(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /release``: give back leased messages (all, or ``ids``) for redelivery now."""
         n = self.broker.release(self.identity, doc.get("ids"))
         return {"released": n, "status": self._status()}
 
-    async def ask(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def ask(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /ask``."""
         await self.allow_recipient(doc["to"])
         m = self.broker.ask(
@@ -238,12 +239,12 @@ class AgentApi:
         )
         return {"id": m.id, "thread": m.thread, "duplicate": _dup(m), "status": self._status()}
 
-    async def answer(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def answer(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /answer``."""
         m = self.broker.answer(self.identity, doc["thread"], doc["body"])
         return {"id": m.id, "thread": m.thread, "status": self._status()}
 
-    async def remind(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def remind(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /remind``."""
         m = self.broker.remind(
             self.identity,
@@ -258,16 +259,16 @@ class AgentApi:
             "status": self._status(),
         }
 
-    async def recent(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def recent(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /recent``."""
         rows = self.broker.recent(self.identity, doc.get("limit", 20))
         return {"messages": [m.to_json() for m in rows], "status": self._status()}
 
-    async def status(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def status(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``GET /status``."""
         return self._status()
 
-    async def wake(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def wake(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /wake``: a message from label ``from`` into the caller's own inbox."""
         m = self.broker.send(
             doc["from"],
@@ -282,12 +283,12 @@ class AgentApi:
 
     # -------------------------------------------------------------- manager verbs
 
-    async def request_spawn(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def request_spawn(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /request_spawn``."""
         p = await asyncio.to_thread(self.ops.request_spawn, doc["name"])
         return {"id": p.id, "ref": f"proposal/{p.id}", "title": p.title, "status": self._status()}
 
-    async def request_apply_commit(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def request_apply_commit(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /request_apply_commit``."""
         p = await asyncio.to_thread(
             self.ops.request_apply_commit, doc["commit"], doc.get("note", "")
@@ -297,13 +298,13 @@ class AgentApi:
     def lifecycle(self, verb: Lifecycle) -> Handler:
         """``POST /start`` ``/kill`` ``/restart`` ``/update``."""
 
-        async def handler(doc: dict[str, Any], req: Request) -> dict[str, Any]:
+        async def handler(doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
             result = await asyncio.to_thread(self.ops.lifecycle, verb, doc["name"])
             return {"result": result, "status": self._status()}
 
         return handler
 
-    async def ask_operator(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def ask_operator(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /ask_operator``: the question id at once; the answer arrives as an event."""
         qid = self.broker.ask_operator(
             doc["question"],
@@ -314,7 +315,7 @@ class AgentApi:
         )
         return {"id": qid, "status": self._status()}
 
-    async def list_agents(self, doc: dict[str, Any], req: Request) -> dict[str, Any]:
+    async def list_agents(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``GET /list``."""
         agents = await asyncio.to_thread(self.ops.list_agents)
         return {"agents": agents, "status": self._status()}
@@ -326,7 +327,7 @@ def make_agent_app(
     ops: SwarmOps,
     flavor: Flavor,
     credentials: AgentCredentials,
-) -> App:
+) -> FastVerbs:
     """The ASGI app for one agent socket (``flavor="agent"``) or the manager socket.
 
     ``identity`` is the caller every request is attributed to (``alice``,
@@ -334,36 +335,49 @@ def make_agent_app(
     ``identity``'s current credential in ``credentials`` (401 otherwise,
     also for another agent's credential). Manager verbs answer 404 on an
     agent socket. Raises ``ValueError`` for an unknown ``flavor``.
+
+    The verbs are served by ``controller.api.fastpath.FastVerbs`` (same checks,
+    same answers, without falcon's per-request objects); the falcon app behind it
+    answers everything else (unknown paths and methods, manager verbs asked of an
+    agent socket) and holds the same routes.
     """
     if flavor not in ("agent", "manager"):
         raise ValueError(f"flavor must be 'agent' or 'manager', not {flavor!r}")
-    auth = BearerAuth(
+    check = BearerCheck(
         lambda token: credentials.verify(identity, token),
         f"this is {identity}'s socket and it needs {identity}'s credential: send "
         "'Authorization: Bearer <token>' with the token in $HYPERHIVE_CREDENTIAL_FILE",
     )
     api = AgentApi(broker, identity, ops, flavor)
-    app = make_app(auth)
-    app.add_route("/send", _Post("SendRequest", api.send))
-    app.add_route("/recv", _Post("RecvRequest", api.recv))
-    app.add_route("/ack", _Post("AckRequest", api.ack))
-    app.add_route("/release", _Post("ReleaseRequest", api.release))
-    app.add_route("/ask", _Post("AskRequest", api.ask))
-    app.add_route("/answer", _Post("AnswerRequest", api.answer))
-    app.add_route("/remind", _Post("RemindRequest", api.remind))
-    app.add_route("/recent", _Post("RecentRequest", api.recent))
-    app.add_route("/status", _Get(api.status))
-    app.add_route("/wake", _Post("WakeRequest", api.wake))
+    app = make_app(BearerAuth(check.check, check.message))
+    fast: dict[tuple[str, str], FastRoute] = {}
+
+    def post(path: str, schema: str, fn: Handler) -> None:
+        app.add_route(path, _Post(schema, fn))
+        fast[("POST", path)] = FastRoute(schema, fn)
+
+    def get(path: str, fn: Handler) -> None:
+        app.add_route(path, _Get(fn))
+        fast[("GET", path)] = FastRoute(None, fn)
+
+    post("/send", "SendRequest", api.send)
+    post("/recv", "RecvRequest", api.recv)
+    post("/ack", "AckRequest", api.ack)
+    post("/release", "ReleaseRequest", api.release)
+    post("/ask", "AskRequest", api.ask)
+    post("/answer", "AnswerRequest", api.answer)
+    post("/remind", "RemindRequest", api.remind)
+    post("/recent", "RecentRequest", api.recent)
+    get("/status", api.status)
+    post("/wake", "WakeRequest", api.wake)
     if flavor == "manager":
-        app.add_route("/request_spawn", _Post("SpawnRequest", api.request_spawn))
-        app.add_route(
-            "/request_apply_commit", _Post("ApplyCommitRequest", api.request_apply_commit)
-        )
+        post("/request_spawn", "SpawnRequest", api.request_spawn)
+        post("/request_apply_commit", "ApplyCommitRequest", api.request_apply_commit)
         for verb in Lifecycle:
-            app.add_route(f"/{verb.value}", _Post("NameRequest", api.lifecycle(verb)))
-        app.add_route("/ask_operator", _Post("AskOperatorRequest", api.ask_operator))
-        app.add_route("/list", _Get(api.list_agents))
+            post(f"/{verb.value}", "NameRequest", api.lifecycle(verb))
+        post("/ask_operator", "AskOperatorRequest", api.ask_operator)
+        get("/list", api.list_agents)
     else:
         for verb_name in MANAGER_VERBS:
             app.add_route(f"/{verb_name}", _ManagerOnly(verb_name, identity))
-    return app
+    return FastVerbs(app, check, fast)

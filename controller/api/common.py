@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import falcon
 import falcon.asgi
@@ -106,28 +106,54 @@ _HTTP_CODES = {
 }
 
 
-async def _handle_hyperhive(req: Request, resp: Response, ex: Exception, params: Any) -> None:
-    assert isinstance(ex, HyperhiveError)
-    status = ex.status
-    if isinstance(ex, TransientError):
-        status = 503
-    if status >= 500:
-        log.warning("%s %s: %s: %s", req.method, req.path, type(ex).__name__, ex.message)
-    resp.status = falcon.code_to_http_status(status)
-    if isinstance(ex, Unauthorized):
-        resp.set_header("WWW-Authenticate", 'Bearer realm="hyperhive"')
-    resp.media = error_body(ex.code, ex.message, ex.field)
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """How an exception raised by a handler is answered: ``status``, JSON ``body`` and
+    extra ``headers`` (name, value)."""
+
+    status: int
+    body: dict[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-async def _handle_validation(req: Request, resp: Response, ex: Exception, params: Any) -> None:
-    assert isinstance(ex, ValidationFailed)
-    resp.status = falcon.HTTP_400
-    resp.media = error_body("invalid", str(ex), ex.field)
+def error_answer(ex: Exception, method: str, path: str) -> ErrorAnswer:
+    """The answer to ``ex`` raised while serving ``method path`` (one mapping for the falcon
+    apps and ``controller.api.fastpath``): ``HyperhiveError`` → its status (a
+    ``TransientError`` 503; ``Unauthorized`` with ``WWW-Authenticate``),
+    ``ValidationFailed`` → 400, ``BrokerClosed`` → 503, anything else → 500 (logged with
+    its traceback)."""
+    if isinstance(ex, HyperhiveError):
+        status = 503 if isinstance(ex, TransientError) else ex.status
+        if status >= 500:
+            log.warning("%s %s: %s: %s", method, path, type(ex).__name__, ex.message)
+        headers = (("WWW-Authenticate", 'Bearer realm="hyperhive"'),)
+        return ErrorAnswer(
+            status,
+            error_body(ex.code, ex.message, ex.field),
+            headers if isinstance(ex, Unauthorized) else (),
+        )
+    if isinstance(ex, ValidationFailed):
+        return ErrorAnswer(400, error_body("invalid", str(ex), ex.field))
+    if isinstance(ex, BrokerClosed):
+        return ErrorAnswer(
+            503, error_body("unavailable", "the controller is shutting down; retry shortly")
+        )
+    log.error("unexpected error in %s %s", method, path, exc_info=ex)
+    return ErrorAnswer(
+        500,
+        error_body(
+            "internal",
+            f"internal error ({type(ex).__name__}); the controller log has the traceback",
+        ),
+    )
 
 
-async def _handle_closed(req: Request, resp: Response, ex: Exception, params: Any) -> None:
-    resp.status = falcon.HTTP_503
-    resp.media = error_body("unavailable", "the controller is shutting down; retry shortly")
+async def _handle_error(req: Request, resp: Response, ex: Exception, params: Any) -> None:
+    answer = error_answer(ex, req.method, req.path)
+    resp.status = falcon.code_to_http_status(answer.status)
+    for name, value in answer.headers:
+        resp.set_header(name, value)
+    resp.media = answer.body
 
 
 async def _handle_http(req: Request, resp: Response, ex: Exception, params: Any) -> None:
@@ -144,14 +170,6 @@ async def _handle_http(req: Request, resp: Response, ex: Exception, params: Any)
     if ex.headers:
         resp.set_headers(ex.headers)
     resp.media = error_body(_HTTP_CODES.get(code, "error"), message)
-
-
-async def _handle_unexpected(req: Request, resp: Response, ex: Exception, params: Any) -> None:
-    log.exception("unexpected error in %s %s", req.method, req.path, exc_info=ex)
-    resp.status = falcon.HTTP_500
-    resp.media = error_body(
-        "internal", f"internal error ({type(ex).__name__}); the controller log has the traceback"
-    )
 
 
 class BearerAuth:
@@ -172,15 +190,26 @@ class BearerAuth:
 def make_app(auth: BearerAuth | None = None) -> App:
     """A ``falcon.asgi.App`` with hyperhive's JSON error handling (and ``auth``) installed."""
     app = falcon.asgi.App(middleware=[auth] if auth is not None else [])
-    app.add_error_handler(Exception, _handle_unexpected)
+    app.add_error_handler(Exception, _handle_error)
     app.add_error_handler(falcon.HTTPError, _handle_http)
-    app.add_error_handler(HyperhiveError, _handle_hyperhive)
-    app.add_error_handler(ValidationFailed, _handle_validation)
-    app.add_error_handler(BrokerClosed, _handle_closed)
+    app.add_error_handler(HyperhiveError, _handle_error)
+    app.add_error_handler(ValidationFailed, _handle_error)
+    app.add_error_handler(BrokerClosed, _handle_error)
     return app
 
 
 # ---------------------------------------------------------------------- bodies
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """``raw`` as one JSON object (``{}`` when empty); ``TooLarge`` above ``MAX_BODY_BYTES``,
+    ``Invalid`` naming the field for what ``hivehttp.parse_json_object`` refuses."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise TooLarge(f"request body is over the limit of {MAX_BODY_BYTES} bytes")
+    try:
+        return parse_json_object(raw)
+    except BadJson as exc:
+        raise Invalid(f"request {exc.message}", exc.field) from None
 
 
 async def read_json(req: Request) -> dict[str, Any]:
@@ -195,13 +224,7 @@ async def read_json(req: Request) -> dict[str, Any]:
     length = req.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise TooLarge(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES} bytes")
-    raw = await req.stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise TooLarge(f"request body is over the limit of {MAX_BODY_BYTES} bytes")
-    try:
-        return parse_json_object(raw)
-    except BadJson as exc:
-        raise Invalid(f"request {exc.message}", exc.field) from None
+    return parse_body(await req.stream.read(MAX_BODY_BYTES + 1))
 
 
 async def body(req: Request, name: str) -> dict[str, Any]:
@@ -241,7 +264,15 @@ def query_bool(req: Request, name: str, default: bool = False) -> bool:
     raise Invalid(f"query parameter {name} must be 1 or 0", name)
 
 
-def client_gone(req: Request) -> asyncio.Event | None:
+class HasScope(Protocol):
+    """What a handler needs of its request: the ASGI ``scope`` (a falcon ``Request`` has it)."""
+
+    @property
+    def scope(self) -> Any:
+        """The ASGI scope of the request."""
+
+
+def client_gone(req: HasScope) -> asyncio.Event | None:
     """An event set when this request's client goes away (``hivehttp.disconnected``), or
     None when the app runs outside ``hivehttp`` (e.g. ``falcon.testing``).
 
