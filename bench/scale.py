@@ -83,9 +83,13 @@ def request(
     headers: dict[str, str],
     body: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    conn.request(method, url, body=body, headers=headers)
-    r = conn.getresponse()
-    data = r.read()
+    try:
+        conn.request(method, url, body=body, headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+    except BaseException:
+        conn.close()  # else http.client refuses every later request on this connection
+        raise
     return r.status, {k.lower(): v for k, v in r.getheaders()}, data
 
 
@@ -135,6 +139,8 @@ class Figures:
     threads: int
     fds: int
     idle_cpu: float
+    state_kib: float
+    status_kib: float
 
 
 def measure(agents: int, requests: int, idle: float) -> Figures:
@@ -192,8 +198,9 @@ def measure(agents: int, requests: int, idle: float) -> Figures:
                 code, _, _ = request(dash, "GET", "/api/state", dh)
                 assert code == 200, code
 
-            _, h, _ = request(dash, "GET", "/api/state", dh)
+            _, h, state_body = request(dash, "GET", "/api/state", dh)
             etag = h["etag"]
+            _, _, status_body = request(host, "GET", "/status", auth)
 
             def state_304() -> None:
                 code, _, _ = request(dash, "GET", "/api/state", {**dh, "If-None-Match": etag})
@@ -224,7 +231,18 @@ def measure(agents: int, requests: int, idle: float) -> Figures:
             t0 = time.monotonic()
             time.sleep(idle)
             cpu = (sum(ctl.cpu_times()[:2]) - c0) / (time.monotonic() - t0) * 100
-            return Figures(agents, fig_200, fig_304, fig_status, fig_pass, threads, fds, cpu)
+            return Figures(
+                agents,
+                fig_200,
+                fig_304,
+                fig_status,
+                fig_pass,
+                threads,
+                fds,
+                cpu,
+                len(state_body) / 1024,
+                len(status_body) / 1024,
+            )
         except BaseException:
             sys.stderr.write((root / "serve.log").read_text()[-3000:])
             raise
@@ -268,6 +286,8 @@ def main() -> int:
         + ("ok" if top.threads <= 50 else "MISSED")
     )
     print(f"{'fds':<22}" + "".join(f"{f.fds:>10}" for f in figs))
+    for label, attr in (("/api/state KiB", "state_kib"), ("/status KiB", "status_kib")):
+        print(f"{label:<22}" + "".join(f"{getattr(f, attr):>10.0f}" for f in figs))
     print(
         f"{'idle CPU % of a core':<22}"
         + "".join(f"{f.idle_cpu:>10.2f}" for f in figs)
