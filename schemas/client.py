@@ -123,7 +123,7 @@ def _read_more(sock: socket.socket, buf: bytearray, got_any: bool) -> None:
     buf += chunk
 
 
-def _read_response(sock: socket.socket) -> _Response:
+def _read_response(sock: socket.socket, *, head: bool = False) -> _Response:
     """Read one whole response from ``sock``.
 
     The request went out as one write (``UnixClient._request_bytes``): http.client
@@ -159,6 +159,8 @@ def _read_response(sock: socket.socket) -> _Response:
     will_close = "close" in conn_tokens or (
         parts[0] == "HTTP/1.0" and "keep-alive" not in conn_tokens
     )
+    if head or status in (204, 304):  # no body, whatever the headers say
+        return _Response(status, headers, b"", will_close)
     if "chunked" in headers.get("transfer-encoding", "").lower():
         body = bytearray()
         while True:
@@ -184,8 +186,6 @@ def _read_response(sock: socket.socket) -> _Response:
         while len(buf) < n:
             _read_more(sock, buf, True)
         return _Response(status, headers, bytes(buf[:n]), will_close)
-    if status in (204, 304):
-        return _Response(status, headers, b"", will_close)
     while True:  # no length: the body runs to the end of the connection
         chunk = sock.recv(65536)
         if not chunk:
@@ -311,7 +311,7 @@ class UnixClient:
                 self.connections_opened += 1
                 conn.connect()
                 conn.sock.sendall(request)
-            resp = _read_response(conn.sock)
+            resp = _read_response(conn.sock, head=method == "HEAD")
             raw = resp.body
             keep = self.keepalive and not resp.will_close
         finally:

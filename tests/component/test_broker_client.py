@@ -180,3 +180,41 @@ def test_the_token_goes_out_as_a_bearer_credential(sock_path: Path) -> None:
         assert err.value.status == 401 and "no credential was sent" in err.value.message
     finally:
         served.stop()
+
+
+def test_the_response_reader_handles_every_framing() -> None:
+    """Content-Length, chunked, an interim 100, HEAD and 204 without a body, a body that
+    runs to the end of the connection, and a close before any answer."""
+    import http.client as hc
+    import socket as so
+
+    from schemas.client import _read_response
+
+    def read(raw: bytes, *, head: bool = False, close: bool = False) -> tuple[int, bytes, bool]:
+        a, b = so.socketpair()
+        with a, b:
+            b.sendall(raw)
+            if close:
+                b.shutdown(so.SHUT_WR)
+            r = _read_response(a, head=head)
+            return r.status, r.body, r.will_close
+
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    assert read(ok) == (200, b"{}", False)
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n"
+    )
+    assert read(chunked) == (200, b"abcde", False)
+    assert read(b"HTTP/1.1 100 Continue\r\n\r\n" + ok) == (200, b"{}", False)
+    assert read(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", head=True) == (200, b"", False)
+    assert read(b"HTTP/1.1 204 No Content\r\n\r\n") == (204, b"", False)
+    to_eof = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"
+    assert read(to_eof, close=True) == (200, b"all of it", True)
+    assert read(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n") == (200, b"", True)
+    with pytest.raises(hc.RemoteDisconnected):
+        read(b"", close=True)
+    with pytest.raises(hc.IncompleteRead):
+        read(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", close=True)
+    with pytest.raises(hc.BadStatusLine):
+        read(b"SSH-2.0-x\r\n\r\n")
