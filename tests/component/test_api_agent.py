@@ -377,6 +377,27 @@ def test_allowed_recipients_refusal(swarm: Swarm) -> None:
     swarm.client("alice").post("/send", {"to": "carol", "body": "fine"})
 
 
+def test_recipient_checks_cache_only_what_they_allowed(swarm: Swarm) -> None:
+    """A recipient check's reading of desired state is reused for RECIPIENTS_TTL seconds, but
+    only to allow: a new agent is reachable at once, a narrowed allow list bites after it."""
+    from controller.api.agent import RECIPIENTS_TTL
+
+    alice = swarm.client("alice")
+    alice.post("/send", {"to": "bob", "body": "reads desired state"})
+    with pytest.raises(ApiError) as e:
+        alice.post("/send", {"to": "dave", "body": "nobody yet"})
+    assert _err(e)[0] == 404
+    swarm.ops.agents.add("dave")
+    alice.post("/send", {"to": "dave", "body": "dave exists now"})  # a refusal is never cached
+    assert swarm.broker.status("dave").unread == 1
+    swarm.ops.allowed["alice"] = ("carol",)
+    time.sleep(RECIPIENTS_TTL + 0.2)  # past the reading's life: read afresh
+    with pytest.raises(ApiError) as e:
+        alice.post("/send", {"to": "bob", "body": "not any more"})
+    assert _err(e)[:3] == (403, "forbidden", "to")
+    alice.post("/send", {"to": "carol", "body": "on the list"})
+
+
 def test_manager_verbs_are_404_on_agent_socket(swarm: Swarm) -> None:
     alice = swarm.client("alice")
     for verb in (
