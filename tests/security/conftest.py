@@ -16,6 +16,7 @@ note, are printed (always; ``-s`` also shows the tests' own lines).
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -58,6 +59,11 @@ def tally() -> support.Tally:
     return support.TALLY
 
 
+def _has_ref(h: support.Hive, ref: str) -> bool:
+    git = ["git", "--git-dir", str(h.layout.meta_git), "rev-parse", "--verify", "-q", ref]
+    return subprocess.run(git, capture_output=True, check=False).returncode == 0
+
+
 @pytest.fixture(scope="session")
 def hive() -> Iterator[support.Hive]:
     """The running hive: manager, alice and bob running; carol pending; the operator logged in."""
@@ -67,9 +73,16 @@ def hive() -> Iterator[support.Hive]:
     try:
         h.start()
         h.wait_running("manager")
-        for name in ("alice", "bob"):
-            h.deploy(name)
+        ids = [h.deploy(name) for name in ("alice", "bob")]
         h.wait_running("alice", "bob")
+        # an agent runs before its pass records the outcome: wait for the tags too, so that
+        # no test's before/after snapshot sees the deploy land
+        for pid in ids:
+            support.wait_for(
+                f"deployed/{pid}",
+                lambda pid=pid: _has_ref(h, f"refs/tags/deployed/{pid}"),
+                timeout=60,
+            )
         manager = h.agent_client("manager")
         h.carol = int(manager.post("/request_spawn", {"name": "carol"})["id"])
         h.question = int(

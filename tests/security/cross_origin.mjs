@@ -14,7 +14,11 @@ const executablePath = process.env.HYPERHIVE_CHROMIUM || '/usr/bin/chromium';
 const browser = await chromium.launch({
   executablePath,
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    // keep the attacker's cross-site iframes in the page's own renderer, so this CDP session
+    // sees every form navigation (an out-of-process iframe reports some of them to a target
+    // of its own). Cookies and SameSite are enforced in the network service either way.
+    '--disable-site-isolation-trials', '--disable-features=IsolateOrigins,site-per-process'],
 });
 const out = { phases: {}, login: {}, errors: [] };
 try {
