@@ -19,13 +19,12 @@ let
   pythonDependencies = ps: [
     ps.falcon
     ps.jsonschema
-    ps.mcp
     ps.psutil
     ps.pygit2
     ps.pyyaml
     ps.sdnotify
     ps.uvicorn
-    ps.h11
+    ps.httptools
   ];
 in
 python.pkgs.buildPythonApplication {
