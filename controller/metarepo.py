@@ -58,6 +58,16 @@ import controller
 from controller.clonecheck import contained_git_dir
 from controller.config import Config
 from controller.errors import Conflict, Invalid, NotFound
+
+# the ref names live with the hooks, which must not import pygit2 to read them
+from controller.hooks.updates import (
+    LAST_DEPLOY_REF,
+    MAIN_REF,
+    NOTES_REF,
+    TAG_PREFIXES,
+    parse_id,
+    tag_ref,
+)
 from controller.manifest import (
     MANIFEST_FILE,
     NIX_FILE,
@@ -73,12 +83,7 @@ from schemas.names import MANAGER, InvalidName, check_agent_name, is_agent_name
 
 log = logging.getLogger(__name__)
 
-MAIN_REF = "refs/heads/main"
-NOTES_REF = "refs/notes/hyperhive"
-LAST_DEPLOY_REF = "refs/hyperhive/last-deploy"
 NOTIFIED_PREFIX = "refs/hyperhive/notified/"
-TAG_PREFIXES = ("proposal", "approved", "denied", "building", "deployed", "failed")
-CONTROLLER_PREFIXES = ("proposal", "building", "deployed", "failed")
 DECISION_PREFIXES = ("approved", "denied")
 FLAKE_FILE = "flake.nix"
 LOCK_FILE = "flake.lock"
@@ -97,18 +102,6 @@ GIT_CONFIG = {
     "receive.fsckObjects": "true",
     "core.logAllRefUpdates": "true",
 }
-
-
-def tag_ref(prefix: str, id: int) -> str:
-    """``refs/tags/<prefix>/<id>``."""
-    return f"refs/tags/{prefix}/{id}"
-
-
-def parse_id(text: str) -> int | None:
-    """A positive decimal id without leading zeros, else None."""
-    if not text or not text.isdigit() or text.startswith("0") or len(text) > 18:
-        return None
-    return int(text)
 
 
 def split_tag(refname: str) -> tuple[str, int] | None:
