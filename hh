@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # hh — bootstrap hyperhive into ./.venv (from requirements.lock) and run it.
 #   ./hh serve [args]   run the controller (any `hyperhive` verb works: ./hh status, ./hh pending, ...)
+#   ./hh VERB --help    help on a verb; ./hh help-verbs lists every verb
 #   ./hh test [args]    install the test tools (npm: claude CLI, playwright-core) and run pytest
 #   ./hh agent [args]   run `hyperhive-agent`
+#   ./hh                this help (it never starts the controller by itself)
+# end of help
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv="$root/.venv"
@@ -39,7 +42,9 @@ ensure_node() {
   fi
 }
 
-cmd="${1:-serve}"
+usage() { sed -n '2,/^# end of help$/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+cmd="${1:-help}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
   test)
@@ -55,7 +60,11 @@ case "$cmd" in
     exec "$venv/bin/hyperhive-agent" "$@"
     ;;
   -h|--help|help)
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    usage
+    ;;
+  help-verbs)
+    ensure_venv
+    exec "$venv/bin/hyperhive" --help
     ;;
   *)
     ensure_venv

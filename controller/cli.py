@@ -33,11 +33,27 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
 EPILOG = """\
-approvals with plain git:
+approvals with plain git (a denial's tag message is the reason the manager gets;
+-c names the tagger, so it works without a git identity):
   git clone <state>/meta.git meta && cd meta
   git tag approved/1 proposal/1 && git push origin approved/1
-  git tag -a denied/2 -m "not now" proposal/2 && git push origin denied/2
+  git -c user.name=operator -c user.email=operator@localhost \\
+    tag -a denied/2 -m "not now" proposal/2 && git push origin denied/2
+
+stopping everything: `hyperhive stop --all` kills every agent (each stays held
+until `hyperhive start NAME`), then stop `hyperhive serve` (Ctrl-C / SIGTERM);
+stopping only the controller leaves the agents running, and the next `serve`
+adopts them.
 """
+
+ID_MAX = 2**63 - 1
+"""The largest id the controller accepts (a signed 64-bit integer)."""
+
+TOMBSTONE_ID_MAX = 40
+"""Characters of a tombstone id (``<agent>-<digits>``) at most."""
+
+NAME_RULE = "1-9 characters: a lowercase letter first, then lowercase letters, digits or '-'"
+"""The agent naming rule in words (``schemas.names.AGENT_NAME_RE``), for error messages."""
 
 
 class CliError(Exception):
@@ -46,6 +62,78 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message: at most 40 characters, escapes visible."""
+    return repr(text[:40] + ("…" if len(text) > 40 else ""))
+
+
+def agent_name(text: str) -> str:
+    """An argparse ``type``: ``text`` if it is an agent name (or ``manager``).
+
+    Raises ``argparse.ArgumentTypeError`` in plain words (argparse exits 2 before any
+    request is made)."""
+    from schemas.names import AGENT_NAME_RE
+
+    if not AGENT_NAME_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not an agent name ({NAME_RULE})")
+    return text
+
+
+def name_or_tombstone(text: str) -> str:
+    """An argparse ``type``: an agent name or a tombstone id (``alice-1700000000``).
+
+    Raises ``argparse.ArgumentTypeError`` in plain words."""
+    from schemas.names import AGENT_NAME_RE
+
+    agent, sep, digits = text.rpartition("-")
+    if AGENT_NAME_RE.fullmatch(text) or (
+        len(text) <= TOMBSTONE_ID_MAX
+        and sep
+        and digits.isascii()
+        and digits.isdigit()
+        and AGENT_NAME_RE.fullmatch(agent)
+    ):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{_shown(text)} is neither an agent name ({NAME_RULE}) nor a tombstone id "
+        "(NAME-DIGITS, as `hyperhive tombstones` lists them)"
+    )
+
+
+def positive_id(text: str) -> int:
+    """An argparse ``type``: a proposal or message id, 1 .. 2**63-1.
+
+    Raises ``argparse.ArgumentTypeError`` in plain words."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= ID_MAX:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not an id (a whole number from 1)")
+    return int(text)
+
+
+def since_id(text: str) -> int:
+    """An argparse ``type``: a message id to start after, 0 .. 2**63-1.
+
+    Raises ``argparse.ArgumentTypeError`` in plain words."""
+    if not (text.isascii() and text.isdigit()) or int(text) > ID_MAX:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a message id (0 or more)")
+    return int(text)
+
+
+def count(text: str) -> int:
+    """An argparse ``type``: a message count, 1 .. 1000 (what the controller serves at once).
+
+    Raises ``argparse.ArgumentTypeError`` in plain words."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a count from 1 to 1000")
+    return int(text)
+
+
+def seg(value: str | int) -> str:
+    """``value`` percent-encoded as one URL path segment (``/`` and ``?`` included)."""
+    import urllib.parse
+
+    return urllib.parse.quote(str(value), safe="")
 
 
 def _layout(args: argparse.Namespace) -> Layout:
@@ -157,6 +245,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     body = {"dry_run": bool(args.dry_run)}
     layout = _layout(args)
+    if args.dry_run and not layout.state.is_dir():
+        # a dry run never writes: planning against a mistyped path would create a state dir
+        raise CliError(
+            f"no state dir at {layout.state} (a dry run creates nothing); "
+            "check --state-dir / $HYPERHIVE_STATE_DIR",
+            EXIT_ERROR,
+        )
     try:
         key: str | None = load_operator_key(layout)
     except CredentialError as exc:
@@ -278,7 +373,7 @@ def _describe(a: dict[str, Any]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.name:
-        a = _call(args, "GET", f"/agents/{args.name}")
+        a = _call(args, "GET", f"/agents/{seg(args.name)}")
         if args.output == "json":
             print(json.dumps(a, indent=2))
         else:
@@ -356,13 +451,13 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    p = _call(args, "POST", f"/proposals/{args.id}/approve", {"note": args.note or ""})
+    p = _call(args, "POST", f"/proposals/{seg(args.id)}/approve", {"note": args.note or ""})
     print(f"approved proposal/{p['id']} ({p['title']}); the controller deploys it now")
     return EXIT_OK
 
 
 def cmd_deny(args: argparse.Namespace) -> int:
-    p = _call(args, "POST", f"/proposals/{args.id}/deny", {"note": args.note})
+    p = _call(args, "POST", f"/proposals/{seg(args.id)}/deny", {"note": args.note})
     print(f"denied proposal/{p['id']} ({p['title']}): {args.note}")
     return EXIT_OK
 
@@ -384,9 +479,51 @@ def _fmt_message(m: dict[str, Any]) -> str:
     return f"{when}  {msg.sender} → {msg.recipient}  {tag}{body}"
 
 
-def cmd_messages(args: argparse.Namespace) -> int:
-    data = _call(args, "GET", f"/messages?since=0&limit={args.limit}")
+def _messages_after(args: argparse.Namespace, since: int, limit: int) -> list[dict[str, Any]]:
+    data = _call(args, "GET", f"/messages?since={since}&limit={limit}")
     msgs: list[dict[str, Any]] = data.get("messages", [])
+    return msgs
+
+
+def _last_message_id(args: argparse.Namespace) -> int:
+    """The newest message's id (0: none), found with ``GET /messages?since=S&limit=1``.
+
+    host.sock pages oldest first from ``since``, so the newest id is found by doubling
+    ``since`` until nothing follows, then bisecting: about 2·log2(id) short requests.
+    """
+    if not _messages_after(args, 0, 1):
+        return 0
+    lo, hi = 0, 1  # some message is newer than lo; find hi with none newer
+    while _messages_after(args, hi, 1):
+        lo, hi = hi, min(hi * 2, ID_MAX)
+        if hi == ID_MAX:
+            break
+    while hi - lo > 1:  # invariant: a message newer than lo, none newer than hi
+        mid = (lo + hi) // 2
+        if _messages_after(args, mid, 1):
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _newest_messages(args: argparse.Namespace, n: int) -> list[dict[str, Any]]:
+    """The newest ``n`` messages, oldest first (ids may have gaps: widen until ``n`` or all)."""
+    last = _last_message_id(args)
+    span = n
+    while True:
+        since = max(0, last - span)
+        msgs = _messages_after(args, since, 1000)
+        if len(msgs) >= n or since == 0 or len(msgs) == 1000:
+            return msgs[-n:]
+        span *= 4
+
+
+def cmd_messages(args: argparse.Namespace) -> int:
+    if args.since is not None:
+        msgs = _messages_after(args, args.since, args.limit)
+    else:
+        msgs = _newest_messages(args, args.limit)
     if args.output == "json" and not args.follow:
         print(json.dumps(msgs, indent=2))
         return EXIT_OK
@@ -398,7 +535,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
         return EXIT_OK
     from schemas.client import Unreachable
 
-    last = msgs[-1]["id"] if msgs else 0
+    last = int(msgs[-1]["id"]) if msgs else (args.since or _last_message_id(args))
     client = _client(args, timeout=3600)
     while True:
         try:
@@ -428,16 +565,47 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     r = _call(
-        args, "POST", f"/agents/{args.name}/destroy", {"purge": bool(args.purge)}, timeout=3600
+        args, "POST", f"/agents/{seg(args.name)}/destroy", {"purge": bool(args.purge)}, timeout=3600
     )
     print(r.get("result", f"destroy {args.name} requested"))
     return EXIT_OK
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    r = _call(args, "POST", f"/tombstones/{args.name}/purge", {})
+    r = _call(args, "POST", f"/tombstones/{seg(args.name)}/purge", {})
     print(r.get("result", f"purged {args.name}"))
     return EXIT_OK
+
+
+_VERB_PATH = {"start": "start", "stop": "kill", "restart": "restart"}
+"""CLI verb → the lifecycle verb host.sock names (``controller.ops.Lifecycle``)."""
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    verb = _VERB_PATH[args.verb]
+    if args.all:
+        if args.verb != "stop":
+            raise CliError("--all only goes with stop", EXIT_ERROR)
+        if args.name:
+            raise CliError("give NAME or --all, not both", EXIT_ERROR)
+        names = [str(a.get("name")) for a in _call(args, "GET", "/status").get("agents", [])]
+    elif not args.name:
+        raise CliError(f"which agent? `hyperhive {args.verb} NAME`", EXIT_ERROR)
+    else:
+        names = [args.name]
+    failed = 0
+    for name in names:
+        try:
+            r = _call(args, "POST", f"/agents/{seg(name)}/{verb}", {}, timeout=3600)
+            print(f"{name}: {r.get('result', f'{args.verb} requested')}")
+        except CliError as exc:
+            if not args.all:
+                raise
+            failed += 1
+            print(f"hyperhive stop: {name}: {exc}", file=sys.stderr)
+    if args.all and not names:
+        print("no agents to stop")
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 def _size(n: Any) -> str:
@@ -578,7 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  hyperhive status\n  hyperhive status alice\n"
         "  hyperhive status alice -o json | jq '.conditions'",
     )
-    st.add_argument("name", nargs="?", help="describe this agent (GET /agents/NAME)")
+    st.add_argument(
+        "name", nargs="?", type=agent_name, help="describe this agent (GET /agents/NAME)"
+    )
     st.add_argument("-o", "--output", choices=["table", "json"], default="table")
     st.set_defaults(fn=cmd_status)
 
@@ -588,23 +758,40 @@ def build_parser() -> argparse.ArgumentParser:
     pe.set_defaults(fn=cmd_pending)
 
     a = sub.add_parser("approve", help="approve proposal ID (same as pushing approved/ID)")
-    a.add_argument("id", type=int)
+    a.add_argument("id", type=positive_id)
     a.add_argument("--note", default="", help="optional note kept with the approval")
     a.set_defaults(fn=cmd_approve)
 
     d = sub.add_parser("deny", help="deny proposal ID with a reason the manager gets")
-    d.add_argument("id", type=int)
+    d.add_argument("id", type=positive_id)
     d.add_argument("--note", required=True, help="why; delivered to the manager")
     d.set_defaults(fn=cmd_deny)
 
     se = sub.add_parser("send", help="send a message to an agent as the operator")
-    se.add_argument("to", help="recipient: manager or an agent name")
+    se.add_argument("to", type=agent_name, help="recipient: manager or an agent name")
     se.add_argument("body", help="message text, or - to read stdin")
     se.set_defaults(fn=cmd_send)
 
-    m = sub.add_parser("messages", help="the message flow between agents and the operator")
+    m = sub.add_parser(
+        "messages",
+        help="the message flow between agents and the operator",
+        description="Print the newest messages, oldest first (like `tail`); --since ID "
+        "prints the ones after message ID instead, --follow keeps printing new ones.",
+    )
     m.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
-    m.add_argument("--limit", type=int, default=200)
+    m.add_argument(
+        "--limit",
+        type=count,
+        default=200,
+        metavar="N",
+        help="how many: the newest N (default 200, at most 1000)",
+    )
+    m.add_argument(
+        "--since",
+        type=since_id,
+        metavar="ID",
+        help="the (first N) messages after message ID instead of the newest",
+    )
     m.add_argument("-o", "--output", choices=["text", "json"], default="text")
     m.set_defaults(fn=cmd_messages)
 
@@ -621,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  hyperhive destroy alice\n  hyperhive destroy alice --purge",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    de.add_argument("name", help="the agent (never the manager)")
+    de.add_argument("name", type=agent_name, help="the agent (never the manager)")
     de.add_argument(
         "--purge",
         action="store_true",
@@ -637,7 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials and sessions, home, logs. There is no undo. Refused while the agent "
         "is still in desired state (use `hyperhive destroy NAME --purge`).",
     )
-    pu.add_argument("name", metavar="NAME|ID", help="an agent name or a tombstone id")
+    pu.add_argument(
+        "name", metavar="NAME|ID", type=name_or_tombstone, help="an agent name or a tombstone id"
+    )
     pu.set_defaults(fn=cmd_purge)
 
     db = sub.add_parser(
@@ -668,7 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
         "commit, with p50/p95 turn durations. Reads the agents' state dirs directly, so it "
         "works with or without a running controller.",
     )
-    sa.add_argument("name", nargs="?", help="only this agent")
+    sa.add_argument("name", nargs="?", type=agent_name, help="only this agent")
     sa.add_argument(
         "--by",
         choices=["agent", "model", "commit"],
@@ -683,6 +872,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sa.add_argument("-o", "--output", choices=["table", "json"], default="table")
     sa.set_defaults(fn=cmd_stats)
+
+    lifecycle_help = {
+        "start": "start a stopped agent now (clears a hold)",
+        "stop": "stop an agent now; it stays stopped (held) until `start`; --all: every agent",
+        "restart": "restart an agent now (clears a hold)",
+    }
+    for verb, text in lifecycle_help.items():
+        lc = sub.add_parser(
+            verb,
+            help=text,
+            description=f"{text[0].upper()}{text[1:]}. The agent stays in desired state: "
+            "this is not `destroy`. Stopping `hyperhive serve` alone leaves the agents "
+            "running (the next serve adopts them); to stop everything run `hyperhive stop "
+            "--all`, then stop serve.",
+        )
+        lc.add_argument("name", nargs="?" if verb == "stop" else None, type=agent_name)
+        if verb == "stop":
+            lc.add_argument(
+                "--all",
+                action="store_true",
+                help="stop every agent, the manager too (each stays held until `start`)",
+            )
+        else:
+            lc.set_defaults(all=False)
+        lc.set_defaults(fn=cmd_lifecycle)
     return p
 
 
@@ -691,12 +905,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.fn(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
         return code
     except CliError as exc:
         print(f"hyperhive {args.verb}: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`hyperhive status | head -1`): nothing more to say, and the
+        # interpreter's own flush of stdout at exit must not fail again with a traceback
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a process killed by SIGPIPE
 
 
 if __name__ == "__main__":
