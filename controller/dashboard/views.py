@@ -135,8 +135,11 @@ def agent_view(row: Mapping[str, Any]) -> dict[str, Any]:
 
     ``commit`` is the deployed commit (``observed_commit`` in ``controller.status``
     rows). Adds ``commit_short``, ``desired_short``, ``url`` (the agent UI behind
-    the dashboard, ``/agents/<name>/``), ``needs_update`` and normalized
-    ``conditions``; other fields (``web_port`` included) pass through.
+    the dashboard, ``/agents/<name>/``), ``needs_update`` (False for an agent stopped on
+    purpose: ``suspended`` by its manifest or ``held`` by a stop request), ``commit_differs``
+    (deployed and desired commits differ and the agent is out of date: the page shows
+    "deployed → desired" only then) and normalized ``conditions``; other fields
+    (``web_port`` included) pass through.
     """
     out = dict(row)
     spec = row.get("spec") if isinstance(row.get("spec"), Mapping) else {}
@@ -149,6 +152,16 @@ def agent_view(row: Mapping[str, Any]) -> dict[str, Any]:
         or None
     )
     desired = row.get("desired_commit")
+    # stopped on purpose (spec.suspend, or a stop by request): the page says so instead of
+    # "needs update" — an update would not start it, and nothing is wrong with it
+    suspended = bool(row.get("suspended")) or any(
+        c["type"] == "Ready" and c["reason"] == "Suspended" for c in conditions
+    )
+    held = row.get("held") or None
+    stopped_on_purpose = suspended or held is not None
+    outdated = (bool(row.get("needs_update")) or needs_update(conditions)) and not (
+        stopped_on_purpose
+    )
     port = row.get("web_port", row.get("port"))
     web_port = port if isinstance(port, int) and not isinstance(port, bool) and port > 0 else None
     out.update(
@@ -159,10 +172,17 @@ def agent_view(row: Mapping[str, Any]) -> dict[str, Any]:
             "commit": commit if isinstance(commit, str) else None,
             "commit_short": commit[:8] if isinstance(commit, str) else None,
             "desired_short": desired[:8] if isinstance(desired, str) else None,
+            # the arrow "deployed → desired" only when they differ and it matters
+            "commit_differs": isinstance(desired, str)
+            and isinstance(commit, str)
+            and desired != commit
+            and outdated,
+            "suspended": suspended,
+            "held": str(held) if held is not None else None,
             "web_port": web_port,
             "url": agent_url(str(row.get("name", "?"))),
             "conditions": conditions,
-            "needs_update": bool(row.get("needs_update")) or needs_update(conditions),
+            "needs_update": outdated,
             "needs_login": needs_login(conditions),
             "crash_loop": crash_looping(conditions),
         }

@@ -1,8 +1,12 @@
 // Drives the dashboard in headless Chromium (playwright-core, no bundled browser).
 // usage: node tests/browser/dashboard.mjs <base-url> <login-url> <screenshot.png>
 // Logs in through the one-time login URL first. Prints one JSON line with what it saw;
-// exits non-zero on any failed check.
+// exits non-zero on any failed check. Then checks the layout at 1400 × 900 and 420 × 900 with
+// every section expanded and a 500-line log open: nothing may stick out past the window
+// unless it is inside its own scroll box (screenshots next to <screenshot.png>:
+// dashboard-1400.png, dashboard-420.png).
 import { chromium } from 'playwright-core';
+import path from 'node:path';
 
 const [base, loginUrl, shot] = process.argv.slice(2);
 if (!base || !loginUrl || !shot) {
@@ -16,9 +20,92 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
-const seen = { dialogs: [], errors: [] };
+const seen = { dialogs: [], errors: [], layout: {} };
+
+// Runs in the page: what sticks out past the window's right edge. The page itself must not
+// scroll sideways, and an element whose right edge is past the viewport counts unless an
+// ancestor that clips or scrolls (its own scroll box) ends inside the viewport.
+function overflowReport() {
+  const se = document.scrollingElement;
+  const vw = se.clientWidth;
+  const out = [];
+  if (se.scrollWidth > se.clientWidth) out.push(`page: scrollWidth ${se.scrollWidth} > clientWidth ${se.clientWidth}`);
+  const name = (el) => `${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ''}${el.classList.length ? `.${[...el.classList].join('.')}` : ''}`;
+  const boxed = (el) => {
+    for (let p = el.parentElement; p && p !== document.body && p !== document.documentElement; p = p.parentElement) {
+      const ox = getComputedStyle(p).overflowX;
+      if (ox !== 'visible') return p.getBoundingClientRect().right <= vw + 0.5;
+    }
+    return false;
+  };
+  for (const el of document.body.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || r.right <= vw + 0.5) continue;
+    if (boxed(el)) continue;
+    let where = '';
+    for (let p = el.parentElement; p && !where; p = p.parentElement) {
+      where = p.dataset.agent || p.dataset.agentMore || p.id || '';
+    }
+    out.push(`${name(el)} in ${where || '?'}: right ${Math.round(r.right)} > ${vw}`);
+    if (out.length > 20) break;
+  }
+  return out;
+}
+
+// Opens every section: all describe / logs / config blocks, history, every diff; waits until
+// each lazy block has its answer.
+async function expandAll(page) {
+  await page.evaluate(() => {
+    for (const d of document.querySelectorAll('details:not([open])')) {
+      if (d.matches('[data-lazy]')) d.querySelector(':scope > summary').click();
+      else d.open = true;
+    }
+  });
+  await page.waitForFunction(() => [...document.querySelectorAll('details[data-lazy]')].every(
+    (d) => d.open && d.querySelector('.lazy-out').children.length > 0
+      && !d.querySelector('[data-lazy-refresh]').classList.contains('busy'),
+  ));
+}
+
+async function layoutAt(page, width, shotPath) {
+  await page.setViewportSize({ width, height: 900 });
+  await expandAll(page);
+  const res = {};
+  res.overflow = await page.evaluate(overflowReport);
+  // the check itself catches a too-wide element (else a broken check would pass everything)
+  await page.evaluate(() => {
+    const probe = document.createElement('div');
+    probe.id = 'overflow-probe';
+    probe.style.width = '3000px';
+    probe.textContent = 'probe';
+    document.querySelector('main').append(probe);
+  });
+  res.selfTest = (await page.evaluate(overflowReport)).some((o) => o.includes('overflow-probe'));
+  await page.evaluate(() => document.getElementById('overflow-probe').remove());
+  res.logLines = await page.$eval('details[data-key="logs-alice"] pre.logs', (p) => p.textContent.trimEnd().split('\n').length);
+  res.logScrollsInside = await page.$eval('details[data-key="logs-alice"] pre.logs', (p) => {
+    const r = p.getBoundingClientRect();
+    return p.scrollWidth > p.clientWidth && p.scrollHeight > p.clientHeight && r.right <= document.scrollingElement.clientWidth;
+  });
+  // every lifecycle button (start / restart / kill / update) is within the window's width
+  res.buttonsOnScreen = await page.$$eval('tr[data-agent] .lifecycle button, tr[data-agent] .badges button', (bs) => {
+    const vw = document.scrollingElement.clientWidth;
+    return bs.length > 0 && bs.every((b) => { const r = b.getBoundingClientRect(); return r.left >= 0 && r.right <= vw && r.width > 0; });
+  });
+  // the screenshot: logs open for alice, the other blocks closed again (keeps it readable)
+  await page.evaluate(() => {
+    for (const d of document.querySelectorAll('details[data-lazy][open]')) {
+      if (d.dataset.key !== 'logs-alice') d.open = false;
+    }
+    document.querySelectorAll('.toast').forEach((t) => t.remove());
+    window.scrollTo(0, 0);
+  });
+  res.overflowScreenshot = await page.evaluate(overflowReport);
+  await page.screenshot({ path: shotPath, fullPage: true });
+  return res;
+}
 try {
-  const context = await browser.newContext({ viewport: { width: 1440, height: 1000 }, colorScheme: 'dark' });
+  const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, colorScheme: 'dark' });
   const page = await context.newPage();
   page.setDefaultTimeout(15000);
   page.on('pageerror', (e) => seen.errors.push(`pageerror: ${e.message}`));
@@ -54,6 +141,13 @@ try {
   seen.managerDanger = await page.$$eval('tr[data-agent-more="manager"] .danger-zone', (x) => x.length);
   seen.aliceDanger = await page.$$eval('tr[data-agent-more="alice"] .danger-zone button', (b) => b.map((x) => x.textContent));
   seen.kept = await page.$$eval('#kept tr[data-tombstone]', (rows) => rows.map((r) => r.dataset.name));
+  // badges say what the agent is; the deployed column shows the arrow only for an outdated agent
+  seen.badges = await page.$$eval('tr[data-agent]', (rows) => Object.fromEntries(rows.map((r) => [
+    r.dataset.agent, [...r.querySelectorAll('.badges .badge')].map((b) => b.textContent.trim()),
+  ])));
+  seen.deployed = await page.$$eval('tr[data-agent] td.c-deployed', (tds) => Object.fromEntries(tds.map((td) => [
+    td.closest('tr').dataset.agent, td.textContent.replace(/\s+/g, ' ').trim(),
+  ])));
 
   // ↳ logs: lazy-loaded journal, auto-scrolled to the bottom; then the whole machine journal
   const logs = 'details[data-key="logs-alice"]';
@@ -146,6 +240,18 @@ try {
   await page.waitForTimeout(1300); // let the "fresh" flash fade
   await page.screenshot({ path: shot, fullPage: true });
   seen.screenshot = shot;
+
+  // layout: 1400 × 900 and 420 × 900, every section expanded, a 500-line log open
+  const dir = path.dirname(shot);
+  seen.layout['1400'] = await layoutAt(page, 1400, path.join(dir, 'dashboard-1400.png'));
+  seen.layout['420'] = await layoutAt(page, 420, path.join(dir, 'dashboard-420.png'));
+  for (const [w, res] of Object.entries(seen.layout)) {
+    for (const o of [...res.overflow, ...res.overflowScreenshot]) seen.errors.push(`overflow at ${w}px: ${o}`);
+    if (!res.selfTest) seen.errors.push(`overflow check at ${w}px missed a 3000px probe`);
+    if (!res.logScrollsInside) seen.errors.push(`at ${w}px the 500-line log does not scroll inside its own box`);
+    if (!res.buttonsOnScreen) seen.errors.push(`at ${w}px an agent's action button is off screen`);
+  }
+  await page.setViewportSize({ width: 1400, height: 900 });
 
   // alice's own UI through the dashboard: the controller's copy of the page, her API and
   // events forwarded to her socket (relative URLs under /agents/alice/)

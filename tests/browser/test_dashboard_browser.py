@@ -47,10 +47,65 @@ def _fakes() -> Any:
     return importlib.import_module("dashboard_fakes")
 
 
+LOG_LINES = 500
+"""Lines every journal answer has: the layout checks run with a 500-line log open."""
+
+
+def _cond(ctype: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {"type": ctype, "status": status, "reason": reason, "message": message}
+
+
+def _states_worth_a_badge(ops: Any) -> None:
+    """Rows the issue-11 first hour met: an up-to-date agent whose deployed commit is not
+    main's (nothing it uses changed), a suspended agent and an agent stopped on request,
+    both out of date (their badge says what they are, not "needs update")."""
+    ops.agents["manager"]["desired_commit"] = "0123abcd" * 5  # main moved; manager unaffected
+    carol = ops.agents["carol"]
+    carol["suspended"] = True
+    carol["desired_commit"] = "0123abcd" * 5
+    carol["conditions"] = [
+        _cond("Ready", "False", "Suspended", "spec.suspend is true"),
+        _cond("UpToDate", "False", "ManifestChanged", "agent.yaml changed"),
+    ]
+    ops.add_agent(
+        {
+            **ops.agents["carol"],
+            "name": "erin-long",
+            "suspended": False,
+            "held": "stopped by request",
+            "model": "claude-sonnet-4-5-20250929-with-a-long-suffix",
+            "conditions": [
+                _cond("Ready", "False", "StoppedByRequest", "stopped by request until started"),
+                _cond("UpToDate", "False", "NeedsRebuild", "agent.nix changed"),
+                _cond("Isolated", "False", "NoSandbox", "x" * 300),
+            ],
+        }
+    )
+
+
+def _long_journal(ops: Any) -> None:
+    """Every journal answer is ``LOG_LINES`` lines, some far wider than the window: the
+    open log must scroll inside its own box. The fake's own lines come last (the checks
+    look for them at the bottom)."""
+    fake_journal = ops.journal
+
+    def journal(name: str, unit: str | None = None, lines: int = 200) -> str:
+        tail = fake_journal(name, unit, lines).splitlines()
+        pad = [
+            f"2026-01-01T00:00:{i % 60:02d}+0000 {name} filler[7]: line {i} " + "w" * (i % 7) * 60
+            for i in range(max(0, LOG_LINES - len(tail)))
+        ]
+        return "\n".join(pad + tail) + "\n"
+
+    ops.journal = journal
+
+
 @pytest.mark.skipif(chromium.skip_reason() is not None, reason=chromium.skip_reason() or "")
 def test_dashboard_in_chromium(tmp_path: Path) -> None:
     fakes = _fakes()
     ops, broker = fakes.demo()
+    _states_worth_a_badge(ops)
+    _long_journal(ops)
     stop = threading.Event()
     shot = tmp_path / "dashboard.png"
     tokens = LoginTokens()
@@ -93,7 +148,15 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
     assert "/api/state" in paths and "/events/stream" in paths
     assert not any("cookie" in r["headers"] for r in alice_ui.seen)
     assert seen["reusedStatus"] == 401 and "hyperhive dashboard" in seen["reusedText"]
-    assert seen["agents"] == ["manager", "alice", "bob", "carol"]
+    assert seen["agents"] == ["manager", "alice", "bob", "carol", "erin-long"]
+    # badges match the state: stopped on purpose is not "needs update"
+    assert seen["badges"]["carol"] == ["stopped", "suspended"]
+    assert seen["badges"]["erin-long"] == ["stopped", "by request"]
+    assert "needs update ↻" in seen["badges"]["alice"]
+    # one commit when up to date (even when main moved past it), the arrow when outdated
+    assert seen["deployed"]["manager"] == ops.agents["manager"]["observed_commit"][:8]
+    assert seen["deployed"]["alice"] == f"77aa01bd → {ops.main_commit[:8]}"
+    assert "→" not in seen["deployed"]["carol"]
     assert seen["aliceNeedsUpdate"] is True
     assert seen["aliceLink"] == "/agents/alice/"
     assert "StartFailed" in seen["bobProblem"]
@@ -140,7 +203,18 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
     assert seen["lastFlowRoute"].replace(" ", "") == "operator→alice"
     assert seen["sendBodyCleared"] is True
     assert seen["errors"] == []
+    # layout: no horizontal overflow at 1400 and 420 px, with every block open and a
+    # 500-line log that scrolls inside its own box (the check finds a 3000 px probe)
+    for width in ("1400", "420"):
+        layout = seen["layout"][width]
+        assert layout["overflow"] == [] and layout["overflowScreenshot"] == [], layout
+        assert layout["selfTest"] and layout["logScrollsInside"] and layout["buttonsOnScreen"]
+        assert layout["logLines"] == LOG_LINES
     assert shot.stat().st_size > 10_000
-    if os.environ.get("HYPERHIVE_UPDATE_SCREENSHOTS") == "1" or not DOC_SHOT.exists():
-        DOC_SHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, DOC_SHOT)
+    update = os.environ.get("HYPERHIVE_UPDATE_SCREENSHOTS") == "1"
+    for name in ("dashboard.png", "dashboard-1400.png", "dashboard-420.png"):
+        got, doc = tmp_path / name, DOC_SHOT.with_name(name)
+        assert got.stat().st_size > 10_000
+        if update or not doc.exists():
+            doc.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(got, doc)

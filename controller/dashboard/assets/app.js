@@ -183,6 +183,12 @@ function stateBadges(a) {
       ? `<a class="badge login" href="${esc(a.url)}" target="_blank" rel="noopener" title="${esc(tip)}">needs login ↗</a>`
       : `<span class="badge login" title="${esc(tip)}">needs login</span>`);
   }
+  // Stopped on purpose: say so (quietly) instead of "needs update"; views.py clears needs_update.
+  if (a.suspended) {
+    out.push('<span class="badge quiet" title="spec.suspend is true in its agent.yaml; set it to false to run it">suspended</span>');
+  } else if (a.held) {
+    out.push(`<span class="badge quiet" title="${esc(`${a.held}; start it to run it again`)}">by request</span>`);
+  }
   if (a.needs_update) {
     out.push(actionForm(`/api/agents/${encodeURIComponent(a.name)}/update`, 'needs update ↻', {
       cls: 'badge update', kind: 'lifecycle',
@@ -439,20 +445,22 @@ function renderAgents({ agents, err }) {
       ? `<a href="${esc(a.url)}" target="_blank" rel="noopener" title="open ${name}'s web UI">ui&nbsp;↗</a>`
       : '<span class="empty">—</span>';
     return `<tr class="agent-main" data-agent="${name}">
-      <td><div class="agent-name">${name}${a.name === MANAGER ? '<span class="role">mgr</span>' : ''}</div>
+      <td class="c-agent"><div class="agent-name">${name}${a.name === MANAGER ? '<span class="role">mgr</span>' : ''}</div>
         ${p ? `<div class="agent-sub${p.bad ? ' bad' : ''}">${esc(p.text)}</div>` : ''}</td>
-      <td><div class="badges"><span class="badge phase-${esc(['running', 'failed', 'stopped', 'absent'].includes(a.phase) ? a.phase : 'unknown')}">${esc(a.phase)}</span>${stateBadges(a)}</div></td>
-      <td><div class="conds">${shownConditions(a).map(condChip).join('')}</div></td>
-      <td>${a.model ? `<span class="chip">${esc(a.model)}</span>` : ''}</td>
-      <td>${a.commit_short ? `<span class="commit" title="deployed ${esc(a.commit)}">${esc(a.commit_short)}</span>` : '<span class="empty">never deployed</span>'}${a.desired_short && a.desired_short !== a.commit_short ? ` <span class="dim" title="desired (main)">→ ${esc(a.desired_short)}</span>` : ''}</td>
-      <td>${link}</td>
-      <td class="right"><div class="lifecycle">${buttons}</div></td>
+      <td class="c-state"><div class="badges"><span class="badge phase-${esc(['running', 'failed', 'stopped', 'absent'].includes(a.phase) ? a.phase : 'unknown')}">${esc(a.phase)}</span>${stateBadges(a)}</div></td>
+      <td class="c-conds"><div class="conds">${shownConditions(a).map(condChip).join('')}</div></td>
+      <td class="c-model">${a.model ? `<span class="chip">${esc(a.model)}</span>` : ''}</td>
+      <td class="c-deployed">${a.commit_short ? `<span class="commit" title="deployed ${esc(a.commit)}">${esc(a.commit_short)}</span>` : '<span class="empty">never deployed</span>'}${a.commit_differs && a.desired_short ? ` <span class="dim desired" title="desired (main)">→&nbsp;${esc(a.desired_short)}</span>` : ''}</td>
+      <td class="c-ui">${link}</td>
+      <td class="right c-actions"><div class="lifecycle">${buttons}</div></td>
     </tr>
     <tr class="agent-more" data-agent-more="${name}"><td colspan="7"><div class="more">
       ${lazyBlock('describe', a.name)}${lazyBlock('logs', a.name)}${lazyBlock('config', a.name)}${dangerForms(a)}
     </div></td></tr>`;
   }).join('');
-  return `<table><thead><tr><th>agent</th><th>state</th><th>conditions</th><th>model</th><th>deployed</th><th>ui</th><th></th></tr></thead><tbody>${rows}</tbody></table>`;
+  // fixed columns: an open log or config block scrolls inside its own box instead of widening the table
+  return `<table><colgroup><col class="w-agent"><col class="w-state"><col class="w-conds"><col class="w-model"><col class="w-deployed"><col class="w-ui"><col class="w-actions"></colgroup>
+    <thead><tr><th>agent</th><th>state</th><th>conditions</th><th>model</th><th>deployed</th><th>ui</th><th></th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function diffStats(diff) {
