@@ -261,6 +261,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             "/reconcile", body
         )
     except Unreachable:
+        if args.dry_run and not layout.meta_git.is_dir():
+            # the in-process pass would bootstrap meta.git and the manager's clone first
+            print(
+                f"hyperhive reconcile: {layout.state} holds no meta.git: nothing to plan "
+                "(a dry run creates nothing; `hyperhive serve` makes it)",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
         from controller.config import load_config
         from controller.serve import one_shot_pass
 

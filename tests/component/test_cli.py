@@ -84,6 +84,15 @@ def test_reconcile_dry_run_never_creates_a_state_dir(tmp_path: Path) -> None:
     assert not (tmp_path / "typo").exists()
 
 
+def test_reconcile_dry_run_writes_nothing_in_an_empty_state_dir(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    r = cli(state, "reconcile", "--dry-run")
+    assert r.returncode == 2, r
+    assert "no meta.git" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert list(state.iterdir()) == []
+
+
 def test_hh_help_is_clean_and_a_bare_hh_does_not_serve() -> None:
     for argv in (["--help"], []):
         r = subprocess.run(
