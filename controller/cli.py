@@ -40,8 +40,9 @@ approvals with plain git (a denial's tag message is the reason the manager gets;
   git -c user.name=operator -c user.email=operator@localhost \\
     tag -a denied/2 -m "not now" proposal/2 && git push origin denied/2
 
-stopping everything: `hyperhive stop --all` kills every agent (each stays held
-until `hyperhive start NAME`), then stop `hyperhive serve` (Ctrl-C / SIGTERM);
+stopping everything: `hyperhive stop --all` stops every agent (each stays stopped,
+across controller restarts, until `hyperhive start NAME`, restart or its next
+deploy), then stop `hyperhive serve` (Ctrl-C / SIGTERM);
 stopping only the controller leaves the agents running, and the next `serve`
 adopts them.
 """
@@ -883,7 +884,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lifecycle_help = {
         "start": "start a stopped agent now (clears a hold)",
-        "stop": "stop an agent now; it stays stopped (held) until `start`; --all: every agent",
+        "stop": "stop an agent now; it stays stopped until start, restart or its next deploy",
         "restart": "restart an agent now (clears a hold)",
     }
     for verb, text in lifecycle_help.items():
@@ -895,12 +896,18 @@ def build_parser() -> argparse.ArgumentParser:
             "running (the next serve adopts them); to stop everything run `hyperhive stop "
             "--all`, then stop serve.",
         )
-        lc.add_argument("name", nargs="?" if verb == "stop" else None, type=agent_name)
+        lc.add_argument(
+            "name",
+            nargs="?" if verb == "stop" else None,
+            type=agent_name,
+            metavar="NAME",
+            help="the agent (manager included)",
+        )
         if verb == "stop":
             lc.add_argument(
                 "--all",
                 action="store_true",
-                help="stop every agent, the manager too (each stays held until `start`)",
+                help="stop every agent, the manager too (then stop serve: nothing keeps running)",
             )
         else:
             lc.set_defaults(all=False)
