@@ -449,7 +449,7 @@ function renderAgents({ agents, err }) {
         ${p ? `<div class="agent-sub${p.bad ? ' bad' : ''}">${esc(p.text)}</div>` : ''}</td>
       <td class="c-state"><div class="badges"><span class="badge phase-${esc(['running', 'failed', 'stopped', 'absent'].includes(a.phase) ? a.phase : 'unknown')}">${esc(a.phase)}</span>${stateBadges(a)}</div></td>
       <td class="c-conds"><div class="conds">${shownConditions(a).map(condChip).join('')}</div></td>
-      <td class="c-model">${a.model ? `<span class="chip">${esc(a.model)}</span>` : ''}</td>
+      <td class="c-model">${a.model ? `<span class="chip" title="model ${esc(a.model)}">${esc(a.model)}</span>` : ''}</td>
       <td class="c-deployed">${a.commit_short ? `<span class="commit" title="deployed ${esc(a.commit)}">${esc(a.commit_short)}</span>` : '<span class="empty">never deployed</span>'}${a.commit_differs && a.desired_short ? ` <span class="dim desired" title="desired (main)">→&nbsp;${esc(a.desired_short)}</span>` : ''}</td>
       <td class="c-ui">${link}</td>
       <td class="right c-actions"><div class="lifecycle">${buttons}</div></td>
