@@ -92,6 +92,7 @@ async function layoutAt(page, width, shotPath) {
     const vw = document.scrollingElement.clientWidth;
     return bs.length > 0 && bs.every((b) => { const r = b.getBoundingClientRect(); return r.left >= 0 && r.right <= vw && r.width > 0; });
   });
+  if (!shotPath) return res;
   // the screenshot: logs open for alice, the other blocks closed again (keeps it readable)
   await page.evaluate(() => {
     for (const d of document.querySelectorAll('details[data-lazy][open]')) {
@@ -245,8 +246,9 @@ try {
   const dir = path.dirname(shot);
   seen.layout['1400'] = await layoutAt(page, 1400, path.join(dir, 'dashboard-1400.png'));
   seen.layout['420'] = await layoutAt(page, 420, path.join(dir, 'dashboard-420.png'));
+  for (const w of [1024, 901, 900, 760, 320]) seen.layout[String(w)] = await layoutAt(page, w, null);
   for (const [w, res] of Object.entries(seen.layout)) {
-    for (const o of [...res.overflow, ...res.overflowScreenshot]) seen.errors.push(`overflow at ${w}px: ${o}`);
+    for (const o of [...res.overflow, ...(res.overflowScreenshot || [])]) seen.errors.push(`overflow at ${w}px: ${o}`);
     if (!res.selfTest) seen.errors.push(`overflow check at ${w}px missed a 3000px probe`);
     if (!res.logScrollsInside) seen.errors.push(`at ${w}px the 500-line log does not scroll inside its own box`);
     if (!res.buttonsOnScreen) seen.errors.push(`at ${w}px an agent's action button is off screen`);

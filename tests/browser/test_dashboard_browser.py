@@ -203,14 +203,14 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
     assert seen["lastFlowRoute"].replace(" ", "") == "operator→alice"
     assert seen["sendBodyCleared"] is True
     assert seen["errors"] == []
-    # layout: no horizontal overflow at 1400 and 420 px, with every block open and a
-    # 500-line log that scrolls inside its own box (the check finds a 3000 px probe)
-    for width in ("1400", "420"):
-        layout = seen["layout"][width]
-        assert layout["overflow"] == [] and layout["overflowScreenshot"] == [], layout
+    # layout: no horizontal overflow at 1400 and 420 px (and around the card breakpoint),
+    # with every block open and a 500-line log that scrolls inside its own box (the check
+    # finds a 3000 px probe)
+    assert sorted(seen["layout"], key=int) == ["320", "420", "760", "900", "901", "1024", "1400"]
+    for width, layout in seen["layout"].items():
+        assert layout["overflow"] == [] and layout.get("overflowScreenshot", []) == [], width
         assert layout["selfTest"] and layout["logScrollsInside"] and layout["buttonsOnScreen"]
         assert layout["logLines"] == LOG_LINES
-    assert shot.stat().st_size > 10_000
     update = os.environ.get("HYPERHIVE_UPDATE_SCREENSHOTS") == "1"
     for name in ("dashboard.png", "dashboard-1400.png", "dashboard-420.png"):
         got, doc = tmp_path / name, DOC_SHOT.with_name(name)
