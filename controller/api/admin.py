@@ -25,10 +25,14 @@ anything else is looked at; it then acts as the operator (sender name
 ``POST /agents/{name}/destroy``        admin#DestroyRequest      admin#ResultResponse
 ``GET  /agents/{name}/journal``        ``?unit=&lines=``         admin#JournalResponse
 ``GET  /agents/{name}/config``                                   admin#AgentConfigResponse
+``POST /agents/{name}/{verb}``         ``{}``                    ``{"name", "verb", "result"}``
 ``GET  /tombstones``                                             admin#TombstonesResponse
 ``POST /tombstones/{name}/purge``      ``{}``                    admin#ResultResponse
 ``POST /login``                        ``{}``                    ``{"token", "expires_at", "url"}``
 =====================================  ========================  ==============================
+
+``{verb}`` is ``start``, ``kill``, ``restart`` or ``update`` (``hyperhive start / stop /
+restart``); ``result`` says what was done.
 
 ``/login`` makes a one-time dashboard login token (``controller.auth.LoginTokens``:
 single use, 10 minutes); ``url`` is the dashboard's ``/login?token=…`` URL when the
@@ -80,7 +84,7 @@ from controller.api.common import (
 from controller.auth.sessions import LoginTokens
 from controller.broker import Broker
 from controller.errors import Invalid, NotFound
-from controller.ops import SwarmOps
+from controller.ops import Lifecycle, SwarmOps
 from schemas.names import AGENT_NAME_RE, MANAGER, OPERATOR
 from schemas.validate import validate
 from schemas.wire import rfc3339
@@ -279,6 +283,17 @@ class _Agents:
     async def on_get_config(self, req: Request, resp: Response, name: str) -> None:
         resp.media = await _off(self.ops.agent_config, _name(name))
 
+    async def on_post_lifecycle(self, req: Request, resp: Response, name: str, verb: str) -> None:
+        try:
+            lifecycle = Lifecycle(verb)
+        except ValueError as exc:
+            verbs = ", ".join(v.value for v in Lifecycle)
+            raise NotFound(f"no agent verb {verb!r} (verbs: {verbs})", "verb") from exc
+        validate(await read_json(req), "admin#Empty")
+        agent = _name(name)
+        result = await _off(self.ops.lifecycle, lifecycle, agent)
+        resp.media = {"name": agent, "verb": lifecycle.value, "result": result}
+
 
 class _Tombstones:
     def __init__(self, ops: SwarmOps) -> None:
@@ -365,6 +380,7 @@ def make_admin_app(
     app.add_route("/agents/{name}/destroy", agents, suffix="destroy")
     app.add_route("/agents/{name}/journal", agents, suffix="journal")
     app.add_route("/agents/{name}/config", agents, suffix="config")
+    app.add_route("/agents/{name}/{verb}", agents, suffix="lifecycle")
     tombs = _Tombstones(ops)
     app.add_route("/tombstones", tombs)
     app.add_route("/tombstones/{name}/purge", tombs, suffix="purge")

@@ -102,7 +102,7 @@ def test_describe_journal_config(host: Host) -> None:
     [
         ("GET", "/agents/Alice", None, 400, "name"),
         ("GET", "/agents/a.b", None, 400, "name"),
-        ("GET", "/agents/a%2F..", None, 404, None),  # no such route
+        ("GET", "/agents/a%2F..", None, 405, None),  # /agents/{name}/{verb} is POST only
         ("GET", "/agents/nobody", None, 404, "name"),
         ("GET", "/agents/alice/journal?lines=0", None, 400, "lines"),
         ("GET", "/agents/alice/journal?lines=5001", None, 400, "lines"),
