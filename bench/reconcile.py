@@ -170,13 +170,8 @@ class NullBroker:
         return {}
 
 
-def build_repo(root: Path, agents: int, history: int) -> MetaRepo:
-    layout = Layout(root / "state", root / "run")
-    meta = MetaRepo.open_or_init(layout, Config())
-    repo = meta.repo
-    sig = pygit2.Signature("bench", "bench@localhost")
-    main = repo.references["refs/heads/main"].target
-    tree = repo[main].peel(pygit2.Tree)
+def agents_tree(repo: pygit2.Repository, tree: pygit2.Tree, agents: int) -> pygit2.Oid:
+    """``tree`` with ``agents`` manifests (``a000``, ``a001``, …) added under ``agents/``."""
     agents_tb = repo.TreeBuilder(tree["agents"])  # type: ignore[arg-type]
     for i in range(agents):
         name = f"a{i:03d}"
@@ -189,7 +184,16 @@ def build_repo(root: Path, agents: int, history: int) -> MetaRepo:
         agents_tb.insert(name, tb.write(), pygit2.GIT_FILEMODE_TREE)
     root_tb = repo.TreeBuilder(tree)
     root_tb.insert("agents", agents_tb.write(), pygit2.GIT_FILEMODE_TREE)
-    top = root_tb.write()
+    return root_tb.write()
+
+
+def build_repo(root: Path, agents: int, history: int) -> MetaRepo:
+    layout = Layout(root / "state", root / "run")
+    meta = MetaRepo.open_or_init(layout, Config())
+    repo = meta.repo
+    sig = pygit2.Signature("bench", "bench@localhost")
+    main = repo.references["refs/heads/main"].target
+    top = agents_tree(repo, repo[main].peel(pygit2.Tree), agents)
     parent = main
     for i in range(history):
         parent = repo.create_commit(None, sig, sig, f"history {i}", top, [parent])

@@ -45,6 +45,8 @@ import pygit2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from reconcile import agents_tree  # bench/ is on sys.path when a bench runs
+
 from controller.config import Config
 from controller.metarepo import MetaRepo
 from controller.paths import Layout
@@ -111,20 +113,8 @@ def build_meta(layout: Layout, agents: int) -> None:
     repo = meta.repo
     sig = pygit2.Signature("bench", "bench@localhost")
     main = repo.references["refs/heads/main"].target
-    tree = repo[main].peel(pygit2.Tree)
-    agents_tb = repo.TreeBuilder(tree["agents"])  # type: ignore[arg-type]
-    for i in range(agents):
-        name = f"a{i:03d}"
-        text = (
-            "apiVersion: hyperhive/v1\nkind: Agent\n"
-            f"metadata:\n  name: {name}\nspec:\n  model: haiku\n"
-        )
-        tb = repo.TreeBuilder()
-        tb.insert("agent.yaml", repo.create_blob(text.encode()), pygit2.GIT_FILEMODE_BLOB)
-        agents_tb.insert(name, tb.write(), pygit2.GIT_FILEMODE_TREE)
-    root_tb = repo.TreeBuilder(tree)
-    root_tb.insert("agents", agents_tb.write(), pygit2.GIT_FILEMODE_TREE)
-    repo.create_commit("refs/heads/main", sig, sig, f"{agents} agents", root_tb.write(), [main])
+    top = agents_tree(repo, repo[main].peel(pygit2.Tree), agents)
+    repo.create_commit("refs/heads/main", sig, sig, f"{agents} agents", top, [main])
 
 
 @dataclass(frozen=True)
