@@ -6,7 +6,9 @@
       → wake prompt (harness.prompts)
       → claude -p [--continue] (harness.turn), every stdout line into the event log
       → prompt_too_long? compact (/compact with --continue) and retry once
-      → POST /ack {"ids": [id]}   (not when the harness is stopping: the lease redelivers)
+      → POST /ack {"ids": [id]}   (not when the harness is stopping: the lease redelivers;
+                                  not when the turn never reached the model: POST /release
+                                  gives it back, then a back-off of up to 30 s)
       → GET /status → one turn-stats row
       → failed? best-effort message to the manager (unless we are the manager)
 
@@ -26,6 +28,7 @@ the controller has no such verb) and the configured marketplaces and plugins
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import threading
 import time
@@ -67,6 +70,10 @@ LOGIN_POLL = 5.0
 COMPACT_PROMPT = "/compact"
 MAX_REPORT_CHARS = 8000
 STDERR_REPORT = 20  # stderr lines sent to the manager with a failure
+#: After a turn that never reached the model (its message went back to the inbox): seconds
+#: before the next recv, cut short by new credentials or (claude missing) the binary appearing.
+UNREACHED_BACKOFF = 30.0
+BINARY_POLL = 1.0
 #: How long the loop thread may stay in one phase before the systemd watchdog stops being
 #: fed (seconds; ``turn`` and ``plugins`` are computed from the time limits).
 PHASE_SLACK = 120.0
@@ -157,6 +164,7 @@ class TurnLoop:
         # boot
         self.plugins: list[Outcome] | None = None  # None until the boot installs ran
         self._release_supported = True
+        self._unreached: str | None = None  # why the last turn never reached the model
         # watchdog: what the loop thread is doing, since when (monotonic), for how long at most
         self._phase: tuple[str, float, float] = ("starting", time.monotonic(), PHASE_SLACK)
         self._progress = time.monotonic()
@@ -508,6 +516,18 @@ class TurnLoop:
             kind = final.kind
         if note is None and final is not None and kind != RunKind.OK:
             note = final.failure_summary() or None
+        # a turn the model never saw does not spend its message: it goes back to the inbox
+        unreached = (
+            final.never_reached_model()
+            if final is not None and kind == RunKind.FAILED and not self._timed_out
+            else None
+        )
+        if unreached is not None:
+            note = (
+                f"{note or unreached} (never reached the model: "
+                f"message #{msg.id} returned to the inbox)"
+            )
+        self._unreached = unreached
         self.bus.set_state(TurnState.IDLE, turn)
         ended_at = time.time()
         duration_ms = int((ended_at - started_at) * 1000)
@@ -528,7 +548,9 @@ class TurnLoop:
         for r in runs:
             tools.update(r.tool_calls)
         shutdown = self._shutdown
-        if not (kind == RunKind.CANCELLED and shutdown):
+        if unreached is not None:  # each release counts as a delivery: dead letter after 5
+            self._release([msg.id])
+        elif not (kind == RunKind.CANCELLED and shutdown):
             self._ack(msg.id)
         else:  # cut off by SIGTERM: hand it back now rather than after its lease
             self._release([msg.id])
@@ -586,13 +608,34 @@ class TurnLoop:
             "turn %d: %s in %d ms (%d in / %d out tokens, %d tool calls)",
             turn, kind, duration_ms, usage.input_tokens, usage.output_tokens, row.tool_calls,
         )  # fmt: skip
-        if kind == RunKind.FAILED and final is not None:
+        if kind == RunKind.FAILED and final is not None and unreached is None:
             self._report_failure(turn, msg, final, note)
         if self.on_turn_recorded is not None:
             self.on_turn_recorded(row, self.last_timings)
         return row
 
     # ------------------------------------------------------------------ the loop
+
+    def _unreached_backoff(self, reason: str) -> None:
+        """Wait before the next recv after a turn that never reached the model: up to
+        ``UNREACHED_BACKOFF`` s, less when the credentials change or (``claude_missing``) the
+        claude binary appears. Rejected credentials (401) wait in :meth:`_await_login` instead."""
+        if reason == "unauthorized" and self._rejected is not None:
+            return  # the login wait before the next recv holds the loop until new credentials
+        self.bus.note(
+            f"the turn never reached the model ({reason}): the message went back to the inbox; "
+            f"retrying within {UNREACHED_BACKOFF:g} s", "warning",
+        )  # fmt: skip
+        log.warning("turn never reached the model (%s); backing off before the next recv", reason)
+        self._enter("backoff", UNREACHED_BACKOFF + PHASE_SLACK)
+        deadline = time.monotonic() + UNREACHED_BACKOFF
+        missing = reason == "claude_missing"
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            if self._creds_changed.wait(min(left, BINARY_POLL) if missing else left):
+                self._creds_changed.clear()
+                break
+            if missing and shutil.which(self.env.claude_bin, path=self.claude_env().get("PATH")):
+                break
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when the loop should go on."""
@@ -850,6 +893,8 @@ class TurnLoop:
                 break
             try:
                 self.handle(msg, recv_at)
+                if self._unreached is not None:
+                    self._unreached_backoff(self._unreached)
             except Exception:
                 log.exception("turn for message %d crashed", msg.id)
                 self.bus.set_state(TurnState.IDLE)

@@ -32,6 +32,17 @@ STDERR_TAIL = 20
 TERMINATE_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 
+#: API statuses after which the model never saw the prompt: the credentials were refused
+UNAUTHORIZED_STATUSES = frozenset({401, 403})
+#: ... or the API was overloaded / unreachable behind a proxy (a 500 may be caused by the
+#: request itself, so it spends the message like any other failure)
+UNAVAILABLE_STATUSES = frozenset({408, 429, 502, 503, 504, 529})
+#: lower-case fragments of claude's error result when it has no usable login
+LOGIN_MARKERS = ("please run /login", "invalid api key", "not logged in")
+#: ... and when no HTTP answer came at all
+UNREACHABLE_MARKERS = ("connection error", "econnrefused", "enotfound", "etimedout", "fetch failed")
+
+
 class RunKind:
     """How a claude run ended (also the turn-stats ``result_kind``)."""
 
@@ -83,6 +94,39 @@ class RunResult:
     def cost_usd(self) -> float:
         """Dollars (from the result line; 0 without one)."""
         return self.result.cost_usd if self.result is not None else 0.0
+
+    def never_reached_model(self) -> str | None:
+        """Why this failed run never got an answer from the model, or ``None`` when it did
+        (or did not fail that way). The message it ran for was not spent.
+
+        ``claude_missing``: the process could not be started. ``claude_exited``: it exited
+        (non-zero) before printing any stream event. ``unauthorized``: the API refused the
+        credentials (HTTP 401 / 403, or claude's "please log in" result). ``api_unavailable``:
+        the API could not be reached or was overloaded (429, 502-504, 529, a connection
+        error). A run in which the model answered at least once (usage or a tool call seen)
+        is never one of these, nor a cancelled one.
+        """
+        if self.kind != RunKind.FAILED or self.cancelled:
+            return None
+        if self.last_usage is not None or self.tool_calls:
+            return None
+        if self.result is None:
+            if self.error is not None:
+                return "claude_missing"
+            if self.session_id is None and self.exit_code not in (None, 0):
+                return "claude_exited"
+            return None
+        if not self.result.is_error:
+            return None
+        status = self.result.api_error_status
+        text = self.result.text.lower()
+        if status in UNAUTHORIZED_STATUSES or any(m in text for m in LOGIN_MARKERS):
+            return "unauthorized"
+        if status in UNAVAILABLE_STATUSES or (
+            status is None and any(m in text for m in UNREACHABLE_MARKERS)
+        ):
+            return "api_unavailable"
+        return None
 
     def failure_summary(self) -> str:
         """One line on why the run failed (empty when it did not)."""

@@ -180,24 +180,32 @@ def test_a_finished_login_resumes_the_loop(start: Callable[..., Agent], tmp_path
 
 
 def test_rejected_credentials_wait_for_a_new_login(start: Callable[..., Agent]) -> None:
-    from tests.fakeapi import reply_error, rule
+    from tests.fakeapi import Request, reply_error, rule
+
+    def old_key(req: Request) -> bool:  # 401 until the request carries the new key
+        return not any("sk-new" in v for v in req.headers.values())
 
     script = Rules(
-        rule(reply_error(401, "authentication_error", "invalid x-api-key"), contains="first"),
+        rule(reply_error(401, "authentication_error", "invalid x-api-key"), when=old_key),
         default=reply_text("ok"),
     )
     a = start(script)
-    a.sock.deliver("bob", "first")
+    first = a.sock.deliver("bob", "first")
     (row,) = a.wait_turns(1)
     assert row["result_kind"] == "failed"
     assert wait_for(lambda: a.get("/api/state")["status"] == "needs_login", 10)
     assert "rejected (HTTP 401)" in a.get("/api/state")["status_detail"]
-    a.sock.deliver("bob", "second")
+    # the rejected turn never reached the model: its message went back to the inbox
+    assert first not in a.sock.acked and any(first in (ids or []) for ids in a.sock.released)
+    second = a.sock.deliver("bob", "second")
     time.sleep(1.0)
     assert len(a.turns()) == 1  # waits instead of failing every message
     assert a.post("/api/login/key", {"kind": "api_key", "value": "sk-new"})[0] == 200
-    rows = a.wait_turns(2)
-    assert rows[1]["result_kind"] == "ok"
+    rows = a.wait_turns(3)
+    assert [(r["message_id"], r["result_kind"]) for r in rows[1:]] == [
+        (first, "ok"),
+        (second, "ok"),
+    ]
 
 
 # ---------------------------------------------------------------------------------- plugins
