@@ -25,16 +25,28 @@ from tests import realserve
 ROOT = realserve.ROOT
 
 
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def cli_argv(state: Path, *argv: str, run: Path | None = None) -> list[str]:
+    """The argv of ``hyperhive --state-dir STATE [--run-dir RUN] ARGV``."""
+    cmd = [sys.executable, "-m", "controller.cli", "--state-dir", str(state)]
+    if run is not None:
+        cmd += ["--run-dir", str(run)]
+    return [*cmd, *argv]
+
+
 def cli(
     state: Path, *argv: str, run: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """``hyperhive --state-dir STATE [--run-dir RUN] ARGV`` with its output captured."""
-    cmd = [sys.executable, "-m", "controller.cli", "--state-dir", str(state)]
-    if run is not None:
-        cmd += ["--run-dir", str(run)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [*cmd, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        cli_argv(state, *argv, run=run),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -187,6 +199,10 @@ class Serve:
     def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
         return cli(self.state, *argv, run=self.run)
 
+    def argv(self, *argv: str) -> list[str]:
+        """The CLI's argv against this controller (for Popen and shells)."""
+        return cli_argv(self.state, *argv, run=self.run)
+
     def close(self) -> None:
         realserve.stop(self.proc)
         realserve.kill_agents(self.state)
@@ -238,23 +254,11 @@ def test_messages_shows_the_newest_oldest_first(serve: Serve) -> None:
 
 
 def test_messages_follow_prints_new_messages(serve: Serve) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "controller.cli",
-        "--state-dir",
-        str(serve.state),
-        "--run-dir",
-        str(serve.run),
-        "messages",
-        "--limit",
-        "1",
-        "--follow",
-    ]
+    cmd = serve.argv("messages", "--limit", "1", "--follow")
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=ENV,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -273,20 +277,11 @@ def test_messages_follow_prints_new_messages(serve: Serve) -> None:
     "verb", [("status",), ("messages", "--limit", "5"), ("status", "-o", "json")]
 )
 def test_a_closed_pipe_is_no_traceback(serve: Serve, verb: tuple[str, ...]) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "controller.cli",
-        "--state-dir",
-        str(serve.state),
-        "--run-dir",
-        str(serve.run),
-        *verb,
-    ]
+    cmd = serve.argv(*verb)
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -301,23 +296,12 @@ def test_a_closed_pipe_is_no_traceback(serve: Serve, verb: tuple[str, ...]) -> N
 
 
 def test_status_head_in_a_shell(serve: Serve) -> None:
-    base = " ".join(
-        shlex.quote(a)
-        for a in [
-            sys.executable,
-            "-m",
-            "controller.cli",
-            "--state-dir",
-            str(serve.state),
-            "--run-dir",
-            str(serve.run),
-        ]
-    )
+    base = " ".join(shlex.quote(a) for a in serve.argv())
     r = subprocess.run(
         f"{base} status | head -1; {base} messages | head -1",
         shell=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=ENV,
         capture_output=True,
         text=True,
         timeout=60,
