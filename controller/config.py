@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from controller.budget.core import Limits
 from schemas.validate import ValidationFailed, validate
 
 
@@ -57,6 +58,8 @@ class Config:
     config says ``local_sandbox: false``; ``status`` shows ``Isolated`` either way)."""
     local_start_grace: float = 0.3
     """local runtime: seconds a fresh harness must survive for its start to count."""
+    budget: Limits | None = None
+    """The swarm-wide budget per UTC day (``budget:`` in the file; docs/budgets.md)."""
 
     def resolved_runtime(self) -> Runtime:
         """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``."""
@@ -93,6 +96,7 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         log_level=doc.get("log_level", cfg.log_level),
         local_sandbox=bool(doc.get("local_sandbox", cfg.local_sandbox)),
         local_start_grace=float(doc.get("local_start_grace_seconds", cfg.local_start_grace)),
+        budget=Limits.from_doc(doc["budget"]) if "budget" in doc else cfg.budget,
     )
 
 
