@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from controller.budget.core import Limits
 from schemas.validate import ValidationFailed, validate
 
 
@@ -66,6 +67,8 @@ class Config:
     """OTLP/HTTP base URL for traces (``None``: ``$OTEL_EXPORTER_OTLP_ENDPOINT``, else off)."""
     claude_code_telemetry: bool = False
     """Turn on Claude Code's own OpenTelemetry export in every agent (to the same endpoint)."""
+    budget: Limits | None = None
+    """The swarm-wide budget per UTC day (``budget:`` in the file; docs/budgets.md)."""
 
     def resolved_runtime(self) -> Runtime:
         """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``."""
@@ -103,6 +106,7 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         local_sandbox=bool(doc.get("local_sandbox", cfg.local_sandbox)),
         local_start_grace=float(doc.get("local_start_grace_seconds", cfg.local_start_grace)),
         **_observability(doc, cfg),
+        budget=Limits.from_doc(doc["budget"]) if "budget" in doc else cfg.budget,
     )
 
 
