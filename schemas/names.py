@@ -13,7 +13,7 @@ AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,8}$")
 MANAGER = "manager"
 OPERATOR = "operator"
 MANAGER_CONTAINER = "hm1nd"
-RESERVED = frozenset({MANAGER, OPERATOR, "hyperhive", "controller", "all"})
+RESERVED = frozenset({MANAGER, OPERATOR, "hyperhive", "controller", "all", "forge"})
 
 
 class InvalidName(ValueError):
