@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from controller.budget.core import Limits
 from controller.errors import Invalid
 from controller.frontend.paths import BadPath, check_relative, check_target, overlaps
 from controller.model import (
@@ -171,6 +172,7 @@ def manifest_from_doc(doc: dict[str, Any]) -> AgentManifest:
                 for key, e in sorted((fe.get("extraFiles") or {}).items())
             ),
         ),
+        budget=Limits.from_doc(spec.get("budget"), "spec.budget"),
     )
 
 
@@ -216,7 +218,8 @@ def render_settings(
         {"agent", "flavor", "model", "allowed_recipients": [..], "mcp_servers":
          {key: {"command", "args", "env", "allowedTools"}}, "plugins", "marketplaces",
          "web_port", "dashboard_url", "meta_commit", "hyperhive_version"}
-        (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds)
+        (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds,
+         + "max_budget_usd_per_turn" when it sets spec.budget.usdPerTurn)
 
     A server keyed ``hyperhive`` is dropped: it would shadow the built-in surface.
     """
@@ -244,4 +247,6 @@ def render_settings(
     }
     if manifest.turn_timeout_seconds is not None:
         settings["turn_timeout_seconds"] = manifest.turn_timeout_seconds
+    if manifest.budget is not None and manifest.budget.usd_per_turn is not None:
+        settings["max_budget_usd_per_turn"] = manifest.budget.usd_per_turn
     return settings

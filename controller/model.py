@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.budget.core import Limits
+
 
 @dataclass(frozen=True)
 class McpServer:
@@ -79,6 +81,8 @@ class AgentManifest:
     turn_timeout_seconds: int | None = None
     forge: ForgeSpec = ForgeSpec()
     frontend: Frontend = Frontend()
+    budget: Limits | None = None
+    """``spec.budget`` (docs/budgets.md); None: no per-agent budget."""
 
 
 class Phase(enum.StrEnum):
