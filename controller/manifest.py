@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from controller.budget.core import Limits
 from controller.errors import Invalid
 from controller.model import AgentManifest, McpServer, Resources
 from schemas.names import MANAGER
@@ -121,6 +122,7 @@ def manifest_from_doc(doc: dict[str, Any]) -> AgentManifest:
             tasks_max=res.get("tasksMax"),
         ),
         turn_timeout_seconds=spec.get("turnTimeoutSeconds"),
+        budget=Limits.from_doc(spec.get("budget"), "spec.budget"),
     )
 
 
@@ -166,7 +168,8 @@ def render_settings(
         {"agent", "flavor", "model", "allowed_recipients": [..], "mcp_servers":
          {key: {"command", "args", "env", "allowedTools"}}, "plugins", "marketplaces",
          "web_port", "dashboard_url", "meta_commit", "hyperhive_version"}
-        (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds)
+        (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds,
+         + "max_budget_usd_per_turn" when it sets spec.budget.usdPerTurn)
 
     A server keyed ``hyperhive`` is dropped: it would shadow the built-in surface.
     """
@@ -194,4 +197,6 @@ def render_settings(
     }
     if manifest.turn_timeout_seconds is not None:
         settings["turn_timeout_seconds"] = manifest.turn_timeout_seconds
+    if manifest.budget is not None and manifest.budget.usd_per_turn is not None:
+        settings["max_budget_usd_per_turn"] = manifest.budget.usd_per_turn
     return settings

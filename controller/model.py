@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.budget.core import Limits
+
 
 @dataclass(frozen=True)
 class McpServer:
@@ -45,6 +47,8 @@ class AgentManifest:
     marketplaces: tuple[str, ...] = ()
     resources: Resources = Resources()
     turn_timeout_seconds: int | None = None
+    budget: Limits | None = None
+    """``spec.budget`` (docs/budgets.md); None: no per-agent budget."""
 
 
 class Phase(enum.StrEnum):

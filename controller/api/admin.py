@@ -108,13 +108,9 @@ class _Status:
         self.ops = ops
 
     async def on_get(self, req: Request, resp: Response) -> None:
-        encoded = getattr(self.ops, "status_json", None)
-        if callable(encoded):
-            # the swarm keeps the encoded document while nothing in it moved
-            resp.data = await _off(encoded)
-            resp.content_type = falcon.MEDIA_JSON
-            return
-        resp.media = await _off(self.ops.status)
+        # the swarm keeps the encoded document while nothing in it moved
+        resp.data = await _off(self.ops.status_json)
+        resp.content_type = falcon.MEDIA_JSON
 
 
 class _Proposals:
