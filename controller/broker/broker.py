@@ -64,7 +64,10 @@ class Broker(Sending, Receiving, Retention, Reading, Threads, Questions):
         store: Store
         self.path: Path | None = None
         if is_postgres_url(location):
-            raise ValueError("the PostgreSQL broker store is not built yet")
+            # imported here: psycopg is only needed (and installed) for this store
+            from controller.broker.postgres import PostgresStore
+
+            store = PostgresStore(str(location), self._on_change)
         else:
             self.path = Path(location)
             store = SqliteStore(self.path, self._on_change, durable=durable)
