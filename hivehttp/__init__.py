@@ -18,6 +18,7 @@ from hivehttp.server import (
     run_blocking,
     serve_tcp,
     serve_unix,
+    tls_server_context,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "run_blocking",
     "serve_tcp",
     "serve_unix",
+    "tls_server_context",
 ]
