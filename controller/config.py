@@ -58,6 +58,12 @@ class Config:
     config says ``local_sandbox: false``; ``status`` shows ``Isolated`` either way)."""
     local_start_grace: float = 0.3
     """local runtime: seconds a fresh harness must survive for its start to count."""
+    forge_url: str | None = None
+    """The hive forge (Forgejo) the controller administers (``forge.url``); None: no forge."""
+    forge_admin_token_file: Path | None = None
+    """File holding the forge admin token (default ``<state>/forge-admin-token``)."""
+    forge_poll_seconds: float = 15.0
+    """How often forge notifications are fetched and delivered."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     """TCP port of Prometheus ``/metrics`` (``None``: not served; 0: any free port)."""
@@ -86,6 +92,7 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
     cfg = base or Config()
     dash = doc.get("dashboard", {})
     ports = doc.get("ports", {})
+    forge = doc.get("forge", {})
     return replace(
         cfg,
         runtime=Runtime(doc.get("runtime", cfg.runtime)),
@@ -105,6 +112,12 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         log_level=doc.get("log_level", cfg.log_level),
         local_sandbox=bool(doc.get("local_sandbox", cfg.local_sandbox)),
         local_start_grace=float(doc.get("local_start_grace_seconds", cfg.local_start_grace)),
+        forge_url=forge.get("url", cfg.forge_url),
+        forge_admin_token_file=(
+            Path(forge["admin_token_file"]) if "admin_token_file" in forge
+            else cfg.forge_admin_token_file
+        ),
+        forge_poll_seconds=float(forge.get("poll_seconds", cfg.forge_poll_seconds)),
         **_observability(doc, cfg),
         budget=Limits.from_doc(doc["budget"]) if "budget" in doc else cfg.budget,
     )

@@ -218,6 +218,7 @@ def run_daemon(
     from controller.broker import Broker, BrokerStorageError
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, check_broker_db
+    from controller.forge.setup import ForgeSetupError, make_forge
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
     from controller.retention import sweep_event_logs
@@ -280,10 +281,17 @@ def run_daemon(
             log.error("%s", exc)
             return 2
         registry: SocketRegistry | None = None
+        try:
+            forge = make_forge(cfg, layout, broker.send, meta.desired)
+        except ForgeSetupError as exc:
+            log.error("%s", exc)
+            return 2
 
         def on_deploy(agent: str) -> None:
             if registry is not None:
                 registry.ensure(agent)
+            if forge is not None:  # before the harness starts: tea logs in at boot
+                forge.on_deploy(agent)
 
         def on_destroy(agent: str) -> None:
             if registry is not None:
@@ -424,6 +432,11 @@ def run_daemon(
 
         watchdog.start()
         stack.callback(watchdog.stop)
+        if forge is not None:
+            forge_stop = threading.Event()
+            forge.start(forge_stop)
+            stack.callback(forge.poke)
+            stack.callback(forge_stop.set)
         notify.extend_timeout(BUILD_GRACE)
         run_pass("startup")
         notify.ready()
