@@ -172,7 +172,11 @@ def test_prometheus_scrapes_a_real_story(swarm: Swarm, tmp_path: Path) -> None:
         wait_for(
             "the crash in Prometheus",
             lambda: (
-                (prom.value('max_over_time(hyperhive_agent_recent_crashes{agent="bob"}[10m])') or 0)
+                prom.value('hyperhive_agent_crash_restarts_total{agent="bob"}') == 1.0
+                and (
+                    prom.value('max_over_time(hyperhive_agent_recent_crashes{agent="bob"}[10m])')
+                    or 0
+                )
                 >= 1
             ),
             timeout=30,
