@@ -85,7 +85,7 @@ from controller.auth.sessions import LoginTokens
 from controller.broker import Broker
 from controller.errors import Invalid, NotFound
 from controller.ops import Lifecycle, SwarmOps
-from schemas.names import AGENT_NAME_RE, MANAGER, OPERATOR
+from schemas.names import AGENT_NAME_RE, AGENT_NAME_RULE, MANAGER, OPERATOR
 from schemas.validate import validate
 from schemas.wire import rfc3339
 
@@ -247,8 +247,7 @@ def _name(name: str, tombstone_id: bool = False) -> str:
         if sep and digits.isdigit() and digits.isascii() and AGENT_NAME_RE.fullmatch(agent):
             return name
     raise Invalid(
-        f"{name[:40]!r} is not an agent name (1-9 characters: a lowercase letter first, "
-        "then lowercase letters, digits or '-')",
+        f"{name[:40]!r} is not an agent name ({AGENT_NAME_RULE})",
         "name",
     )
 
