@@ -200,12 +200,11 @@ def _start_metrics(swarm: Any, layout: Layout) -> list[object]:
 
 
 def _stop_metrics(collectors: list[object]) -> None:
-    from controller.metrics import REGISTRY
+    from controller.metrics import uninstall
     from hivehttp import set_request_observer
 
     set_request_observer(None)
-    for c in collectors:
-        REGISTRY.unregister(c)  # type: ignore[arg-type]
+    uninstall(collectors)
 
 
 def _record_pass(reason: str, seconds: float, result: PassResult | None) -> None:
