@@ -180,6 +180,7 @@ def run_daemon(
     from controller.api.admin import make_admin_app
     from controller.auth import AgentCredentials, LoginTokens, ensure_operator_key
     from controller.broker import Broker, BrokerStorageError
+    from controller.budget.wiring import open_budgets
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, check_broker_db
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
@@ -265,7 +266,9 @@ def run_daemon(
             on_destroy=on_destroy,
             credentials=credentials,
         )
-        registry = SocketRegistry(broker, swarm, layout, credentials)
+        budgets = open_budgets(layout, cfg, meta.desired, broker, known=swarm.agent_names)
+        stack.callback(budgets.ledger.close)
+        registry = SocketRegistry(broker, swarm, layout, credentials, budgets=budgets)
         stack.callback(registry.close_all)
         login_tokens = LoginTokens()
         dashboard_url: list[str] = []
@@ -276,6 +279,7 @@ def run_daemon(
                 operator_key,
                 login_tokens=login_tokens,
                 dashboard_url=lambda: dashboard_url[0] if dashboard_url else None,
+                budgets=budgets,
             ),
             layout.host_sock,
             name="host.sock",
@@ -293,6 +297,7 @@ def run_daemon(
                     login_tokens=login_tokens,
                     web_sock=layout.agent_web_sock,
                     stop=streams_stop,
+                    budgets=budgets,
                 ),
                 cfg.dashboard_host,
                 cfg.dashboard_port,
