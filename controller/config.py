@@ -58,6 +58,15 @@ class Config:
     config says ``local_sandbox: false``; ``status`` shows ``Isolated`` either way)."""
     local_start_grace: float = 0.3
     """local runtime: seconds a fresh harness must survive for its start to count."""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    """TCP port of Prometheus ``/metrics`` (``None``: not served; 0: any free port)."""
+    metrics_token_file: Path | None = None
+    """Bearer token every scrape must send (required unless ``metrics_host`` is loopback)."""
+    otel_endpoint: str | None = None
+    """OTLP/HTTP base URL for traces (``None``: ``$OTEL_EXPORTER_OTLP_ENDPOINT``, else off)."""
+    claude_code_telemetry: bool = False
+    """Turn on Claude Code's own OpenTelemetry export in every agent (to the same endpoint)."""
     budget: Limits | None = None
     """The swarm-wide budget per UTC day (``budget:`` in the file; docs/budgets.md)."""
 
@@ -96,8 +105,32 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         log_level=doc.get("log_level", cfg.log_level),
         local_sandbox=bool(doc.get("local_sandbox", cfg.local_sandbox)),
         local_start_grace=float(doc.get("local_start_grace_seconds", cfg.local_start_grace)),
+        **_observability(doc, cfg),
         budget=Limits.from_doc(doc["budget"]) if "budget" in doc else cfg.budget,
     )
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _observability(doc: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """The ``metrics`` and ``otel`` keys; a non-loopback ``metrics.host`` without
+    ``metrics.token_file`` is refused (``ValidationFailed``): /metrics names every agent."""
+    metrics = doc.get("metrics", {})
+    otel = doc.get("otel", {})
+    host = metrics.get("host", cfg.metrics_host)
+    token = metrics.get("token_file")
+    if host not in LOOPBACK and token is None:
+        raise ValidationFailed(
+            "metrics.host", f"{host!r} is not a loopback address: set metrics.token_file too"
+        )
+    return {
+        "metrics_host": host,
+        "metrics_port": metrics.get("port", cfg.metrics_port),
+        "metrics_token_file": Path(token) if token else cfg.metrics_token_file,
+        "otel_endpoint": otel.get("endpoint", cfg.otel_endpoint),
+        "claude_code_telemetry": bool(otel.get("claude_code", cfg.claude_code_telemetry)),
+    }
 
 
 def load_config(path: Path | None) -> Config:
