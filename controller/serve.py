@@ -21,13 +21,20 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from controller import __version__
-from controller.config import Config, Runtime
+from controller.config import Config, Runtime, TcpListen
 from controller.drivers.base import Driver
 from controller.ops import PassResult
 from controller.paths import Layout, default_state_dir
+
+if TYPE_CHECKING:
+    from controller.auth import AgentCredentials
+    from controller.broker import Broker
+    from controller.budget.service import Budgets
+    from controller.ops import SwarmOps
+    from hivehttp import Limits, Policy
 
 log = logging.getLogger("hyperhive")
 
@@ -129,6 +136,54 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _open_tcp_extras(
+    cfg: Config,
+    layout: Layout,
+    stack: ExitStack,
+    broker: Broker,
+    swarm: SwarmOps,
+    credentials: AgentCredentials,
+    operator_key: str,
+    budgets: Budgets | None = None,
+) -> bool:
+    """Open the optional TCP listeners the config asks for (the agent API, meta.git over
+    HTTP), each stopped when ``stack`` closes, and log where each listens. False (after
+    one log line saying why) when one cannot be opened."""
+    import ssl
+
+    from controller.httpserve import serve_listen
+
+    wanted: list[tuple[str, TcpListen, Any, Policy, Limits, str]] = []
+    if cfg.api is not None:
+        from controller.api.tcp import API_LIMITS, api_policy, make_tcp_agent_app
+
+        app = make_tcp_agent_app(broker, swarm, credentials, budgets)
+        policy = api_policy(frozenset(cfg.api.hosts))
+        wanted.append(("agent API", cfg.api, app, policy, API_LIMITS, "agent-api"))
+    if cfg.git is not None:
+        from controller.githttp import GIT_LIMITS, git_policy, make_git_app
+
+        gapp = make_git_app(layout, operator_key)
+        gpolicy = git_policy(frozenset(cfg.git.hosts))
+        wanted.append(("meta.git over HTTP", cfg.git, gapp, gpolicy, GIT_LIMITS, "git-http"))
+    for what, spec, asgi, pol, limits, name in wanted:
+        try:
+            listener = serve_listen(spec, asgi, policy=pol, limits=limits, name=name)
+        except (OSError, ssl.SSLError) as exc:
+            log.error(
+                "cannot serve the %s on %s:%d: %s (check the listen address and the TLS "
+                "files in the config)",
+                what,
+                spec.host,
+                spec.port,
+                getattr(exc, "strerror", None) or exc,
+            )
+            return False
+        stack.callback(listener.stop)
+        log.info("%s on %s://%s:%d/", what, spec.scheme, _url_host(spec.host), listener.port)
+    return True
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -219,6 +274,7 @@ def run_daemon(
     from controller.budget.wiring import open_budgets
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, check_broker_db
+    from controller.forge.setup import ForgeSetupError, make_forge
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
     from controller.retention import sweep_event_logs
@@ -281,17 +337,26 @@ def run_daemon(
             log.error("%s", exc)
             return 2
         registry: SocketRegistry | None = None
+        try:
+            forge = make_forge(cfg, layout, broker.send, meta.desired)
+        except ForgeSetupError as exc:
+            log.error("%s", exc)
+            return 2
 
         def on_deploy(agent: str) -> None:
             if registry is not None:
                 registry.ensure(agent)
+            if forge is not None:  # before the harness starts: tea logs in at boot
+                forge.on_deploy(agent)
 
         def on_destroy(agent: str) -> None:
             if registry is not None:
                 registry.remove(agent)
 
         operator_key = ensure_operator_key(layout)
-        credentials = AgentCredentials(layout)
+        # the swarm issues every credential through this instance, so the TCP API's
+        # lookups of unknown tokens need not re-read every agent's file each time
+        credentials = AgentCredentials(layout, rescan_every=1.0)
         swarm = Swarm(
             layout,
             cfg,
@@ -387,6 +452,10 @@ def run_daemon(
             layout.host_sock,
             dashboard_url[0],
         )
+        if not _open_tcp_extras(
+            cfg, layout, stack, broker, swarm, credentials, operator_key, budgets
+        ):
+            return 2
         login = login_tokens.issue()
         log.info(
             "open %s/login?token=%s to log in to the dashboard (one use, within %d minutes; "
@@ -430,6 +499,11 @@ def run_daemon(
 
         watchdog.start()
         stack.callback(watchdog.stop)
+        if forge is not None:
+            forge_stop = threading.Event()
+            forge.start(forge_stop)
+            stack.callback(forge.poke)
+            stack.callback(forge_stop.set)
         notify.extend_timeout(BUILD_GRACE)
         run_pass("startup")
         notify.ready()

@@ -38,7 +38,7 @@ MANAGER = "manager"
 OPERATOR = "operator"
 MANAGER_CONTAINER = "hm1nd"
 CONTAINER_PREFIX = "h-"
-RESERVED = frozenset({MANAGER, OPERATOR, "hyperhive", "controller", "all"})
+RESERVED = frozenset({MANAGER, OPERATOR, "hyperhive", "controller", "all", "forge"})
 
 
 class InvalidName(ValueError):

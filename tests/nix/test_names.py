@@ -58,7 +58,7 @@ GOOD = [
     "h-web",
 ]
 #: Names the rule refuses; the reserved ones fit the pattern but are still refused.
-RESERVED = ["operator", "hyperhive", "controller", "all"]
+RESERVED = ["operator", "hyperhive", "controller", "all", "forge"]
 BAD = [
     "web-",  # hostname h-web- is not a DNS label: the defect this table exists for
     "a-",
