@@ -1,4 +1,4 @@
-"""harness.forge: tea logged in at boot when the controller left a token; the prompt's forge part."""
+"""harness.forge: tea logged in at boot when a token was left; the prompt's forge part."""
 
 from __future__ import annotations
 
