@@ -77,6 +77,9 @@ class FakeOps:
     def tombstones(self) -> list[dict[str, Any]]:
         return []
 
+    def version(self) -> str:
+        return "1"  # nothing here ever changes
+
     def status(self) -> dict[str, Any]:
         now = "2026-01-01T00:00:00.000Z"
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller import __version__
 from controller.paths import Layout, default_state_dir
+from schemas.names import AGENT_NAME_RULE
 
 # Imported where used, not here: every verb (and --help, --version) pays for this
 # module's imports, and `hyperhive status` should cost little more than starting
@@ -53,8 +54,8 @@ ID_MAX = 2**63 - 1
 TOMBSTONE_ID_MAX = 40
 """Characters of a tombstone id (``<agent>-<digits>``) at most."""
 
-NAME_RULE = "1-9 characters: a lowercase letter first, then lowercase letters, digits or '-'"
-"""The agent naming rule in words (``schemas.names.AGENT_NAME_RE``), for error messages."""
+NAME_RULE = AGENT_NAME_RULE
+"""The agent naming rule in words (``schemas.names.AGENT_NAME_RULE``), for error messages."""
 
 
 class CliError(Exception):

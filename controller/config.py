@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from controller.budget.core import Limits
 from controller.drivers.kubernetes.settings import KubeSettings, kube_settings_from_dict
 from schemas.validate import ValidationFailed, validate
 
@@ -61,6 +62,23 @@ class Config:
     """local runtime: seconds a fresh harness must survive for its start to count."""
     kubernetes: KubeSettings = field(default_factory=KubeSettings)
     """kubernetes runtime: namespace, image, workload kind, egress (``docs/kubernetes.md``)."""
+    forge_url: str | None = None
+    """The hive forge (Forgejo) the controller administers (``forge.url``); None: no forge."""
+    forge_admin_token_file: Path | None = None
+    """File holding the forge admin token (default ``<state>/forge-admin-token``)."""
+    forge_poll_seconds: float = 15.0
+    """How often forge notifications are fetched and delivered."""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    """TCP port of Prometheus ``/metrics`` (``None``: not served; 0: any free port)."""
+    metrics_token_file: Path | None = None
+    """Bearer token every scrape must send (required unless ``metrics_host`` is loopback)."""
+    otel_endpoint: str | None = None
+    """OTLP/HTTP base URL for traces (``None``: ``$OTEL_EXPORTER_OTLP_ENDPOINT``, else off)."""
+    claude_code_telemetry: bool = False
+    """Turn on Claude Code's own OpenTelemetry export in every agent (to the same endpoint)."""
+    budget: Limits | None = None
+    """The swarm-wide budget per UTC day (``budget:`` in the file; docs/budgets.md)."""
 
     def resolved_runtime(self) -> Runtime:
         """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``
@@ -79,6 +97,7 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
     cfg = base or Config()
     dash = doc.get("dashboard", {})
     ports = doc.get("ports", {})
+    forge = doc.get("forge", {})
     return replace(
         cfg,
         runtime=Runtime(doc.get("runtime", cfg.runtime)),
@@ -99,7 +118,38 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         local_sandbox=bool(doc.get("local_sandbox", cfg.local_sandbox)),
         local_start_grace=float(doc.get("local_start_grace_seconds", cfg.local_start_grace)),
         kubernetes=kube_settings_from_dict(doc.get("kubernetes"), cfg.kubernetes),
+        forge_url=forge.get("url", cfg.forge_url),
+        forge_admin_token_file=(
+            Path(forge["admin_token_file"]) if "admin_token_file" in forge
+            else cfg.forge_admin_token_file
+        ),
+        forge_poll_seconds=float(forge.get("poll_seconds", cfg.forge_poll_seconds)),
+        **_observability(doc, cfg),
+        budget=Limits.from_doc(doc["budget"]) if "budget" in doc else cfg.budget,
     )
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _observability(doc: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """The ``metrics`` and ``otel`` keys; a non-loopback ``metrics.host`` without
+    ``metrics.token_file`` is refused (``ValidationFailed``): /metrics names every agent."""
+    metrics = doc.get("metrics", {})
+    otel = doc.get("otel", {})
+    host = metrics.get("host", cfg.metrics_host)
+    token = metrics.get("token_file")
+    if host not in LOOPBACK and token is None:
+        raise ValidationFailed(
+            "metrics.host", f"{host!r} is not a loopback address: set metrics.token_file too"
+        )
+    return {
+        "metrics_host": host,
+        "metrics_port": metrics.get("port", cfg.metrics_port),
+        "metrics_token_file": Path(token) if token else cfg.metrics_token_file,
+        "otel_endpoint": otel.get("endpoint", cfg.otel_endpoint),
+        "claude_code_telemetry": bool(otel.get("claude_code", cfg.claude_code_telemetry)),
+    }
 
 
 def load_config(path: Path | None) -> Config:

@@ -19,8 +19,17 @@ from typing import Any
 
 import yaml
 
+from controller.budget.core import Limits
 from controller.errors import Invalid
-from controller.model import AgentManifest, McpServer, Resources
+from controller.frontend.paths import BadPath, check_relative, check_target, overlaps
+from controller.model import (
+    AgentManifest,
+    ExtraFiles,
+    ForgeSpec,
+    Frontend,
+    McpServer,
+    Resources,
+)
 from schemas.names import MANAGER
 from schemas.validate import ValidationFailed, validate
 
@@ -90,7 +99,32 @@ def load_manifest_doc(text: str | bytes, dirname: str) -> dict[str, Any]:
         raise ManifestInvalid(
             path, "metadata.name", f"is {name!r} but the directory is agents/{dirname}/"
         )
+    _check_frontend(path, (doc.get("spec") or {}).get("frontend") or {})
     return doc
+
+
+def _check_frontend(path: str, fe: dict[str, Any]) -> None:
+    """``spec.frontend`` path rules (``controller.frontend.paths``): ManifestInvalid naming
+    the field when a source or target is absolute, has ``..``, or overwrites a built-in."""
+    field = "spec.frontend.dist"
+    try:
+        if "dist" in fe:
+            check_relative(fe["dist"])
+        targets: dict[str, str] = {}
+        for key, entry in (fe.get("extraFiles") or {}).items():
+            field = f"spec.frontend.extraFiles.{key}.source"
+            check_relative(entry["source"])
+            field = f"spec.frontend.extraFiles.{key}.target"
+            targets[check_target(entry.get("target", key))] = key
+    except BadPath as exc:
+        raise ManifestInvalid(path, field, str(exc)) from None
+    if (clash := overlaps(list(targets))) is not None:
+        a, b = clash
+        raise ManifestInvalid(
+            path,
+            f"spec.frontend.extraFiles.{targets[b]}.target",
+            f"{b!r} overlaps the target {a!r} of entry {targets[a]!r}",
+        )
 
 
 def manifest_from_doc(doc: dict[str, Any]) -> AgentManifest:
@@ -107,6 +141,8 @@ def manifest_from_doc(doc: dict[str, Any]) -> AgentManifest:
         for key, s in sorted((spec.get("mcpServers") or {}).items())
     )
     res = spec.get("resources") or {}
+    forge: dict[str, Any] = spec.get("forge") or {}
+    fe: dict[str, Any] = spec.get("frontend") or {}
     return AgentManifest(
         name=str(doc["metadata"]["name"]),
         model=str(spec.get("model", "haiku")),
@@ -121,6 +157,22 @@ def manifest_from_doc(doc: dict[str, Any]) -> AgentManifest:
             tasks_max=res.get("tasksMax"),
         ),
         turn_timeout_seconds=spec.get("turnTimeoutSeconds"),
+        forge=ForgeSpec(
+            skip_notify_reasons=tuple(forge.get("skipNotifyReasons", ())),
+            keep_subscriptions=bool(forge.get("keepSubscriptions", False)),
+        ),
+        frontend=Frontend(
+            dist=check_relative(fe["dist"]) if "dist" in fe else None,
+            extra_files=tuple(
+                ExtraFiles(
+                    key=key,
+                    source=check_relative(e["source"]),
+                    target=check_target(e.get("target", key)),
+                )
+                for key, e in sorted((fe.get("extraFiles") or {}).items())
+            ),
+        ),
+        budget=Limits.from_doc(spec.get("budget"), "spec.budget"),
     )
 
 
@@ -166,7 +218,8 @@ def render_settings(
         {"agent", "flavor", "model", "allowed_recipients": [..], "mcp_servers":
          {key: {"command", "args", "env", "allowedTools"}}, "plugins", "marketplaces",
          "web_port", "dashboard_url", "meta_commit", "hyperhive_version"}
-        (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds)
+        (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds,
+         + "max_budget_usd_per_turn" when it sets spec.budget.usdPerTurn)
 
     A server keyed ``hyperhive`` is dropped: it would shadow the built-in surface.
     """
@@ -194,4 +247,6 @@ def render_settings(
     }
     if manifest.turn_timeout_seconds is not None:
         settings["turn_timeout_seconds"] = manifest.turn_timeout_seconds
+    if manifest.budget is not None and manifest.budget.usd_per_turn is not None:
+        settings["max_budget_usd_per_turn"] = manifest.budget.usd_per_turn
     return settings

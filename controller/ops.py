@@ -207,3 +207,13 @@ class SwarmOps(Protocol):
     def status(self) -> dict[str, Any]:
         """Swarm summary: agents (as ``list_agents``), pending count, main commit, runtime."""
         ...
+
+    def status_json(self) -> bytes:
+        """``status()`` as compact UTF-8 JSON; the swarm keeps the encoded document while
+        nothing in it moved (host.sock ``/status``)."""
+        ...
+
+    def version(self) -> str:
+        """A token that changes whenever ``status()`` / ``tombstones()`` may change; cheap
+        (no process probing): the dashboard keys its agent cards and ETag on it."""
+        ...

@@ -15,7 +15,7 @@ suspended (or held) and running         STOP
 observed, not desired                   DESTROY (prune) — never the manager
 =====================================  ==================================================
 
-A suspended or held agent (``held``: stopped on request, see controller/swarm.py)
+A suspended or held agent (``held``: stopped on request, see controller/swarm/lifecycle.py)
 gets no CREATE / REBUILD / APPLY_MANIFEST / START: changes to it land when it is
 resumed. Planning again against the observed state that executing the plan
 produces (``simulate``) yields ``[]``.

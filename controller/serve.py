@@ -26,6 +26,7 @@ from typing import IO, Any
 from controller import __version__
 from controller.config import Config, Runtime
 from controller.drivers.base import Driver
+from controller.ops import PassResult
 from controller.paths import Layout, default_state_dir
 
 log = logging.getLogger("hyperhive")
@@ -139,6 +140,41 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _start_metrics(swarm: Any, layout: Layout) -> list[object]:
+    """Observe every listener's requests and register the scrape-time collectors."""
+    from controller.metrics import install
+    from controller.metrics.http import observe_http
+
+    observe_http()
+    return install(swarm, layout)
+
+
+def _stop_metrics(collectors: list[object]) -> None:
+    from controller.metrics import REGISTRY
+    from hivehttp import set_request_observer
+
+    set_request_observer(None)
+    for c in collectors:
+        REGISTRY.unregister(c)  # type: ignore[arg-type]
+
+
+def _record_pass(reason: str, seconds: float, result: PassResult | None) -> None:
+    """Count one pass of the loop (``result`` None: it raised)."""
+    from controller.metrics import EVENTS
+
+    if result is None:
+        EVENTS.pass_done(reason, seconds, crashed=True)
+        return
+    failed = {
+        e.split(": ", 2)[0] + ":" + e.split(": ", 2)[1] for e in result.errors if e.count(": ") >= 2
+    }
+    actions = [
+        (a.kind.value, "error" if f"{a.agent}:{a.kind.value}" in failed else "ok")
+        for a in result.plan
+    ]
+    EVENTS.pass_done(reason, seconds, actions, errors=len(result.errors))
+
+
 def one_shot_pass(
     cfg: Config, state_dir: str | None, run_dir: str | None, dry_run: bool
 ) -> dict[str, Any]:
@@ -186,6 +222,7 @@ def run_daemon(
     from controller.broker import Broker, BrokerStorageError
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, check_broker_db
+    from controller.forge.setup import ForgeSetupError, make_forge
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
     from controller.retention import sweep_event_logs
@@ -248,10 +285,17 @@ def run_daemon(
             log.error("%s", exc)
             return 2
         registry: SocketRegistry | None = None
+        try:
+            forge = make_forge(cfg, layout, broker.send, meta.desired)
+        except ForgeSetupError as exc:
+            log.error("%s", exc)
+            return 2
 
         def on_deploy(agent: str) -> None:
             if registry is not None:
                 registry.ensure(agent)
+            if forge is not None:  # before the harness starts: tea logs in at boot
+                forge.on_deploy(agent)
 
         def on_destroy(agent: str) -> None:
             if registry is not None:
@@ -269,6 +313,9 @@ def run_daemon(
             on_destroy=on_destroy,
             credentials=credentials,
         )
+        # metrics: count every listener's requests (hook set before any listener opens)
+        metrics_collectors = _start_metrics(swarm, layout)
+        stack.callback(_stop_metrics, metrics_collectors)
         registry = SocketRegistry(broker, swarm, layout, credentials)
         stack.callback(registry.close_all)
         login_tokens = LoginTokens()
@@ -314,6 +361,29 @@ def run_daemon(
             return 2
         stack.callback(dash.stop)
         stack.callback(streams_stop.set)
+        if cfg.metrics_port is not None:
+            from controller.metrics.endpoint import TokenFileError, serve_metrics
+            from controller.metrics.events import REGISTRY
+
+            try:
+                scrape = serve_metrics(
+                    REGISTRY, cfg.metrics_host, cfg.metrics_port, cfg.metrics_token_file
+                )
+            except (OSError, TokenFileError) as exc:
+                log.error(
+                    "cannot serve /metrics on %s:%d: %s",
+                    cfg.metrics_host,
+                    cfg.metrics_port,
+                    getattr(exc, "strerror", None) or exc,
+                )
+                return 2
+            stack.callback(scrape.stop)
+            log.info(
+                "metrics: http://%s:%d/metrics%s",
+                _url_host(cfg.metrics_host),
+                scrape.port,
+                " (bearer token required)" if cfg.metrics_token_file else "",
+            )
         dashboard_url.append(f"http://{_url_host(cfg.dashboard_host)}:{dash.port}")
         log.info(
             "hyperhive %s: state %s, runtime %s, admin %s, dashboard %s/",
@@ -338,7 +408,9 @@ def run_daemon(
                 result = swarm.reconcile()
             except Exception:
                 log.exception("reconcile pass (%s) crashed; retrying on the next trigger", reason)
+                _record_pass(reason, time.monotonic() - t0, None)
                 return
+            _record_pass(reason, time.monotonic() - t0, result)
             registry.sync(swarm.agent_names())
             if result.plan or result.errors:
                 log.info(
@@ -364,6 +436,11 @@ def run_daemon(
 
         watchdog.start()
         stack.callback(watchdog.stop)
+        if forge is not None:
+            forge_stop = threading.Event()
+            forge.start(forge_stop)
+            stack.callback(forge.poke)
+            stack.callback(forge_stop.set)
         notify.extend_timeout(BUILD_GRACE)
         run_pass("startup")
         notify.ready()

@@ -56,6 +56,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from hivehttp.guard import BODY_READ, GONE, Policy, guarded
+from hivehttp.observe import observed
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ class Listener:
         self._stopped = False
         self._lock = threading.Lock()
         self.config = Config(
-            app=app,
+            app=observed(app, name),
             http=_Guarded,
             lifespan="off",
             log_config=None,

@@ -45,6 +45,9 @@ class EventType(enum.StrEnum):
     REBUILT = "Rebuilt"
     OPERATOR_ANSWERED = "OperatorAnswered"
     DEAD_LETTER = "DeadLetter"
+    BUDGET_WARNING = "BudgetWarning"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    BUDGET_EXTENDED = "BudgetExtended"
 
 
 #: MCP tools every agent has (``mcp__hyperhive__<verb>``); each is a path on its socket.

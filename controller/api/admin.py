@@ -85,7 +85,7 @@ from controller.auth.sessions import LoginTokens
 from controller.broker import Broker
 from controller.errors import Invalid, NotFound
 from controller.ops import Lifecycle, SwarmOps
-from schemas.names import AGENT_NAME_RE, MANAGER, OPERATOR
+from schemas.names import AGENT_NAME_RE, AGENT_NAME_RULE, MANAGER, OPERATOR
 from schemas.validate import validate
 from schemas.wire import rfc3339
 
@@ -108,13 +108,9 @@ class _Status:
         self.ops = ops
 
     async def on_get(self, req: Request, resp: Response) -> None:
-        encoded = getattr(self.ops, "status_json", None)
-        if callable(encoded):
-            # the swarm keeps the encoded document while nothing in it moved
-            resp.data = await _off(encoded)
-            resp.content_type = falcon.MEDIA_JSON
-            return
-        resp.media = await _off(self.ops.status)
+        # the swarm keeps the encoded document while nothing in it moved
+        resp.data = await _off(self.ops.status_json)
+        resp.content_type = falcon.MEDIA_JSON
 
 
 class _Proposals:
@@ -251,8 +247,7 @@ def _name(name: str, tombstone_id: bool = False) -> str:
         if sep and digits.isdigit() and digits.isascii() and AGENT_NAME_RE.fullmatch(agent):
             return name
     raise Invalid(
-        f"{name[:40]!r} is not an agent name (1-9 characters: a lowercase letter first, "
-        "then lowercase letters, digits or '-')",
+        f"{name[:40]!r} is not an agent name ({AGENT_NAME_RULE})",
         "name",
     )
 

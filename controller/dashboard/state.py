@@ -161,24 +161,20 @@ class Snapshot:
         """The agent cards, rebuilt only when the swarm's ``version()`` or a dead-letter
         count moved (rendering 200 cards is most of a snapshot otherwise)."""
         listed = rows(status.get("agents", []))
-        version = getattr(self.ops, "version", None)
-        key: tuple[Any, ...] | None = None
-        if callable(version):
-            key = (
-                str(version()),
-                tuple((r.get("name"), r.get("dead_letters")) for r in listed),
-            )
-            with self._lock:
-                cached = self._agents_cache
-            if cached is not None and cached[0] == key:
-                return cached[1]
+        key = (
+            str(self.ops.version()),
+            tuple((r.get("name"), r.get("dead_letters")) for r in listed),
+        )
+        with self._lock:
+            cached = self._agents_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
         agents = sorted(
             (agent_view(r) for r in listed),
             key=lambda a: (a["name"] != MANAGER, a["name"]),
         )
-        if key is not None:
-            with self._lock:
-                self._agents_cache = (key, agents)
+        with self._lock:
+            self._agents_cache = (key, agents)
         return agents
 
     def _history(self) -> list[dict[str, Any]]:

@@ -206,13 +206,15 @@ in
 
           ports = {
             manager = lib.mkOption {
-              type = lib.types.port;
+              # not types.port: the controller's config schema refuses 0
+              type = lib.types.ints.between 1 65535;
               default = 8000;
               description = "Web UI port of the manager.";
             };
 
             agent_base = lib.mkOption {
-              type = lib.types.port;
+              # not types.port: the controller's config schema refuses 0
+              type = lib.types.ints.between 1 65535;
               default = 8100;
               description = "First web UI port of the agents.";
             };

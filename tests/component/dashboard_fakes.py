@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import http.client
+import json
 import threading
 import time
 import urllib.parse
@@ -364,6 +365,14 @@ class FakeOps:
                 "permissions": {"allow": ["Bash", "Edit", "Read", "mcp__hyperhive__*"]},
             },
         }
+
+    def version(self) -> str:
+        """A token over everything the agent cards and tombstones show (the swarm's is cheaper)."""
+        return str(hash(json.dumps([self.agents, self.kept, self.crashes], default=str)))
+
+    def status_json(self) -> bytes:
+        """``status()`` encoded."""
+        return json.dumps(self.status(), default=str).encode()
 
     def status(self) -> dict[str, Any]:
         """Summary with agents."""

@@ -7,6 +7,7 @@ credential (the agent's, or the operator key for host.sock).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -113,6 +114,12 @@ class FakeOps:
 
     def request_pass(self, reason: str) -> None:
         self.passes.append(reason)
+
+    def version(self) -> str:
+        return str(hash(json.dumps(self.status(), default=str)))
+
+    def status_json(self) -> bytes:
+        return json.dumps(self.status(), default=str).encode()
 
     def status(self) -> dict[str, Any]:
         pending = len(self.proposals(pending_only=True))

@@ -149,7 +149,7 @@ def test_watch_never_waits_for_a_running_pass(up: Env) -> None:
     release = threading.Event()
 
     def hold() -> None:
-        with env.swarm._pass_lock:
+        with env.swarm.core.pass_lock:
             held.set()
             release.wait(5)
 

@@ -1,0 +1,230 @@
+"""The controller's own record of spend, extensions and sent notices: ``<state>/budget.sqlite``.
+
+The harness writes one row per turn to its turn-stats file
+(``<state>/agents/<a>/state/hyperhive-turn-stats.sqlite``, ``controller/stats.py``).
+:meth:`Ledger.ingest` copies the rows it has not seen yet (``id`` above the agent's
+cursor) into the ledger, so what an agent spent stays counted when its harness
+restarts, when its stats file is lost or rewritten (the agent can write it; the ledger
+it cannot), and across controller restarts. A row is keyed by (agent, started_at, id):
+a stats file started afresh (its ids below the cursor) is read again from the start and
+rows already copied are ignored.
+
+Tables: ``spend(agent, src_id, started_at, cost_usd, tokens)``, ``cursors(agent,
+last_id)``, ``extensions(id, scope, window, usd, tokens, at, by, note)`` (every
+grant: the accounting; the audit trail is the ``BudgetExtended`` broker event),
+``notices(scope, window, kind, at)`` (a notice is sent once per scope and window).
+Thread-safe (one connection behind a lock); sqlite errors are raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+from controller.budget.core import Extension, Spend, Window
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spend (
+    agent      TEXT NOT NULL,
+    src_id     INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    cost_usd   REAL NOT NULL,
+    tokens     INTEGER NOT NULL,
+    PRIMARY KEY (agent, started_at, src_id)
+);
+CREATE INDEX IF NOT EXISTS spend_time ON spend(started_at);
+CREATE TABLE IF NOT EXISTS cursors (agent TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS extensions (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope  TEXT NOT NULL,
+    window TEXT NOT NULL,
+    usd    REAL NOT NULL,
+    tokens INTEGER NOT NULL,
+    at     REAL NOT NULL,
+    by     TEXT NOT NULL,
+    note   TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS notices (
+    scope  TEXT NOT NULL,
+    window TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    at     REAL NOT NULL,
+    PRIMARY KEY (scope, window, kind)
+);
+"""
+
+_FileKey = tuple[int, int, int, int]
+
+
+def _file_key(path: Path) -> _FileKey | None:
+    """(mtime, size) of the stats file and of its WAL: a change means new rows may be there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    try:
+        wal = Path(f"{path}-wal").stat()
+        w = (wal.st_mtime_ns, wal.st_size)
+    except OSError:
+        w = (0, 0)
+    return (st.st_mtime_ns, st.st_size, *w)
+
+
+class Ledger:
+    """Spend per agent and window, extensions and notices, in ``path`` (see the module doc)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = sqlite3.connect(path, timeout=10.0, check_same_thread=False,
+                                    isolation_level=None)  # fmt: skip
+        self._lock = threading.Lock()
+        self._seen: dict[str, _FileKey] = {}
+        with self._lock:
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._con.close()
+
+    # ------------------------------------------------------------ spend
+
+    def ingest(self, agent: str, stats_file: Path) -> int:
+        """Copy ``agent``'s new turn rows from its ``stats_file``; returns how many were new.
+
+        Cheap when the file did not change since the last call (two ``stat``s). A file
+        that is missing, has no ``turns`` table yet, or cannot be read adds nothing (the
+        last is logged).
+        """
+        key = _file_key(stats_file)
+        if key is None or self._seen.get(agent) == key:
+            return 0
+        with self._lock:
+            row = self._con.execute(
+                "SELECT last_id FROM cursors WHERE agent = ?", (agent,)
+            ).fetchone()
+            cursor = int(row[0]) if row else 0
+        try:
+            rows = _read_new(stats_file, cursor)
+        except sqlite3.Error as exc:
+            log.warning("budget: cannot read %s: %s", stats_file, exc)
+            return 0
+        if rows is None:  # the file starts afresh: read it all again
+            cursor = 0
+            try:
+                rows = _read_new(stats_file, 0) or []
+            except sqlite3.Error as exc:
+                log.warning("budget: cannot read %s: %s", stats_file, exc)
+                return 0
+        added = 0
+        with self._lock:
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                for src_id, started, cost, tokens in rows:
+                    cur = self._con.execute(
+                        "INSERT OR IGNORE INTO spend VALUES (?, ?, ?, ?, ?)",
+                        (agent, src_id, started, cost, tokens),
+                    )
+                    added += cur.rowcount
+                    cursor = max(cursor, src_id)
+                self._con.execute(
+                    "INSERT INTO cursors VALUES (?, ?) "
+                    "ON CONFLICT(agent) DO UPDATE SET last_id = excluded.last_id",
+                    (agent, cursor),
+                )
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+        self._seen[agent] = key
+        return added
+
+    def spend(self, agent: str | None, window: Window) -> Spend:
+        """What ``agent`` (None: every agent) spent in turns started in ``window``."""
+        sql = "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(tokens), 0), COUNT(*) FROM spend "
+        sql += "WHERE started_at >= ? AND started_at < ?"
+        args: tuple[object, ...] = (window.start, window.end)
+        if agent is not None:
+            sql += " AND agent = ?"
+            args = (*args, agent)
+        with self._lock:
+            usd, tokens, turns = self._con.execute(sql, args).fetchone()
+        return Spend(float(usd), int(tokens), int(turns))
+
+    # ------------------------------------------------------------ extensions
+
+    def add_extension(
+        self, scope: str, window: Window, ext: Extension, at: float, by: str, note: str = ""
+    ) -> int:
+        """Record one grant for ``scope`` in ``window``; returns its id."""
+        with self._lock:
+            cur = self._con.execute(
+                "INSERT INTO extensions (scope, window, usd, tokens, at, by, note) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (scope, window.key, ext.usd, ext.tokens, at, by, note),
+            )
+            return int(cur.lastrowid or 0)
+
+    def extension(self, scope: str, window: Window) -> Extension:
+        """The sum of the grants for ``scope`` in ``window``."""
+        with self._lock:
+            usd, tokens, n = self._con.execute(
+                "SELECT COALESCE(SUM(usd), 0), COALESCE(SUM(tokens), 0), COUNT(*) "
+                "FROM extensions WHERE scope = ? AND window = ?",
+                (scope, window.key),
+            ).fetchone()
+        return Extension(float(usd), int(tokens), int(n))
+
+    # ------------------------------------------------------------ notices
+
+    def sent(self, scope: str, window: Window) -> frozenset[str]:
+        """The notice kinds already sent for ``scope`` in ``window``."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT kind FROM notices WHERE scope = ? AND window = ?", (scope, window.key)
+            ).fetchall()
+        return frozenset(str(r[0]) for r in rows)
+
+    def mark_sent(self, scope: str, window: Window, kind: str, at: float) -> bool:
+        """Record ``kind`` as sent; False when it already was (so two callers never both send)."""
+        with self._lock:
+            cur = self._con.execute(
+                "INSERT OR IGNORE INTO notices VALUES (?, ?, ?, ?)", (scope, window.key, kind, at)
+            )
+            return cur.rowcount == 1
+
+
+def _read_new(path: Path, after: int) -> list[tuple[int, float, float, int]] | None:
+    """Rows of ``turns`` with ``id > after`` as (id, started_at, cost_usd, tokens); None when
+    the file's largest id is below ``after`` (it was started afresh)."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+    try:
+        has = con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'turns'"
+        ).fetchone()
+        if not has:
+            return []
+        top = con.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
+        if int(top) < after:
+            return None
+        cols = {r[1] for r in con.execute("PRAGMA table_info(turns)")}
+
+        def col(name: str) -> str:
+            return f"COALESCE({name}, 0)" if name in cols else "0"
+
+        tokens = " + ".join(
+            col(c) for c in ("input_tokens", "output_tokens", "cache_creation_tokens")
+        )
+        cur = con.execute(
+            f"SELECT id, started_at, {col('cost_usd')}, {tokens} FROM turns "
+            "WHERE id > ? ORDER BY id",
+            (after,),
+        )
+        return [(int(i), float(s), float(c), int(t)) for i, s, c, t in cur.fetchall()]
+    finally:
+        con.close()

@@ -1,0 +1,290 @@
+"""Budgets at run time: spend against limits per agent and swarm-wide, the hold, notices.
+
+:class:`Budgets` ties the pure core to the controller: the agents' limits come from
+desired state (``spec.budget`` at main, through ``limits()``), the swarm's from the
+controller config, spend from the :class:`~controller.budget.ledger.Ledger`, time from an
+injectable clock. The agent socket's ``POST /recv`` asks :meth:`Budgets.hold` before it
+takes a message: while the agent (or the swarm) is over budget, the request is held (no
+message is taken, so nothing is consumed, leased or dead-lettered) and answers no message
+when its wait runs out; it is let through as soon as the window turns or an extension is
+granted (checked every ``tick`` seconds while held). Each check that finds a new level
+sends the owed notices (``BudgetWarning`` / ``BudgetExceeded``, once per scope and window)
+to the manager's inbox and the operator's; every extension sends ``BudgetExtended`` to both
+(the audit trail, kept in the broker's message log) and is recorded in the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from controller.budget.clock import Clock
+from controller.budget.core import (
+    NOTICE_EXCEEDED,
+    NOTICE_WARNING,
+    SWARM,
+    BudgetError,
+    Extension,
+    Limits,
+    Standing,
+    assess,
+    check_extension,
+    day_window,
+    due_notices,
+    hold_message,
+    notice_event,
+)
+from controller.budget.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[str, dict[str, Any], str], object]
+"""``notify(recipient, event, dedup_key)``: the broker's ``emit_event``."""
+
+NOTIFY_TO = ("manager", "operator")
+HOLD_TICK = 1.0
+"""Seconds between two checks of a held ``recv`` (a check is two ``stat``s and a sum)."""
+SWARM_REFRESH = 1.0
+"""Seconds the swarm-wide ingest of every agent's stats file is reused."""
+
+
+class Budgets:
+    """Budgets of one controller (see the module doc).
+
+    ``ledger``: where spend is kept; ``stats_file(agent)``: that agent's turn-stats path;
+    ``limits()``: ``{agent: Limits | None}`` from desired state (may block: called in a
+    worker thread by the async verbs); ``swarm``: the config's swarm-wide limits;
+    ``notify``: where events go; ``clock``: unix seconds; ``on_change()``: called when
+    an agent becomes held or free (the status view recomputes its conditions).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        stats_file: Callable[[str], Path],
+        limits: Callable[[], Mapping[str, Limits | None]],
+        *,
+        swarm: Limits | None = None,
+        notify: Notify | None = None,
+        clock: Clock = time.time,
+        on_change: Callable[[], None] | None = None,
+        tick: float = HOLD_TICK,
+        known: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self._stats_file = stats_file
+        self._limits = limits
+        self.swarm = swarm if swarm is not None and not swarm.empty else None
+        self._notify = notify
+        self.clock = clock
+        self._on_change = on_change
+        self.tick = tick
+        self._known = known
+        self._held: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._swarm_ingested = 0.0
+        self.generation = 0
+        """Moves whenever the set of held agents or their messages change."""
+
+    # ------------------------------------------------------------ reading
+
+    def limits_of(self, agent: str) -> Limits | None:
+        """``agent``'s limits as desired state has them (blocking)."""
+        return self._limits().get(agent)
+
+    def _ingest(self, agent: str) -> None:
+        self.ledger.ingest(agent, self._stats_file(agent))
+
+    def _ingest_all(self, names: Iterable[str]) -> None:
+        now = time.monotonic()
+        if now - self._swarm_ingested < SWARM_REFRESH:
+            return
+        for name in names:
+            self._ingest(name)
+        self._swarm_ingested = now
+
+    def _all_names(self) -> set[str]:
+        names = set(self._limits())
+        if self._known is not None:
+            names.update(self._known())
+        return names
+
+    def standing(self, agent: str, now: float | None = None) -> Standing:
+        """``agent``'s standing in the current window (reads its stats file first; blocking)."""
+        self._ingest(agent)
+        window = day_window(self.clock() if now is None else now)
+        return assess(
+            agent,
+            self.limits_of(agent),
+            self.ledger.spend(agent, window),
+            window,
+            self.ledger.extension(agent, window),
+        )
+
+    def swarm_standing(self, now: float | None = None) -> Standing | None:
+        """The swarm-wide standing (None when the config sets no swarm budget; blocking)."""
+        if self.swarm is None:
+            return None
+        self._ingest_all(self._all_names())
+        window = day_window(self.clock() if now is None else now)
+        return assess(
+            SWARM,
+            self.swarm,
+            self.ledger.spend(None, window),
+            window,
+            self.ledger.extension(SWARM, window),
+        )
+
+    def held(self, agent: str) -> str | None:
+        """Why ``agent`` is held, as of its last check (None: not held). No I/O."""
+        return self._held.get(agent)
+
+    def held_agents(self) -> dict[str, str]:
+        """``{agent: why}`` for every held agent, as of their last checks."""
+        return dict(self._held)
+
+    # ------------------------------------------------------------ the gate
+
+    def check(self, agent: str) -> str | None:
+        """May ``agent`` start a turn now? None if so, else why not (spend and limit).
+
+        Sends the notices a new level owes and updates :meth:`held`. Blocking.
+        """
+        now = self.clock()
+        own = self.standing(agent, now)
+        swarm = self.swarm_standing(now)
+        for s in (own, swarm):
+            if s is not None:
+                self._send_due(s, now)
+        why = hold_message(own, swarm)
+        self._set_held(agent, why)
+        return why
+
+    def _set_held(self, agent: str, why: str | None) -> None:
+        with self._lock:
+            if self._held.get(agent) == why:
+                return
+            if why is None:
+                self._held.pop(agent, None)
+                log.info("budget: %s may take turns again", agent)
+            else:
+                if agent not in self._held:
+                    log.warning("budget: holding %s: %s", agent, why)
+                self._held[agent] = why
+            self.generation += 1
+        if self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:
+                log.exception("budget: on_change failed")
+
+    def _send_due(self, s: Standing, now: float) -> None:
+        sent = self.ledger.sent(s.scope, s.window)
+        for kind in due_notices(s, sent):
+            # claim it first: two agents' checks racing for the swarm notice send it once
+            if not self.ledger.mark_sent(s.scope, s.window, kind, now):
+                continue
+            if kind == NOTICE_EXCEEDED:
+                self.ledger.mark_sent(s.scope, s.window, NOTICE_WARNING, now)
+            self._emit(notice_event(kind, s), f"budget:{kind}:{s.scope}:{s.window.key}")
+
+    def _emit(self, event: dict[str, Any], dedup: str) -> None:
+        if self._notify is None:
+            return
+        for to in NOTIFY_TO:
+            try:
+                self._notify(to, event, dedup)
+            except Exception:
+                log.exception("budget: could not deliver %s to %s", event.get("type"), to)
+
+    async def hold(
+        self, agent: str, wait_seconds: float, abandoned: asyncio.Event | None = None
+    ) -> tuple[str | None, float]:
+        """Wait until ``agent`` may take a message, at most ``wait_seconds``.
+
+        Returns ``(None, seconds left of the wait)`` when it may, ``(why, 0)`` when the wait
+        ran out (or the client left) while it is still over budget. Checks run in a
+        worker thread; while held, one check per ``tick`` seconds.
+        """
+        deadline = time.monotonic() + max(0.0, wait_seconds)
+        while True:
+            why = await asyncio.to_thread(self.check, agent)
+            left = deadline - time.monotonic()
+            if why is None:
+                return None, max(0.0, left)
+            if left <= 0 or (abandoned is not None and abandoned.is_set()):
+                return why, 0.0
+            pause = min(left, self.tick)
+            if abandoned is None:
+                await asyncio.sleep(pause)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(abandoned.wait(), pause)
+
+    # ------------------------------------------------------------ the operator's verbs
+
+    def allow(
+        self, scope: str, usd: Any, tokens: Any = 0, *, by: str = "operator", note: str = ""
+    ) -> Standing:
+        """Grant ``scope`` (an agent or ``swarm``) a one-off extension of ``usd`` dollars and
+        ``tokens`` tokens for the current window. Records it, sends ``BudgetExtended`` to
+        the manager and the operator (the audit trail) and returns the new standing.
+        Raises ``BudgetError`` (field ``usd`` / ``tokens``) for a bad amount, (``name`` /
+        ``scope``) when the scope has no budget to extend. Blocking.
+        """
+        ext: Extension = check_extension(usd, tokens)
+        if scope == SWARM and self.swarm is None:
+            raise BudgetError("no swarm-wide budget is set (controller config: budget)", "scope")
+        if scope != SWARM and self.limits_of(scope) is None:
+            raise BudgetError(f"{scope} has no budget (spec.budget in its manifest)", "name")
+        now = self.clock()
+        window = day_window(now)
+        grant = self.ledger.add_extension(scope, window, ext, now, by, note)
+        standing = self.swarm_standing(now) if scope == SWARM else self.standing(scope, now)
+        assert standing is not None
+        event: dict[str, Any] = {
+            "type": "BudgetExtended",
+            "scope": scope,
+            "window": window.key,
+            "grant": grant,
+            "usd": round(ext.usd, 6),
+            "tokens": ext.tokens,
+            "by": by,
+            "note": (note + "; " if note else "") + standing.message(),
+        }
+        if scope != SWARM:
+            event["agent"] = scope
+        self._emit(event, f"budget:extended:{grant}")
+        for agent in list(self._held):
+            if scope == SWARM or agent == scope:
+                self.check(agent)
+        log.info("budget: %s granted %s an extension of $%.4f / %d tokens for %s",
+                 by, scope, ext.usd, ext.tokens, window.key)  # fmt: skip
+        return standing
+
+    def report(self, name: str | None = None) -> dict[str, Any]:
+        """``{"now", "window", "window_end", "agents": [Standing json + "held"], "swarm":
+        Standing json | None}``: every agent with a budget or recorded turns (only ``name``
+        when given). Blocking."""
+        now = self.clock()
+        window = day_window(now)
+        names = [name] if name is not None else sorted(self._all_names())
+        rows = []
+        for n in names:
+            s = self.standing(n, now).to_json()
+            s["held"] = self._held.get(n)
+            rows.append(s)
+        swarm = self.swarm_standing(now)
+        return {
+            "now": now,
+            "window": window.key,
+            "window_end": window.end,
+            "agents": rows,
+            "swarm": None if swarm is None else swarm.to_json(),
+        }
