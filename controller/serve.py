@@ -21,13 +21,19 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from controller import __version__
-from controller.config import Config, Runtime
+from controller.config import Config, Runtime, TcpListen
 from controller.drivers.base import Driver
 from controller.ops import PassResult
 from controller.paths import Layout, default_state_dir
+
+if TYPE_CHECKING:
+    from controller.auth import AgentCredentials
+    from controller.broker import Broker
+    from controller.ops import SwarmOps
+    from hivehttp import Limits, Policy
 
 log = logging.getLogger("hyperhive")
 
@@ -131,6 +137,53 @@ def _url_host(host: str) -> str:
     if host in ("", "0.0.0.0", "::"):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+def _open_tcp_extras(
+    cfg: Config,
+    layout: Layout,
+    stack: ExitStack,
+    broker: Broker,
+    swarm: SwarmOps,
+    credentials: AgentCredentials,
+    operator_key: str,
+) -> bool:
+    """Open the optional TCP listeners the config asks for (the agent API, meta.git over
+    HTTP), each stopped when ``stack`` closes, and log where each listens. False (after
+    one log line saying why) when one cannot be opened."""
+    import ssl
+
+    from controller.httpserve import serve_listen
+
+    wanted: list[tuple[str, TcpListen, Any, Policy, Limits, str]] = []
+    if cfg.api is not None:
+        from controller.api.tcp import API_LIMITS, api_policy, make_tcp_agent_app
+
+        app = make_tcp_agent_app(broker, swarm, credentials)
+        policy = api_policy(frozenset(cfg.api.hosts))
+        wanted.append(("agent API", cfg.api, app, policy, API_LIMITS, "agent-api"))
+    if cfg.git is not None:
+        from controller.githttp import GIT_LIMITS, git_policy, make_git_app
+
+        gapp = make_git_app(layout, operator_key)
+        gpolicy = git_policy(frozenset(cfg.git.hosts))
+        wanted.append(("meta.git over HTTP", cfg.git, gapp, gpolicy, GIT_LIMITS, "git-http"))
+    for what, spec, asgi, pol, limits, name in wanted:
+        try:
+            listener = serve_listen(spec, asgi, policy=pol, limits=limits, name=name)
+        except (OSError, ssl.SSLError) as exc:
+            log.error(
+                "cannot serve the %s on %s:%d: %s (check the listen address and the TLS "
+                "files in the config)",
+                what,
+                spec.host,
+                spec.port,
+                getattr(exc, "strerror", None) or exc,
+            )
+            return False
+        stack.callback(listener.stop)
+        log.info("%s on %s://%s:%d/", what, spec.scheme, _url_host(spec.host), listener.port)
+    return True
 
 
 def _setup_logging(level: str) -> None:
@@ -302,7 +355,9 @@ def run_daemon(
                 registry.remove(agent)
 
         operator_key = ensure_operator_key(layout)
-        credentials = AgentCredentials(layout)
+        # the swarm issues every credential through this instance, so the TCP API's
+        # lookups of unknown tokens need not re-read every agent's file each time
+        credentials = AgentCredentials(layout, rescan_every=1.0)
         swarm = Swarm(
             layout,
             cfg,
@@ -393,6 +448,8 @@ def run_daemon(
             layout.host_sock,
             dashboard_url[0],
         )
+        if not _open_tcp_extras(cfg, layout, stack, broker, swarm, credentials, operator_key):
+            return 2
         login = login_tokens.issue()
         log.info(
             "open %s/login?token=%s to log in to the dashboard (one use, within %d minutes; "

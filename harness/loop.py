@@ -136,7 +136,7 @@ class TurnLoop:
         self.environ = dict(environ)
         if client is None:  # serve passes its client; this is for a loop built on its own
             cf = env.credential_file
-            client = broker_client(env.socket, read_credential(cf) if cf is not None else None)
+            client = broker_client(env.broker, read_credential(cf) if cf is not None else None)
         self.client = client
         self.runner = runner or ClaudeRunner()
         self.python = python
@@ -313,6 +313,8 @@ class TurnLoop:
         served = mcp.mcp_config(mcp.issue()) if mcp is not None and mcp.alive else None
         doc = claude.render_mcp_config(
             socket=self.env.socket,
+            api_url=self.env.api_url,
+            api_ca=self.env.api_ca,
             flavor=self.env.flavor,
             agent=self.env.agent,
             extras=extras,
@@ -858,12 +860,10 @@ class TurnLoop:
             self._enter("loop", PHASE_SLACK)
             if not reachable:
                 if not outage:
-                    log.warning(
-                        "controller socket %s unreachable; retrying with backoff", self.env.socket
-                    )
-                    self.bus.set_status(
-                        "controller_unreachable", f"socket {self.env.socket} unreachable"
-                    )
+                    where = self.env.broker.target
+                    kind = "API" if self.env.api_url else "socket"
+                    log.warning("controller %s %s unreachable; retrying with backoff", kind, where)
+                    self.bus.set_status("controller_unreachable", f"{kind} {where} unreachable")
                     outage = True
                 self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from harness.credential import CredentialError, broker_client, load_credential
+from harness.credential import CredentialError, broker_client, broker_target, load_credential
 from schemas.client import ApiError, UnixClient, Unreachable
 from schemas.wire import Message, MessageKind, Status, rfc3339
 
@@ -707,16 +707,16 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s hyperhive-mcp %(levelname)s %(message)s",
     )
-    socket = env.get("HYPERHIVE_SOCKET", "/run/hive/mcp.sock")
     flavor = env.get("HYPERHIVE_FLAVOR", "agent")
     try:
+        target = broker_target(env)
         token = load_credential(env)
-    except CredentialError as exc:
+    except (CredentialError, ValueError) as exc:
         # claude shows the server as failed; the reason lands in its MCP log
         print(f"hyperhive-agent mcp: {exc}", file=sys.stderr)
         return 2
     serve_stdio(
-        McpHandler(flavor, broker_client(socket, token)), sys.stdin.buffer, sys.stdout.buffer
+        McpHandler(flavor, broker_client(target, token)), sys.stdin.buffer, sys.stdout.buffer
     )
     sys.stdout.flush()
     sys.stderr.flush()

@@ -153,7 +153,7 @@ def build(
     stats = TurnStats(env.state_dir / STATS_DB)
     # the host's retention sweep may have deleted old events: turn numbers keep counting on
     bus.log.ensure_turn_at_least(stats.max_turn())
-    client = broker_client(env.socket, token)
+    client = broker_client(env.broker, token)
     loop = TurnLoop(env, settings, bus, stats, models, environ=environ, client=client)
     web = WebApp(env, settings, bus, stats, models, loop, dict(environ), client=client)
     servers = [WebServer(web.asgi, UnixEndpoint(Path(web_socket(env))), name="web-ui")]
@@ -233,8 +233,8 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "hyperhive-agent serve: agent %s (%s), socket %s, web %s, state %s, claude %s",
-        env.agent, env.flavor, env.socket, web_socket(env), env.state_dir, env.claude_bin,
+        "hyperhive-agent serve: agent %s (%s), API %s, web %s, state %s, claude %s",
+        env.agent, env.flavor, env.broker.target, web_socket(env), env.state_dir, env.claude_bin,
     )  # fmt: skip
     notifier = sdnotify.SystemdNotifier()  # a no-op without $NOTIFY_SOCKET
     h.start()
