@@ -203,13 +203,13 @@ def test_purge_deletes_the_volume(driver: KubernetesDriver, standin: StandIn) ->
 
 
 def test_two_agents_and_the_manager_are_told_apart(driver: KubernetesDriver) -> None:
-    for name in ("manager", "alice", "ab-"):
+    for name in ("manager", "alice", "web-2"):
         driver.create(deployment(name), lambda _: None)
-    for name in ("manager", "alice", "ab-"):
+    for name in ("manager", "alice", "web-2"):
         wait_phase(driver, name, Phase.RUNNING)
     driver.stop("alice")
     seen = driver.observe()
-    assert sorted(seen) == ["ab-", "alice", "manager"]
+    assert sorted(seen) == ["alice", "manager", "web-2"]
     assert seen["alice"].phase is Phase.STOPPED
     assert seen["manager"].phase is Phase.RUNNING
 

@@ -1,8 +1,9 @@
 """Names, labels and annotations of the objects the kubernetes runtime owns (pure).
 
-An agent ``<a>`` owns objects named after ``base(a) = "hh-<a>-agent"``: agent
-names may end in ``-`` (``schemas.names``) and a Kubernetes name or label value may
-not, so the name is wrapped rather than prefixed. ``agent_of`` reads it back.
+An agent ``<a>`` owns objects named after ``base(a) = "hh-<a>-agent"`` (a DNS label
+of at most 18 characters for the 9-character names ``schemas.names`` allows, so the
+StatefulSet's pod name and its ``controller-revision-hash`` label fit in 63);
+``agent_of`` reads it back.
 
 Every object carries ``app.kubernetes.io/managed-by: hyperhive`` (what the driver
 lists by), ``app.kubernetes.io/instance: <base>`` (what a pod is selected by) and the
