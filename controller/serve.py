@@ -32,6 +32,7 @@ from controller.paths import Layout, default_state_dir
 if TYPE_CHECKING:
     from controller.auth import AgentCredentials
     from controller.broker import Broker
+    from controller.budget.service import Budgets
     from controller.ops import SwarmOps
     from hivehttp import Limits, Policy
 
@@ -147,6 +148,7 @@ def _open_tcp_extras(
     swarm: SwarmOps,
     credentials: AgentCredentials,
     operator_key: str,
+    budgets: Budgets | None = None,
 ) -> bool:
     """Open the optional TCP listeners the config asks for (the agent API, meta.git over
     HTTP), each stopped when ``stack`` closes, and log where each listens. False (after
@@ -159,7 +161,7 @@ def _open_tcp_extras(
     if cfg.api is not None:
         from controller.api.tcp import API_LIMITS, api_policy, make_tcp_agent_app
 
-        app = make_tcp_agent_app(broker, swarm, credentials)
+        app = make_tcp_agent_app(broker, swarm, credentials, budgets)
         policy = api_policy(frozenset(cfg.api.hosts))
         wanted.append(("agent API", cfg.api, app, policy, API_LIMITS, "agent-api"))
     if cfg.git is not None:
@@ -273,6 +275,7 @@ def run_daemon(
     from controller.api.admin import make_admin_app
     from controller.auth import AgentCredentials, LoginTokens, ensure_operator_key
     from controller.broker import Broker, BrokerStorageError
+    from controller.budget.wiring import open_budgets
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, check_broker_db
     from controller.forge.setup import ForgeSetupError, make_forge
@@ -371,7 +374,10 @@ def run_daemon(
         # metrics: count every listener's requests (hook set before any listener opens)
         metrics_collectors = _start_metrics(swarm, layout)
         stack.callback(_stop_metrics, metrics_collectors)
-        registry = SocketRegistry(broker, swarm, layout, credentials)
+        budgets = open_budgets(layout, cfg, meta.desired, broker, known=swarm.agent_names)
+        stack.callback(budgets.ledger.close)
+        swarm.attach_budgets(budgets.held, lambda: budgets.generation)
+        registry = SocketRegistry(broker, swarm, layout, credentials, budgets=budgets)
         stack.callback(registry.close_all)
         login_tokens = LoginTokens()
         dashboard_url: list[str] = []
@@ -382,6 +388,7 @@ def run_daemon(
                 operator_key,
                 login_tokens=login_tokens,
                 dashboard_url=lambda: dashboard_url[0] if dashboard_url else None,
+                budgets=budgets,
             ),
             layout.host_sock,
             name="host.sock",
@@ -399,6 +406,7 @@ def run_daemon(
                     login_tokens=login_tokens,
                     web_sock=layout.agent_web_sock,
                     stop=streams_stop,
+                    budgets=budgets,
                 ),
                 cfg.dashboard_host,
                 cfg.dashboard_port,
@@ -448,7 +456,9 @@ def run_daemon(
             layout.host_sock,
             dashboard_url[0],
         )
-        if not _open_tcp_extras(cfg, layout, stack, broker, swarm, credentials, operator_key):
+        if not _open_tcp_extras(
+            cfg, layout, stack, broker, swarm, credentials, operator_key, budgets
+        ):
             return 2
         login = login_tokens.issue()
         log.info(
