@@ -113,6 +113,10 @@ def agent_argv() -> list[str] | None:
 def make_driver(cfg: Config, layout: Layout) -> Driver:
     """The runtime driver ``cfg.runtime`` asks for (``auto`` picks by what is installed)."""
     runtime = cfg.resolved_runtime()
+    if runtime is Runtime.KUBERNETES:
+        from controller.drivers.kubernetes.driver import KubernetesDriver
+
+        return KubernetesDriver(layout, cfg)
     if runtime is Runtime.NIXOS_CONTAINER:
         from controller.drivers.nixos_container import NixosContainerDriver
 
