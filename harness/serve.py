@@ -52,6 +52,7 @@ from harness.config import (
 )
 from harness.credential import CredentialError, broker_client, read_credential
 from harness.events import Bus, EventLog
+from harness.forge import forge_access, tea_login
 from harness.httpserve import TcpEndpoint, UnixEndpoint, WebServer, tcp_app, tcp_policy
 from harness.loop import TurnLoop
 from harness.mcp_http import McpEndpoint
@@ -126,6 +127,7 @@ class Harness:
             server.stop()
         self.stats.close()
         self.bus.log.close()
+        self.loop.telemetry.shutdown()  # export the spans still queued
 
 
 def build(
@@ -163,6 +165,8 @@ def build(
                                  policy=tcp_policy(ep, env.web_allowed_hosts),
                                  name="web-ui-tcp"))  # fmt: skip
     mcp = McpEndpoint(env.flavor, client)
+    if loop.telemetry.on:  # the turn's trace travels with the messages its tools send
+        mcp.handler.tools.trace = loop.telemetry.current_traceparent
     return Harness(env, settings, bus, stats, models, loop, web, servers, mcp)
 
 
@@ -238,6 +242,11 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     )  # fmt: skip
     notifier = sdnotify.SystemdNotifier()  # a no-op without $NOTIFY_SOCKET
     h.start()
+    # the hive forge: tea logged in as this agent when the controller left it a token
+    threading.Thread(
+        target=tea_login, args=(forge_access(env.state_dir, env.agent), environ),
+        name="tea-login", daemon=True,
+    ).start()  # fmt: skip
 
     def ready() -> None:  # Type=notify: READY=1 once every web UI listener listens
         if all(server.wait_bound() for server in h.servers):
