@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import enum
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from controller.budget.core import Limits
+from controller.drivers.kubernetes.settings import KubeSettings, kube_settings_from_dict
 from schemas.validate import ValidationFailed, validate
 
 
@@ -24,6 +25,7 @@ class Runtime(enum.StrEnum):
     AUTO = "auto"
     LOCAL = "local"
     NIXOS_CONTAINER = "nixos-container"
+    KUBERNETES = "kubernetes"
 
 
 class ConfigError(ValueError):
@@ -106,6 +108,8 @@ class Config:
     config says ``local_sandbox: false``; ``status`` shows ``Isolated`` either way)."""
     local_start_grace: float = 0.3
     """local runtime: seconds a fresh harness must survive for its start to count."""
+    kubernetes: KubeSettings = field(default_factory=KubeSettings)
+    """kubernetes runtime: namespace, image, workload kind, egress (``docs/kubernetes.md``)."""
     forge_url: str | None = None
     """The hive forge (Forgejo) the controller administers (``forge.url``); None: no forge."""
     forge_admin_token_file: Path | None = None
@@ -125,7 +129,8 @@ class Config:
     """The swarm-wide budget per UTC day (``budget:`` in the file; docs/budgets.md)."""
 
     def resolved_runtime(self) -> Runtime:
-        """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``."""
+        """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``
+        (``kubernetes`` is never picked by ``auto``: it is asked for by name)."""
         if self.runtime is not Runtime.AUTO:
             return self.runtime
         return Runtime.NIXOS_CONTAINER if shutil.which("nixos-container") else Runtime.LOCAL
@@ -162,6 +167,7 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         log_level=doc.get("log_level", cfg.log_level),
         local_sandbox=bool(doc.get("local_sandbox", cfg.local_sandbox)),
         local_start_grace=float(doc.get("local_start_grace_seconds", cfg.local_start_grace)),
+        kubernetes=kube_settings_from_dict(doc.get("kubernetes"), cfg.kubernetes),
         forge_url=forge.get("url", cfg.forge_url),
         forge_admin_token_file=(
             Path(forge["admin_token_file"]) if "admin_token_file" in forge

@@ -22,6 +22,7 @@ from typing import Any
 from controller.api.agent import make_agent_app
 from controller.auth import AgentCredentials
 from controller.broker import Broker
+from controller.budget.service import Budgets
 from controller.config import TcpListen
 from controller.ops import SwarmOps
 from controller.paths import Layout
@@ -98,7 +99,8 @@ class SocketRegistry:
 
     ``ensure("alice")`` serves ``layout.agent_sock("alice")`` (``manager`` →
     the manager socket, manager flavor); ``sync(names)`` makes the open set
-    exactly ``names``. Thread-safe (but not from the HTTP loop's own thread).
+    exactly ``names``. ``budgets`` is handed to every agent app (the ``recv`` hold).
+    Thread-safe (but not from the HTTP loop's own thread).
     Raises ``ValueError`` for a name that is neither ``manager`` nor a valid
     agent name (no path tricks).
     """
@@ -112,8 +114,10 @@ class SocketRegistry:
         *,
         limits: Limits = UNIX_LIMITS,
         perms: int = 0o600,
+        budgets: Budgets | None = None,
     ) -> None:
         self.broker = broker
+        self.budgets = budgets
         self.ops = ops
         self.layout = layout
         self.credentials = credentials
@@ -141,6 +145,7 @@ class SocketRegistry:
                 self.ops,
                 "manager" if agent == MANAGER else "agent",
                 credentials=self.credentials,
+                budgets=self.budgets,
             )
             served = serve_unix(
                 app,

@@ -32,6 +32,7 @@ from controller.paths import Layout, default_state_dir
 if TYPE_CHECKING:
     from controller.auth import AgentCredentials
     from controller.broker import Broker
+    from controller.budget.service import Budgets
     from controller.ops import SwarmOps
     from hivehttp import Limits, Policy
 
@@ -112,16 +113,21 @@ def agent_argv() -> list[str] | None:
 def make_driver(cfg: Config, layout: Layout) -> Driver:
     """The runtime driver ``cfg.runtime`` asks for (``auto`` picks by what is installed)."""
     runtime = cfg.resolved_runtime()
+    if runtime is Runtime.KUBERNETES:
+        from controller.drivers.kubernetes.driver import KubernetesDriver
+
+        return KubernetesDriver(layout, cfg)
     if runtime is Runtime.NIXOS_CONTAINER:
         from controller.drivers.nixos_container import NixosContainerDriver
 
         return NixosContainerDriver(layout, cfg)
     from controller.drivers.local import DEFAULT_ARGV, LocalDriver
+    from controller.metrics.tracing import agent_environ
 
     return LocalDriver(
         layout,
         cfg,
-        dict(os.environ),
+        {**os.environ, **agent_environ(cfg, os.environ)},
         argv=agent_argv() or DEFAULT_ARGV,
         start_grace=cfg.local_start_grace,
         sandbox=cfg.local_sandbox,
@@ -143,6 +149,7 @@ def _open_tcp_extras(
     swarm: SwarmOps,
     credentials: AgentCredentials,
     operator_key: str,
+    budgets: Budgets | None = None,
 ) -> bool:
     """Open the optional TCP listeners the config asks for (the agent API, meta.git over
     HTTP), each stopped when ``stack`` closes, and log where each listens. False (after
@@ -155,7 +162,7 @@ def _open_tcp_extras(
     if cfg.api is not None:
         from controller.api.tcp import API_LIMITS, api_policy, make_tcp_agent_app
 
-        app = make_tcp_agent_app(broker, swarm, credentials)
+        app = make_tcp_agent_app(broker, swarm, credentials, budgets)
         policy = api_policy(frozenset(cfg.api.hosts))
         wanted.append(("agent API", cfg.api, app, policy, API_LIMITS, "agent-api"))
     if cfg.git is not None:
@@ -199,12 +206,11 @@ def _start_metrics(swarm: Any, layout: Layout) -> list[object]:
 
 
 def _stop_metrics(collectors: list[object]) -> None:
-    from controller.metrics import REGISTRY
+    from controller.metrics import uninstall
     from hivehttp import set_request_observer
 
     set_request_observer(None)
-    for c in collectors:
-        REGISTRY.unregister(c)  # type: ignore[arg-type]
+    uninstall(collectors)
 
 
 def _record_pass(reason: str, seconds: float, result: PassResult | None) -> None:
@@ -269,12 +275,15 @@ def run_daemon(
     from controller.api.admin import make_admin_app
     from controller.auth import AgentCredentials, LoginTokens, ensure_operator_key
     from controller.broker import Broker, BrokerStorageError
+    from controller.budget.wiring import open_budgets
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, check_broker_db
     from controller.forge.setup import ForgeSetupError, make_forge
     from controller.frontend.files import FrontendFiles
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
+    from controller.metrics import trigger_of
+    from controller.metrics.tracing import TRACING
     from controller.retention import sweep_event_logs
     from controller.statedir import prepare_state_dirs
     from controller.swarm import Swarm
@@ -365,10 +374,15 @@ def run_daemon(
             on_destroy=on_destroy,
             credentials=credentials,
         )
+        if TRACING.start(cfg, os.environ):
+            stack.callback(TRACING.shutdown)
         # metrics: count every listener's requests (hook set before any listener opens)
         metrics_collectors = _start_metrics(swarm, layout)
         stack.callback(_stop_metrics, metrics_collectors)
-        registry = SocketRegistry(broker, swarm, layout, credentials)
+        budgets = open_budgets(layout, cfg, meta.desired, broker, known=swarm.agent_names)
+        stack.callback(budgets.ledger.close)
+        swarm.attach_budgets(budgets.held, lambda: budgets.generation)
+        registry = SocketRegistry(broker, swarm, layout, credentials, budgets=budgets)
         stack.callback(registry.close_all)
         login_tokens = LoginTokens()
         dashboard_url: list[str] = []
@@ -379,6 +393,7 @@ def run_daemon(
                 operator_key,
                 login_tokens=login_tokens,
                 dashboard_url=lambda: dashboard_url[0] if dashboard_url else None,
+                budgets=budgets,
             ),
             layout.host_sock,
             name="host.sock",
@@ -397,6 +412,7 @@ def run_daemon(
                     web_sock=layout.agent_web_sock,
                     stop=streams_stop,
                     frontend=FrontendFiles(layout.meta_git, meta.desired),
+                    budgets=budgets,
                 ),
                 cfg.dashboard_host,
                 cfg.dashboard_port,
@@ -446,7 +462,9 @@ def run_daemon(
             layout.host_sock,
             dashboard_url[0],
         )
-        if not _open_tcp_extras(cfg, layout, stack, broker, swarm, credentials, operator_key):
+        if not _open_tcp_extras(
+            cfg, layout, stack, broker, swarm, credentials, operator_key, budgets
+        ):
             return 2
         login = login_tokens.issue()
         log.info(
@@ -460,7 +478,9 @@ def run_daemon(
         def run_pass(reason: str) -> None:
             t0 = time.monotonic()
             try:
-                result = swarm.reconcile()
+                with TRACING.pass_span(trigger_of(reason), reason) as traced:
+                    result = swarm.reconcile()
+                    traced(len(result.plan), len(result.errors))
             except Exception:
                 log.exception("reconcile pass (%s) crashed; retrying on the next trigger", reason)
                 _record_pass(reason, time.monotonic() - t0, None)

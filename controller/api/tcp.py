@@ -39,6 +39,7 @@ from controller.api.common import error_body
 from controller.auth.agents import AgentCredentials
 from controller.auth.bearer import bearer_token
 from controller.broker import Broker
+from controller.budget.service import Budgets
 from controller.ops import SwarmOps
 from hivehttp import LOOPBACK_HOSTS, Limits, Policy
 from hivehttp.guard import Receive, Scope, Send
@@ -126,13 +127,26 @@ class TcpAgentApi:
     between the lookup and the request is still refused.
     """
 
-    def __init__(self, broker: Broker, ops: SwarmOps, credentials: AgentCredentials) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        ops: SwarmOps,
+        credentials: AgentCredentials,
+        budgets: Budgets | None = None,
+    ) -> None:
         self.broker = broker
         self.ops = ops
         self.credentials = credentials
+        self.budgets = budgets
         self._apps: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.refusals = _RefusalLog()
+
+    @property
+    def app(self) -> Any:
+        """The manager's app, which has every route: ``hivehttp.observe`` reads route
+        templates for the request metrics from it (it never serves a request from here)."""
+        return self.app_for(MANAGER)
 
     def app_for(self, identity: str) -> Any:
         """The agent app answering as ``identity`` (made once)."""
@@ -140,7 +154,9 @@ class TcpAgentApi:
             app = self._apps.get(identity)
             if app is None:
                 flavor: Flavor = "manager" if identity == MANAGER else "agent"
-                app = make_agent_app(self.broker, identity, self.ops, flavor, self.credentials)
+                app = make_agent_app(
+                    self.broker, identity, self.ops, flavor, self.credentials, self.budgets
+                )
                 self._apps[identity] = app
             return app
 
@@ -163,6 +179,12 @@ class TcpAgentApi:
         await self.app_for(identity)(scope, receive, send)
 
 
-def make_tcp_agent_app(broker: Broker, ops: SwarmOps, credentials: AgentCredentials) -> TcpAgentApi:
-    """The agent API app for the TCP listener (see the module doc)."""
-    return TcpAgentApi(broker, ops, credentials)
+def make_tcp_agent_app(
+    broker: Broker,
+    ops: SwarmOps,
+    credentials: AgentCredentials,
+    budgets: Budgets | None = None,
+) -> TcpAgentApi:
+    """The agent API app for the TCP listener (see the module doc); ``budgets`` holds an
+    over-budget agent's ``recv`` as on its socket."""
+    return TcpAgentApi(broker, ops, credentials, budgets)
