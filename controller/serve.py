@@ -122,11 +122,12 @@ def make_driver(cfg: Config, layout: Layout) -> Driver:
 
         return NixosContainerDriver(layout, cfg)
     from controller.drivers.local import DEFAULT_ARGV, LocalDriver
+    from controller.metrics.tracing import agent_environ
 
     return LocalDriver(
         layout,
         cfg,
-        dict(os.environ),
+        {**os.environ, **agent_environ(cfg, os.environ)},
         argv=agent_argv() or DEFAULT_ARGV,
         start_grace=cfg.local_start_grace,
         sandbox=cfg.local_sandbox,
@@ -205,12 +206,11 @@ def _start_metrics(swarm: Any, layout: Layout) -> list[object]:
 
 
 def _stop_metrics(collectors: list[object]) -> None:
-    from controller.metrics import REGISTRY
+    from controller.metrics import uninstall
     from hivehttp import set_request_observer
 
     set_request_observer(None)
-    for c in collectors:
-        REGISTRY.unregister(c)  # type: ignore[arg-type]
+    uninstall(collectors)
 
 
 def _record_pass(reason: str, seconds: float, result: PassResult | None) -> None:
@@ -281,6 +281,8 @@ def run_daemon(
     from controller.forge.setup import ForgeSetupError, make_forge
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
+    from controller.metrics import trigger_of
+    from controller.metrics.tracing import TRACING
     from controller.retention import sweep_event_logs
     from controller.statedir import prepare_state_dirs
     from controller.swarm import Swarm
@@ -371,6 +373,8 @@ def run_daemon(
             on_destroy=on_destroy,
             credentials=credentials,
         )
+        if TRACING.start(cfg, os.environ):
+            stack.callback(TRACING.shutdown)
         # metrics: count every listener's requests (hook set before any listener opens)
         metrics_collectors = _start_metrics(swarm, layout)
         stack.callback(_stop_metrics, metrics_collectors)
@@ -472,7 +476,9 @@ def run_daemon(
         def run_pass(reason: str) -> None:
             t0 = time.monotonic()
             try:
-                result = swarm.reconcile()
+                with TRACING.pass_span(trigger_of(reason), reason) as traced:
+                    result = swarm.reconcile()
+                    traced(len(result.plan), len(result.errors))
             except Exception:
                 log.exception("reconcile pass (%s) crashed; retrying on the next trigger", reason)
                 _record_pass(reason, time.monotonic() - t0, None)

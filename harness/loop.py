@@ -52,6 +52,7 @@ from harness.stream import (
     Usage,
     event_json,
 )
+from harness.telemetry import Telemetry
 from harness.turn import ClaudeRunner, RunKind, RunResult
 from harness.turnstats import TurnRow, TurnStats
 
@@ -156,6 +157,8 @@ class TurnLoop:
         self.turn_timeout = turn_timeout(env, settings)
         self.last_timings = Timings()
         self.on_turn_recorded: Callable[[TurnRow, Timings], None] | None = None
+        #: OpenTelemetry turn and tool spans (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set)
+        self.telemetry = Telemetry.from_environ(env.agent, self.environ)
         # login
         self._creds_changed = threading.Event()
         self._rejected: tuple[Any, ...] | None = None  # credentials fingerprint a 401 came with
@@ -332,6 +335,7 @@ class TurnLoop:
             allow=claude.allowed_tools(self.env.flavor, extras, plugins=plugins),
             tools=claude.builtin_tools(plugins),
             continue_session=continue_session,
+            max_budget_usd=self.settings.max_budget_usd_per_turn,
         )
         env = self.claude_env()
         return claude.Invocation(argv, env, self.env.state_dir)
@@ -339,6 +343,7 @@ class TurnLoop:
     def _pump(self, turn: int | None) -> Callable[[StreamEvent], None]:
         def on_event(ev: StreamEvent) -> None:
             self._progress = time.monotonic()
+            self.telemetry.on_event(ev)
             if isinstance(ev, TextDelta):
                 self.bus.text_delta(turn, ev.index, ev.text)
                 return
@@ -438,6 +443,7 @@ class TurnLoop:
         finally:
             timer.cancel()
             self._current_turn = None
+            self.telemetry.turn_aborted()  # a no-op once turn_finished closed the span
 
     def _on_time_limit(self, turn: int) -> None:
         with self._flags:
@@ -476,6 +482,7 @@ class TurnLoop:
             },
             turn,
         )
+        self.telemetry.turn_started(msg, model, turn)
         self.bus.set_state(TurnState.THINKING, turn)
         prompt = prompts.wake_prompt(
             msg,
@@ -585,6 +592,7 @@ class TurnLoop:
             note=note,
         )
         self.stats.record(row)
+        self.telemetry.turn_finished(row)
         recorded = time.monotonic()
         first = runs[0] if runs else None
         self.last_timings = Timings(

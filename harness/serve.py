@@ -127,6 +127,7 @@ class Harness:
             server.stop()
         self.stats.close()
         self.bus.log.close()
+        self.loop.telemetry.shutdown()  # export the spans still queued
 
 
 def build(
@@ -164,6 +165,8 @@ def build(
                                  policy=tcp_policy(ep, env.web_allowed_hosts),
                                  name="web-ui-tcp"))  # fmt: skip
     mcp = McpEndpoint(env.flavor, client)
+    if loop.telemetry.on:  # the turn's trace travels with the messages its tools send
+        mcp.handler.tools.trace = loop.telemetry.current_traceparent
     return Harness(env, settings, bus, stats, models, loop, web, servers, mcp)
 
 
