@@ -185,7 +185,6 @@ def make_dashboard_app(
     app.add_route("/api/questions/{qid}/answer", api, suffix="answer")
     app.add_route("/api/questions/{qid}/cancel", api, suffix="cancel")
     app.add_route("/messages/stream", MessageStream(broker, slots, flow))
-    if budgets is not None:
-        add_budget_routes(app, budgets, read_body, "/api/budget", "operator (dashboard)")
+    add_budget_routes(app, budgets, read_body, "/api/budget", "operator (dashboard)")
     agents.add_routes(app)
     return app
