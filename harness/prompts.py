@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from schemas.names import OPERATOR
+from schemas.names import DEFAULT_OPERATOR_PRONOUNS, OPERATOR
 from schemas.wire import Message, MessageKind, rfc3339
 
 _KIND_LABEL = {
@@ -74,10 +74,22 @@ def reply_to(msg: Message) -> str:
     return msg.sender
 
 
-def intro(agent: str, flavor: str, state_dir: Path | str) -> str:
-    """The role introduction for a fresh session (``agent.md`` or ``manager.md``)."""
+def intro(
+    agent: str,
+    flavor: str,
+    state_dir: Path | str,
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS,
+) -> str:
+    """The role introduction for a fresh session (``agent.md`` or ``manager.md``).
+
+    ``operator_pronouns`` (e.g. ``"they/them"``, settings ``operator_pronouns``) is how
+    the prompt refers to the operator and asks the agent to."""
     name = "manager" if flavor == "manager" else "agent"
-    return template(name).substitute(agent=agent, state_dir=str(state_dir)).strip()
+    return (
+        template(name)
+        .substitute(agent=agent, state_dir=str(state_dir), operator_pronouns=operator_pronouns)
+        .strip()
+    )
 
 
 def wake_prompt(
@@ -87,6 +99,7 @@ def wake_prompt(
     flavor: str,
     state_dir: Path | str,
     fresh_session: bool,
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS,
 ) -> str:
     """The stdin prompt for one wake: [intro +] the message, its kind, how to reply."""
     body = (
@@ -106,5 +119,5 @@ def wake_prompt(
         .strip()
     )
     if fresh_session:
-        return intro(agent, flavor, state_dir) + "\n\n---\n\n" + body + "\n"
+        return intro(agent, flavor, state_dir, operator_pronouns) + "\n\n---\n\n" + body + "\n"
     return body + "\n"
