@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import enum
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from controller.budget.core import Limits
+from controller.drivers.kubernetes.settings import KubeSettings, kube_settings_from_dict
 from schemas.names import DEFAULT_OPERATOR_PRONOUNS
 from schemas.validate import ValidationFailed, validate
 
@@ -25,10 +26,54 @@ class Runtime(enum.StrEnum):
     AUTO = "auto"
     LOCAL = "local"
     NIXOS_CONTAINER = "nixos-container"
+    KUBERNETES = "kubernetes"
 
 
 class ConfigError(ValueError):
     """The config file is unreadable or invalid; ``str()`` names file and field."""
+
+
+@dataclass(frozen=True)
+class TcpListen:
+    """An optional TCP listener of the controller (the agent API, meta.git over HTTP).
+
+    ``host``/``port`` to bind (port 0: any free port); ``hosts``: names clients may
+    put in ``Host`` besides the loopback names; ``tls_cert``/``tls_key``: PEM files
+    for HTTPS (None: plain HTTP, TLS terminated in front of it); ``max_connections``
+    and ``per_client`` (None: the listener's defaults) cap open connections.
+    """
+
+    host: str
+    port: int
+    hosts: tuple[str, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_connections: int | None = None
+    per_client: int | None = None
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when a certificate is configured, else ``http``."""
+        return "https" if self.tls_cert is not None else "http"
+
+
+def _listen(doc: dict[str, Any] | None, field: str) -> TcpListen | None:
+    if doc is None:
+        return None
+    host, _, port_s = str(doc["listen"]).rpartition(":")
+    port = int(port_s)
+    if port > 65535:
+        raise ValidationFailed(f"{field}.listen: port {port} is above 65535", f"{field}.listen")
+    tls = doc.get("tls")
+    return TcpListen(
+        host=host[1:-1] if host.startswith("[") else host,
+        port=port,
+        hosts=tuple(h.lower() for h in doc.get("hosts", ())),
+        tls_cert=Path(tls["cert"]) if tls else None,
+        tls_key=Path(tls["key"]) if tls else None,
+        max_connections=doc.get("max_connections"),
+        per_client=doc.get("per_client"),
+    )
 
 
 @dataclass(frozen=True)
@@ -43,6 +88,11 @@ class Config:
     dashboard_hosts: tuple[str, ...] = ()
     """Host names the dashboard answers to besides the loopback names (``Host`` allow-list;
     a request naming any other host is refused, which ends DNS rebinding)."""
+    api: TcpListen | None = None
+    """The agent and manager APIs on TCP as well (``api:`` in the file); None: unix sockets
+    only, the default."""
+    git: TcpListen | None = None
+    """meta.git over git's smart HTTP protocol (``git:`` in the file); None: off."""
     manager_port: int = 8000
     agent_port_base: int = 8100
     agent_port_range: int = 900
@@ -61,6 +111,8 @@ class Config:
     config says ``local_sandbox: false``; ``status`` shows ``Isolated`` either way)."""
     local_start_grace: float = 0.3
     """local runtime: seconds a fresh harness must survive for its start to count."""
+    kubernetes: KubeSettings = field(default_factory=KubeSettings)
+    """kubernetes runtime: namespace, image, workload kind, egress (``docs/kubernetes.md``)."""
     forge_url: str | None = None
     """The hive forge (Forgejo) the controller administers (``forge.url``); None: no forge."""
     forge_admin_token_file: Path | None = None
@@ -80,7 +132,8 @@ class Config:
     """The swarm-wide budget per UTC day (``budget:`` in the file; docs/budgets.md)."""
 
     def resolved_runtime(self) -> Runtime:
-        """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``."""
+        """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``
+        (``kubernetes`` is never picked by ``auto``: it is asked for by name)."""
         if self.runtime is not Runtime.AUTO:
             return self.runtime
         return Runtime.NIXOS_CONTAINER if shutil.which("nixos-container") else Runtime.LOCAL
@@ -104,6 +157,8 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         dashboard_host=dash.get("host", cfg.dashboard_host),
         dashboard_port=dash.get("port", cfg.dashboard_port),
         dashboard_hosts=tuple(h.lower() for h in dash.get("hosts", cfg.dashboard_hosts)),
+        api=_listen(doc["api"], "api") if "api" in doc else cfg.api,
+        git=_listen(doc["git"], "git") if "git" in doc else cfg.git,
         manager_port=ports.get("manager", cfg.manager_port),
         agent_port_base=ports.get("agent_base", cfg.agent_port_base),
         agent_port_range=ports.get("agent_range", cfg.agent_port_range),
@@ -116,6 +171,7 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         log_level=doc.get("log_level", cfg.log_level),
         local_sandbox=bool(doc.get("local_sandbox", cfg.local_sandbox)),
         local_start_grace=float(doc.get("local_start_grace_seconds", cfg.local_start_grace)),
+        kubernetes=kube_settings_from_dict(doc.get("kubernetes"), cfg.kubernetes),
         forge_url=forge.get("url", cfg.forge_url),
         forge_admin_token_file=(
             Path(forge["admin_token_file"]) if "admin_token_file" in forge

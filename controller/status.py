@@ -5,7 +5,8 @@ pure; ``load_status`` / ``save_status`` are the only I/O here.
 
 Conditions (``type``: ``status`` / CamelCase ``reason``):
 
-- ``Ready``: True/Running when the agent's process or container runs; False with
+- ``Ready``: True/Running when the agent's process or container runs (False/BudgetExceeded
+  when it runs but is over its budget or the swarm's: it takes no new turn); False with
   Suspended, StoppedByRequest, NotDeployed, Stopped, Failed, CrashLoopBackOff,
   InvalidManifest, Pruning.
 - ``Reconciling``: True while an action is still owed (Creating, Rebuilding,
@@ -287,6 +288,9 @@ class AgentFacts:
     """The hyperhive version main wants (``DesiredState.hyperhive_version``)."""
     isolation: Isolation | None = None
     """What the runtime reports (``driver_isolation``); None: no ``Isolated`` condition."""
+    budget_hold: str | None = None
+    """Why the agent may take no turn now: over its budget or the swarm's (spend and limit,
+    ``controller.budget``); None when it may."""
 
 
 _PENDING_REASON = {
@@ -299,11 +303,19 @@ _PENDING_REASON = {
 }
 
 
+def budget_exceeded(why: str) -> Condition:
+    """``Ready=False/BudgetExceeded``: the agent runs but takes no new turn (docs/budgets.md);
+    ``why`` names spend and limit."""
+    return Condition(CondType.READY, CondStatus.FALSE, "BudgetExceeded", why)
+
+
 def _ready(f: AgentFacts) -> Condition:
     t = CondType.READY
     obs = f.observed
     phase = Phase.ABSENT if obs is None else obs.phase
     if phase is Phase.RUNNING:
+        if f.budget_hold is not None:
+            return budget_exceeded(f.budget_hold)
         commit = (obs.commit or "")[:12] if obs else ""
         return Condition(t, CondStatus.TRUE, "Running", f"running at {commit or 'unknown commit'}")
     if f.desired is None and f.invalid is None:

@@ -99,6 +99,8 @@ def render_mcp_config(
     pythonpath: str | None = None,
     credential_file: str | None = None,
     hyperhive: Mapping[str, Any] | None = None,
+    api_url: str | None = None,
+    api_ca: str | None = None,
 ) -> dict[str, Any]:
     """The ``--mcp-config`` document::
 
@@ -117,6 +119,9 @@ def render_mcp_config(
     reads the agent's broker credential (the path, never the secret: this document is
     written to the state dir).
 
+    ``api_url`` / ``api_ca``, when the harness reaches its API over TCP, are passed on
+    as ``HYPERHIVE_API_URL`` / ``HYPERHIVE_API_CA``.
+
     ``hyperhive``, when given, replaces the stdio entry: the harness serves the tools itself
     (``{"type": "http", "url", "headers"}`` from :meth:`harness.mcp_http.McpEndpoint.mcp_config`),
     so claude starts no server process.
@@ -127,6 +132,10 @@ def render_mcp_config(
         env["PYTHONPATH"] = pythonpath
     if credential_file:
         env["HYPERHIVE_CREDENTIAL_FILE"] = credential_file
+    if api_url:
+        env["HYPERHIVE_API_URL"] = api_url
+        if api_ca:
+            env["HYPERHIVE_API_CA"] = api_ca
     servers: dict[str, Any] = {
         SERVER_KEY: dict(hyperhive)
         if hyperhive is not None

@@ -52,6 +52,7 @@ from harness.stream import (
     Usage,
     event_json,
 )
+from harness.telemetry import Telemetry
 from harness.turn import ClaudeRunner, RunKind, RunResult
 from harness.turnstats import TurnRow, TurnStats
 
@@ -136,7 +137,7 @@ class TurnLoop:
         self.environ = dict(environ)
         if client is None:  # serve passes its client; this is for a loop built on its own
             cf = env.credential_file
-            client = broker_client(env.socket, read_credential(cf) if cf is not None else None)
+            client = broker_client(env.broker, read_credential(cf) if cf is not None else None)
         self.client = client
         self.runner = runner or ClaudeRunner()
         self.python = python
@@ -156,6 +157,8 @@ class TurnLoop:
         self.turn_timeout = turn_timeout(env, settings)
         self.last_timings = Timings()
         self.on_turn_recorded: Callable[[TurnRow, Timings], None] | None = None
+        #: OpenTelemetry turn and tool spans (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set)
+        self.telemetry = Telemetry.from_environ(env.agent, self.environ)
         # login
         self._creds_changed = threading.Event()
         self._rejected: tuple[Any, ...] | None = None  # credentials fingerprint a 401 came with
@@ -313,6 +316,8 @@ class TurnLoop:
         served = mcp.mcp_config(mcp.issue()) if mcp is not None and mcp.alive else None
         doc = claude.render_mcp_config(
             socket=self.env.socket,
+            api_url=self.env.api_url,
+            api_ca=self.env.api_ca,
             flavor=self.env.flavor,
             agent=self.env.agent,
             extras=extras,
@@ -337,6 +342,7 @@ class TurnLoop:
     def _pump(self, turn: int | None) -> Callable[[StreamEvent], None]:
         def on_event(ev: StreamEvent) -> None:
             self._progress = time.monotonic()
+            self.telemetry.on_event(ev)
             if isinstance(ev, TextDelta):
                 self.bus.text_delta(turn, ev.index, ev.text)
                 return
@@ -436,6 +442,7 @@ class TurnLoop:
         finally:
             timer.cancel()
             self._current_turn = None
+            self.telemetry.turn_aborted()  # a no-op once turn_finished closed the span
 
     def _on_time_limit(self, turn: int) -> None:
         with self._flags:
@@ -474,6 +481,7 @@ class TurnLoop:
             },
             turn,
         )
+        self.telemetry.turn_started(msg, model, turn)
         self.bus.set_state(TurnState.THINKING, turn)
         prompt = prompts.wake_prompt(
             msg,
@@ -584,6 +592,7 @@ class TurnLoop:
             note=note,
         )
         self.stats.record(row)
+        self.telemetry.turn_finished(row)
         recorded = time.monotonic()
         first = runs[0] if runs else None
         self.last_timings = Timings(
@@ -859,12 +868,10 @@ class TurnLoop:
             self._enter("loop", PHASE_SLACK)
             if not reachable:
                 if not outage:
-                    log.warning(
-                        "controller socket %s unreachable; retrying with backoff", self.env.socket
-                    )
-                    self.bus.set_status(
-                        "controller_unreachable", f"socket {self.env.socket} unreachable"
-                    )
+                    where = self.env.broker.target
+                    kind = "API" if self.env.api_url else "socket"
+                    log.warning("controller %s %s unreachable; retrying with backoff", kind, where)
+                    self.bus.set_status("controller_unreachable", f"{kind} {where} unreachable")
                     outage = True
                 self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)

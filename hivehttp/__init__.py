@@ -19,6 +19,7 @@ from hivehttp.server import (
     run_blocking,
     serve_tcp,
     serve_unix,
+    tls_server_context,
 )
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "serve_tcp",
     "serve_unix",
     "set_request_observer",
+    "tls_server_context",
 ]

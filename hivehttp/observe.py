@@ -61,8 +61,13 @@ def set_request_observer(observer: RequestObserver | None) -> None:
 
 def route_of(app: Any, path: str) -> str:
     """The route template ``app``'s falcon router matches ``path`` with, else ``UNMATCHED``."""
-    while getattr(app, "_router", None) is None and getattr(app, "__wrapped__", None) is not None:
-        app = app.__wrapped__  # the guard (and any other wrapper) around the falcon app
+    for _ in range(8):  # the guard and other wrappers around the falcon app
+        if getattr(app, "_router", None) is not None:
+            break
+        inner = getattr(app, "__wrapped__", None) or getattr(app, "app", None)
+        if inner is None:
+            break
+        app = inner
     router = getattr(app, "_router", None)
     find = getattr(router, "find", None)
     if find is None:

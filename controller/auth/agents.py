@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +56,20 @@ class AgentCredentials:
     Thread-safe. Agent names are checked (``schemas.names.is_agent_name``):
     ``ValueError`` for anything else, so no name can reach outside
     ``<state>/agents``.
+
+    ``rescan_every`` (seconds, default 0: every time) bounds how often ``identify``
+    re-reads every agent's file on a miss. A TCP listener answers strangers, and
+    each wrong token would otherwise cost a ``stat`` per agent; credentials this
+    instance issues are known at once, so a bound only delays a credential written
+    by another process.
     """
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, *, rescan_every: float = 0.0) -> None:
         self.layout = layout
+        self.rescan_every = rescan_every
         self._lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
+        self._scanned = float("-inf")
 
     def path(self, agent: str) -> Path:
         """Where ``agent``'s credential lives; ``ValueError`` for a bad name."""
@@ -140,15 +149,20 @@ class AgentCredentials:
         """The agent whose current credential is ``token``, or None.
 
         Looks the token's SHA-256 up among the cached credentials (refreshing
-        the cache from ``<state>/agents/*/credential`` on a miss), then
-        confirms with ``verify``, so a rotated or removed credential never
-        identifies anyone.
+        the cache from ``<state>/agents/*/credential`` on a miss, at most once
+        per ``rescan_every`` seconds), then confirms with ``verify``, so a
+        rotated or removed credential never identifies anyone.
         """
         if not token or not token.isascii():
             return None
         want = _digest(token)
         for refresh in (False, True):
             if refresh:
+                now = time.monotonic()
+                with self._lock:
+                    if now - self._scanned < self.rescan_every:
+                        return None
+                    self._scanned = now
                 self._scan()
             with self._lock:
                 hits = [a for a, c in self._cache.items() if hmac.compare_digest(c.digest, want)]

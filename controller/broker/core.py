@@ -14,6 +14,7 @@ from controller.broker.model import Idem, NewMessage
 from controller.broker.store import Store, Tx
 from controller.broker.wakeups import Wakeups
 from controller.errors import Conflict, Invalid
+from controller.metrics.events import EVENTS
 from schemas.validate import ValidationFailed, validate
 from schemas.wire import EventType, Message, MessageKind
 
@@ -75,6 +76,7 @@ class BrokerCore:
         """Mark ``recipient``'s exhausted leases as dead letters in ``tx`` and queue a
         ``DeadLetter`` event for each; how many died."""
         dead = tx.mark_dead(recipient, now, self.max_deliveries)
+        EVENTS.message(recipient, "dead_lettered", len(dead))  # controller.metrics
         for m in dead:
             log.warning(
                 "dead letter: message %d from %s to %s was delivered %d times and "

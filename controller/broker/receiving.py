@@ -22,6 +22,7 @@ from controller.broker.core import BrokerCore
 from controller.broker.errors import BrokerClosed
 from controller.broker.limits import ABANDON_POLL_SECONDS, DUE_SLACK_SECONDS
 from controller.broker.wakeups import park_async
+from controller.metrics.events import EVENTS
 from schemas.wire import Message
 
 
@@ -52,6 +53,7 @@ class Receiving(BrokerCore):
             self._reap(tx, recipient, now)
             msg = tx.claim(recipient, now, until, self.max_deliveries)
             if msg is not None:
+                EVENTS.claimed(msg, now)  # delivered + send → recv latency (controller.metrics)
                 if lease_seconds is not None:
                     # other parked receivers of this inbox must learn the lease's expiry
                     tx.changed([recipient])
@@ -170,7 +172,9 @@ class Receiving(BrokerCore):
         if not clean:
             return 0
         with self._store.write() as tx:
-            return tx.ack(recipient, clean, self._clock())
+            acked = tx.ack(recipient, clean, self._clock())
+        EVENTS.message(recipient, "acked", acked)  # controller.metrics
+        return acked
 
     def release(self, recipient: str, ids: Sequence[int] | None = None) -> int:
         """End ``recipient``'s leases now, so those messages are delivered again at once.
@@ -189,4 +193,5 @@ class Receiving(BrokerCore):
             released = tx.release(recipient, clean, self._clock())
             if released:
                 tx.changed([recipient])
+        EVENTS.message(recipient, "released", released)  # controller.metrics
         return released

@@ -11,12 +11,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from controller.metrics.brokerstate import BrokerCollector
-from controller.metrics.events import EVENTS, REGISTRY, EventMetrics, new_registry, trigger_of
+from controller.metrics.brokerstate import BrokerCollector, SentCounter
+from controller.metrics.events import (
+    BEFORE_SCRAPE,
+    EVENTS,
+    REGISTRY,
+    EventMetrics,
+    new_registry,
+    trigger_of,
+)
 from controller.metrics.swarmstate import StatusSource, SwarmCollector
 from controller.metrics.turns import TurnCollector
 from controller.paths import Layout
@@ -31,6 +39,7 @@ __all__ = [
     "install",
     "new_registry",
     "trigger_of",
+    "uninstall",
 ]
 
 
@@ -42,11 +51,23 @@ def install(
 ) -> list[object]:
     """Register the scrape-time collectors of one controller in ``registry``; returns them
     (unregister them with ``registry.unregister`` when the controller stops)."""
-    collectors: list[object] = [
-        SwarmCollector(swarm),
-        TurnCollector(layout),
-        BrokerCollector(broker_db or layout.broker_db),
-    ]
+    db = broker_db or layout.broker_db
+    collectors: list[object] = [SwarmCollector(swarm), TurnCollector(layout), BrokerCollector(db)]
     for c in collectors:
         registry.register(c)  # type: ignore[arg-type]
+    sent = SentCounter(db)
+    BEFORE_SCRAPE.append(sent.refresh)
+    collectors.append(sent)
     return collectors
+
+
+def uninstall(collectors: list[object], registry: CollectorRegistry = REGISTRY) -> None:
+    """Undo :func:`install`."""
+    for c in collectors:
+        if isinstance(c, SentCounter):
+            with contextlib.suppress(ValueError):
+                BEFORE_SCRAPE.remove(c.refresh)
+        else:
+            registry.unregister(c)  # type: ignore[arg-type]
+        if isinstance(c, BrokerCollector):
+            c.close()

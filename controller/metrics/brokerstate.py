@@ -13,8 +13,10 @@ threads, pending questions), so a scrape costs O(pending), not O(messages kept).
 - ``hyperhive_broker_open_threads{agent}``: questions the agent asked that wait for an answer;
 - ``hyperhive_broker_operator_questions_pending``: questions waiting for the operator.
 
-The counters of message events (sent, delivered, acked, released, dead-lettered) and the
-send → recv latency are counted as they happen (``controller.metrics.events``).
+The counters of message events (delivered, acked, released, dead-lettered) and the
+send → recv latency are counted as they happen (``controller.metrics.events``, hooks in
+``controller.broker``); ``sent`` is folded in before each scrape from the rows added since
+the last one (:class:`SentCounter`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from controller.metrics.events import EVENTS, EventMetrics
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,57 @@ _QUERIES = {
     ),
     "questions": "SELECT count(*) FROM operator_questions WHERE answered_at IS NULL",
 }
+
+
+class SentCounter:
+    """Folds the messages sent since the last scrape into
+    ``hyperhive_broker_messages_total{event="sent"}``, per sender, from the broker's rows
+    (``id`` above the last one seen: a primary-key range, however many rows are kept).
+    Counts from the controller's start, like any counter; the first call sees every row
+    sent since this object was made."""
+
+    def __init__(self, path: Path, events: EventMetrics = EVENTS) -> None:
+        self.path = path
+        self.events = events
+        self._lock = threading.Lock()
+        self._last: int | None = None
+        self._last = self._top()
+
+    def _top(self) -> int | None:
+        try:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2.0)
+        except sqlite3.Error:
+            return None
+        try:
+            return int(con.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
+        except sqlite3.Error:
+            return None
+        finally:
+            con.close()
+
+    def refresh(self) -> None:
+        """Count what was sent since the last call (a failure is logged and retried later)."""
+        with self._lock:
+            if self._last is None:
+                self._last = self._top()
+                if self._last is None:
+                    return
+            try:
+                con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2.0)
+                try:
+                    rows = con.execute(
+                        "SELECT sender, count(*), max(id) FROM messages WHERE id > ? "
+                        "GROUP BY sender",
+                        (self._last,),
+                    ).fetchall()
+                finally:
+                    con.close()
+            except sqlite3.Error as exc:
+                log.warning("metrics: cannot count sent messages in %s: %s", self.path, exc)
+                return
+            for sender, n, top in rows:
+                self.events.message(str(sender), "sent", int(n))
+                self._last = max(self._last, int(top))
 
 
 class BrokerCollector(Collector):

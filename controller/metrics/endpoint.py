@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import falcon.asgi
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from controller.metrics.events import before_scrape
 from hivehttp import LOOPBACK_HOSTS, Listener, Policy, serve_tcp
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,12 @@ class _Metrics:
                 }
                 return
         encoder, content_type = choose_encoder(req.get_header("Accept") or "")
-        resp.data = await asyncio.to_thread(encoder, self.registry)
+        resp.data = await asyncio.to_thread(self._encode, encoder)
         resp.content_type = content_type
+
+    def _encode(self, encoder: Callable[[CollectorRegistry], bytes]) -> bytes:
+        before_scrape()
+        return encoder(self.registry)
 
 
 def make_metrics_app(registry: CollectorRegistry, token: str | None) -> Any:

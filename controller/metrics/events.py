@@ -13,12 +13,16 @@ templates: bounded sets, never message ids or free text.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from schemas.wire import Message
 
 PASS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 1800.0)
 """A no-op pass takes well under a millisecond; a pass that builds containers, minutes."""
@@ -177,6 +181,17 @@ class EventMetrics:
         if n > 0:
             self.messages.labels(agent, event).inc(n)
 
+    def claimed(self, msg: Message, now: float) -> None:
+        """The broker handed ``msg`` to its recipient at ``now``: counted as delivered, and
+        on its first delivery the time since it was sent (or fell due, for a reminder)
+        goes to the send → recv histogram."""
+        latency = None
+        if int(msg.extra.get("attempts", 1)) <= 1:
+            due = msg.extra.get("due_at")
+            start = max(msg.sent_at, float(due)) if isinstance(due, int | float) else msg.sent_at
+            latency = now - start
+        self.delivered(msg.recipient, latency)
+
     def delivered(self, recipient: str, latency_seconds: float | None) -> None:
         """A message reached ``recipient``; ``latency_seconds`` since it was sent (or became
         due) when this is its first delivery, else ``None``."""
@@ -206,6 +221,19 @@ def new_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
+
+
+BEFORE_SCRAPE: list[Callable[[], None]] = []
+"""Called (in order) before each scrape is encoded: they fold state into the counters."""
+
+
+def before_scrape() -> None:
+    """Run every ``BEFORE_SCRAPE`` hook; one that raises is skipped (a scrape never fails)."""
+    for hook in list(BEFORE_SCRAPE):
+        try:
+            hook()
+        except Exception:
+            logging.getLogger(__name__).exception("metrics: a scrape hook failed")
 
 
 REGISTRY = new_registry()

@@ -131,6 +131,7 @@ class Rows:
             login = self.logged_in(name)
             port = self.port_of(name)
             isolation = driver_isolation(self.core.driver, name)
+            budget = self.core.budget_hold(name)
             key = (
                 want,
                 have,
@@ -143,6 +144,7 @@ class Rows:
                 builds_nix,
                 desired.commit,
                 isolation,
+                budget,
             )
             cached = self._row_cache.get(name)
             if cached is not None and cached[0] == key:
@@ -165,6 +167,7 @@ class Rows:
                 crash=crash,
                 version=desired.hyperhive_version,
                 isolation=isolation,
+                budget_hold=budget,
             )
             previous = cached[1].conditions if cached else self.core.conditions.get(name, ())
             conditions = merge_conditions(previous, compute_conditions(facts), now, desired.commit)

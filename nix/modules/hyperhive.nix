@@ -55,6 +55,7 @@ in
 {
   _file = toString ./hyperhive.nix;
   key = "hyperhive/nix/modules/hyperhive.nix";
+  imports = [ ./forge.nix ]; # services.hyperhive.forge: the hive forge (docs/forge.md)
 
   options.services.hyperhive = {
     enable = lib.mkEnableOption "hyperhive, a swarm of Claude Code agents in NixOS containers";

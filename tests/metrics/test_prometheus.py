@@ -172,7 +172,11 @@ def test_prometheus_scrapes_a_real_story(swarm: Swarm, tmp_path: Path) -> None:
         wait_for(
             "the crash in Prometheus",
             lambda: (
-                (prom.value('max_over_time(hyperhive_agent_recent_crashes{agent="bob"}[10m])') or 0)
+                prom.value('hyperhive_agent_crash_restarts_total{agent="bob"}') == 1.0
+                and (
+                    prom.value('max_over_time(hyperhive_agent_recent_crashes{agent="bob"}[10m])')
+                    or 0
+                )
                 >= 1
             ),
             timeout=30,
@@ -185,6 +189,13 @@ def test_prometheus_scrapes_a_real_story(swarm: Swarm, tmp_path: Path) -> None:
         assert (prom.value('sum(hyperhive_reconcile_actions_total{kind="create"})') or 0) >= 1
         assert (prom.value('sum(hyperhive_http_requests_total{surface="agent"})') or 0) > 0
         assert (prom.value('sum(hyperhive_http_requests_total{surface="admin"})') or 0) > 0
+        sends = 'hyperhive_http_requests_total{surface="agent",route="/send",code="2xx"}'
+        assert prom.value(sends) == 1.0  # bob's one send, by route template
+        assert prom.value('hyperhive_broker_messages_total{agent="bob",event="sent"}') == 1.0
+        delivered = 'hyperhive_broker_messages_total{agent="bob",event="delivered"}'
+        assert (prom.value(delivered) or 0) >= 1
+        assert (prom.value('hyperhive_broker_messages_total{agent="bob",event="acked"}') or 0) >= 1
+        assert (prom.value("hyperhive_broker_send_to_recv_seconds_count") or 0) >= 3
 
         # the example alert rules loaded and evaluate (none firing in a healthy swarm)
         groups = prom.api("rules")["groups"]

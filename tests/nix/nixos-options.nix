@@ -464,6 +464,57 @@ in
       description = "nix.conf settings.";
     };
 
+    # nixos/modules/services/misc/forgejo.nix (nix/modules/forge.nix sets these)
+    services.forgejo.enable = lib.mkEnableOption "Forgejo";
+    services.forgejo.package = mkOption {
+      type = types.package;
+      default = pkgs.forgejo;
+      description = "The Forgejo package.";
+    };
+    services.forgejo.user = mkOption {
+      type = types.str;
+      default = "forgejo";
+      description = "User account under which Forgejo runs.";
+    };
+    services.forgejo.stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/forgejo";
+      description = "Forgejo data directory.";
+    };
+    services.forgejo.database.type = mkOption {
+      type = types.enum [
+        "sqlite3"
+        "mysql"
+        "postgres"
+      ];
+      default = "sqlite3";
+      description = "Database engine to use.";
+    };
+    services.forgejo.settings = mkOption {
+      # pkgs.formats.ini's value type, with server.HTTP_PORT a port as NixOS declares it
+      type = types.submodule {
+        freeformType = types.attrsOf (
+          types.attrsOf (
+            types.nullOr (
+              types.oneOf [
+                types.bool
+                types.int
+                types.float
+                types.str
+              ]
+            )
+          )
+        );
+        options.server.HTTP_PORT = mkOption {
+          type = types.port;
+          default = 3000;
+          description = "Listen port.";
+        };
+      };
+      default = { };
+      description = "app.ini of Forgejo, section by section.";
+    };
+
     # nixos/modules/virtualisation/qemu-vm.nix (the VM test's node)
     virtualisation.memorySize = mkOption {
       type = types.ints.positive;

@@ -101,6 +101,7 @@ let
   // lib.genAttrs [
     "bubblewrap"
     "curl"
+    "forgejo"
     "git"
     "makeWrapper"
     "nix"
@@ -108,6 +109,7 @@ let
     "nixfmt-tree"
     "ripgrep"
     "ruff"
+    "util-linux"
   ] simple;
 in
 pkgs
