@@ -97,6 +97,8 @@ class Settings:
     turn_timeout_seconds: int | None = None
     operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS
     """How the prompts refer to the operator (the controller's ``operator_pronouns``)."""
+    max_budget_usd_per_turn: float | None = None
+    """``spec.budget.usdPerTurn``: each claude run's ``--max-budget-usd`` (None: no cap)."""
 
 
 def _str_list(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -175,6 +177,11 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         or any(ord(c) < 0x20 or ord(c) == 0x7F for c in pronouns)
     ):
         raise SettingsError("operator_pronouns: must be one line of at most 32 characters")
+    cap = doc.get("max_budget_usd_per_turn")
+    if cap is not None and (
+        isinstance(cap, bool) or not isinstance(cap, int | float) or not 0 < cap < 1e7
+    ):
+        raise SettingsError("max_budget_usd_per_turn: must be a number > 0")
     return Settings(
         agent=name,
         flavor=str(fl),
@@ -189,6 +196,7 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         hyperhive_version=_opt_str(doc, "hyperhive_version"),
         turn_timeout_seconds=limit,
         operator_pronouns=pronouns,
+        max_budget_usd_per_turn=float(cap) if cap is not None else None,
     )
 
 
