@@ -185,8 +185,12 @@ def build_argv(
     deny: Sequence[str] = DENIED_TOOLS,
     tools: Sequence[str] = BUILTIN_TOOLS,
     continue_session: bool,
+    max_budget_usd: float | None = None,
 ) -> list[str]:
-    """``claude -p`` argv, every valued flag in ``--flag=value`` form; the prompt is not in it."""
+    """``claude -p`` argv, every valued flag in ``--flag=value`` form; the prompt is not in it.
+
+    ``max_budget_usd`` (``spec.budget.usdPerTurn``) becomes ``--max-budget-usd``: claude
+    stops the run after the API request that reaches it (docs/budgets.md)."""
     argv = [
         claude_bin,
         "-p",
@@ -202,6 +206,8 @@ def build_argv(
         f"--disallowedTools={','.join(deny)}",
         f"--settings={json.dumps(CLAUDE_SETTINGS, separators=(',', ':'))}",
     ]
+    if max_budget_usd is not None:
+        argv.append(f"--max-budget-usd={max_budget_usd:g}")
     if continue_session:
         argv.append("--continue")
     return argv

@@ -95,6 +95,8 @@ class Settings:
     meta_commit: str | None = None
     hyperhive_version: str | None = None
     turn_timeout_seconds: int | None = None
+    max_budget_usd_per_turn: float | None = None
+    """``spec.budget.usdPerTurn``: each claude run's ``--max-budget-usd`` (None: no cap)."""
 
 
 def _str_list(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -166,6 +168,11 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         raise SettingsError(
             f"turn_timeout_seconds: must be an integer {MIN_TURN_TIMEOUT}-{MAX_TURN_TIMEOUT}"
         )
+    cap = doc.get("max_budget_usd_per_turn")
+    if cap is not None and (
+        isinstance(cap, bool) or not isinstance(cap, int | float) or not 0 < cap < 1e7
+    ):
+        raise SettingsError("max_budget_usd_per_turn: must be a number > 0")
     return Settings(
         agent=name,
         flavor=str(fl),
@@ -179,6 +186,7 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         meta_commit=_opt_str(doc, "meta_commit"),
         hyperhive_version=_opt_str(doc, "hyperhive_version"),
         turn_timeout_seconds=limit,
+        max_budget_usd_per_turn=float(cap) if cap is not None else None,
     )
 
 

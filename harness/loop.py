@@ -336,6 +336,7 @@ class TurnLoop:
             allow=claude.allowed_tools(self.env.flavor, extras, plugins=plugins),
             tools=claude.builtin_tools(plugins),
             continue_session=continue_session,
+            max_budget_usd=self.settings.max_budget_usd_per_turn,
         )
         env = self.claude_env()
         return claude.Invocation(argv, env, self.env.state_dir)

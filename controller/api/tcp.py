@@ -142,6 +142,12 @@ class TcpAgentApi:
         self._lock = threading.Lock()
         self.refusals = _RefusalLog()
 
+    @property
+    def app(self) -> Any:
+        """The manager's app, which has every route: ``hivehttp.observe`` reads route
+        templates for the request metrics from it (it never serves a request from here)."""
+        return self.app_for(MANAGER)
+
     def app_for(self, identity: str) -> Any:
         """The agent app answering as ``identity`` (made once)."""
         with self._lock:

@@ -69,7 +69,22 @@ class AgentCredentials:
         self.rescan_every = rescan_every
         self._lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
+        # SHA-256 of each cached credential → its agent, for ``identify``: a dict lookup by
+        # the digest of a secret leaks nothing about the secret through its timing
+        self._index: dict[bytes, str] = {}
         self._scanned = float("-inf")
+
+    def _put(self, agent: str, cached: _Cached) -> None:
+        """Cache ``agent``'s credential (caller holds the lock)."""
+        self._drop(agent)
+        self._cache[agent] = cached
+        self._index[cached.digest] = agent
+
+    def _drop(self, agent: str) -> None:
+        """Forget ``agent``'s cached credential (caller holds the lock)."""
+        old = self._cache.pop(agent, None)
+        if old is not None and self._index.get(old.digest) == agent:
+            del self._index[old.digest]
 
     def path(self, agent: str) -> Path:
         """Where ``agent``'s credential lives; ``ValueError`` for a bad name."""
@@ -83,7 +98,7 @@ class AgentCredentials:
         except FileNotFoundError:
             return
         with self._lock:
-            self._cache[agent] = _Cached(stamp, token, _digest(token))
+            self._put(agent, _Cached(stamp, token, _digest(token)))
 
     def issue(self, agent: str) -> str:
         """Write a fresh credential for ``agent`` (replacing any: rotation); returns it.
@@ -116,7 +131,7 @@ class AgentCredentials:
             stamp = _stamp(os.stat(path, follow_symlinks=False))
         except OSError:
             with self._lock:
-                self._cache.pop(agent, None)
+                self._drop(agent)
             return None
         with self._lock:
             cached = self._cache.get(agent)
@@ -126,10 +141,10 @@ class AgentCredentials:
             token = read_secret(path, f"{agent}'s credential")
         except (OSError, CredentialError):
             with self._lock:
-                self._cache.pop(agent, None)
+                self._drop(agent)
             return None
         with self._lock:
-            self._cache[agent] = _Cached(stamp, token, _digest(token))
+            self._put(agent, _Cached(stamp, token, _digest(token)))
         return token
 
     def verify(self, agent: str, token: str | None) -> bool:
@@ -148,7 +163,7 @@ class AgentCredentials:
     def identify(self, token: str | None) -> str | None:
         """The agent whose current credential is ``token``, or None.
 
-        Looks the token's SHA-256 up among the cached credentials (refreshing
+        Looks the token's SHA-256 up among the cached credentials (one dict lookup; refreshing
         the cache from ``<state>/agents/*/credential`` on a miss, at most once
         per ``rescan_every`` seconds), then confirms with ``verify``, so a
         rotated or removed credential never identifies anyone.
@@ -165,10 +180,9 @@ class AgentCredentials:
                     self._scanned = now
                 self._scan()
             with self._lock:
-                hits = [a for a, c in self._cache.items() if hmac.compare_digest(c.digest, want)]
-            for agent in hits:
-                if self.verify(agent, token):
-                    return agent
+                agent = self._index.get(want)
+            if agent is not None and self.verify(agent, token):
+                return agent
         return None
 
     def _scan(self) -> None:
@@ -185,7 +199,7 @@ class AgentCredentials:
         """Delete ``agent``'s credential; True if there was one. It stops working at once."""
         path = self.path(agent)
         with self._lock:
-            self._cache.pop(agent, None)
+            self._drop(agent)
         try:
             path.unlink()
         except FileNotFoundError:

@@ -1,15 +1,17 @@
 """Budgets end to end: a real ``hyperhive serve`` (local runtime) runs alice's real harness,
 which runs the real ``claude`` CLI against the fake Messages API; every reply reports a
-fixed usage, so every turn of alice's costs the same (the CLI prices it).
+fixed usage, so every API call of alice's costs the same (the CLI prices it).
 
-alice runs two turns without a budget (what one turn costs is measured, not assumed); the
-operator then gives her ``usdPerDay`` = spend so far + half a turn (a push to main: a
-manifest change like any other). Her next turn crosses it: the one after is not taken, the
-message stays in her inbox through a controller restart and a harness restart, ``Ready`` is
-``False/BudgetExceeded``, the manager and the operator get ``BudgetExceeded`` once, and
-``hyperhive budget`` shows her held. An extension of one turn's cost lets exactly one turn
-through. Then the controller's clock (``HYPERHIVE_BUDGET_CLOCK_FILE``, no sleep) moves to the
-next UTC day: alice resumes by herself and the waiting message is delivered.
+alice runs two turns without a budget (what one costs is measured, not assumed); the
+operator then gives her ``usdPerDay`` = spend so far + half a turn and ``usdPerTurn`` = one
+and a half calls (a push to main: a manifest change like any other). Her next turn calls a
+tool for ever: claude stops it at the per-turn cap, and it crosses the daily limit. The
+next message is not taken: it stays in her inbox through a controller restart and a
+harness restart, ``Ready`` is ``False/BudgetExceeded``, the manager and the operator get
+``BudgetExceeded`` once, ``hyperhive budget`` and the dashboard's ``/api/budget`` show her
+held. An extension lets exactly one turn through. Then the controller's clock
+(``HYPERHIVE_BUDGET_CLOCK_FILE``, no sleep) moves to the next UTC day: alice resumes by
+herself and the waiting message is delivered.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ import pytest
 from tests.e2e.browser import Browser
 from tests.e2e.credentials import agent_client
 from tests.e2e.swarm import Swarm
-from tests.fakeapi import FakeAnthropic, Reply, Request, find_claude_cli, reply_text
+from tests.fakeapi import (
+    FakeAnthropic,
+    Reply,
+    Request,
+    find_claude_cli,
+    reply_text,
+    reply_tool_use,
+)
 from tests.fakeapi.server import Usage
 from tests.realserve import ROOT, wait_for
 
@@ -45,8 +54,26 @@ if CLAUDE is None:
 TURN_USAGE = Usage(input_tokens=20_000, output_tokens=200)
 
 
+def run_prompt(req: Request) -> str:
+    """The text that started this claude run: the last user message with text of its own
+    (later ones in the run carry only tool results)."""
+    for msg in reversed(req.messages):
+        if msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        if isinstance(content, str):
+            return content
+        texts = [b.get("text", "") for b in content or [] if b.get("type") == "text"]
+        if any(t.strip() for t in texts):
+            return "\n".join(texts)
+    return ""
+
+
 def model_script(req: Request) -> Reply:
-    """Text replies only (one API call per turn), each reporting ``TURN_USAGE``."""
+    """Every reply reports ``TURN_USAGE``: a turn is one API call, except "task three",
+    which calls a tool for ever (only ``usdPerTurn`` ends it)."""
+    if "task three" in run_prompt(req):
+        return reply_tool_use("mcp__hyperhive__status", {}, usage=TURN_USAGE)
     return reply_text("ok.", usage=TURN_USAGE)
 
 
@@ -152,20 +179,25 @@ def test_budget_holds_extends_and_resumes(swarm: Swarm) -> None:
     stats = json.loads(s.cli("stats", "alice", "-o", "json").stdout)["groups"][0]
     assert stats["turns"] == 2 and float(stats["cost_usd"]) == pytest.approx(spent2)
 
-    # the operator sets usdPerDay to what she spent plus half a turn (a push to main); the
-    # manifest change restarts her harness: the ledger keeps the spend
+    # the operator sets usdPerDay to what she spent plus half a turn, and usdPerTurn to one
+    # and a half API calls (a push to main); the manifest change restarts her harness: the
+    # ledger keeps the spend
     limit = round(spent2 + one / 2, 6)
-    push_alice(s, {"usdPerDay": limit})
+    cap = round(one * 1.5, 6)
+    push_alice(s, {"usdPerDay": limit, "usdPerTurn": cap})
     wait_for("the budget at main", lambda: alice(s)["limit_usd"] == limit, timeout=60)
     wait_for("alice running again", lambda: s.phase("alice") == "running", timeout=90)
     assert alice(s)["spent_usd"] == pytest.approx(spent2)
 
-    # one more turn crosses the limit
+    # one more turn crosses the limit; it would call tools for ever, but claude stops it after
+    # the API call that reaches usdPerTurn: it overshoots the cap by less than one call
     send_and_wait_turn(s, "task three", 2)
     held = wait_for("alice held", lambda: alice(s)["held"], timeout=30)
     assert f"of ${limit:.4f}" in held, held
     row = alice(s)
     assert row["level"] == "exceeded" and row["turns"] == 3
+    third = float(row["spent_usd"]) - spent2
+    assert cap <= third < cap + one + 1e-6, (third, cap, one)
 
     # the next message is not processed and stays in her inbox
     s.cli("send", "alice", "task four")
@@ -205,8 +237,8 @@ def test_budget_holds_extends_and_resumes(swarm: Swarm) -> None:
     bad = web.post("/api/budget/allow", {"agent": "alice", "usd": -1})
     assert bad.status == 400 and bad.json()["error"]["field"] == "usd", bad.text
 
-    # an extension of one turn's cost lets exactly one turn through: task four
-    out = s.cli("budget", "alice", "--allow", f"{one:.6f}", "--note", "one more").stdout
+    # an extension of what task three overspent plus one turn lets exactly one turn through
+    out = s.cli("budget", "alice", "--allow", f"{third:.6f}", "--note", "one more").stdout
     assert out.startswith("extended: "), out
     wait_for("task four processed", lambda: turns_seen(s, "task four") > 0, timeout=90)
     wait_for("alice held again", lambda: alice(s)["turns"] == 4 and alice(s)["held"], timeout=60)

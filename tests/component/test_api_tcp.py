@@ -8,9 +8,12 @@ The end-to-end version with a real ``hyperhive serve`` and a real harness is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +32,8 @@ from hivehttp import Listener, serve_tcp, tls_server_context
 from schemas.client import ApiClient, ApiError, Unreachable, parse_target
 from schemas.names import MANAGER
 from tests.tlscert import self_signed
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -250,3 +255,72 @@ def test_parse_target() -> None:
     for bad in ("http://", "http://u:p@h:1", "http://h:1/?q=1", "http://h:99999", "http://h#x"):
         with pytest.raises(ValueError):
             parse_target(bad)
+
+
+def _credential_file(api: Api, who: str) -> Path:
+    path = api.layout.state / f"{who}.credential"
+    path.write_text((api.creds.current(who) or "") + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _url_env(api: Api, who: str) -> dict[str, str]:
+    env = {
+        "HYPERHIVE_API_URL": api.url,
+        "HYPERHIVE_SOCKET": str(api.layout.state / "no-such.sock"),
+        "HYPERHIVE_FLAVOR": "agent",
+        "HYPERHIVE_AGENT": who,
+        "HYPERHIVE_CREDENTIAL_FILE": str(_credential_file(api, who)),
+        "PYTHONPATH": str(REPO),
+        "PATH": "/usr/bin:/bin",
+    }
+    if api.cert is not None:
+        env["HYPERHIVE_API_CA"] = str(api.cert)
+    return env
+
+
+def test_the_stdio_mcp_server_and_wake_speak_tcp(api: Api) -> None:
+    """The fallback MCP server (claude starts it when the harness cannot serve the tools) and
+    ``hyperhive-agent wake`` on ``HYPERHIVE_API_URL``, through the MCP SDK's own client."""
+    import anyio
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    env = _url_env(api, "alice")
+
+    async def session() -> str:
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "harness", "mcp"], env=env, cwd=str(REPO)
+        )
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
+            await s.initialize()
+            result = await s.call_tool("send", {"to": "bob", "body": "via stdio mcp"})
+            return "\n".join(getattr(c, "text", "") for c in result.content)
+
+    text = anyio.run(session)
+    assert "error" not in text.lower(), text
+    got = api.client("bob").post("/recv", {})["message"]
+    assert (got["from"], got["body"]) == ("alice", "via stdio mcp")
+    woke = subprocess.run(
+        [sys.executable, "-m", "harness", "wake", "--from", "cron", "--body", "tick"],
+        env=env, cwd=str(REPO), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert woke.returncode == 0, woke.stderr
+    got = api.client("alice").post("/recv", {})["message"]
+    assert (got["to"], got["kind"], got["body"]) == ("alice", "wake", "tick")
+
+
+def test_a_stalled_tls_handshake_is_closed_and_holds_nobody_up() -> None:
+    gen = _api(True)
+    api = next(gen)
+    try:
+        stalled = [socket.create_connection(("127.0.0.1", api.listener.port or 0), timeout=40)]
+        stalled[0].sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+        stalled.append(socket.create_connection(("127.0.0.1", api.listener.port or 0), timeout=40))
+        assert api.client("alice").get("/status")["unread"] == 0  # served meanwhile
+        for s in stalled:  # the server closes them (TLS_HANDSHAKE_TIMEOUT)
+            with contextlib.suppress(ConnectionResetError):
+                assert s.recv(1024) == b""
+            s.close()
+    finally:
+        next(gen, None)
