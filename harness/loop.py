@@ -491,6 +491,7 @@ class TurnLoop:
             flavor=self.env.flavor,
             state_dir=self.env.state_dir,
             fresh_session=intro,
+            operator_pronouns=self.settings.operator_pronouns,
         )
         runs: list[RunResult] = []
         compactions = 0
@@ -506,7 +507,7 @@ class TurnLoop:
                 self.bus.set_state(TurnState.THINKING, turn)
                 retry_prompt = prompts.wake_prompt(
                     msg, agent=self.env.agent, flavor=self.env.flavor, state_dir=self.env.state_dir,
-                    fresh_session=True,
+                    fresh_session=True, operator_pronouns=self.settings.operator_pronouns,
                 )  # fmt: skip
                 with self._flags:
                     self._intro_due = False
