@@ -49,6 +49,9 @@
       packages = forAllSystems (pkgs: {
         default = pkgs.hyperhive;
         hyperhive = pkgs.hyperhive;
+        # the OCI image of the kubernetes runtime (docs/kubernetes.md); claude-code is unfree,
+        # allowed for it alone by its overlay
+        image = import ./nix/image.nix { pkgs = pkgs.extend self.overlays.claude-code; };
       });
 
       nixosModules = {
