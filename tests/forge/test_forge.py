@@ -277,3 +277,26 @@ def test_a_deploy_while_the_forge_is_down_catches_up_on_the_next_tick(
     standin.down = False
     worker.tick()
     assert standin.watches["alice"] == set()
+
+
+def test_concurrent_provisioning_issues_one_token(
+    tmp_path: Path, standin: StandinForgejo, broker: Broker
+) -> None:
+    """The deploy hook and the worker's tick may both find the token missing at once."""
+    import threading
+
+    hive = make_hive(tmp_path, standin, broker)
+    held = standin.stall("POST", "/users/alice/tokens")
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(hive.ensure("alice")))
+               for _ in range(2)]  # fmt: skip
+    for t in threads:
+        t.start()
+    assert standin.stalled.wait(10)
+    held.set()
+    standin.release()
+    for t in threads:
+        t.join(20)
+    assert sorted(results) == ["issued", "kept"]
+    (tok,) = standin.user_tokens("alice")
+    assert hive.read_token("alice") == tok.sha1
