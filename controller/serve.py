@@ -279,6 +279,7 @@ def run_daemon(
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, check_broker_db
     from controller.forge.setup import ForgeSetupError, make_forge
+    from controller.frontend.files import FrontendFiles
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
     from controller.metrics import trigger_of
@@ -410,6 +411,7 @@ def run_daemon(
                     login_tokens=login_tokens,
                     web_sock=layout.agent_web_sock,
                     stop=streams_stop,
+                    frontend=FrontendFiles(layout.meta_git, meta.desired),
                     budgets=budgets,
                 ),
                 cfg.dashboard_host,
