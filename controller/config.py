@@ -16,6 +16,7 @@ import yaml
 
 from controller.budget.core import Limits
 from controller.drivers.kubernetes.settings import KubeSettings, kube_settings_from_dict
+from schemas.names import DEFAULT_OPERATOR_PRONOUNS
 from schemas.validate import ValidationFailed, validate
 
 
@@ -102,6 +103,8 @@ class Config:
     """How many agents a pass creates / rebuilds / starts at once (the manager goes first)."""
     hyperhive_flake: str = "github:hyperhive/hyperhive"
     default_model: str = "haiku"
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS
+    """How agents' prompts refer to the operator (rendered into every settings.json)."""
     log_level: str = "info"
     local_sandbox: bool = True
     """local runtime: run each harness under bubblewrap when ``bwrap`` exists (on unless the
@@ -167,13 +170,15 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         parallel_actions=int(doc.get("parallel_actions", cfg.parallel_actions)),
         hyperhive_flake=doc.get("hyperhive_flake", cfg.hyperhive_flake),
         default_model=doc.get("default_model", cfg.default_model),
+        operator_pronouns=doc.get("operator_pronouns", cfg.operator_pronouns),
         log_level=doc.get("log_level", cfg.log_level),
         local_sandbox=bool(doc.get("local_sandbox", cfg.local_sandbox)),
         local_start_grace=float(doc.get("local_start_grace_seconds", cfg.local_start_grace)),
         kubernetes=kube_settings_from_dict(doc.get("kubernetes"), cfg.kubernetes),
         forge_url=forge.get("url", cfg.forge_url),
         forge_admin_token_file=(
-            Path(forge["admin_token_file"]) if "admin_token_file" in forge
+            Path(forge["admin_token_file"])
+            if "admin_token_file" in forge
             else cfg.forge_admin_token_file
         ),
         forge_poll_seconds=float(forge.get("poll_seconds", cfg.forge_poll_seconds)),

@@ -30,7 +30,7 @@ from controller.model import (
     McpServer,
     Resources,
 )
-from schemas.names import MANAGER
+from schemas.names import DEFAULT_OPERATOR_PRONOUNS, MANAGER
 from schemas.validate import ValidationFailed, validate
 
 API_VERSION = "hyperhive/v1"
@@ -210,6 +210,7 @@ def render_settings(
     dashboard_url: str,
     meta_commit: str,
     hyperhive_version: str,
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS,
 ) -> dict[str, Any]:
     """The harness's ``settings.json`` for one agent (docs/architecture.md).
 
@@ -217,9 +218,11 @@ def render_settings(
 
         {"agent", "flavor", "model", "allowed_recipients": [..], "mcp_servers":
          {key: {"command", "args", "env", "allowedTools"}}, "plugins", "marketplaces",
-         "web_port", "dashboard_url", "meta_commit", "hyperhive_version"}
+         "web_port", "dashboard_url", "meta_commit", "hyperhive_version",
+         "operator_pronouns"}
         (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds,
-         + "max_budget_usd_per_turn" when it sets spec.budget.usdPerTurn)
+         + "max_budget_usd_per_turn" when it sets spec.budget.usdPerTurn,
+         + "frontend_extra": [{"key", "target"}] when it sets spec.frontend.extraFiles)
 
     A server keyed ``hyperhive`` is dropped: it would shadow the built-in surface.
     """
@@ -244,9 +247,14 @@ def render_settings(
         "dashboard_url": dashboard_url,
         "meta_commit": meta_commit,
         "hyperhive_version": hyperhive_version,
+        "operator_pronouns": operator_pronouns,
     }
     if manifest.turn_timeout_seconds is not None:
         settings["turn_timeout_seconds"] = manifest.turn_timeout_seconds
+    if manifest.frontend.extra_files:  # the built-in UI links to them (docs/web-ui.md)
+        settings["frontend_extra"] = [
+            {"key": e.key, "target": e.target} for e in manifest.frontend.extra_files
+        ]
     if manifest.budget is not None and manifest.budget.usd_per_turn is not None:
         settings["max_budget_usd_per_turn"] = manifest.budget.usd_per_turn
     return settings

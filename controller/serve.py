@@ -169,7 +169,7 @@ def _open_tcp_extras(
         from controller.githttp import GIT_LIMITS, git_policy, make_git_app
 
         gapp = make_git_app(layout, operator_key)
-        gpolicy = git_policy(frozenset(cfg.git.hosts))
+        gpolicy = git_policy(frozenset(cfg.git.hosts), admit=gapp.admit)
         wanted.append(("meta.git over HTTP", cfg.git, gapp, gpolicy, GIT_LIMITS, "git-http"))
     for what, spec, asgi, pol, limits, name in wanted:
         try:
@@ -280,6 +280,7 @@ def run_daemon(
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, broker_location, check_broker_db
     from controller.forge.setup import ForgeSetupError, make_forge
+    from controller.frontend.files import FrontendFiles
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
     from controller.metrics import trigger_of
@@ -412,6 +413,7 @@ def run_daemon(
                     login_tokens=login_tokens,
                     web_sock=layout.agent_web_sock,
                     stop=streams_stop,
+                    frontend=FrontendFiles(layout.meta_git, meta.desired),
                     budgets=budgets,
                 ),
                 cfg.dashboard_host,

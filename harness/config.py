@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.credential import BrokerTarget, broker_target, credential_path
-from schemas.names import MANAGER, default_web_port
+from schemas.names import DEFAULT_OPERATOR_PRONOUNS, MANAGER, default_web_port
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,12 @@ class Settings:
     meta_commit: str | None = None
     hyperhive_version: str | None = None
     turn_timeout_seconds: int | None = None
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS
+    """How the prompts refer to the operator (the controller's ``operator_pronouns``)."""
     max_budget_usd_per_turn: float | None = None
     """``spec.budget.usdPerTurn``: each claude run's ``--max-budget-usd`` (None: no cap)."""
+    frontend_extra: tuple[tuple[str, str], ...] = ()
+    """``spec.frontend.extraFiles`` as ``(key, target)``: the UI links to ``<target>/``."""
 
 
 def _str_list(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -168,6 +172,13 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         raise SettingsError(
             f"turn_timeout_seconds: must be an integer {MIN_TURN_TIMEOUT}-{MAX_TURN_TIMEOUT}"
         )
+    pronouns = doc.get("operator_pronouns") or DEFAULT_OPERATOR_PRONOUNS
+    if (
+        not isinstance(pronouns, str)
+        or len(pronouns) > 32
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in pronouns)
+    ):
+        raise SettingsError("operator_pronouns: must be one line of at most 32 characters")
     cap = doc.get("max_budget_usd_per_turn")
     if cap is not None and (
         isinstance(cap, bool) or not isinstance(cap, int | float) or not 0 < cap < 1e7
@@ -186,8 +197,29 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         meta_commit=_opt_str(doc, "meta_commit"),
         hyperhive_version=_opt_str(doc, "hyperhive_version"),
         turn_timeout_seconds=limit,
+        operator_pronouns=pronouns,
         max_budget_usd_per_turn=float(cap) if cap is not None else None,
+        frontend_extra=_frontend_extra(doc),
     )
+
+
+_TARGET_RE = re.compile(r"^[A-Za-z0-9._~@+-]+(/[A-Za-z0-9._~@+-]+)*$")
+
+
+def _frontend_extra(doc: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    raw = doc.get("frontend_extra") or []
+    if not isinstance(raw, list):
+        raise SettingsError("frontend_extra: must be a list of {key, target}")
+    out = []
+    for e in raw:
+        key = e.get("key") if isinstance(e, dict) else None
+        target = e.get("target") if isinstance(e, dict) else None
+        if not isinstance(key, str) or not isinstance(target, str) or not key:
+            raise SettingsError("frontend_extra: every entry needs a key and a target")
+        if not _TARGET_RE.fullmatch(target) or ".." in target.split("/"):
+            raise SettingsError(f"frontend_extra: bad target {target[:80]!r}")
+        out.append((key, target))
+    return tuple(out)
 
 
 def load_settings(path: Path | None, *, agent: str, flavor: str) -> Settings:

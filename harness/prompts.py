@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Template
 
 from harness.forge import forge_access, prompt_section
-from schemas.names import OPERATOR
+from schemas.names import DEFAULT_OPERATOR_PRONOUNS, OPERATOR
 from schemas.wire import Message, MessageKind, rfc3339
 
 FORGE = "forge"
@@ -84,10 +84,22 @@ def reply_to(msg: Message) -> str:
     return msg.sender
 
 
-def intro(agent: str, flavor: str, state_dir: Path | str) -> str:
-    """The role introduction for a fresh session (``agent.md`` or ``manager.md``)."""
+def intro(
+    agent: str,
+    flavor: str,
+    state_dir: Path | str,
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS,
+) -> str:
+    """The role introduction for a fresh session (``agent.md`` or ``manager.md``).
+
+    ``operator_pronouns`` (e.g. ``"they/them"``, settings ``operator_pronouns``) is how
+    the prompt refers to the operator and asks the agent to."""
     name = "manager" if flavor == "manager" else "agent"
-    text = template(name).substitute(agent=agent, state_dir=str(state_dir)).strip()
+    text = (
+        template(name)
+        .substitute(agent=agent, state_dir=str(state_dir), operator_pronouns=operator_pronouns)
+        .strip()
+    )
     return text + prompt_section(forge_access(Path(state_dir), agent))
 
 
@@ -98,6 +110,7 @@ def wake_prompt(
     flavor: str,
     state_dir: Path | str,
     fresh_session: bool,
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS,
 ) -> str:
     """The stdin prompt for one wake: [intro +] the message, its kind, how to reply."""
     body = (
@@ -117,5 +130,5 @@ def wake_prompt(
         .strip()
     )
     if fresh_session:
-        return intro(agent, flavor, state_dir) + "\n\n---\n\n" + body + "\n"
+        return intro(agent, flavor, state_dir, operator_pronouns) + "\n\n---\n\n" + body + "\n"
     return body + "\n"

@@ -39,6 +39,9 @@ OPERATOR = "operator"
 MANAGER_CONTAINER = "hm1nd"
 CONTAINER_PREFIX = "h-"
 RESERVED = frozenset({MANAGER, OPERATOR, "hyperhive", "controller", "all", "forge"})
+#: How agents' prompts refer to the operator unless the config says otherwise (the
+#: original's ``operatorPronouns`` default).
+DEFAULT_OPERATOR_PRONOUNS = "she/her"
 
 
 class InvalidName(ValueError):

@@ -8,7 +8,9 @@ operator key on host.sock, the login session on the dashboard):
 ``POST <prefix>/allow``         admin#BudgetAllowRequest     ``{"result": str, "standing": {...}}``
 ==============================  ===========================  ======================================
 
-host.sock serves it at ``/budget``, the dashboard at ``/api/budget``. A bad body is a 400
+host.sock serves it at ``/budget``, the dashboard at ``/api/budget``; a controller built
+without budgets answers ``{"enabled": false, "agents": [], "swarm": null}`` (the page then
+hides its panel). A bad body is a 400
 naming the field (``usd``, ``tokens``, ``agent``, ``swarm``); an agent without a budget
 or a swarm without one is a 400 naming ``agent`` / ``swarm``; an unknown ``name`` a 404.
 """
@@ -34,13 +36,16 @@ class BudgetResource:
     """``GET`` the report, ``POST …/allow`` an extension (see the module doc). ``read(req)``
     is the app's own JSON body reader; ``by`` names who grants (the audit trail)."""
 
-    def __init__(self, budgets: Budgets, read: Reader, by: str = "operator") -> None:
+    def __init__(self, budgets: Budgets | None, read: Reader, by: str = "operator") -> None:
         self.budgets = budgets
         self.read = read
         self.by = by
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        """The report: every agent, or ``?name=``."""
+        """The report: every agent, or ``?name=``; ``{"enabled": false, ...}`` without budgets."""
+        if self.budgets is None:
+            resp.media = {"enabled": False, "agents": [], "swarm": None}
+            return
         name = req.get_param("name") or None
         if name is not None:
             known = await asyncio.to_thread(self.budgets.names)
@@ -49,10 +54,12 @@ class BudgetResource:
                     f"no agent named {name!r} (known: {', '.join(sorted(known)) or 'none'})",
                     "name",
                 )
-        resp.media = await asyncio.to_thread(self.budgets.report, name)
+        resp.media = {"enabled": True, **await asyncio.to_thread(self.budgets.report, name)}
 
     async def on_post_allow(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Grant a one-off extension for the current window."""
+        if self.budgets is None:
+            raise NotFound("this controller keeps no budgets")
         doc = await self.read(req)
         validate(doc, "admin#BudgetAllowRequest")
         swarm = bool(doc.get("swarm", False))
@@ -75,8 +82,11 @@ class BudgetResource:
         resp.media = {"result": standing.message(), "standing": standing.to_json()}
 
 
-def add_budget_routes(app: Any, budgets: Budgets, read: Reader, prefix: str, by: str) -> None:
-    """Serve ``GET prefix`` and ``POST prefix/allow`` on ``app`` (a falcon.asgi App)."""
+def add_budget_routes(
+    app: Any, budgets: Budgets | None, read: Reader, prefix: str, by: str
+) -> None:
+    """Serve ``GET prefix`` and ``POST prefix/allow`` on ``app`` (a falcon.asgi App); with
+    ``budgets`` None the report says ``"enabled": false`` and ``allow`` is a 404."""
     res = BudgetResource(budgets, read, by)
     app.add_route(prefix, res)
     app.add_route(f"{prefix}/allow", res, suffix="allow")

@@ -290,6 +290,7 @@ class Executor:
             dashboard_url=self._dashboard_url(),
             meta_commit=want.commit,
             hyperhive_version=self.core.meta.version,
+            operator_pronouns=self.core.config.operator_pronouns,
         )
         return Deployment(
             agent=want,

@@ -104,6 +104,19 @@ in
       };
     };
 
+    operatorPronouns = lib.mkOption {
+      # one line, as settings.operator_pronouns in the controller's config schema
+      type = lib.types.strMatching "[^[:cntrl:]]{1,32}";
+      default = "she/her";
+      example = "they/them";
+      description = ''
+        How the agents' prompts refer to the operator, and the pronouns they are
+        asked to use for them. Rendered into `settings.operator_pronouns`; an
+        agent picks a change up at its next deploy (a manifest change, an
+        upgrade, or *update* in the dashboard).
+      '';
+    };
+
     openFirewall = lib.mkOption {
       type = lib.types.bool;
       default = false;
@@ -270,6 +283,7 @@ in
 
         services.hyperhive.settings = {
           state_dir = cfg.stateDir;
+          operator_pronouns = cfg.operatorPronouns;
           run_dir = runDir;
           dashboard = {
             host = cfg.dashboard.address;

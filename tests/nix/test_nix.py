@@ -352,6 +352,7 @@ HOST_CONFIG = """
       dashboard = { address = "127.0.0.1"; port = 7001; };
       openFirewall = true;
       openAgentPorts = true;
+      operatorPronouns = "they/them";
       settings = {
         ports = { manager = 8000; agent_base = 8100; agent_range = 900; };
         dashboard.hosts = [ "hive.example" ];
@@ -413,6 +414,7 @@ def test_host_module_renders_settings(host: Any) -> None:
         "log_level": "info",
         "ports": {"manager": 8000, "agent_base": 8100, "agent_range": 900},
         "state_dir": "/srv/hive",
+        "operator_pronouns": "they/them",
         "run_dir": "/run/hyperhive",
         "dashboard": {"host": "127.0.0.1", "port": 7001, "hosts": ["hive.example"]},
     }
@@ -523,6 +525,8 @@ def test_host_module_defaults_match_the_config_schema(options: dict[str, Any]) -
             assert option["default"] in node["enum"]
         elif key not in ("hyperhive_flake", "ports"):
             assert node.get("default") == option["default"], key
+    pronouns = options["services.hyperhive.operatorPronouns"]["default"]
+    assert pronouns == props["operator_pronouns"]["default"] == "she/her"
     dash = props["dashboard"]["properties"]
     assert options["services.hyperhive.dashboard.address"]["default"] == dash["host"]["default"]
     assert options["services.hyperhive.dashboard.port"]["default"] == dash["port"]["default"]

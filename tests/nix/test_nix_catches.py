@@ -167,3 +167,12 @@ def test_a_misspelled_option_in_agent_nix(nix_env: dict[str, str]) -> None:
         agent_toplevel(ROOT, modules="{ environment.systemPackage = [ ]; }"), nix_env
     )
     assert "The option `environment.systemPackage' does not exist." in err
+
+
+@pytest.mark.parametrize("bad", ["she/her\\n", "", "x" * 33])
+def test_operator_pronouns_must_be_one_short_line(bad: str, nix_env: dict[str, str]) -> None:
+    """As the controller's schema says (operator_pronouns: 1-32 characters, one line)."""
+    err = nix_eval_error(
+        host_toplevel(ROOT, f'{{ services.hyperhive.operatorPronouns = "{bad}"; }}'), nix_env
+    )
+    assert "A definition for option `services.hyperhive.operatorPronouns'" in err

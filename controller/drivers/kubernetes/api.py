@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -107,6 +108,10 @@ class KubeApi:
 
     def __init__(self, config: SingleConfig, namespace: str, timeout: float = 15.0) -> None:
         self.namespace = namespace
+        # httpx logs every request at INFO: one line per API call would drown the log
+        logging.getLogger("httpx2").setLevel(
+            max(logging.WARNING, logging.getLogger("httpx2").level)
+        )
         self.client = Client(
             config=config,
             namespace=namespace,
