@@ -9,7 +9,9 @@ went backwards, or it was purged) is folded again from the start.
 
 Series (labels ``agent``, ``model``, ``outcome`` = ok / failed / cancelled /
 prompt_too_long, ``type``, ``tool``): ``hyperhive_turns_total``,
-``hyperhive_turn_duration_seconds`` (histogram), ``hyperhive_turn_tokens_total``
+``hyperhive_turn_duration_seconds{model}`` (a histogram per model over every agent: per
+agent and model it would be 13 series each), ``hyperhive_turn_seconds_total{agent,model}``
+(time spent in turns), ``hyperhive_turn_tokens_total``
 (``type`` = input / output / cache_read / cache_write), ``hyperhive_turn_cost_usd_total``,
 ``hyperhive_turn_compactions_total``, ``hyperhive_turn_tool_calls_total``.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.metrics.events import render
 from controller.paths import Layout
 from controller.stats import STATS_DB, TurnRecord, stats_files
 
@@ -125,6 +128,7 @@ class TurnCollector(Collector):
         self.layout = layout
         self._lock = threading.Lock()
         self._files: dict[str, _FileSums] = {}
+        self._rendered: tuple[object, bytes] | None = None
 
     def refresh(self) -> dict[str, _FileSums]:
         """Fold what was added since the last call; returns the sums per agent."""
@@ -174,6 +178,17 @@ class TurnCollector(Collector):
         """The families with one sample set per agent and model."""
         return list(self._families(self.refresh()))
 
+    def render(self) -> bytes:
+        """:meth:`collect` in the text format, rendered again only when a file changed."""
+        files = self.refresh()
+        key = tuple((a, f.key) for a, f in sorted(files.items()))
+        cached = self._rendered
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        text = render(self._families(files))
+        self._rendered = (key, text)
+        return text
+
     @staticmethod
     def _families(files: dict[str, _FileSums]) -> Iterator[Metric]:
         turns = CounterMetricFamily(
@@ -183,7 +198,13 @@ class TurnCollector(Collector):
         )
         duration = HistogramMetricFamily(
             "hyperhive_turn_duration_seconds",
-            "Turn duration (claude run, compaction and retry included).",
+            "Turn duration per model, over every agent (claude run, compaction and retry "
+            "included).",
+            labels=["model"],
+        )
+        busy = CounterMetricFamily(
+            "hyperhive_turn_seconds",
+            "Seconds spent in turns per agent and model (its rate is how busy the agent is).",
             labels=["agent", "model"],
         )
         tokens = CounterMetricFamily(
@@ -202,6 +223,7 @@ class TurnCollector(Collector):
         tools = CounterMetricFamily(
             "hyperhive_turn_tool_calls", "Tool calls per agent and tool.", labels=["agent", "tool"]
         )
+        per_model: dict[str, tuple[list[int], list[float]]] = {}
         for agent in sorted(files):
             f = files[agent]
             for model in sorted(f.models):
@@ -211,15 +233,22 @@ class TurnCollector(Collector):
                 for label, _ in TOKEN_TYPES:
                     tokens.add_metric([agent, model, label], m.tokens.get(label, 0))
                 cost.add_metric([agent, model], m.cost_usd)
-                cumulative, acc = [], 0
-                for bound, n in zip((*TURN_BUCKETS, float("inf")), m.buckets, strict=True):
-                    acc += n
-                    cumulative.append((_bound(bound), acc))
-                duration.add_metric([agent, model], cumulative, m.duration_sum)
+                busy.add_metric([agent, model], m.duration_sum)
+                per = per_model.setdefault(model, ([0] * len(m.buckets), [0.0]))
+                for i, n in enumerate(m.buckets):
+                    per[0][i] += n
+                per[1][0] += m.duration_sum
             compactions.add_metric([agent], f.compactions)
             for tool in sorted(f.tools):
                 tools.add_metric([agent, tool], f.tools[tool])
-        yield from (turns, duration, tokens, cost, compactions, tools)
+        for model in sorted(per_model):
+            buckets, total = per_model[model]
+            cumulative, acc = [], 0
+            for bound, n in zip((*TURN_BUCKETS, float("inf")), buckets, strict=True):
+                acc += n
+                cumulative.append((_bound(bound), acc))
+            duration.add_metric([model], cumulative, total[0])
+        yield from (turns, duration, busy, tokens, cost, compactions, tools)
 
 
 def _bound(b: float) -> str:
