@@ -26,8 +26,9 @@ beside the smallest size's as a ratio::
 
 Exit status 1 when a figure at the largest size misses its target (≤ 10 ms, growth ≤
 ×2 from the smallest size, plus 1 ms of noise allowance; threads ≤ 50; idle CPU ≤ 0.5 %).
-``GET /metrics`` has the same target: it reads cached status rows, one ``stat`` per
-turn-stats file and the broker's partial indexes, and grows with the series it prints.
+``GET /metrics`` has the 10 ms target but not the growth one: its body has a few series
+per agent (426 KiB at 200 agents), so it grows with them; what it reads is cached status
+rows, two ``stat`` calls per turn-stats file and the broker's partial indexes.
 """
 
 from __future__ import annotations
@@ -322,10 +323,13 @@ def main() -> int:
     ):
         lo, hi = getattr(floor, attr), getattr(top, attr)
         ratio = hi / lo if lo else float("inf")
-        good = hi <= 10.0 and hi <= lo * 2 + 1.0
+        # /metrics prints a few series per agent: its body, and so its time, grows with them
+        flat = attr != "metrics"
+        good = hi <= 10.0 and (not flat or hi <= lo * 2 + 1.0)
         ok = ok and good
         row = "".join(f"{getattr(f, attr):>10.2f}" for f in figs)
-        print(f"{label:<22}{row}{ratio:>8.2f}  ≤ 10, ≤ ×2 {'ok' if good else 'MISSED'}")
+        target = "≤ 10, ≤ ×2" if flat else "≤ 10     "
+        print(f"{label:<22}{row}{ratio:>8.2f}  {target} {'ok' if good else 'MISSED'}")
     print(
         f"{'threads':<22}"
         + "".join(f"{f.threads:>10}" for f in figs)

@@ -4,8 +4,9 @@ Each harness appends one row per turn to ``<state>/agents/<a>/state/hyperhive-tu
 (``controller.stats`` reads the same files for ``hyperhive stats``). :class:`TurnCollector`
 folds each file's rows into running sums once: a scrape ``stat``s each file and its WAL and
 reads only the rows added since the last scrape (``id > last``), so 200 agents that did
-nothing cost 400 ``stat`` calls, not 200 sqlite opens. A file that was replaced (its rows
-went backwards, or it was purged) is folded again from the start.
+nothing cost 400 ``stat`` calls, not 200 sqlite opens (the files are listed again when an
+agent directory comes or goes, and every 10 s for an agent's first file). A file that was
+replaced (its rows went backwards, or it was purged) is folded again from the start.
 
 Series (labels ``agent``, ``model``, ``outcome`` = ok / failed / cancelled /
 prompt_too_long, ``type``, ``tool``): ``hyperhive_turns_total``,
@@ -23,6 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,8 @@ from controller.stats import STATS_DB, TurnRecord, stats_files
 
 log = logging.getLogger(__name__)
 
+RELIST_SECONDS = 10.0
+"""How long a listing of the turn-stats files is trusted while no agent directory changed."""
 TURN_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 """Turn durations in seconds: a short reply takes seconds, a long task half an hour."""
 TOKEN_TYPES = (
@@ -129,17 +133,36 @@ class TurnCollector(Collector):
         self._lock = threading.Lock()
         self._files: dict[str, _FileSums] = {}
         self._rendered: tuple[object, bytes] | None = None
+        self._listed: tuple[int, float, dict[str, Path]] | None = None
+
+    def _found(self) -> dict[str, Path]:
+        """The turn-stats files: listed again when an agent directory came or went, or
+        :data:`RELIST_SECONDS` after the last listing (an agent's first turn makes its
+        file), else the last listing (a file that went is skipped by its ``stat``)."""
+        try:
+            mtime = os.stat(self.layout.state / "agents").st_mtime_ns
+        except OSError:
+            mtime = -1
+        now = time.monotonic()
+        listed = self._listed
+        if listed is None or listed[0] != mtime or now - listed[1] >= RELIST_SECONDS:
+            listed = (mtime, now, stats_files(self.layout))
+            self._listed = listed
+        return listed[2]
 
     def refresh(self) -> dict[str, _FileSums]:
         """Fold what was added since the last call; returns the sums per agent."""
         with self._lock:
-            found = stats_files(self.layout)
+            found = self._found()
             for gone in set(self._files) - set(found):
                 del self._files[gone]
             for agent, path in found.items():
                 key = _stat_key(path)
                 sums = self._files.get(agent)
-                if key is None or (sums is not None and sums.key == key):
+                if key is None:  # purged since the listing
+                    self._files.pop(agent, None)
+                    continue
+                if sums is not None and sums.key == key:
                     continue
                 if sums is None or sums.key[:1] != key[:1]:
                     sums = _FileSums()
