@@ -889,6 +889,11 @@ class TurnLoop:
                 continue
             if isinstance(data.get("status"), dict):
                 self.bus.set_status(self.bus.snapshot()["status"], inbox=data["status"])
+            held = data.get("held")  # over budget: the controller holds recv (docs/budgets.md)
+            if isinstance(held, str):
+                self.bus.set_status("budget_held", held)
+            elif self.bus.snapshot()["status"] == "budget_held":
+                self.bus.set_status("online", "")
             raw = data.get("message")
             if raw is None:
                 self._maybe_compact()
