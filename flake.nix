@@ -30,10 +30,11 @@
 
       forAllSystems = f: lib.genAttrs systems (system: f (pkgsFor system));
 
-      # Every .nix file of the repo, for the formatting check.
+      # Every .nix file of the repo but the vendored nixpkgs lib (formatted
+      # upstream, used by tests/nix only), for the formatting check.
       nixFiles = lib.fileset.toSource {
         root = ./.;
-        fileset = lib.fileset.fileFilter (file: file.hasExt "nix") ./.;
+        fileset = lib.fileset.difference (lib.fileset.fileFilter (file: file.hasExt "nix") ./.) ./nix/vendor;
       };
     in
     {

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller import __version__
 from controller.paths import Layout, default_state_dir
+from schemas.names import AGENT_NAME_RULE
 
 # Imported where used, not here: every verb (and --help, --version) pays for this
 # module's imports, and `hyperhive status` should cost little more than starting
@@ -53,8 +54,8 @@ ID_MAX = 2**63 - 1
 TOMBSTONE_ID_MAX = 40
 """Characters of a tombstone id (``<agent>-<digits>``) at most."""
 
-NAME_RULE = "1-9 characters: a lowercase letter first, then lowercase letters, digits or '-'"
-"""The agent naming rule in words (``schemas.names.AGENT_NAME_RE``), for error messages."""
+NAME_RULE = AGENT_NAME_RULE
+"""The agent naming rule in words (``schemas.names.AGENT_NAME_RULE``), for error messages."""
 
 
 class CliError(Exception):
@@ -711,6 +712,54 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_budget(args: argparse.Namespace) -> int:
+    from controller.budget.render import render_budget
+
+    if args.allow is not None or args.allow_tokens:
+        if not args.name and not args.swarm:
+            raise CliError("--allow needs an agent NAME, or --swarm for the swarm-wide budget")
+        body: dict[str, Any] = {"usd": args.allow or 0.0}
+        if args.allow_tokens:
+            body["tokens"] = args.allow_tokens
+        if args.note:
+            body["note"] = args.note
+        body.update({"swarm": True} if args.swarm else {"agent": args.name})
+        answer = _call(args, "POST", "/budget/allow", body)
+        if args.output == "json":
+            print(json.dumps(answer, indent=2))
+        else:
+            print(f"extended: {answer.get('result')}")
+        return EXIT_OK
+    url = "/budget" + (f"?name={args.name}" if args.name else "")
+    report = _call(args, "GET", url)
+    if args.output == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_budget(report), end="")
+    return EXIT_OK
+
+
+def _add_budget_parser(sub: Any) -> None:
+    bu = sub.add_parser(
+        "budget",
+        help="spend against budget per agent and UTC day; --allow grants an extension",
+        description="Show each agent's spend in the current window (the UTC day) against "
+        "spec.budget, and the swarm-wide budget of the controller config. An agent over "
+        "budget is HELD: it takes no new turn and its messages wait in its inbox until the "
+        "next UTC day or an extension. `--allow USD` grants a one-off extension for the "
+        "current window (recorded, and sent to the manager and the operator as a "
+        "BudgetExtended event). See docs/budgets.md.",
+    )
+    bu.add_argument("name", nargs="?", type=agent_name, help="only this agent")
+    bu.add_argument("--allow", type=float, metavar="USD", help="extend today's dollar limit")
+    bu.add_argument("--allow-tokens", type=int, default=0, metavar="N",
+                    help="extend today's token limit")  # fmt: skip
+    bu.add_argument("--swarm", action="store_true", help="extend the swarm-wide budget")
+    bu.add_argument("--note", default="", help="why (kept with the grant)")
+    bu.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    bu.set_defaults(fn=cmd_budget)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for ``hyperhive``."""
     p = argparse.ArgumentParser(
@@ -906,6 +955,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sa.add_argument("-o", "--output", choices=["table", "json"], default="table")
     sa.set_defaults(fn=cmd_stats)
+    _add_budget_parser(sub)
 
     lifecycle_help = {
         "start": "start a stopped agent now (clears a hold)",

@@ -16,10 +16,14 @@ import logging
 import resource
 import threading
 from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
 
 from controller.api.agent import make_agent_app
 from controller.auth import AgentCredentials
 from controller.broker import Broker
+from controller.budget.service import Budgets
+from controller.config import TcpListen
 from controller.ops import SwarmOps
 from controller.paths import Layout
 from hivehttp import (
@@ -27,9 +31,11 @@ from hivehttp import (
     UNIX_LIMITS,
     Limits,
     Listener,
+    Policy,
     SocketInUse,
     serve_tcp,
     serve_unix,
+    tls_server_context,
 )
 from schemas.names import AGENT_NAME_RE, MANAGER, is_agent_name
 
@@ -45,9 +51,29 @@ __all__ = [
     "SocketInUse",
     "SocketRegistry",
     "raise_fd_limit",
+    "serve_listen",
     "serve_tcp",
     "serve_unix",
 ]
+
+
+def serve_listen(
+    spec: TcpListen, app: Any, *, policy: Policy, limits: Limits, name: str
+) -> Listener:
+    """Serve ``app`` on the configured TCP listener ``spec``: its address, its TLS
+    certificate and key when it has them, ``limits`` with the caps it overrides.
+
+    Raises ``OSError`` (address taken, a certificate file unreadable) and
+    ``ssl.SSLError`` (a certificate and key that do not parse or match).
+    """
+    tls = None
+    if spec.tls_cert is not None and spec.tls_key is not None:
+        tls = tls_server_context(spec.tls_cert, spec.tls_key)
+    if spec.max_connections is not None:
+        limits = replace(limits, max_connections=spec.max_connections)
+    if spec.per_client is not None:
+        limits = replace(limits, per_client=spec.per_client)
+    return serve_tcp(app, spec.host, spec.port, limits=limits, policy=policy, name=name, tls=tls)
 
 
 def raise_fd_limit(want: int = 65536) -> int:
@@ -73,7 +99,8 @@ class SocketRegistry:
 
     ``ensure("alice")`` serves ``layout.agent_sock("alice")`` (``manager`` →
     the manager socket, manager flavor); ``sync(names)`` makes the open set
-    exactly ``names``. Thread-safe (but not from the HTTP loop's own thread).
+    exactly ``names``. ``budgets`` is handed to every agent app (the ``recv`` hold).
+    Thread-safe (but not from the HTTP loop's own thread).
     Raises ``ValueError`` for a name that is neither ``manager`` nor a valid
     agent name (no path tricks).
     """
@@ -87,8 +114,10 @@ class SocketRegistry:
         *,
         limits: Limits = UNIX_LIMITS,
         perms: int = 0o600,
+        budgets: Budgets | None = None,
     ) -> None:
         self.broker = broker
+        self.budgets = budgets
         self.ops = ops
         self.layout = layout
         self.credentials = credentials
@@ -116,6 +145,7 @@ class SocketRegistry:
                 self.ops,
                 "manager" if agent == MANAGER else "agent",
                 credentials=self.credentials,
+                budgets=self.budgets,
             )
             served = serve_unix(
                 app,

@@ -21,8 +21,16 @@ import yaml
 
 from controller.budget.core import Limits
 from controller.errors import Invalid
-from controller.model import AgentManifest, McpServer, Resources
-from schemas.names import MANAGER
+from controller.frontend.paths import BadPath, check_relative, check_target, overlaps
+from controller.model import (
+    AgentManifest,
+    ExtraFiles,
+    ForgeSpec,
+    Frontend,
+    McpServer,
+    Resources,
+)
+from schemas.names import DEFAULT_OPERATOR_PRONOUNS, MANAGER
 from schemas.validate import ValidationFailed, validate
 
 API_VERSION = "hyperhive/v1"
@@ -91,7 +99,32 @@ def load_manifest_doc(text: str | bytes, dirname: str) -> dict[str, Any]:
         raise ManifestInvalid(
             path, "metadata.name", f"is {name!r} but the directory is agents/{dirname}/"
         )
+    _check_frontend(path, (doc.get("spec") or {}).get("frontend") or {})
     return doc
+
+
+def _check_frontend(path: str, fe: dict[str, Any]) -> None:
+    """``spec.frontend`` path rules (``controller.frontend.paths``): ManifestInvalid naming
+    the field when a source or target is absolute, has ``..``, or overwrites a built-in."""
+    field = "spec.frontend.dist"
+    try:
+        if "dist" in fe:
+            check_relative(fe["dist"])
+        targets: dict[str, str] = {}
+        for key, entry in (fe.get("extraFiles") or {}).items():
+            field = f"spec.frontend.extraFiles.{key}.source"
+            check_relative(entry["source"])
+            field = f"spec.frontend.extraFiles.{key}.target"
+            targets[check_target(entry.get("target", key))] = key
+    except BadPath as exc:
+        raise ManifestInvalid(path, field, str(exc)) from None
+    if (clash := overlaps(list(targets))) is not None:
+        a, b = clash
+        raise ManifestInvalid(
+            path,
+            f"spec.frontend.extraFiles.{targets[b]}.target",
+            f"{b!r} overlaps the target {a!r} of entry {targets[a]!r}",
+        )
 
 
 def manifest_from_doc(doc: dict[str, Any]) -> AgentManifest:
@@ -108,6 +141,8 @@ def manifest_from_doc(doc: dict[str, Any]) -> AgentManifest:
         for key, s in sorted((spec.get("mcpServers") or {}).items())
     )
     res = spec.get("resources") or {}
+    forge: dict[str, Any] = spec.get("forge") or {}
+    fe: dict[str, Any] = spec.get("frontend") or {}
     return AgentManifest(
         name=str(doc["metadata"]["name"]),
         model=str(spec.get("model", "haiku")),
@@ -122,6 +157,21 @@ def manifest_from_doc(doc: dict[str, Any]) -> AgentManifest:
             tasks_max=res.get("tasksMax"),
         ),
         turn_timeout_seconds=spec.get("turnTimeoutSeconds"),
+        forge=ForgeSpec(
+            skip_notify_reasons=tuple(forge.get("skipNotifyReasons", ())),
+            keep_subscriptions=bool(forge.get("keepSubscriptions", False)),
+        ),
+        frontend=Frontend(
+            dist=check_relative(fe["dist"]) if "dist" in fe else None,
+            extra_files=tuple(
+                ExtraFiles(
+                    key=key,
+                    source=check_relative(e["source"]),
+                    target=check_target(e.get("target", key)),
+                )
+                for key, e in sorted((fe.get("extraFiles") or {}).items())
+            ),
+        ),
         budget=Limits.from_doc(spec.get("budget"), "spec.budget"),
     )
 
@@ -160,6 +210,7 @@ def render_settings(
     dashboard_url: str,
     meta_commit: str,
     hyperhive_version: str,
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS,
 ) -> dict[str, Any]:
     """The harness's ``settings.json`` for one agent (docs/architecture.md).
 
@@ -167,7 +218,8 @@ def render_settings(
 
         {"agent", "flavor", "model", "allowed_recipients": [..], "mcp_servers":
          {key: {"command", "args", "env", "allowedTools"}}, "plugins", "marketplaces",
-         "web_port", "dashboard_url", "meta_commit", "hyperhive_version"}
+         "web_port", "dashboard_url", "meta_commit", "hyperhive_version",
+         "operator_pronouns"}
         (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds,
          + "max_budget_usd_per_turn" when it sets spec.budget.usdPerTurn)
 
@@ -194,6 +246,7 @@ def render_settings(
         "dashboard_url": dashboard_url,
         "meta_commit": meta_commit,
         "hyperhive_version": hyperhive_version,
+        "operator_pronouns": operator_pronouns,
     }
     if manifest.turn_timeout_seconds is not None:
         settings["turn_timeout_seconds"] = manifest.turn_timeout_seconds

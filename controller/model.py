@@ -35,6 +35,38 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class ForgeSpec:
+    """``spec.forge``: how the hive forge's notifications reach this agent (docs/forge.md).
+
+    ``skip_notify_reasons``: reasons (``controller.forge.notify.REASONS``) dropped, not
+    delivered; ``keep_subscriptions``: the agent's repo watches survive a redeploy.
+    """
+
+    skip_notify_reasons: tuple[str, ...] = ()
+    keep_subscriptions: bool = False
+
+
+@dataclass(frozen=True)
+class ExtraFiles:
+    """One ``spec.frontend.extraFiles`` entry: ``source`` (relative to ``agents/<name>/`` in
+    the meta repo, a file or a directory) served under the agent UI at ``<target>/``."""
+
+    key: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """``spec.frontend``: a replacement UI bundle (``dist``, a directory relative to
+    ``agents/<name>/``) and extra static files; both served by the dashboard from the
+    meta repo, sandboxed (docs/web-ui.md)."""
+
+    dist: str | None = None
+    extra_files: tuple[ExtraFiles, ...] = ()
+
+
+@dataclass(frozen=True)
 class AgentManifest:
     """A parsed, schema-valid ``agents/<name>/agent.yaml``."""
 
@@ -47,6 +79,8 @@ class AgentManifest:
     marketplaces: tuple[str, ...] = ()
     resources: Resources = Resources()
     turn_timeout_seconds: int | None = None
+    forge: ForgeSpec = ForgeSpec()
+    frontend: Frontend = Frontend()
     budget: Limits | None = None
     """``spec.budget`` (docs/budgets.md); None: no per-agent budget."""
 

@@ -21,12 +21,20 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from controller import __version__
-from controller.config import Config, Runtime
+from controller.config import Config, Runtime, TcpListen
 from controller.drivers.base import Driver
+from controller.ops import PassResult
 from controller.paths import Layout, default_state_dir
+
+if TYPE_CHECKING:
+    from controller.auth import AgentCredentials
+    from controller.broker import Broker
+    from controller.budget.service import Budgets
+    from controller.ops import SwarmOps
+    from hivehttp import Limits, Policy
 
 log = logging.getLogger("hyperhive")
 
@@ -105,16 +113,21 @@ def agent_argv() -> list[str] | None:
 def make_driver(cfg: Config, layout: Layout) -> Driver:
     """The runtime driver ``cfg.runtime`` asks for (``auto`` picks by what is installed)."""
     runtime = cfg.resolved_runtime()
+    if runtime is Runtime.KUBERNETES:
+        from controller.drivers.kubernetes.driver import KubernetesDriver
+
+        return KubernetesDriver(layout, cfg)
     if runtime is Runtime.NIXOS_CONTAINER:
         from controller.drivers.nixos_container import NixosContainerDriver
 
         return NixosContainerDriver(layout, cfg)
     from controller.drivers.local import DEFAULT_ARGV, LocalDriver
+    from controller.metrics.tracing import agent_environ
 
     return LocalDriver(
         layout,
         cfg,
-        dict(os.environ),
+        {**os.environ, **agent_environ(cfg, os.environ)},
         argv=agent_argv() or DEFAULT_ARGV,
         start_grace=cfg.local_start_grace,
         sandbox=cfg.local_sandbox,
@@ -128,11 +141,93 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _open_tcp_extras(
+    cfg: Config,
+    layout: Layout,
+    stack: ExitStack,
+    broker: Broker,
+    swarm: SwarmOps,
+    credentials: AgentCredentials,
+    operator_key: str,
+    budgets: Budgets | None = None,
+) -> bool:
+    """Open the optional TCP listeners the config asks for (the agent API, meta.git over
+    HTTP), each stopped when ``stack`` closes, and log where each listens. False (after
+    one log line saying why) when one cannot be opened."""
+    import ssl
+
+    from controller.httpserve import serve_listen
+
+    wanted: list[tuple[str, TcpListen, Any, Policy, Limits, str]] = []
+    if cfg.api is not None:
+        from controller.api.tcp import API_LIMITS, api_policy, make_tcp_agent_app
+
+        app = make_tcp_agent_app(broker, swarm, credentials, budgets)
+        policy = api_policy(frozenset(cfg.api.hosts))
+        wanted.append(("agent API", cfg.api, app, policy, API_LIMITS, "agent-api"))
+    if cfg.git is not None:
+        from controller.githttp import GIT_LIMITS, git_policy, make_git_app
+
+        gapp = make_git_app(layout, operator_key)
+        gpolicy = git_policy(frozenset(cfg.git.hosts))
+        wanted.append(("meta.git over HTTP", cfg.git, gapp, gpolicy, GIT_LIMITS, "git-http"))
+    for what, spec, asgi, pol, limits, name in wanted:
+        try:
+            listener = serve_listen(spec, asgi, policy=pol, limits=limits, name=name)
+        except (OSError, ssl.SSLError) as exc:
+            log.error(
+                "cannot serve the %s on %s:%d: %s (check the listen address and the TLS "
+                "files in the config)",
+                what,
+                spec.host,
+                spec.port,
+                getattr(exc, "strerror", None) or exc,
+            )
+            return False
+        stack.callback(listener.stop)
+        log.info("%s on %s://%s:%d/", what, spec.scheme, _url_host(spec.host), listener.port)
+    return True
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _start_metrics(swarm: Any, layout: Layout) -> list[object]:
+    """Observe every listener's requests and register the scrape-time collectors."""
+    from controller.metrics import install
+    from controller.metrics.http import observe_http
+
+    observe_http()
+    return install(swarm, layout)
+
+
+def _stop_metrics(collectors: list[object]) -> None:
+    from controller.metrics import uninstall
+    from hivehttp import set_request_observer
+
+    set_request_observer(None)
+    uninstall(collectors)
+
+
+def _record_pass(reason: str, seconds: float, result: PassResult | None) -> None:
+    """Count one pass of the loop (``result`` None: it raised)."""
+    from controller.metrics import EVENTS
+
+    if result is None:
+        EVENTS.pass_done(reason, seconds, crashed=True)
+        return
+    failed = {
+        e.split(": ", 2)[0] + ":" + e.split(": ", 2)[1] for e in result.errors if e.count(": ") >= 2
+    }
+    actions = [
+        (a.kind.value, "error" if f"{a.agent}:{a.kind.value}" in failed else "ok")
+        for a in result.plan
+    ]
+    EVENTS.pass_done(reason, seconds, actions, errors=len(result.errors))
 
 
 def one_shot_pass(
@@ -180,10 +275,15 @@ def run_daemon(
     from controller.api.admin import make_admin_app
     from controller.auth import AgentCredentials, LoginTokens, ensure_operator_key
     from controller.broker import Broker, BrokerStorageError
+    from controller.budget.wiring import open_budgets
     from controller.dashboard.app import make_dashboard_app
     from controller.dbcheck import BrokerDbRefused, check_broker_db
+    from controller.forge.setup import ForgeSetupError, make_forge
+    from controller.frontend.files import FrontendFiles
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
+    from controller.metrics import trigger_of
+    from controller.metrics.tracing import TRACING
     from controller.retention import sweep_event_logs
     from controller.statedir import prepare_state_dirs
     from controller.swarm import Swarm
@@ -244,17 +344,26 @@ def run_daemon(
             log.error("%s", exc)
             return 2
         registry: SocketRegistry | None = None
+        try:
+            forge = make_forge(cfg, layout, broker.send, meta.desired)
+        except ForgeSetupError as exc:
+            log.error("%s", exc)
+            return 2
 
         def on_deploy(agent: str) -> None:
             if registry is not None:
                 registry.ensure(agent)
+            if forge is not None:  # before the harness starts: tea logs in at boot
+                forge.on_deploy(agent)
 
         def on_destroy(agent: str) -> None:
             if registry is not None:
                 registry.remove(agent)
 
         operator_key = ensure_operator_key(layout)
-        credentials = AgentCredentials(layout)
+        # the swarm issues every credential through this instance, so the TCP API's
+        # lookups of unknown tokens need not re-read every agent's file each time
+        credentials = AgentCredentials(layout, rescan_every=1.0)
         swarm = Swarm(
             layout,
             cfg,
@@ -265,7 +374,15 @@ def run_daemon(
             on_destroy=on_destroy,
             credentials=credentials,
         )
-        registry = SocketRegistry(broker, swarm, layout, credentials)
+        if TRACING.start(cfg, os.environ):
+            stack.callback(TRACING.shutdown)
+        # metrics: count every listener's requests (hook set before any listener opens)
+        metrics_collectors = _start_metrics(swarm, layout)
+        stack.callback(_stop_metrics, metrics_collectors)
+        budgets = open_budgets(layout, cfg, meta.desired, broker, known=swarm.agent_names)
+        stack.callback(budgets.ledger.close)
+        swarm.attach_budgets(budgets.held, lambda: budgets.generation)
+        registry = SocketRegistry(broker, swarm, layout, credentials, budgets=budgets)
         stack.callback(registry.close_all)
         login_tokens = LoginTokens()
         dashboard_url: list[str] = []
@@ -276,6 +393,7 @@ def run_daemon(
                 operator_key,
                 login_tokens=login_tokens,
                 dashboard_url=lambda: dashboard_url[0] if dashboard_url else None,
+                budgets=budgets,
             ),
             layout.host_sock,
             name="host.sock",
@@ -293,6 +411,8 @@ def run_daemon(
                     login_tokens=login_tokens,
                     web_sock=layout.agent_web_sock,
                     stop=streams_stop,
+                    frontend=FrontendFiles(layout.meta_git, meta.desired),
+                    budgets=budgets,
                 ),
                 cfg.dashboard_host,
                 cfg.dashboard_port,
@@ -310,6 +430,29 @@ def run_daemon(
             return 2
         stack.callback(dash.stop)
         stack.callback(streams_stop.set)
+        if cfg.metrics_port is not None:
+            from controller.metrics.endpoint import TokenFileError, serve_metrics
+            from controller.metrics.events import REGISTRY
+
+            try:
+                scrape = serve_metrics(
+                    REGISTRY, cfg.metrics_host, cfg.metrics_port, cfg.metrics_token_file
+                )
+            except (OSError, TokenFileError) as exc:
+                log.error(
+                    "cannot serve /metrics on %s:%d: %s",
+                    cfg.metrics_host,
+                    cfg.metrics_port,
+                    getattr(exc, "strerror", None) or exc,
+                )
+                return 2
+            stack.callback(scrape.stop)
+            log.info(
+                "metrics: http://%s:%d/metrics%s",
+                _url_host(cfg.metrics_host),
+                scrape.port,
+                " (bearer token required)" if cfg.metrics_token_file else "",
+            )
         dashboard_url.append(f"http://{_url_host(cfg.dashboard_host)}:{dash.port}")
         log.info(
             "hyperhive %s: state %s, runtime %s, admin %s, dashboard %s/",
@@ -319,6 +462,10 @@ def run_daemon(
             layout.host_sock,
             dashboard_url[0],
         )
+        if not _open_tcp_extras(
+            cfg, layout, stack, broker, swarm, credentials, operator_key, budgets
+        ):
+            return 2
         login = login_tokens.issue()
         log.info(
             "open %s/login?token=%s to log in to the dashboard (one use, within %d minutes; "
@@ -331,10 +478,14 @@ def run_daemon(
         def run_pass(reason: str) -> None:
             t0 = time.monotonic()
             try:
-                result = swarm.reconcile()
+                with TRACING.pass_span(trigger_of(reason), reason) as traced:
+                    result = swarm.reconcile()
+                    traced(len(result.plan), len(result.errors))
             except Exception:
                 log.exception("reconcile pass (%s) crashed; retrying on the next trigger", reason)
+                _record_pass(reason, time.monotonic() - t0, None)
                 return
+            _record_pass(reason, time.monotonic() - t0, result)
             registry.sync(swarm.agent_names())
             if result.plan or result.errors:
                 log.info(
@@ -360,6 +511,11 @@ def run_daemon(
 
         watchdog.start()
         stack.callback(watchdog.stop)
+        if forge is not None:
+            forge_stop = threading.Event()
+            forge.start(forge_stop)
+            stack.callback(forge.poke)
+            stack.callback(forge_stop.set)
         notify.extend_timeout(BUILD_GRACE)
         run_pass("startup")
         notify.ready()

@@ -6,7 +6,9 @@ pure; ``load_status`` / ``save_status`` are the only I/O here.
 Conditions (``type``: ``status`` / CamelCase ``reason``):
 
 - ``Ready``: True/Running when the agent's process or container runs and its harness
-  found claude; False with ClaudeMissing (it runs, but reported no claude CLI),
+  found claude; False/ClaudeMissing when it runs but reported no claude CLI;
+  False/BudgetExceeded when it runs but is over its budget or the swarm's (it takes no
+  new turn); False with
   Suspended, StoppedByRequest, NotDeployed, Stopped, Failed, CrashLoopBackOff,
   InvalidManifest, Pruning.
 - ``Reconciling``: True while an action is still owed (Creating, Rebuilding,
@@ -431,6 +433,9 @@ class AgentFacts:
     env_drift: tuple[str, ...] = ()
     """Pass-through variables the running agent does not have as the controller would pass
     them now (``env_drift``)."""
+    budget_hold: str | None = None
+    """Why the agent may take no turn now: over its budget or the swarm's (spend and limit,
+    ``controller.budget``); None when it may."""
 
 
 _PENDING_REASON = {
@@ -443,6 +448,12 @@ _PENDING_REASON = {
 }
 
 
+def budget_exceeded(why: str) -> Condition:
+    """``Ready=False/BudgetExceeded``: the agent runs but takes no new turn (docs/budgets.md);
+    ``why`` names spend and limit."""
+    return Condition(CondType.READY, CondStatus.FALSE, "BudgetExceeded", why)
+
+
 def _ready(f: AgentFacts) -> Condition:
     t = CondType.READY
     obs = f.observed
@@ -450,6 +461,8 @@ def _ready(f: AgentFacts) -> Condition:
     if phase is Phase.RUNNING:
         if f.report is not None and not f.report.claude_found:
             return Condition(t, CondStatus.FALSE, "ClaudeMissing", _claude_missing(f))
+        if f.budget_hold is not None:
+            return budget_exceeded(f.budget_hold)
         commit = (obs.commit or "")[:12] if obs else ""
         return Condition(t, CondStatus.TRUE, "Running", f"running at {commit or 'unknown commit'}")
     if f.desired is None and f.invalid is None:

@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from controller.paths import Layout
-from schemas.names import MANAGER, is_agent_name
+from schemas.names import AGENT_NAME_PATTERN, MANAGER, is_agent_name
 
 TOMBSTONE_FILE = "tombstone.json"
-TOMBSTONE_ID_RE = re.compile(r"^([a-z][a-z0-9-]{0,8})-([0-9]{1,12})$")
+#: ``<agent>-<unix seconds>``; group 1 (``agent``) is the agent name.
+TOMBSTONE_ID_RE = re.compile(rf"\A(?P<agent>{AGENT_NAME_PATTERN})-(?P<stamp>[0-9]{{1,12}})\Z")
 
 
 def dir_bytes(path: Path) -> int:
@@ -105,7 +106,7 @@ def moved(layout: Layout, name: str | None = None) -> list[tuple[str, Path, dict
         m = TOMBSTONE_ID_RE.match(p.name)
         if m is None or not p.is_dir() or p.is_symlink():
             continue
-        agent = m.group(1)
+        agent = m.group("agent")
         if name is not None and agent != name:
             continue
         info = _read_info(p)

@@ -99,6 +99,8 @@ def render_mcp_config(
     pythonpath: str | None = None,
     credential_file: str | None = None,
     hyperhive: Mapping[str, Any] | None = None,
+    api_url: str | None = None,
+    api_ca: str | None = None,
 ) -> dict[str, Any]:
     """The ``--mcp-config`` document::
 
@@ -117,6 +119,9 @@ def render_mcp_config(
     reads the agent's broker credential (the path, never the secret: this document is
     written to the state dir).
 
+    ``api_url`` / ``api_ca``, when the harness reaches its API over TCP, are passed on
+    as ``HYPERHIVE_API_URL`` / ``HYPERHIVE_API_CA``.
+
     ``hyperhive``, when given, replaces the stdio entry: the harness serves the tools itself
     (``{"type": "http", "url", "headers"}`` from :meth:`harness.mcp_http.McpEndpoint.mcp_config`),
     so claude starts no server process.
@@ -127,6 +132,10 @@ def render_mcp_config(
         env["PYTHONPATH"] = pythonpath
     if credential_file:
         env["HYPERHIVE_CREDENTIAL_FILE"] = credential_file
+    if api_url:
+        env["HYPERHIVE_API_URL"] = api_url
+        if api_ca:
+            env["HYPERHIVE_API_CA"] = api_ca
     servers: dict[str, Any] = {
         SERVER_KEY: dict(hyperhive)
         if hyperhive is not None
@@ -176,8 +185,12 @@ def build_argv(
     deny: Sequence[str] = DENIED_TOOLS,
     tools: Sequence[str] = BUILTIN_TOOLS,
     continue_session: bool,
+    max_budget_usd: float | None = None,
 ) -> list[str]:
-    """``claude -p`` argv, every valued flag in ``--flag=value`` form; the prompt is not in it."""
+    """``claude -p`` argv, every valued flag in ``--flag=value`` form; the prompt is not in it.
+
+    ``max_budget_usd`` (``spec.budget.usdPerTurn``) becomes ``--max-budget-usd``: claude
+    stops the run after the API request that reaches it (docs/budgets.md)."""
     argv = [
         claude_bin,
         "-p",
@@ -193,6 +206,8 @@ def build_argv(
         f"--disallowedTools={','.join(deny)}",
         f"--settings={json.dumps(CLAUDE_SETTINGS, separators=(',', ':'))}",
     ]
+    if max_budget_usd is not None:
+        argv.append(f"--max-budget-usd={max_budget_usd:g}")
     if continue_session:
         argv.append("--continue")
     return argv

@@ -9,13 +9,21 @@ import sys
 import uuid
 from collections.abc import Sequence
 
-from harness.credential import CredentialError, broker_client, load_credential
+from harness.credential import (
+    BrokerTarget,
+    CredentialError,
+    broker_client,
+    broker_target,
+    load_credential,
+)
 from schemas.client import ApiError, Unreachable
 
 ENV_HELP = """environment:
   HYPERHIVE_AGENT        the agent's logical name (alice, manager)
   HYPERHIVE_FLAVOR       agent | manager (the manager gets the privileged MCP tools)
   HYPERHIVE_SOCKET       the agent's API socket (default /run/hive/mcp.sock)
+  HYPERHIVE_API_URL      the agent API on TCP (http(s)://host:port), instead of the socket
+  HYPERHIVE_API_CA       CA bundle for an https HYPERHIVE_API_URL (default: system CAs)
   HYPERHIVE_CREDENTIAL_FILE  the agent's broker credential, sent as a bearer on every
                          socket request (default /etc/hyperhive/credential)
   HYPERHIVE_STATE_DIR    durable state dir, claude's fixed cwd (default: the cwd)
@@ -93,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def wake(label: str, body: str, socket: str, token: str | None, as_json: bool = False) -> int:
+def wake(
+    label: str, body: str, socket: str | BrokerTarget, token: str | None, as_json: bool = False
+) -> int:
     """POST /wake with ``token`` as the bearer; print the result.
 
     Returns the exit code (0 / 1 / 2 / 3)."""
@@ -134,13 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from harness.mcp_server import main as mcp_main
 
         return mcp_main()
-    socket = args.socket or os.environ.get("HYPERHIVE_SOCKET", "/run/hive/mcp.sock")
     try:
+        target = BrokerTarget(args.socket) if args.socket else broker_target(os.environ)
         token = load_credential(os.environ)
-    except CredentialError as exc:
+    except (CredentialError, ValueError) as exc:
         print(f"hyperhive-agent wake: {exc}", file=sys.stderr)
         return 2
-    return wake(args.label, args.body, socket, token, args.json)
+    return wake(args.label, args.body, target, token, args.json)
 
 
 if __name__ == "__main__":

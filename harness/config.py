@@ -6,6 +6,9 @@ Environment (see docs/architecture.md, "Harness process contract"):
 ``HYPERHIVE_AGENT``        logical name (``alice``, ``manager``)
 ``HYPERHIVE_FLAVOR``       ``agent`` or ``manager``
 ``HYPERHIVE_SOCKET``       the agent's API socket
+``HYPERHIVE_API_URL``      the agent API on TCP (``http(s)://host:port``), used
+                           instead of the socket when set (another machine)
+``HYPERHIVE_API_CA``       CA bundle for an ``https`` API URL (default: system CAs)
 ``HYPERHIVE_STATE_DIR``    durable dir, claude's fixed cwd
 ``HYPERHIVE_SETTINGS``     settings.json rendered from the manifest (read-only)
 ``HYPERHIVE_CREDENTIAL_FILE`` the agent's broker credential (default
@@ -42,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.credential import credential_path
-from schemas.names import MANAGER, default_web_port
+from harness.credential import BrokerTarget, broker_target, credential_path
+from schemas.names import DEFAULT_OPERATOR_PRONOUNS, MANAGER, default_web_port
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,10 @@ class Settings:
     meta_commit: str | None = None
     hyperhive_version: str | None = None
     turn_timeout_seconds: int | None = None
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS
+    """How the prompts refer to the operator (the controller's ``operator_pronouns``)."""
+    max_budget_usd_per_turn: float | None = None
+    """``spec.budget.usdPerTurn``: each claude run's ``--max-budget-usd`` (None: no cap)."""
 
 
 def _str_list(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -163,6 +170,18 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         raise SettingsError(
             f"turn_timeout_seconds: must be an integer {MIN_TURN_TIMEOUT}-{MAX_TURN_TIMEOUT}"
         )
+    pronouns = doc.get("operator_pronouns") or DEFAULT_OPERATOR_PRONOUNS
+    if (
+        not isinstance(pronouns, str)
+        or len(pronouns) > 32
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in pronouns)
+    ):
+        raise SettingsError("operator_pronouns: must be one line of at most 32 characters")
+    cap = doc.get("max_budget_usd_per_turn")
+    if cap is not None and (
+        isinstance(cap, bool) or not isinstance(cap, int | float) or not 0 < cap < 1e7
+    ):
+        raise SettingsError("max_budget_usd_per_turn: must be a number > 0")
     return Settings(
         agent=name,
         flavor=str(fl),
@@ -176,6 +195,8 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         meta_commit=_opt_str(doc, "meta_commit"),
         hyperhive_version=_opt_str(doc, "hyperhive_version"),
         turn_timeout_seconds=limit,
+        operator_pronouns=pronouns,
+        max_budget_usd_per_turn=float(cap) if cap is not None else None,
     )
 
 
@@ -215,6 +236,15 @@ class HarnessEnv:
     web_tcp: bool = False  # HYPERHIVE_WEB_TCP: serve the UI on TCP too (bearer required)
     credential_file: Path | None = None  # HYPERHIVE_CREDENTIAL_FILE; None = send no bearer
     web_allowed_hosts: tuple[str, ...] = ()  # HYPERHIVE_WEB_ALLOWED_HOSTS, beyond loopback
+    api_url: str | None = None  # HYPERHIVE_API_URL: the API over TCP instead of ``socket``
+    api_ca: str | None = None  # HYPERHIVE_API_CA: CA bundle for an https ``api_url``
+
+    @property
+    def broker(self) -> BrokerTarget:
+        """Where the broker API is reached: ``api_url`` when set, else ``socket``."""
+        if self.api_url:
+            return BrokerTarget(self.api_url, self.api_ca)
+        return BrokerTarget(self.socket)
 
     @property
     def is_manager(self) -> bool:
@@ -275,6 +305,10 @@ def env_from(environ: Mapping[str, str]) -> HarnessEnv:
     if bad:
         raise SettingsError(f"HYPERHIVE_WEB_ALLOWED_HOSTS: not a host name: {bad[0]!r}")
     socket = environ.get("HYPERHIVE_SOCKET", "/run/hive/mcp.sock")
+    try:
+        target = broker_target(environ)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     settings = environ.get("HYPERHIVE_SETTINGS")
     config_dir = environ.get("CLAUDE_CONFIG_DIR") or str(Path.home() / ".claude")
     return HarnessEnv(
@@ -293,6 +327,8 @@ def env_from(environ: Mapping[str, str]) -> HarnessEnv:
         web_tcp=tcp_s in _TRUE,
         credential_file=credential_path(environ),
         web_allowed_hosts=hosts,
+        api_url=target.target if target.is_url else None,
+        api_ca=target.ca_file,
     )
 
 

@@ -2,7 +2,8 @@
 
 The controller makes one credential per agent at deploy (rotated on recreate) and puts
 it where only that agent's sandbox sees it (container: ``/etc/hyperhive/credential``).
-Every request the harness makes on its broker socket carries
+Every request the harness makes to its broker API (the socket, or the TCP listener
+named by ``HYPERHIVE_API_URL``: ``broker_target``) carries
 ``Authorization: Bearer <credential>`` (serve loop, web UI, MCP server, ``wake``), and
 the opt-in TCP listener of the web UI requires the same bearer from its callers.
 
@@ -13,13 +14,22 @@ lines and surrounding whitespace are ignored.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.client import UnixClient
+from schemas.client import ApiClient, parse_target
 
 DEFAULT_CREDENTIAL_FILE = "/etc/hyperhive/credential"
 ENV_VAR = "HYPERHIVE_CREDENTIAL_FILE"
+DEFAULT_SOCKET = "/run/hive/mcp.sock"
+API_URL_VAR = "HYPERHIVE_API_URL"
+"""The agent API on TCP (``http(s)://host:port``); when set it is used instead of
+``HYPERHIVE_SOCKET`` (an agent on another machine than the controller)."""
+API_CA_VAR = "HYPERHIVE_API_CA"
+"""A PEM CA bundle an ``https`` ``HYPERHIVE_API_URL``'s certificate must chain to
+(default: the system's CAs)."""
 MAX_CHARS = 512
 #: What may appear in a bearer token (RFC 6750 ``b64token``), so it is safe in a header.
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")
@@ -69,6 +79,52 @@ def load_credential(environ: Mapping[str, str]) -> str:
     return read_credential(credential_path(environ))
 
 
-def broker_client(socket: str, token: str | None, timeout: float = 30.0) -> UnixClient:
-    """A ``UnixClient`` for the agent's broker socket that sends ``token`` as its bearer."""
-    return UnixClient(socket, timeout, token=token)
+@dataclass(frozen=True)
+class BrokerTarget:
+    """Where the agent reaches its API: ``target`` (a socket path, or the URL of the TCP
+    listener) and ``ca_file`` (for an ``https`` URL; None: the system's CAs)."""
+
+    target: str
+    ca_file: str | None = None
+
+    @property
+    def is_url(self) -> bool:
+        """True when the API is reached over TCP."""
+        return parse_target(self.target).path is None
+
+
+def broker_target(environ: Mapping[str, str]) -> BrokerTarget:
+    """``$HYPERHIVE_API_URL`` (with ``$HYPERHIVE_API_CA``) when set, else
+    ``$HYPERHIVE_SOCKET`` (default ``/run/hive/mcp.sock``).
+
+    Raises ``ValueError`` naming the variable when the URL is not an ``http://`` or
+    ``https://`` URL with a host, or the CA file (for an ``https`` URL) is not a
+    readable PEM bundle.
+    """
+    url = (environ.get(API_URL_VAR) or "").strip()
+    if not url:
+        return BrokerTarget(environ.get("HYPERHIVE_SOCKET") or DEFAULT_SOCKET)
+    try:
+        ep = parse_target(url)
+    except ValueError as exc:
+        raise ValueError(f"{API_URL_VAR}: {exc}") from None
+    if ep.path is not None:
+        raise ValueError(f"{API_URL_VAR}: {url!r} is not an http:// or https:// URL")
+    ca = (environ.get(API_CA_VAR) or "").strip() or None
+    if ca is None or not ep.tls:
+        return BrokerTarget(url, None)
+    try:
+        ssl.create_default_context(cafile=ca)  # refused here, not at the first request
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{API_CA_VAR}: {ca} is not a readable PEM CA bundle: {exc}") from None
+    return BrokerTarget(url, ca)
+
+
+def broker_client(
+    socket: str | BrokerTarget, token: str | None, timeout: float = 30.0
+) -> ApiClient:
+    """A client of the agent's API (its socket path, or a ``BrokerTarget``, which may be a
+    URL) that sends ``token`` as its bearer."""
+    if isinstance(socket, BrokerTarget):
+        return ApiClient(socket.target, timeout, token=token, ca_file=socket.ca_file)
+    return ApiClient(socket, timeout, token=token)

@@ -54,6 +54,7 @@ from harness.stream import (
     Usage,
     event_json,
 )
+from harness.telemetry import Telemetry
 from harness.turn import ClaudeRunner, RunKind, RunResult
 from harness.turnstats import TurnRow, TurnStats
 
@@ -138,7 +139,7 @@ class TurnLoop:
         self.environ = dict(environ)
         if client is None:  # serve passes its client; this is for a loop built on its own
             cf = env.credential_file
-            client = broker_client(env.socket, read_credential(cf) if cf is not None else None)
+            client = broker_client(env.broker, read_credential(cf) if cf is not None else None)
         self.client = client
         self.runner = runner or ClaudeRunner()
         self.python = python
@@ -160,6 +161,8 @@ class TurnLoop:
         self.on_turn_recorded: Callable[[TurnRow, Timings], None] | None = None
         #: the report to the controller (serve sets it; :mod:`harness.report`)
         self.reporter: Reporter | None = None
+        #: OpenTelemetry turn and tool spans (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set)
+        self.telemetry = Telemetry.from_environ(env.agent, self.environ)
         # login
         self._creds_changed = threading.Event()
         self._rejected: tuple[Any, ...] | None = None  # credentials fingerprint a 401 came with
@@ -317,6 +320,8 @@ class TurnLoop:
         served = mcp.mcp_config(mcp.issue()) if mcp is not None and mcp.alive else None
         doc = claude.render_mcp_config(
             socket=self.env.socket,
+            api_url=self.env.api_url,
+            api_ca=self.env.api_ca,
             flavor=self.env.flavor,
             agent=self.env.agent,
             extras=extras,
@@ -334,6 +339,7 @@ class TurnLoop:
             allow=claude.allowed_tools(self.env.flavor, extras, plugins=plugins),
             tools=claude.builtin_tools(plugins),
             continue_session=continue_session,
+            max_budget_usd=self.settings.max_budget_usd_per_turn,
         )
         env = self.claude_env()
         return claude.Invocation(argv, env, self.env.state_dir)
@@ -346,6 +352,7 @@ class TurnLoop:
                     self.reporter.api_retry(ev.data)  # the controller hears of it at once
                 elif isinstance(ev, MessageStart):
                     self.reporter.api_answered()
+            self.telemetry.on_event(ev)
             if isinstance(ev, TextDelta):
                 self.bus.text_delta(turn, ev.index, ev.text)
                 return
@@ -445,6 +452,7 @@ class TurnLoop:
         finally:
             timer.cancel()
             self._current_turn = None
+            self.telemetry.turn_aborted()  # a no-op once turn_finished closed the span
 
     def _on_time_limit(self, turn: int) -> None:
         with self._flags:
@@ -483,6 +491,7 @@ class TurnLoop:
             },
             turn,
         )
+        self.telemetry.turn_started(msg, model, turn)
         self.bus.set_state(TurnState.THINKING, turn)
         if self.reporter is not None:
             self.reporter.turn_started(turn)
@@ -492,6 +501,7 @@ class TurnLoop:
             flavor=self.env.flavor,
             state_dir=self.env.state_dir,
             fresh_session=intro,
+            operator_pronouns=self.settings.operator_pronouns,
         )
         runs: list[RunResult] = []
         compactions = 0
@@ -507,7 +517,7 @@ class TurnLoop:
                 self.bus.set_state(TurnState.THINKING, turn)
                 retry_prompt = prompts.wake_prompt(
                     msg, agent=self.env.agent, flavor=self.env.flavor, state_dir=self.env.state_dir,
-                    fresh_session=True,
+                    fresh_session=True, operator_pronouns=self.settings.operator_pronouns,
                 )  # fmt: skip
                 with self._flags:
                     self._intro_due = False
@@ -597,6 +607,7 @@ class TurnLoop:
             note=note,
         )
         self.stats.record(row)
+        self.telemetry.turn_finished(row)
         recorded = time.monotonic()
         first = runs[0] if runs else None
         self.last_timings = Timings(
@@ -883,12 +894,10 @@ class TurnLoop:
             self._enter("loop", PHASE_SLACK)
             if not reachable:
                 if not outage:
-                    log.warning(
-                        "controller socket %s unreachable; retrying with backoff", self.env.socket
-                    )
-                    self.bus.set_status(
-                        "controller_unreachable", f"socket {self.env.socket} unreachable"
-                    )
+                    where = self.env.broker.target
+                    kind = "API" if self.env.api_url else "socket"
+                    log.warning("controller %s %s unreachable; retrying with backoff", kind, where)
+                    self.bus.set_status("controller_unreachable", f"{kind} {where} unreachable")
                     outage = True
                 self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from harness.credential import CredentialError, broker_client, load_credential
+from harness.credential import CredentialError, broker_client, broker_target, load_credential
 from schemas.client import ApiError, UnixClient, Unreachable
 from schemas.wire import Message, MessageKind, Status, rfc3339
 
@@ -92,6 +92,9 @@ class Tools:
 
     def __init__(self, client: UnixClient) -> None:
         self.client = client
+        #: the running turn's W3C traceparent (``harness.telemetry``), stamped on send / ask /
+        #: answer; None: not traced
+        self.trace: Callable[[], str | None] | None = None
 
     def status_line(self) -> str:
         """``Status.line()`` from ``GET /status``; a placeholder when the socket does not answer."""
@@ -132,8 +135,15 @@ class Tools:
 
     # -- agent verbs
 
+    def traced(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with the running turn's ``traceparent`` when telemetry is on."""
+        tp = self.trace() if self.trace is not None else None
+        return {**body, "traceparent": tp} if tp else body
+
     def send(self, to: str, body: str) -> str:
-        data, r = self.call("POST", "/send", {"to": to, "body": body, "idempotency_key": _key()})
+        data, r = self.call(
+            "POST", "/send", self.traced({"to": to, "body": body, "idempotency_key": _key()})
+        )
         return self.finish(f"sent message #{data.get('id')} to {to}.", r)
 
     def recv(self, wait_seconds: float = 0) -> str:
@@ -148,7 +158,9 @@ class Tools:
 
     def ask(self, to: str, question: str) -> str:
         data, r = self.call(
-            "POST", "/ask", {"to": to, "question": question, "idempotency_key": _key()}
+            "POST",
+            "/ask",
+            self.traced({"to": to, "question": question, "idempotency_key": _key()}),
         )
         return self.finish(
             f"asked {to} (message #{data.get('id')}, thread {data.get('thread')}); the answer will "
@@ -157,7 +169,7 @@ class Tools:
         )
 
     def answer(self, thread: int, body: str) -> str:
-        data, r = self.call("POST", "/answer", {"thread": thread, "body": body})
+        data, r = self.call("POST", "/answer", self.traced({"thread": thread, "body": body}))
         return self.finish(f"answered thread {thread} (message #{data.get('id')}).", r)
 
     def remind(self, after_seconds: int, body: str) -> str:
@@ -707,16 +719,16 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s hyperhive-mcp %(levelname)s %(message)s",
     )
-    socket = env.get("HYPERHIVE_SOCKET", "/run/hive/mcp.sock")
     flavor = env.get("HYPERHIVE_FLAVOR", "agent")
     try:
+        target = broker_target(env)
         token = load_credential(env)
-    except CredentialError as exc:
+    except (CredentialError, ValueError) as exc:
         # claude shows the server as failed; the reason lands in its MCP log
         print(f"hyperhive-agent mcp: {exc}", file=sys.stderr)
         return 2
     serve_stdio(
-        McpHandler(flavor, broker_client(socket, token)), sys.stdin.buffer, sys.stdout.buffer
+        McpHandler(flavor, broker_client(target, token)), sys.stdin.buffer, sys.stdout.buffer
     )
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,7 +1,8 @@
 """Wake prompts: what claude reads on stdin for one inbox message.
 
 Templates live in ``harness/prompts/`` (``string.Template`` syntax, ``$name``):
-``agent.md`` / ``manager.md`` introduce the role and the tools and are
+``agent.md`` / ``manager.md`` introduce the role and the tools (plus the hive forge,
+``harness.forge.prompt_section``, when the controller provisioned one) and are
 prepended when a session starts fresh (first turn, after ``/new``, after a
 compaction); ``wake.md`` is the per-message part. Message bodies are
 substituted verbatim (a ``$`` in a body is safe: substitution is one pass).
@@ -15,8 +16,12 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from schemas.names import OPERATOR
+from harness.forge import forge_access, prompt_section
+from schemas.names import DEFAULT_OPERATOR_PRONOUNS, OPERATOR
 from schemas.wire import Message, MessageKind, rfc3339
+
+FORGE = "forge"
+"""Sender of the hive forge's notifications (controller.forge.notify.SENDER)."""
 
 _KIND_LABEL = {
     MessageKind.MESSAGE: "message",
@@ -64,20 +69,38 @@ def kind_hint(msg: Message) -> str:
         )
     if msg.sender == OPERATOR:
         return "The operator (a human) sent this."
+    if msg.sender == FORGE:
+        return (
+            "This is a notification from the hive forge (Forgejo): open the link and act "
+            "there with `tea` or the REST API; `forge` takes no replies."
+        )
     return ""
 
 
 def reply_to(msg: Message) -> str:
     """Who a reply goes to: the sender, or the operator for wake-ups from local tools."""
-    if msg.kind == MessageKind.WAKE and msg.sender != OPERATOR:
+    if (msg.kind == MessageKind.WAKE and msg.sender != OPERATOR) or msg.sender == FORGE:
         return OPERATOR
     return msg.sender
 
 
-def intro(agent: str, flavor: str, state_dir: Path | str) -> str:
-    """The role introduction for a fresh session (``agent.md`` or ``manager.md``)."""
+def intro(
+    agent: str,
+    flavor: str,
+    state_dir: Path | str,
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS,
+) -> str:
+    """The role introduction for a fresh session (``agent.md`` or ``manager.md``).
+
+    ``operator_pronouns`` (e.g. ``"they/them"``, settings ``operator_pronouns``) is how
+    the prompt refers to the operator and asks the agent to."""
     name = "manager" if flavor == "manager" else "agent"
-    return template(name).substitute(agent=agent, state_dir=str(state_dir)).strip()
+    text = (
+        template(name)
+        .substitute(agent=agent, state_dir=str(state_dir), operator_pronouns=operator_pronouns)
+        .strip()
+    )
+    return text + prompt_section(forge_access(Path(state_dir), agent))
 
 
 def wake_prompt(
@@ -87,6 +110,7 @@ def wake_prompt(
     flavor: str,
     state_dir: Path | str,
     fresh_session: bool,
+    operator_pronouns: str = DEFAULT_OPERATOR_PRONOUNS,
 ) -> str:
     """The stdin prompt for one wake: [intro +] the message, its kind, how to reply."""
     body = (
@@ -106,5 +130,5 @@ def wake_prompt(
         .strip()
     )
     if fresh_session:
-        return intro(agent, flavor, state_dir) + "\n\n---\n\n" + body + "\n"
+        return intro(agent, flavor, state_dir, operator_pronouns) + "\n\n---\n\n" + body + "\n"
     return body + "\n"

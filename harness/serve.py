@@ -56,6 +56,7 @@ from harness.config import (
 )
 from harness.credential import CredentialError, broker_client, read_credential
 from harness.events import Bus, EventLog
+from harness.forge import forge_access, tea_login
 from harness.httpserve import TcpEndpoint, UnixEndpoint, WebServer, tcp_app, tcp_policy
 from harness.loop import TurnLoop
 from harness.mcp_http import McpEndpoint
@@ -136,6 +137,7 @@ class Harness:
             server.stop()
         self.stats.close()
         self.bus.log.close()
+        self.loop.telemetry.shutdown()  # export the spans still queued
 
 
 def build(
@@ -163,7 +165,7 @@ def build(
     stats = TurnStats(env.state_dir / STATS_DB)
     # the host's retention sweep may have deleted old events: turn numbers keep counting on
     bus.log.ensure_turn_at_least(stats.max_turn())
-    client = broker_client(env.socket, token)
+    client = broker_client(env.broker, token)
     loop = TurnLoop(env, settings, bus, stats, models, environ=environ, client=client)
     web = WebApp(env, settings, bus, stats, models, loop, dict(environ), client=client)
     servers = [WebServer(web.asgi, UnixEndpoint(Path(web_socket(env))), name="web-ui")]
@@ -175,6 +177,8 @@ def build(
     mcp = McpEndpoint(env.flavor, client)
     reporter = Reporter(client, env.claude_bin, loop.claude_env, loop.credential_report, environ)
     loop.reporter = reporter
+    if loop.telemetry.on:  # the turn's trace travels with the messages its tools send
+        mcp.handler.tools.trace = loop.telemetry.current_traceparent
     return Harness(env, settings, bus, stats, models, loop, web, servers, mcp, reporter=reporter)
 
 
@@ -245,11 +249,16 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "hyperhive-agent serve: agent %s (%s), socket %s, web %s, state %s, claude %s",
-        env.agent, env.flavor, env.socket, web_socket(env), env.state_dir, env.claude_bin,
+        "hyperhive-agent serve: agent %s (%s), API %s, web %s, state %s, claude %s",
+        env.agent, env.flavor, env.broker.target, web_socket(env), env.state_dir, env.claude_bin,
     )  # fmt: skip
     notifier = sdnotify.SystemdNotifier()  # a no-op without $NOTIFY_SOCKET
     h.start()
+    # the hive forge: tea logged in as this agent when the controller left it a token
+    threading.Thread(
+        target=tea_login, args=(forge_access(env.state_dir, env.agent), environ),
+        name="tea-login", daemon=True,
+    ).start()  # fmt: skip
 
     def ready() -> None:  # Type=notify: READY=1 once every web UI listener listens
         if all(server.wait_bound() for server in h.servers):

@@ -7,6 +7,7 @@ every JSON body is parsed by ``parse_json_object`` (``jsonbody``).
 
 from hivehttp.guard import LOOPBACK_HOSTS, Policy, browser_policy, disconnected, guarded
 from hivehttp.jsonbody import BadJson, parse_json_object
+from hivehttp.observe import UNMATCHED, RequestObserver, RequestSeen, set_request_observer
 from hivehttp.server import (
     TCP_LIMITS,
     UNIX_LIMITS,
@@ -18,17 +19,21 @@ from hivehttp.server import (
     run_blocking,
     serve_tcp,
     serve_unix,
+    tls_server_context,
 )
 
 __all__ = [
     "LOOPBACK_HOSTS",
     "TCP_LIMITS",
     "UNIX_LIMITS",
+    "UNMATCHED",
     "BadJson",
     "HttpCore",
     "Limits",
     "Listener",
     "Policy",
+    "RequestObserver",
+    "RequestSeen",
     "SocketInUse",
     "browser_policy",
     "default_core",
@@ -38,4 +43,6 @@ __all__ = [
     "run_blocking",
     "serve_tcp",
     "serve_unix",
+    "set_request_observer",
+    "tls_server_context",
 ]

@@ -282,6 +282,7 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
         finally:
             await watch.close()
 
+    guard.__wrapped__ = app  # type: ignore[attr-defined]  # the route lookup of observe.py
     return guard
 
 

@@ -43,6 +43,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import stat
 import threading
 import time
@@ -56,6 +57,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from hivehttp.guard import BODY_READ, GONE, Policy, guarded
+from hivehttp.observe import observed
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,9 @@ REFUSAL_LOG_EVERY = 10.0
 
 REFUSED_LINGER = 1.0
 """Seconds a refused connection is drained before it is closed."""
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a TLS client gets to finish its handshake (the header deadline starts after it)."""
 
 MAX_HEAD_BYTES = 16 * 1024
 """Largest request line + headers (400 and close past it). A head is counted by the reads
@@ -330,6 +335,8 @@ class Listener:
         self.path = path
         self.host: str | None = None
         self.port: int | None = None
+        self.tls = False
+        """True when this TCP listener speaks TLS (``serve_tcp(..., tls=context)``)."""
         self._inode: int | None = None
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Guarded] = set()
@@ -339,7 +346,7 @@ class Listener:
         self._stopped = False
         self._lock = threading.Lock()
         self.config = Config(
-            app=app,
+            app=observed(app, name),
             http=_Guarded,
             lifespan="off",
             log_config=None,
@@ -442,11 +449,17 @@ class Listener:
             return stat.S_ISSOCK(st.st_mode) and st.st_ino == self._inode
         return True
 
-    async def _open(self, sock: socket.socket) -> None:
+    async def _open(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
         if self.path is not None:
             self._server = await loop.create_unix_server(self.protocol, sock=sock)
             self._inode = os.stat(self.path).st_ino
+        elif tls is not None:
+            self._server = await loop.create_server(
+                self.protocol, sock=sock, ssl=tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+            )
+            addr = sock.getsockname()
+            self.host, self.port = str(addr[0]), int(addr[1])
         else:
             self._server = await loop.create_server(self.protocol, sock=sock)
             addr = sock.getsockname()
@@ -603,6 +616,7 @@ class HttpCore:
         limits: Limits = TCP_LIMITS,
         policy: Policy | None = None,
         name: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Listener:
         """Serve ``app`` on TCP ``host:port`` (see the module-level ``serve_tcp``)."""
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -619,11 +633,14 @@ class HttpCore:
         listener = Listener(
             self, name or f"{host}:{port}", guarded(app, policy or Policy()), limits, None
         )
-        return self._open(listener, sock)
+        listener.tls = tls is not None
+        return self._open(listener, sock, tls)
 
-    def _open(self, listener: Listener, sock: socket.socket) -> Listener:
+    def _open(
+        self, listener: Listener, sock: socket.socket, tls: ssl.SSLContext | None = None
+    ) -> Listener:
         try:
-            self.call(listener._open(sock))
+            self.call(listener._open(sock, tls))
         except BaseException:
             sock.close()
             raise
@@ -706,13 +723,28 @@ def serve_tcp(
     limits: Limits = TCP_LIMITS,
     policy: Policy | None = None,
     name: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Listener:
     """Serve the ASGI ``app`` on TCP ``host:port`` on the default core; returns at once.
 
-    ``port`` 0 binds an ephemeral port, reported as ``Listener.port``.
-    Raises ``OSError`` when the address is taken.
+    ``port`` 0 binds an ephemeral port, reported as ``Listener.port``. ``tls``, a
+    server-side ``ssl.SSLContext`` (``tls_server_context``), serves HTTPS: the handshake
+    must finish within ``TLS_HANDSHAKE_TIMEOUT`` seconds, then the usual deadlines and
+    caps apply. Raises ``OSError`` when the address is taken.
     """
-    return default_core().serve_tcp(app, host, port, limits=limits, policy=policy, name=name)
+    return default_core().serve_tcp(
+        app, host, port, limits=limits, policy=policy, name=name, tls=tls
+    )
+
+
+def tls_server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server-side TLS context from a PEM certificate chain and its private key: TLS 1.2
+    or later, the ``ssl`` module's default ciphers. Raises ``OSError`` for an unreadable
+    file and ``ssl.SSLError`` for a certificate and key that do not match or parse."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
 
 
 def run_blocking(fn: Callable[..., T], *args: Any) -> Coroutine[Any, Any, T]:

@@ -1,6 +1,14 @@
-"""HTTP + JSON over a unix socket: the client every hyperhive side uses.
+"""HTTP + JSON over a unix socket or TCP: the client every hyperhive side uses.
 
-``curl --unix-socket PATH http://localhost/status`` speaks to the same servers.
+``ApiClient(target)`` speaks to a unix socket (``target`` is its path:
+``curl --unix-socket PATH http://localhost/status`` speaks to the same servers)
+or to a TCP listener (``target`` is a URL, ``http://host:port`` or
+``https://host:port``, optionally with a path prefix such as
+``https://hive.example/api``): the agent API served on TCP for agents on other
+machines (``HYPERHIVE_API_URL`` in the harness). Over ``https`` the server's
+certificate is checked against the system's CAs, or against ``ca_file`` when
+given (a self-signed or private CA); the host name must match. Everything
+else (keep-alive, retries, long polls, streams, errors) is the same on both.
 Transport failures (connect refused, socket missing, connection reset) are
 retried with backoff 2-4-8-16-30 s within a 60 s budget when ``retry=True``;
 HTTP error statuses are never retried and raise ``ApiError``.
@@ -33,8 +41,10 @@ import http.client
 import json
 import select
 import socket
+import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,20 +77,86 @@ class Unreachable(ConnectionError):
     """The socket could not be reached (after retries, if any)."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a client connects: a unix socket ``path``, or TCP ``host``:``port`` (``tls``
+    for https) with request paths under ``prefix``. ``host_header`` is what the requests
+    name in ``Host`` (the TCP listeners check it against their allow-list); ``name`` is
+    how errors name the endpoint (the path or the URL)."""
+
+    name: str
+    path: str | None = None
+    host: str = ""
+    port: int = 0
+    tls: bool = False
+    prefix: str = ""
+    host_header: str = "localhost"
+
+
+def parse_target(target: str) -> Endpoint:
+    """``target`` as an ``Endpoint``: an ``http://`` / ``https://`` URL, else a socket path.
+
+    Raises ``ValueError`` for a URL without a host, with a user name, query or
+    fragment, or with a port out of range.
+    """
+    lowered = target[:8].lower()
+    if not (lowered.startswith("http://") or lowered.startswith("https://")):
+        return Endpoint(name=target, path=target)
+    parts = urllib.parse.urlsplit(target)
+    if not parts.hostname:
+        raise ValueError(f"{target!r}: the URL names no host")
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ValueError(f"{target!r}: the URL may not carry a user, a query or a fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{target!r}: the port is not a number from 1 to 65535") from None
+    tls = parts.scheme.lower() == "https"
+    port = port or (443 if tls else 80)
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    default = 443 if tls else 80
+    return Endpoint(
+        name=target,
+        host=host,
+        port=port,
+        tls=tls,
+        prefix=parts.path.rstrip("/"),
+        host_header=shown if port == default else f"{shown}:{port}",
+    )
+
+
+class _Connection(http.client.HTTPConnection):
+    """One connection to an ``Endpoint`` (unix socket, TCP, or TLS over TCP)."""
+
+    def __init__(self, ep: Endpoint, timeout: float, context: ssl.SSLContext | None) -> None:
         super().__init__("localhost", timeout=timeout)
-        self._path = path
+        self._ep = ep
+        self._context = context
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        ep = self._ep
+        if ep.path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(ep.path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+            return
+        tcp = socket.create_connection((ep.host, ep.port), timeout=self.timeout)
         try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
+            # a request goes out as one write and waits for its answer: never hold it back
+            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ep.tls:
+                assert self._context is not None
+                tcp = self._context.wrap_socket(tcp, server_hostname=ep.host)
+        except BaseException:
+            tcp.close()
             raise
-        self.sock = sock
+        self.sock = tcp
 
     def set_timeout(self, timeout: float) -> None:
         self.timeout = timeout
@@ -89,14 +165,31 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def dropped(self) -> bool:
         """True when the server closed this idle connection (or sent something unasked)."""
-        if self.sock is None:
+        sock = self.sock
+        if sock is None:
             return True
         try:
             poller = select.poll()  # not select(): no limit on the descriptor number
-            poller.register(self.sock, select.POLLIN | select.POLLERR | select.POLLHUP)
-            return bool(poller.poll(0))
+            poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+            if not poller.poll(0):
+                return False
         except (OSError, ValueError):
             return True
+        if not isinstance(sock, ssl.SSLSocket):
+            return True
+        # over TLS a readable socket may hold only protocol records (a TLS 1.3 session
+        # ticket sent after the handshake): read them; only EOF or data means "do not reuse"
+        try:
+            sock.setblocking(False)
+            try:
+                sock.recv(1)
+            finally:
+                sock.settimeout(self.timeout)
+        except ssl.SSLWantReadError:
+            return False
+        except OSError:
+            return True
+        return True
 
 
 _MAX_HEAD = 64 * 1024
@@ -201,13 +294,16 @@ class Result:
     retries: int
 
 
-class UnixClient:
-    """JSON client for one unix socket.
+class ApiClient:
+    """JSON client for one unix socket or one TCP listener (see the module doc).
 
-    ``timeout`` (seconds) bounds one request; long polls pass a larger one.
-    ``sleep`` is injectable so tests of the backoff do not wait. ``token`` is
-    the bearer credential sent with every request (None: none is sent, and
-    the socket answers 401).
+    ``path`` is the socket path or the ``http(s)://`` URL (``ValueError`` for a
+    malformed URL). ``timeout`` (seconds) bounds one request; long polls pass a
+    larger one. ``sleep`` is injectable so tests of the backoff do not wait.
+    ``token`` is the bearer credential sent with every request (None: none is
+    sent, and the server answers 401). ``ca_file``: the CA bundle an ``https``
+    server's certificate must chain to (default: the system's); ignored for
+    other targets.
     """
 
     def __init__(
@@ -218,18 +314,24 @@ class UnixClient:
         *,
         keepalive: bool = True,
         token: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.path = path
+        self.endpoint = parse_target(path)
         self.timeout = timeout
         self.keepalive = keepalive
         self.token = token
         self._sleep = sleep
-        self._pool: list[tuple[_UnixConnection, float]] = []
+        self._context: ssl.SSLContext | None = None
+        if self.endpoint.tls:
+            # made once: loading the CA bundle costs milliseconds
+            self._context = ssl.create_default_context(cafile=ca_file)
+        self._pool: list[tuple[_Connection, float]] = []
         self._pool_lock = threading.Lock()
         self.connections_opened = 0
         """How many connections this client opened (for tests and the benchmark)."""
 
-    def __enter__(self) -> UnixClient:
+    def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -242,7 +344,11 @@ class UnixClient:
         for conn, _ in pool:
             conn.close()
 
-    def _take(self, timeout: float) -> tuple[_UnixConnection, bool]:
+    def _new(self, timeout: float) -> _Connection:
+        self.connections_opened += 1
+        return _Connection(self.endpoint, timeout, self._context)
+
+    def _take(self, timeout: float) -> tuple[_Connection, bool]:
         """A connection for one request and whether it is a reused one."""
         now = time.monotonic()
         while self.keepalive:
@@ -255,10 +361,9 @@ class UnixClient:
                 continue
             conn.set_timeout(timeout)
             return conn, True
-        self.connections_opened += 1
-        return _UnixConnection(self.path, timeout), False
+        return self._new(timeout), False
 
-    def _give_back(self, conn: _UnixConnection) -> None:
+    def _give_back(self, conn: _Connection) -> None:
         with self._pool_lock:
             if len(self._pool) < POOL_SIZE:
                 self._pool.append((conn, time.monotonic()))
@@ -283,7 +388,12 @@ class UnixClient:
     def _request_bytes(self, method: str, url: str, payload: bytes | None) -> bytes:
         if any(c in url for c in " \r\n") or not url.isascii():
             raise ValueError(f"not a request path: {url!r}")
-        head = [f"{method} {url} HTTP/1.1", "Host: localhost", "Accept: application/json"]
+        ep = self.endpoint
+        head = [
+            f"{method} {ep.prefix}{url} HTTP/1.1",
+            f"Host: {ep.host_header}",
+            "Accept: application/json",
+        ]
         if self.token is not None:
             head.append(f"Authorization: Bearer {self.token}")
         if payload is not None:
@@ -307,8 +417,7 @@ class UnixClient:
                     raise
                 # the server closed the idle connection as we wrote: it never read this
                 conn.close()
-                conn, reused = _UnixConnection(self.path, timeout), False
-                self.connections_opened += 1
+                conn, reused = self._new(timeout), False
                 conn.connect()
                 conn.sock.sendall(request)
             resp = _read_response(conn.sock, head=method == "HEAD")
@@ -374,9 +483,11 @@ class UnixClient:
 
         Heartbeat comments are skipped. Ends when the server closes the stream.
         """
-        conn = _UnixConnection(self.path, timeout)
+        conn = _Connection(self.endpoint, timeout, self._context)
         try:
-            conn.request("GET", url, headers=self._headers("text/event-stream"))
+            headers = self._headers("text/event-stream")
+            headers["Host"] = self.endpoint.host_header
+            conn.request("GET", self.endpoint.prefix + url, headers=headers)
             resp = conn.getresponse()
             if resp.status >= 400:
                 raw = resp.read()
@@ -403,3 +514,7 @@ class UnixClient:
                     data.append(text[5:].removeprefix(" "))
         finally:
             conn.close()
+
+
+UnixClient = ApiClient
+"""The name ``ApiClient`` had when it spoke only to unix sockets; both name the same class."""

@@ -151,9 +151,12 @@ class Message:
     acked_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     dead_at: float | None = None
+    traceparent: str | None = None
+    """W3C ``traceparent`` of the sender's span (OpenTelemetry), when it sent one."""
 
     def to_json(self) -> dict[str, Any]:
-        """The wire shape (``wire#Message``); ``dead_at`` only for a dead letter."""
+        """The wire shape (``wire#Message``); ``dead_at`` only for a dead letter,
+        ``traceparent`` only when the sender sent one."""
         out: dict[str, Any] = {
             "id": self.id,
             "from": self.sender,
@@ -168,6 +171,8 @@ class Message:
         }
         if self.dead_at is not None:
             out["dead_at"] = rfc3339(self.dead_at)
+        if self.traceparent is not None:
+            out["traceparent"] = self.traceparent
         return out
 
     @classmethod
@@ -185,4 +190,5 @@ class Message:
             delivered_at=parse_rfc3339(d["delivered_at"]) if d.get("delivered_at") else None,
             acked_at=parse_rfc3339(d["acked_at"]) if d.get("acked_at") else None,
             dead_at=parse_rfc3339(d["dead_at"]) if d.get("dead_at") else None,
+            traceparent=str(d["traceparent"]) if d.get("traceparent") else None,
         )

@@ -29,6 +29,8 @@ anything else is looked at; it then acts as the operator (sender name
 ``GET  /tombstones``                                             admin#TombstonesResponse
 ``POST /tombstones/{name}/purge``      ``{}``                    admin#ResultResponse
 ``POST /login``                        ``{}``                    ``{"token", "expires_at", "url"}``
+``GET  /budget?name=``                                           spend against budget (budgets.md)
+``POST /budget/allow``                 admin#BudgetAllowRequest  ``{"result", "standing"}``
 =====================================  ========================  ==============================
 
 ``{verb}`` is ``start``, ``kill``, ``restart`` or ``update`` (``hyperhive start / stop /
@@ -83,9 +85,11 @@ from controller.api.common import (
 )
 from controller.auth.sessions import LoginTokens
 from controller.broker import Broker
+from controller.budget.http import add_budget_routes
+from controller.budget.service import Budgets
 from controller.errors import Invalid, NotFound
 from controller.ops import Lifecycle, SwarmOps
-from schemas.names import AGENT_NAME_RE, MANAGER, OPERATOR
+from schemas.names import AGENT_NAME_RE, AGENT_NAME_RULE, MANAGER, OPERATOR
 from schemas.validate import validate
 from schemas.wire import rfc3339
 
@@ -247,8 +251,7 @@ def _name(name: str, tombstone_id: bool = False) -> str:
         if sep and digits.isdigit() and digits.isascii() and AGENT_NAME_RE.fullmatch(agent):
             return name
     raise Invalid(
-        f"{name[:40]!r} is not an agent name (1-9 characters: a lowercase letter first, "
-        "then lowercase letters, digits or '-')",
+        f"{name[:40]!r} is not an agent name ({AGENT_NAME_RULE})",
         "name",
     )
 
@@ -342,6 +345,7 @@ def make_admin_app(
     dashboard_url: Callable[[], str | None] = lambda: None,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     max_streams: int = 8,
+    budgets: Budgets | None = None,
 ) -> App:
     """The ASGI app for ``host.sock``: the operator's verbs (see the module docstring).
 
@@ -349,8 +353,8 @@ def make_admin_app(
     ``login_tokens`` backs ``POST /login`` (404 without it; the dashboard redeems
     the same instance); ``dashboard_url()`` is the dashboard's base URL
     (``http://127.0.0.1:7000``) or None. ``max_streams`` caps concurrent
-    ``/messages/stream`` clients (503 beyond). Raises ``ValueError`` for an
-    empty ``operator_key``.
+    ``/messages/stream`` clients (503 beyond). ``budgets`` serves ``/budget``
+    (``controller.budget.http``). Raises ``ValueError`` for an empty ``operator_key``.
     """
     app = make_app(operator_auth(operator_key))
     app.add_route("/status", _Status(ops))
@@ -381,4 +385,6 @@ def make_admin_app(
     app.add_route("/tombstones", tombs)
     app.add_route("/tombstones/{name}/purge", tombs, suffix="purge")
     app.add_route("/login", _Login(login_tokens, dashboard_url))
+    if budgets is not None:
+        add_budget_routes(app, budgets, read_json, "/budget", "operator")
     return app

@@ -69,6 +69,7 @@ from controller.api.common import (
 from controller.api.fastpath import BearerCheck, FastRoute, FastVerbs
 from controller.auth.agents import AgentCredentials
 from controller.broker import Broker
+from controller.budget.service import Budgets
 from controller.errors import Forbidden, NotFound
 from controller.ops import Lifecycle, SwarmOps
 from schemas.names import MANAGER, OPERATOR
@@ -156,11 +157,19 @@ class AgentApi:
     thread (``asyncio.to_thread``).
     """
 
-    def __init__(self, broker: Broker, identity: str, ops: SwarmOps, flavor: Flavor) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        identity: str,
+        ops: SwarmOps,
+        flavor: Flavor,
+        budgets: Budgets | None = None,
+    ) -> None:
         self.broker = broker
         self.identity = identity
         self.ops = ops
         self.flavor = flavor
+        self.budgets = budgets
         self._recipients: _Recipients | None = None
 
     # -------------------------------------------------------------- policy
@@ -213,12 +222,17 @@ class AgentApi:
 
     async def recv(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /recv``: parks on the event loop up to ``wait_seconds`` (no thread held);
-        gives up without taking a message when the client goes away."""
+        gives up without taking a message when the client goes away. While the caller is
+        over budget (docs/budgets.md) it is held instead, taking nothing, and answers
+        ``{"message": null, "held": why}`` when the wait runs out."""
+        wait = doc.get("wait_seconds", 0)
+        gone = client_gone(req)
+        if self.budgets is not None:
+            held, wait = await self.budgets.hold(self.identity, wait, gone)
+            if held is not None:
+                return {"message": None, "status": self._status(), "held": held}
         m = await self.broker.recv_async(
-            self.identity,
-            doc.get("wait_seconds", 0),
-            doc.get("lease_seconds"),
-            abandoned=client_gone(req),
+            self.identity, wait, doc.get("lease_seconds"), abandoned=gone
         )
         return {"message": None if m is None else m.to_json(), "status": self._status()}
 
@@ -334,6 +348,7 @@ def make_agent_app(
     ops: SwarmOps,
     flavor: Flavor,
     credentials: AgentCredentials,
+    budgets: Budgets | None = None,
 ) -> FastVerbs:
     """The ASGI app for one agent socket (``flavor="agent"``) or the manager socket.
 
@@ -341,7 +356,8 @@ def make_agent_app(
     ``manager``); every request must carry ``Authorization: Bearer`` with
     ``identity``'s current credential in ``credentials`` (401 otherwise,
     also for another agent's credential). Manager verbs answer 404 on an
-    agent socket. Raises ``ValueError`` for an unknown ``flavor``.
+    agent socket. ``budgets`` (optional) holds ``recv`` while the agent is over budget.
+    Raises ``ValueError`` for an unknown ``flavor``.
 
     The verbs are served by ``controller.api.fastpath.FastVerbs`` (same checks,
     same answers, without falcon's per-request objects); the falcon app behind it
@@ -355,7 +371,7 @@ def make_agent_app(
         f"this is {identity}'s socket and it needs {identity}'s credential: send "
         "'Authorization: Bearer <token>' with the token in $HYPERHIVE_CREDENTIAL_FILE",
     )
-    api = AgentApi(broker, identity, ops, flavor)
+    api = AgentApi(broker, identity, ops, flavor, budgets)
     app = make_app(BearerAuth(check.check, check.message))
     fast: dict[tuple[str, str], FastRoute] = {}
 

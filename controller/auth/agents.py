@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +56,35 @@ class AgentCredentials:
     Thread-safe. Agent names are checked (``schemas.names.is_agent_name``):
     ``ValueError`` for anything else, so no name can reach outside
     ``<state>/agents``.
+
+    ``rescan_every`` (seconds, default 0: every time) bounds how often ``identify``
+    re-reads every agent's file on a miss. A TCP listener answers strangers, and
+    each wrong token would otherwise cost a ``stat`` per agent; credentials this
+    instance issues are known at once, so a bound only delays a credential written
+    by another process.
     """
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, *, rescan_every: float = 0.0) -> None:
         self.layout = layout
+        self.rescan_every = rescan_every
         self._lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
+        # SHA-256 of each cached credential → its agent, for ``identify``: a dict lookup by
+        # the digest of a secret leaks nothing about the secret through its timing
+        self._index: dict[bytes, str] = {}
+        self._scanned = float("-inf")
+
+    def _put(self, agent: str, cached: _Cached) -> None:
+        """Cache ``agent``'s credential (caller holds the lock)."""
+        self._drop(agent)
+        self._cache[agent] = cached
+        self._index[cached.digest] = agent
+
+    def _drop(self, agent: str) -> None:
+        """Forget ``agent``'s cached credential (caller holds the lock)."""
+        old = self._cache.pop(agent, None)
+        if old is not None and self._index.get(old.digest) == agent:
+            del self._index[old.digest]
 
     def path(self, agent: str) -> Path:
         """Where ``agent``'s credential lives; ``ValueError`` for a bad name."""
@@ -74,7 +98,7 @@ class AgentCredentials:
         except FileNotFoundError:
             return
         with self._lock:
-            self._cache[agent] = _Cached(stamp, token, _digest(token))
+            self._put(agent, _Cached(stamp, token, _digest(token)))
 
     def issue(self, agent: str) -> str:
         """Write a fresh credential for ``agent`` (replacing any: rotation); returns it.
@@ -107,7 +131,7 @@ class AgentCredentials:
             stamp = _stamp(os.stat(path, follow_symlinks=False))
         except OSError:
             with self._lock:
-                self._cache.pop(agent, None)
+                self._drop(agent)
             return None
         with self._lock:
             cached = self._cache.get(agent)
@@ -117,10 +141,10 @@ class AgentCredentials:
             token = read_secret(path, f"{agent}'s credential")
         except (OSError, CredentialError):
             with self._lock:
-                self._cache.pop(agent, None)
+                self._drop(agent)
             return None
         with self._lock:
-            self._cache[agent] = _Cached(stamp, token, _digest(token))
+            self._put(agent, _Cached(stamp, token, _digest(token)))
         return token
 
     def verify(self, agent: str, token: str | None) -> bool:
@@ -139,22 +163,26 @@ class AgentCredentials:
     def identify(self, token: str | None) -> str | None:
         """The agent whose current credential is ``token``, or None.
 
-        Looks the token's SHA-256 up among the cached credentials (refreshing
-        the cache from ``<state>/agents/*/credential`` on a miss), then
-        confirms with ``verify``, so a rotated or removed credential never
-        identifies anyone.
+        Looks the token's SHA-256 up among the cached credentials (one dict lookup; refreshing
+        the cache from ``<state>/agents/*/credential`` on a miss, at most once
+        per ``rescan_every`` seconds), then confirms with ``verify``, so a
+        rotated or removed credential never identifies anyone.
         """
         if not token or not token.isascii():
             return None
         want = _digest(token)
         for refresh in (False, True):
             if refresh:
+                now = time.monotonic()
+                with self._lock:
+                    if now - self._scanned < self.rescan_every:
+                        return None
+                    self._scanned = now
                 self._scan()
             with self._lock:
-                hits = [a for a, c in self._cache.items() if hmac.compare_digest(c.digest, want)]
-            for agent in hits:
-                if self.verify(agent, token):
-                    return agent
+                agent = self._index.get(want)
+            if agent is not None and self.verify(agent, token):
+                return agent
         return None
 
     def _scan(self) -> None:
@@ -171,7 +199,7 @@ class AgentCredentials:
         """Delete ``agent``'s credential; True if there was one. It stops working at once."""
         path = self.path(agent)
         with self._lock:
-            self._cache.pop(agent, None)
+            self._drop(agent)
         try:
             path.unlink()
         except FileNotFoundError:

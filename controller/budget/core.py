@@ -25,9 +25,9 @@ from typing import Any
 
 DAY_SECONDS = 86400.0
 DEFAULT_WARN_AT = 0.8
-SWARM = "swarm"
-"""The scope name of the swarm-wide budget (no agent can be called that: names are 1-9
-characters)."""
+SWARM = "*"
+"""The ledger's scope key of the swarm-wide budget (no agent name starts with ``*``); JSON
+says ``"scope": "swarm"``, an agent's standing ``"scope": "agent"`` and its ``"agent"``."""
 
 
 class BudgetError(ValueError):
@@ -238,11 +238,13 @@ class Standing:
         return text
 
     def to_json(self) -> dict[str, Any]:
-        """``{"scope", "window", "window_start", "window_end", "level", "spent_usd",
-        "spent_tokens", "turns", "limit_usd", "limit_tokens", "extension_usd",
-        "extension_tokens", "extensions", "fraction", "warn_at", "budget", "message"}``."""
-        return {
-            "scope": self.scope,
+        """``{"scope": "agent" | "swarm", "agent": name | None, "window", "window_start",
+        "window_end", "level", "spent_usd", "spent_tokens", "turns", "limit_usd",
+        "limit_tokens", "extension_usd", "extension_tokens", "extensions", "fraction",
+        "warn_at", "budget", "message"}``."""
+        out: dict[str, Any] = {
+            "scope": "swarm" if self.scope == SWARM else "agent",
+            "agent": None if self.scope == SWARM else self.scope,
             "window": self.window.key,
             "window_start": self.window.start,
             "window_end": self.window.end,
@@ -260,6 +262,7 @@ class Standing:
             "budget": None if self.limits is None else self.limits.to_json(),
             "message": self.message(),
         }
+        return out
 
 
 def _ratio(spent: float, limit: float) -> float:
@@ -320,7 +323,7 @@ def notice_event(kind: str, standing: Standing) -> dict[str, Any]:
     """The typed event (``events.schema.json`` ``BudgetWarning`` / ``BudgetExceeded``)."""
     event: dict[str, Any] = {
         "type": kind,
-        "scope": standing.scope,
+        "scope": "swarm" if standing.scope == SWARM else "agent",
         "window": standing.window.key,
         "spent_usd": round(standing.spend.usd, 6),
         "spent_tokens": standing.spend.tokens,

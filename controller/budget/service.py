@@ -52,6 +52,9 @@ HOLD_TICK = 1.0
 """Seconds between two checks of a held ``recv`` (a check is two ``stat``s and a sum)."""
 SWARM_REFRESH = 1.0
 """Seconds the swarm-wide ingest of every agent's stats file is reused."""
+LIMITS_TTL = 2.0
+"""Seconds a reading of the agents' limits lets ``hold`` skip the check of an agent without
+a budget inline (no worker thread, no sqlite): a new budget bites within this."""
 
 
 class Budgets:
@@ -89,6 +92,7 @@ class Budgets:
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
         self._swarm_ingested = 0.0
+        self._limits_read: tuple[float, Mapping[str, Limits | None]] | None = None
         self.generation = 0
         """Moves whenever the set of held agents or their messages change."""
 
@@ -96,7 +100,20 @@ class Budgets:
 
     def limits_of(self, agent: str) -> Limits | None:
         """``agent``'s limits as desired state has them (blocking)."""
-        return self._limits().get(agent)
+        limits = self._limits()
+        self._limits_read = (time.monotonic(), limits)
+        return limits.get(agent)
+
+    def unbudgeted(self, agent: str) -> bool:
+        """True when a fresh reading (``LIMITS_TTL``) shows no budget can hold ``agent``: no
+        swarm budget, no daily limit of its own, not held. No I/O (the event loop asks)."""
+        read = self._limits_read
+        if self.swarm is not None or read is None or agent in self._held:
+            return False
+        if time.monotonic() - read[0] > LIMITS_TTL:
+            return False
+        own = read[1].get(agent)
+        return own is None or own.empty
 
     def _ingest(self, agent: str) -> None:
         self.ledger.ingest(agent, self._stats_file(agent))
@@ -114,6 +131,10 @@ class Budgets:
         if self._known is not None:
             names.update(self._known())
         return names
+
+    def names(self) -> set[str]:
+        """Every agent with a manifest at main or known to the controller (blocking)."""
+        return self._all_names()
 
     def standing(self, agent: str, now: float | None = None) -> Standing:
         """``agent``'s standing in the current window (reads its stats file first; blocking)."""
@@ -212,6 +233,8 @@ class Budgets:
         ran out (or the client left) while it is still over budget. Checks run in a
         worker thread; while held, one check per ``tick`` seconds.
         """
+        if self.unbudgeted(agent):
+            return None, max(0.0, wait_seconds)
         deadline = time.monotonic() + max(0.0, wait_seconds)
         while True:
             why = await asyncio.to_thread(self.check, agent)
@@ -232,7 +255,7 @@ class Budgets:
     def allow(
         self, scope: str, usd: Any, tokens: Any = 0, *, by: str = "operator", note: str = ""
     ) -> Standing:
-        """Grant ``scope`` (an agent or ``swarm``) a one-off extension of ``usd`` dollars and
+        """Grant ``scope`` (an agent, or ``SWARM``) a one-off extension of ``usd`` dollars and
         ``tokens`` tokens for the current window. Records it, sends ``BudgetExtended`` to
         the manager and the operator (the audit trail) and returns the new standing.
         Raises ``BudgetError`` (field ``usd`` / ``tokens``) for a bad amount, (``name`` /
@@ -250,7 +273,7 @@ class Budgets:
         assert standing is not None
         event: dict[str, Any] = {
             "type": "BudgetExtended",
-            "scope": scope,
+            "scope": "swarm" if scope == SWARM else "agent",
             "window": window.key,
             "grant": grant,
             "usd": round(ext.usd, 6),

@@ -36,7 +36,7 @@ from controller.dashboard.views import (
 from controller.drivers.journal import HARNESS_UNIT
 from controller.errors import Invalid, NotFound
 from controller.ops import Lifecycle, SwarmOps
-from schemas.names import MANAGER, OPERATOR, is_agent_name
+from schemas.names import AGENT_NAME_PATTERN, MANAGER, OPERATOR, is_agent_name
 from schemas.wire import Message, rfc3339
 
 T = TypeVar("T")
@@ -57,7 +57,7 @@ JOURNAL_UNITS: dict[str, str | None] = {
 }
 """``?unit=`` values: the harness service (the default) or the whole machine journal."""
 
-_TOMBSTONE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,8}-[0-9]{1,12}$")
+_TOMBSTONE_ID_RE = re.compile(rf"\A(?:{AGENT_NAME_PATTERN})-[0-9]{{1,12}}\Z")
 """A tombstone id: ``<agent>-<unix seconds>`` (the directory under ``<state>/tombstones/``)."""
 
 

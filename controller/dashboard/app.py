@@ -30,11 +30,15 @@ Endpoints (every error is ``{"error": {"code", "message", "field"}}`` with a 4xx
 ``POST /api/questions/{id}/answer``         ``{"answer"}`` (a list is joined with ", ")
 ``POST /api/questions/{id}/cancel``         ``{}``
 ``POST /api/logout``                        drop this browser's session cookie
+``GET  /api/budget``                        spend against budget per agent and swarm-wide
+``POST /api/budget/allow``                  ``{"agent" | "swarm", "usd", "tokens"?, "note"?}``
 ``GET  /messages/stream``                   SSE message flow (``Last-Event-ID`` / ``?since=`` /
                                             ``?backlog=N``), heartbeat comment every 15 s
 ``GET  /agents/{name}/``                    the agent UI page (the controller's harness assets)
 ``GET  /agents/{name}/static/{file}``       its ``app.js`` / ``app.css``
 ``GET|POST /agents/{name}/api/…``           forwarded to the agent's ``web.sock``
+``GET  /agents/{name}/<target>/…``          custom files (``spec.frontend``): 303 to
+                                            ``files/<cap>/…``, sandboxed, from the meta repo
 ``GET  /agents/{name}/events/stream``       forwarded, streamed through as it comes
 ==========================================  =================================================
 
@@ -55,11 +59,15 @@ import falcon
 import falcon.asgi
 
 from controller.auth.sessions import LoginTokens, SessionSigner
+from controller.budget.http import add_budget_routes
+from controller.budget.service import Budgets
 from controller.dashboard.api import ApiBroker, SwarmApi
+from controller.dashboard.custom import CustomUi
 from controller.dashboard.httputil import (
     handle_hyperhive,
     handle_unexpected,
     handle_validation,
+    read_body,
     serialize_http_error,
 )
 from controller.dashboard.login import LOGIN_PATH, Login, LoginGate, Logout
@@ -74,6 +82,7 @@ from controller.dashboard.streams import (
     StreamSlots,
 )
 from controller.errors import HyperhiveError, NotFound
+from controller.frontend.files import Capabilities, FrontendFiles
 from controller.ops import SwarmOps
 from schemas.validate import ValidationFailed
 
@@ -121,6 +130,8 @@ def make_dashboard_app(
     stop: threading.Event | None = None,
     streams_per_session: int = PER_SESSION_STREAMS,
     streams_total: int = TOTAL_STREAMS,
+    frontend: FrontendFiles | None = None,
+    budgets: Budgets | None = None,
 ) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
     """Build the dashboard ASGI app (serve it with ``hivehttp.serve_tcp``).
 
@@ -132,14 +143,18 @@ def make_dashboard_app(
     heartbeat; setting ``stop`` ends open message flows within one heartbeat.
     Open SSE streams (message flow and proxied agent events together) are
     capped at ``streams_per_session`` per login and ``streams_total`` overall;
-    one more gets 503. Raises ``ValueError`` for an empty ``operator_key``.
+    one more gets 503. ``frontend`` (the meta repo's custom UI files, ``spec.frontend``)
+    turns on the sandboxed custom front-ends (``custom``). ``budgets`` serves
+    ``/api/budget`` (the spend bars and the extension button). Raises ``ValueError``
+    for an empty ``operator_key``.
     """
     signer = SessionSigner(operator_key)
     slots = StreamSlots(streams_per_session, streams_total)
     api = SwarmApi(ops, broker)
     flow = FlowOptions(heartbeat=heartbeat_seconds, stop=stop or threading.Event())
     page = _Page()
-    agents = AgentUi(ops, web_sock, slots)
+    custom = None if frontend is None else CustomUi(frontend, Capabilities(operator_key))
+    agents = AgentUi(ops, web_sock, slots, custom=custom)
     app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response] = falcon.asgi.App(
         cors_enable=False
     )
@@ -170,5 +185,6 @@ def make_dashboard_app(
     app.add_route("/api/questions/{qid}/answer", api, suffix="answer")
     app.add_route("/api/questions/{qid}/cancel", api, suffix="cancel")
     app.add_route("/messages/stream", MessageStream(broker, slots, flow))
+    add_budget_routes(app, budgets, read_body, "/api/budget", "operator (dashboard)")
     agents.add_routes(app)
     return app

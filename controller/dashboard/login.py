@@ -33,6 +33,10 @@ LOGIN_PATH = "/login"
 _API_PATH = re.compile(r"^/(api|messages)(/|$)|^/agents/[^/]+/(api|events)(/|$)")
 """Routes answered with JSON (the API, the message flow, proxied agent API and events)."""
 
+_CAP_PATH = re.compile(r"^/agents/[^/]+/files/[^/]+/")
+"""Custom front-end files: sandboxed documents send no cookie; the path's capability
+(``controller.frontend.files.Capabilities``) is checked by the route instead."""
+
 _PAGE_STYLE = (
     "body{background:#0b0f14;color:#cfe3d6;font:15px/1.5 ui-monospace,monospace;"
     "max-width:40em;margin:12vh auto;padding:0 1em}code{color:#7ee787}h1{font-size:1.2em}"
@@ -103,8 +107,8 @@ class LoginGate:
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Refuse a request without a valid session (401), or a cross-site API call (403)."""
-        if req.path == LOGIN_PATH:
-            return
+        if req.path == LOGIN_PATH or _CAP_PATH.match(req.path):
+            return  # custom front-end files check their own capability (dashboard.custom)
         key = self.session_of(req)
         api = is_api_path(req.path)
         if key is None:

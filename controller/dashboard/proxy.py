@@ -10,6 +10,9 @@ socket (``web_sock(name)``), which only the controller can open:
 - ``GET /agents/<name>/events/stream`` → ``/events/stream``, streamed through
   chunk by chunk, holding one of the session's stream slots.
 
+Custom front-ends (``spec.frontend``) are not the agent's either: the controller serves
+them from the meta repo at main, sandboxed (``controller.dashboard.custom``).
+
 On the way in only a few harmless headers pass (never ``Cookie`` or
 ``Authorization``: the operator's session must never reach an agent). On the
 way back only ``application/json`` and ``text/event-stream`` bodies pass
@@ -31,6 +34,7 @@ import falcon.asgi
 
 from controller.dashboard import upstream
 from controller.dashboard.api import check_agent_name
+from controller.dashboard.custom import CustomUi
 from controller.dashboard.httputil import MAX_BODY_BYTES, client_gone, json_error
 from controller.dashboard.pages import agent_ui_asset
 from controller.dashboard.streams import SlotStream, StreamSlots, sse_headers, too_many_streams
@@ -86,11 +90,13 @@ class AgentUi:
         web_sock: Callable[[str], Path],
         slots: StreamSlots,
         head_timeout: float = HEAD_TIMEOUT,
+        custom: CustomUi | None = None,
     ) -> None:
         self.ops = ops
         self.web_sock = web_sock
         self.slots = slots
         self.head_timeout = head_timeout
+        self.custom = custom  # spec.frontend files (controller.dashboard.custom), if served
 
     def add_routes(self, app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]) -> None:
         """Mount the page, its assets, the forwarded API and the event stream."""
@@ -98,6 +104,11 @@ class AgentUi:
         app.add_route("/agents/{name}/static/{file}", self, suffix="static")
         app.add_route("/agents/{name}/api/{rest:path}", self, suffix="api")
         app.add_route("/agents/{name}/events/stream", self, suffix="events")
+        if self.custom is not None:
+            # custom files (sandboxed, from the meta repo): literal routes above win
+            app.add_route("/agents/{name}/files/{cap}/{rest:path}", self.custom)
+            app.add_route("/agents/{name}/{prefix}", self, suffix="custom")
+            app.add_route("/agents/{name}/{prefix}/{rest:path}", self, suffix="custom")
 
     async def _known(self, name: str) -> None:
         check_agent_name(name)
@@ -117,7 +128,23 @@ class AgentUi:
             resp.status = falcon.HTTP_308
             resp.location = f"/agents/{name}/"
             return
+        if self.custom is not None and await asyncio.to_thread(self.custom.has_dist, name):
+            self.custom.shell(resp, name)  # frontend.dist replaces the built-in page
+            return
         agent_ui_asset(resp, "index.html")
+
+    async def on_get_custom(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        name: str,
+        prefix: str,
+        rest: str = "",
+    ) -> None:
+        """``GET /agents/<name>/<target>…``: an ``extraFiles`` entry (see ``custom``)."""
+        await self._known(name)
+        assert self.custom is not None
+        await self.custom.entry(req, resp, name, f"{prefix}/{rest}" if rest else prefix)
 
     async def on_get_static(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str, file: str

@@ -79,7 +79,7 @@ PID_FILE = "harness.pid"
 RACY_NS = 50_000_000
 """An agent dir changed less than this long ago (ns) is re-read on every observe."""
 DEFAULT_ARGV: tuple[str, ...] = (sys.executable, "-m", "harness", "serve")
-PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
+PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_", "OTEL_")  # OTEL_: docs/observability.md
 PASS_NAMES = (
     "HYPERHIVE_CLAUDE_BIN",
     "PATH",
@@ -114,7 +114,7 @@ def agent_env(
 ) -> dict[str, str]:
     """The harness environment (docs/architecture.md "Harness process contract").
 
-    Passes through ``ANTHROPIC_*``, ``CLAUDE_CODE_*``, ``HYPERHIVE_CLAUDE_BIN``,
+    Passes through ``ANTHROPIC_*``, ``CLAUDE_CODE_*``, ``OTEL_*``, ``HYPERHIVE_CLAUDE_BIN``,
     ``PATH``, locale, TZ, TMPDIR, PYTHONPATH, CA bundles and proxies from
     ``base_env``; nothing else of the controller's environment leaks in.
     ``HOME`` is the agent's own ``<state>/agents/<a>/home``;

@@ -129,6 +129,13 @@ class Swarm:
         self.proposals_ = Proposals(core)
         self.queries = Queries(core, self.rows)
 
+    def attach_budgets(self, held: Callable[[str], str | None], rev: Callable[[], int]) -> None:
+        """Show budget holds in the ``Ready`` condition (``BudgetExceeded``): ``held(agent)``
+        says why ``agent`` may take no turn now (None: it may; no I/O), ``rev()`` moves
+        whenever that changes (``controller.budget.service.Budgets``)."""
+        self.core.budget_hold = held
+        self.core.budget_rev = rev
+
     # ---------------------------------------------------------------- collaborators
 
     @property

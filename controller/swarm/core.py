@@ -179,6 +179,10 @@ class SwarmCore:
         self.recipients: dict[str, tuple[int, tuple[str, ...]]] = {}
         self.ports: dict[str, int | None] = {}
         self.rev = 0  # bumped whenever failures / crashes / events / purge change
+        # budgets (controller/budget, set by Swarm.attach_budgets): why an agent may take no
+        # turn now (None: it may), and a counter that moves whenever that changes
+        self.budget_hold: Callable[[str], str | None] = lambda agent: None
+        self.budget_rev: Callable[[], int] = lambda: 0
         self.rev_saved = 0  # ``rev`` as last written to status.json
         doc = load_status(layout.status_file)
         self.status_doc: dict[str, Any] = doc

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from controller.drivers.base import Deployment
 from controller.errors import HyperhiveError, PermanentError, TransientError
 from controller.manifest import render_settings
+from controller.metrics.tracing import TRACING
 from controller.model import Action, ActionKind, DesiredAgent, DesiredState, ObservedAgent, Phase
 from controller.status import Failure, FailureKind
 from controller.swarm.core import (
@@ -101,8 +102,8 @@ class Executor:
             outcome, job = self._prepare(action, desired, observed, now)
             if job is None:
                 done[action.agent] = outcome
-            else:
-                jobs.append((action, job))
+            else:  # a span per driver call when tracing is on (controller.metrics.tracing)
+                jobs.append((action, TRACING.wrap(action.kind.value, action.agent, job)))
         first = [j for j in jobs if j[0].agent == MANAGER]
         rest = [j for j in jobs if j[0].agent != MANAGER]
         for action, job in first:
@@ -292,6 +293,7 @@ class Executor:
             dashboard_url=self._dashboard_url(),
             meta_commit=want.commit,
             hyperhive_version=self.core.meta.version,
+            operator_pronouns=self.core.config.operator_pronouns,
         )
         return Deployment(
             agent=want,

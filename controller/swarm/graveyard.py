@@ -89,6 +89,14 @@ class Graveyard:
                 with contextlib.suppress(FileNotFoundError):
                     log_file.unlink()
             self.core.recent_events.pop(name, None)
+            # a runtime that keeps state of its own (kubernetes: the agent's PVC) drops it too
+            drop = getattr(self.core.driver, "purge", None)
+            if callable(drop):
+                try:
+                    drop(name)
+                except Exception as exc:
+                    log.error("%s: could not purge its runtime state: %s", name, exc)
+                    self.events.record(name, "PurgeFailed", f"runtime state kept: {exc}")
         self.core.forget_caches(name)
         self.core.rev += 1
         log.info("%s: purged %d path(s), %d bytes", name, len(paths), freed)

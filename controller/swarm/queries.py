@@ -52,6 +52,7 @@ class Queries:
                 str(hash(json.dumps(self.core.holds, sort_keys=True, default=str))),
                 str(self.core.last_pass.get("at")),
                 str(self.core.meta.last_deploy()),
+                str(self.core.budget_rev()),
             )
         )
 

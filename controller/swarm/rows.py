@@ -137,6 +137,7 @@ class Rows:
             isolation = driver_isolation(self.core.driver, name)
             report = self.core.reports.get(name)
             drift = env_drift(report, self._passed)
+            budget = self.core.budget_hold(name)
             key = (
                 want,
                 have,
@@ -151,6 +152,7 @@ class Rows:
                 isolation,
                 report,
                 drift,
+                budget,
             )
             cached = self._row_cache.get(name)
             if cached is not None and cached[0] == key:
@@ -175,6 +177,7 @@ class Rows:
                 isolation=isolation,
                 report=report if have is not None and have.phase is Phase.RUNNING else None,
                 env_drift=drift,
+                budget_hold=budget,
             )
             previous = cached[1].conditions if cached else self.core.conditions.get(name, ())
             conditions = merge_conditions(previous, compute_conditions(facts), now, desired.commit)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from controller.metrics.events import EVENTS
 from controller.model import DesiredAgent, DesiredState, ObservedAgent, Phase
 from controller.plan import plan
 from controller.status import CRASH_WINDOW, CrashState
@@ -109,6 +110,7 @@ class CrashWatch:
         state = state.crashed(now)
         self.core.crashes[name] = CrashRecord(state, key)
         self.core.rev += 1
+        EVENTS.crashed(name)  # hyperhive_agent_crash_restarts_total (controller.metrics)
         n = len(state.times)
         what = o.detail or f"{o.phase.value} without being asked to"
         minutes = int(CRASH_WINDOW // 60)

@@ -22,32 +22,35 @@
 #      }
 #
 # An agent is a directory `agents/<name>/` that holds an `agent.yaml` manifest
-# and whose name is a valid agent name (the same rules as schemas/names.py).
+# and whose name is a valid agent name. The rule itself is schemas/names.py's,
+# read from ./names.json (which `python -m schemas.names` writes; a test keeps it
+# current and feeds the same table of names to both sides).
 # Anything else under agents/ (stray files, a directory without a manifest, a
 # badly named directory) is skipped rather than thrown on: the controller
 # validates names and manifests and reports them, and one bad directory must
 # not break the build of every other agent in the swarm.
 let
-  manager = "manager";
-  managerContainer = "hm1nd";
-  # schemas/names.py: RESERVED
-  reserved = [
-    "manager"
-    "operator"
-    "hyperhive"
-    "controller"
-    "all"
-  ];
+  names = builtins.fromJSON (builtins.readFile ./names.json);
+  inherit (names) manager managerContainer reserved;
 
-  # schemas/names.py: is_agent_name — the manager, or ^[a-z][a-z0-9-]{0,8}$
-  # and not reserved (builtins.match anchors the whole string).
+  # The name rule as a regular expression body (builtins.match anchors it).
+  namePattern = names.pattern;
+  # The same rule in words, for option descriptions and errors.
+  nameRule = names.rule;
+
+  # schemas/names.py: is_agent_name — the manager, or a name matching the
+  # pattern that is not reserved.
   isAgentName =
     name:
-    name == manager
-    || (builtins.match "[a-z][a-z0-9-]{0,8}" name != null && !(builtins.elem name reserved));
+    builtins.isString name
+    && (
+      name == manager
+      || (builtins.match namePattern name != null && !(builtins.elem name reserved))
+    );
 
   # schemas/names.py: container_name
-  containerName = name: if name == manager then managerContainer else "h-${name}";
+  containerName =
+    name: if name == manager then managerContainer else "${names.containerPrefix}${name}";
 
   flavorOf = name: if name == manager then "manager" else "agent";
 
@@ -93,6 +96,8 @@ in
     containerName
     flavorOf
     isAgentName
+    namePattern
+    nameRule
     reserved
     ;
 }

@@ -37,7 +37,11 @@ in
 
   options.hyperhive.agent = {
     name = lib.mkOption {
-      type = lib.types.strMatching "[a-z][a-z0-9-]{0,8}";
+      # schemas/names.py's rule (nix/lib/names.json): a name ending in `-`
+      # would make the hostname `h-<name>` that networking.hostName refuses.
+      type = lib.types.addCheck (lib.types.strMatching agents.namePattern) agents.isAgentName // {
+        description = "agent name (${agents.nameRule}; not a reserved name)";
+      };
       example = "alice";
       description = ''
         The agent's logical name (`HYPERHIVE_AGENT`): `manager` for the

@@ -55,6 +55,7 @@ in
 {
   _file = toString ./hyperhive.nix;
   key = "hyperhive/nix/modules/hyperhive.nix";
+  imports = [ ./forge.nix ]; # services.hyperhive.forge: the hive forge (docs/forge.md)
 
   options.services.hyperhive = {
     enable = lib.mkEnableOption "hyperhive, a swarm of Claude Code agents in NixOS containers";
@@ -101,6 +102,19 @@ in
         default = 7000;
         description = "TCP port of the dashboard.";
       };
+    };
+
+    operatorPronouns = lib.mkOption {
+      # one line, as settings.operator_pronouns in the controller's config schema
+      type = lib.types.strMatching "[^[:cntrl:]]{1,32}";
+      default = "she/her";
+      example = "they/them";
+      description = ''
+        How the agents' prompts refer to the operator, and the pronouns they are
+        asked to use for them. Rendered into `settings.operator_pronouns`; an
+        agent picks a change up at its next deploy (a manifest change, an
+        upgrade, or *update* in the dashboard).
+      '';
     };
 
     openFirewall = lib.mkOption {
@@ -206,13 +220,15 @@ in
 
           ports = {
             manager = lib.mkOption {
-              type = lib.types.port;
+              # not types.port: the controller's config schema refuses 0
+              type = lib.types.ints.between 1 65535;
               default = 8000;
               description = "Web UI port of the manager.";
             };
 
             agent_base = lib.mkOption {
-              type = lib.types.port;
+              # not types.port: the controller's config schema refuses 0
+              type = lib.types.ints.between 1 65535;
               default = 8100;
               description = "First web UI port of the agents.";
             };
@@ -267,6 +283,7 @@ in
 
         services.hyperhive.settings = {
           state_dir = cfg.stateDir;
+          operator_pronouns = cfg.operatorPronouns;
           run_dir = runDir;
           dashboard = {
             host = cfg.dashboard.address;

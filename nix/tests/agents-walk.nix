@@ -67,6 +67,8 @@ let
         "2fast"
         "toolongname"
         ""
+        "web-"
+        "a"
       ];
       expected = [
         true
@@ -78,6 +80,8 @@ let
         false
         false
         false
+        false
+        true
       ];
     };
   };

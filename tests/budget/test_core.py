@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,29 @@ def test_hold_message_names_own_and_swarm() -> None:
     both = hold_message(own_over, sw_over) or ""
     assert both.startswith("a spent") and "the swarm spent $3.0000 of $3.0000" in both
     assert hold_message(own_ok, sw_over) == sw_over.message()
+
+
+def test_usd_per_turn_reaches_claude_argv() -> None:
+    from controller.manifest import parse_manifest, render_settings
+    from harness.claude import build_argv
+    from harness.config import SettingsError, parse_settings
+
+    text = (
+        "apiVersion: hyperhive/v1\nkind: Agent\nmetadata: {name: alice}\n"
+        "spec: {budget: {usdPerDay: 2, usdPerTurn: 0.25}}\n"
+    )
+    m = parse_manifest(text, "alice")
+    assert m.budget == Limits(usd_per_day=2.0, usd_per_turn=0.25)
+    doc = render_settings(m, web_port=8101, dashboard_url="", meta_commit="c" * 40,
+                          hyperhive_version="0")  # fmt: skip
+    assert doc["max_budget_usd_per_turn"] == 0.25
+    settings = parse_settings(doc, agent="alice", flavor="agent")
+    assert settings.max_budget_usd_per_turn == 0.25
+    argv = build_argv(claude_bin="claude", model="m", mcp_config=Path("/x"), allow=[],
+                      continue_session=False, max_budget_usd=0.25)  # fmt: skip
+    assert "--max-budget-usd=0.25" in argv
+    plain = build_argv(claude_bin="c", model="m", mcp_config=Path("/x"), allow=[],
+                       continue_session=False)  # fmt: skip
+    assert not any(a.startswith("--max-budget-usd") for a in plain)
+    with pytest.raises(SettingsError):
+        parse_settings({**doc, "max_budget_usd_per_turn": 0}, agent="alice", flavor="agent")

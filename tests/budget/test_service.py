@@ -163,11 +163,11 @@ def test_swarm_budget_holds_everyone(tmp_path: Path) -> None:
     assert w.budgets.check("alice") == why
     assert w.kinds().count("BudgetExceeded") == 1
     ev = next(e for _, e, _ in w.events if e["type"] == "BudgetExceeded")
-    assert ev["scope"] == SWARM and "agent" not in ev
+    assert ev["scope"] == "swarm" and "agent" not in ev
     w.budgets.allow(SWARM, 1.0)
     assert w.budgets.held_agents() == {}
     rep = w.budgets.report()
-    assert [a["scope"] for a in rep["agents"]] == ["alice", "bob"]
+    assert [a["agent"] for a in rep["agents"]] == ["alice", "bob"]
     assert rep["swarm"]["limit_usd"] == 2.0 and rep["swarm"]["extensions"] == 1
 
 

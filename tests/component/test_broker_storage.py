@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from controller.broker import Broker, BrokerDiskFull, BrokerStorageError
+from controller.broker.sqlite import SqliteStore
 from controller.errors import HyperhiveError
 
 HAVE_BWRAP = any(
@@ -90,19 +91,26 @@ def test_a_full_disk_is_a_507_and_nothing_is_half_written(tmp_path: Path) -> Non
     assert out["check"] == "ok"
 
 
+def _conn(broker: Broker) -> sqlite3.Connection:
+    """The sqlite store's one connection (to set its limits from the test)."""
+    store = broker._store
+    assert isinstance(store, SqliteStore)
+    return store._conn
+
+
 def test_disk_full_from_the_page_limit(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker.sqlite")
     try:
         broker.send("manager", "alice", "first")
-        pages = broker._conn.execute("PRAGMA page_count").fetchone()[0]
-        broker._conn.execute(f"PRAGMA max_page_count = {pages}")
+        pages = _conn(broker).execute("PRAGMA page_count").fetchone()[0]
+        _conn(broker).execute(f"PRAGMA max_page_count = {pages}")
         with pytest.raises(BrokerDiskFull) as info:
             for i in range(1000):
                 broker.send("manager", "alice", f"{i} " + "y" * 4000)
         assert isinstance(info.value, HyperhiveError) and info.value.status == 507
         n = broker.last_id()
         assert broker.status("alice").unread == n
-        broker._conn.execute("PRAGMA max_page_count = 1000000")
+        _conn(broker).execute("PRAGMA max_page_count = 1000000")
         assert broker.send("manager", "alice", "room again").id == n + 1
     finally:
         broker.close()
@@ -112,14 +120,14 @@ def test_a_read_only_database_is_a_503(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker.sqlite")
     try:
         broker.send("manager", "alice", "first")
-        broker._conn.execute("PRAGMA query_only = 1")
+        _conn(broker).execute("PRAGMA query_only = 1")
         with pytest.raises(BrokerStorageError) as info:
             broker.send("manager", "alice", "second")
         assert not isinstance(info.value, BrokerDiskFull)
         assert info.value.status == 503 and info.value.code == "storage_unavailable"
         assert "read-only" in info.value.message and "nothing was stored" in info.value.message
         assert str(tmp_path / "broker.sqlite") in info.value.message
-        broker._conn.execute("PRAGMA query_only = 0")
+        _conn(broker).execute("PRAGMA query_only = 0")
         assert [m.body for m in broker.recent("alice")] == ["first"]
         assert broker.send("manager", "alice", "third").id == 2
     finally:
@@ -137,8 +145,8 @@ def test_a_garbage_file_fails_to_open_with_a_clear_error(tmp_path: Path) -> None
 def test_a_programming_error_is_not_a_storage_error(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker.sqlite")
     try:
-        with pytest.raises(sqlite3.OperationalError), broker._write() as conn:
-            conn.execute("SELECT no_such_column FROM messages")
+        with pytest.raises(sqlite3.OperationalError), broker._store.write():
+            _conn(broker).execute("SELECT no_such_column FROM messages")
         assert broker.send("manager", "alice", "still fine").id == 1
     finally:
         broker.close()

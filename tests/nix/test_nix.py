@@ -1,29 +1,26 @@
-"""The Nix side, as far as it can be checked without nixpkgs.
+"""The Nix side, evaluated with the real module system (no nixpkgs needed).
 
-CI installs Debian's ``nix-bin`` (``apt-get install nix-bin``); that Nix has no
-flakes by default and no nixpkgs, and there is no network to fetch one. So
-this suite:
+CI has Debian's ``nix-bin`` (2.8) and no nixpkgs. So this suite evaluates with
+``nix-instantiate --eval --strict`` against:
 
-- parses every ``.nix`` file of the repo (``nix-instantiate --parse``, which
-  also reports undefined variables);
-- evaluates what needs no nixpkgs: the meta repo's directory walk
-  (``nix/lib/agents.nix``) against a fixture tree, and the meta flake template
-  together with hyperhive's ``lib.mkSwarm`` (``nixpkgs.lib.nixosSystem``
-  stubbed to return its arguments);
-- evaluates the two NixOS modules' own code with a stub ``lib`` (``mkOption``
-  returns its arguments, ``mkIf`` / ``mkMerge`` become plain data). That checks
-  the option tree, the defaults against ``schemas/json/config.schema.json``,
-  the systemd units and the rendered settings; it does not run the module
-  system's type checks, which ``nix flake check`` does on a NixOS machine.
+- the real nixpkgs ``lib`` (``nix/vendor/nixpkgs-lib``: ``lib.evalModules``,
+  ``lib.types``), and
+- stand-ins for what only nixpkgs has: the NixOS options the modules set,
+  declared by hand with NixOS' own types (``tests/nix/nixos-options.nix``), and a
+  package set of derivation-shaped values (``tests/nix/nixpkgs-stand-in/``),
+  whose ``lib.nixosSystem`` is ``lib.evalModules`` over those options.
 
-Nix runs against the ``dummy://`` store with its state, config and cache in a
-temporary directory: no daemon, no /nix needed, nothing written to the store.
+So the host module, both container templates (``nixosConfigurations.agent-base``
+and ``.manager``), ``lib.mkSwarm`` over a fixture meta tree, the meta flake
+template and the VM test's node are evaluated the way ``nix flake check``
+evaluates them: an unknown option or a value of the wrong type fails here
+(``test_nix_catches.py`` proves it on broken copies of the modules). Nothing is
+built; ``nix flake check`` on a NixOS host does that (docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -32,22 +29,27 @@ from typing import Any
 
 import pytest
 
-from schemas.names import container_name, is_agent_name
-
-NIX_INSTANTIATE = shutil.which("nix-instantiate")
-
-pytestmark = pytest.mark.skipif(
-    NIX_INSTANTIATE is None,
-    reason="nix-instantiate not found: apt-get install nix-bin to run the Nix checks",
+from tests.nix.nixeval import (
+    ROOT,
+    make_env,
+    nix_eval,
+    nix_path,
+    nix_str,
+    require_nix,
+    run_nix,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = require_nix()
+
 SKIP_DIRS = {".git", ".venv", "node_modules", "result", "build", "dist", ".mypy_cache"}
+#: Vendored code is parsed by its users' evaluations, not one file at a time.
+VENDOR = "nix/vendor/"
 
 
 def repo_nix_files() -> list[str]:
-    """Every .nix file of the repo, relative to ROOT: tracked and new (git), else a walk."""
+    """Every .nix file of the repo but the vendored ones, relative to ROOT."""
     git = shutil.which("git")
+    found: set[str] = set()
     if git is not None and (ROOT / ".git").exists():
         proc = subprocess.run(
             [git, "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.nix"],
@@ -57,61 +59,23 @@ def repo_nix_files() -> list[str]:
             check=False,
         )
         if proc.returncode == 0:
-            return sorted({line for line in proc.stdout.splitlines() if (ROOT / line).is_file()})
-    found = []
-    for path in ROOT.rglob("*.nix"):
-        if not SKIP_DIRS.intersection(path.relative_to(ROOT).parts):
-            found.append(str(path.relative_to(ROOT)))
-    return sorted(found)
+            found = {line for line in proc.stdout.splitlines() if (ROOT / line).is_file()}
+    if not found:
+        for path in ROOT.rglob("*.nix"):
+            if not SKIP_DIRS.intersection(path.relative_to(ROOT).parts):
+                found.add(str(path.relative_to(ROOT)))
+    return sorted(f for f in found if not f.startswith(VENDOR))
 
 
 NIX_FILES = repo_nix_files()
-
-
-def nix_str(text: str) -> str:
-    """A Nix string literal for ``text``."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
-    return f'"{escaped}"'
-
-
-def nix_path(path: Path | str) -> str:
-    """A Nix path expression for an absolute filesystem path (any characters)."""
-    return f"(/. + {nix_str(str(Path(path).resolve()))})"
+NIXPKGS = f"(import {nix_path(ROOT / 'tests' / 'nix' / 'nixpkgs-stand-in' / 'flake-input.nix')})"
+HYPERHIVE = f"(import {nix_path(ROOT / 'tests' / 'nix' / 'hyperhive-flake.nix')} {{ }})"
 
 
 @pytest.fixture(scope="module")
 def nix_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment for a daemon-less, store-less nix-instantiate."""
-    home = tmp_path_factory.mktemp("nix-home")
-    for sub in ("state", "conf", "cache", "config"):
-        (home / sub).mkdir()
-    env = dict(os.environ)
-    env.update(
-        {
-            "NIX_REMOTE": "dummy://",
-            "NIX_STATE_DIR": str(home / "state"),
-            "NIX_CONF_DIR": str(home / "conf"),
-            "XDG_CACHE_HOME": str(home / "cache"),
-            "XDG_CONFIG_HOME": str(home / "config"),
-            "NIX_PATH": "",
-        }
-    )
-    yield env
-
-
-def run_nix(args: list[str], env: dict[str, str]) -> str:
-    assert NIX_INSTANTIATE is not None
-    proc = subprocess.run(
-        [NIX_INSTANTIATE, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"nix-instantiate {' '.join(args)} failed:\n{proc.stderr}")
-    return proc.stdout
-
-
-def nix_eval(expr: str, env: dict[str, str]) -> Any:
-    """Evaluate ``expr`` strictly and return it as JSON data."""
-    return json.loads(run_nix(["--eval", "--strict", "--json", "--expr", expr], env))
+    yield make_env(tmp_path_factory.mktemp("nix-home"))
 
 
 # --------------------------------------------------------------------------- parse
@@ -152,18 +116,27 @@ EXPECTED_AGENTS = {
     },
 }
 
+#: alice's agent.nix: a package from nixpkgs and one from a flake input of the meta flake
+ALICE_NIX = """{ pkgs, flakeInputs, ... }:
+{
+  environment.systemPackages = [
+    pkgs.ripgrep
+    flakeInputs.some-mcp.packages.${pkgs.stdenv.hostPlatform.system}.default
+  ];
+  systemd.services.hyperhive-agent.environment.SOME_MCP = "1";
+}
+"""
+
 MANIFEST = "apiVersion: hyperhive/v1\nkind: Agent\nmetadata:\n  name: {name}\n"
 
 
 def make_meta_tree(root: Path) -> Path:
     """A meta repo checkout: three agents and everything the walk must skip."""
     agents = root / "agents"
-    for name in ("alice", "bob", "manager", "operator", "Bad_Name", "toolongname", "2fast"):
+    for name in ("alice", "bob", "manager", "operator", "Bad_Name", "toolongname", "2fast", "web-"):
         (agents / name).mkdir(parents=True)
         (agents / name / "agent.yaml").write_text(MANIFEST.format(name=name))
-    (agents / "alice" / "agent.nix").write_text(
-        "{ pkgs, ... }:\n{\n  environment.systemPackages = [ pkgs.ripgrep ];\n}\n"
-    )
+    (agents / "alice" / "agent.nix").write_text(ALICE_NIX)
     # bob has a directory called agent.nix: not a module
     (agents / "bob" / "agent.nix").mkdir()
     (agents / "notes").mkdir()
@@ -216,42 +189,17 @@ def test_walk_of_the_committed_fixture(nix_env: dict[str, str]) -> None:
     assert walk_summary(fixture, nix_env) == EXPECTED_AGENTS
 
 
-NAMES = [
-    "alice",
-    "bob",
-    "web-2",
-    "a",
-    "abcdefghi",
-    "abcdefghij",
-    "manager",
-    "operator",
-    "hyperhive",
-    "controller",
-    "all",
-    "Alice",
-    "2fast",
-    "-x",
-    "a_b",
-    "",
-]
-
-
-def test_names_agree_with_schemas_names(nix_env: dict[str, str]) -> None:
-    names = "[ " + " ".join(nix_str(n) for n in NAMES) + " ]"
-    got = nix_eval(
-        f"let l = import {AGENTS_LIB}; in map (n: {{ valid = l.isAgentName n;"
-        f" container = l.containerName n; }}) {names}",
-        nix_env,
-    )
-    assert [g["valid"] for g in got] == [is_agent_name(n) for n in NAMES]
-    assert [g["container"] for g in got] == [container_name(n) for n in NAMES]
+# the name rule itself: test_names.py
 
 
 # ------------------------------------------------------------ meta flake template
 
 TEMPLATE = ROOT / "nix" / "templates" / "meta-flake.nix"
-
-STUB_NIXPKGS = "{ lib.nixosSystem = args: { nixosSystemArgs = args; }; }"
+FLAKE_REF = "path:/nix/store/00000000000000000000000000000000-source"
+SOME_MCP = (
+    '{ packages.x86_64-linux.default = { type = "derivation"; name = "some-mcp";'
+    ' outPath = "/nix/store/00000000000000000000000000000000-some-mcp"; }; }'
+)
 
 
 def test_template_has_one_placeholder() -> None:
@@ -260,273 +208,225 @@ def test_template_has_one_placeholder() -> None:
     assert 'hyperhive.url = "@HYPERHIVE_FLAKE@";' in text
 
 
-def test_meta_flake_builds_every_agent(tmp_path: Path, nix_env: dict[str, str]) -> None:
-    """The template as the controller writes it, evaluated with hyperhive's real
-    lib.mkSwarm / lib.mkAgent and nixpkgs.lib.nixosSystem stubbed."""
+def meta_flake(tmp_path: Path) -> str:
+    """A meta repo as the controller writes it; a Nix expression for its outputs."""
     make_meta_tree(tmp_path)
-    flake_ref = "path:/nix/store/00000000000000000000000000000000-source"
-    (tmp_path / "flake.nix").write_text(
-        TEMPLATE.read_text().replace("@HYPERHIVE_FLAKE@", flake_ref)
-    )
-    expr = f"""
+    text = TEMPLATE.read_text().replace("@HYPERHIVE_FLAKE@", FLAKE_REF)
+    (tmp_path / "flake.nix").write_text(text)
+    return f"""
       let
-        stub = {STUB_NIXPKGS};
-        hyperhive = (import {nix_path(ROOT / "flake.nix")}).outputs {{
-          self = hyperhive;
-          nixpkgs = stub;
-          nixpkgs-unstable = stub;
-        }};
+        hyperhive = {HYPERHIVE};
         meta = import {nix_path(tmp_path / "flake.nix")};
         outputs = meta.outputs {{
           self = outputs;
           inherit hyperhive;
-          nixpkgs = stub;
-          some-mcp = {{ }};
+          inherit (hyperhive.inputs) nixpkgs;
+          some-mcp = {SOME_MCP};
         }};
+      in {{ inherit meta outputs; }}
+    """
+
+
+def test_meta_flake_builds_every_agent(tmp_path: Path, nix_env: dict[str, str]) -> None:
+    """The template with hyperhive's real lib.mkSwarm, each agent's system evaluated
+    with the real module system (every option value forced, assertions checked)."""
+    expr = f"""
+      let
+        m = {meta_flake(tmp_path)};
         describe = name: system:
           let
-            modules = system.nixosSystemArgs.modules;
-            base = builtins.elemAt modules 0;
-            identity = builtins.elemAt modules 1;
+            top = system.config.system.build.toplevel;
+            s = top.summary;
+            unit = s.systemd.services.hyperhive-agent;
           in {{
-            base = baseNameOf (toString (builtins.elemAt base.imports 1));
-            name = identity.hyperhive.agent.name;
-            system = identity.nixpkgs.hostPlatform;
-            flakeInputs = builtins.attrNames identity._module.args.flakeInputs;
-            extra = map toString (builtins.genList
-              (i: builtins.elemAt modules (i + 2)) (builtins.length modules - 2));
+            toplevel = top.outPath;
+            inherit (s.hyperhive.agent) name flavor;
+            inherit (s.networking) hostName;
+            platform = s.nixpkgs.hostPlatform;
+            packages = s.environment.systemPackages;
+            agentEnv = unit.environment.HYPERHIVE_AGENT;
+            someMcp = unit.environment.SOME_MCP or null;
+            mounts = unit.unitConfig.RequiresMountsFor;
           }};
       in {{
-        inherit (meta) inputs;
-        configurations = builtins.mapAttrs describe outputs.nixosConfigurations;
+        inherit (m.meta) inputs;
+        configurations = builtins.mapAttrs describe m.outputs.nixosConfigurations;
       }}
     """
     got = nix_eval(expr, nix_env)
     assert got["inputs"] == {
-        "hyperhive": {"url": flake_ref},
+        "hyperhive": {"url": FLAKE_REF},
         "nixpkgs": {"follows": "hyperhive/nixpkgs"},
     }
-    inputs = ["hyperhive", "nixpkgs", "some-mcp"]  # every input but self
-    alice_nix = str((tmp_path / "agents" / "alice" / "agent.nix").resolve())
-    assert got["configurations"] == {
-        "alice": {
-            "base": "agent-base.nix",
-            "name": "alice",
-            "system": "x86_64-linux",
-            "flakeInputs": inputs,
-            "extra": [alice_nix],
-        },
-        "bob": {
-            "base": "agent-base.nix",
-            "name": "bob",
-            "system": "x86_64-linux",
-            "flakeInputs": inputs,
-            "extra": [],
-        },
-        "manager": {
-            "base": "manager.nix",
-            "name": "manager",
-            "system": "x86_64-linux",
-            "flakeInputs": inputs,
-            "extra": [],
-        },
-    }
+    store = "/nix/store/00000000000000000000000000000000-"
+    base = [f"{store}hyperhive-0.1.0", f"{store}claude-code-2.0.0", f"{store}git"]
+    configs = got["configurations"]
+    assert sorted(configs) == ["alice", "bob", "manager"]
+    for name, container in (("alice", "h-alice"), ("bob", "h-bob"), ("manager", "hm1nd")):
+        c = configs[name]
+        assert c["toplevel"] == f"{store}nixos-system-{container}"
+        assert (c["name"], c["agentEnv"], c["hostName"]) == (name, name, container)
+        assert c["flavor"] == ("manager" if name == "manager" else "agent")
+        assert c["platform"] == "x86_64-linux"
+    assert configs["alice"]["packages"] == [*base, f"{store}ripgrep", f"{store}some-mcp"]
+    assert configs["alice"]["someMcp"] == "1"
+    assert configs["bob"]["packages"] == base
+    assert configs["bob"]["someMcp"] is None
+    assert configs["manager"]["mounts"] == ["/run/hive", "/state", "/root/.claude", "/meta"]
 
 
-def test_flake_bases_are_agent_base_and_manager(nix_env: dict[str, str]) -> None:
+# ------------------------------------------------------------- the flake's outputs
+
+
+def test_flake_outputs(nix_env: dict[str, str]) -> None:
+    """The container templates evaluate as systems; `nix flake check` covers the VM test."""
     expr = f"""
       let
-        stub = {STUB_NIXPKGS};
-        hyperhive = (import {nix_path(ROOT / "flake.nix")}).outputs {{
-          self = hyperhive;
-          nixpkgs = stub;
-          nixpkgs-unstable = stub;
-        }};
+        h = {HYPERHIVE};
         flake = import {nix_path(ROOT / "flake.nix")};
       in {{
-        configurations = builtins.mapAttrs
-          (_: s: (builtins.elemAt s.nixosSystemArgs.modules 1).hyperhive.agent.name)
-          hyperhive.nixosConfigurations;
-        modules = builtins.attrNames hyperhive.nixosModules;
+        configurations = builtins.mapAttrs (_: s: {{
+          toplevel = s.config.system.build.toplevel.outPath;
+          name = s.config.hyperhive.agent.name;
+          flavor = s.config.hyperhive.agent.flavor;
+        }}) h.nixosConfigurations;
+        modules = builtins.attrNames h.nixosModules;
         inputs = builtins.mapAttrs (_: i: i.url) flake.inputs;
+        checks = builtins.mapAttrs (_: builtins.attrNames) h.checks;
       }}
     """
     got = nix_eval(expr, nix_env)
-    assert got["configurations"] == {"agent-base": "base", "manager": "manager"}
+    store = "/nix/store/00000000000000000000000000000000-"
+    assert got["configurations"] == {
+        "agent-base": {
+            "toplevel": f"{store}nixos-system-h-base",
+            "name": "base",
+            "flavor": "agent",
+        },
+        "manager": {
+            "toplevel": f"{store}nixos-system-hm1nd",
+            "name": "manager",
+            "flavor": "manager",
+        },
+    }
     assert got["modules"] == ["agent", "default", "harness-base", "manager"]
     assert set(got["inputs"]) == {"nixpkgs", "nixpkgs-unstable"}
+    assert got["checks"] == {
+        "aarch64-linux": ["agents-walk", "formatting", "package"],
+        "x86_64-linux": ["agents-walk", "formatting", "package", "vm"],
+    }
 
 
-# ------------------------------------------------------- modules, with a stub lib
+def test_checks_evaluate(nix_env: dict[str, str]) -> None:
+    """checks.x86_64-linux.vm: its node (the host module, enabled) evaluates with the
+    real module system, and so do the containers it prebuilds; agents-walk's lib.runTests
+    pass (it throws otherwise)."""
+    expr = f"""
+      let
+        checks = {HYPERHIVE}.checks.x86_64-linux;
+        host = checks.vm.nodes.host.summary;
+      in {{
+        vm = checks.vm.outPath;
+        walk = checks.agents-walk.outPath;
+        enabled = host.services.hyperhive.enable;
+        unit = host.systemd.services.hyperhive.serviceConfig.Type;
+        prebuilt = host.virtualisation.additionalPaths;
+        substituters = host.nix.settings.substituters;
+      }}
+    """
+    got = nix_eval(expr, nix_env)
+    store = "/nix/store/00000000000000000000000000000000-"
+    assert got["vm"] == f"{store}vm-test-run-hyperhive"
+    assert got["walk"] == f"{store}hyperhive-agents-walk"
+    assert (got["enabled"], got["unit"], got["substituters"]) == (True, "notify", [])
+    assert got["prebuilt"][:2] == [f"{store}nixos-system-hm1nd", f"{store}nixos-system-h-alice"]
 
-STUB_LIB = """
-  let
-    type = name: { _type = "stubType"; inherit name; };
-  in {
-    types = {
-      str = type "str";
-      bool = type "bool";
-      package = type "package";
-      path = type "path";
-      port = type "port";
-      strMatching = re: type "strMatching";
-      nullOr = t: type "nullOr";
-      enum = values: type "enum";
-      submodule = module: { _type = "stubType"; name = "submodule"; inherit module; };
-      numbers.between = lo: hi: type "between";
-      ints.between = lo: hi: type "between";
-    };
-    mkOption = attrs: { _type = "option"; } // attrs;
-    mkEnableOption = what: { _type = "option"; default = false; description = what; };
-    mkIf = condition: content: { _type = "if"; inherit condition content; };
-    mkMerge = contents: { _type = "merge"; inherit contents; };
-    mkDefault = value: value;
-    literalExpression = text: { _type = "literalExpression"; inherit text; };
-    getExe' = pkg: exe: "${pkg}/bin/${exe}";
-    getName = pkg: pkg.pname;
-    escapeShellArg = arg: arg;
-    concatStringsSep = builtins.concatStringsSep;
-    filterAttrsRecursive = pred: set: set;
-    mapNullable = f: value: if value == null then null else f value;
-    optional = cond: value: if cond then [ value ] else [ ];
-    optionalAttrs = cond: set: if cond then set else { };
-    versionAtLeast = a: b: builtins.compareVersions a b >= 0;
-  }
-"""
 
-STUB_PKGS = """
-  {
-    formats.json = { }: {
-      type = "json-value";
-      generate = name: value: "/nix/store/00000000000000000000000000000000-${name}";
-    };
-    stdenv.hostPlatform.system = "x86_64-linux";
-    git = "/nix/store/git";
-    bubblewrap = "/nix/store/bubblewrap";
-    hyperhive = "/nix/store/hyperhive";
-    claude-code = "/nix/store/claude-code";
-    makeWrapper = "/nix/store/make-wrapper";
-    symlinkJoin = args: args // { stub = "symlinkJoin"; };
-  }
-"""
+# ------------------------------------------------------------------ the host module
 
 HOST_CONFIG = """
   {
     services.hyperhive = {
       enable = true;
-      package = "/nix/store/hyperhive";
-      stateDir = "/var/lib/hyperhive";
-      dashboard = { address = "127.0.0.1"; port = 7000; };
+      stateDir = "/srv/hive";
+      dashboard = { address = "127.0.0.1"; port = 7001; };
       openFirewall = true;
       openAgentPorts = true;
-      environmentFile = null;
+      operatorPronouns = "they/them";
       settings = {
-        runtime = "nixos-container";
-        hyperhive_flake = "path:/nix/store/x-source";
         ports = { manager = 8000; agent_base = 8100; agent_range = 900; };
+        dashboard.hosts = [ "hive.example" ];
       };
     };
-    boot.enableContainers = true;
-    system.stateVersion = "25.11";
-    nix.package = "/nix/store/nix";
   }
 """
 
 
-def option_tree(node: dict[str, Any]) -> Any:
-    """Option declarations (stub mkOption output) -> nested {name: default}."""
-    if node.get("_type") == "option":
-        sub = node.get("type", {})
-        if isinstance(sub, dict) and sub.get("name") == "submodule":
-            return option_tree(sub["module"]["options"])
-        return node.get("default")
-    return {key: option_tree(value) for key, value in node.items()}
+def host_system(config: str) -> str:
+    """A NixOS system of hyperhive's host module (from the flake) and ``config``."""
+    return f"""
+      {NIXPKGS}.lib.nixosSystem {{
+        modules = [
+          {HYPERHIVE}.nixosModules.default
+          {{ nixpkgs.hostPlatform = "x86_64-linux"; }}
+          {config}
+        ];
+      }}
+    """
 
 
 @pytest.fixture(scope="module")
-def host_module(nix_env: dict[str, str]) -> Any:
+def host(nix_env: dict[str, str]) -> Any:
+    """The host system's option values, forced, and the rendered config file."""
     expr = f"""
       let
-        lib = {STUB_LIB};
-        m = (import {nix_path(ROOT / "nix/modules/hyperhive.nix")} {{ }}) {{
-          lib = lib;
-          pkgs = {STUB_PKGS};
-          config = {HOST_CONFIG};
-        }};
-        # options without their descriptions' functions: only data survives JSON
-        strip = v:
-          if builtins.isAttrs v then builtins.mapAttrs (_: strip) v
-          else if builtins.isFunction v then "<function>"
-          else v;
-      in strip {{ inherit (m) options config _file key; }}
+        system = {host_system(HOST_CONFIG)};
+        top = system.config.system.build.toplevel;
+      in {{
+        toplevel = top.outPath;
+        config = top.summary;
+        configJson = system.config.environment.etc."hyperhive/config.json".source.text;
+        cli = with builtins; (head system.config.environment.systemPackages).postBuild;
+      }}
     """
     return nix_eval(expr, nix_env)
 
 
-def test_host_module_options(host_module: Any) -> None:
-    tree = option_tree(host_module["options"])["services"]["hyperhive"]
-    assert tree == {
-        "enable": False,
-        "package": "/nix/store/hyperhive",  # imported with self = null: pkgs.hyperhive
-        "stateDir": "/var/lib/hyperhive",
-        "dashboard": {"address": "127.0.0.1", "port": 7000},
-        "openFirewall": False,
-        "openAgentPorts": False,
-        "environmentFile": None,
-        "settings": {
-            "runtime": "nixos-container",
-            "hyperhive_flake": None,
-            "resync_seconds": 60,
-            "default_model": "haiku",
-            "log_level": "info",
-            "ports": {"manager": 8000, "agent_base": 8100, "agent_range": 900},
-        },
-    }
+def test_host_module_evaluates(host: Any) -> None:
+    assert host["toplevel"].endswith("-nixos-system-nixos")
+    # openFirewall with the dashboard on loopback: NixOS shows the module's warning
+    [warning] = host["config"]["warnings"]
+    assert warning.startswith("services.hyperhive.openFirewall opens port 7001")
+    assert host["config"]["boot"]["enableContainers"] is True
+    assert host["config"]["nix"]["settings"]["experimental-features"] == ["nix-command", "flakes"]
 
 
-def test_host_module_defaults_match_the_config_schema(host_module: Any) -> None:
-    schema = json.loads((ROOT / "schemas" / "json" / "config.schema.json").read_text())
-    props = schema["properties"]
-    module = host_module["options"]["services"]["hyperhive"]
-    settings = option_tree(module["settings"])
-    for key, default in settings.items():
-        assert key in props, f"settings.{key} is not in config.schema.json"
-        if key == "ports":
-            for port, value in default.items():
-                assert props["ports"]["properties"][port]["default"] == value
-        elif key == "runtime":
-            assert default in props["runtime"]["enum"]
-        elif default is not None:
-            assert props[key].get("default") == default, key
-    dash = props["dashboard"]["properties"]
-    assert module["dashboard"]["address"]["default"] == dash["host"]["default"]
-    assert module["dashboard"]["port"]["default"] == dash["port"]["default"]
-    # what the module renders itself
-    for key in ("state_dir", "run_dir", "dashboard"):
-        assert key in props
+def test_host_module_renders_settings(host: Any) -> None:
+    """config.json: what `hyperhive serve --config` reads, valid against its schema."""
+    from schemas.validate import validate
 
-
-def test_host_module_renders_settings(host_module: Any) -> None:
-    cfg = host_module["config"]
-    assert cfg["_type"] == "if" and cfg["condition"] is True
-    main = cfg["content"]["contents"][0]
-    assert main["services"]["hyperhive"]["settings"] == {
-        "state_dir": "/var/lib/hyperhive",
+    rendered = json.loads(host["configJson"])
+    assert rendered == {
+        "runtime": "nixos-container",
+        "hyperhive_flake": "path:/nix/store/00000000000000000000000000000000-source",
+        "resync_seconds": 60,
+        "default_model": "haiku",
+        "log_level": "info",
+        "ports": {"manager": 8000, "agent_base": 8100, "agent_range": 900},
+        "state_dir": "/srv/hive",
+        "operator_pronouns": "they/them",
         "run_dir": "/run/hyperhive",
-        "dashboard": {"host": "127.0.0.1", "port": 7000},
+        "dashboard": {"host": "127.0.0.1", "port": 7001, "hosts": ["hive.example"]},
     }
-    assert main["environment"]["etc"]["hyperhive/config.json"]["source"].endswith("-hyperhive.json")
-    assert main["nix"]["settings"]["experimental-features"] == ["nix-command", "flakes"]
-    [cli] = main["environment"]["systemPackages"]
-    assert cli["paths"] == ["/nix/store/hyperhive"]
-    assert "--set-default HYPERHIVE_STATE_DIR /var/lib/hyperhive" in cli["postBuild"]
-    assert "--set-default HYPERHIVE_RUN_DIR /run/hyperhive" in cli["postBuild"]
-    assert [a["assertion"] for a in main["assertions"]] == [True, True, True]
+    validate(rendered, "config")
+    etc = host["config"]["environment"]["etc"]["hyperhive/config.json"]
+    assert etc["source"].endswith("-hyperhive.json")
+    assert "--set-default HYPERHIVE_STATE_DIR /srv/hive" in host["cli"]
+    assert "--set-default HYPERHIVE_RUN_DIR /run/hyperhive" in host["cli"]
 
 
-def test_host_module_systemd_unit(host_module: Any) -> None:
-    main = host_module["config"]["content"]["contents"][0]
-    unit = main["systemd"]["services"]["hyperhive"]
+def test_host_module_systemd_unit(host: Any) -> None:
+    unit = host["config"]["systemd"]["services"]["hyperhive"]
     service = unit["serviceConfig"]
     assert service["Type"] == "notify"
     assert service["NotifyAccess"] == "main"
@@ -537,78 +437,156 @@ def test_host_module_systemd_unit(host_module: Any) -> None:
     assert service["UMask"] == "0077"
     assert service["RuntimeDirectoryMode"] == "0700"
     assert service["StateDirectoryMode"] == "0700"
-    contents = host_module["config"]["content"]["contents"]
-    tmpfiles = [
-        c["content"]["systemd"]["tmpfiles"]["settings"]["10-hyperhive"]
-        for c in contents[1:]
-        if "systemd" in c["content"]
-    ]
-    assert [d["d"]["mode"] for t in tmpfiles for d in t.values()] == ["0700"]
-    assert service["StateDirectory"] == {"_type": "if", "condition": True, "content": "hyperhive"}
+    # a stateDir of its own: no StateDirectory=, a tmpfiles rule at 0700 instead
+    assert "StateDirectory" not in service
+    tmpfiles = host["config"]["systemd"]["tmpfiles"]["settings"]
+    assert tmpfiles["10-hyperhive"]["/srv/hive"]["d"]["mode"] == "0700"
+    assert tmpfiles["10-hyperhive"]["/etc/nixos-containers"]["d"]["mode"] == "0755"
     assert service["ExecStart"] == (
-        "/nix/store/hyperhive/bin/hyperhive --state-dir /var/lib/hyperhive serve"
+        "/nix/store/00000000000000000000000000000000-hyperhive-0.1.0/bin/hyperhive"
+        " --state-dir /srv/hive serve"
         " --config /nix/store/00000000000000000000000000000000-hyperhive.json"
     )
     assert service["ReadWritePaths"] == ["/etc/nixos-containers", "/etc/systemd/system.control"]
-    assert "/nix/store/git" in unit["path"]
-    assert "/nix/store/bubblewrap" in unit["path"]
+    assert "EnvironmentFile" not in service
+    assert any(p.endswith("-git") for p in unit["path"])
+    assert any(p.endswith("-bubblewrap") for p in unit["path"])
     assert "/run/current-system/sw" in unit["path"]
-    assert unit["environment"]["HYPERHIVE_STATE_DIR"] == "/var/lib/hyperhive"
+    assert unit["environment"]["HYPERHIVE_STATE_DIR"] == "/srv/hive"
     assert unit["environment"]["HYPERHIVE_RUN_DIR"] == "/run/hyperhive"
-    assert "multi-user.target" in unit["wantedBy"]
+    assert unit["wantedBy"] == ["multi-user.target"]
 
 
-def test_host_module_firewall(host_module: Any) -> None:
-    contents = host_module["config"]["content"]["contents"]
-    blocks = [c["content"] for c in contents[1:] if c["condition"]]
-    firewall = [b["networking"]["firewall"] for b in blocks if "networking" in b]
-    assert firewall == [
-        {"allowedTCPPorts": [7000]},
-        {"allowedTCPPorts": [8000], "allowedTCPPortRanges": [{"from": 8100, "to": 8999}]},
-    ]
+def test_host_module_firewall(host: Any) -> None:
+    assert host["config"]["networking"]["firewall"] == {
+        "enable": True,
+        "allowedTCPPorts": [7001, 8000],
+        "allowedTCPPortRanges": [{"from": 8100, "to": 8999}],
+    }
 
 
-HARNESS_CONFIG = """
-  {
-    hyperhive.agent = {
-      name = "alice";
-      flavor = "agent";
-      package = "/nix/store/hyperhive";
-      claudePackage = "/nix/store/claude-code";
-      webTcp = false;
-      webHost = "127.0.0.1";
-      webPort = WEB_PORT;
-    };
-  }
-"""
+def test_host_module_assertions(nix_env: dict[str, str]) -> None:
+    """A host without containers fails its build with the module's message, as on NixOS."""
+    from tests.nix.nixeval import nix_eval_error
+
+    expr = host_system("{ services.hyperhive.enable = true; boot.enableContainers = false; }")
+    err = nix_eval_error(f"({expr}).config.system.build.toplevel.outPath", nix_env)
+    assert "Failed assertions" in err
+    assert 'runtime "nixos-container" needs boot.enableContainers = true' in err
 
 
-def harness_module(env: dict[str, str], web_port: str) -> Any:
+# ------------------------------------------------- module options against the schema
+
+
+def option_leaves(env: dict[str, str]) -> dict[str, Any]:
+    """services.hyperhive's options, submodules flattened: {dotted name: {default, type}}."""
     expr = f"""
       let
-        self = {{
-          overlays = {{ default = "overlay-default"; claude-code = "overlay-claude-code"; }};
-        }};
-        m = (import {nix_path(ROOT / "nix/modules/harness-base.nix")} {{ inherit self; }}) {{
-          lib = {STUB_LIB};
-          pkgs = {STUB_PKGS};
-          config = {HARNESS_CONFIG.replace("WEB_PORT", web_port)};
-        }};
-        predicate = m.config.nixpkgs.config.allowUnfreePredicate;
-      in {{
-        options = builtins.attrNames m.options.hyperhive.agent;
-        unfree = map predicate [ {{ pname = "claude-code"; }} {{ pname = "vscode"; }} ];
-        inherit (m.config) boot networking;
-        overlays = m.config.nixpkgs.overlays;
-        unit = m.config.systemd.services.hyperhive-agent;
-        packages = m.config.environment.systemPackages;
-      }}
+        lib = import {nix_path(ROOT / "nix" / "vendor" / "nixpkgs-lib" / "lib")};
+        system = {host_system("{ }")};
+        render = v:
+          if lib.isDerivation v then v.outPath
+          else if builtins.isAttrs v then builtins.mapAttrs (_: render) v
+          else v;
+        leaves = prefix: opts: lib.concatMap (name:
+          let o = opts.${{name}}; loc = prefix ++ [ name ]; in
+          if lib.hasPrefix "_" name then [ ]
+          else if lib.isOption o then
+            (if o.type.name == "submodule"
+             then leaves loc (o.type.getSubOptions loc)
+             else [ ])
+            ++ [ {{
+              name = lib.concatStringsSep "." loc;
+              default = if o ? default then render o.default else null;
+              type = o.type.description;
+            }} ]
+          else leaves loc o) (builtins.attrNames opts);
+      in leaves [ "services" "hyperhive" ] system.options.services.hyperhive
     """
-    return nix_eval(expr, env)
+    return {o["name"]: o for o in nix_eval(expr, env)}
+
+
+@pytest.fixture(scope="module")
+def options(nix_env: dict[str, str]) -> dict[str, Any]:
+    return option_leaves(nix_env)
+
+
+def test_host_module_defaults_match_the_config_schema(options: dict[str, Any]) -> None:
+    props = json.loads((ROOT / "schemas" / "json" / "config.schema.json").read_text())["properties"]
+    prefix = "services.hyperhive.settings."
+    settings = {k[len(prefix) :]: v for k, v in options.items() if k.startswith(prefix)}
+    assert set(settings) >= {"runtime", "hyperhive_flake", "ports.manager", "ports.agent_base"}
+    for key, option in settings.items():
+        node: dict[str, Any] = {"properties": props}
+        for part in key.split("."):
+            assert part in node.get("properties", {}), f"settings.{key}: not in the schema"
+            node = node["properties"][part]
+        if key == "runtime":
+            assert option["default"] in node["enum"]
+        elif key not in ("hyperhive_flake", "ports"):
+            assert node.get("default") == option["default"], key
+    pronouns = options["services.hyperhive.operatorPronouns"]["default"]
+    assert pronouns == props["operator_pronouns"]["default"] == "she/her"
+    dash = props["dashboard"]["properties"]
+    assert options["services.hyperhive.dashboard.address"]["default"] == dash["host"]["default"]
+    assert options["services.hyperhive.dashboard.port"]["default"] == dash["port"]["default"]
+
+
+def test_integer_options_have_the_schema_bounds(nix_env: dict[str, str]) -> None:
+    """Every integer the module renders into config.json takes exactly the schema's range:
+    what the module accepts, the controller starts with."""
+    props = json.loads((ROOT / "schemas" / "json" / "config.schema.json").read_text())["properties"]
+    cases = {
+        "settings.ports.manager": props["ports"]["properties"]["manager"],
+        "settings.ports.agent_base": props["ports"]["properties"]["agent_base"],
+        "settings.ports.agent_range": props["ports"]["properties"]["agent_range"],
+        "settings.resync_seconds": props["resync_seconds"],
+        "dashboard.port": props["dashboard"]["properties"]["port"],
+    }
+    checks = " ".join(
+        f"{{ name = {nix_str(name)}; values = [ ({s['minimum'] - 1}) {s['minimum']}"
+        f" {s['maximum']} {s['maximum'] + 1} ]; }}"
+        for name, s in cases.items()
+    )
+    expr = f"""
+      let
+        lib = import {nix_path(ROOT / "nix" / "vendor" / "nixpkgs-lib" / "lib")};
+        system = {host_system("{ }")};
+        opts = system.options.services.hyperhive;
+        optionAt = path:
+          let parts = lib.splitString "." path; in
+          if builtins.head parts == "settings"
+          then lib.getAttrFromPath (builtins.tail parts) (opts.settings.type.getSubOptions [ ])
+          else lib.getAttrFromPath parts opts;
+      in map (c: map (optionAt c.name).type.check c.values) [ {checks} ]
+    """
+    got = nix_eval(expr, nix_env)
+    for (name, _), verdicts in zip(cases.items(), got, strict=True):
+        assert verdicts == [False, True, True, False], name
+
+
+# ------------------------------------------------------- the containers' harness module
+
+
+def agent_system(modules: str) -> str:
+    return f'{HYPERHIVE}.lib.mkAgent {{ name = "alice"; modules = [ {modules} ]; }}'
 
 
 def test_harness_base(nix_env: dict[str, str]) -> None:
-    got = harness_module(nix_env, "null")
+    expr = f"""
+      let
+        system = {agent_system("")};
+        s = system.config.system.build.toplevel.summary;
+        predicate = system.config.nixpkgs.config.allowUnfreePredicate;
+      in {{
+        options = builtins.attrNames (removeAttrs system.options.hyperhive.agent [ "_module" ]);
+        unfree = map predicate [ {{ pname = "claude-code"; }} {{ pname = "vscode"; }} ];
+        inherit (s) boot networking;
+        overlays = builtins.length s.nixpkgs.overlays;
+        unit = s.systemd.services.hyperhive-agent;
+      }}
+    """
+    got = nix_eval(expr, nix_env)
     assert got["options"] == [
         "claudePackage",
         "flavor",
@@ -619,12 +597,14 @@ def test_harness_base(nix_env: dict[str, str]) -> None:
         "webTcp",
     ]
     assert got["unfree"] == [True, False]
-    assert got["boot"] == {"isNspawnContainer": True}
+    assert got["boot"] == {"isNspawnContainer": True, "enableContainers": True}
     assert got["networking"]["hostName"] == "h-alice"
-    assert got["overlays"] == ["overlay-default", "overlay-claude-code"]
+    assert got["networking"]["firewall"]["enable"] is False
+    assert got["overlays"] == 2
     unit = got["unit"]
+    store = "/nix/store/00000000000000000000000000000000-"
     assert unit["serviceConfig"]["Type"] == "notify"
-    assert unit["serviceConfig"]["ExecStart"] == "/nix/store/hyperhive/bin/hyperhive-agent serve"
+    assert unit["serviceConfig"]["ExecStart"] == f"{store}hyperhive-0.1.0/bin/hyperhive-agent serve"
     assert unit["environment"] == {
         "HYPERHIVE_AGENT": "alice",
         "HYPERHIVE_FLAVOR": "agent",
@@ -632,7 +612,7 @@ def test_harness_base(nix_env: dict[str, str]) -> None:
         "HYPERHIVE_STATE_DIR": "/state",
         "HYPERHIVE_SETTINGS": "/etc/hyperhive/settings.json",
         "HYPERHIVE_CREDENTIAL_FILE": "/etc/hyperhive/credential",
-        "HYPERHIVE_CLAUDE_BIN": "/nix/store/claude-code/bin/claude",
+        "HYPERHIVE_CLAUDE_BIN": f"{store}claude-code-2.0.0/bin/claude",
         "HYPERHIVE_WEB_TCP": "0",
         "HYPERHIVE_WEB_HOST": "127.0.0.1",
         "HYPERHIVE_WEB_PORT": None,
@@ -641,29 +621,24 @@ def test_harness_base(nix_env: dict[str, str]) -> None:
         "DISABLE_AUTOUPDATER": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    assert unit["path"] == ["/nix/store/claude-code", "/nix/store/git", "/run/current-system/sw"]
+    assert unit["path"] == [f"{store}claude-code-2.0.0", f"{store}git", "/run/current-system/sw"]
     assert unit["unitConfig"]["RequiresMountsFor"] == ["/run/hive", "/state", "/root/.claude"]
 
 
 def test_harness_base_web_port(nix_env: dict[str, str]) -> None:
-    got = harness_module(nix_env, "8123")
-    assert got["unit"]["environment"]["HYPERHIVE_WEB_PORT"] == "8123"
+    expr = agent_system("{ hyperhive.agent = { webTcp = true; webPort = 8123; }; }")
+    env = nix_eval(
+        f"({expr}).config.system.build.toplevel.summary.systemd.services.hyperhive-agent.environment",
+        nix_env,
+    )
+    assert (env["HYPERHIVE_WEB_TCP"], env["HYPERHIVE_WEB_PORT"]) == ("1", "8123")
 
 
 # ------------------------------------------------------------------------ docs
 
 
-def test_deploy_doc_lists_every_module_option(host_module: Any) -> None:
+def test_deploy_doc_lists_every_module_option(options: dict[str, Any]) -> None:
     """docs/deploy.md has a table row for every option of services.hyperhive."""
     doc = (ROOT / "docs" / "deploy.md").read_text()
-
-    def leaves(tree: Any, prefix: str) -> Iterator[str]:
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                yield from leaves(value, f"{prefix}.{key}")
-            else:
-                yield f"{prefix}.{key}"
-
-    tree = option_tree(host_module["options"])["services"]["hyperhive"]
-    missing = [name for name in leaves(tree, "services.hyperhive") if f"`{name}`" not in doc]
+    missing = [name for name in options if f"`{name}`" not in doc]
     assert missing == []

@@ -127,6 +127,7 @@ def test_render_settings_shape() -> None:
         "dashboard_url": "http://127.0.0.1:7000",
         "meta_commit": "c0ffee",
         "hyperhive_version": "0.1.0",
+        "operator_pronouns": "she/her",
     }
 
 

@@ -910,6 +910,91 @@ $('notify-btn').addEventListener('click', async () => {
   renderNotifyButton();
 });
 
+// ------------------------------------------------------------------ budgets (SP3ND)
+// /api/budget: spend against budget per agent and swarm-wide this UTC day, a bar each, and a
+// one-off extension (JSON POST /api/budget/allow, like every other action here).
+
+const budgetSeen = new Set();
+
+function budgetRow(s) {
+  const swarm = s.scope === 'swarm';
+  const name = swarm ? '(swarm)' : s.agent;
+  const frac = s.fraction == null ? 0 : Math.min(1, s.fraction);
+  const money = (v) => (v == null ? '—' : `$${Number(v).toFixed(4)}`);
+  const limit = s.limit_usd != null || s.limit_tokens != null
+    ? [s.limit_usd != null ? `${money(s.spent_usd)} of ${money(s.limit_usd)}` : '',
+      s.limit_tokens != null ? `${s.spent_tokens} of ${s.limit_tokens} tokens` : ''].filter(Boolean).join(' · ')
+    : `${money(s.spent_usd)} · no budget`;
+  const pct = s.fraction == null ? '' : `${Math.round(s.fraction * 100)}%`;
+  const ext = s.extensions ? ` <span class="dim" title="extensions granted today">(+${money(s.extension_usd)})</span>` : '';
+  const state = s.held ? `<span class="budget-held" title="${esc(s.held)}">HELD</span>` : esc(s.level);
+  const canAllow = s.level !== 'unlimited';
+  const form = canAllow
+    ? `<form class="budget-allow" data-budget-allow="${esc(swarm ? '' : s.agent)}">
+         <input name="usd" type="number" min="0" step="any" required placeholder="USD" aria-label="extension in USD for ${esc(name)}">
+         <button type="submit" class="small" title="a one-off extension for today (UTC), recorded and sent to the manager">allow</button>
+       </form>`
+    : '';
+  return `<tr data-budget="${esc(name)}">
+    <td>${esc(name)}</td>
+    <td><div class="budget-bar ${esc(s.level)}" role="meter" aria-valuemin="0" aria-valuemax="100" aria-valuenow="${Math.round(frac * 100)}" title="${esc(s.message)}"><div class="fill" style="width:${(frac * 100).toFixed(1)}%"></div></div></td>
+    <td class="right">${esc(pct)}</td>
+    <td>${esc(limit)}${ext}</td>
+    <td>${s.turns}</td>
+    <td>${state}</td>
+    <td class="right">${form}</td>
+  </tr>`;
+}
+
+function renderBudget(r) {
+  const rows = [...(r.agents || []), ...(r.swarm ? [r.swarm] : [])];
+  if (!rows.length) return '<p class="empty">No agents yet. Give one a budget with <code>spec.budget: {usdPerDay: 5}</code> in its manifest.</p>';
+  return `<table class="budget-table"><thead><tr><th>agent</th><th>spend</th><th></th><th>against</th><th>turns</th><th>state</th><th></th></tr></thead>
+    <tbody>${rows.map(budgetRow).join('')}</tbody></table>`;
+}
+
+async function refreshBudget() {
+  try {
+    const r = await fetch('/api/budget', { headers: { Accept: 'application/json' }, cache: 'no-cache' });
+    if (!r.ok) return;
+    const data = await r.json();
+    $('budget-panel').hidden = data.enabled === false;
+    if (data.enabled === false) return;
+    renderInto('budget', { ...data, now: 0 }, renderBudget);
+    const held = (data.agents || []).filter((a) => a.held);
+    $('budget-count').textContent = held.length ? `${held.length} held` : '';
+    $('budget-window').textContent = `spend against budget, UTC day ${data.window}`;
+    for (const a of held) {
+      const key = `budget-${a.agent}-${data.window}`;
+      if (!budgetSeen.has(key) && notif.seeded) notify(`${a.agent} is over budget`, a.held, key);
+      budgetSeen.add(key);
+    }
+  } catch (e) {
+    console.debug('budget refresh failed', e);
+  }
+}
+
+document.addEventListener('submit', async (ev) => {
+  const form = ev.target.closest('form[data-budget-allow]');
+  if (!form) return;
+  ev.preventDefault();
+  const agent = form.dataset.budgetAllow;
+  const usd = Number(new FormData(form).get('usd'));
+  const body = agent ? { agent, usd } : { swarm: true, usd };
+  const btn = form.querySelector('button');
+  btn.disabled = true;
+  try {
+    const data = await post('/api/budget/allow', body);
+    toast(`extended: ${data.result}`, 'ok');
+    form.reset();
+    await refreshBudget();
+  } catch (e) {
+    toast(String(e.message || e), 'err');
+  } finally {
+    btn.disabled = false;
+  }
+});
+
 // ------------------------------------------------------------------ boot
 
 const historyPanel = $('history-panel');
@@ -920,7 +1005,8 @@ historyPanel.addEventListener('toggle', () => {
 
 renderNotifyButton();
 refreshState();
+refreshBudget();
 connectFlow();
-setInterval(() => { if (!document.hidden) refreshState(); }, REFRESH_MS);
+setInterval(() => { if (!document.hidden) { refreshState(); refreshBudget(); } }, REFRESH_MS);
 setInterval(tickClocks, 1000);
 document.addEventListener('visibilitychange', () => { if (!document.hidden) refreshState(); });

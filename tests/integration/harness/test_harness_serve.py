@@ -324,6 +324,19 @@ def test_message_in_send_out_recorded_everywhere(start: Callable[..., Agent]) ->
     assert st["usage"]["context_tokens"] > 0 and isinstance(st["inbox"], list)
 
 
+def test_the_model_reads_the_operators_pronouns(start: Callable[..., Agent]) -> None:
+    """settings.json's operator_pronouns (the controller's config) reach the model in the
+    role intro of a fresh session."""
+    a = start(Rules(default=reply_text("ok")), settings={"operator_pronouns": "they/them"})
+    a.sock.deliver("operator", "hello")
+    a.wait_turns(1)
+    intro = a.api.parsed[0].last_user_text
+    assert intro.startswith("You are **alice**")
+    assert "The operator (a human, they/them)" in intro
+    assert "use\nthey/them pronouns" in intro or "use they/them pronouns" in intro
+    assert "she/her" not in intro
+
+
 def test_prompt_too_long_compacts_and_retries(start: Callable[..., Agent]) -> None:
     def overflowing(req: Request) -> bool:
         # the harness' retry after its /compact carries the role intro again

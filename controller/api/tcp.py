@@ -1,0 +1,190 @@
+"""The agent and manager APIs on TCP: who is calling is whose credential it is.
+
+On a unix socket an agent is known by the socket it connects to and its
+credential. A TCP listener has one address for every agent, so here the
+credential alone names the caller: ``make_tcp_agent_app(broker, ops,
+credentials)`` answers every request with ``Authorization: Bearer <token>``
+by ``AgentCredentials.identify(token)`` (a SHA-256 lookup among the current
+credentials, confirmed by a constant-time compare), then serves it with that
+agent's own app (``controller.api.agent.make_agent_app``: the same verbs,
+checks and answers as its socket; the manager's verbs only for the manager's
+credential). Nothing in the body or the connection can change the identity:
+the app is chosen before the body is looked at.
+
+Refusals:
+
+- no credential, or one that names no agent (the operator key included):
+  401 ``unauthorized`` before the body is parsed; one log line per
+  ``REFUSAL_LOG_EVERY`` seconds with the count and the last peer, so a flood
+  does not flood the log;
+- the operator's admin API (``host.sock``: proposals, approvals, reconcile,
+  destroy, the login tokens) is not served here at all: its paths are 404s
+  after the credential check, like any unknown path.
+
+The listener's ``hivehttp`` policy (``api_policy``) adds the ``Host`` allow-list,
+JSON-only and same-origin mutations and the 1 MiB body limit; its ``Limits``
+(``API_LIMITS``, or the config's) cap connections per client address.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from controller.api.agent import Flavor, make_agent_app
+from controller.api.common import error_body
+from controller.auth.agents import AgentCredentials
+from controller.auth.bearer import bearer_token
+from controller.broker import Broker
+from controller.budget.service import Budgets
+from controller.ops import SwarmOps
+from hivehttp import LOOPBACK_HOSTS, Limits, Policy
+from hivehttp.guard import Receive, Scope, Send
+from schemas.names import MANAGER
+
+log = logging.getLogger(__name__)
+
+REFUSAL_LOG_EVERY = 10.0
+"""Seconds between log lines about refused credentials."""
+
+API_LIMITS = Limits(max_connections=1024, per_client=64)
+"""Default connection caps of the agent API listener: an agent's harness holds a few
+connections (its long poll, the MCP tools, its web UI's calls), so 64 per client
+address is plenty for one agent per address; behind a proxy or an Ingress every
+agent shares the proxy's address, and ``api: {per_client}`` must be raised."""
+
+UNAUTHORIZED_MESSAGE = (
+    "the agent API needs the calling agent's own credential: send "
+    "'Authorization: Bearer <token>' with the token in $HYPERHIVE_CREDENTIAL_FILE"
+)
+
+
+def api_policy(extra_hosts: frozenset[str] = frozenset()) -> Policy:
+    """The ``hivehttp`` policy of the agent API listener: the ``Host`` allow-list (loopback
+    names plus ``extra_hosts``), JSON-only mutations, same-origin mutations, 1 MiB bodies.
+
+    The harness sends JSON with no ``Origin``; a web page that reaches the port cannot
+    send a JSON body cross-site without a preflight, and has no credential anyway.
+    """
+    return Policy(
+        allowed_hosts=LOOPBACK_HOSTS | {h.lower() for h in extra_hosts},
+        json_mutations=True,
+        same_origin=True,
+    )
+
+
+class _RefusalLog:
+    """Counts refused credentials; logs at most one line per ``REFUSAL_LOG_EVERY`` s."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._last = -REFUSAL_LOG_EVERY
+
+    def note(self, peer: str, why: str) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last >= REFUSAL_LOG_EVERY:
+            log.warning(
+                "agent API: refused %d request(s) in the last %.0f s (latest from %s: %s)",
+                self._count,
+                min(now - self._last, 1e9),
+                peer,
+                why,
+            )
+            self._count = 0
+            self._last = now
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
+
+
+async def _unauthorized(send: Send) -> None:
+    body = json.dumps(error_body("unauthorized", UNAUTHORIZED_MESSAGE)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="hyperhive"'),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class TcpAgentApi:
+    """ASGI app: the agent API for whichever agent the bearer credential names.
+
+    One app per identity is made on first use (``make_agent_app``) and kept;
+    the credential is checked again by that app, so a credential rotated
+    between the lookup and the request is still refused.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        ops: SwarmOps,
+        credentials: AgentCredentials,
+        budgets: Budgets | None = None,
+    ) -> None:
+        self.broker = broker
+        self.ops = ops
+        self.credentials = credentials
+        self.budgets = budgets
+        self._apps: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.refusals = _RefusalLog()
+
+    @property
+    def app(self) -> Any:
+        """The manager's app, which has every route: ``hivehttp.observe`` reads route
+        templates for the request metrics from it (it never serves a request from here)."""
+        return self.app_for(MANAGER)
+
+    def app_for(self, identity: str) -> Any:
+        """The agent app answering as ``identity`` (made once)."""
+        with self._lock:
+            app = self._apps.get(identity)
+            if app is None:
+                flavor: Flavor = "manager" if identity == MANAGER else "agent"
+                app = make_agent_app(
+                    self.broker, identity, self.ops, flavor, self.credentials, self.budgets
+                )
+                self._apps[identity] = app
+            return app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        header = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = bytes(value).decode("latin-1")
+                break
+        token = bearer_token(header)
+        identity = self.credentials.identify(token)
+        if identity is None:
+            self.refusals.note(
+                _peer(scope), "no credential" if token is None else "not an agent's credential"
+            )
+            await _unauthorized(send)
+            return
+        await self.app_for(identity)(scope, receive, send)
+
+
+def make_tcp_agent_app(
+    broker: Broker,
+    ops: SwarmOps,
+    credentials: AgentCredentials,
+    budgets: Budgets | None = None,
+) -> TcpAgentApi:
+    """The agent API app for the TCP listener (see the module doc); ``budgets`` holds an
+    over-budget agent's ``recv`` as on its socket."""
+    return TcpAgentApi(broker, ops, credentials, budgets)

@@ -1,0 +1,88 @@
+"""``Broker``: the broker's semantics (its parts, one module each) over a store.
+
+``Broker(path)`` opens the sqlite store on that file (the embedded default);
+``Broker("postgresql://…")`` the PostgreSQL store (``controller.broker.postgres``), which
+several controller processes may share. Either way the same code decides what every verb
+does; the store only finds and changes rows (``controller.broker.store``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from controller.broker.limits import MAX_DELIVERIES
+from controller.broker.questions import Questions
+from controller.broker.reading import Reading
+from controller.broker.receiving import Receiving
+from controller.broker.retention import Retention
+from controller.broker.sending import Sending
+from controller.broker.sqlite import SqliteStore
+from controller.broker.store import Store
+from controller.broker.threads import Threads
+from controller.broker.wakeups import LocalWakeups
+from schemas.names import MANAGER
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+"""A broker location starting with one of these is a PostgreSQL connection URL."""
+
+
+def is_postgres_url(location: str | Path) -> bool:
+    """True when ``location`` names a PostgreSQL database rather than a sqlite file."""
+    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
+
+class Broker(Sending, Receiving, Retention, Reading, Threads, Questions):
+    """Messages, threads, reminders and operator questions, in a sqlite file or PostgreSQL.
+
+    ``location`` is the sqlite database file (created with its parent directory) or a
+    ``postgresql://`` URL; ``clock`` returns unix seconds and stamps every row (tests may
+    pass a fake one; parked waits still use real time). ``durable`` (sqlite) fsyncs every
+    commit. ``max_deliveries`` is how often a leased message is delivered before it becomes
+    a dead letter; ``dead_letter_to`` gets the ``DeadLetter`` events (None: nobody).
+    Thread-safe. Raises ``controller.errors.Invalid`` / ``NotFound`` / ``Forbidden`` /
+    ``Conflict`` as documented per method, ``BrokerClosed`` after ``close()``,
+    ``BrokerStorageError`` when the database cannot be opened, read or written.
+    """
+
+    def __init__(
+        self,
+        location: Path | str,
+        clock: Callable[[], float] = time.time,
+        *,
+        durable: bool = False,
+        max_deliveries: int = MAX_DELIVERIES,
+        dead_letter_to: str | None = MANAGER,
+    ) -> None:
+        if isinstance(max_deliveries, bool) or not 1 <= int(max_deliveries) <= 1000:
+            raise ValueError("max_deliveries must be between 1 and 1000")
+        self._clock = clock
+        self.max_deliveries = int(max_deliveries)
+        self.dead_letter_to = dead_letter_to
+        self._wake = LocalWakeups()
+        store: Store
+        self.path: Path | None = None
+        if is_postgres_url(location):
+            raise ValueError("the PostgreSQL broker store is not built yet")
+        else:
+            self.path = Path(location)
+            store = SqliteStore(self.path, self._on_change, durable=durable)
+        self._store = store
+        with store.read() as tx:
+            self._wake.notify((), tx.last_id())
+
+    @property
+    def location(self) -> str:
+        """Where the messages are: the sqlite file, or the PostgreSQL URL without password."""
+        return self._store.location
+
+    def close(self) -> None:
+        """Close the database; every parked ``recv`` / ``wait_for_new`` returns empty."""
+        self._wake.close()
+        self._store.close()
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._wake.closed

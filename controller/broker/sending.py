@@ -1,0 +1,103 @@
+"""Sending: plain messages (with idempotency keys) and typed events (coalesced)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.broker.checks import check_body, check_key, check_name, request_digest
+from controller.broker.core import BrokerCore
+from controller.broker.events import dedup_token, summarize_event
+from controller.broker.limits import EVENT_SENDER
+from controller.broker.model import Idem, NewMessage
+from controller.errors import Invalid
+from schemas.wire import Message, MessageKind
+
+
+class Sending(BrokerCore):
+    """``send`` and ``emit_event``."""
+
+    def send(
+        self,
+        sender: str,
+        recipient: str,
+        body: str,
+        *,
+        kind: MessageKind = MessageKind.MESSAGE,
+        thread: int | None = None,
+        event: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        idempotency_owner: str | None = None,
+    ) -> Message:
+        """Queue ``body`` from ``sender`` to ``recipient``; committed when this returns.
+
+        Does not check that ``recipient`` exists or may be messaged (the API
+        layer does). Wakes a ``recv`` parked for ``recipient`` at once.
+        ``idempotency_key`` (unique per ``idempotency_owner``, default
+        ``sender``): when a message was already queued under it for the same
+        request, that message is returned (``extra["duplicate"]`` True) and
+        nothing is queued. Raises ``Invalid`` for an empty name or body, a bad
+        key or an ``event`` that is not a valid typed event; ``Conflict`` for a
+        key already used for a different request.
+        """
+        check_name(sender, "from")
+        check_name(recipient, "to")
+        check_body(body)
+        kind = MessageKind(kind)
+        key = check_key(idempotency_key)
+        if event is not None:
+            self._validate_event(event)
+        idem = None
+        if key is not None:
+            owner = check_name(idempotency_owner or sender, "idempotency_owner")
+            digest = request_digest("send", sender, recipient, body, str(kind), thread, event)
+            idem = Idem(owner, key, digest)
+        with self._store.write() as tx:
+            dup = self._replay(tx, idem)
+            if dup is not None:
+                return dup
+            msg = tx.insert(
+                NewMessage(
+                    sender,
+                    recipient,
+                    body,
+                    kind,
+                    sent_at=self._clock(),
+                    thread=thread,
+                    event=event,
+                    idem=idem,
+                )
+            )
+            tx.changed([recipient], msg.id)
+        return msg
+
+    def emit_event(
+        self, recipient: str, event: dict[str, Any], dedup_key: str | None = None
+    ) -> Message | None:
+        """Queue a typed event (``events.schema.json``) for ``recipient`` (usually ``manager``).
+
+        The body is ``summarize_event(event)``, the sender ``hyperhive``. If an
+        identical event is still undelivered — same ``dedup_key``, or the same
+        JSON when ``dedup_key`` is None — nothing is queued and None is
+        returned (coalesced). Raises ``Invalid`` if the event fails the schema.
+        """
+        check_name(recipient, "to")
+        if not isinstance(event, dict):
+            raise Invalid("event must be an object", "event")
+        self._validate_event(event)
+        token = dedup_token(event, dedup_key)
+        with self._store.write() as tx:
+            if tx.has_undelivered(recipient, token):
+                return None
+            msg = tx.insert(
+                NewMessage(
+                    EVENT_SENDER,
+                    recipient,
+                    summarize_event(event),
+                    MessageKind.EVENT,
+                    sent_at=self._clock(),
+                    event=event,
+                    dedup_key=token,
+                )
+            )
+            tx.changed([recipient], msg.id)
+        return msg

@@ -1,0 +1,249 @@
+"""Wake-ups: who is parked on which inbox, and waking them after a commit.
+
+A parked receiver reads its inbox's *sequence* before it looks for a message, then parks
+until the sequence moves (``notify``), so a change between the look and the park is never
+missed. Threads park on a ``threading.Condition`` per recipient (a send to ``alice`` never
+wakes the 49 other parked agents), coroutines on a future resolved on their own loop.
+``last_id`` (the newest message id) wakes the followers of every message (SSE, ``--follow``).
+
+``Wakeups`` is the interface the semantics use; ``LocalWakeups`` serves one process. A store
+shared by several processes (PostgreSQL) feeds the changes other processes committed into the
+same ``notify`` (``LISTEN``), so the semantics never know where a change came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
+
+
+class Wakeups(Protocol):
+    """Parking and waking receivers and followers (see the module docstring).
+
+    Every method is thread-safe; ``park`` needs a running event loop.
+    """
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        ...
+
+    def close(self) -> None:
+        """Wake everything parked; later waits return at once."""
+        ...
+
+    def notify(self, recipients: Sequence[str], last_id: int | None = None) -> None:
+        """After a commit: wake ``recipients``' parked receivers and, when ``last_id`` is
+        newer than any seen, every follower."""
+        ...
+
+    def notify_everyone(self, last_id: int | None = None) -> None:
+        """Wake every parked receiver (a change whose recipients are not known)."""
+        ...
+
+    def seq(self, recipient: str) -> int | None:
+        """``recipient``'s sequence now (moves on every change to its inbox); None once closed."""
+        ...
+
+    def wait(self, recipient: str, seq: int, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds while ``recipient``'s sequence is ``seq``; True
+        when it moved or the wake-ups closed."""
+        ...
+
+    def last_id(self) -> int:
+        """The newest message id seen."""
+        ...
+
+    def wait_new(self, since_id: int, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until ``last_id() > since_id``; False at the
+        timeout or once closed."""
+        ...
+
+    def park(self, recipient: str | None, seq: int) -> asyncio.Future[None] | None:
+        """A future resolved on the next change for ``recipient`` (None: the next new
+        message); None instead when that change already happened (``seq`` is stale: the
+        recipient's sequence, or ``last_id()`` for None) or the wake-ups are closed."""
+        ...
+
+    def unpark(self, recipient: str | None, fut: asyncio.Future[None]) -> None:
+        """Forget ``fut`` (parked with ``park``) if it is still parked."""
+        ...
+
+
+def _wake_future(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def wake_async(waiters: Sequence[_Waiter]) -> None:
+    """Resolve parked asyncio waiters from any thread (their loop runs the resolution).
+
+    On the waiter's own loop thread (a send over the HTTP API) the future is resolved
+    at once: no self-pipe write and wake-up of the loop, and the receiver's task is
+    ready before the sender's handler goes on."""
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    for loop, fut in waiters:
+        if loop is here:
+            _wake_future(fut)
+            continue
+        # a closed loop raises RuntimeError: nobody is waiting there any more
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_wake_future, fut)
+
+
+async def park_async(
+    fut: asyncio.Future[None], timeout: float, abandoned: asyncio.Event | None
+) -> None:
+    """Wait until ``fut`` resolves, ``timeout`` seconds pass or ``abandoned`` is set.
+
+    Awaits ``fut`` itself (the timeout and ``abandoned`` resolve it), so a wake costs the
+    parked task one step of the loop, not the several of ``asyncio.wait``."""
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(timeout, _wake_future, fut)
+    watch: asyncio.Future[Any] | None = None
+    if abandoned is not None:
+        watch = asyncio.ensure_future(abandoned.wait())
+        watch.add_done_callback(lambda _: _wake_future(fut))
+    try:
+        await fut
+    finally:
+        timer.cancel()
+        if watch is not None:
+            watch.cancel()
+
+
+class LocalWakeups:
+    """``Wakeups`` within one process: a condition per recipient and asyncio futures,
+    behind one lock. ``last_id`` starts at the store's newest id."""
+
+    def __init__(self, last_id: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._conds: dict[str, threading.Condition] = {}
+        self._seq: dict[str, int] = {}
+        # bumped by notify_everyone: every recipient's sequence moves at once
+        self._epoch = 0
+        self._any = threading.Condition(self._lock)
+        self._parked: dict[str, list[_Waiter]] = {}
+        self._parked_any: list[_Waiter] = []
+        self._last_id = last_id
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._closed
+
+    def close(self) -> None:
+        """Wake everything parked; later waits return at once."""
+        with self._lock:
+            self._closed = True
+            for cond in self._conds.values():
+                cond.notify_all()
+            self._any.notify_all()
+            woken = [w for ws in self._parked.values() for w in ws] + self._parked_any
+            self._parked, self._parked_any = {}, []
+        wake_async(woken)
+
+    def notify(self, recipients: Sequence[str], last_id: int | None = None) -> None:
+        """After a commit: wake ``recipients``' parked receivers and, on a new id, every
+        follower."""
+        woken: list[_Waiter] = []
+        with self._lock:
+            for r in recipients:
+                self._seq[r] = self._seq.get(r, 0) + 1
+                cond = self._conds.get(r)
+                if cond is not None:
+                    cond.notify_all()
+                woken += self._parked.pop(r, ())
+            woken += self._new_id(last_id)
+        if woken:
+            wake_async(woken)
+
+    def notify_everyone(self, last_id: int | None = None) -> None:
+        """Wake every parked receiver and, on a new id, every follower."""
+        with self._lock:
+            self._epoch += 1
+            for cond in self._conds.values():
+                cond.notify_all()
+            woken = [w for ws in self._parked.values() for w in ws]
+            self._parked = {}
+            woken += self._new_id(last_id)
+        wake_async(woken)
+
+    def _new_id(self, last_id: int | None) -> list[_Waiter]:
+        """Record ``last_id``; the followers to wake (holding the lock)."""
+        if last_id is None or last_id <= self._last_id:
+            return []
+        self._last_id = last_id
+        self._any.notify_all()
+        woken, self._parked_any = self._parked_any, []
+        return woken
+
+    def _seq_of(self, recipient: str) -> int:
+        return self._seq.get(recipient, 0) + self._epoch
+
+    def seq(self, recipient: str) -> int | None:
+        """``recipient``'s sequence now; None once closed."""
+        with self._lock:
+            return None if self._closed else self._seq_of(recipient)
+
+    def wait(self, recipient: str, seq: int, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds while ``recipient``'s sequence is ``seq``; True
+        when it moved or the wake-ups closed."""
+        with self._lock:
+            cond = self._conds.get(recipient)
+            if cond is None:
+                cond = self._conds[recipient] = threading.Condition(self._lock)
+            if self._seq_of(recipient) == seq and not self._closed and timeout > 0:
+                cond.wait(timeout)
+            return self._seq_of(recipient) != seq or self._closed
+
+    def last_id(self) -> int:
+        """The newest message id seen."""
+        with self._lock:
+            return self._last_id
+
+    def wait_new(self, since_id: int, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until ``last_id() > since_id``; False at the
+        timeout or once closed."""
+        with self._lock:
+            if self._last_id <= since_id and not self._closed and timeout > 0:
+                self._any.wait_for(lambda: self._last_id > since_id or self._closed, timeout)
+            return self._last_id > since_id and not self._closed
+
+    def park(self, recipient: str | None, seq: int) -> asyncio.Future[None] | None:
+        """A future resolved on the next change for ``recipient`` (None: the next new
+        message); None when ``seq`` is stale or the wake-ups are closed."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                return None
+            if recipient is None:
+                if self._last_id != seq:
+                    return None
+                self._parked_any.append((loop, fut))
+            else:
+                if self._seq_of(recipient) != seq:
+                    return None
+                self._parked.setdefault(recipient, []).append((loop, fut))
+        return fut
+
+    def unpark(self, recipient: str | None, fut: asyncio.Future[None]) -> None:
+        """Forget ``fut`` if it is still parked."""
+        with self._lock:
+            waiters = self._parked_any if recipient is None else self._parked.get(recipient, [])
+            for i, (_, f) in enumerate(waiters):
+                if f is fut:
+                    del waiters[i]
+                    break
+            if recipient is not None and not waiters:
+                self._parked.pop(recipient, None)

@@ -1,0 +1,105 @@
+"""The forge worker: one thread that keeps every agent's forge side in step.
+
+Level-triggered like the reconcile loop: every ``poll_seconds`` (and at once after a
+deploy) it looks at the desired agents and
+
+- provisions an agent whose token file is missing (a deploy while the forge was down);
+- pumps each agent's unread notifications into its inbox (``HiveForge.pump``);
+- revokes the token of an agent it provisioned that is gone for good: not desired, no
+  state dir and no tombstone (``hyperhive purge`` / ``destroy --purge``).
+
+A forge that is down or refuses is logged and retried on the next tick; nothing here
+stops the controller. ``on_deploy(agent)`` runs in the pass (before the agent's harness
+starts, so ``tea`` finds its token at boot), with the client's short timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from controller import tombstones
+from controller.forge.hive import HiveForge, safe
+from controller.model import DesiredState
+from schemas.names import MANAGER
+
+log = logging.getLogger("controller.forge")
+
+
+class ForgeWorker:
+    """Runs ``HiveForge`` for the swarm: ``on_deploy`` hook, ``tick()``, ``run(stop)``."""
+
+    def __init__(
+        self,
+        hive: HiveForge,
+        desired: Callable[[], DesiredState],
+        poll_seconds: float = 15.0,
+    ) -> None:
+        self.hive = hive
+        self.desired = desired
+        self.poll_seconds = poll_seconds
+        self._wake = threading.Event()
+
+    def on_deploy(self, agent: str) -> None:
+        """Before ``agent`` (re)starts: its user and token, and a redeploy clears its
+        watches unless ``spec.forge.keepSubscriptions``. Never raises."""
+        want = self.desired().agents.get(agent)
+        if safe(f"{agent}: provisioning", lambda: self.hive.ensure(agent)) is None:
+            return
+        if want is not None:
+            version = f"{want.config_digest}:{want.build_digest}"
+            safe(f"{agent}: repo watches",
+                 lambda: self.hive.deployed(agent, version, want.manifest.forge))  # fmt: skip
+        self._wake.set()
+
+    def _gone(self, agent: str) -> bool:
+        layout = self.hive.layout
+        return not layout.agent_dir(agent).exists() and not tombstones.moved(layout, agent)
+
+    def tick(self) -> None:
+        """One round: provision what lacks a token, pump notifications, revoke the purged."""
+        desired = self.desired()
+        names = sorted(desired.agents, key=lambda n: (n != MANAGER, n))
+        for agent in names:
+            if not self.hive.layout.agent_dir(agent).exists():
+                continue  # not deployed yet: on_deploy provisions it
+            if (
+                self.hive.read_token(agent) is None
+                and safe(
+                    f"{agent}: provisioning",
+                    lambda a=agent: self.hive.ensure(a),  # type: ignore[misc]
+                )
+                is None
+            ):
+                continue
+            spec = desired.agents[agent].manifest.forge
+            got = safe(f"{agent}: notifications", lambda a=agent, s=spec: self.hive.pump(a, s))  # type: ignore[misc]
+            if got is not None and (got.delivered or got.skipped):
+                log.info("forge: %s: %d notification(s) delivered, %d skipped",
+                         agent, got.delivered, got.skipped)  # fmt: skip
+        for agent in sorted(set(self.hive.known()) - set(desired.agents)):
+            if self._gone(agent):
+                safe(f"{agent}: revoking", lambda a=agent: self.hive.revoke(a))  # type: ignore[misc]
+
+    def run(self, stop: threading.Event) -> None:
+        """``tick()`` every ``poll_seconds`` (sooner after a deploy) until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("forge: tick failed; trying again")
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+            if stop.is_set():
+                return
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        """``run(stop)`` on a daemon thread; returns it."""
+        t = threading.Thread(target=self.run, args=(stop,), name="forge", daemon=True)
+        t.start()
+        return t
+
+    def poke(self) -> None:
+        """Run the next tick now (also wakes ``run`` so a ``stop`` is seen at once)."""
+        self._wake.set()

@@ -1,0 +1,312 @@
+"""meta.git over git's smart HTTP protocol, behind the operator key.
+
+``git push`` approvals (``git tag approved/3 proposal/3 && git push``) need a
+path to ``meta.git``; on one machine it is the file system, from another
+machine it is this listener (config ``git: {listen: HOST:PORT}``, off by
+default). ``make_git_app(layout, operator_key)`` is an ASGI app that runs
+``git http-backend`` (git's own CGI program) for each request, so clone,
+fetch and push behave exactly as over ``file://``: receive-pack runs the
+repository's ``pre-receive`` hook (all-or-nothing refusal of forged refs)
+and ``post-receive`` hook (the poke that starts a pass), and their output
+reaches the pusher's terminal.
+
+Who may: the operator only. Every request needs the operator key, as
+``Authorization: Bearer <key>`` (``git -c http.extraHeader="Authorization:
+Bearer $(cat operator.key)" push``) or as the password of HTTP Basic auth
+(any user name; what git's credential helpers store). Anything else is 401
+with ``WWW-Authenticate: Basic`` (so git asks its credential helper), before
+git runs; an agent's credential is refused like any other wrong key. The
+compare is constant-time. Refusals are logged at most once per
+``REFUSAL_LOG_EVERY`` seconds.
+
+What is served: only the three smart-protocol endpoints of ``/meta.git``
+(``GET /meta.git/info/refs?service=git-upload-pack|git-receive-pack``,
+``POST /meta.git/git-upload-pack``, ``POST /meta.git/git-receive-pack``); the
+dumb protocol's file paths, other repositories and anything else are 404.
+The body (at most ``MAX_PUSH_BYTES``) is read by ``hivehttp`` before the app
+runs; git's answer is read whole, then sent (meta.git holds manifests: small).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+from controller.auth.bearer import bearer_token
+from controller.paths import Layout
+from hivehttp import LOOPBACK_HOSTS, Limits, Policy
+from hivehttp.guard import MiB, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+REPO = "meta.git"
+"""The one repository served, as its URL path names it (``http://HOST:PORT/meta.git``)."""
+
+MAX_PUSH_BYTES = 64 * MiB
+"""Largest request body (a push's pack); larger is 413 before it is read."""
+
+BACKEND_TIMEOUT = 300.0
+"""Seconds ``git http-backend`` (with the push hooks) may run for one request."""
+
+REFUSAL_LOG_EVERY = 10.0
+"""Seconds between log lines about refused credentials."""
+
+GIT_LIMITS = Limits(max_connections=64, per_client=16)
+"""Connection caps of the git listener: the operator's git, a few requests at a time."""
+
+_SERVICES = frozenset({"git-upload-pack", "git-receive-pack"})
+
+
+def git_policy(extra_hosts: frozenset[str] = frozenset()) -> Policy:
+    """The ``hivehttp`` policy of the git listener: the ``Host`` allow-list (loopback names
+    plus ``extra_hosts``), ``MAX_PUSH_BYTES`` bodies, and same-origin mutations.
+
+    Git's bodies are not JSON, so mutations are not held to JSON. git sends no
+    ``Origin`` and no ``Sec-Fetch-Site``; a browser does, so a cross-site form that
+    rides on Basic credentials a browser remembered is refused (403).
+    """
+    return Policy(
+        max_body=MAX_PUSH_BYTES,
+        body_timeout=120.0,
+        allowed_hosts=LOOPBACK_HOSTS | {h.lower() for h in extra_hosts},
+        same_origin=True,
+    )
+
+
+@dataclass(frozen=True)
+class _Cgi:
+    """What ``git http-backend`` answered: ``status``, ``headers`` and ``body``."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def presented_key(authorization: str | None) -> str | None:
+    """The secret an ``Authorization`` header presents: a bearer token, or the password of
+    HTTP Basic auth (any user name); None for anything else or a malformed header."""
+    token = bearer_token(authorization)
+    if token is not None or not authorization:
+        return token
+    scheme, _, rest = authorization.strip().partition(" ")
+    if scheme.lower() != "basic" or not rest.strip() or len(rest) > 1024:
+        return None
+    try:
+        decoded = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, sep, password = decoded.partition(":")
+    return password if sep and password else None
+
+
+def route(method: str, path: str, query: str) -> str | None:
+    """The ``PATH_INFO`` to hand ``git http-backend`` for a request, or None (404).
+
+    Only the smart protocol's endpoints of ``/meta.git`` pass: ``GET
+    /meta.git/info/refs`` with ``service=git-upload-pack|git-receive-pack``, ``POST
+    /meta.git/git-upload-pack`` and ``POST /meta.git/git-receive-pack``.
+    """
+    if method == "GET" and path == f"/{REPO}/info/refs":
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        return path if params.get("service") in _SERVICES else None
+    if method == "POST" and path.startswith(f"/{REPO}/"):
+        service = path[len(REPO) + 2 :]
+        return path if service in _SERVICES else None
+    return None
+
+
+def parse_cgi(raw: bytes) -> _Cgi:
+    """A CGI program's output (headers, a blank line, the body) as a response; ``Status:``
+    gives the status (200 without it). Raises ``ValueError`` when there is no header end."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        end = raw.find(sep)
+        if end >= 0:
+            head, body = raw[:end], raw[end + len(sep) :]
+            break
+    else:
+        raise ValueError("git http-backend wrote no end of headers")
+    status = 200
+    headers: list[tuple[bytes, bytes]] = []
+    for line in head.replace(b"\r\n", b"\n").split(b"\n"):
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if not name:
+            continue
+        if name == b"status":
+            status = int(value.split(b" ", 1)[0])
+        else:
+            headers.append((name, value))
+    return _Cgi(status, headers, body)
+
+
+class GitHttp:
+    """The ASGI app (see the module doc). ``backend`` is the ``git http-backend`` command."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        operator_key: str,
+        backend: tuple[str, ...] = ("git", "http-backend"),
+    ) -> None:
+        self.layout = layout
+        self._key = operator_key.encode()
+        self.backend = backend
+        self._refused = 0
+        self._refusal_logged = -REFUSAL_LOG_EVERY
+
+    def _note_refusal(self, peer: str, why: str) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= REFUSAL_LOG_EVERY:
+            log.warning(
+                "meta.git over HTTP: refused %d request(s) in the last %.0f s (latest from %s: %s)",
+                self._refused,
+                min(now - self._refusal_logged, 1e9),
+                peer,
+                why,
+            )
+            self._refused = 0
+            self._refusal_logged = now
+
+    def authorized(self, authorization: str | None) -> bool:
+        """True when the header presents the operator key (constant-time compare)."""
+        key = presented_key(authorization)
+        if key is None:
+            return False
+        return hmac.compare_digest(key.encode("utf-8", "replace"), self._key)
+
+    def cgi_env(self, scope: Scope, path_info: str, body_len: int) -> dict[str, str]:
+        """The CGI environment of one request: the controller's own environment (the hooks
+        run ``python -m controller.hook`` with it) plus the request's variables."""
+        client = scope.get("client")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env.update(
+            GIT_PROJECT_ROOT=str(self.layout.meta_git.parent),
+            GIT_HTTP_EXPORT_ALL="1",
+            PATH_INFO=path_info,
+            REQUEST_METHOD=scope["method"],
+            QUERY_STRING=bytes(scope.get("query_string", b"")).decode("latin-1"),
+            REMOTE_USER="operator",
+            REMOTE_ADDR=str(client[0]) if client else "",
+            CONTENT_TYPE=_header(scope, b"content-type") or "",
+            SERVER_PROTOCOL="HTTP/1.1",
+            GATEWAY_INTERFACE="CGI/1.1",
+        )
+        if scope["method"] == "POST":
+            env["CONTENT_LENGTH"] = str(body_len)
+        for name, var in ((b"content-encoding", "HTTP_CONTENT_ENCODING"),
+                          (b"git-protocol", "GIT_PROTOCOL")):  # fmt: skip
+            value = _header(scope, name)
+            if value:
+                env[var] = value
+        return env
+
+    def run_backend(self, env: dict[str, str], body: bytes) -> _Cgi:
+        """Run ``git http-backend`` once (blocking: call it off the loop); its answer, or a
+        502 when it fails or writes no headers."""
+        try:
+            proc = subprocess.run(
+                self.backend,
+                input=body,
+                env=env,
+                cwd=str(self.layout.meta_git),
+                capture_output=True,
+                timeout=BACKEND_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("git http-backend failed: %s", exc)
+            return _Cgi(502, [], b"")
+        if proc.stderr:
+            log.info("git http-backend: %s", proc.stderr.decode(errors="replace").strip()[:2000])
+        try:
+            return parse_cgi(proc.stdout)
+        except ValueError as exc:
+            log.error("git http-backend (exit %d): %s", proc.returncode, exc)
+            return _Cgi(502, [], b"")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if not self.authorized(_header(scope, b"authorization")):
+            client = scope.get("client")
+            self._note_refusal(str(client[0]) if client else "?", "not the operator key")
+            await _json(
+                send,
+                401,
+                "unauthorized",
+                "meta.git needs the operator key: 'Authorization: Bearer <key>' "
+                "(git -c http.extraHeader=...) or HTTP Basic auth with the key as password",
+                [(b"www-authenticate", b'Basic realm="hyperhive meta.git"')],
+            )
+            return
+        query = bytes(scope.get("query_string", b"")).decode("latin-1")
+        path_info = route(scope["method"], scope["path"], query)
+        if path_info is None:
+            await _json(
+                send,
+                404,
+                "not_found",
+                f"only git's smart HTTP protocol on /{REPO} is served here "
+                f"(git clone http://HOST:PORT/{REPO})",
+            )
+            return
+        body = await _read(receive)
+        cgi = await asyncio.to_thread(
+            self.run_backend, self.cgi_env(scope, path_info, len(body)), body
+        )
+        if cgi.status == 502 and not cgi.headers:
+            await _json(send, 502, "bad_gateway", "git http-backend failed; see the log")
+            return
+        headers = [(k, v) for k, v in cgi.headers if k != b"content-length"]
+        headers.append((b"content-length", str(len(cgi.body)).encode()))
+        await send({"type": "http.response.start", "status": cgi.status, "headers": headers})
+        await send({"type": "http.response.body", "body": cgi.body, "more_body": False})
+
+
+async def _read(receive: Receive) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _json(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def make_git_app(layout: Layout, operator_key: str) -> GitHttp:
+    """The meta.git smart-HTTP app for the git listener (see the module doc)."""
+    return GitHttp(layout, operator_key)

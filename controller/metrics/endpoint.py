@@ -1,0 +1,101 @@
+"""``GET /metrics`` on its own TCP listener: who may scrape, and the exposition.
+
+Where: ``metrics.host`` (default 127.0.0.1) and ``metrics.port`` of the controller config,
+nowhere else; off unless the port is set. Who: with ``metrics.token_file``, every request
+must carry ``Authorization: Bearer <that token>`` (401 otherwise, compared in constant
+time); without it the listener must be on a loopback address (the config refuses anything
+else) and also checks ``Host`` against the loopback names (403 ``bad_host``: no DNS
+rebinding from a web page). The body is ``prometheus_client``'s exposition of
+``controller.metrics.REGISTRY`` (OpenMetrics when the scraper asks for it), built off the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.asgi
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from controller.metrics.events import before_scrape
+from hivehttp import LOOPBACK_HOSTS, Listener, Policy, serve_tcp
+
+log = logging.getLogger(__name__)
+
+POLICY_BODY = 16 * 1024
+"""A scrape has no body; anything larger is refused before it is read."""
+
+
+class TokenFileError(ValueError):
+    """The token file is unreadable or empty."""
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in ``path`` (surrounding whitespace stripped).
+
+    Raises ``TokenFileError`` when it cannot be read or is empty.
+    """
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise TokenFileError(f"metrics.token_file {path}: {exc.strerror or exc}") from exc
+    if not token:
+        raise TokenFileError(f"metrics.token_file {path}: empty")
+    return token
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry, token: str | None) -> None:
+        self.registry = registry
+        self.token = token.encode() if token else None
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        if self.token is not None:
+            auth = (req.get_header("Authorization") or "").encode()
+            if not hmac.compare_digest(auth, b"Bearer " + self.token):
+                resp.status = falcon.HTTP_401
+                resp.set_header("WWW-Authenticate", 'Bearer realm="hyperhive metrics"')
+                resp.media = {
+                    "error": {
+                        "code": "unauthorized",
+                        "message": "send the token of metrics.token_file as a bearer",
+                        "field": "Authorization",
+                    }
+                }
+                return
+        encoder, content_type = choose_encoder(req.get_header("Accept") or "")
+        resp.data = await asyncio.to_thread(self._encode, encoder)
+        resp.content_type = content_type
+
+    def _encode(self, encoder: Callable[[CollectorRegistry], bytes]) -> bytes:
+        before_scrape()
+        return encoder(self.registry)
+
+
+def make_metrics_app(registry: CollectorRegistry, token: str | None) -> Any:
+    """The falcon.asgi app: ``GET /metrics`` (and nothing else: 404 JSON)."""
+    app = falcon.asgi.App()
+    app.add_route("/metrics", _Metrics(registry, token))
+    return app
+
+
+def serve_metrics(
+    registry: CollectorRegistry, host: str, port: int, token_file: Path | None
+) -> Listener:
+    """Open the metrics listener (see the module docstring).
+
+    Raises ``TokenFileError`` for a bad token file and ``OSError`` when the address is taken.
+    """
+    token = read_token(token_file) if token_file is not None else None
+    policy = Policy(
+        max_body=POLICY_BODY,
+        allowed_hosts=None if token is not None else LOOPBACK_HOSTS,
+    )
+    return serve_tcp(make_metrics_app(registry, token), host, port, policy=policy, name="metrics")

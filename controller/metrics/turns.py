@@ -1,0 +1,229 @@
+"""Turn series, read at scrape time from the turn stats every harness already records.
+
+Each harness appends one row per turn to ``<state>/agents/<a>/state/hyperhive-turn-stats.sqlite``
+(``controller.stats`` reads the same files for ``hyperhive stats``). :class:`TurnCollector`
+folds each file's rows into running sums once: a scrape ``stat``s each file and its WAL and
+reads only the rows added since the last scrape (``id > last``), so 200 agents that did
+nothing cost 400 ``stat`` calls, not 200 sqlite opens. A file that was replaced (its rows
+went backwards, or it was purged) is folded again from the start.
+
+Series (labels ``agent``, ``model``, ``outcome`` = ok / failed / cancelled /
+prompt_too_long, ``type``, ``tool``): ``hyperhive_turns_total``,
+``hyperhive_turn_duration_seconds`` (histogram), ``hyperhive_turn_tokens_total``
+(``type`` = input / output / cache_read / cache_write), ``hyperhive_turn_cost_usd_total``,
+``hyperhive_turn_compactions_total``, ``hyperhive_turn_tool_calls_total``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controller.paths import Layout
+from controller.stats import STATS_DB, TurnRecord, stats_files
+
+log = logging.getLogger(__name__)
+
+TURN_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+"""Turn durations in seconds: a short reply takes seconds, a long task half an hour."""
+TOKEN_TYPES = (
+    ("input", "input_tokens"),
+    ("output", "output_tokens"),
+    ("cache_read", "cache_read_tokens"),
+    ("cache_write", "cache_creation_tokens"),
+)
+
+
+@dataclass
+class _ModelSums:
+    """Running sums of one agent's turns on one model."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(TURN_BUCKETS) + 1))
+    duration_sum: float = 0.0
+
+
+@dataclass
+class _FileSums:
+    """Everything folded from one agent's file so far."""
+
+    key: tuple[int, ...] = ()
+    last_id: int = 0
+    models: dict[str, _ModelSums] = field(default_factory=dict)
+    tools: dict[str, int] = field(default_factory=dict)
+    compactions: int = 0
+
+    def fold(self, rec: TurnRecord, compactions: int) -> None:
+        """Add one turn."""
+        m = self.models.setdefault(rec.model, _ModelSums())
+        m.outcomes[rec.result_kind] = m.outcomes.get(rec.result_kind, 0) + 1
+        for label, attr in TOKEN_TYPES:
+            m.tokens[label] = m.tokens.get(label, 0) + int(getattr(rec, attr))
+        m.cost_usd += rec.cost_usd
+        seconds = max(0, rec.duration_ms) / 1000.0
+        m.buckets[bisect.bisect_left(TURN_BUCKETS, seconds)] += 1
+        m.duration_sum += seconds
+        for tool, n in rec.tool_breakdown.items():
+            self.tools[tool] = self.tools.get(tool, 0) + n
+        self.compactions += compactions
+
+
+def _stat_key(path: Path) -> tuple[int, ...] | None:
+    """What changes when the file gains rows: inode, size and mtime of the file and its WAL."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    try:
+        wal = os.stat(f"{path}-wal")
+        w: tuple[int, ...] = (wal.st_size, wal.st_mtime_ns)
+    except OSError:
+        w = (-1, -1)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, *w)
+
+
+def _new_rows(path: Path, agent: str, after: int) -> Iterator[tuple[int, TurnRecord, int]]:
+    """``(id, record, compactions)`` of every row with ``id > after``, oldest first."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+    try:
+        con.row_factory = sqlite3.Row
+        has = con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'turns'"
+        ).fetchone()
+        if not has:
+            return
+        for r in con.execute("SELECT * FROM turns WHERE id > ? ORDER BY id", (after,)):
+            row = dict(r)
+            comp = row.get("compactions")
+            yield (
+                int(row["id"]),
+                TurnRecord.from_row(agent, row),
+                int(comp) if isinstance(comp, int) else 0,
+            )
+    finally:
+        con.close()
+
+
+class TurnCollector(Collector):
+    """The turn series of every agent's turn-stats file under ``layout`` (see the module doc).
+
+    Thread-safe (scrapes may overlap). An unreadable file keeps its last sums and is logged.
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._lock = threading.Lock()
+        self._files: dict[str, _FileSums] = {}
+
+    def refresh(self) -> dict[str, _FileSums]:
+        """Fold what was added since the last call; returns the sums per agent."""
+        with self._lock:
+            found = stats_files(self.layout)
+            for gone in set(self._files) - set(found):
+                del self._files[gone]
+            for agent, path in found.items():
+                key = _stat_key(path)
+                sums = self._files.get(agent)
+                if key is None or (sums is not None and sums.key == key):
+                    continue
+                if sums is None or sums.key[:1] != key[:1]:
+                    sums = _FileSums()
+                try:
+                    fresh = self._fold(path, agent, sums)
+                except sqlite3.Error as exc:
+                    log.warning("metrics: cannot read turn stats %s: %s", path, exc)
+                    continue
+                fresh.key = key
+                self._files[agent] = fresh
+            return dict(self._files)
+
+    @staticmethod
+    def _fold(path: Path, agent: str, sums: _FileSums) -> _FileSums:
+        rows = list(_new_rows(path, agent, sums.last_id))
+        if not rows and sums.last_id:
+            # nothing past the last id: the same rows, or the file restarted from scratch
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+            try:
+                top = con.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
+            finally:
+                con.close()
+            if int(top) < sums.last_id:
+                sums = _FileSums()
+                rows = list(_new_rows(path, agent, 0))
+        for id_, rec, comp in rows:
+            sums.fold(rec, comp)
+            sums.last_id = max(sums.last_id, id_)
+        return sums
+
+    def describe(self) -> Iterable[Metric]:
+        """The families, without samples (the registry asks once)."""
+        return list(self._families({}))
+
+    def collect(self) -> Iterable[Metric]:
+        """The families with one sample set per agent and model."""
+        return list(self._families(self.refresh()))
+
+    @staticmethod
+    def _families(files: dict[str, _FileSums]) -> Iterator[Metric]:
+        turns = CounterMetricFamily(
+            "hyperhive_turns",
+            "Turns per agent, model and outcome.",
+            labels=["agent", "model", "outcome"],
+        )
+        duration = HistogramMetricFamily(
+            "hyperhive_turn_duration_seconds",
+            "Turn duration (claude run, compaction and retry included).",
+            labels=["agent", "model"],
+        )
+        tokens = CounterMetricFamily(
+            "hyperhive_turn_tokens",
+            "Tokens per agent, model and type (input, output, cache_read, cache_write).",
+            labels=["agent", "model", "type"],
+        )
+        cost = CounterMetricFamily(
+            "hyperhive_turn_cost_usd",
+            "Cost claude reported, in US dollars.",
+            labels=["agent", "model"],
+        )
+        compactions = CounterMetricFamily(
+            "hyperhive_turn_compactions", "Context compactions per agent.", labels=["agent"]
+        )
+        tools = CounterMetricFamily(
+            "hyperhive_turn_tool_calls", "Tool calls per agent and tool.", labels=["agent", "tool"]
+        )
+        for agent in sorted(files):
+            f = files[agent]
+            for model in sorted(f.models):
+                m = f.models[model]
+                for outcome in sorted(m.outcomes):
+                    turns.add_metric([agent, model, outcome], m.outcomes[outcome])
+                for label, _ in TOKEN_TYPES:
+                    tokens.add_metric([agent, model, label], m.tokens.get(label, 0))
+                cost.add_metric([agent, model], m.cost_usd)
+                cumulative, acc = [], 0
+                for bound, n in zip((*TURN_BUCKETS, float("inf")), m.buckets, strict=True):
+                    acc += n
+                    cumulative.append((_bound(bound), acc))
+                duration.add_metric([agent, model], cumulative, m.duration_sum)
+            compactions.add_metric([agent], f.compactions)
+            for tool in sorted(f.tools):
+                tools.add_metric([agent, tool], f.tools[tool])
+        yield from (turns, duration, tokens, cost, compactions, tools)
+
+
+def _bound(b: float) -> str:
+    return "+Inf" if b == float("inf") else repr(b)
+
+
+__all__ = ["STATS_DB", "TURN_BUCKETS", "TurnCollector"]

@@ -1,0 +1,233 @@
+"""The kubernetes runtime end to end, on the stand-in API server.
+
+A real ``hyperhive serve`` with ``runtime: kubernetes`` talks to the stand-in (a kubeconfig
+names it) and serves the agent API on TCP. The stand-in's node "schedules" each pod by
+starting the real harness as a local process (``tests/kubernetes/node.py``), with the
+pod's environment: ``HYPERHIVE_API_URL`` and the agent's credential from its Secret, its
+settings from its ConfigMap, its state on its PVC's directory, and the Messages API
+settings from the namespace's ``hyperhive-anthropic`` Secret — nothing passes from the
+controller's environment. The harnesses run the real ``claude`` CLI against the fake
+Messages API served here.
+
+The story: the manager starts as a pod; the operator asks it for alice; its turn proposes
+the spawn; the operator approves; alice runs as a StatefulSet's pod and answers a message;
+``hyperhive stop`` scales her to zero (the volume stays), ``start`` brings her back with the
+same volume, ``destroy`` keeps the volume as a tombstone, ``purge`` deletes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller.drivers.kubernetes import names
+from tests.e2e.swarm import Swarm
+from tests.fakeapi import (
+    OFFLINE_ENV,
+    FakeAnthropic,
+    Reply,
+    Request,
+    find_claude_cli,
+    reply_text,
+    reply_tool_use,
+)
+from tests.kubernetes.node import ProcessRunner
+from tests.kubernetes.standin import StandIn
+from tests.realserve import ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+CLAUDE = find_claude_cli(ROOT)
+if CLAUDE is None:
+    pytest.skip(
+        "the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)",
+        allow_module_level=True,
+    )
+
+NS = "hyperhive"
+
+
+def is_manager(req: Request) -> bool:
+    return "mcp__hyperhive__request_spawn" in req.tool_names
+
+
+def model_script(req: Request) -> Reply:
+    """The fake model: the manager proposes alice; alice answers the operator's hello."""
+    text = req.last_user_text
+    if req.tool_results:
+        return reply_text("done.")
+    if is_manager(req):
+        if "please spawn alice" in text:
+            return reply_tool_use("mcp__hyperhive__request_spawn", {"name": "alice"})
+        return reply_text("noted.")
+    if "hello alice" in text:
+        return reply_tool_use(
+            "mcp__hyperhive__send", {"to": "manager", "body": "hi manager, alice here, in a pod"}
+        )
+    return reply_text("ok.")
+
+
+def kubeconfig(path: Path, standin: StandIn) -> Path:
+    """A kubeconfig naming the stand-in, with its bearer token."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "stand-in", "cluster": {"server": standin.url}}],
+        "users": [{"name": "stand-in", "user": {"token": standin.token}}],
+        "contexts": [
+            {
+                "name": "stand-in",
+                "context": {"cluster": "stand-in", "user": "stand-in", "namespace": NS},
+            }
+        ],
+        "current-context": "stand-in",
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def anthropic_secret(api: FakeAnthropic) -> dict[str, object]:
+    """The namespace's ``hyperhive-anthropic`` Secret: how pods reach the (fake) Messages API."""
+    import base64
+
+    env = {"ANTHROPIC_BASE_URL": api.base_url, "ANTHROPIC_API_KEY": "test-key", **OFFLINE_ENV}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hyperhive-anthropic"},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in env.items()},
+    }
+
+
+@pytest.fixture
+def story(tmp_path: Path) -> Iterator[tuple[Swarm, StandIn, ProcessRunner]]:
+    api = FakeAnthropic(model_script).start()
+    holder: dict[str, StandIn] = {}
+
+    def lookup(plural: str, name: str) -> dict[str, object] | None:
+        return holder["s"].get(plural, NS, name)
+
+    runner = ProcessRunner(
+        lookup,
+        entrypoints={"hyperhive-agent": [sys.executable, "-m", "harness"]},
+        # what the agent image bakes in: python with the harness, git, the claude CLI
+        image_env={
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "PYTHONPATH": str(ROOT),
+            "HYPERHIVE_CLAUDE_BIN": str(CLAUDE),
+            "LANG": "C.UTF-8",
+        },
+    )
+    standin = holder["s"] = StandIn(runner, backoff=0.5, backoff_cap=5.0)
+    standin.start()
+    standin.create("secrets", NS, anthropic_secret(api))
+    s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=9)  # type: ignore[arg-type]
+    api_port = free_port()
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(
+        runtime="kubernetes",
+        api={"listen": f"127.0.0.1:{api_port}"},
+        kubernetes={
+            "namespace": NS,
+            "kubeconfig": str(kubeconfig(tmp_path / "kubeconfig", standin)),
+            "image": "hyperhive-agent:e2e",
+            "api_url": f"http://127.0.0.1:{api_port}",
+        },
+    )
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    try:
+        yield s, standin, runner
+    finally:
+        if s.proc is not None:
+            s.proc.kill()
+            s.proc.wait()
+        standin.stop()
+        runner.stop_all()
+        api.stop()
+        log = tmp_path / "controller.log"
+        if log.exists():
+            sys.stderr.write("---- controller log (tail) ----\n" + log.read_text()[-6000:])
+        for c in runner.started:
+            with contextlib.suppress(OSError):
+                sys.stderr.write(f"---- {c.log_path.name} (tail) ----\n{c.log()[-2000:]}")
+
+
+def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
+    story: tuple[Swarm, StandIn, ProcessRunner],
+) -> None:
+    s, standin, _runner = story
+    alice = names.base("alice")
+
+    # the manager runs as a pod whose harness reached the controller over TCP
+    s.start()
+    wait_for("the manager running", lambda: s.phase("manager") == "running", timeout=90)
+    assert standin.names("statefulsets", NS) == [names.base("manager")]
+    status = s.status()
+    assert status.get("runtime") == "kubernetes" or any(
+        a.get("name") == "manager" for a in status.get("agents", [])
+    )
+
+    # the operator asks the manager for alice; its turn proposes her; the operator approves
+    s.cli("send", "manager", "please spawn alice")
+    wait_for("proposal/1", lambda: "proposal/1" in s.tags("proposal"), timeout=120)
+    s.cli("approve", "1")
+    wait_for("alice running", lambda: s.phase("alice") == "running", timeout=120)
+    sts = standin.get("statefulsets", NS, alice)
+    assert sts is not None and sts["spec"]["replicas"] == 1
+    pod = standin.get("pods", NS, f"{alice}-0")
+    assert pod is not None
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["HYPERHIVE_API_URL"].startswith("http://127.0.0.1:")
+    assert pod["metadata"]["annotations"][names.ANN_COMMIT] == s.agent("alice")["commit"]  # type: ignore[index]
+
+    # alice answers a message: her harness, in her "pod", ran a turn and used the broker
+    s.cli("send", "alice", "hello alice")
+    wait_for(
+        "alice's message to the manager",
+        lambda: any(
+            m.get("from") == "alice" and "alice here, in a pod" in str(m.get("body"))
+            for m in s.messages()
+        ),
+        timeout=120,
+    )
+    # her journal is the pod log, read through the API
+    journal = s.admin.get("/agents/alice/journal?lines=200")["text"]
+    assert "hyperhive-agent serve: agent alice" in journal
+    assert "alice here, in a pod" in journal  # her MCP call, as the harness logged it
+    pvc_uid = standin.get("persistentvolumeclaims", NS, names.pvc("alice"))["metadata"]["uid"]  # type: ignore[index]
+
+    # suspend: scaled to zero, the pod and its process gone, the volume kept
+    s.cli("stop", "alice")
+    wait_for("alice stopped", lambda: s.phase("alice") == "stopped", timeout=60)
+    sts = standin.get("statefulsets", NS, alice)
+    assert sts is not None and sts["spec"]["replicas"] == 0
+    wait_for("alice's pod gone", lambda: standin.get("pods", NS, f"{alice}-0") is None)
+    assert standin.names("persistentvolumeclaims", NS) == sorted(
+        [names.pvc("alice"), names.pvc("manager")]
+    )
+
+    # resume: the same volume comes back
+    s.cli("start", "alice")
+    wait_for("alice running again", lambda: s.phase("alice") == "running", timeout=60)
+    pvc = standin.get("persistentvolumeclaims", NS, names.pvc("alice"))
+    assert pvc is not None and pvc["metadata"]["uid"] == pvc_uid
+
+    # destroy: every object goes but the volume, kept as a tombstone
+    s.cli("destroy", "alice")
+    wait_for("alice gone", lambda: s.agent("alice") is None, timeout=60)
+    assert standin.get("statefulsets", NS, alice) is None
+    assert standin.get("secrets", NS, alice) is None
+    pvc = standin.get("persistentvolumeclaims", NS, names.pvc("alice"))
+    assert pvc is not None and pvc["metadata"]["labels"][names.TOMBSTONE] == "true"
+
+    # purge: the volume goes too
+    s.cli("purge", "alice")
+    assert standin.get("persistentvolumeclaims", NS, names.pvc("alice")) is None
+    assert standin.names("persistentvolumeclaims", NS) == [names.pvc("manager")]
