@@ -32,9 +32,10 @@
 
       # Every .nix file of the repo but the vendored nixpkgs lib (formatted
       # upstream, used by tests/nix only), for the formatting check.
+      allNixFiles = lib.fileset.fileFilter (file: file.hasExt "nix") ./.;
       nixFiles = lib.fileset.toSource {
         root = ./.;
-        fileset = lib.fileset.difference (lib.fileset.fileFilter (file: file.hasExt "nix") ./.) ./nix/vendor;
+        fileset = lib.fileset.difference allNixFiles ./nix/vendor;
       };
     in
     {
@@ -48,6 +49,9 @@
       packages = forAllSystems (pkgs: {
         default = pkgs.hyperhive;
         hyperhive = pkgs.hyperhive;
+        # the OCI image of the kubernetes runtime (docs/kubernetes.md); claude-code is unfree,
+        # allowed for it alone by its overlay
+        image = import ./nix/image.nix { pkgs = pkgs.extend self.overlays.claude-code; };
       });
 
       nixosModules = {

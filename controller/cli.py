@@ -760,6 +760,43 @@ def _add_budget_parser(sub: Any) -> None:
     bu.set_defaults(fn=cmd_budget)
 
 
+def cmd_kube_render(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError, load_config
+    from controller.drivers.kubernetes.review import review_objects, to_yaml
+    from controller.errors import HyperhiveError
+
+    try:
+        cfg = load_config(Path(args.config) if args.config else None)
+        objects = review_objects(_layout(args), cfg, args.name, running=not args.stopped)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_ERROR) from exc
+    except HyperhiveError as exc:
+        raise CliError(str(exc), EXIT_ERROR) from exc
+    print(to_yaml(objects), end="")
+    return EXIT_OK
+
+
+def _add_kube_render_parser(sub: Any) -> None:
+    kr = sub.add_parser(
+        "kube-render",
+        help="print the Kubernetes objects the kubernetes runtime would apply for an agent",
+        description="Render, from desired state at main in <state>/meta.git, every object "
+        "the kubernetes runtime applies for NAME (PVC, Secret, ConfigMap, Service, "
+        "NetworkPolicy, StatefulSet or Sandbox) as YAML, for review: no controller or "
+        "cluster is contacted, and the Secret's credential is a placeholder (REDACTED). "
+        "See docs/kubernetes.md.",
+        epilog="examples:\n  hyperhive kube-render alice --config /etc/hyperhive/config.yaml"
+        "\n  hyperhive kube-render alice | kubectl apply --dry-run=server -f -",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kr.add_argument("name", type=agent_name, metavar="NAME", help="the agent (or manager)")
+    kr.add_argument("--config", help="controller config file (its kubernetes: section)")
+    kr.add_argument(
+        "--stopped", action="store_true", help="render it stopped (scaled to zero / Suspended)"
+    )
+    kr.set_defaults(fn=cmd_kube_render)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for ``hyperhive``."""
     p = argparse.ArgumentParser(
@@ -956,6 +993,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("-o", "--output", choices=["table", "json"], default="table")
     sa.set_defaults(fn=cmd_stats)
     _add_budget_parser(sub)
+    _add_kube_render_parser(sub)
 
     lifecycle_help = {
         "start": "start a stopped agent now (clears a hold)",

@@ -221,7 +221,8 @@ def render_settings(
          "web_port", "dashboard_url", "meta_commit", "hyperhive_version",
          "operator_pronouns"}
         (+ "turn_timeout_seconds" when the manifest sets spec.turnTimeoutSeconds,
-         + "max_budget_usd_per_turn" when it sets spec.budget.usdPerTurn)
+         + "max_budget_usd_per_turn" when it sets spec.budget.usdPerTurn,
+         + "frontend_extra": [{"key", "target"}] when it sets spec.frontend.extraFiles)
 
     A server keyed ``hyperhive`` is dropped: it would shadow the built-in surface.
     """
@@ -250,6 +251,10 @@ def render_settings(
     }
     if manifest.turn_timeout_seconds is not None:
         settings["turn_timeout_seconds"] = manifest.turn_timeout_seconds
+    if manifest.frontend.extra_files:  # the built-in UI links to them (docs/web-ui.md)
+        settings["frontend_extra"] = [
+            {"key": e.key, "target": e.target} for e in manifest.frontend.extra_files
+        ]
     if manifest.budget is not None and manifest.budget.usd_per_turn is not None:
         settings["max_budget_usd_per_turn"] = manifest.budget.usd_per_turn
     return settings

@@ -99,6 +99,8 @@ class Settings:
     """How the prompts refer to the operator (the controller's ``operator_pronouns``)."""
     max_budget_usd_per_turn: float | None = None
     """``spec.budget.usdPerTurn``: each claude run's ``--max-budget-usd`` (None: no cap)."""
+    frontend_extra: tuple[tuple[str, str], ...] = ()
+    """``spec.frontend.extraFiles`` as ``(key, target)``: the UI links to ``<target>/``."""
 
 
 def _str_list(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -197,7 +199,27 @@ def parse_settings(doc: Mapping[str, Any], *, agent: str, flavor: str) -> Settin
         turn_timeout_seconds=limit,
         operator_pronouns=pronouns,
         max_budget_usd_per_turn=float(cap) if cap is not None else None,
+        frontend_extra=_frontend_extra(doc),
     )
+
+
+_TARGET_RE = re.compile(r"^[A-Za-z0-9._~@+-]+(/[A-Za-z0-9._~@+-]+)*$")
+
+
+def _frontend_extra(doc: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    raw = doc.get("frontend_extra") or []
+    if not isinstance(raw, list):
+        raise SettingsError("frontend_extra: must be a list of {key, target}")
+    out = []
+    for e in raw:
+        key = e.get("key") if isinstance(e, dict) else None
+        target = e.get("target") if isinstance(e, dict) else None
+        if not isinstance(key, str) or not isinstance(target, str) or not key:
+            raise SettingsError("frontend_extra: every entry needs a key and a target")
+        if not _TARGET_RE.fullmatch(target) or ".." in target.split("/"):
+            raise SettingsError(f"frontend_extra: bad target {target[:80]!r}")
+        out.append((key, target))
+    return tuple(out)
 
 
 def load_settings(path: Path | None, *, agent: str, flavor: str) -> Settings:

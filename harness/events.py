@@ -458,8 +458,9 @@ class Bus:
     def set_status(
         self, status: str, detail: str = "", inbox: dict[str, int] | None = None
     ) -> None:
-        """Change the agent status (``online`` / ``needs_login`` / ``controller_unreachable``)
-        or the inbox counts; emits ``status_changed {"status", "detail", "inbox"}`` on a change."""
+        """Change the agent status (``online`` / ``needs_login`` / ``controller_unreachable`` /
+        ``budget_held``) or the inbox counts; emits ``status_changed {"status", "detail",
+        "inbox"}`` on a change."""
         with self._lock:
             new_inbox = inbox if inbox is not None else self._inbox
             if (

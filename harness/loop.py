@@ -54,7 +54,7 @@ from harness.stream import (
     Usage,
     event_json,
 )
-from harness.telemetry import Telemetry
+from harness.telemetry import Telemetry, claude_environ
 from harness.turn import ClaudeRunner, RunKind, RunResult
 from harness.turnstats import TurnRow, TurnStats
 
@@ -137,6 +137,7 @@ class TurnLoop:
         self.stats = stats
         self.models = models
         self.environ = dict(environ)
+        self.environ.update(claude_environ(env.agent, self.environ))  # Claude Code telemetry
         if client is None:  # serve passes its client; this is for a loop built on its own
             cf = env.credential_file
             client = broker_client(env.broker, read_credential(cf) if cf is not None else None)
@@ -913,6 +914,11 @@ class TurnLoop:
                 continue
             if isinstance(data.get("status"), dict):
                 self.bus.set_status(self.bus.snapshot()["status"], inbox=data["status"])
+            held = data.get("held")  # over budget: the controller holds recv (docs/budgets.md)
+            if isinstance(held, str):
+                self.bus.set_status("budget_held", held)
+            elif self.bus.snapshot()["status"] == "budget_held":
+                self.bus.set_status("online", "")
             raw = data.get("message")
             if raw is None:
                 self._maybe_compact()

@@ -55,6 +55,18 @@ def enabled(environ: Mapping[str, str]) -> bool:
     return any(environ.get(v, "").strip() for v in ENDPOINT_VARS)
 
 
+def claude_environ(agent: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """What claude's environment adds when Claude Code's own telemetry is on
+    (``CLAUDE_CODE_ENABLE_TELEMETRY=1``, set by the controller's ``otel.claude_code``): the
+    agent's name as the resource attribute ``hyperhive.agent``, so its
+    ``claude_code.token.usage`` and ``claude_code.cost.usage`` series say whose they are."""
+    if environ.get("CLAUDE_CODE_ENABLE_TELEMETRY", "") not in ("1", "true"):
+        return {}
+    attrs = environ.get("OTEL_RESOURCE_ATTRIBUTES", "").strip().strip(",")
+    mine = f"hyperhive.agent={agent}"
+    return {"OTEL_RESOURCE_ATTRIBUTES": f"{attrs},{mine}" if attrs else mine}
+
+
 class Telemetry:
     """The turn and tool spans of one harness; thread-safe (the loop thread starts and ends
     turns and feeds stream events, MCP tool threads read the current traceparent)."""

@@ -9,7 +9,8 @@ so the page and app.js only use relative URLs.
 ``GET /``                  the static page (harness/assets/index.html)
 ``GET /static/{file}``     app.js, app.css
 ``GET /api/state``         snapshot: agent, flavor, model, turn state + since, last
-                           turn, context tokens, needs_login, dashboard_url, inbox
+                           turn, context tokens, needs_login, dashboard_url, inbox,
+                           extra_files (``spec.frontend.extraFiles``: key, target)
 ``GET /events/stream``     SSE: backfill (``?backfill=N``, default 300) then live;
                            ``id:`` per event, ``Last-Event-ID`` / ``?after=ID``
                            resume, ``: heartbeat`` every 15 s
@@ -361,6 +362,7 @@ class WebApp:
             "last_event_id": snap["last_event_id"],
             "meta_commit": self.settings.meta_commit,
             "hyperhive_version": self.settings.hyperhive_version,
+            "extra_files": [{"key": k, "target": t} for k, t in self.settings.frontend_extra],
         }
 
     # -- SSE

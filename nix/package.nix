@@ -25,6 +25,7 @@ let
     ps.sdnotify
     ps.uvicorn
     ps.httptools
+    ps.lightkube
   ];
 in
 python.pkgs.buildPythonApplication {

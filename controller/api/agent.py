@@ -71,6 +71,7 @@ from controller.auth.agents import AgentCredentials
 from controller.broker import Broker
 from controller.budget.service import Budgets
 from controller.errors import Forbidden, NotFound
+from controller.metrics.tracecontext import TRACE_CONTEXTS
 from controller.ops import Lifecycle, SwarmOps
 from schemas.names import MANAGER, OPERATOR
 from schemas.wire import MANAGER_ONLY_VERBS, Message, MessageKind, rfc3339
@@ -217,6 +218,7 @@ class AgentApi:
         m = self.broker.send(
             self.identity, doc["to"], doc["body"], idempotency_key=doc.get("idempotency_key")
         )
+        TRACE_CONTEXTS.remember(m.id, doc.get("traceparent"))  # controller.metrics.tracecontext
         await _let_woken_run()
         return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
 
@@ -234,7 +236,8 @@ class AgentApi:
         m = await self.broker.recv_async(
             self.identity, wait, doc.get("lease_seconds"), abandoned=gone
         )
-        return {"message": None if m is None else m.to_json(), "status": self._status()}
+        msg = None if m is None else TRACE_CONTEXTS.message_json(m)  # with its traceparent
+        return {"message": msg, "status": self._status()}
 
     async def ack(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /ack``."""
@@ -252,11 +255,13 @@ class AgentApi:
         m = self.broker.ask(
             self.identity, doc["to"], doc["question"], idempotency_key=doc.get("idempotency_key")
         )
+        TRACE_CONTEXTS.remember(m.id, doc.get("traceparent"))
         return {"id": m.id, "thread": m.thread, "duplicate": _dup(m), "status": self._status()}
 
     async def answer(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /answer``."""
         m = self.broker.answer(self.identity, doc["thread"], doc["body"])
+        TRACE_CONTEXTS.remember(m.id, doc.get("traceparent"))
         return {"id": m.id, "thread": m.thread, "status": self._status()}
 
     async def remind(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:

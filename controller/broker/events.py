@@ -44,6 +44,16 @@ def summarize_event(event: dict[str, Any]) -> str:
             f"delivered {event.get('attempts')} times, never acked; it will not be delivered "
             "again"
         )
+    elif t in (EventType.BUDGET_WARNING, EventType.BUDGET_EXCEEDED):
+        text = f"{t}{tail}"  # the note names who, spend, limit and window (controller.budget)
+    elif t == EventType.BUDGET_EXTENDED:
+        who = "the swarm" if event.get("scope") == "swarm" else agent
+        text = (
+            f"budget extension #{event.get('grant')} for {who} by {event.get('by')}: "
+            f"+${float(event.get('usd') or 0):.4f}"
+            + (f" +{event.get('tokens')} tokens" if event.get("tokens") else "")
+            + tail
+        )
     else:
         text = str(t or "event")
     text = " ".join(text.split())

@@ -50,6 +50,9 @@ Notify = Callable[[str, dict[str, Any], str], object]
 NOTIFY_TO = ("manager", "operator")
 HOLD_TICK = 1.0
 """Seconds between two checks of a held ``recv`` (a check is two ``stat``s and a sum)."""
+HELD_ANSWER_AFTER = 15.0
+"""Seconds a held ``recv`` waits at most before it answers ``held`` (the harness shows it and
+asks again), however long its own wait."""
 SWARM_REFRESH = 1.0
 """Seconds the swarm-wide ingest of every agent's stats file is reused."""
 LIMITS_TTL = 2.0
@@ -78,6 +81,7 @@ class Budgets:
         clock: Clock = time.time,
         on_change: Callable[[], None] | None = None,
         tick: float = HOLD_TICK,
+        answer_after: float = HELD_ANSWER_AFTER,
         known: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.ledger = ledger
@@ -88,6 +92,7 @@ class Budgets:
         self.clock = clock
         self._on_change = on_change
         self.tick = tick
+        self.answer_after = answer_after
         self._known = known
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -229,21 +234,25 @@ class Budgets:
     ) -> tuple[str | None, float]:
         """Wait until ``agent`` may take a message, at most ``wait_seconds``.
 
-        Returns ``(None, seconds left of the wait)`` when it may, ``(why, 0)`` when the wait
-        ran out (or the client left) while it is still over budget. Checks run in a
-        worker thread; while held, one check per ``tick`` seconds.
+        Returns ``(None, seconds left of the wait)`` when it may, ``(why, 0)`` when it is
+        still over budget after ``answer_after`` seconds held (or the wait, if shorter) or
+        the client left: a held caller hears why within ``answer_after`` and asks again.
+        Checks run in a worker thread; while held, one check per ``tick`` seconds.
         """
         if self.unbudgeted(agent):
             return None, max(0.0, wait_seconds)
         deadline = time.monotonic() + max(0.0, wait_seconds)
+        answer_at: float | None = None
         while True:
             why = await asyncio.to_thread(self.check, agent)
-            left = deadline - time.monotonic()
+            now = time.monotonic()
             if why is None:
-                return None, max(0.0, left)
-            if left <= 0 or (abandoned is not None and abandoned.is_set()):
+                return None, max(0.0, deadline - now)
+            if answer_at is None:
+                answer_at = min(deadline, now + self.answer_after)
+            if now >= answer_at or (abandoned is not None and abandoned.is_set()):
                 return why, 0.0
-            pause = min(left, self.tick)
+            pause = min(answer_at - now, self.tick)
             if abandoned is None:
                 await asyncio.sleep(pause)
             else:

@@ -87,8 +87,10 @@ class ForgeClient:
         auth: Auth,
         body: dict[str, Any] | None = None,
         query: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
-        """``method /api/v1<path>`` → the parsed JSON answer (None for an empty body).
+        """``method /api/v1<path>`` → the parsed JSON answer (None for an empty body);
+        ``timeout`` (seconds) overrides the client's.
 
         Raises ``ForgeDown`` or ``ForgeError``."""
         target = f"{self._prefix}/api/v1{path}"
@@ -96,10 +98,11 @@ class ForgeClient:
             target += "?" + urlencode(query)
         what = f"{method} {path}"
         conn: http.client.HTTPConnection
+        wait = self.timeout if timeout is None else timeout
         if self._scheme == "https":
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout)
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=wait)
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=wait)
         headers = {"Accept": "application/json", **auth.headers()}
         data = None
         if body is not None:
@@ -125,6 +128,14 @@ class ForgeClient:
             message = doc.get("message") if isinstance(doc, dict) else None
             raise ForgeError(resp.status, str(message or raw[:200]), what)
         return doc
+
+    def alive(self, timeout: float = 3.0) -> bool:
+        """``getVersion`` answers within ``timeout`` seconds."""
+        try:
+            self.request("GET", "/version", self.admin, timeout=timeout)
+        except (ForgeDown, ForgeError):
+            return False
+        return True
 
     # ------------------------------------------------------------------ users
 

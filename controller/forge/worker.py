@@ -3,7 +3,8 @@
 Level-triggered like the reconcile loop: every ``poll_seconds`` (and at once after a
 deploy) it looks at the desired agents and
 
-- provisions an agent whose token file is missing (a deploy while the forge was down);
+- provisions an agent whose token file is missing (a deploy while the forge was down),
+  and clears the watches of an agent deployed in a new version meanwhile;
 - pumps each agent's unread notifications into its inbox (``HiveForge.pump``);
 - revokes the token of an agent it provisioned that is gone for good: not desired, no
   state dir and no tombstone (``hyperhive purge`` / ``destroy --purge``).
@@ -43,15 +44,21 @@ class ForgeWorker:
 
     def on_deploy(self, agent: str) -> None:
         """Before ``agent`` (re)starts: its user and token, and a redeploy clears its
-        watches unless ``spec.forge.keepSubscriptions``. Never raises."""
-        want = self.desired().agents.get(agent)
-        if safe(f"{agent}: provisioning", lambda: self.hive.ensure(agent)) is None:
+        watches unless ``spec.forge.keepSubscriptions``. Never raises; a forge that does
+        not answer within 3 s is left to the next tick (the deploy goes on)."""
+        self._wake.set()
+        if not self.hive.client.alive():
+            log.warning("forge: %s: the forge is not answering; provisioning later", agent)
             return
+        if safe(f"{agent}: provisioning", lambda: self.hive.ensure(agent)) is not None:
+            self._versions(agent)
+
+    def _versions(self, agent: str) -> None:
+        want = self.desired().agents.get(agent)
         if want is not None:
             version = f"{want.config_digest}:{want.build_digest}"
             safe(f"{agent}: repo watches",
                  lambda: self.hive.deployed(agent, version, want.manifest.forge))  # fmt: skip
-        self._wake.set()
 
     def _gone(self, agent: str) -> bool:
         layout = self.hive.layout
@@ -73,6 +80,7 @@ class ForgeWorker:
                 is None
             ):
                 continue
+            self._versions(agent)  # a deploy the forge missed (it was down) catches up here
             spec = desired.agents[agent].manifest.forge
             got = safe(f"{agent}: notifications", lambda a=agent, s=spec: self.hive.pump(a, s))  # type: ignore[misc]
             if got is not None and (got.delivered or got.skipped):

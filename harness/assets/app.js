@@ -432,6 +432,24 @@ function renderInbox(msgs) {
   }
 }
 
+// spec.frontend.extraFiles: links to the agent's extra pages (served sandboxed by the
+// dashboard from the meta repo; relative, so they stay under /agents/<name>/)
+function renderExtraLinks(extra) {
+  const box = $("extra-links");
+  const want = extra.map((e) => `${e.key}:${e.target}`).join(" ");
+  if (box.dataset.shown === want) return;
+  box.dataset.shown = want;
+  box.replaceChildren();
+  for (const e of extra) {
+    const a = el("a", "link", `${e.key} ↗`);
+    a.href = `${e.target}/`;
+    a.target = "_blank";
+    a.rel = "noopener";
+    box.appendChild(a);
+  }
+  box.hidden = extra.length === 0;
+}
+
 async function refreshState() {
   try {
     const r = await fetch("api/state");
@@ -444,6 +462,7 @@ async function refreshState() {
       a.href = s.dashboard_url;
       a.hidden = false;
     }
+    renderExtraLinks(s.extra_files || []);
     setModel(s.model, s.model_override ? s.settings_model : null);
     setUsage(s.usage);
     setLastTurn(s.last_turn_ms);

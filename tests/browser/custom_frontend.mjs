@@ -18,8 +18,11 @@ try {
   page.on('request', (r) => seen.requests.push(new URL(r.url()).pathname));
   await page.goto(loginUrl);
 
-  // alice: an extraFiles bundle, opened as the operator does (a link under her UI)
-  const resp = await page.goto(`${base}/agents/alice/game/`);
+  // alice: an extraFiles bundle, opened as the operator does: the link in her built-in UI
+  await page.goto(`${base}/agents/alice/`);
+  await page.waitForSelector('#extra-links a', { timeout: 15000 });
+  seen.extraLinks = await page.$$eval('#extra-links a', (as) => as.map((a) => [a.textContent, a.href]));
+  const resp = await page.goto(seen.extraLinks[0][1]);
   seen.gameStatus = resp.status();
   seen.gameUrl = new URL(page.url()).pathname;
   await page.waitForFunction(() => document.getElementById('report')?.textContent, null,

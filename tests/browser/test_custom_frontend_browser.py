@@ -5,7 +5,8 @@ alice's ``extraFiles`` game and bob's ``frontend.dist`` UI. The dashboard (over 
 fakes, bob's agent UI a stand-in on a unix socket) serves them from the meta repo at main.
 ``tests/browser/custom_frontend.mjs`` logs in and opens both:
 
-- alice's game runs its script and loads its image from ``/agents/alice/files/<cap>/game/``,
+- alice's built-in UI links to her game (``extra_files`` in her ``api/state``); the game
+  runs its script and loads its image from ``/agents/alice/files/<cap>/game/``,
   in an opaque origin: no cookie, no storage, the dashboard's API refused;
 - bob's UI is framed by the controller's shell, sandboxed; through the bridge it reads his
   ``api/state``, posts ``api/send`` (which reaches his socket without the operator's
@@ -63,10 +64,24 @@ def test_custom_frontends_in_chromium(tmp_path: Path) -> None:
         web_sock=lambda name: tmp_path / f"{name}.sock", stop=stop,
         frontend=FrontendFiles(meta.path, meta.desired),
     )  # fmt: skip
+
+    class AliceUi(fakes.FakeAgentUi):  # type: ignore[name-defined,misc]
+        """alice's UI as the harness renders her settings: with her extra files."""
+
+        async def on_get(self, req: Any, resp: Any, what: str) -> None:
+            await super().on_get(req, resp, what)
+            if what == "state":
+                resp.media = {**resp.media, "extra_files": [{"key": "game", "target": "game"}]}
+
+    alice_ui = AliceUi("alice")
     bob_ui = fakes.FakeAgentUi("bob")
     bob_ui.push('{"kind": "turn_end", "n": 1}')
     shot = tmp_path / "custom-game.png"
-    with fakes.serve_agent_ui(bob_ui, tmp_path / "bob.sock"), fakes.serve(app) as base:
+    with (
+        fakes.serve_agent_ui(alice_ui, tmp_path / "alice.sock"),
+        fakes.serve_agent_ui(bob_ui, tmp_path / "bob.sock"),
+        fakes.serve(app) as base,
+    ):
         login = f"{base}/login?token={tokens.issue().token}"
         try:
             proc = subprocess.run(["node", str(SCRIPT), base, login, str(shot)], cwd=ROOT,
@@ -78,7 +93,8 @@ def test_custom_frontends_in_chromium(tmp_path: Path) -> None:
     assert "fatal" not in seen, seen["fatal"]
     assert seen["errors"] == []
 
-    # alice's extraFiles: served and run, sandboxed
+    # alice's extraFiles: linked from her built-in UI, served and run, sandboxed
+    assert seen["extraLinks"] == [["game ↗", f"{base}/agents/alice/game/"]]
     assert seen["gameStatus"] == 200
     assert seen["gameUrl"].startswith("/agents/alice/files/")
     assert seen["gameUrl"].endswith("/game/")

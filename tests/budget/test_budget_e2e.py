@@ -236,6 +236,13 @@ def test_budget_holds_extends_and_resumes(swarm: Swarm) -> None:
     assert dash_row["held"] and dash_row["level"] == "exceeded"
     bad = web.post("/api/budget/allow", {"agent": "alice", "usd": -1})
     assert bad.status == 400 and bad.json()["error"]["field"] == "usd", bad.text
+    # her own web UI says so too: a held recv answers why within 15 s
+    ui = wait_for(
+        "alice's UI showing the hold",
+        lambda: (st := web.get("/agents/alice/api/state").json())["status"] == "budget_held" and st,
+        timeout=60,
+    )
+    assert f"${limit:.4f}" in ui["status_detail"], ui
 
     # an extension of what task three overspent plus one turn lets exactly one turn through
     out = s.cli("budget", "alice", "--allow", f"{third:.6f}", "--note", "one more").stdout
@@ -256,3 +263,4 @@ def test_budget_holds_extends_and_resumes(swarm: Swarm) -> None:
     assert unread(s) == 0
     today = alice(s)
     assert today["window"] != row["window"] and today["spent_usd"] == 0, today
+    assert web.get("/agents/alice/api/state").json()["status"] == "online"

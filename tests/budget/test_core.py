@@ -173,3 +173,15 @@ def test_usd_per_turn_reaches_claude_argv() -> None:
     assert not any(a.startswith("--max-budget-usd") for a in plain)
     with pytest.raises(SettingsError):
         parse_settings({**doc, "max_budget_usd_per_turn": 0}, agent="alice", flavor="agent")
+
+
+def test_event_bodies_say_who_and_how_much() -> None:
+    from controller.broker import summarize_event
+
+    lim = Limits(usd_per_day=1.0)
+    body = summarize_event(notice_event(NOTICE_EXCEEDED, assess("alice", lim, Spend(1.5), W)))
+    assert body.startswith("BudgetExceeded: alice spent $1.5000 of $1.0000 on UTC day")
+    ext = {"type": "BudgetExtended", "scope": "agent", "agent": "alice", "window": W.key,
+           "grant": 3, "usd": 0.5, "tokens": 0, "by": "operator", "note": "release"}  # fmt: skip
+    validate(ext, "events")
+    assert summarize_event(ext) == "budget extension #3 for alice by operator: +$0.5000: release"

@@ -251,3 +251,29 @@ def test_worker_provisions_pumps_and_revokes_after_purge(
     assert standin.user_tokens("alice") == []
     assert "alice" in standin.users
     assert "alice" not in hive.known()
+
+
+def test_a_deploy_while_the_forge_is_down_catches_up_on_the_next_tick(
+    tmp_path: Path, standin: StandinForgejo, broker: Broker
+) -> None:
+    hive = make_hive(tmp_path, standin, broker)
+    want = {"d": desired("alice")}
+    worker = ForgeWorker(hive, lambda: want["d"], poll_seconds=1)
+    hive.layout.agent_dir("alice").mkdir(parents=True)
+    standin.down = True
+    worker.on_deploy("alice")  # the deploy goes on without a token
+    assert hive.read_token("alice") is None
+    standin.down = False
+    worker.tick()
+    assert hive.read_token("alice") is not None
+    standin.watch("alice", "carol/site")
+    worker.tick()  # same version: the watch stays
+    assert standin.watches["alice"] == {"carol/site"}
+    # a new version deployed while the forge was down: the next tick clears the watches
+    standin.down = True
+    want["d"] = DesiredState("c2", {"alice": DesiredAgent(
+        "alice", AgentManifest(name="alice"), "c2", "cfg-alice-2", "build")}, "0")  # fmt: skip
+    worker.on_deploy("alice")
+    standin.down = False
+    worker.tick()
+    assert standin.watches["alice"] == set()

@@ -55,7 +55,7 @@ def test_create_runs_the_agent_with_its_objects(
     # the swarm reads the deployed settings from the state dir, as on the other runtimes
     assert json.loads(layout.agent_settings("alice").read_text()) == d.settings
     detail = wait_phase(driver, "alice", Phase.RUNNING)
-    assert "image hyperhive-agent:latest" in detail
+    assert "image hyperhive:latest" in detail
     seen = driver.observe()["alice"]
     assert (seen.commit, seen.config_digest, seen.build_digest) == ("c0ffee", "c1", "b1")
     assert seen.hyperhive_version == "0.1.0"
@@ -224,7 +224,7 @@ def test_start_of_an_agent_never_deployed_is_permanent(driver: KubernetesDriver)
 def test_journal_reads_the_pod_log(driver: KubernetesDriver) -> None:
     driver.create(deployment("alice"), lambda _: None)
     wait_phase(driver, "alice", Phase.RUNNING)
-    assert "started hyperhive-agent:latest" in driver.journal("alice", "hyperhive-agent.service", 5)
+    assert "started hyperhive:latest" in driver.journal("alice", "hyperhive-agent.service", 5)
     with pytest.raises(Invalid):
         driver.journal("alice", "sshd.service")
     with pytest.raises(Invalid):

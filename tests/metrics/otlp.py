@@ -2,8 +2,9 @@
 
 Shaped after the OTLP/HTTP spec: ``POST /v1/traces`` (``ExportTraceServiceRequest``),
 ``/v1/metrics`` and ``/v1/logs``, protobuf bodies (``Content-Type:
-application/x-protobuf``, gzip when ``Content-Encoding: gzip``), answered with an empty
-export response. Bodies are decoded with ``opentelemetry-proto``; a test reads the spans
+application/x-protobuf``) or their JSON mapping (``application/json``), gzip when
+``Content-Encoding: gzip``, plain or chunked, answered with an empty export response in
+the same encoding. Bodies are decoded with ``opentelemetry-proto``; a test reads the spans
 (flattened, with their resource attributes) and the metric and log names.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -77,6 +79,7 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self.received = Received()
+        self.errors: list[str] = []
         self.lock = threading.Lock()
         receiver = self
 
@@ -84,14 +87,28 @@ class OtlpReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def _body(self) -> bytes:
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    parts = []  # node's exporters (Claude Code's) stream chunked bodies
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
             def do_POST(self) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n)
+                body = self._body()
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
+                as_json = (self.headers.get("Content-Type") or "").startswith("application/json")
                 try:
-                    reply = receiver.take(self.path, body)
+                    reply = receiver.take(self.path, body, as_json)
                 except Exception as exc:  # a bad body is the exporter's bug: say so
+                    receiver.errors.append(f"{self.path}: {exc!r} {self.headers.items()}")
                     self.send_response(400)
                     self.end_headers()
                     self.wfile.write(str(exc).encode())
@@ -101,7 +118,8 @@ class OtlpReceiver:
                     self.end_headers()
                     return
                 self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
+                ctype = "application/json" if as_json else "application/x-protobuf"
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
@@ -121,12 +139,21 @@ class OtlpReceiver:
         self.server.shutdown()
         self.server.server_close()
 
-    def take(self, path: str, body: bytes) -> bytes | None:
+    def take(self, path: str, body: bytes, as_json: bool = False) -> bytes | None:
         """Decode one export request; the serialized response, or None for an unknown path."""
         with self.lock:
             self.received.posts[path] = self.received.posts.get(path, 0) + 1
+
+        def decode(cls: Any) -> Any:
+            if as_json:
+                return json_format.Parse(body, cls(), ignore_unknown_fields=True)
+            return cls.FromString(body)
+
+        def encode(msg: Any) -> bytes:
+            return json_format.MessageToJson(msg).encode() if as_json else msg.SerializeToString()
+
         if path == "/v1/traces":
-            req = ExportTraceServiceRequest.FromString(body)
+            req = decode(ExportTraceServiceRequest)
             spans = []
             for rs in req.resource_spans:
                 resource = _attrs(rs.resource.attributes)
@@ -147,24 +174,24 @@ class OtlpReceiver:
                         )
             with self.lock:
                 self.received.spans.extend(spans)
-            return ExportTraceServiceResponse().SerializeToString()
+            return encode(ExportTraceServiceResponse())
         if path == "/v1/metrics":
-            mreq = ExportMetricsServiceRequest.FromString(body)
+            mreq = decode(ExportMetricsServiceRequest)
             with self.lock:
                 for rm in mreq.resource_metrics:
                     self.received.metric_resources.append(_attrs(rm.resource.attributes))
                     for sm in rm.scope_metrics:
                         self.received.metric_names.update(m.name for m in sm.metrics)
-            return ExportMetricsServiceResponse().SerializeToString()
+            return encode(ExportMetricsServiceResponse())
         if path == "/v1/logs":
-            lreq = ExportLogsServiceRequest.FromString(body)
+            lreq = decode(ExportLogsServiceRequest)
             with self.lock:
                 for rl in lreq.resource_logs:
                     for sl in rl.scope_logs:
                         for rec in sl.log_records:
                             name = rec.event_name or str(_attrs(rec.attributes).get("event.name"))
                             self.received.log_names.add(name)
-            return ExportLogsServiceResponse().SerializeToString()
+            return encode(ExportLogsServiceResponse())
         return None
 
     def spans(self) -> list[Span]:

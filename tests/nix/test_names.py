@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from schemas.names import (
+    AGENT_NAME_PATTERN,
     AGENT_NAME_RE,
     MANAGER,
     OPERATOR,
@@ -31,6 +32,7 @@ from schemas.names import (
     is_agent_name,
     nix_names_json,
 )
+from schemas.names import RESERVED as RESERVED_NAMES
 from tests.nix.nixeval import (
     ROOT,
     VENDORED_LIB,
@@ -89,6 +91,7 @@ TABLE = [*GOOD, *BAD, MANAGER]
 
 
 def test_table_is_what_it_says() -> None:
+    assert set(RESERVED) == RESERVED_NAMES - {MANAGER}  # every reserved name is in the table
     for name in GOOD:
         assert check_agent_name(name) == name
         assert is_agent_name(name)
@@ -217,6 +220,19 @@ def test_every_valid_name_makes_a_valid_hostname(nix_verdicts: list[dict[str, An
             assert got["hostName"], f"{container_name(name)!r} is not a NixOS hostName"
     # the defect the rule closes: web- passed the old rule, h-web- fails NixOS
     assert not nix_verdicts[TABLE.index("web-")]["hostName"]
+
+
+def test_docs_spell_the_rule() -> None:
+    """docs/conventions.md (the naming table) and docs/deploy.md (the option table)."""
+    anchored = f"`^{AGENT_NAME_PATTERN}$`"
+    conventions = (ROOT / "docs" / "conventions.md").read_text()
+    [row] = [line for line in conventions.splitlines() if line.startswith("| agent name |")]
+    assert anchored in row
+    listed = re.findall(r"`([a-z]+)`", row.split("not ", 1)[1].split("|")[0])
+    assert sorted(listed) == sorted(RESERVED_NAMES)
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    [row] = [line for line in deploy.splitlines() if line.startswith("| `hyperhive.agent.name` |")]
+    assert anchored in row
 
 
 def test_the_old_rule_is_spelled_nowhere() -> None:

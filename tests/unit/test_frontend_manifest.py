@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from controller.forge.notify import Facts, classify, mentions
-from controller.manifest import ManifestInvalid, parse_manifest
+from controller.manifest import ManifestInvalid, parse_manifest, render_settings
 from controller.model import AgentManifest, ExtraFiles
+from harness.config import SettingsError, load_settings
 
 HEAD = "apiVersion: hyperhive/v1\nkind: Agent\nmetadata: {name: alice}\nspec:\n"
 
@@ -77,3 +81,20 @@ def test_mentions_and_reasons() -> None:
     )
     assert classify("alice", Facts(author="bob", commenters=("alice",))) == "participating"
     assert classify("alice", Facts(author="bob")) == "subscribed"
+
+
+def test_extra_files_reach_the_harness_settings(tmp_path: Path) -> None:
+    m = parse("  frontend:\n    extraFiles:\n      game: {source: game-dist}\n")
+    settings = render_settings(m, web_port=8100, dashboard_url="http://x", meta_commit="c",
+                               hyperhive_version="0")  # fmt: skip
+    assert settings["frontend_extra"] == [{"key": "game", "target": "game"}]
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(settings))
+    assert load_settings(path, agent="alice", flavor="agent").frontend_extra == (("game", "game"),)
+    settings["frontend_extra"] = [{"key": "x", "target": "../up"}]
+    path.write_text(json.dumps(settings))
+    with pytest.raises(SettingsError, match="bad target"):
+        load_settings(path, agent="alice", flavor="agent")
+    plain = render_settings(parse("  model: haiku\n"), web_port=8100, dashboard_url="http://x",
+                            meta_commit="c", hyperhive_version="0")  # fmt: skip
+    assert "frontend_extra" not in plain

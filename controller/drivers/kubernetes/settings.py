@@ -59,7 +59,7 @@ class KubeSettings:
     """
 
     namespace: str = "hyperhive"
-    image: str = "hyperhive-agent:latest"
+    image: str = "hyperhive:latest"
     image_pull_policy: str = "IfNotPresent"
     workload: Workload = Workload.STATEFULSET
     api_url: str = "http://hyperhive-controller.hyperhive.svc:7100"

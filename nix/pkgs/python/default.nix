@@ -13,4 +13,7 @@ final: prev: {
   httpx2 = final.callPackage ./httpx2.nix { };
   mcp-types = final.callPackage ./mcp-types.nix { };
   mcp = final.callPackage ./mcp.nix { };
+  # the kubernetes runtime's client (docs/kubernetes.md)
+  lightkube-models = final.callPackage ./lightkube-models.nix { };
+  lightkube = final.callPackage ./lightkube.nix { };
 }

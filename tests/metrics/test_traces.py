@@ -1,0 +1,178 @@
+"""OpenTelemetry traces end to end, into an OTLP/HTTP collector stand-in served here.
+
+A real ``hyperhive serve`` runs real harnesses (the real ``claude`` CLI against the fake
+Messages API) with ``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing at ``tests.metrics.otlp``,
+which decodes the protobuf exports with ``opentelemetry-proto``. The operator asks the
+manager to spawn bob and approves; then asks the manager to greet bob: the manager's turn
+calls ``mcp__hyperhive__send``, and bob's turn wakes on that message. The test finds the
+manager's ``invoke_agent`` span with its GenAI attributes, the ``execute_tool`` child of the
+send, bob's ``invoke_agent`` span in the same trace as a child of that tool call, the
+controller's ``reconcile`` span with the ``create bob`` deploy under it, and, with
+``otel.claude_code`` on, Claude Code's own metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.swarm import Swarm
+from tests.fakeapi import FakeAnthropic, Reply, Request, find_claude_cli, reply_text, reply_tool_use
+from tests.metrics.otlp import OtlpReceiver, Span
+from tests.realserve import ROOT, wait_for
+
+pytestmark = pytest.mark.e2e
+
+CLAUDE = find_claude_cli(ROOT)
+if CLAUDE is None:
+    pytest.skip(
+        "the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)",
+        allow_module_level=True,
+    )
+
+
+def is_manager(req: Request) -> bool:
+    return "mcp__hyperhive__request_spawn" in req.tool_names
+
+
+def model(req: Request) -> Reply:
+    text = req.last_user_text
+    if req.tool_results:
+        return reply_text("done.")
+    if is_manager(req):
+        if "please spawn bob" in text:
+            return reply_tool_use("mcp__hyperhive__request_spawn", {"name": "bob"})
+        if "greet bob" in text:
+            return reply_tool_use("mcp__hyperhive__send", {"to": "bob", "body": "hello bob"})
+        return reply_text("noted.")
+    return reply_text("hi.")
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture
+def swarm(tmp_path: Path, otlp: OtlpReceiver) -> Iterator[Swarm]:
+    api = FakeAnthropic(model).start()
+    s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=9)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["otel"] = {"endpoint": otlp.endpoint, "claude_code": True}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    # export within a fraction of a second, not the SDKs' default 5 s / 60 s
+    s.env.update(
+        {
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+            "OTEL_LOGS_EXPORT_INTERVAL": "1000",
+        }
+    )
+    try:
+        yield s
+    finally:
+        if s.proc is not None:
+            s.proc.kill()
+            s.proc.wait()
+        for pids in s.harness_procs().values():
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+        api.stop()
+        log = tmp_path / "controller.log"
+        if log.exists():
+            sys.stderr.write("---- controller log (tail) ----\n" + log.read_text()[-6000:])
+
+
+def one(spans: list[Span], what: str) -> Span:
+    assert len(spans) == 1, (what, spans)
+    return spans[0]
+
+
+def test_a_request_is_one_trace_across_agents(swarm: Swarm, otlp: OtlpReceiver) -> None:
+    s = swarm
+    s.start()
+    wait_for("the manager running", lambda: s.phase("manager") == "running")
+    s.cli("send", "manager", "please spawn bob")
+    wait_for("proposal/1", lambda: json.loads(s.cli("pending", "-o", "json").stdout))
+    s.cli("approve", "1")
+    wait_for("bob running", lambda: s.phase("bob") == "running", timeout=90)
+
+    s.cli("send", "manager", "please greet bob")
+
+    def bobs_turn() -> Span | None:
+        for sp in otlp.spans():
+            if sp.name == "invoke_agent bob" and sp.attributes.get("hyperhive.message.from") == (
+                "manager"
+            ):
+                return sp
+        return None
+
+    bob = wait_for("bob's turn span", bobs_turn, timeout=90, interval=0.2)
+    spans = otlp.spans()
+    by_id = {sp.span_id: sp for sp in spans}
+
+    # bob's turn continues the manager's trace, as a child of the manager's send
+    send = by_id[bob.parent_span_id]
+    assert send.name == "execute_tool mcp__hyperhive__send"
+    assert send.trace_id == bob.trace_id
+    assert send.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert send.attributes["gen_ai.tool.name"] == "mcp__hyperhive__send"
+    assert send.attributes["gen_ai.tool.call.id"].startswith("toolu_")
+    assert send.start_ns <= bob.start_ns
+    mgr = by_id[send.parent_span_id]
+    assert mgr.name == "invoke_agent manager"
+    assert mgr.trace_id == bob.trace_id
+    assert mgr.parent_span_id == ""  # the operator's message started the trace
+    assert mgr.start_ns <= send.start_ns <= send.end_ns <= mgr.end_ns
+
+    # the GenAI attributes of a turn
+    for turn, agent in ((mgr, "manager"), (bob, "bob")):
+        a = turn.attributes
+        assert a["gen_ai.operation.name"] == "invoke_agent"
+        assert a["gen_ai.provider.name"] == "anthropic"
+        assert a["gen_ai.agent.name"] == agent
+        assert a["gen_ai.request.model"] == "claude-test"
+        assert a["gen_ai.usage.input_tokens"] > 0
+        assert a["gen_ai.usage.output_tokens"] > 0
+        assert "gen_ai.usage.cache_read.input_tokens" in a
+        assert a["gen_ai.conversation.id"]
+        assert a["hyperhive.turn.outcome"] == "ok"
+        assert turn.resource["service.name"] == "hyperhive-agent"
+        assert turn.resource["hyperhive.agent"] == agent
+    # the manager's turn had exactly one tool call
+    tools = [sp for sp in spans if sp.parent_span_id == mgr.span_id]
+    assert [t.name for t in tools] == ["execute_tool mcp__hyperhive__send"]
+    # bob's turn asked the figures of the message that woke it
+    assert bob.attributes["hyperhive.message.kind"] == "message"
+
+    # the controller: the pass that deployed bob, with the deploy as its child
+    create = one([sp for sp in spans if sp.name == "create bob"], "create bob")
+    passes = [sp for sp in spans if sp.span_id == create.parent_span_id]
+    assert [p.name for p in passes] == ["reconcile"]
+    assert passes[0].attributes["hyperhive.reconcile.trigger"] == "approval"
+    assert passes[0].resource["service.name"] == "hyperhive"
+    assert create.attributes["hyperhive.agent"] == "bob"
+
+    # Claude Code's own telemetry, turned on by otel.claude_code, reached the same endpoint,
+    # each series naming its agent
+    wait_for(
+        "claude code's metrics",
+        lambda: "claude_code.token.usage" in otlp.received.metric_names,
+        timeout=30,
+    )
+    assert "claude_code.cost.usage" in otlp.received.metric_names
+    agents = {r.get("hyperhive.agent") for r in otlp.received.metric_resources}
+    assert {"manager", "bob"} <= agents, agents
+    assert "api_request" in otlp.received.log_names
