@@ -145,6 +145,8 @@ class TurnLoop:
         self.runner = runner or ClaudeRunner()
         self.python = python
         self.mcp_config_path = env.state_dir / "hyperhive-mcp.json"
+        #: the last reason the controller could not be reached (logged with the outage)
+        self.unreachable_because = ""
         #: the harness-served MCP tools (serve sets it); None: claude starts the stdio server
         self.mcp: McpEndpoint | None = None
         self._stop = threading.Event()
@@ -866,6 +868,8 @@ class TurnLoop:
             )
         except Unreachable as exc:
             log.debug("recv: %s", exc)
+            # why, for the outage's warning: over TCP it may be TLS (an untrusted certificate)
+            self.unreachable_because = str(exc.__cause__ or exc)
             return None, False
         return (data if isinstance(data, dict) else None), True
 
@@ -897,7 +901,12 @@ class TurnLoop:
                 if not outage:
                     where = self.env.broker.target
                     kind = "API" if self.env.api_url else "socket"
-                    log.warning("controller %s %s unreachable; retrying with backoff", kind, where)
+                    log.warning(
+                        "controller %s %s unreachable (%s); retrying with backoff",
+                        kind,
+                        where,
+                        self.unreachable_because,
+                    )
                     self.bus.set_status("controller_unreachable", f"{kind} {where} unreachable")
                     outage = True
                 self._sleep(delay)
