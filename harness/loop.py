@@ -44,8 +44,10 @@ from harness.events import Bus, TurnState
 from harness.login import LoginBusy, LoginSession, LoginSnapshot, LoginState
 from harness.model import ModelStore
 from harness.plugins import COMMAND_TIMEOUT, Outcome, failure_report, install_all
+from harness.report import Credentials, Reporter
 from harness.stream import (
     LIVE_ONLY_KINDS,
+    MessageStart,
     StreamEvent,
     SystemEvent,
     TextDelta,
@@ -160,6 +162,8 @@ class TurnLoop:
         self.turn_timeout = turn_timeout(env, settings)
         self.last_timings = Timings()
         self.on_turn_recorded: Callable[[TurnRow, Timings], None] | None = None
+        #: the report to the controller (serve sets it; :mod:`harness.report`)
+        self.reporter: Reporter | None = None
         #: OpenTelemetry turn and tool spans (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set)
         self.telemetry = Telemetry.from_environ(env.agent, self.environ)
         # login
@@ -346,6 +350,11 @@ class TurnLoop:
     def _pump(self, turn: int | None) -> Callable[[StreamEvent], None]:
         def on_event(ev: StreamEvent) -> None:
             self._progress = time.monotonic()
+            if self.reporter is not None:
+                if isinstance(ev, SystemEvent) and ev.subtype == "api_retry":
+                    self.reporter.api_retry(ev.data)  # the controller hears of it at once
+                elif isinstance(ev, MessageStart):
+                    self.reporter.api_answered()
             self.telemetry.on_event(ev)
             if isinstance(ev, TextDelta):
                 self.bus.text_delta(turn, ev.index, ev.text)
@@ -487,6 +496,8 @@ class TurnLoop:
         )
         self.telemetry.turn_started(msg, model, turn)
         self.bus.set_state(TurnState.THINKING, turn)
+        if self.reporter is not None:
+            self.reporter.turn_started(turn)
         prompt = prompts.wake_prompt(
             msg,
             agent=self.env.agent,
@@ -555,6 +566,9 @@ class TurnLoop:
         ):
             self._rejected = login.fingerprint(self.environ, self.env.config_dir)
             log.error("claude's credentials were rejected (401); waiting for a new login")
+        if self.reporter is not None:
+            api_status = final.result.api_error_status if final and final.result else None
+            self.reporter.turn_ended(turn, str(kind), unreached, note, api_status)
 
         usage = sum((r.usage for r in runs), Usage())
         tools: Counter[str] = Counter()
@@ -714,6 +728,17 @@ class TurnLoop:
     def credentials_changed(self) -> None:
         """Wake a loop waiting for credentials so it re-checks now."""
         self._creds_changed.set()
+        if self.reporter is not None:
+            self.reporter.poke()
+
+    def credential_report(self) -> Credentials:
+        """Whether claude can authenticate now, how, and whether the API rejected the
+        credentials it has (for :mod:`harness.report`; changes nothing)."""
+        source = login.credential_source(self.environ, self.env.config_dir)
+        rejected = self._rejected is not None and (
+            login.fingerprint(self.environ, self.env.config_dir) == self._rejected
+        )
+        return Credentials(source is not None, source or "", rejected)
 
     def login_state(self) -> dict[str, Any]:
         """``{"needs_login", "reason", "source", "stored", "stored_hint", "session"}`` for
