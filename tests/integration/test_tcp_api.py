@@ -414,3 +414,42 @@ def test_git_serves_only_meta_git(hive: Hive, tmp_path: Path) -> None:
         with pytest.raises(ApiError) as e:
             conn.get(path)
         assert e.value.status == 404, path
+
+
+def test_a_harness_that_does_not_trust_the_certificate_says_why(hive: Hive, tmp_path: Path) -> None:
+    """Without ``HYPERHIVE_API_CA`` the self-signed certificate is not trusted: the harness
+    keeps retrying and its log names the reason, not only the address."""
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "HYPERHIVE_AGENT": "bob",
+        "HYPERHIVE_API_URL": hive.url,
+        "HYPERHIVE_SOCKET": str(tmp_path / "none" / "mcp.sock"),
+        "HYPERHIVE_WEB_SOCKET": str(tmp_path / "web.sock"),
+        "HYPERHIVE_CREDENTIAL_FILE": str(hive.layout.agent_credential("bob")),
+        "HYPERHIVE_STATE_DIR": str(state),
+        "HYPERHIVE_CLAUDE_BIN": "/bin/false",
+        "SSL_CERT_FILE": "/nonexistent",  # no system CA can vouch for it either
+        "ANTHROPIC_API_KEY": "test-key",  # "logged in": the loop goes on to its recv
+        "PYTHONPATH": str(ROOT),
+    }
+    log_path = tmp_path / "harness.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness", "serve"], env=env, cwd=state,
+                                stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    try:
+        wait_for(
+            "the outage warning",
+            lambda: "certificate verify failed" in log_path.read_text(errors="replace").lower(),
+            timeout=30,
+        )
+        text = log_path.read_text(errors="replace")
+        assert f"controller API {hive.url} unreachable" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
