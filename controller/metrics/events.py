@@ -16,11 +16,21 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from schemas.wire import Message
 
@@ -141,6 +151,14 @@ class EventMetrics:
             buckets=HTTP_BUCKETS,
             registry=registry,
         )
+        self._parked = 0
+        self.parked = Gauge(
+            "hyperhive_broker_parked_long_polls",
+            "recv requests inside an agent or manager socket now: parked long polls (a recv "
+            "that finds mail returns at once).",
+            registry=registry,
+        )
+        self.parked.set_function(lambda: float(self._parked))
         self.http_in_flight = Gauge(
             "hyperhive_http_requests_in_flight",
             "Requests inside their app now (parked long polls and open streams included).",
@@ -204,14 +222,22 @@ class EventMetrics:
     def request_started(self, surface: str, route: str) -> None:
         """A request entered ``surface``'s app."""
         self.http_in_flight.labels(surface, route).inc()
+        if route == "/recv" and surface in ("agent", "manager"):
+            self._parked += 1  # only the loop thread of hivehttp calls this
 
     def request_finished(
         self, surface: str, route: str, method: str, status: int, seconds: float
     ) -> None:
         """That request's app returned with ``status`` after ``seconds``."""
         self.http_in_flight.labels(surface, route).dec()
+        if route == "/recv" and surface in ("agent", "manager"):
+            self._parked -= 1
         self.http_requests.labels(surface, route, method or "?", status_class(status)).inc()
         self.http_seconds.labels(surface).observe(max(0.0, seconds))
+
+
+# ``_created`` samples double every counter's lines and no query here uses them
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def new_registry() -> CollectorRegistry:
@@ -221,6 +247,45 @@ def new_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def render(families: Iterable[Metric]) -> bytes:
+    """``families`` in the Prometheus text format (0.0.4), by ``prometheus_client``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families)))
+    return generate_latest(registry)
+
+
+class Rendered(Protocol):
+    """A part of the scrape rendered on its own, and cached while its source is unchanged."""
+
+    def render(self) -> bytes:
+        """Its families in the text format."""
+
+
+STATE: list[Rendered] = []
+"""The state collectors of the running controller (``controller.metrics.install``)."""
+
+
+def scrape(registry: CollectorRegistry | None = None) -> bytes:
+    """One whole scrape: the hooks of ``BEFORE_SCRAPE``, the event series of ``registry``
+    (default :data:`REGISTRY`), then every part of :data:`STATE`."""
+    before_scrape()
+    parts = [generate_latest(registry or REGISTRY)]
+    for part in list(STATE):
+        try:
+            parts.append(part.render())
+        except Exception:
+            logging.getLogger(__name__).exception("metrics: a state collector failed")
+    return b"".join(parts)
 
 
 BEFORE_SCRAPE: list[Callable[[], None]] = []

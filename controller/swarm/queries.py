@@ -36,7 +36,8 @@ class Queries:
 
     def version(self) -> str:
         """A token that changes whenever ``status()`` / ``tombstones()`` may change: observed
-        state, desired state, holds, failures, crashes, events, the last pass and refs.
+        state, agent reports, desired state, holds, failures, crashes, events, the last pass
+        and refs.
 
         Cheap (no process probing): the dashboard derives its ETag from it.
         """
@@ -45,6 +46,7 @@ class Queries:
         return ".".join(
             (
                 str(self.core.view.rev),
+                str(self.core.reports.rev),
                 desired.commit,
                 str(self.core.rev),
                 str(hash(json.dumps(self.core.holds, sort_keys=True, default=str))),
@@ -210,7 +212,10 @@ class Queries:
         ids = self.core.meta.ids_by_state()
         note = ""
         if not getattr(self.core.driver, "builds_nix", True):
-            note = "local runtime: agents are processes on this host; agent.nix is not built"
+            note = str(
+                getattr(self.core.driver, "runtime_note", "")
+                or "local runtime: agents are processes on this host; agent.nix is not built"
+            )
         return {
             "agents": self.list_agents(),
             "pending": len(ids[ProposalState.PENDING]),
