@@ -174,7 +174,8 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         kubernetes=kube_settings_from_dict(doc.get("kubernetes"), cfg.kubernetes),
         forge_url=forge.get("url", cfg.forge_url),
         forge_admin_token_file=(
-            Path(forge["admin_token_file"]) if "admin_token_file" in forge
+            Path(forge["admin_token_file"])
+            if "admin_token_file" in forge
             else cfg.forge_admin_token_file
         ),
         forge_poll_seconds=float(forge.get("poll_seconds", cfg.forge_poll_seconds)),

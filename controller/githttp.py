@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 from controller.auth.bearer import bearer_token
 from controller.paths import Layout
-from hivehttp import LOOPBACK_HOSTS, Limits, Policy
-from hivehttp.guard import MiB, Receive, Scope, Send
+from hivehttp import LOOPBACK_HOSTS, Limits, Policy, Refusal
+from hivehttp.guard import Admit, MiB, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,18 @@ GIT_LIMITS = Limits(max_connections=64, per_client=16)
 """Connection caps of the git listener: the operator's git, a few requests at a time."""
 
 _SERVICES = frozenset({"git-upload-pack", "git-receive-pack"})
+_UNAUTHORIZED = (
+    "meta.git needs the operator key: 'Authorization: Bearer <key>' "
+    "(git -c http.extraHeader=...) or HTTP Basic auth with the key as password"
+)
+_CHALLENGE = ((b"www-authenticate", b'Basic realm="hyperhive meta.git"'),)
 
 
-def git_policy(extra_hosts: frozenset[str] = frozenset()) -> Policy:
-    """The ``hivehttp`` policy of the git listener: the ``Host`` allow-list (loopback names
-    plus ``extra_hosts``), ``MAX_PUSH_BYTES`` bodies, and same-origin mutations.
+def git_policy(extra_hosts: frozenset[str] = frozenset(), admit: Admit | None = None) -> Policy:
+    """The ``hivehttp`` policy of the git listener: ``admit`` (``GitHttp.admit``: the
+    operator key, checked before a byte of the body is read, so that nobody else can make
+    the controller buffer a 64 MiB push), the ``Host`` allow-list (loopback names plus
+    ``extra_hosts``), ``MAX_PUSH_BYTES`` bodies, and same-origin mutations.
 
     Git's bodies are not JSON, so mutations are not held to JSON. git sends no
     ``Origin`` and no ``Sec-Fetch-Site``; a browser does, so a cross-site form that
@@ -78,6 +85,7 @@ def git_policy(extra_hosts: frozenset[str] = frozenset()) -> Policy:
         body_timeout=120.0,
         allowed_hosts=LOOPBACK_HOSTS | {h.lower() for h in extra_hosts},
         same_origin=True,
+        admit=admit,
     )
 
 
@@ -240,20 +248,21 @@ class GitHttp:
             log.error("git http-backend (exit %d): %s", proc.returncode, exc)
             return _Cgi(502, [], b"")
 
+    def admit(self, scope: Scope) -> Refusal | None:
+        """The listener policy's check of a request's head: 401 (with a Basic challenge, so
+        git asks its credential helper) unless it presents the operator key."""
+        if self.authorized(_header(scope, b"authorization")):
+            return None
+        client = scope.get("client")
+        self._note_refusal(str(client[0]) if client else "?", "not the operator key")
+        return Refusal(401, "unauthorized", _UNAUTHORIZED, _CHALLENGE)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if not self.authorized(_header(scope, b"authorization")):
-            client = scope.get("client")
-            self._note_refusal(str(client[0]) if client else "?", "not the operator key")
-            await _json(
-                send,
-                401,
-                "unauthorized",
-                "meta.git needs the operator key: 'Authorization: Bearer <key>' "
-                "(git -c http.extraHeader=...) or HTTP Basic auth with the key as password",
-                [(b"www-authenticate", b'Basic realm="hyperhive meta.git"')],
-            )
+        no = self.admit(scope)  # again: the app may be served without the policy's admit
+        if no is not None:
+            await _json(send, no.status, no.code, no.message, list(no.headers))
             return
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         path_info = route(scope["method"], scope["path"], query)

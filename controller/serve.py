@@ -169,7 +169,7 @@ def _open_tcp_extras(
         from controller.githttp import GIT_LIMITS, git_policy, make_git_app
 
         gapp = make_git_app(layout, operator_key)
-        gpolicy = git_policy(frozenset(cfg.git.hosts))
+        gpolicy = git_policy(frozenset(cfg.git.hosts), admit=gapp.admit)
         wanted.append(("meta.git over HTTP", cfg.git, gapp, gpolicy, GIT_LIMITS, "git-http"))
     for what, spec, asgi, pol, limits, name in wanted:
         try:

@@ -281,6 +281,8 @@ class AgentFacts:
     held: bool = False
     invalid: str | None = None
     builds_nix: bool = True
+    runtime: str = "local"
+    """The driver's name, for what is said about it (``agent.nix is not built under ...``)."""
     logged_in: bool | None = None
     login_reason: str = ""
     crash: CrashState | None = None
@@ -427,7 +429,7 @@ def _up_to_date(f: AgentFacts) -> Condition:
         return Condition(t, CondStatus.FALSE, "ManifestChanged", "agent.yaml changed")
     msg = f"deployed {(have.commit or want.commit)[:12]}"
     if want.has_nix and not f.builds_nix:
-        msg += "; agent.nix is not built under the local runtime"
+        msg += f"; agent.nix is not built under the {f.runtime} runtime"
     return Condition(t, CondStatus.TRUE, "UpToDate", msg)
 
 

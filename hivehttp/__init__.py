@@ -5,7 +5,14 @@ request passes the checks of its listener's ``Policy`` first (``guard``);
 every JSON body is parsed by ``parse_json_object`` (``jsonbody``).
 """
 
-from hivehttp.guard import LOOPBACK_HOSTS, Policy, browser_policy, disconnected, guarded
+from hivehttp.guard import (
+    LOOPBACK_HOSTS,
+    Policy,
+    Refusal,
+    browser_policy,
+    disconnected,
+    guarded,
+)
 from hivehttp.jsonbody import BadJson, parse_json_object
 from hivehttp.observe import UNMATCHED, RequestObserver, RequestSeen, set_request_observer
 from hivehttp.server import (
@@ -32,6 +39,7 @@ __all__ = [
     "Limits",
     "Listener",
     "Policy",
+    "Refusal",
     "RequestObserver",
     "RequestSeen",
     "SocketInUse",

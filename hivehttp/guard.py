@@ -3,6 +3,9 @@
 ``guarded(app, policy)`` wraps an ASGI app. In order, a request is refused with
 a JSON error ``{"error": {"code", "message", "field": null}}`` when:
 
+0. ``policy.admit(scope)`` returns a ``Refusal`` (a listener that authenticates every
+   request checks the credential here, from the head alone: a stranger cannot make the
+   server read, let alone buffer, a body);
 1. its ``Host`` is not in ``policy.allowed_hosts`` (403 ``bad_host``): a page
    that rebinds its own DNS name to 127.0.0.1 still sends its own name, so
    this ends DNS rebinding (the browser cannot forge ``Host``);
@@ -58,13 +61,29 @@ needs no timeout then)."""
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """How ``Policy.admit`` refuses a request: ``status``, error ``code`` and ``message``,
+    and extra response ``headers`` (``WWW-Authenticate``, ...)."""
+
+    status: int
+    code: str
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+Admit = Callable[[Scope], Refusal | None]
+"""A check of a request's head, before its body is read: None lets it in."""
+
+
+@dataclass(frozen=True)
 class Policy:
     """What ``guarded`` enforces on one listener.
 
     ``max_body`` bytes; ``body_timeout`` seconds for the whole body;
     ``allowed_hosts`` lower-case host names without port (None: no Host
     check, for unix sockets); ``json_mutations`` and ``same_origin`` as in
-    the module doc.
+    the module doc; ``admit``, when set, sees every request's head first (it
+    runs on the event loop: it must be quick).
     """
 
     max_body: int = 1 * MiB
@@ -72,6 +91,7 @@ class Policy:
     allowed_hosts: frozenset[str] | None = None
     json_mutations: bool = False
     same_origin: bool = False
+    admit: Admit | None = None
 
 
 def browser_policy(extra_hosts: frozenset[str] = frozenset(), max_body: int = 1 * MiB) -> Policy:
@@ -147,11 +167,20 @@ def split_host(value: str) -> tuple[str, str]:
     return host, port
 
 
-async def _refuse(send: Send, status: int, code: str, message: str, *, close: bool = True) -> None:
+async def _refuse(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    close: bool = True,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *extra,
     ]
     if close:
         # an unread body may still be on the wire: never reuse this connection
@@ -209,6 +238,10 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
             return
         # ASGI allows any iterable here; the checks below and the app both read it
         scope["headers"] = [(bytes(k), bytes(v)) for k, v in scope["headers"]]
+        if policy.admit is not None and (no := policy.admit(scope)) is not None:
+            # the body, if any, stays unread on the wire: the connection is closed
+            await _refuse(send, no.status, no.code, no.message, extra=no.headers)
+            return
         length_raw = _header(scope, b"content-length")
         if length_raw is not None:
             if not length_raw.strip().isdigit():

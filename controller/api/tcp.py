@@ -14,7 +14,8 @@ the app is chosen before the body is looked at.
 Refusals:
 
 - no credential, or one that names no agent (the operator key included):
-  401 ``unauthorized`` before the body is parsed; one log line per
+  401 ``unauthorized`` from the request's head alone, before its body is read
+  (``TcpAgentApi.admit``, the listener policy's ``admit``); one log line per
   ``REFUSAL_LOG_EVERY`` seconds with the count and the last peer, so a flood
   does not flood the log;
 - the operator's admin API (``host.sock``: proposals, approvals, reconcile,
@@ -41,8 +42,8 @@ from controller.auth.bearer import bearer_token
 from controller.broker import Broker
 from controller.budget.service import Budgets
 from controller.ops import SwarmOps
-from hivehttp import LOOPBACK_HOSTS, Limits, Policy
-from hivehttp.guard import Receive, Scope, Send
+from hivehttp import LOOPBACK_HOSTS, Limits, Policy, Refusal
+from hivehttp.guard import Admit, Receive, Scope, Send
 from schemas.names import MANAGER
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,15 @@ UNAUTHORIZED_MESSAGE = (
 )
 
 
-def api_policy(extra_hosts: frozenset[str] = frozenset()) -> Policy:
-    """The ``hivehttp`` policy of the agent API listener: the ``Host`` allow-list (loopback
+IDENTITY = "hyperhive.identity"
+"""Scope key: the agent ``TcpAgentApi.admit`` found the request's credential to name."""
+
+_CHALLENGE = ((b"www-authenticate", b'Bearer realm="hyperhive"'),)
+
+
+def api_policy(extra_hosts: frozenset[str] = frozenset(), admit: Admit | None = None) -> Policy:
+    """The ``hivehttp`` policy of the agent API listener: ``admit`` (``TcpAgentApi.admit``:
+    the credential, checked before the body is read), the ``Host`` allow-list (loopback
     names plus ``extra_hosts``), JSON-only mutations, same-origin mutations, 1 MiB bodies.
 
     The harness sends JSON with no ``Origin``; a web page that reaches the port cannot
@@ -73,6 +81,7 @@ def api_policy(extra_hosts: frozenset[str] = frozenset()) -> Policy:
         allowed_hosts=LOOPBACK_HOSTS | {h.lower() for h in extra_hosts},
         json_mutations=True,
         same_origin=True,
+        admit=admit,
     )
 
 
@@ -103,19 +112,21 @@ def _peer(scope: Scope) -> str:
     return str(client[0]) if client else "?"
 
 
+def _token(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bearer_token(bytes(value).decode("latin-1"))
+    return None
+
+
 async def _unauthorized(send: Send) -> None:
     body = json.dumps(error_body("unauthorized", UNAUTHORIZED_MESSAGE)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="hyperhive"'),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *_CHALLENGE,
+    ]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -160,22 +171,34 @@ class TcpAgentApi:
                 self._apps[identity] = app
             return app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        header = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = bytes(value).decode("latin-1")
-                break
-        token = bearer_token(header)
+    def identify(self, scope: Scope) -> str | None:
+        """The agent the request's bearer credential names, or None (the refusal counted)."""
+        token = _token(scope)
         identity = self.credentials.identify(token)
         if identity is None:
             self.refusals.note(
                 _peer(scope), "no credential" if token is None else "not an agent's credential"
             )
-            await _unauthorized(send)
+        return identity
+
+    def admit(self, scope: Scope) -> Refusal | None:
+        """The listener policy's check of a request's head: 401 unless its credential names
+        an agent, who is noted in the scope for ``__call__``."""
+        identity = self.identify(scope)
+        if identity is None:
+            return Refusal(401, "unauthorized", UNAUTHORIZED_MESSAGE, _CHALLENGE)
+        scope[IDENTITY] = identity
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
             return
+        identity = scope.get(IDENTITY)
+        if not isinstance(identity, str):  # served without ``admit`` in front
+            identity = self.identify(scope)
+            if identity is None:
+                await _unauthorized(send)
+                return
         await self.app_for(identity)(scope, receive, send)
 
 

@@ -202,11 +202,19 @@ class ForgeClient:
 
     # ------------------------------------------------------------------ notifications
 
-    def unread(self, user: str, limit: int = 50) -> list[dict[str, Any]]:
-        """``notifyGetList``: ``user``'s unread notification threads, newest first."""
-        doc = self.request("GET", "/notifications", self.as_user(user),
-                           query={"status-types": "unread", "limit": str(limit)})  # fmt: skip
-        return [t for t in doc if isinstance(t, dict)] if isinstance(doc, list) else []
+    def unread(self, user: str, limit: int = 50, pages: int = 10) -> list[dict[str, Any]]:
+        """``notifyGetList``: ``user``'s unread notification threads (up to ``pages`` pages
+        of ``limit``; the rest come at the next call, once these are read)."""
+        out: list[dict[str, Any]] = []
+        for page in range(1, pages + 1):
+            doc = self.request("GET", "/notifications", self.as_user(user), query={
+                "status-types": "unread", "limit": str(limit), "page": str(page),
+            })  # fmt: skip
+            rows = [t for t in doc if isinstance(t, dict)] if isinstance(doc, list) else []
+            out.extend(rows)
+            if len(rows) < limit:
+                break
+        return out
 
     def mark_read(self, user: str, thread_id: int) -> None:
         """``notifyReadThread``: mark one thread read."""

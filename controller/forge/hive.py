@@ -91,7 +91,12 @@ class HiveForge:
         self.client = client
         self.send = send
         self._lock = threading.Lock()
+        self._agent_locks: dict[str, threading.Lock] = {}
         self._record_path = layout.state / "forge" / "agents.json"
+
+    def _agent_lock(self, agent: str) -> threading.Lock:
+        with self._lock:
+            return self._agent_locks.setdefault(agent, threading.Lock())
 
     # ------------------------------------------------------------------ record
 
@@ -139,7 +144,14 @@ class HiveForge:
 
     def ensure(self, agent: str) -> str:
         """Make sure ``agent`` has a forge user and a live token file; returns what it did:
-        ``"kept"`` (the token works) or ``"issued"``. Raises ``ForgeDown`` / ``ForgeError``."""
+        ``"kept"`` (the token works) or ``"issued"``. Raises ``ForgeDown`` / ``ForgeError``.
+
+        One at a time per agent: the deploy hook and the worker's tick may both find the
+        file missing, and the second must then keep the first's token, not replace it."""
+        with self._agent_lock(agent):
+            return self._ensure(agent)
+
+    def _ensure(self, agent: str) -> str:
         user = forge_user(agent)
         token = self.read_token(agent)
         if token is not None and self.client.whoami(token) == user:

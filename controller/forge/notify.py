@@ -20,6 +20,7 @@ line from ``forge`` in the agent's inbox, e.g.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ REASONS = ("mention", "review_requested", "assigned", "author", "participating",
 
 _KIND = {"Pull": "PR", "Issue": "issue", "Commit": "commit", "Repository": "repo"}
 MAX_TITLE = 160
+MAX_KEY = 120
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,10 @@ def summary(thread: Mapping[str, Any], reason: str) -> str:
 def idempotency_key(thread: Mapping[str, Any]) -> str:
     """The broker idempotency key of one notification state: thread id + update time, so
     a redelivery after a crash is a duplicate and a later update is a new message."""
-    return f"forge:{thread.get('id')}:{thread.get('updated_at') or ''}"[:200]
+    key = f"forge:{thread.get('id')}:{thread.get('updated_at') or ''}"
+    if len(key) > MAX_KEY:  # the broker takes keys of up to 128 characters
+        key = "forge:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
 
 
 def oldest_first(threads: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

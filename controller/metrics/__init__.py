@@ -14,14 +14,14 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
 from controller.metrics.brokerstate import BrokerCollector, SentCounter
 from controller.metrics.events import (
     BEFORE_SCRAPE,
     EVENTS,
     REGISTRY,
+    STATE,
     EventMetrics,
+    Rendered,
     new_registry,
     trigger_of,
 )
@@ -47,27 +47,26 @@ def install(
     swarm: StatusSource,
     layout: Layout,
     broker_db: Path | None = None,
-    registry: CollectorRegistry = REGISTRY,
 ) -> list[object]:
-    """Register the scrape-time collectors of one controller in ``registry``; returns them
-    (unregister them with ``registry.unregister`` when the controller stops)."""
+    """Add the scrape-time collectors of one controller to the scrape (``events.STATE``, each
+    rendered on its own and cached while its source is unchanged) and the sent-message
+    counter to ``events.BEFORE_SCRAPE``; returns them for :func:`uninstall`."""
     db = broker_db or layout.broker_db
-    collectors: list[object] = [SwarmCollector(swarm), TurnCollector(layout), BrokerCollector(db)]
-    for c in collectors:
-        registry.register(c)  # type: ignore[arg-type]
+    parts: list[Rendered] = [SwarmCollector(swarm), TurnCollector(layout), BrokerCollector(db)]
+    STATE.extend(parts)
     sent = SentCounter(db)
     BEFORE_SCRAPE.append(sent.refresh)
-    collectors.append(sent)
-    return collectors
+    return [*parts, sent]
 
 
-def uninstall(collectors: list[object], registry: CollectorRegistry = REGISTRY) -> None:
+def uninstall(collectors: list[object]) -> None:
     """Undo :func:`install`."""
     for c in collectors:
         if isinstance(c, SentCounter):
             with contextlib.suppress(ValueError):
                 BEFORE_SCRAPE.remove(c.refresh)
         else:
-            registry.unregister(c)  # type: ignore[arg-type]
+            with contextlib.suppress(ValueError):
+                STATE.remove(c)  # type: ignore[arg-type]  # one of the parts
         if isinstance(c, BrokerCollector):
             c.close()

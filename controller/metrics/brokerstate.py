@@ -31,7 +31,7 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.metrics.events import EVENTS, EventMetrics
+from controller.metrics.events import EVENTS, EventMetrics, render
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,10 @@ class BrokerCollector(Collector):
     def describe(self) -> Iterable[Metric]:
         """The families, without samples."""
         return list(self._families(None, 0.0))
+
+    def render(self) -> bytes:
+        """:meth:`collect` in the text format (small: a few series per agent with mail)."""
+        return render(self.collect())
 
     def collect(self) -> Iterable[Metric]:
         """The gauges now."""

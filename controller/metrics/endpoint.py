@@ -5,9 +5,9 @@ nowhere else; off unless the port is set. Who: with ``metrics.token_file``, ever
 must carry ``Authorization: Bearer <that token>`` (401 otherwise, compared in constant
 time); without it the listener must be on a loopback address (the config refuses anything
 else) and also checks ``Host`` against the loopback names (403 ``bad_host``: no DNS
-rebinding from a web page). The body is ``prometheus_client``'s exposition of
-``controller.metrics.REGISTRY`` (OpenMetrics when the scraper asks for it), built off the
-event loop.
+rebinding from a web page). The body is ``prometheus_client``'s text exposition (format 0.0.4) of
+``controller.metrics.REGISTRY`` and of the state collectors (``events.scrape``), built off
+the event loop.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import falcon
 import falcon.asgi
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from controller.metrics.events import before_scrape
+from controller.metrics.events import scrape
 from hivehttp import LOOPBACK_HOSTS, Listener, Policy, serve_tcp
 
 log = logging.getLogger(__name__)
@@ -70,13 +69,10 @@ class _Metrics:
                     }
                 }
                 return
-        encoder, content_type = choose_encoder(req.get_header("Accept") or "")
-        resp.data = await asyncio.to_thread(self._encode, encoder)
-        resp.content_type = content_type
-
-    def _encode(self, encoder: Callable[[CollectorRegistry], bytes]) -> bytes:
-        before_scrape()
-        return encoder(self.registry)
+        # the text format whatever the Accept header says: the parts of a scrape are
+        # rendered and cached apart, and OpenMetrics texts cannot be joined
+        resp.data = await asyncio.to_thread(scrape, self.registry)
+        resp.content_type = CONTENT_TYPE_LATEST
 
 
 def make_metrics_app(registry: CollectorRegistry, token: str | None) -> Any:

@@ -17,6 +17,7 @@ nothing it shows changed (docs/architecture.md, "Observed state"), so a scrape c
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
@@ -24,16 +25,20 @@ from typing import Any, Protocol
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.metrics.events import render
 from controller.model import Phase
 
 log = logging.getLogger(__name__)
 
 
 class StatusSource(Protocol):
-    """What the collector reads: ``SwarmOps.status()``."""
+    """What the collector reads: ``SwarmOps.status()`` and its cached JSON."""
 
     def status(self) -> dict[str, Any]:
         """``{"agents": [rows], "pending": n, ...}``."""
+
+    def status_json(self) -> bytes:
+        """``status()`` as JSON, the same object while nothing it shows changed."""
 
 
 class SwarmCollector(Collector):
@@ -41,6 +46,18 @@ class SwarmCollector(Collector):
 
     def __init__(self, swarm: StatusSource) -> None:
         self.swarm = swarm
+        self._rendered: tuple[bytes, bytes] | None = None
+
+    def render(self) -> bytes:
+        """The families in the text format; rendered again only when the swarm's status
+        changed (``status_json`` hands back the very same bytes while it has not)."""
+        body = self.swarm.status_json()
+        cached = self._rendered
+        if cached is not None and cached[0] is body:
+            return cached[1]
+        text = render(self._families(json.loads(body)))
+        self._rendered = (body, text)  # holding ``body`` keeps the identity test sound
+        return text
 
     def describe(self) -> Iterable[Metric]:
         """The families, without samples."""

@@ -4,12 +4,15 @@ Each harness appends one row per turn to ``<state>/agents/<a>/state/hyperhive-tu
 (``controller.stats`` reads the same files for ``hyperhive stats``). :class:`TurnCollector`
 folds each file's rows into running sums once: a scrape ``stat``s each file and its WAL and
 reads only the rows added since the last scrape (``id > last``), so 200 agents that did
-nothing cost 400 ``stat`` calls, not 200 sqlite opens. A file that was replaced (its rows
-went backwards, or it was purged) is folded again from the start.
+nothing cost 400 ``stat`` calls, not 200 sqlite opens (the files are listed again when an
+agent directory comes or goes, and every 10 s for an agent's first file). A file that was
+replaced (its rows went backwards, or it was purged) is folded again from the start.
 
 Series (labels ``agent``, ``model``, ``outcome`` = ok / failed / cancelled /
 prompt_too_long, ``type``, ``tool``): ``hyperhive_turns_total``,
-``hyperhive_turn_duration_seconds`` (histogram), ``hyperhive_turn_tokens_total``
+``hyperhive_turn_duration_seconds{model}`` (a histogram per model over every agent: per
+agent and model it would be 13 series each), ``hyperhive_turn_seconds_total{agent,model}``
+(time spent in turns), ``hyperhive_turn_tokens_total``
 (``type`` = input / output / cache_read / cache_write), ``hyperhive_turn_cost_usd_total``,
 ``hyperhive_turn_compactions_total``, ``hyperhive_turn_tool_calls_total``.
 """
@@ -21,6 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +32,14 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.metrics.events import render
 from controller.paths import Layout
 from controller.stats import STATS_DB, TurnRecord, stats_files
 
 log = logging.getLogger(__name__)
 
+RELIST_SECONDS = 10.0
+"""How long a listing of the turn-stats files is trusted while no agent directory changed."""
 TURN_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 """Turn durations in seconds: a short reply takes seconds, a long task half an hour."""
 TOKEN_TYPES = (
@@ -125,17 +132,37 @@ class TurnCollector(Collector):
         self.layout = layout
         self._lock = threading.Lock()
         self._files: dict[str, _FileSums] = {}
+        self._rendered: tuple[object, bytes] | None = None
+        self._listed: tuple[int, float, dict[str, Path]] | None = None
+
+    def _found(self) -> dict[str, Path]:
+        """The turn-stats files: listed again when an agent directory came or went, or
+        :data:`RELIST_SECONDS` after the last listing (an agent's first turn makes its
+        file), else the last listing (a file that went is skipped by its ``stat``)."""
+        try:
+            mtime = os.stat(self.layout.state / "agents").st_mtime_ns
+        except OSError:
+            mtime = -1
+        now = time.monotonic()
+        listed = self._listed
+        if listed is None or listed[0] != mtime or now - listed[1] >= RELIST_SECONDS:
+            listed = (mtime, now, stats_files(self.layout))
+            self._listed = listed
+        return listed[2]
 
     def refresh(self) -> dict[str, _FileSums]:
         """Fold what was added since the last call; returns the sums per agent."""
         with self._lock:
-            found = stats_files(self.layout)
+            found = self._found()
             for gone in set(self._files) - set(found):
                 del self._files[gone]
             for agent, path in found.items():
                 key = _stat_key(path)
                 sums = self._files.get(agent)
-                if key is None or (sums is not None and sums.key == key):
+                if key is None:  # purged since the listing
+                    self._files.pop(agent, None)
+                    continue
+                if sums is not None and sums.key == key:
                     continue
                 if sums is None or sums.key[:1] != key[:1]:
                     sums = _FileSums()
@@ -174,6 +201,17 @@ class TurnCollector(Collector):
         """The families with one sample set per agent and model."""
         return list(self._families(self.refresh()))
 
+    def render(self) -> bytes:
+        """:meth:`collect` in the text format, rendered again only when a file changed."""
+        files = self.refresh()
+        key = tuple((a, f.key) for a, f in sorted(files.items()))
+        cached = self._rendered
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        text = render(self._families(files))
+        self._rendered = (key, text)
+        return text
+
     @staticmethod
     def _families(files: dict[str, _FileSums]) -> Iterator[Metric]:
         turns = CounterMetricFamily(
@@ -183,7 +221,13 @@ class TurnCollector(Collector):
         )
         duration = HistogramMetricFamily(
             "hyperhive_turn_duration_seconds",
-            "Turn duration (claude run, compaction and retry included).",
+            "Turn duration per model, over every agent (claude run, compaction and retry "
+            "included).",
+            labels=["model"],
+        )
+        busy = CounterMetricFamily(
+            "hyperhive_turn_seconds",
+            "Seconds spent in turns per agent and model (its rate is how busy the agent is).",
             labels=["agent", "model"],
         )
         tokens = CounterMetricFamily(
@@ -202,6 +246,7 @@ class TurnCollector(Collector):
         tools = CounterMetricFamily(
             "hyperhive_turn_tool_calls", "Tool calls per agent and tool.", labels=["agent", "tool"]
         )
+        per_model: dict[str, tuple[list[int], list[float]]] = {}
         for agent in sorted(files):
             f = files[agent]
             for model in sorted(f.models):
@@ -211,15 +256,22 @@ class TurnCollector(Collector):
                 for label, _ in TOKEN_TYPES:
                     tokens.add_metric([agent, model, label], m.tokens.get(label, 0))
                 cost.add_metric([agent, model], m.cost_usd)
-                cumulative, acc = [], 0
-                for bound, n in zip((*TURN_BUCKETS, float("inf")), m.buckets, strict=True):
-                    acc += n
-                    cumulative.append((_bound(bound), acc))
-                duration.add_metric([agent, model], cumulative, m.duration_sum)
+                busy.add_metric([agent, model], m.duration_sum)
+                per = per_model.setdefault(model, ([0] * len(m.buckets), [0.0]))
+                for i, n in enumerate(m.buckets):
+                    per[0][i] += n
+                per[1][0] += m.duration_sum
             compactions.add_metric([agent], f.compactions)
             for tool in sorted(f.tools):
                 tools.add_metric([agent, tool], f.tools[tool])
-        yield from (turns, duration, tokens, cost, compactions, tools)
+        for model in sorted(per_model):
+            buckets, total = per_model[model]
+            cumulative, acc = [], 0
+            for bound, n in zip((*TURN_BUCKETS, float("inf")), buckets, strict=True):
+                acc += n
+                cumulative.append((_bound(bound), acc))
+            duration.add_metric([model], cumulative, total[0])
+        yield from (turns, duration, busy, tokens, cost, compactions, tools)
 
 
 def _bound(b: float) -> str:

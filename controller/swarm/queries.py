@@ -210,7 +210,10 @@ class Queries:
         ids = self.core.meta.ids_by_state()
         note = ""
         if not getattr(self.core.driver, "builds_nix", True):
-            note = "local runtime: agents are processes on this host; agent.nix is not built"
+            note = str(
+                getattr(self.core.driver, "runtime_note", "")
+                or "local runtime: agents are processes on this host; agent.nix is not built"
+            )
         return {
             "agents": self.list_agents(),
             "pending": len(ids[ProposalState.PENDING]),

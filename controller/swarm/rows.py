@@ -48,7 +48,13 @@ class Rows:
 
     def logged_in(self, agent: str) -> tuple[bool | None, str]:
         """Whether ``agent`` has claude credentials, and how; re-read only when its claude
-        dir or claude's settings.json changed (two ``stat`` calls otherwise)."""
+        dir or claude's settings.json changed (two ``stat`` calls otherwise). A runtime
+        whose agents keep their login out of the controller's sight answers for itself
+        (its driver's ``login_state``: the kubernetes runtime)."""
+        probe = getattr(self.core.driver, "login_state", None)
+        if callable(probe):
+            state: tuple[bool | None, str] = probe(agent)
+            return state
         claude = self._claude_dirs.get(agent)
         if claude is None:
             claude = self._claude_dirs[agent] = str(self.core.layout.agent_claude(agent))
@@ -162,6 +168,7 @@ class Rows:
                 held=hold is not None,
                 invalid=invalid.get(name),
                 builds_nix=builds_nix,
+                runtime=self.core.driver.name,
                 logged_in=login[0],
                 login_reason=login[1],
                 crash=crash,

@@ -55,7 +55,10 @@ in
 {
   _file = toString ./hyperhive.nix;
   key = "hyperhive/nix/modules/hyperhive.nix";
-  imports = [ ./forge.nix ]; # services.hyperhive.forge: the hive forge (docs/forge.md)
+  imports = [
+    ./forge.nix # services.hyperhive.forge: the hive forge (docs/forge.md)
+    ./metrics.nix # services.hyperhive.metrics / otel: Prometheus and OpenTelemetry
+  ];
 
   options.services.hyperhive = {
     enable = lib.mkEnableOption "hyperhive, a swarm of Claude Code agents in NixOS containers";

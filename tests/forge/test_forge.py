@@ -277,3 +277,50 @@ def test_a_deploy_while_the_forge_is_down_catches_up_on_the_next_tick(
     standin.down = False
     worker.tick()
     assert standin.watches["alice"] == set()
+
+
+def test_concurrent_provisioning_issues_one_token(
+    tmp_path: Path, standin: StandinForgejo, broker: Broker
+) -> None:
+    """The deploy hook and the worker's tick may both find the token missing at once."""
+    import threading
+
+    hive = make_hive(tmp_path, standin, broker)
+    held = standin.stall("POST", "/users/alice/tokens")
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(hive.ensure("alice")))
+               for _ in range(2)]  # fmt: skip
+    for t in threads:
+        t.start()
+    assert standin.stalled.wait(10)
+    held.set()
+    standin.release()
+    for t in threads:
+        t.join(20)
+    assert sorted(results) == ["issued", "kept"]
+    (tok,) = standin.user_tokens("alice")
+    assert hive.read_token("alice") == tok.sha1
+
+
+def test_more_unread_notifications_than_a_page_are_all_delivered(
+    tmp_path: Path, standin: StandinForgejo, broker: Broker
+) -> None:
+    hive = make_hive(tmp_path, standin, broker)
+    hive.ensure("alice")
+    standin.issue("carol/site", 1, "Busy", "carol", body="@alice")
+    for i in range(120):
+        standin.notify(
+            "alice", "carol/site", 1, updated_at=f"2026-12-07T12:{i // 60:02d}:{i % 60:02d}Z"
+        )
+    assert hive.pump("alice", ForgeSpec()).delivered == 120
+    assert standin.unread("alice") == []
+    assert len(forge_msgs(broker, "alice")) == 120
+
+
+def test_idempotency_keys_fit_the_broker() -> None:
+    from controller.forge.notify import idempotency_key
+
+    assert idempotency_key({"id": 7, "updated_at": "2026-12-07T12:00:00Z"}) == (
+        "forge:7:2026-12-07T12:00:00Z"
+    )
+    assert len(idempotency_key({"id": 7, "updated_at": "x" * 500})) <= 128

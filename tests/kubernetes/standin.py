@@ -1,9 +1,8 @@
 """A stand-in Kubernetes API server for the kubernetes runtime's tests.
 
 This machine cannot run a cluster, so the tests serve this stand-in instead, shaped
-after the Kubernetes API (the REST paths, verbs, status codes and object shapes of
-https://kubernetes.io/docs/reference/using-api/api-concepts/), for the kinds the driver
-uses and only as far as it uses them:
+after the Kubernetes API (the REST paths, verbs, status codes and object shapes of its
+"API concepts" reference), for the kinds the driver uses and only as far as it uses them:
 
 - paths ``/api/v1/namespaces/{ns}/{plural}[/{name}[/log]]`` and
   ``/apis/{group}/{version}/namespaces/{ns}/{plural}[/{name}]`` for pods, services,

@@ -272,3 +272,22 @@ def test_generation_moves_with_watch_events(driver: KubernetesDriver, standin: S
         assert time.monotonic() < deadline, "no watch event"
         time.sleep(0.05)
     assert driver.generation() > g0
+
+
+def test_login_state_follows_the_namespace_secret(
+    driver: KubernetesDriver, standin: StandIn
+) -> None:
+    logged, why = driver.login_state("alice")
+    assert logged is None and "hyperhive-anthropic" in why
+    standin.create(
+        "secrets",
+        NS,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hyperhive-anthropic"},
+            "stringData": {"ANTHROPIC_API_KEY": "sk-test"},
+        },
+    )
+    driver._login = None  # past its cache time
+    assert driver.login_state("alice")[0] is True

@@ -170,9 +170,8 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
     wait_for("the manager running", lambda: s.phase("manager") == "running", timeout=90)
     assert standin.names("statefulsets", NS) == [names.base("manager")]
     status = s.status()
-    assert status.get("runtime") == "kubernetes" or any(
-        a.get("name") == "manager" for a in status.get("agents", [])
-    )
+    assert status["runtime"] == "kubernetes"
+    assert "agents are pods" in status["runtime_note"]
 
     # the operator asks the manager for alice; its turn proposes her; the operator approves
     s.cli("send", "manager", "please spawn alice")
@@ -186,6 +185,11 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
     assert env["HYPERHIVE_API_URL"].startswith("http://127.0.0.1:")
     assert pod["metadata"]["annotations"][names.ANN_COMMIT] == s.agent("alice")["commit"]  # type: ignore[index]
+
+    # the API key every pod gets from the hyperhive-anthropic Secret counts as logged in
+    conds = {c["type"]: c for c in s.agent("alice")["conditions"]}  # type: ignore[index]
+    assert conds["LoggedIn"]["status"] == "True", conds["LoggedIn"]
+    assert conds["Isolated"]["reason"] == "Pod"
 
     # alice answers a message: her harness, in her "pod", ran a turn and used the broker
     s.cli("send", "alice", "hello alice")

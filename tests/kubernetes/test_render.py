@@ -121,6 +121,12 @@ def test_pod_is_locked_down() -> None:
     assert env["HYPERHIVE_API_URL"] == "https://hh.team-a.svc:8443"
     assert env["HYPERHIVE_CREDENTIAL_FILE"] == "/etc/hyperhive/credential/credential"
     assert "HYPERHIVE_META_DIR" not in env
+    assert env["HYPERHIVE_WEB_ALLOWED_HOSTS"].split(",") == [
+        "hh-alice-agent",
+        "hh-alice-agent.team-a.svc",
+        "hh-alice-agent.team-a.svc.cluster.local",
+        "hh-alice-agent-0.hh-alice-agent.team-a.svc",
+    ]
     mgr = render_agent(deployment("manager"), "s", BASE, 0.0).workload["spec"]["template"]["spec"]
     menv = {e["name"]: e["value"] for e in mgr["containers"][0]["env"]}
     assert menv["HYPERHIVE_META_DIR"] == "/var/lib/hyperhive/meta"

@@ -62,9 +62,10 @@ def test_turns_are_folded_once_and_follow_new_rows(tmp_path: Path) -> None:
     assert got['hyperhive_turn_cost_usd_total{agent="alice",model="haiku"}'] == 0.25
     assert got['hyperhive_turn_tool_calls_total{agent="alice",tool="Bash"}'] == 2
     assert got['hyperhive_turn_compactions_total{agent="alice"}'] == 1
-    assert got['hyperhive_turn_duration_seconds_bucket{agent="alice",le="5.0",model="haiku"}'] == 1
-    assert got['hyperhive_turn_duration_seconds_bucket{agent="alice",le="60.0",model="haiku"}'] == 2
-    assert got['hyperhive_turn_duration_seconds_sum{agent="alice",model="haiku"}'] == 46.5
+    assert got['hyperhive_turn_duration_seconds_bucket{le="5.0",model="haiku"}'] == 1
+    assert got['hyperhive_turn_duration_seconds_bucket{le="60.0",model="haiku"}'] == 2
+    assert got['hyperhive_turn_duration_seconds_sum{model="haiku"}'] == 46.5
+    assert got['hyperhive_turn_seconds_total{agent="alice",model="haiku"}'] == 46.5
     # a new row is added to the sums, the old ones are not read again
     stats.record(turn(model="sonnet", input_tokens=100))
     got = samples(registry)
@@ -184,3 +185,45 @@ def test_requests_are_counted_by_route_template_not_path() -> None:
     assert got[key] == 1
     assert got['hyperhive_http_request_duration_seconds_count{surface="dashboard"}'] == 4
     assert not any("/things/1" in k for k in got)
+
+
+def series_names(tmp_path: Path) -> set[str]:
+    """Every sample name the controller's registry can expose (families × their suffixes)."""
+    from controller.metrics import BrokerCollector, SwarmCollector
+
+    registry = new_registry()
+    EventMetrics(registry)
+    families = list(registry.collect())
+    families += list(SwarmCollector(None).describe())  # type: ignore[arg-type]
+    families += list(TurnCollector(Layout.for_state(tmp_path)).describe())
+    families += list(BrokerCollector(tmp_path / "none.sqlite").describe())
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    return {f.name + s for f in families for s in suffixes.get(f.type, ("",))}
+
+
+def test_the_dashboard_and_the_rules_name_only_real_series(tmp_path: Path) -> None:
+    import re
+
+    import yaml
+
+    from tests.metrics.promserver import REPO, RULES
+
+    known = series_names(tmp_path)
+    dash = json.loads((REPO / "docs/observability/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    rules = yaml.safe_load(RULES.read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    used = {n for e in exprs for n in re.findall(r"hyperhive_[a-z_]+", e)}
+    assert used - known == set(), sorted(known)
+    # every dashboard query is valid PromQL: promtool parses them as recording rules
+    recording = {
+        "groups": [
+            {"name": "dashboard", "rules": [
+                {"record": f"hyperhive:panel{i}", "expr": e} for i, e in enumerate(exprs)
+            ]}
+        ]
+    }  # fmt: skip
+    path = tmp_path / "panels.rules.yml"
+    path.write_text(yaml.safe_dump(recording))
+    checked = promtool("check", "rules", str(path))
+    assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()

@@ -501,11 +501,23 @@ def test_meta_git_only_for_the_operator(tcp_hive: TcpHive, tally: Tally, tmp_pat
         ("upload-archive", "POST", "/meta.git/git-upload-archive", [op_basic], None, {404}),
         ("no key, info/refs", "GET", "/meta.git/info/refs?service=git-receive-pack", [], None,
          {401}),
+
     ]  # fmt: skip
     for what, method, path, headers, host, want in raws:
         reply = http(h.git_addr, method, path, headers=headers, host=host,
                      body=b"0000" if method == "POST" else b"")  # fmt: skip
         tally.record(GIT, f"{what}: {method} {path}", reply.status in want, reply.brief())
+    # a 64 MiB push announced without the key: refused from the head, nothing buffered
+    for what, headers in (
+        ("no key", []),
+        ("alice's credential", [auth(h.credential("alice"))]),
+    ):
+        with connect(h.git_addr, 15) as s:
+            s.sendall(request_bytes("POST", "/meta.git/git-receive-pack",
+                                    host=f"127.0.0.1:{h.git_port}", headers=headers,
+                                    body=b"0000", content_length=64 << 20))  # fmt: skip
+            reply = read_reply(s)
+        tally.record(GIT, f"64 MiB push announced ({what})", reply.status == 401, reply.brief())
     after = h.snapshot()
     tally.record(GIT, "meta.git refs and proposals afterwards", after == before, "state moved")
     tally.assert_refused(GIT)

@@ -39,7 +39,12 @@ from controller.drivers.base import Deployment, LineSink
 from controller.drivers.kubernetes import names as n
 from controller.drivers.kubernetes.api import Conflict, KubeApi, NotFound, load_config
 from controller.drivers.kubernetes.observe import NOT_BUILT, observe_all, pod_name, wants_running
-from controller.drivers.kubernetes.render import AgentObjects, render_agent, rfc3339
+from controller.drivers.kubernetes.render import (
+    ANTHROPIC_SECRET,
+    AgentObjects,
+    render_agent,
+    rfc3339,
+)
 from controller.drivers.kubernetes.settings import KubeSettings, Workload
 from controller.drivers.marker import atomic_write
 from controller.errors import Invalid, PermanentError, TransientError
@@ -51,6 +56,11 @@ from schemas.names import is_agent_name
 log = logging.getLogger(__name__)
 
 HARNESS_UNIT = "hyperhive-agent.service"
+LOGIN_TTL = 30.0
+CREDENTIAL_KEYS = frozenset(
+    {"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"}
+)
+"""Keys of the ``hyperhive-anthropic`` Secret that let claude reach the Messages API."""
 MAX_JOURNAL_LINES = 5000
 APPLY_TRIES = 3
 
@@ -61,6 +71,9 @@ class KubernetesDriver:
 
     name = "kubernetes"
     builds_nix = False
+    runtime_note = (
+        "kubernetes runtime: agents are pods; agent.nix is not built (the image is config)"
+    )
 
     def __init__(
         self,
@@ -83,6 +96,7 @@ class KubernetesDriver:
         self._watched: set[str] = set()  # kinds whose watch is established
         self._watch_thread: threading.Thread | None = None
         self._closed = threading.Event()
+        self._login: tuple[float, bool] | None = None  # (monotonic read time, key present)
 
     @property
     def workload_kind(self) -> str:
@@ -374,6 +388,30 @@ class KubernetesDriver:
         return sorted(out, key=lambda t: str(t["agent"]))
 
     # ------------------------------------------------------------ status, logs
+
+    def login_state(self, agent: str) -> tuple[bool | None, str]:
+        """The ``LoggedIn`` condition's input: True when the namespace's
+        ``hyperhive-anthropic`` Secret holds a key or token every pod gets; else None
+        (unknown): a login from the agent's web UI is on its volume, out of sight here.
+        The Secret is read at most every ``LOGIN_TTL`` seconds."""
+        now = time.monotonic()
+        if self._login is None or now - self._login[0] > LOGIN_TTL:
+            try:
+                secret = self.api.get("Secret", ANTHROPIC_SECRET)
+            except (TransientError, PermanentError) as exc:
+                log.debug("kubernetes: cannot read %s: %s", ANTHROPIC_SECRET, exc)
+                secret = None
+            keys = set((secret or {}).get("data") or {}) | set(
+                (secret or {}).get("stringData") or {}
+            )
+            self._login = (now, bool(keys & CREDENTIAL_KEYS))
+        if self._login[1]:
+            return True, f"API key or token from the Secret {ANTHROPIC_SECRET} (every pod)"
+        return (
+            None,
+            "a claude login is kept on the agent's volume, out of the controller's sight: "
+            f"log in from its web UI, or put ANTHROPIC_API_KEY in the Secret {ANTHROPIC_SECRET}",
+        )
 
     def isolation(self, agent: str) -> Isolation:
         """Always isolated: its own pod, volume, credential and default-deny NetworkPolicy."""

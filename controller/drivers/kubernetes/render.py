@@ -215,6 +215,12 @@ def harness_env(agent: str, web_port: int, cfg: KubeSettings) -> list[dict[str, 
     }
     if agent == MANAGER:
         env["HYPERHIVE_META_DIR"] = f"{ROOT}/meta"
+    # the names the pod's web UI is reached by: its Service (headless) and, for a
+    # StatefulSet, the pod's own DNS name under it
+    svc = f"{n.base(agent)}.{cfg.namespace}.svc"
+    env["HYPERHIVE_WEB_ALLOWED_HOSTS"] = ",".join(
+        [n.base(agent), svc, f"{svc}.cluster.local", f"{n.statefulset_pod(agent)}.{svc}"]
+    )
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
