@@ -1,24 +1,30 @@
 """Broker benchmark, run by hand: ``.venv/bin/python bench/broker.py [--agents 50]``.
 
-Three stacks in the same run, each with ``--agents`` receivers parked in a
-long poll:
+The stacks below in the same run, each with ``--agents`` receivers parked in a
+long poll, on both stores (sqlite, and PostgreSQL: a server the bench starts as the tests
+do, ``tests/pg.py``, or ``--pg-url``; ``--no-postgres`` skips it):
 
 * ``floor``  bare sqlite (WAL, synchronous=NORMAL) + one ``threading.Condition``
   per recipient: the least any sqlite broker in Python can cost;
-* ``broker`` ``controller.broker.Broker`` called in-process;
+* ``pgfloor`` the same on PostgreSQL with psycopg: one autocommit INSERT per send, one
+  ``UPDATE … FOR UPDATE SKIP LOCKED`` claim, a condition per recipient in this process
+  (no NOTIFY): the least a PostgreSQL broker in Python can cost;
+* ``broker`` ``controller.broker.Broker`` called in-process (``broker-pg``: on PostgreSQL);
 * ``http``   the real thing: one agent socket per receiver (``SocketRegistry``:
   falcon.asgi apps on hivehttp's one event loop, each checking its agent's
   credential), clients ``POST /recv {"wait_seconds": 30}`` and a sender
   ``POST /send`` over unix sockets, with ``schemas.client.UnixClient``'s
   persistent connections and each agent's bearer credential;
+  (``http-pg``: the broker on PostgreSQL);
 * ``http-nk`` the same with ``keepalive=False``: a new connection per request
   (what the client did before keep-alive).
 
 Figures: send→recv wake latency (p50 / p99, one message in flight at a time,
 measured from just before the send call to the moment the parked receiver has
 it) and sustained send throughput (``--senders`` threads sending for
-``--seconds`` while the receivers drain). Ratios are against ``floor``. For
-the HTTP stacks, the connections the clients opened per delivered message.
+``--seconds`` while the receivers drain). Ratios are against each store's floor, and
+PostgreSQL's against sqlite's, side by side. For the HTTP stacks, the connections the
+clients opened per delivered message.
 
 Last, the cost of request validation (``schemas.validate``): every ``$ref``
 resolved through the ``referencing`` registry per call (how it was) against
@@ -93,6 +99,67 @@ class FloorBroker:
                 if left <= 0:
                     return None
                 cond.wait(left)
+
+
+class PgFloor:
+    """The PostgreSQL floor: autocommit INSERT + notify; claim with one UPDATE ... RETURNING
+    over ``FOR UPDATE SKIP LOCKED``; a connection per thread; a receiver reads its inbox's
+    sequence before the claim and parks only while it has not moved (no lost wake-up, no
+    lock held across a round trip)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url = url
+        self.local = threading.local()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE m (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                "r text, body text, acked float8)"
+            )
+            conn.execute("CREATE INDEX m_pending ON m (r, id) WHERE acked IS NULL")
+        self.wait = threading.Lock()
+        self.conds: dict[str, threading.Condition] = {}
+        self.seq: dict[str, int] = {}
+
+    def _conn(self) -> Any:
+        import psycopg
+
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = psycopg.connect(self.url, autocommit=True)
+        return conn
+
+    def send(self, recipient: str, body: str) -> None:
+        self._conn().execute("INSERT INTO m (r, body) VALUES (%s, %s)", (recipient, body))
+        with self.wait:
+            self.seq[recipient] = self.seq.get(recipient, 0) + 1
+            cond = self.conds.get(recipient)
+            if cond is not None:
+                cond.notify_all()
+
+    def recv(self, recipient: str, wait: float) -> str | None:
+        deadline = time.monotonic() + wait
+        with self.wait:
+            cond = self.conds.setdefault(recipient, threading.Condition(self.wait))
+        conn = self._conn()
+        while True:
+            with self.wait:
+                seen = self.seq.get(recipient, 0)
+            row = conn.execute(
+                "UPDATE m SET acked = 1 WHERE id = (SELECT id FROM m WHERE r = %s "
+                "AND acked IS NULL ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                "RETURNING body",
+                (recipient,),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            with self.wait:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                if self.seq.get(recipient, 0) == seen:
+                    cond.wait(left)
 
 
 class OpsStub:
@@ -229,6 +296,7 @@ def http_clients(
     senders: int,
     keepalive: bool,
     out: Any,
+    label_pg: bool = False,
 ) -> None:
     """Child process: drive the agent sockets under ``state`` and send the figures back."""
     layout = Layout(state=Path(state), run=Path(state) / "run")
@@ -253,7 +321,7 @@ def http_clients(
 
         return send
 
-    label = "http" if keepalive else "http-nk"
+    label = ("http" if keepalive else "http-nk") + ("-pg" if label_pg else "")
     cpu0, wall0 = time.process_time(), time.perf_counter()
     res = run(label, make_sender(), h_recv, agents, samples, seconds, senders, make_sender)
     cpu = time.process_time() - cpu0
@@ -270,11 +338,18 @@ def http_clients(
 
 
 def http_stack(
-    d: Path, agents: list[str], samples: int, seconds: float, senders: int, keepalive: bool
+    d: Path,
+    agents: list[str],
+    samples: int,
+    seconds: float,
+    senders: int,
+    keepalive: bool,
+    pg_url: str | None = None,
 ) -> dict[str, float]:
-    """Serve one agent socket per receiver (plus the sender's) and drive them from a child."""
-    sub = d / ("ka" if keepalive else "nk")
-    hb = Broker(sub / "http.sqlite")
+    """Serve one agent socket per receiver (plus the sender's) and drive them from a child;
+    the broker on sqlite, or on ``pg_url``."""
+    sub = d / (("ka" if keepalive else "nk") + ("-pg" if pg_url else ""))
+    hb = Broker(pg_url or sub / "http.sqlite")
     layout = Layout(state=sub, run=sub / "run")
     registry, tokens = serve_agents(hb, layout, [*agents, "bench"], [*agents, "bench", "manager"])
     # the clients (receivers and senders) run in another process, as the harnesses do,
@@ -283,7 +358,7 @@ def http_stack(
     parent, child = ctx.Pipe()
     proc = ctx.Process(
         target=http_clients,
-        args=(str(sub), tokens, agents, samples, seconds, senders, keepalive, child),
+        args=(str(sub), tokens, agents, samples, seconds, senders, keepalive, child, bool(pg_url)),
     )
     cpu0, wall0 = time.process_time(), time.perf_counter()
     proc.start()
@@ -416,6 +491,101 @@ def validation_cost(n: int = 3000) -> None:
         )
 
 
+class Postgres:
+    """Fresh databases for the PostgreSQL stacks: on a server started as the tests start
+    theirs (``tests/pg.py``), or on ``url`` (a role that may CREATE DATABASE)."""
+
+    def __init__(self, url: str | None) -> None:
+        self.server: Any = None
+        if url is None:
+            from tests.pg import PgServer
+
+            self.server = PgServer.start()
+            url = self.server.url("postgres")
+        self.admin = url
+        self.made: list[str] = []
+
+    def new_db(self) -> str:
+        """The URL of a new empty database."""
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        name = f"hh_bench_{len(self.made) + 1}_{int(time.time())}"
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}".encode())
+        self.made.append(name)
+        parts = conninfo_to_dict(self.admin)
+        parts["dbname"] = name
+        return make_conninfo("", **parts)
+
+    def version(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.admin) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else "?"
+
+    def close(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            for name in self.made:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+        if self.server is not None:
+            self.server.stop()
+
+
+def in_process(label: str, b: Broker, agents: list[str], args: Any) -> dict[str, float]:
+    """``run`` against ``b`` called in-process."""
+
+    def b_recv(a: str) -> str | None:
+        m = b.recv(a, 1.0)
+        return None if m is None else m.body
+
+    def b_send(to: str, body: str) -> None:
+        b.send("bench", to, body)
+
+    try:
+        return run(label, b_send, b_recv, agents, args.samples, args.seconds, args.senders)
+    finally:
+        b.close()
+
+
+def side_by_side(rows: dict[str, tuple[dict[str, float], dict[str, float]]]) -> None:
+    """One line per stack: sqlite's figures, PostgreSQL's, and their ratio."""
+    print("\nside by side (sqlite | PostgreSQL | PostgreSQL / sqlite):")
+    print(f"  {'':8s} {'wake p50 ms':>23s} {'wake p99 ms':>25s} {'sends/s':>25s}")
+    for label, (lite, pg) in rows.items():
+        cells = []
+        for key, fmt in (("p50_ms", "7.3f"), ("p99_ms", "7.3f"), ("send_per_s", "7.0f")):
+            a, b = lite[key], pg[key]
+            cells.append(f"{a:{fmt}} | {b:{fmt}} x{b / a:5.2f}")
+        print(f"  {label:8s} " + "   ".join(cells))
+
+
+def targets(
+    label: str, http: dict[str, float], floor: dict[str, float], inproc: dict[str, float]
+) -> None:
+    """Issue 10's socket-path targets for one store."""
+    ratio = http["send_per_s"] / inproc["send_per_s"]
+    print(f"\ntargets (issue 10), over the socket path, broker on {label}:")
+    print(
+        f"  wake p50 {http['p50_ms']:.3f} ms (floor {floor['p50_ms']:.3f}, "
+        f"x{http['p50_ms'] / floor['p50_ms']:.1f}); target ≤ 0.5 ms: "
+        f"{'met' if http['p50_ms'] <= 0.5 else 'MISSED'}"
+    )
+    print(
+        f"  wake p99 {http['p99_ms']:.3f} ms (floor {floor['p99_ms']:.3f}, "
+        f"x{http['p99_ms'] / floor['p99_ms']:.1f}); target ≤ 2 ms: "
+        f"{'met' if http['p99_ms'] <= 2.0 else 'MISSED'}"
+    )
+    print(
+        f"  durable sends {http['send_per_s']:.0f}/s (in-process Broker "
+        f"{inproc['send_per_s']:.0f}/s, x{ratio:.2f}); target ≥ 2,000/s and ≥ x0.6: "
+        f"{'met' if http['send_per_s'] >= 2000 and ratio >= 0.6 else 'MISSED'}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--agents", type=int, default=50, help="parked receivers (default 50)")
@@ -425,90 +595,96 @@ def main() -> None:
     ap.add_argument(
         "--no-close-run", action="store_true", help="skip the http run without keep-alive"
     )
+    ap.add_argument(
+        "--pg-url",
+        help="a PostgreSQL database whose role may CREATE DATABASE (default: start a "
+        "server in a temp dir, as the tests do)",
+    )
+    ap.add_argument("--no-postgres", action="store_true", help="sqlite only")
+    ap.add_argument(
+        "--no-extras", action="store_true", help="skip the sequential and validation runs"
+    )
     args = ap.parse_args()
     agents = [f"a{i}" for i in range(args.agents)]
     d = Path(tempfile.mkdtemp(prefix="hh-bench-", dir="/tmp"))
+    pg = None if args.no_postgres else Postgres(args.pg_url)
     print(
         f"{args.agents} parked receivers, {args.samples} latency samples, "
         f"{args.senders} senders x {args.seconds:.0f} s; sqlite {sqlite3.sqlite_version}, "
+        f"PostgreSQL {pg.version() if pg else '(skipped)'}, "
         f"python {sys.version.split()[0]}, files in {d}",
         flush=True,
     )
-
-    floor = FloorBroker(d / "floor.sqlite")
-    res_floor = run(
-        "floor",
-        floor.send,
-        lambda a: floor.recv(a, 1.0),
-        agents,
-        args.samples,
-        args.seconds,
-        args.senders,
-    )
-
-    broker = Broker(d / "broker.sqlite")
-
-    def b_recv(a: str) -> str | None:
-        m = broker.recv(a, 1.0)
-        return None if m is None else m.body
-
-    def b_send(to: str, body: str) -> None:
-        broker.send("bench", to, body)
-
-    res_broker = run(
-        "broker",
-        b_send,
-        b_recv,
-        agents,
-        args.samples,
-        args.seconds,
-        args.senders,
-    )
-    broker.close()
-
-    stacks = [("broker", res_broker)]
-    stacks.append(("http", http_stack(d, agents, args.samples, args.seconds, args.senders, True)))
-    if not args.no_close_run:
-        stacks.append(
-            ("http-nk", http_stack(d, agents, args.samples, args.seconds, args.senders, False))
+    try:
+        floor = FloorBroker(d / "floor.sqlite")
+        res_floor = run(
+            "floor",
+            floor.send,
+            lambda a: floor.recv(a, 1.0),
+            agents,
+            args.samples,
+            args.seconds,
+            args.senders,
         )
+        res_broker = in_process("broker", Broker(d / "broker.sqlite"), agents, args)
+        http = http_stack(d, agents, args.samples, args.seconds, args.senders, True)
+        stacks = [("broker", res_broker, res_floor), ("http", http, res_floor)]
+        if pg is not None:
+            pgfloor = PgFloor(pg.new_db())
+            res_pgfloor = run(
+                "pgfloor",
+                pgfloor.send,
+                lambda a: pgfloor.recv(a, 1.0),
+                agents,
+                args.samples,
+                args.seconds,
+                args.senders,
+            )
+            res_bpg = in_process("broker-pg", Broker(pg.new_db()), agents, args)
+            http_pg = http_stack(
+                d, agents, args.samples, args.seconds, args.senders, True, pg.new_db()
+            )
+            stacks += [("broker-pg", res_bpg, res_pgfloor), ("http-pg", http_pg, res_pgfloor)]
+        if not args.no_close_run:
+            nk = http_stack(d, agents, args.samples, args.seconds, args.senders, False)
+            stacks.append(("http-nk", nk, res_floor))
 
-    print("\nratios against the floor (lower latency / higher throughput is better):")
-    for label, res in stacks:
         print(
-            f"  {label:7s} p50 x{res['p50_ms'] / res_floor['p50_ms']:6.1f}   "
-            f"p99 x{res['p99_ms'] / res_floor['p99_ms']:6.1f}   "
-            f"throughput x{res['send_per_s'] / res_floor['send_per_s']:6.3f}"
+            "\nratios against the floor of the same store (lower latency / higher throughput "
+            "is better):"
         )
-    http = stacks[1][1]
-    ratio = http["send_per_s"] / res_broker["send_per_s"]
-    print("\ntargets (issue 10), over the socket path:")
-    print(
-        f"  wake p50 {http['p50_ms']:.3f} ms (floor {res_floor['p50_ms']:.3f}, "
-        f"x{http['p50_ms'] / res_floor['p50_ms']:.1f}); target ≤ 0.5 ms: "
-        f"{'met' if http['p50_ms'] <= 0.5 else 'MISSED'}"
-    )
-    print(
-        f"  wake p99 {http['p99_ms']:.3f} ms (floor {res_floor['p99_ms']:.3f}, "
-        f"x{http['p99_ms'] / res_floor['p99_ms']:.1f}); target ≤ 2 ms: "
-        f"{'met' if http['p99_ms'] <= 2.0 else 'MISSED'}"
-    )
-    print(
-        f"  durable sends {http['send_per_s']:.0f}/s (in-process Broker "
-        f"{res_broker['send_per_s']:.0f}/s, x{ratio:.2f}); target ≥ 2,000/s and ≥ x0.6: "
-        f"{'met' if http['send_per_s'] >= 2000 and ratio >= 0.6 else 'MISSED'}"
-    )
-    if len(stacks) == 3:
-        ka, nk = stacks[1][1], stacks[2][1]
-        print(
-            f"\nkeep-alive gain (http vs http-nk): p50 {nk['p50_ms']:.3f} → {ka['p50_ms']:.3f} ms, "
-            f"p99 {nk['p99_ms']:.3f} → {ka['p99_ms']:.3f} ms, "
-            f"sends {nk['send_per_s']:.0f} → {ka['send_per_s']:.0f}/s "
-            f"(x{ka['send_per_s'] / nk['send_per_s']:.2f}), connections per message "
-            f"{nk['conns_per_msg']:.2f} → {ka['conns_per_msg']:.3f}"
-        )
-    sequential_http(d)
-    validation_cost()
+        for label, res, base in stacks:
+            print(
+                f"  {label:9s} p50 x{res['p50_ms'] / base['p50_ms']:6.1f}   "
+                f"p99 x{res['p99_ms'] / base['p99_ms']:6.1f}   "
+                f"throughput x{res['send_per_s'] / base['send_per_s']:6.3f}"
+            )
+        if pg is not None:
+            side_by_side(
+                {
+                    "floor": (res_floor, res_pgfloor),
+                    "broker": (res_broker, res_bpg),
+                    "http": (http, http_pg),
+                }
+            )
+        targets("sqlite", http, res_floor, res_broker)
+        if pg is not None:
+            targets("PostgreSQL", http_pg, res_pgfloor, res_bpg)
+        if not args.no_close_run:
+            ka = http
+            print(
+                f"\nkeep-alive gain (http vs http-nk): p50 {nk['p50_ms']:.3f} → "
+                f"{ka['p50_ms']:.3f} ms, p99 {nk['p99_ms']:.3f} → {ka['p99_ms']:.3f} ms, "
+                f"sends {nk['send_per_s']:.0f} → {ka['send_per_s']:.0f}/s "
+                f"(x{ka['send_per_s'] / nk['send_per_s']:.2f}), connections per message "
+                f"{nk['conns_per_msg']:.2f} → {ka['conns_per_msg']:.3f}"
+            )
+        if not args.no_extras:
+            sequential_http(d)
+            validation_cost()
+    finally:
+        if pg is not None:
+            pg.close()
 
 
 if __name__ == "__main__":

@@ -415,6 +415,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             ]
         )
     print(_table(rows))
+    for line in _problems(agents):
+        print(line)
     return EXIT_OK
 
 
@@ -430,7 +432,28 @@ def _state(a: dict[str, Any]) -> str:
     ready = conds.get("Ready", {})
     if ready.get("status") == "False" and ready.get("reason") not in (None, "Stopped"):
         return str(ready.get("reason"))
+    degraded = conds.get("Degraded", {})
+    if degraded.get("status") == "True":
+        return str(degraded.get("reason"))
     return str(a.get("phase"))
+
+
+def _problems(agents: list[dict[str, Any]]) -> list[str]:
+    """One line per condition an operator should act on (what is wrong and how to fix it),
+    as the agents themselves reported it."""
+    out: list[str] = []
+    for a in agents:
+        for c in a.get("conditions", []):
+            t, s, r = c.get("type"), c.get("status"), c.get("reason")
+            bad = (
+                (t == "Ready" and s == "False" and r == "ClaudeMissing")
+                or (t == "LoggedIn" and s == "False")
+                or (t == "Degraded" and s == "True" and r != "ClaudeMissing")
+                or (t == "UpToDate" and s == "False" and r == "EnvChanged")
+            )
+            if bad:
+                out.append(f"{a.get('name')}: {t} {r}: {c.get('message') or ''}".rstrip())
+    return out
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
@@ -831,10 +854,12 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="agents, their state and conditions; or one agent in depth",
         description="Without NAME: a table of agents — STATE (the phase, or what matters "
-        "more: Stalled / Reconciling reasons such as CrashLoopBackOff, RetryScheduled), the "
-        "deployed meta commit, the conditions at a glance (Ready, Reconciling, Stalled, "
-        "UpToDate, LoggedIn; + true, - false, ? unknown) and how long it has been in its "
-        "phase. With NAME: the agent described — every condition with its reason, message "
+        "more: Stalled / Reconciling reasons such as CrashLoopBackOff, RetryScheduled, or "
+        "what the agent reports: ClaudeMissing, ApiOverloaded...), the deployed meta "
+        "commit, the conditions at a glance (Ready, Reconciling, Stalled, UpToDate, "
+        "LoggedIn, Degraded; + true, - false, ? unknown) and how long it has been in its "
+        "phase; below it, one line per problem an agent reported, with the fix. With NAME: "
+        "the agent described — every condition with its reason, message "
         "and age, the last deploys that touched it with their tags (proposal/approved/"
         "building/deployed|failed), crash and retry backoff, and its recent events.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

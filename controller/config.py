@@ -130,6 +130,9 @@ class Config:
     """Turn on Claude Code's own OpenTelemetry export in every agent (to the same endpoint)."""
     budget: Limits | None = None
     """The swarm-wide budget per UTC day (``budget:`` in the file; docs/budgets.md)."""
+    broker: str | None = None
+    """Where the broker keeps messages: None (``sqlite``) for ``<state>/broker.sqlite``, or a
+    ``postgresql://`` URL (docs/broker.md "Stores")."""
 
     def resolved_runtime(self) -> Runtime:
         """``auto`` → ``nixos-container`` when that executable is on PATH, else ``local``
@@ -181,7 +184,15 @@ def config_from_dict(doc: dict[str, Any], base: Config | None = None) -> Config:
         forge_poll_seconds=float(forge.get("poll_seconds", cfg.forge_poll_seconds)),
         **_observability(doc, cfg),
         budget=Limits.from_doc(doc["budget"]) if "budget" in doc else cfg.budget,
+        broker=_broker(doc.get("broker"), cfg.broker),
     )
+
+
+def _broker(value: str | None, default: str | None) -> str | None:
+    """The ``broker`` key: None for sqlite (the default), else the PostgreSQL URL."""
+    if value is None:
+        return default
+    return None if value == "sqlite" else value
 
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})

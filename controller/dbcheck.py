@@ -14,6 +14,11 @@
   ``broker.sqlite.damaged-<unix seconds>`` and the controller starts empty.
 - **unreadable** (permissions, a directory in its place): refused.
 
+A PostgreSQL broker (``broker: postgresql://…``) is checked by connecting: unreachable, or
+migrated by a newer hyperhive, is refused; a database without the broker's tables while
+agents have run here is refused unless ``reset`` (the URL names the wrong database, or its
+data is gone). Nothing is ever moved or dropped there.
+
 ``reset`` (``hyperhive serve --reset-broker``) never touches a healthy database.
 """
 
@@ -151,11 +156,26 @@ def _move_aside(db: Path, now: float) -> Path:
     return dest
 
 
-def check_broker_db(layout: Layout, *, reset: bool = False, now: float | None = None) -> DbCheck:
-    """Check ``layout.broker_db`` before the broker opens it (see the module docstring).
+def broker_location(broker: str | None, layout: Layout) -> Path | str:
+    """Where the broker keeps messages: the config's ``broker`` URL, else the sqlite file
+    ``<state>/broker.sqlite``."""
+    return layout.broker_db if broker is None else broker
 
-    Raises ``BrokerDbRefused`` (one line: the file, what is wrong, how to recover).
+
+def check_broker_db(
+    layout: Layout,
+    *,
+    reset: bool = False,
+    now: float | None = None,
+    location: Path | str | None = None,
+) -> DbCheck:
+    """Check the broker's database before the broker opens it (see the module docstring):
+    ``location`` (a ``postgresql://`` URL, or by default ``layout.broker_db``).
+
+    Raises ``BrokerDbRefused`` (one line: the file or database, what is wrong, how to recover).
     """
+    if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
+        return _check_postgres(location, layout, reset=reset)
     db = layout.broker_db
     ran = agents_have_run(layout)
     lost = f"but agents have run here ({ran}): its messages are gone and ids would restart at 1"
@@ -191,3 +211,46 @@ def check_broker_db(layout: Layout, *, reset: bool = False, now: float | None = 
     if not tables and ran is not None and not reset:
         raise BrokerDbRefused(f"broker database {db} has no messages table {lost}; {recover}")
     return DbCheck(DbState.OK, f"{db}: quick_check ok")
+
+
+def _check_postgres(url: str, layout: Layout, *, reset: bool) -> DbCheck:
+    """``check_broker_db`` for a PostgreSQL broker: connect and read its schema versions."""
+    try:
+        import psycopg
+
+        from controller.broker.postgres import redact
+        from controller.broker.postgres_schema import SCHEMA_VERSION, applied_versions
+    except ImportError as exc:
+        from controller.broker.broker import NEEDS_PSYCOPG
+
+        raise BrokerDbRefused(
+            f"the broker is configured on PostgreSQL, which {NEEDS_PSYCOPG}"
+        ) from exc
+    where = redact(url)
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            versions = applied_versions(conn)
+    except psycopg.Error as exc:
+        raise BrokerDbRefused(
+            f"broker database {where} cannot be reached ({' '.join(str(exc).split())}); "
+            "check the config's broker URL and that PostgreSQL is running"
+        ) from exc
+    newest = max(versions, default=0)
+    if newest > SCHEMA_VERSION:
+        raise BrokerDbRefused(
+            f"broker database {where} has schema version {newest}, newer than this "
+            f"hyperhive's {SCHEMA_VERSION}; run the newer hyperhive, or restore a backup"
+        )
+    if versions:
+        return DbCheck(DbState.OK, f"{where}: schema version {newest}")
+    ran = agents_have_run(layout)
+    if ran is None:
+        return DbCheck(DbState.NEW, f"{where} has no broker tables; creating them")
+    if not reset:
+        raise BrokerDbRefused(
+            f"broker database {where} has no broker tables but agents have run here ({ran}): "
+            "the URL names another database, or its messages are gone; fix the config's "
+            f"broker URL or restore the database, or start once with `hyperhive serve "
+            f"{RESET_FLAG}` to begin with an empty broker"
+        )
+    return DbCheck(DbState.RESET, f"{where} has no broker tables; starting empty ({RESET_FLAG})")

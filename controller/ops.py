@@ -144,6 +144,11 @@ class SwarmOps(Protocol):
         """``spec.allowedRecipients`` of ``agent`` as deployed (empty = anyone)."""
         ...
 
+    def agent_report(self, agent: str, report: dict[str, Any]) -> bool:
+        """Keep what ``agent``'s harness reports it has (a validated wire ``AgentReport``,
+        received on ``agent``'s own socket); True when it changed. Never blocks."""
+        ...
+
     # --- operator verbs ------------------------------------------------
     def proposals(self, pending_only: bool = False) -> list[Proposal]:
         """All proposals/deploys, newest first (or only those awaiting a decision)."""

@@ -239,7 +239,7 @@ def one_shot_pass(
     database is missing or damaged although agents have run) and what the pass raises.
     """
     from controller.broker import Broker
-    from controller.dbcheck import check_broker_db
+    from controller.dbcheck import broker_location, check_broker_db
     from controller.metarepo import MetaRepo
     from controller.statedir import prepare_state_dirs
     from controller.swarm import Swarm
@@ -248,9 +248,10 @@ def one_shot_pass(
     prepare_state_dirs(layout)
     with state_lock(layout):
         # never create an empty broker over one that was lost: the same check as serve
-        check_broker_db(layout)
+        where = broker_location(cfg.broker, layout)
+        check_broker_db(layout, location=where)
         meta = MetaRepo.open_or_init(layout, cfg, version=hyperhive_version())
-        broker = Broker(layout.broker_db)
+        broker = Broker(where)
         try:
             swarm = Swarm(layout, cfg, meta, broker, make_driver(cfg, layout))
             return swarm.reconcile(dry_run=dry_run).to_json()
@@ -277,7 +278,7 @@ def run_daemon(
     from controller.broker import Broker, BrokerStorageError
     from controller.budget.wiring import open_budgets
     from controller.dashboard.app import make_dashboard_app
-    from controller.dbcheck import BrokerDbRefused, check_broker_db
+    from controller.dbcheck import BrokerDbRefused, broker_location, check_broker_db
     from controller.forge.setup import ForgeSetupError, make_forge
     from controller.frontend.files import FrontendFiles
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
@@ -326,14 +327,15 @@ def run_daemon(
         for d in (layout.run, layout.log_dir):
             d.mkdir(parents=True, exist_ok=True)
         try:
-            checked = check_broker_db(layout, reset=reset_broker)
+            broker_at = broker_location(cfg.broker, layout)
+            checked = check_broker_db(layout, reset=reset_broker, location=broker_at)
         except BrokerDbRefused as exc:
             log.error("%s", exc)
             return 2
         log.info("broker database: %s", checked.detail)
         meta = MetaRepo.open_or_init(layout, cfg, version=hyperhive_version())
         try:
-            broker = Broker(layout.broker_db)
+            broker = Broker(broker_at)
         except BrokerStorageError as exc:
             log.error("%s", exc)
             return 2

@@ -5,8 +5,10 @@ pure; ``load_status`` / ``save_status`` are the only I/O here.
 
 Conditions (``type``: ``status`` / CamelCase ``reason``):
 
-- ``Ready``: True/Running when the agent's process or container runs (False/BudgetExceeded
-  when it runs but is over its budget or the swarm's: it takes no new turn); False with
+- ``Ready``: True/Running when the agent's process or container runs and its harness
+  found claude; False/ClaudeMissing when it runs but reported no claude CLI;
+  False/BudgetExceeded when it runs but is over its budget or the swarm's (it takes no
+  new turn); False with
   Suspended, StoppedByRequest, NotDeployed, Stopped, Failed, CrashLoopBackOff,
   InvalidManifest, Pruning.
 - ``Reconciling``: True while an action is still owed (Creating, Rebuilding,
@@ -16,11 +18,19 @@ Conditions (``type``: ``status`` / CamelCase ``reason``):
   fails the schema (InvalidManifest) or repeated crashes (CrashLoopBackOff) — until
   desired state changes or the operator starts the agent again; False/NotStalled.
 - ``UpToDate``: True when the deployed digests match main; False with NotDeployed,
-  NeedsUpdate (hyperhive version), NeedsRebuild (agent.nix / flake), ManifestChanged;
+  NeedsUpdate (hyperhive version), NeedsRebuild (agent.nix / flake), ManifestChanged,
+  EnvChanged (the controller's pass-through environment, say ``ANTHROPIC_API_KEY``,
+  changed since the agent started: ``hyperhive restart NAME`` picks it up);
   Unknown/NotDesired while being pruned. Under a runtime that does not build
   agent.nix (``local``) the message says so.
-- ``LoggedIn``: True when claude credentials are present (or an API key is passed
-  through), False/NeedsLogin, Unknown/NotProbed.
+- ``LoggedIn``: from the agent's own report (``HarnessReport``) when it sent one: True
+  with where its credentials come from, False/NeedsLogin (none), False/CredentialsRejected
+  (the API answered 401/403 to them). Before the first report, the controller's reading of
+  the agent's claude dir: True/CredentialsPresent, False/NeedsLogin, Unknown/NotProbed.
+- ``Degraded`` (turn health, from the agent's report; True is bad): True with
+  ClaudeMissing, NotLoggedIn, ApiUnauthorized, ApiOverloaded (529), ApiRateLimited (429),
+  ApiUnreachable (no answer), ApiError (another status), TurnFailed; False/Healthy;
+  Unknown/NotReported (running, no report yet) or NotRunning.
 - ``Isolated`` (only when the runtime reports it, see ``driver_isolation``): True
   with Bubblewrap (local runtime under bwrap) or Container (nixos-container);
   False/NoSandbox when a local agent runs (or would start) without a sandbox: it
@@ -86,6 +96,7 @@ class CondType(enum.StrEnum):
     UP_TO_DATE = "UpToDate"
     LOGGED_IN = "LoggedIn"
     ISOLATED = "Isolated"
+    DEGRADED = "Degraded"
 
 
 @dataclass(frozen=True)
@@ -264,6 +275,135 @@ class CrashState:
 
 
 @dataclass(frozen=True)
+class ApiTrouble:
+    """The last Messages API error an agent's claude hit since the model last answered.
+
+    ``status`` is the HTTP status (None: no answer at all — refused, reset, DNS, timeout);
+    ``error`` claude's short name for it (``overloaded``, ``unknown``, ...); ``attempt`` /
+    ``max_retries`` claude's retry count (``system``/``api_retry`` events); ``gave_up``
+    True when the run ended on it; ``at`` unix seconds (the agent's clock).
+    """
+
+    status: int | None
+    error: str = ""
+    attempt: int = 0
+    max_retries: int = 0
+    gave_up: bool = False
+    at: float | None = None
+
+
+@dataclass(frozen=True)
+class HarnessReport:
+    """What an agent's harness says it has (wire ``AgentReport``, ``POST /report`` on its own
+    socket, so it speaks only for itself).
+
+    ``claude_found`` / ``claude_path`` / ``claude_version``: the claude CLI it resolved;
+    ``credentials`` / ``credential_source`` / ``credentials_rejected``: whether claude can
+    authenticate and how; ``env``: digests of its ``ANTHROPIC_*`` / ``CLAUDE_CODE_*``
+    variables (``schemas.wire.reported_env``); ``turn_*``: the running or last turn
+    (``turn_outcome``: ``ok``, ``failed``, ``cancelled``, ``prompt_too_long``;
+    ``turn_unreached``: why a failed turn never reached the model, its message back in the
+    inbox); ``api``: the last API error since the model last answered, else None.
+    """
+
+    claude_found: bool
+    credentials: bool
+    claude_path: str = ""
+    claude_version: str | None = None
+    credential_source: str = ""
+    credentials_rejected: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+    turn_running: bool = False
+    turn_number: int | None = None
+    turn_outcome: str | None = None
+    turn_unreached: str | None = None
+    turn_note: str | None = None
+    api: ApiTrouble | None = None
+    started_at: float | None = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> HarnessReport:
+        """From a wire ``AgentReport`` (already validated against the schema)."""
+        claude = d.get("claude") or {}
+        creds = d.get("credentials") or {}
+        turn = d.get("turn") or {}
+        api = d.get("api")
+        trouble = None
+        if isinstance(api, Mapping):
+            status = api.get("status")
+            trouble = ApiTrouble(
+                status=int(status) if isinstance(status, int) else None,
+                error=str(api.get("error") or ""),
+                attempt=int(api.get("attempt") or 0),
+                max_retries=int(api.get("max_retries") or 0),
+                gave_up=bool(api.get("gave_up", False)),
+                at=float(api["at"]) if isinstance(api.get("at"), int | float) else None,
+            )
+        env = d.get("env") or {}
+        started = d.get("started_at")
+        return cls(
+            claude_found=bool(claude.get("found", False)),
+            credentials=bool(creds.get("present", False)),
+            claude_path=str(claude.get("path") or ""),
+            claude_version=str(claude["version"]) if claude.get("version") else None,
+            credential_source=str(creds.get("source") or ""),
+            credentials_rejected=bool(creds.get("rejected", False)),
+            env=tuple(sorted((str(k), str(v)) for k, v in env.items())),
+            turn_running=bool(turn.get("running", False)),
+            turn_number=turn.get("number") if isinstance(turn.get("number"), int) else None,
+            turn_outcome=str(turn["outcome"]) if turn.get("outcome") else None,
+            turn_unreached=str(turn["unreached"]) if turn.get("unreached") else None,
+            turn_note=str(turn["note"]) if turn.get("note") else None,
+            api=trouble,
+            started_at=float(started) if isinstance(started, int | float) else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The row's ``harness`` summary (``status -o json``): no env digests."""
+        api = self.api
+        return {
+            "claude": {
+                "found": self.claude_found,
+                "path": self.claude_path,
+                "version": self.claude_version,
+            },
+            "credentials": {
+                "present": self.credentials,
+                "source": self.credential_source,
+                "rejected": self.credentials_rejected,
+            },
+            "turn": {
+                "running": self.turn_running,
+                "number": self.turn_number,
+                "outcome": self.turn_outcome,
+                "unreached": self.turn_unreached,
+                "note": self.turn_note,
+            },
+            "api": None
+            if api is None
+            else {
+                "status": api.status,
+                "error": api.error,
+                "attempt": api.attempt,
+                "max_retries": api.max_retries,
+                "gave_up": api.gave_up,
+                "at": api.at,
+            },
+        }
+
+
+def env_drift(report: HarnessReport | None, passed: Mapping[str, str] | None) -> tuple[str, ...]:
+    """Names of the pass-through variables (``passed``: name → digest, what the controller
+    would give the agent now) whose value the running agent (``report.env``) does not have:
+    set, changed or unset since it started. Empty without a report or a known environment."""
+    if report is None or passed is None:
+        return ()
+    have = dict(report.env)
+    names = set(have) | set(passed)
+    return tuple(sorted(n for n in names if have.get(n) != passed.get(n)))
+
+
+@dataclass(frozen=True)
 class AgentFacts:
     """Everything the conditions of one agent are computed from (no I/O).
 
@@ -290,6 +430,11 @@ class AgentFacts:
     """The hyperhive version main wants (``DesiredState.hyperhive_version``)."""
     isolation: Isolation | None = None
     """What the runtime reports (``driver_isolation``); None: no ``Isolated`` condition."""
+    report: HarnessReport | None = None
+    """What the agent's harness last reported (None: nothing yet, or not running)."""
+    env_drift: tuple[str, ...] = ()
+    """Pass-through variables the running agent does not have as the controller would pass
+    them now (``env_drift``)."""
     budget_hold: str | None = None
     """Why the agent may take no turn now: over its budget or the swarm's (spend and limit,
     ``controller.budget``); None when it may."""
@@ -316,6 +461,8 @@ def _ready(f: AgentFacts) -> Condition:
     obs = f.observed
     phase = Phase.ABSENT if obs is None else obs.phase
     if phase is Phase.RUNNING:
+        if f.report is not None and not f.report.claude_found:
+            return Condition(t, CondStatus.FALSE, "ClaudeMissing", _claude_missing(f))
         if f.budget_hold is not None:
             return budget_exceeded(f.budget_hold)
         commit = (obs.commit or "")[:12] if obs else ""
@@ -427,19 +574,131 @@ def _up_to_date(f: AgentFacts) -> Condition:
         )
     if have.config_digest != want.config_digest:
         return Condition(t, CondStatus.FALSE, "ManifestChanged", "agent.yaml changed")
+    if f.env_drift and have.phase is Phase.RUNNING:
+        names = ", ".join(f.env_drift)
+        return Condition(
+            t,
+            CondStatus.FALSE,
+            "EnvChanged",
+            f"started before the controller's environment changed ({names}): "
+            f"hyperhive restart {f.name} picks it up",
+        )
     msg = f"deployed {(have.commit or want.commit)[:12]}"
     if want.has_nix and not f.builds_nix:
         msg += f"; agent.nix is not built under the {f.runtime} runtime"
     return Condition(t, CondStatus.TRUE, "UpToDate", msg)
 
 
+def _claude_missing(f: AgentFacts) -> str:
+    where = f.report.claude_path if f.report is not None and f.report.claude_path else "claude"
+    return (
+        f"the agent found no claude CLI ({where!r} is not an executable on its PATH): start "
+        "the controller with ./hh serve (it installs the pinned CLI), or install claude and "
+        "set HYPERHIVE_CLAUDE_BIN before hyperhive serve; then "
+        f"hyperhive restart {f.name} (a message waiting for it is delivered then)"
+    )
+
+
+def _no_credentials(f: AgentFacts) -> str:
+    return (
+        "claude has no credentials in the agent: export ANTHROPIC_API_KEY before "
+        f"hyperhive serve and run hyperhive restart {f.name}, or log in from its web UI "
+        f"(/agents/{f.name}/ on the dashboard)"
+    )
+
+
+def _rejected(f: AgentFacts) -> str:
+    source = f.report.credential_source if f.report is not None else ""
+    return (
+        f"the Messages API rejected claude's credentials ({source or 'unknown source'}): "
+        f"log in again from /agents/{f.name}/ or set a new ANTHROPIC_API_KEY and run "
+        f"hyperhive restart {f.name}"
+    )
+
+
 def _logged_in(f: AgentFacts) -> Condition:
     t = CondType.LOGGED_IN
+    r = f.report
+    running = f.observed is not None and f.observed.phase is Phase.RUNNING
+    if r is not None and running:
+        if r.credentials_rejected:
+            return Condition(t, CondStatus.FALSE, "CredentialsRejected", _rejected(f))
+        if r.credentials:
+            return Condition(
+                t,
+                CondStatus.TRUE,
+                "CredentialsPresent",
+                f"{r.credential_source or 'claude credentials present'} (reported by the agent)",
+            )
+        return Condition(t, CondStatus.FALSE, "NeedsLogin", _no_credentials(f))
     if f.logged_in is None:
         return Condition(t, CondStatus.UNKNOWN, "NotProbed", f.login_reason)
     if f.logged_in:
         return Condition(t, CondStatus.TRUE, "CredentialsPresent", f.login_reason)
     return Condition(t, CondStatus.FALSE, "NeedsLogin", f.login_reason or "no claude credentials")
+
+
+#: HTTP status → (reason, what it means) for ``Degraded``.
+_API_REASONS: dict[int, tuple[str, str]] = {
+    401: ("ApiUnauthorized", "rejected the credentials"),
+    403: ("ApiUnauthorized", "refused the credentials"),
+    429: ("ApiRateLimited", "is rate limiting this key"),
+    529: ("ApiOverloaded", "is overloaded"),
+}
+
+
+def _api_condition(f: AgentFacts, api: ApiTrouble) -> Condition:
+    t = CondType.DEGRADED
+    if api.status is None:
+        reason, what = "ApiUnreachable", "did not answer (connection refused, reset or timed out)"
+    else:
+        reason, what = _API_REASONS.get(api.status, ("ApiError", f"answered {api.status}"))
+        what = f"answered {api.status}: it {what}" if api.status in _API_REASONS else what
+    when = f" at {rfc3339(api.at)}" if api.at is not None else ""
+    if api.gave_up:
+        tail = "claude gave up; the message goes back to the inbox and is delivered again"
+    elif api.attempt:
+        of = f" of {api.max_retries}" if api.max_retries else ""
+        tail = f"claude is retrying (attempt {api.attempt}{of})"
+    else:
+        tail = "the next turn retries"
+    fix = ""
+    if reason == "ApiUnauthorized":
+        fix = f"; {_rejected(f)}"
+    elif reason == "ApiUnreachable":
+        fix = "; check ANTHROPIC_BASE_URL, proxies and the network"
+    return Condition(t, CondStatus.TRUE, reason, f"the Messages API {what}{when}; {tail}{fix}")
+
+
+def _degraded(f: AgentFacts) -> Condition:
+    """Turn health from the agent's report: can its next turn reach the model?"""
+    t = CondType.DEGRADED
+    running = f.observed is not None and f.observed.phase is Phase.RUNNING
+    if not running:
+        return Condition(t, CondStatus.UNKNOWN, "NotRunning", "not running")
+    r = f.report
+    if r is None:
+        return Condition(t, CondStatus.UNKNOWN, "NotReported", "the agent has not reported yet")
+    if not r.claude_found:
+        return Condition(t, CondStatus.TRUE, "ClaudeMissing", _claude_missing(f))
+    if r.credentials_rejected:
+        return Condition(t, CondStatus.TRUE, "ApiUnauthorized", _rejected(f))
+    if not r.credentials:
+        return Condition(t, CondStatus.TRUE, "NotLoggedIn", _no_credentials(f))
+    if r.api is not None:
+        return _api_condition(f, r.api)
+    if r.turn_outcome == "failed" and not r.turn_running:
+        note = f": {r.turn_note}" if r.turn_note else ""
+        return Condition(
+            t,
+            CondStatus.TRUE,
+            "TurnFailed",
+            f"turn {r.turn_number} failed{note}; see the agent's web UI (/agents/{f.name}/)",
+        )
+    if r.turn_number is None:
+        return Condition(t, CondStatus.FALSE, "Healthy", "ready for its first turn")
+    last = r.turn_outcome or "running"
+    return Condition(t, CondStatus.FALSE, "Healthy", f"turn {r.turn_number}: {last}")
 
 
 def _isolated(iso: Isolation) -> Condition:
@@ -448,9 +707,9 @@ def _isolated(iso: Isolation) -> Condition:
 
 
 def compute_conditions(f: AgentFacts) -> tuple[Condition, ...]:
-    """Ready, Reconciling, Stalled, UpToDate, LoggedIn (and Isolated when the runtime
-    reports it) for one agent (transition time 0)."""
-    out = (_ready(f), _reconciling(f), _stalled(f), _up_to_date(f), _logged_in(f))
+    """Ready, Reconciling, Stalled, UpToDate, LoggedIn, Degraded (and Isolated when the
+    runtime reports it) for one agent (transition time 0)."""
+    out = (_ready(f), _reconciling(f), _stalled(f), _up_to_date(f), _logged_in(f), _degraded(f))
     return out if f.isolation is None else (*out, _isolated(f.isolation))
 
 

@@ -44,8 +44,10 @@ from harness.events import Bus, TurnState
 from harness.login import LoginBusy, LoginSession, LoginSnapshot, LoginState
 from harness.model import ModelStore
 from harness.plugins import COMMAND_TIMEOUT, Outcome, failure_report, install_all
+from harness.report import Credentials, Reporter
 from harness.stream import (
     LIVE_ONLY_KINDS,
+    MessageStart,
     StreamEvent,
     SystemEvent,
     TextDelta,
@@ -143,6 +145,8 @@ class TurnLoop:
         self.runner = runner or ClaudeRunner()
         self.python = python
         self.mcp_config_path = env.state_dir / "hyperhive-mcp.json"
+        #: the last reason the controller could not be reached (logged with the outage)
+        self.unreachable_because = ""
         #: the harness-served MCP tools (serve sets it); None: claude starts the stdio server
         self.mcp: McpEndpoint | None = None
         self._stop = threading.Event()
@@ -158,6 +162,8 @@ class TurnLoop:
         self.turn_timeout = turn_timeout(env, settings)
         self.last_timings = Timings()
         self.on_turn_recorded: Callable[[TurnRow, Timings], None] | None = None
+        #: the report to the controller (serve sets it; :mod:`harness.report`)
+        self.reporter: Reporter | None = None
         #: OpenTelemetry turn and tool spans (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set)
         self.telemetry = Telemetry.from_environ(env.agent, self.environ)
         # login
@@ -344,6 +350,11 @@ class TurnLoop:
     def _pump(self, turn: int | None) -> Callable[[StreamEvent], None]:
         def on_event(ev: StreamEvent) -> None:
             self._progress = time.monotonic()
+            if self.reporter is not None:
+                if isinstance(ev, SystemEvent) and ev.subtype == "api_retry":
+                    self.reporter.api_retry(ev.data)  # the controller hears of it at once
+                elif isinstance(ev, MessageStart):
+                    self.reporter.api_answered()
             self.telemetry.on_event(ev)
             if isinstance(ev, TextDelta):
                 self.bus.text_delta(turn, ev.index, ev.text)
@@ -485,6 +496,8 @@ class TurnLoop:
         )
         self.telemetry.turn_started(msg, model, turn)
         self.bus.set_state(TurnState.THINKING, turn)
+        if self.reporter is not None:
+            self.reporter.turn_started(turn)
         prompt = prompts.wake_prompt(
             msg,
             agent=self.env.agent,
@@ -553,6 +566,9 @@ class TurnLoop:
         ):
             self._rejected = login.fingerprint(self.environ, self.env.config_dir)
             log.error("claude's credentials were rejected (401); waiting for a new login")
+        if self.reporter is not None:
+            api_status = final.result.api_error_status if final and final.result else None
+            self.reporter.turn_ended(turn, str(kind), unreached, note, api_status)
 
         usage = sum((r.usage for r in runs), Usage())
         tools: Counter[str] = Counter()
@@ -712,6 +728,17 @@ class TurnLoop:
     def credentials_changed(self) -> None:
         """Wake a loop waiting for credentials so it re-checks now."""
         self._creds_changed.set()
+        if self.reporter is not None:
+            self.reporter.poke()
+
+    def credential_report(self) -> Credentials:
+        """Whether claude can authenticate now, how, and whether the API rejected the
+        credentials it has (for :mod:`harness.report`; changes nothing)."""
+        source = login.credential_source(self.environ, self.env.config_dir)
+        rejected = self._rejected is not None and (
+            login.fingerprint(self.environ, self.env.config_dir) == self._rejected
+        )
+        return Credentials(source is not None, source or "", rejected)
 
     def login_state(self) -> dict[str, Any]:
         """``{"needs_login", "reason", "source", "stored", "stored_hint", "session"}`` for
@@ -841,6 +868,8 @@ class TurnLoop:
             )
         except Unreachable as exc:
             log.debug("recv: %s", exc)
+            # why, for the outage's warning: over TCP it may be TLS (an untrusted certificate)
+            self.unreachable_because = str(exc.__cause__ or exc)
             return None, False
         return (data if isinstance(data, dict) else None), True
 
@@ -872,7 +901,12 @@ class TurnLoop:
                 if not outage:
                     where = self.env.broker.target
                     kind = "API" if self.env.api_url else "socket"
-                    log.warning("controller %s %s unreachable; retrying with backoff", kind, where)
+                    log.warning(
+                        "controller %s %s unreachable (%s); retrying with backoff",
+                        kind,
+                        where,
+                        self.unreachable_because,
+                    )
                     self.bus.set_status("controller_unreachable", f"{kind} {where} unreachable")
                     outage = True
                 self._sleep(delay)

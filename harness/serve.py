@@ -22,6 +22,10 @@ Files under the state dir (``HYPERHIVE_STATE_DIR``, claude's fixed cwd):
 ``hyperhive-model`` (operator model override), ``hyperhive-mcp.json``
 (the ``--mcp-config`` file, 0600: it holds the running turn's MCP credential).
 
+What the agent has (claude, credentials, turn and API health) is reported to the
+controller by :mod:`harness.report` (``POST /report``), which derives the agent's
+conditions from it.
+
 The hyperhive MCP tools are served by this process (:mod:`harness.mcp_http`, an
 ephemeral loopback port, a fresh credential per claude run), so claude starts no MCP
 server process; if that port cannot be bound, claude starts ``hyperhive-agent mcp``.
@@ -57,6 +61,7 @@ from harness.httpserve import TcpEndpoint, UnixEndpoint, WebServer, tcp_app, tcp
 from harness.loop import TurnLoop
 from harness.mcp_http import McpEndpoint
 from harness.model import ModelStore
+from harness.report import Reporter
 from harness.turnstats import TurnStats
 from harness.web import WebApp
 
@@ -82,6 +87,7 @@ class Harness:
     servers: list[WebServer]
     mcp: McpEndpoint | None = None
     loop_thread: threading.Thread | None = None
+    reporter: Reporter | None = None
 
     def alive(self) -> tuple[bool, str]:
         """Should the systemd watchdog be fed? ``(ok, why)``."""
@@ -98,6 +104,8 @@ class Harness:
                 self.loop.mcp = self.mcp.start()
             except OSError as exc:  # no loopback port: claude starts the stdio server instead
                 log.warning("cannot serve the MCP tools on loopback (%s); using stdio", exc)
+        if self.reporter is not None:
+            self.reporter.start()
         self.loop_thread = threading.Thread(target=self._run_loop, name="turn-loop", daemon=True)
         self.loop_thread.start()
 
@@ -121,6 +129,8 @@ class Harness:
         if self.loop_thread is not None:
             self.loop_thread.join(0.2)
         self.web.stop()
+        if self.reporter is not None:
+            self.reporter.stop()
         if self.mcp is not None:
             self.mcp.stop()
         for server in self.servers:
@@ -165,9 +175,11 @@ def build(
                                  policy=tcp_policy(ep, env.web_allowed_hosts),
                                  name="web-ui-tcp"))  # fmt: skip
     mcp = McpEndpoint(env.flavor, client)
+    reporter = Reporter(client, env.claude_bin, loop.claude_env, loop.credential_report, environ)
+    loop.reporter = reporter
     if loop.telemetry.on:  # the turn's trace travels with the messages its tools send
         mcp.handler.tools.trace = loop.telemetry.current_traceparent
-    return Harness(env, settings, bus, stats, models, loop, web, servers, mcp)
+    return Harness(env, settings, bus, stats, models, loop, web, servers, mcp, reporter=reporter)
 
 
 def setup_logging(environ: Mapping[str, str]) -> None:

@@ -8,6 +8,8 @@ Timestamps on the wire are RFC 3339 UTC strings with millisecond precision.
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +65,29 @@ MANAGER_ONLY_VERBS: tuple[str, ...] = (
     "ask_operator",
     "list",
 )
+
+
+#: Environment variables whose values the harness reports as digests (``AgentReport.env``)
+#: and the controller compares with its own pass-through environment: the ones that decide
+#: how claude reaches and authenticates to the Messages API.
+REPORTED_ENV_PREFIXES: tuple[str, ...] = ("ANTHROPIC_", "CLAUDE_CODE_")
+REPORTED_ENV_MAX = 64
+
+
+def env_digest(value: str) -> str:
+    """A short digest of an environment value (16 hex chars of SHA-256): lets the controller
+    tell whether an agent runs with the value it would pass through now, without the agent
+    sending the value (an API key) itself."""
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def reported_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``{name: env_digest(value)}`` of ``environ``'s ``REPORTED_ENV_PREFIXES`` variables
+    (non-empty values, at most ``REPORTED_ENV_MAX``, sorted by name)."""
+    names = sorted(
+        k for k, v in environ.items() if v and k.startswith(REPORTED_ENV_PREFIXES) and k.isupper()
+    )
+    return {k: env_digest(environ[k]) for k in names[:REPORTED_ENV_MAX]}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ caller's inbox ``status``. Endpoints (docs/architecture.md):
 ``POST /recent``           RecentRequest         ``{"messages": [...], "status"}``
 ``GET  /status``                                 Status
 ``POST /wake``             WakeRequest           ``{"id", "duplicate", "status"}``
+``POST /report``           AgentReport           ``{"ok", "status"}``
 =========================  ====================  =========================================
 
 Manager socket only (404 with a hint on an agent socket): ``POST /request_spawn``
@@ -287,6 +288,12 @@ class AgentApi:
         """``GET /status``."""
         return self._status()
 
+    async def report(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
+        """``POST /report``: the harness's own report of what it has, kept under the socket's
+        identity (an agent speaks only for itself); cheap, so answered inline."""
+        self.ops.agent_report(self.identity, doc)
+        return {"ok": True, "status": self._status()}
+
     async def wake(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /wake``: a message from label ``from`` into the caller's own inbox."""
         m = self.broker.send(
@@ -391,6 +398,7 @@ def make_agent_app(
     post("/recent", "RecentRequest", api.recent)
     get("/status", api.status)
     post("/wake", "WakeRequest", api.wake)
+    post("/report", "AgentReport", api.report)
     if flavor == "manager":
         post("/request_spawn", "SpawnRequest", api.request_spawn)
         post("/request_apply_commit", "ApplyCommitRequest", api.request_apply_commit)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from controller.broker.errors import BrokerStorageError
 from controller.broker.limits import MAX_DELIVERIES
 from controller.broker.questions import Questions
 from controller.broker.reading import Reading
@@ -26,6 +27,10 @@ from schemas.names import MANAGER
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 """A broker location starting with one of these is a PostgreSQL connection URL."""
+
+NEEDS_PSYCOPG = (
+    "needs psycopg and psycopg_pool (pip install 'hyperhive[postgres]'), which are not installed"
+)
 
 
 def is_postgres_url(location: str | Path) -> bool:
@@ -64,7 +69,12 @@ class Broker(Sending, Receiving, Retention, Reading, Threads, Questions):
         store: Store
         self.path: Path | None = None
         if is_postgres_url(location):
-            raise ValueError("the PostgreSQL broker store is not built yet")
+            # imported here: psycopg is only needed (and installed) for this store
+            try:
+                from controller.broker.postgres import PostgresStore
+            except ImportError as exc:
+                raise BrokerStorageError(f"the PostgreSQL broker store {NEEDS_PSYCOPG}") from exc
+            store = PostgresStore(str(location), self._on_change)
         else:
             self.path = Path(location)
             store = SqliteStore(self.path, self._on_change, durable=durable)

@@ -7,6 +7,8 @@
                  ``<state>/status.json``) and small pure helpers;
 - ``observe``    the observed-state cache (one ``driver.observe()`` per change);
 - ``triggers``   pass requests from the hook, the dashboard, the verbs;
+- ``reports``    what each agent's harness reports it has (claude, credentials,
+                 turn and API health);
 - ``events``     events to the manager's inbox and per-agent recent events;
 - ``rows``       per-agent status rows and conditions (login, ports), cached;
 - ``record``     end-of-pass bookkeeping and status.json;
@@ -219,6 +221,10 @@ class Swarm:
     def allowed_recipients(self, agent: str) -> tuple[str, ...]:
         """``spec.allowedRecipients`` as deployed, else as desired (empty = anyone)."""
         return self.queries.allowed_recipients(agent)
+
+    def agent_report(self, agent: str, report: dict[str, Any]) -> bool:
+        """Keep ``agent``'s own report of what it has (``controller.swarm.reports``)."""
+        return self.core.reports.put(agent, report)
 
     # ---------------------------------------------------------------- operator verbs
 

@@ -37,6 +37,7 @@ from controller.status import (
     load_status,
 )
 from controller.swarm.observe import ObservedView
+from controller.swarm.reports import Reports
 from controller.swarm.triggers import PassRequests
 from schemas.names import MANAGER, InvalidName, check_agent_name
 
@@ -169,6 +170,7 @@ class SwarmCore:
         self.pass_lock = threading.RLock()
         self.requests = PassRequests()
         self.view = ObservedView(driver)
+        self.reports = Reports()  # what each agent's harness says it has
         # the crash watch's view: None until the first pass seeds it
         self.seen_phase: dict[str, Phase] | None = None
         self.seen_login: dict[str, bool] | None = None

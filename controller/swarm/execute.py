@@ -212,6 +212,9 @@ class Executor:
         driver call that carries it out (run on a worker thread)."""
         name, kind = action.agent, action.kind
         driver = self.core.driver
+        if kind is not ActionKind.APPLY_MANIFEST:
+            # the process goes away: its report with it (a new harness reports at once)
+            self.core.reports.forget(name)
 
         def sink(line: str) -> None:
             log.info("[%s] %s", name, line)

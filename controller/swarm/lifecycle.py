@@ -89,6 +89,8 @@ class Verbs:
         have: ObservedAgent | None,
     ) -> str:
         deployed = have is not None and have.phase is not Phase.ABSENT
+        # every verb stops or replaces the process: its report goes with it
+        self.core.reports.forget(name)
         if verb is Lifecycle.KILL:
             self.core.holds[name] = {"reason": HOLD_REASON, "since": self.core.clock()}
             self.events.record(name, "Stopped", "stopped by request (kill)")

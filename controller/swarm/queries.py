@@ -36,7 +36,8 @@ class Queries:
 
     def version(self) -> str:
         """A token that changes whenever ``status()`` / ``tombstones()`` may change: observed
-        state, desired state, holds, failures, crashes, events, the last pass and refs.
+        state, agent reports, desired state, holds, failures, crashes, events, the last pass
+        and refs.
 
         Cheap (no process probing): the dashboard derives its ETag from it.
         """
@@ -45,6 +46,7 @@ class Queries:
         return ".".join(
             (
                 str(self.core.view.rev),
+                str(self.core.reports.rev),
                 desired.commit,
                 str(self.core.rev),
                 str(hash(json.dumps(self.core.holds, sort_keys=True, default=str))),

@@ -25,9 +25,11 @@ from controller.status import (
     AgentStatus,
     compute_conditions,
     driver_isolation,
+    env_drift,
     merge_conditions,
 )
 from controller.swarm.core import HOLD_REASON, WEB_PORT_FILE, SwarmCore, desired_key
+from controller.swarm.reports import passed_env
 from schemas.names import MANAGER
 
 # environment variables that authenticate the claude CLI (docs/claude-cli.md)
@@ -45,6 +47,8 @@ class Rows:
         self._json_rows: dict[str, tuple[AgentStatus, dict[str, Any]]] = {}
         self._login_cache: dict[str, tuple[tuple[int, ...], tuple[bool | None, str]]] = {}
         self._claude_dirs: dict[str, str] = {}
+        # what the driver passes through now (fixed for its lifetime): compared with reports
+        self._passed = passed_env(core.driver)
 
     def logged_in(self, agent: str) -> tuple[bool | None, str]:
         """Whether ``agent`` has claude credentials, and how; re-read only when its claude
@@ -137,6 +141,8 @@ class Rows:
             login = self.logged_in(name)
             port = self.port_of(name)
             isolation = driver_isolation(self.core.driver, name)
+            report = self.core.reports.get(name)
+            drift = env_drift(report, self._passed)
             budget = self.core.budget_hold(name)
             key = (
                 want,
@@ -150,6 +156,8 @@ class Rows:
                 builds_nix,
                 desired.commit,
                 isolation,
+                report,
+                drift,
                 budget,
             )
             cached = self._row_cache.get(name)
@@ -174,6 +182,8 @@ class Rows:
                 crash=crash,
                 version=desired.hyperhive_version,
                 isolation=isolation,
+                report=report if have is not None and have.phase is Phase.RUNNING else None,
+                env_drift=drift,
                 budget_hold=budget,
             )
             previous = cached[1].conditions if cached else self.core.conditions.get(name, ())
@@ -186,6 +196,10 @@ class Rows:
             }
             if crash is not None:
                 extra["crashes"] = len(crash.times)
+            if report is not None and have is not None and have.phase is Phase.RUNNING:
+                extra["harness"] = report.to_json()
+            if drift:
+                extra["env_stale"] = list(drift)
             row = AgentStatus(
                 name=name,
                 phase=(have.phase if have else Phase.ABSENT).value,
@@ -213,6 +227,7 @@ class Rows:
         observed = self.core.view.observed()
         key = (
             self.core.view.rev,
+            self.core.reports.rev,
             desired.commit,
             id(desired),
             self.core.rev,

@@ -20,6 +20,7 @@ from controller.broker import CANCELLED, EXPIRED, Broker, summarize_event
 from controller.errors import Conflict, Forbidden, Invalid, NotFound
 from schemas.validate import validate
 from schemas.wire import MessageKind, Status
+from tests.brokerstore import is_pg
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,8 +36,8 @@ class FakeClock:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker.sqlite")
+def broker(where: Path | str) -> Iterator[Broker]:
+    b = Broker(where)
     yield b
     b.close()
 
@@ -131,8 +132,8 @@ def test_abandoned_recv_does_not_take_a_message(broker: Broker) -> None:
     assert m is not None and m.body == "still here"
 
 
-def test_close_wakes_parked_recv(tmp_path: Path) -> None:
-    b = Broker(tmp_path / "b.sqlite")
+def test_close_wakes_parked_recv(where: Path | str) -> None:
+    b = Broker(where)
     t, out = _in_thread(b.recv, "bob", 30)
     time.sleep(0.2)
     b.close()
@@ -250,9 +251,9 @@ def test_recent_newest_last_to_or_from(broker: Broker) -> None:
     assert broker.status("bob").unread == 2  # recent does not deliver
 
 
-def test_recent_has_a_due_reminder_once(tmp_path: Path) -> None:
+def test_recent_has_a_due_reminder_once(where: Path | str) -> None:
     clock = FakeClock()
-    b = Broker(tmp_path / "b.sqlite", clock=clock)
+    b = Broker(where, clock=clock)
     r = b.remind("bob", 10, "to myself")
     b.send("bob", "alice", "out")
     assert [m.body for m in b.recent("bob")] == ["out"]
@@ -361,9 +362,9 @@ def test_reminder_created_while_parked_wakes_at_due_time(broker: Broker) -> None
     assert out["elapsed"] < 3  # type: ignore[operator]
 
 
-def test_due_reminder_counts_as_unread(tmp_path: Path) -> None:
+def test_due_reminder_counts_as_unread(where: Path | str) -> None:
     clock = FakeClock()
-    b = Broker(tmp_path / "b.sqlite", clock=clock)
+    b = Broker(where, clock=clock)
     b.remind("bob", 60, "later")
     assert b.status("bob") == Status(0, 0, 1)
     clock.now += 61
@@ -424,9 +425,9 @@ def test_operator_question_answer_emits_event(broker: Broker) -> None:
         broker.answer_question(qid + 100, "x")
 
 
-def test_operator_question_cancel_and_expiry(tmp_path: Path) -> None:
+def test_operator_question_cancel_and_expiry(where: Path | str) -> None:
     clock = FakeClock()
-    b = Broker(tmp_path / "b.sqlite", clock=clock)
+    b = Broker(where, clock=clock)
     c = b.ask_operator("cancel me")
     e = b.ask_operator("expire me", ttl_seconds=60)
     keep = b.ask_operator("keep me", ttl_seconds=3600)
@@ -474,9 +475,9 @@ def test_expiry_and_answer_race_resolves_once(broker: Broker) -> None:
 # ---------------------------------------------------------------------- retention, persistence
 
 
-def test_sweep_deletes_old_acked_keeps_undelivered(tmp_path: Path) -> None:
+def test_sweep_deletes_old_acked_keeps_undelivered(where: Path | str) -> None:
     clock = FakeClock()
-    b = Broker(tmp_path / "b.sqlite", clock=clock)
+    b = Broker(where, clock=clock)
     old = b.send("a", "bob", "old read")
     b.send("a", "bob", "old unread")
     assert b.recv("bob") is not None  # acks "old read"
@@ -492,15 +493,16 @@ def test_sweep_deletes_old_acked_keeps_undelivered(tmp_path: Path) -> None:
     b.recv("bob")
     clock.now += 31 * 86400
     b.sweep()
-    wal = tmp_path / "b.sqlite-wal"
-    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed and truncated
+    if not is_pg(where):
+        wal = Path(f"{where}-wal")
+        assert not wal.exists() or wal.stat().st_size == 0  # checkpointed and truncated
     nxt = b.send("a", "bob", "after sweep")
     assert nxt.id > fresh.id
     b.close()
 
 
-def test_reopen_keeps_everything(tmp_path: Path) -> None:
-    path = tmp_path / "b.sqlite"
+def test_reopen_keeps_everything(where: Path | str) -> None:
+    path = where
     b = Broker(path)
     b.send("a", "bob", "one")
     b.send("a", "bob", "two")
@@ -515,15 +517,15 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
     time.sleep(1.1)
     again = b.recv("bob")
     assert leased is not None and again is not None and again.id == leased.id
-    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if not is_pg(path):
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     b.close()
 
 
 _KILL_CHILD = """
 import sys
-from pathlib import Path
 from controller.broker import Broker
-b = Broker(Path(sys.argv[1]))
+b = Broker(sys.argv[1])
 i = 0
 while True:
     m = b.send("writer", "bob", f"n{i}")
@@ -532,9 +534,9 @@ while True:
 """
 
 
-def test_kill9_loses_no_committed_send(tmp_path: Path) -> None:
-    """Every send that returned (its id printed) is in the file after a kill -9."""
-    path = tmp_path / "b.sqlite"
+def test_kill9_loses_no_committed_send(where: Path | str) -> None:
+    """Every send that returned (its id printed) is in the store after a kill -9."""
+    path = where
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILL_CHILD, str(path)],
         stdout=subprocess.PIPE,
@@ -562,5 +564,16 @@ def test_kill9_loses_no_committed_send(tmp_path: Path) -> None:
 def test_event_json_roundtrip(broker: Broker) -> None:
     ev = {"type": "NeedsUpdate", "agent": "bob", "note": "ünïcode"}
     broker.emit_event("manager", ev)
-    raw = sqlite3.connect(broker.path).execute("SELECT event FROM messages").fetchone()[0]
-    assert json.loads(raw) == ev
+    assert json.loads(_raw_event(broker)) == ev
+
+
+def _raw_event(broker: Broker) -> str:
+    """The event column as stored, read past the broker."""
+    if broker.path is not None:
+        return str(sqlite3.connect(broker.path).execute("SELECT event FROM messages").fetchone()[0])
+    import psycopg
+
+    with psycopg.connect(broker._store._url) as conn:  # type: ignore[attr-defined]
+        row = conn.execute("SELECT event FROM messages").fetchone()
+    assert row is not None
+    return str(row[0])

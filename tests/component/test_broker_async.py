@@ -1,4 +1,5 @@
-"""The broker's asyncio waits (``recv_async``, ``wait_for_new_async``) on a real sqlite broker.
+"""The broker's asyncio waits (``recv_async``, ``wait_for_new_async``) on real stores (sqlite
+and PostgreSQL).
 
 Sends come from other threads, as they do in the controller (the reconcile
 thread emits events, the dashboard may send), and must wake the loop.
@@ -19,8 +20,8 @@ from controller.errors import Invalid
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "b.sqlite")
+def broker(where: Path | str) -> Iterator[Broker]:
+    b = Broker(where)
     yield b
     b.close()
 

@@ -1,6 +1,7 @@
 """Broker semantics added after the first slice: idempotency keys, dead letters, closing
-threads of a gone agent, operator answers restricted to the options, the version-1 file
-migration, and retention with a fake clock (the WAL shrinks after the checkpoint)."""
+threads of a gone agent, operator answers restricted to the options, on both stores; the
+sqlite version-1 file migration and retention with a fake clock (the WAL shrinks after the
+checkpoint); the PostgreSQL schema versions."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def broker(tmp_path: Path, clock: FakeClock) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker.sqlite", clock=clock)
+def broker(where: Path | str, clock: FakeClock) -> Iterator[Broker]:
+    b = Broker(where, clock=clock)
     yield b
     b.close()
 
@@ -125,11 +126,11 @@ def test_concurrent_repeats_queue_one_message(broker: Broker) -> None:
     assert len(set(ids)) == 1 and _drain(broker, "bob") == ["once"]
 
 
-def test_keys_survive_a_reopen(tmp_path: Path) -> None:
-    b = Broker(tmp_path / "b.sqlite")
+def test_keys_survive_a_reopen(where: Path | str) -> None:
+    b = Broker(where)
     m = b.send("alice", "bob", "hi", idempotency_key="persist")
     b.close()
-    b = Broker(tmp_path / "b.sqlite")
+    b = Broker(where)
     assert b.send("alice", "bob", "hi", idempotency_key="persist").id == m.id
     b.close()
 
@@ -214,8 +215,8 @@ def test_requeue_dead_letters(broker: Broker, clock: FakeClock) -> None:
     assert broker.status("bob").dead_letters == 0
 
 
-def test_dead_dead_letter_events_do_not_chain(tmp_path: Path, clock: FakeClock) -> None:
-    b = Broker(tmp_path / "b.sqlite", clock=clock, max_deliveries=1)
+def test_dead_dead_letter_events_do_not_chain(where: Path | str, clock: FakeClock) -> None:
+    b = Broker(where, clock=clock, max_deliveries=1)
     b.send("alice", "bob", "x")
     _lease_until_dead(b, clock, "bob", 1)
     assert b.reap_dead_letters() == 1
@@ -227,10 +228,10 @@ def test_dead_dead_letter_events_do_not_chain(tmp_path: Path, clock: FakeClock) 
     b.close()
 
 
-def test_parked_recv_turns_an_expiring_lease_into_a_dead_letter(tmp_path: Path) -> None:
+def test_parked_recv_turns_an_expiring_lease_into_a_dead_letter(where: Path | str) -> None:
     """Real clock: a parked recv wakes when the last lease ends, marks the dead letter (the
     manager's parked recv gets the event at once) and goes back to waiting, not spinning."""
-    b = Broker(tmp_path / "b.sqlite", max_deliveries=1)
+    b = Broker(where, max_deliveries=1)
     try:
         b.send("alice", "bob", "poison")
         assert b.recv("bob", 0, lease_seconds=1) is not None
@@ -291,8 +292,8 @@ def test_close_threads_of_a_destroyed_agent(broker: Broker) -> None:
     assert broker.status("alice").open_threads == 0
 
 
-def test_close_threads_wakes_a_parked_asker(tmp_path: Path) -> None:
-    b = Broker(tmp_path / "b.sqlite")
+def test_close_threads_wakes_a_parked_asker(where: Path | str) -> None:
+    b = Broker(where)
     try:
         b.ask("alice", "zed", "q")
         assert b.recv("zed") is not None

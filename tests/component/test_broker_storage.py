@@ -1,4 +1,5 @@
-"""The broker when its storage fails: disk full → 507, read-only / damaged → 503, nothing stored.
+"""The broker when its storage fails: disk full → 507, read-only / damaged → 503, nothing stored;
+on PostgreSQL: lost connections and a read-only database are 503s, a newer schema is refused.
 
 Disk full is a real full filesystem: the broker runs in a child process whose
 database lives on a 1 MiB tmpfs (bubblewrap ``--size``), and fills it.
@@ -6,6 +7,7 @@ database lives on a 1 MiB tmpfs (bubblewrap ``--size``), and fills it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from controller.broker import Broker, BrokerDiskFull, BrokerStorageError
+from controller.broker.postgres import POOL_MAX
 from controller.broker.sqlite import SqliteStore
 from controller.errors import HyperhiveError
 
@@ -150,3 +153,84 @@ def test_a_programming_error_is_not_a_storage_error(tmp_path: Path) -> None:
         assert broker.send("manager", "alice", "still fine").id == 1
     finally:
         broker.close()
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_admin(url: str, *statements: str) -> None:
+    """Run ``statements`` on the test's database server, past the broker."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for stmt in statements:
+            conn.execute(stmt.encode())
+
+
+def test_postgres_lost_connections_are_a_503_then_it_recovers(pg_url: str) -> None:
+    broker = Broker(pg_url)
+    try:
+        broker.send("manager", "alice", "first")
+        # the server ends every broker connection (a restart, a failover, an admin)
+        _pg_admin(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        outcomes = []
+        for i in range(1 + POOL_MAX):
+            try:
+                outcomes.append(broker.send("manager", "alice", f"after {i}").body)
+                break
+            except BrokerStorageError as exc:
+                assert exc.status == 503 and "nothing was stored" in exc.message
+                outcomes.append("503")
+        # each pooled connection that died fails one request; the pool then reconnects
+        assert outcomes[-1].startswith("after")
+        bodies = [m.body for m in broker.recent("alice")]
+        assert bodies == ["first", *(o for o in outcomes if o != "503")]
+    finally:
+        broker.close()
+
+
+def test_postgres_read_only_database_is_a_503(pg_url: str) -> None:
+    broker = Broker(pg_url)
+    db = pg_url.split("/")[3].split("?")[0]
+    admin = pg_url.replace(f"/{db}?", "/postgres?")
+    end_sessions = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    try:
+        broker.send("manager", "alice", "first")
+        _pg_admin(
+            admin, f"ALTER DATABASE {db} SET default_transaction_read_only = on", end_sessions
+        )
+        errors = []
+        for _ in range(2 + POOL_MAX):  # ended pooled connections fail first
+            with pytest.raises(BrokerStorageError) as info:
+                broker.send("manager", "alice", "second")
+            assert info.value.status == 503
+            errors.append(info.value.message)
+            if "read-only" in info.value.message:
+                break
+        assert "read-only" in errors[-1]
+        _pg_admin(
+            admin, f"ALTER DATABASE {db} SET default_transaction_read_only = off", end_sessions
+        )
+        for _ in range(1 + POOL_MAX):  # each ended pooled connection fails one request
+            with contextlib.suppress(BrokerStorageError):
+                broker.send("manager", "alice", "third")
+                break
+        assert [m.body for m in broker.recent("alice")] == ["first", "third"]
+    finally:
+        broker.close()
+
+
+def test_postgres_newer_schema_is_refused(pg_url: str) -> None:
+    Broker(pg_url).close()
+    _pg_admin(
+        pg_url,
+        "INSERT INTO hyperhive_broker_schema (version, description, applied_at) "
+        "VALUES (99, 'from the future', 0)",
+    )
+    with pytest.raises(BrokerStorageError) as info:
+        Broker(pg_url)
+    assert "schema version 99" in info.value.message

@@ -165,3 +165,28 @@ def test_a_database_without_the_broker_tables_counts_as_emptied(layout: Layout) 
 def test_a_directory_in_place_of_the_database_is_refused(layout: Layout) -> None:
     layout.broker_db.mkdir()
     assert "not a regular file" in refused(layout)
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+
+
+def test_postgres_new_ok_and_lost(layout: Layout, pg_url: str) -> None:
+    assert check_broker_db(layout, location=pg_url).state is DbState.NEW
+    agents_ran(layout)
+    # agents have run, the database has no broker tables: another database, or data lost
+    with pytest.raises(BrokerDbRefused) as info:
+        check_broker_db(layout, location=pg_url)
+    assert "no broker tables" in str(info.value) and RESET_FLAG in str(info.value)
+    assert check_broker_db(layout, location=pg_url, reset=True).state is DbState.RESET
+    Broker(pg_url).close()
+    checked = check_broker_db(layout, location=pg_url)
+    assert checked.state is DbState.OK and "schema version 1" in checked.detail
+    assert not layout.broker_db.exists()  # the sqlite file is never made or touched
+
+
+def test_postgres_unreachable_is_refused(layout: Layout, tmp_path: Path) -> None:
+    url = f"postgresql://nobody:s3cret@/nowhere?host={tmp_path}&port=1"
+    with pytest.raises(BrokerDbRefused) as info:
+        check_broker_db(layout, location=url)
+    msg = str(info.value)
+    assert "cannot be reached" in msg and "s3cret" not in msg and "\n" not in msg

@@ -1,6 +1,7 @@
-"""kill -9 the real ``hyperhive serve`` while 1,000 messages are being sent over the manager
-socket; restart it; every send answered with success is there exactly once, in per-sender
-order, and so is every keyed send that was retried until it succeeded.
+"""kill -9 the real ``hyperhive serve`` (its broker on sqlite, then on PostgreSQL) while 1,000
+messages are being sent over the manager socket; restart it; every send answered with
+success is there exactly once, in per-sender order, and so is every keyed send that was
+retried until it succeeded.
 
 The controller runs the local runtime with a stand-in harness (a ``harness`` package
 earlier on PYTHONPATH whose ``serve`` only sleeps), so nothing drains the manager's inbox
@@ -36,6 +37,7 @@ import psutil
 import pytest
 
 from schemas.client import ApiError, UnixClient, Unreachable
+from tests.brokerstore import STORES
 from tests.e2e.credentials import agent_client, operator_client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +79,7 @@ class Controller:
     tmp: Path
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    on_postgres: bool = False
     starts: int = 0
     logs: list[Path] = field(default_factory=list)
 
@@ -151,8 +154,11 @@ class Controller:
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def controller() -> Iterator[Controller]:
+@pytest.fixture(params=STORES)
+def controller(request: pytest.FixtureRequest) -> Iterator[Controller]:
+    """A controller on a fresh state dir; its broker on sqlite, or on a fresh PostgreSQL
+    database (``broker:`` in its config)."""
+    store = {} if request.param == "sqlite" else {"broker": request.getfixturevalue("pg_url")}
     # unix socket paths are limited to 107 bytes: keep the state dir short
     tmp = Path(tempfile.mkdtemp(prefix="hh-bc-", dir="/tmp"))
     fake = tmp / "fakepkg" / "harness"
@@ -186,10 +192,11 @@ def controller() -> Iterator[Controller]:
                 "ports": {"manager": base, "agent_base": 20000, "agent_range": 900},
                 "resync_seconds": 3600,
                 "log_level": "warning",
+                **store,
             }
         )
     )
-    c = Controller(tmp, env)
+    c = Controller(tmp, env, on_postgres=bool(store))
     try:
         yield c
     finally:
@@ -284,6 +291,8 @@ def test_kill9_mid_stream_every_acknowledged_send_exactly_once(controller: Contr
     for t in threads:
         t.join(120)
         assert not t.is_alive(), "a sender is stuck"
+    # the store under test holds the messages: no sqlite file when PostgreSQL does
+    assert (controller.state / "broker.sqlite").exists() != controller.on_postgres
     assert at_kill < 4 * PER_THREAD, "the kill came after the stream ended; nothing was tested"
     print(
         f"killed after {at_kill} acknowledged sends; unkeyed sends without an answer: "

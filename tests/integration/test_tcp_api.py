@@ -414,3 +414,64 @@ def test_git_serves_only_meta_git(hive: Hive, tmp_path: Path) -> None:
         with pytest.raises(ApiError) as e:
             conn.get(path)
         assert e.value.status == 404, path
+
+
+def test_a_harness_that_does_not_trust_the_certificate_says_why(hive: Hive, tmp_path: Path) -> None:
+    """Without ``HYPERHIVE_API_CA`` the self-signed certificate is not trusted: the harness
+    keeps retrying and its log names the reason, not only the address."""
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "HYPERHIVE_AGENT": "bob",
+        "HYPERHIVE_API_URL": hive.url,
+        "HYPERHIVE_SOCKET": str(tmp_path / "none" / "mcp.sock"),
+        "HYPERHIVE_WEB_SOCKET": str(tmp_path / "web.sock"),
+        "HYPERHIVE_CREDENTIAL_FILE": str(hive.layout.agent_credential("bob")),
+        "HYPERHIVE_STATE_DIR": str(state),
+        "HYPERHIVE_CLAUDE_BIN": "/bin/false",
+        "SSL_CERT_FILE": "/nonexistent",  # no system CA can vouch for it either
+        "ANTHROPIC_API_KEY": "test-key",  # "logged in": the loop goes on to its recv
+        "PYTHONPATH": str(ROOT),
+    }
+    log_path = tmp_path / "harness.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness", "serve"], env=env, cwd=state,
+                                stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    try:
+        wait_for(
+            "the outage warning",
+            lambda: "certificate verify failed" in log_path.read_text(errors="replace").lower(),
+            timeout=30,
+        )
+        text = log_path.read_text(errors="replace")
+        assert f"controller API {hive.url} unreachable" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.parametrize("which", ["missing", "mismatched"])
+def test_a_bad_tls_config_stops_serve_with_one_line(tmp_path: Path, which: str) -> None:
+    cert, _ = self_signed(tmp_path / "a")
+    _, other_key = self_signed(tmp_path / "b")
+    key = tmp_path / "nope.pem" if which == "missing" else other_key
+    config = write_config(
+        tmp_path / "config.json",
+        manager_port=free_block(2),
+        agent_range=1,
+        local_sandbox=False,
+        api={"listen": f"127.0.0.1:{free_port()}", "tls": {"cert": str(cert), "key": str(key)}},
+    )
+    r = subprocess.run(
+        serve_argv(tmp_path / "state", config, run=tmp_path / "run"),
+        cwd=ROOT, env=standin_env(["/bin/true"]), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    kill_agents(tmp_path / "state")
+    assert r.returncode == 2, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "cannot serve the agent API" in out and "Traceback" not in out, out[-2000:]

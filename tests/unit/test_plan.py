@@ -210,6 +210,7 @@ def test_conditions_running_in_sync() -> None:
         "Stalled": ("False", "NotStalled"),
         "UpToDate": ("True", "UpToDate"),
         "LoggedIn": ("True", "CredentialsPresent"),
+        "Degraded": ("Unknown", "NotReported"),
     }
 
 
