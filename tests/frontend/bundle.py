@@ -148,3 +148,10 @@ def try_overwrite(work: Path) -> subprocess.CompletedProcess[str]:
     write(work, {"agents/alice/agent.yaml": OVERWRITE_YAML})
     git("commit", "-qam", "alice: replace the built-in script", cwd=work)
     return push(work)
+
+
+def try_overwrite_commit(work: Path) -> str:
+    """Commit (not push) the overwriting manifest in ``work``; returns the commit id."""
+    write(work, {"agents/alice/agent.yaml": OVERWRITE_YAML})
+    git("commit", "-qam", "alice: replace the built-in script", cwd=work)
+    return git("rev-parse", "HEAD", cwd=work).stdout.strip()

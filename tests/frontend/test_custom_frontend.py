@@ -20,7 +20,7 @@ from controller.frontend.files import FrontendFiles
 from controller.metarepo import MetaRepo
 from controller.paths import Layout
 from tests.e2e.browser import Browser
-from tests.frontend.bundle import push_bundles, try_overwrite
+from tests.frontend.bundle import push_bundles, try_overwrite, try_overwrite_commit
 from tests.gitutil import git
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,3 +128,18 @@ def test_overwriting_a_builtin_file_is_refused_at_push(tmp_path: Path, meta: Met
     assert "pre-receive hook declined" in res.stderr
     assert "spec.frontend.extraFiles.evil.target" in res.stderr
     assert "would overwrite a built-in file of the agent UI" in res.stderr
+
+
+def test_overwriting_a_builtin_file_is_refused_as_a_proposal(
+    tmp_path: Path, meta: MetaRepo
+) -> None:
+    """The manager proposes the same change from its clone: refused with the field and reason."""
+    from controller.errors import Invalid
+
+    clone = tmp_path / "mgr"
+    git("clone", "-q", str(meta.path), str(clone))
+    res = try_overwrite_commit(clone)
+    with pytest.raises(Invalid) as err:
+        meta.propose_commit(res, source=clone)
+    assert "spec.frontend.extraFiles.evil.target" in str(err.value)
+    assert "would overwrite a built-in file" in str(err.value)
