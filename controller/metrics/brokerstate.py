@@ -6,8 +6,10 @@ threads, pending questions), so a scrape costs O(pending), not O(messages kept).
 
 - ``hyperhive_broker_inbox_depth{agent}``: messages the agent could be handed now (due,
   not leased, not acked, not dead);
-- ``hyperhive_broker_inbox_oldest_age_seconds{agent}``: age of the oldest of them (since
-  its send, or its due time for a reminder);
+- ``hyperhive_broker_inbox_oldest_timestamp_seconds{agent}``: when the oldest of them was
+  sent (or fell due, for a reminder), unix seconds: its age is ``time() - …`` in PromQL,
+  and a timestamp, unlike an age, stays the same between scrapes, so the rendered text is
+  kept while the inbox does not change;
 - ``hyperhive_broker_leased{agent}``: messages handed out and not acked yet (a turn is on them);
 - ``hyperhive_broker_reminders_pending{agent}``: reminders not due yet;
 - ``hyperhive_broker_open_threads{agent}``: questions the agent asked that wait for an answer;
@@ -122,6 +124,8 @@ class BrokerCollector(Collector):
         self.clock = clock
         self._lock = threading.Lock()
         self._con: sqlite3.Connection | None = None
+        self._missing_logged = False
+        self._rendered: tuple[object, bytes] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._con is None:
@@ -142,12 +146,24 @@ class BrokerCollector(Collector):
         return list(self._families(None, 0.0))
 
     def render(self) -> bytes:
-        """:meth:`collect` in the text format (small: a few series per agent with mail)."""
-        return render(self.collect())
+        """:meth:`collect` in the text format, rendered again only when the figures moved."""
+        families = list(self.collect())
+        key = [(f.name, [(s.labels, s.value) for s in f.samples]) for f in families]
+        cached = self._rendered
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        text = render(families)
+        self._rendered = (key, text)
+        return text
 
     def collect(self) -> Iterable[Metric]:
         """The gauges now."""
         now = self.clock()
+        if not self.path.exists():  # a broker that is not this sqlite file: no gauges
+            if not self._missing_logged:
+                log.warning("metrics: no sqlite broker at %s: no inbox gauges", self.path)
+                self._missing_logged = True
+            return []
         with self._lock:
             try:
                 con = self._connect()
@@ -185,8 +201,8 @@ class BrokerCollector(Collector):
             labels=["agent"],
         )
         age = GaugeMetricFamily(
-            "hyperhive_broker_inbox_oldest_age_seconds",
-            "Age of the oldest message waiting in the agent's inbox.",
+            "hyperhive_broker_inbox_oldest_timestamp_seconds",
+            "Unix time the oldest message waiting in the agent's inbox was sent (or fell due).",
             labels=["agent"],
         )
         leased = GaugeMetricFamily(
@@ -211,7 +227,7 @@ class BrokerCollector(Collector):
                 depth.add_metric([str(recipient)], float(n))  # type: ignore[arg-type]
                 at = sent.get(int(oldest))  # type: ignore[call-overload]
                 if at is not None:
-                    age.add_metric([str(recipient)], max(0.0, now - at))
+                    age.add_metric([str(recipient)], at)
             for recipient, n in rows["leased"]:
                 leased.add_metric([str(recipient)], float(n))  # type: ignore[arg-type]
             for recipient, n in rows["reminders"]:

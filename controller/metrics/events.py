@@ -151,6 +151,14 @@ class EventMetrics:
             buckets=HTTP_BUCKETS,
             registry=registry,
         )
+        self._parked = 0
+        self.parked = Gauge(
+            "hyperhive_broker_parked_long_polls",
+            "recv requests inside an agent or manager socket now: parked long polls (a recv "
+            "that finds mail returns at once).",
+            registry=registry,
+        )
+        self.parked.set_function(lambda: float(self._parked))
         self.http_in_flight = Gauge(
             "hyperhive_http_requests_in_flight",
             "Requests inside their app now (parked long polls and open streams included).",
@@ -214,12 +222,16 @@ class EventMetrics:
     def request_started(self, surface: str, route: str) -> None:
         """A request entered ``surface``'s app."""
         self.http_in_flight.labels(surface, route).inc()
+        if route == "/recv" and surface in ("agent", "manager"):
+            self._parked += 1  # only the loop thread of hivehttp calls this
 
     def request_finished(
         self, surface: str, route: str, method: str, status: int, seconds: float
     ) -> None:
         """That request's app returned with ``status`` after ``seconds``."""
         self.http_in_flight.labels(surface, route).dec()
+        if route == "/recv" and surface in ("agent", "manager"):
+            self._parked -= 1
         self.http_requests.labels(surface, route, method or "?", status_class(status)).inc()
         self.http_seconds.labels(surface).observe(max(0.0, seconds))
 

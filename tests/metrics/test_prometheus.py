@@ -196,6 +196,12 @@ def test_prometheus_scrapes_a_real_story(swarm: Swarm, tmp_path: Path) -> None:
         assert (prom.value(delivered) or 0) >= 1
         assert (prom.value('hyperhive_broker_messages_total{agent="bob",event="acked"}') or 0) >= 1
         assert (prom.value("hyperhive_broker_send_to_recv_seconds_count") or 0) >= 3
+        # both harnesses wait in a parked recv between turns
+        wait_for(
+            "two parked long polls",
+            lambda: prom.value("hyperhive_broker_parked_long_polls") == 2.0,
+            timeout=30,
+        )
 
         # the example alert rules loaded and evaluate (none firing in a healthy swarm)
         groups = prom.api("rules")["groups"]
