@@ -837,6 +837,9 @@ def _pod_ready(pod: Obj) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     server_standin: StandIn
     protocol_version = "HTTP/1.1"
+    # headers and body are separate writes: without TCP_NODELAY each keep-alive
+    # request waits out the peer's delayed ACK (40 ms)
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
