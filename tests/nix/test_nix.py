@@ -356,6 +356,7 @@ HOST_CONFIG = """
       settings = {
         ports = { manager = 8000; agent_base = 8100; agent_range = 900; };
         dashboard.hosts = [ "hive.example" ];
+        budget.usdPerDay = 50;
       };
     };
   }
@@ -417,6 +418,7 @@ def test_host_module_renders_settings(host: Any) -> None:
         "operator_pronouns": "they/them",
         "run_dir": "/run/hyperhive",
         "dashboard": {"host": "127.0.0.1", "port": 7001, "hosts": ["hive.example"]},
+        "budget": {"usdPerDay": 50},
     }
     validate(rendered, "config")
     etc = host["config"]["environment"]["etc"]["hyperhive/config.json"]

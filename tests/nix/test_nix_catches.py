@@ -176,3 +176,20 @@ def test_operator_pronouns_must_be_one_short_line(bad: str, nix_env: dict[str, s
         host_toplevel(ROOT, f'{{ services.hyperhive.operatorPronouns = "{bad}"; }}'), nix_env
     )
     assert "A definition for option `services.hyperhive.operatorPronouns'" in err
+
+
+@pytest.mark.parametrize(
+    ("setting", "option"),
+    [
+        ("budget.usdPerDay = -1;", "services.hyperhive.settings.budget.usdPerDay"),
+        ('budget.tokensPerDay = "lots";', "services.hyperhive.settings.budget.tokensPerDay"),
+        ("budget.warnAt = 1.5;", "services.hyperhive.settings.budget.warnAt"),
+        ("budget.usdPerDya = 5;", "services.hyperhive.settings.budget.usdPerDya"),
+    ],
+)
+def test_swarm_budget_is_typed(setting: str, option: str, nix_env: dict[str, str]) -> None:
+    """The swarm budget's fields have the config schema's types and ranges."""
+    err = nix_eval_error(
+        host_toplevel(ROOT, f"{{ services.hyperhive.settings.{setting} }}"), nix_env
+    )
+    assert f"option `{option}'" in err
