@@ -259,7 +259,12 @@ def test_meta_flake_builds_every_agent(tmp_path: Path, nix_env: dict[str, str]) 
         "nixpkgs": {"follows": "hyperhive/nixpkgs"},
     }
     store = "/nix/store/00000000000000000000000000000000-"
-    base = [f"{store}hyperhive-0.1.0", f"{store}claude-code-2.0.0", f"{store}git"]
+    base = [
+        f"{store}hyperhive-0.1.0",
+        f"{store}claude-code-2.0.0",
+        f"{store}git",
+        f"{store}tea",
+    ]
     configs = got["configurations"]
     assert sorted(configs) == ["alice", "bob", "manager"]
     for name, container in (("alice", "h-alice"), ("bob", "h-bob"), ("manager", "hm1nd")):

@@ -162,6 +162,16 @@ def test_a_name_ending_in_dash_is_refused(nix_env: dict[str, str]) -> None:
     assert "not ending in '-'" in err
 
 
+def test_frontend_in_agent_nix_points_to_the_manifest(nix_env: dict[str, str]) -> None:
+    """The seeds' hyperhive.frontend in agent.nix fails with where it lives here instead."""
+    err = nix_eval_error(
+        agent_toplevel(ROOT, modules='{ hyperhive.frontend.extraFiles = { "game" = ./.; }; }'),
+        nix_env,
+    )
+    assert "hyperhive.frontend is set in alice's agent.nix" in err
+    assert "spec.frontend in agents/alice/agent.yaml" in err
+
+
 def test_a_misspelled_option_in_agent_nix(nix_env: dict[str, str]) -> None:
     err = nix_eval_error(
         agent_toplevel(ROOT, modules="{ environment.systemPackage = [ ]; }"), nix_env
