@@ -16,8 +16,8 @@ Bearer $(cat operator.key)" push``) or as the password of HTTP Basic auth
 (any user name; what git's credential helpers store). Anything else is 401
 with ``WWW-Authenticate: Basic`` (so git asks its credential helper), before
 git runs; an agent's credential is refused like any other wrong key. The
-compare is constant-time. Refusals are logged at most once per
-``REFUSAL_LOG_EVERY`` seconds.
+compare is constant-time. Refusals are logged at most once per 10 s
+(``controller.auth.refusals``).
 
 What is served: only the three smart-protocol endpoints of ``/meta.git``
 (``GET /meta.git/info/refs?service=git-upload-pack|git-receive-pack``,
@@ -37,10 +37,10 @@ import json
 import logging
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 
 from controller.auth.bearer import bearer_token
+from controller.auth.refusals import RefusalLog
 from controller.paths import Layout
 from hivehttp import LOOPBACK_HOSTS, Limits, Policy, Refusal
 from hivehttp.guard import Admit, MiB, Receive, Scope, Send
@@ -55,9 +55,6 @@ MAX_PUSH_BYTES = 64 * MiB
 
 BACKEND_TIMEOUT = 300.0
 """Seconds ``git http-backend`` (with the push hooks) may run for one request."""
-
-REFUSAL_LOG_EVERY = 10.0
-"""Seconds between log lines about refused credentials."""
 
 GIT_LIMITS = Limits(max_connections=64, per_client=16)
 """Connection caps of the git listener: the operator's git, a few requests at a time."""
@@ -174,22 +171,7 @@ class GitHttp:
         self.layout = layout
         self._key = operator_key.encode()
         self.backend = backend
-        self._refused = 0
-        self._refusal_logged = -REFUSAL_LOG_EVERY
-
-    def _note_refusal(self, peer: str, why: str) -> None:
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._refusal_logged >= REFUSAL_LOG_EVERY:
-            log.warning(
-                "meta.git over HTTP: refused %d request(s) in the last %.0f s (latest from %s: %s)",
-                self._refused,
-                min(now - self._refusal_logged, 1e9),
-                peer,
-                why,
-            )
-            self._refused = 0
-            self._refusal_logged = now
+        self.refusals = RefusalLog("meta.git over HTTP")
 
     def authorized(self, authorization: str | None) -> bool:
         """True when the header presents the operator key (constant-time compare)."""
@@ -254,7 +236,7 @@ class GitHttp:
         if self.authorized(_header(scope, b"authorization")):
             return None
         client = scope.get("client")
-        self._note_refusal(str(client[0]) if client else "?", "not the operator key")
+        self.refusals.note(str(client[0]) if client else "?", "not the operator key")
         return Refusal(401, "unauthorized", _UNAUTHORIZED, _CHALLENGE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

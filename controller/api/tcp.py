@@ -16,8 +16,8 @@ Refusals:
 - no credential, or one that names no agent (the operator key included):
   401 ``unauthorized`` from the request's head alone, before its body is read
   (``TcpAgentApi.admit``, the listener policy's ``admit``); one log line per
-  ``REFUSAL_LOG_EVERY`` seconds with the count and the last peer, so a flood
-  does not flood the log;
+  10 s at most with the count and the last peer (``controller.auth.refusals``),
+  so a flood does not flood the log;
 - the operator's admin API (``host.sock``: proposals, approvals, reconcile,
   destroy, the login tokens) is not served here at all: its paths are 404s
   after the credential check, like any unknown path.
@@ -32,13 +32,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 from controller.api.agent import Flavor, make_agent_app
 from controller.api.common import error_body
 from controller.auth.agents import AgentCredentials
 from controller.auth.bearer import bearer_token
+from controller.auth.refusals import RefusalLog
 from controller.broker import Broker
 from controller.budget.service import Budgets
 from controller.ops import SwarmOps
@@ -47,9 +47,6 @@ from hivehttp.guard import Admit, Receive, Scope, Send
 from schemas.names import MANAGER
 
 log = logging.getLogger(__name__)
-
-REFUSAL_LOG_EVERY = 10.0
-"""Seconds between log lines about refused credentials."""
 
 API_LIMITS = Limits(max_connections=1024, per_client=64)
 """Default connection caps of the agent API listener: an agent's harness holds a few
@@ -83,28 +80,6 @@ def api_policy(extra_hosts: frozenset[str] = frozenset(), admit: Admit | None = 
         same_origin=True,
         admit=admit,
     )
-
-
-class _RefusalLog:
-    """Counts refused credentials; logs at most one line per ``REFUSAL_LOG_EVERY`` s."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._last = -REFUSAL_LOG_EVERY
-
-    def note(self, peer: str, why: str) -> None:
-        self._count += 1
-        now = time.monotonic()
-        if now - self._last >= REFUSAL_LOG_EVERY:
-            log.warning(
-                "agent API: refused %d request(s) in the last %.0f s (latest from %s: %s)",
-                self._count,
-                min(now - self._last, 1e9),
-                peer,
-                why,
-            )
-            self._count = 0
-            self._last = now
 
 
 def _peer(scope: Scope) -> str:
@@ -151,7 +126,7 @@ class TcpAgentApi:
         self.budgets = budgets
         self._apps: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self.refusals = _RefusalLog()
+        self.refusals = RefusalLog("agent API")
 
     @property
     def app(self) -> Any:

@@ -453,3 +453,25 @@ def test_a_harness_that_does_not_trust_the_certificate_says_why(hive: Hive, tmp_
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.mark.parametrize("which", ["missing", "mismatched"])
+def test_a_bad_tls_config_stops_serve_with_one_line(tmp_path: Path, which: str) -> None:
+    cert, _ = self_signed(tmp_path / "a")
+    _, other_key = self_signed(tmp_path / "b")
+    key = tmp_path / "nope.pem" if which == "missing" else other_key
+    config = write_config(
+        tmp_path / "config.json",
+        manager_port=free_block(2),
+        agent_range=1,
+        local_sandbox=False,
+        api={"listen": f"127.0.0.1:{free_port()}", "tls": {"cert": str(cert), "key": str(key)}},
+    )
+    r = subprocess.run(
+        serve_argv(tmp_path / "state", config, run=tmp_path / "run"),
+        cwd=ROOT, env=standin_env(["/bin/true"]), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    kill_agents(tmp_path / "state")
+    assert r.returncode == 2, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "cannot serve the agent API" in out and "Traceback" not in out, out[-2000:]
