@@ -291,3 +291,36 @@ def test_login_state_follows_the_namespace_secret(
     )
     driver._login = None  # past its cache time
     assert driver.login_state("alice")[0] is True
+
+
+def test_api_errors_become_transient_or_permanent(
+    driver: KubernetesDriver, standin: StandIn
+) -> None:
+    from controller.errors import TransientError
+
+    kind = "sandboxes" if driver.cfg.workload is Workload.SANDBOX else "statefulsets"
+    standin.faults[("GET", kind)] = 500
+    with pytest.raises(TransientError, match="500"):
+        driver.observe()
+    standin.faults[("GET", kind)] = 429
+    with pytest.raises(TransientError, match="429"):
+        driver.observe()
+    # missing RBAC is for the operator to fix: permanent, naming the Role
+    standin.faults[("POST", "secrets")] = 403
+    with pytest.raises(PermanentError, match=r"role\.yaml"):
+        driver.create(deployment("alice"), lambda _: None)
+    driver.create(deployment("alice"), lambda _: None)  # the next try goes through
+    assert "alice" in driver.observe()
+
+
+def test_an_unreachable_api_server_is_transient(layout: Layout) -> None:
+    from controller.config import Config
+    from controller.drivers.kubernetes.api import KubeApi
+    from controller.errors import TransientError
+    from tests.realserve import free_port
+
+    api = KubeApi.for_server(f"http://127.0.0.1:{free_port()}", NS, "t")
+    d = KubernetesDriver(layout, Config(), api)
+    with pytest.raises(TransientError):
+        d.observe()
+    d.close()
