@@ -685,3 +685,28 @@ def test_status_json_is_the_status_and_follows_changes(up: Env) -> None:
     assert not env.swarm.reconcile().plan
     doc = json.loads(env.swarm.status_json())
     assert next(r for r in doc["agents"] if r["name"] == "alice")["phase"] == "running"
+
+
+def test_one_shot_dry_run_takes_no_lock_and_writes_nothing(tmp_path: Path) -> None:
+    from controller.serve import one_shot_pass, state_lock
+
+    layout = Layout.for_state(tmp_path / "state")
+    MetaRepo.open_or_init(layout, CFG)  # what a first `hyperhive serve` leaves
+
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {
+            str(f): (f.stat().st_mtime_ns, f.stat().st_size)
+            for f in layout.state.rglob("*")
+            if not f.is_dir()
+        }
+
+    with state_lock(layout):  # a controller holds the state dir: a read needs no lock
+        before = snapshot()
+        result = one_shot_pass(CFG, str(layout.state), None, dry_run=True)
+        assert snapshot() == before
+    assert result["dry_run"] is True and not result["in_sync"]
+    assert [(a["agent"], a["action"]) for a in result["plan"]] == [("manager", "create")]
+    assert not layout.broker_db.exists() and not layout.run.exists()
+    with pytest.raises(NotFound):  # no meta repo: nothing to plan, and none is made
+        one_shot_pass(CFG, str(tmp_path / "empty"), None, dry_run=True)
+    assert not (tmp_path / "empty").exists()

@@ -324,3 +324,24 @@ def test_an_unreachable_api_server_is_transient(layout: Layout) -> None:
     with pytest.raises(TransientError):
         d.observe()
     d.close()
+
+
+def test_a_driver_without_a_cluster_or_a_listener_refuses_to_start(
+    layout: Layout, tmp_path: object
+) -> None:
+    """The controller logs the reason and exits 2 (a ConfigError is a ValueError)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from controller.config import Config, ConfigError, TcpListen
+    from controller.drivers.kubernetes.settings import KubeSettings
+
+    with pytest.raises(ConfigError, match="api:"):
+        KubernetesDriver(layout, Config())
+    missing = Path(str(tmp_path)) / "no-such-kubeconfig"
+    cfg = Config(
+        api=TcpListen("127.0.0.1", 0),
+        kubernetes=replace(KubeSettings(), kubeconfig=str(missing)),
+    )
+    with pytest.raises(ConfigError, match="cannot load a cluster config"):
+        KubernetesDriver(layout, cfg)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.auth import AgentCredentials
-from controller.config import Config
+from controller.config import Config, ConfigError
 from controller.drivers.base import Deployment, LineSink
 from controller.drivers.kubernetes import names as n
 from controller.drivers.kubernetes.api import Conflict, KubeApi, NotFound, load_config
@@ -67,7 +67,8 @@ APPLY_TRIES = 3
 
 class KubernetesDriver:
     """Runs agents as pods (module docstring). ``api`` defaults to a client of the cluster
-    ``config.kubernetes`` names (``api.load_config``); ``clock`` gives unix seconds."""
+    ``config.kubernetes`` names (``api.load_config``; ``ConfigError`` when there is none,
+    or no ``api:`` listener); ``clock`` gives unix seconds."""
 
     name = "kubernetes"
     builds_nix = False
@@ -86,7 +87,9 @@ class KubernetesDriver:
         self.layout = layout
         self.config = config
         self.cfg: KubeSettings = config.kubernetes
-        self.api = api if api is not None else KubeApi(load_config(self.cfg), self.cfg.namespace)
+        if api is None:
+            api = self._connect(config)
+        self.api = api
         self.env: dict[str, str] = {}
         """No environment reaches an agent from the controller (its pod has its own)."""
         self._clock = clock
@@ -97,6 +100,22 @@ class KubernetesDriver:
         self._watch_thread: threading.Thread | None = None
         self._closed = threading.Event()
         self._login: tuple[float, bool] | None = None  # (monotonic read time, key present)
+
+    @staticmethod
+    def _connect(config: Config) -> KubeApi:
+        """The client of the cluster ``config`` names; ``ConfigError`` (a ValueError: the
+        controller refuses to start, saying why) without a cluster config or an ``api:``
+        listener for the pods to reach."""
+        if config.api is None:
+            raise ConfigError(
+                "runtime kubernetes: agents reach the controller over TCP; set "
+                "`api: {listen: 0.0.0.0:7100, hosts: [...]}` and `kubernetes.api_url` "
+                "(docs/kubernetes.md)"
+            )
+        try:
+            return KubeApi(load_config(config.kubernetes), config.kubernetes.namespace)
+        except PermanentError as exc:
+            raise ConfigError(str(exc)) from exc
 
     @property
     def workload_kind(self) -> str:

@@ -210,6 +210,9 @@ def harness_env(agent: str, web_port: int, cfg: KubeSettings) -> list[dict[str, 
         "HOME": f"{ROOT}/home",
         "TMPDIR": "/tmp",
         "PYTHONUNBUFFERED": "1",
+        # the NetworkPolicy lets claude reach the Messages API only: no telemetry, error
+        # reports or auto-update attempts to wait on (and the image is read-only anyway)
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "GIT_AUTHOR_NAME": agent,
         "GIT_AUTHOR_EMAIL": f"{agent}@hyperhive.local",
         "GIT_COMMITTER_NAME": agent,
