@@ -219,7 +219,10 @@ def one_shot_pass(
 
     Raises ``AlreadyRunning``, ``controller.dbcheck.BrokerDbRefused`` (the broker
     database is missing or damaged although agents have run) and what the pass raises.
+    ``dry_run`` only reads (``dry_run_pass``).
     """
+    if dry_run:
+        return dry_run_pass(cfg, state_dir, run_dir)
     from controller.broker import Broker
     from controller.dbcheck import broker_location, check_broker_db
     from controller.metarepo import MetaRepo
@@ -239,6 +242,40 @@ def one_shot_pass(
             return swarm.reconcile(dry_run=dry_run).to_json()
         finally:
             broker.close()
+
+
+class _NoEvents:
+    """The event sink of a dry run: it plans, so it never sends (the broker stays closed)."""
+
+    def emit_event(
+        self, recipient: str, event: dict[str, Any], dedup_key: str | None = None
+    ) -> None:
+        """Nothing is delivered."""
+
+    def close_threads(self, agent: str, reason: str | None = None) -> int:
+        """Nothing is closed."""
+        return 0
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Nothing is known."""
+        return {}
+
+
+def dry_run_pass(cfg: Config, state_dir: str | None, run_dir: str | None) -> dict[str, Any]:
+    """Plan one pass and write nothing: no state lock taken (a running controller is not
+    disturbed, and a read needs no lock), no state or run dir prepared, no broker opened,
+    the meta repo opened read-only; returns ``PassResult.to_json()`` (``dry_run`` true).
+
+    Raises ``controller.errors.NotFound`` when there is no meta repo (nothing to plan: a
+    dry run never bootstraps one) and what planning raises.
+    """
+    from controller.metarepo import MetaRepo
+    from controller.swarm import Swarm
+
+    layout = resolve_layout(cfg, state_dir, run_dir)
+    meta = MetaRepo.open(layout, cfg, version=hyperhive_version())
+    swarm = Swarm(layout, cfg, meta, _NoEvents(), make_driver(cfg, layout))
+    return swarm.reconcile(dry_run=True).to_json()
 
 
 def run_daemon(

@@ -125,7 +125,13 @@ class Swarm:
             core, self.events, self.executor, self.crash_watch, self.recorder
         )
         self.verbs = Verbs(
-            core, self.events, self.recorder, self.executor, self.graveyard, self.reconciler
+            core,
+            self.events,
+            self.recorder,
+            self.executor,
+            self.graveyard,
+            self.reconciler,
+            self.crash_watch,
         )
         self.proposals_ = Proposals(core)
         self.queries = Queries(core, self.rows)
