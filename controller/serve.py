@@ -430,7 +430,8 @@ def run_daemon(
                     broker,
                     operator_key=operator_key,
                     login_tokens=login_tokens,
-                    web_sock=layout.agent_web_sock,
+                    # a runtime whose agents have no socket here says where their UI is
+                    web_sock=getattr(driver, "web_upstream", None) or layout.agent_web_sock,
                     stop=streams_stop,
                     frontend=FrontendFiles(layout.meta_git, meta.desired),
                     budgets=budgets,

@@ -3,12 +3,12 @@
 ``Swarm`` is a thin facade composing one object per job (kopf's ``_core`` /
 ``_cogs`` layering); each module below has one job and gets only what it calls:
 
-- ``core``       the shared state (collaborators, pass lock, bookkeeping loaded from
-                 ``<state>/status.json``) and small pure helpers;
 - ``observe``    the observed-state cache (one ``driver.observe()`` per change);
 - ``triggers``   pass requests from the hook, the dashboard, the verbs;
 - ``reports``    what each agent's harness reports it has (claude, credentials,
                  turn and API health);
+- ``core``       the shared state (collaborators, pass lock, bookkeeping loaded from
+                 ``<state>/status.json``) and small pure helpers;
 - ``events``     events to the manager's inbox and per-agent recent events;
 - ``rows``       per-agent status rows and conditions (login, ports), cached;
 - ``record``     end-of-pass bookkeeping and status.json;

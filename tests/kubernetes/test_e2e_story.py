@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from controller.drivers.kubernetes import names
+from tests.e2e.browser import Browser
 from tests.e2e.swarm import Swarm
 from tests.fakeapi import (
     OFFLINE_ENV,
@@ -142,6 +143,8 @@ def story(
             "kubeconfig": str(kubeconfig(tmp_path / "kubeconfig", standin)),
             "image": "hyperhive:e2e",
             "workload": request.param,
+            # the stand-in's pods listen on loopback (there is no cluster DNS here)
+            "web_host": "127.0.0.1",
             "api_url": f"http://127.0.0.1:{api_port}",
         },
     )
@@ -210,6 +213,14 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
         ),
         timeout=120,
     )
+    # her web UI through the dashboard: the proxy reaches her pod's TCP port with her credential
+    web = Browser(s.dashboard_port)
+    url = s.cli("dashboard").stdout.strip().splitlines()[-1]
+    assert web.open_login(url)[0].status == 303
+    alice_ui = web.get("/agents/alice/api/state")
+    assert alice_ui.status == 200, alice_ui
+    assert alice_ui.json()["agent"] == "alice"
+
     # her journal is the pod log, read through the API
     journal = s.admin.get("/agents/alice/journal?lines=200")["text"]
     assert "hyperhive-agent serve: agent alice" in journal
