@@ -9,7 +9,7 @@
       → POST /ack {"ids": [id]}   (not when the harness is stopping: the lease redelivers;
                                   not when the turn never reached the model: POST /release
                                   gives it back, then a back-off of up to 30 s)
-      → GET /status → one turn-stats row
+      → GET /status → one turn-stats row → POST /spend (its cost, for the budget check)
       → failed? best-effort message to the manager (unless we are the manager)
 
 The controller may restart under us: an unreachable socket is retried forever
@@ -72,6 +72,7 @@ BACKOFF_MAX = 30.0
 LOGIN_POLL = 5.0
 COMPACT_PROMPT = "/compact"
 MAX_REPORT_CHARS = 8000
+MAX_UNREPORTED = 100  # spend reports kept for a controller that did not answer
 STDERR_REPORT = 20  # stderr lines sent to the manager with a failure
 #: After a turn that never reached the model (its message went back to the inbox): seconds
 #: before the next recv, cut short by new credentials or (claude missing) the binary appearing.
@@ -174,6 +175,8 @@ class TurnLoop:
         # boot
         self.plugins: list[Outcome] | None = None  # None until the boot installs ran
         self._release_supported = True
+        self._spend_supported = True
+        self._unreported: list[dict[str, Any]] = []  # spend reports the controller missed
         self._unreached: str | None = None  # why the last turn never reached the model
         # watchdog: what the loop thread is doing, since when (monotonic), for how long at most
         self._phase: tuple[str, float, float] = ("starting", time.monotonic(), PHASE_SLACK)
@@ -289,6 +292,38 @@ class TurnLoop:
                 log.warning("could not tell the manager about %s: %s", what, exc)
 
         threading.Thread(target=send, name="tell-manager", daemon=True).start()
+
+    def _report_spend(self, row_id: int, row: TurnRow) -> None:
+        """``POST /spend``: tell the controller what this turn cost before the next recv, so
+        its budget check counts it even where it cannot read the turn-stats file (an agent on
+        another machine). Best effort: reports it could not deliver are sent again after the
+        next turn (up to ``MAX_UNREPORTED``); a controller without the verb is not asked again.
+        """
+        if not self._spend_supported:
+            return
+        self._unreported.append(
+            {
+                "turn_id": row_id,
+                "started_at": row.started_at,
+                "cost_usd": max(0.0, row.cost_usd),
+                "tokens": row.input_tokens + row.output_tokens + row.cache_creation_tokens,
+            }
+        )
+        del self._unreported[:-MAX_UNREPORTED]
+        while self._unreported:
+            try:
+                self.client.call("POST", "/spend", self._unreported[0], timeout=5.0, retry=False)
+            except ApiError as exc:
+                if exc.status in (404, 405):
+                    log.info("no POST /spend on the controller; it reads the turn stats file")
+                    self._spend_supported = False
+                    self._unreported.clear()
+                    return
+                log.warning("spend report refused: %s", exc.message)
+            except Unreachable as exc:
+                log.debug("spend report: %s", exc)
+                return
+            self._unreported.pop(0)
 
     def _release(self, ids: list[int] | None) -> None:
         """``POST /release``: give leased messages back at once (``None``: all of ours).
@@ -609,7 +644,9 @@ class TurnLoop:
             exit_code=final.exit_code if final else None,
             note=note,
         )
-        self.stats.record(row)
+        row_id = self.stats.record(row)
+        if row_id is not None:
+            self._report_spend(row_id, row)
         self.telemetry.turn_finished(row)
         recorded = time.monotonic()
         first = runs[0] if runs else None
@@ -918,6 +955,8 @@ class TurnLoop:
                 self.bus.set_status("online", "")
                 outage = False
                 self._release(None)
+                if self.reporter is not None:  # a restarted controller knows nothing of us yet
+                    self.reporter.poke()
             delay = 1.0
             if data is None:
                 continue

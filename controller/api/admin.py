@@ -89,6 +89,8 @@ from controller.budget.http import add_budget_routes
 from controller.budget.service import Budgets
 from controller.errors import Invalid, NotFound
 from controller.ops import Lifecycle, SwarmOps
+from hivehttp.encoding import MIN_BYTES as GZIP_MIN_BYTES
+from hivehttp.encoding import GzipCache, accepts_gzip
 from schemas.names import AGENT_NAME_RE, AGENT_NAME_RULE, MANAGER, OPERATOR
 from schemas.validate import validate
 from schemas.wire import rfc3339
@@ -110,11 +112,23 @@ def _empty(doc: dict[str, Any], verb: str) -> None:
 class _Status:
     def __init__(self, ops: SwarmOps) -> None:
         self.ops = ops
+        self.gz = GzipCache()
 
     async def on_get(self, req: Request, resp: Response) -> None:
-        # the swarm keeps the encoded document while nothing in it moved
-        resp.data = await _off(self.ops.status_json)
+        # the swarm keeps the encoded document while nothing in it moved, and the same
+        # bytes object keys its gzip form: an unchanged swarm is never compressed twice
+        gz = accepts_gzip(req.get_header("Accept-Encoding"))
+        resp.data, coding = await _off(self._body, gz)
         resp.content_type = falcon.MEDIA_JSON
+        resp.vary = ["Accept-Encoding"]
+        if coding:
+            resp.set_header("Content-Encoding", coding)
+
+    def _body(self, gz: bool) -> tuple[bytes, str]:
+        body = self.ops.status_json()
+        if gz and len(body) >= GZIP_MIN_BYTES:
+            return self.gz.encode(body, body), "gzip"
+        return body, ""
 
 
 class _Proposals:

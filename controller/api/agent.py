@@ -12,6 +12,7 @@ caller's inbox ``status``. Endpoints (docs/architecture.md):
 ``POST /send``             SendRequest           ``{"id", "duplicate", "status"}``
 ``POST /recv``             RecvRequest           ``{"message": Message|null, "status"}``
 ``POST /ack``              AckRequest            ``{"acked", "status"}``
+``POST /spend``            SpendReport           ``{"recorded"}``
 ``POST /ask``              AskRequest            ``{"id", "thread", "duplicate", "status"}``
 ``POST /answer``           AnswerRequest         ``{"id", "thread", "status"}``
 ``POST /remind``           RemindRequest         ``{"id", "due_at", "duplicate", "status"}``
@@ -239,6 +240,20 @@ class AgentApi:
         msg = None if m is None else TRACE_CONTEXTS.message_json(m)  # with its traceparent
         return {"message": msg, "status": self._status()}
 
+    async def spend(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
+        """``POST /spend``: the caller's harness reports a finished turn (docs/budgets.md)."""
+        if self.budgets is None:
+            return {"recorded": False}
+        recorded = await asyncio.to_thread(
+            self.budgets.record_turn,
+            self.identity,
+            doc["turn_id"],
+            float(doc["started_at"]),
+            float(doc["cost_usd"]),
+            doc["tokens"],
+        )
+        return {"recorded": recorded}
+
     async def ack(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /ack``."""
         n = self.broker.ack(self.identity, doc["ids"])
@@ -391,6 +406,7 @@ def make_agent_app(
     post("/send", "SendRequest", api.send)
     post("/recv", "RecvRequest", api.recv)
     post("/ack", "AckRequest", api.ack)
+    post("/spend", "SpendReport", api.spend)
     post("/release", "ReleaseRequest", api.release)
     post("/ask", "AskRequest", api.ask)
     post("/answer", "AnswerRequest", api.answer)

@@ -26,8 +26,10 @@ Where each part lives
 ---------------------
 ``broker`` (the ``Broker`` class and the choice of store), ``sending``, ``receiving``,
 ``deadletters``, ``reading``, ``threads``, ``questions``, ``retention`` (the semantics, one
-module each, over ``core``); ``store`` (the store interface), ``sqlite`` /
-``sqlite_schema`` and ``postgres`` / ``postgres_schema`` (its implementations);
+module each, over ``core``); ``store`` (the store interface) and its implementations:
+``sqlite`` (connection, errors) / ``sqlite_tx`` (the SQL) / ``sqlite_schema``, and
+``postgres`` (pool, errors, ``LISTEN``) / ``postgres_tx`` (the SQL, its locks) /
+``postgres_schema`` (versioned migrations);
 ``wakeups`` (parking and waking receivers); ``model``, ``checks``, ``events``, ``limits``,
 ``errors`` (values, argument checks, event text, limits, errors).
 """

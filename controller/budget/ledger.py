@@ -5,7 +5,11 @@ The harness writes one row per turn to its turn-stats file
 :meth:`Ledger.ingest` copies the rows it has not seen yet (``id`` above the agent's
 cursor) into the ledger, so what an agent spent stays counted when its harness
 restarts, when its stats file is lost or rewritten (the agent can write it; the ledger
-it cannot), and across controller restarts. A row is keyed by (agent, started_at, id):
+it cannot), and across controller restarts. The harness also reports each turn as it
+records it (``POST /spend`` → :meth:`Ledger.add_turn`), which is how an agent whose stats
+file the controller cannot read (one on another machine, on the agent API over TCP) is
+counted. A row is keyed by
+(agent, started_at, id), the same for both paths, so a turn is counted once:
 a stats file started afresh (its ids below the cursor) is read again from the start and
 rows already copied are ignored.
 
@@ -143,6 +147,18 @@ class Ledger:
                 raise
         self._seen[agent] = key
         return added
+
+    def add_turn(
+        self, agent: str, src_id: int, started_at: float, cost_usd: float, tokens: int
+    ) -> bool:
+        """Record one turn reported by the harness (``POST /spend``); False when the ledger
+        already had it (from the stats file or an earlier report: the same key)."""
+        with self._lock:
+            cur = self._con.execute(
+                "INSERT OR IGNORE INTO spend VALUES (?, ?, ?, ?, ?)",
+                (agent, src_id, started_at, cost_usd, tokens),
+            )
+            return cur.rowcount == 1
 
     def spend(self, agent: str | None, window: Window) -> Spend:
         """What ``agent`` (None: every agent) spent in turns started in ``window``."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from controller.budget.clock import Clock
 from controller.budget.core import (
+    DAY_SECONDS,
     NOTICE_EXCEEDED,
     NOTICE_WARNING,
     SWARM,
@@ -258,6 +259,17 @@ class Budgets:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(abandoned.wait(), pause)
+
+    def record_turn(
+        self, agent: str, turn_id: int, started_at: float, cost_usd: float, tokens: int
+    ) -> bool:
+        """Count one turn ``agent``'s harness reports (``POST /spend``); False when it was
+        already counted. A start time outside the last two days (or in the future) is taken
+        as now: an agent cannot file today's spend under another day. Blocking."""
+        now = self.clock()
+        if not now - 2 * DAY_SECONDS <= started_at <= now + 60:
+            started_at = now
+        return self.ledger.add_turn(agent, turn_id, started_at, cost_usd, tokens)
 
     # ------------------------------------------------------------ the operator's verbs
 

@@ -174,3 +174,32 @@ def test_recv_is_held_over_budget_and_let_go_by_an_extension(hive: Hive) -> None
     assert out["r"]["message"]["id"] == sent["id"] and "held" not in out["r"]
     # the manager's socket (no budget) is not held
     assert hive.agent("manager").post("/recv", {"wait_seconds": 0})["message"] is not None
+
+
+def test_spend_reported_by_the_harness_counts_once(hive: Hive) -> None:
+    # an agent whose stats file the controller cannot read (on another machine) is counted
+    # from its harness' reports; the same turn from both paths counts once
+    alice = hive.agent("alice")
+    now = time.time()
+    report = {"turn_id": 7, "started_at": now, "cost_usd": 0.6, "tokens": 1000}
+    assert alice.post("/spend", report) == {"recorded": True}
+    assert alice.post("/spend", report) == {"recorded": False}
+    with pytest.raises(ApiError) as e:
+        alice.post("/spend", {**report, "cost_usd": -1})
+    assert err(e) == (400, "cost_usd")
+    # a turn filed under another day counts today
+    old = {"turn_id": 8, "started_at": now - 5 * 86400, "cost_usd": 0.5, "tokens": 10}
+    assert alice.post("/spend", old) == {"recorded": True}
+    st = hive.budgets.standing("alice")
+    assert st.spend.turns == 2 and st.spend.usd == pytest.approx(1.1) and st.exceeded
+    got = alice.post("/recv", {"wait_seconds": 1}, timeout=60)
+    assert got["message"] is None and "$1.1000 of $1.0000" in got["held"]
+    # the harness writes the row and reports it: the file and the report are one turn
+    t = time.time()
+    rid = hive.stats.record(TurnRow(model="m", result_kind="ok", started_at=t, ended_at=t,
+                                    duration_ms=1, cost_usd=0.25))  # fmt: skip
+    assert rid is not None
+    same = {"turn_id": rid, "started_at": t, "cost_usd": 0.25, "tokens": 0}
+    assert alice.post("/spend", same) == {"recorded": True}
+    st = hive.budgets.standing("alice")  # reads the stats file too
+    assert st.spend.turns == 3 and st.spend.usd == pytest.approx(1.35)

@@ -9,6 +9,7 @@ standing in for an agent's web UI.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import threading
@@ -42,6 +43,7 @@ from controller.dashboard.views import (
 from controller.drivers.journal import HARNESS_UNIT
 from controller.errors import Conflict, NotFound, TransientError
 from controller.ops import Lifecycle
+from hivehttp.encoding import accepts_gzip
 from schemas.names import MANAGER, OPERATOR
 from schemas.wire import Message
 
@@ -144,6 +146,28 @@ def test_state_etag_304(client: falcon.testing.TestClient) -> None:
     client.simulate_post("/api/send", json={"to": "alice", "body": "hi"})
     client.simulate_post("/api/proposals/7/approve", json={})
     assert client.simulate_get("/api/state", headers={"If-None-Match": etag}).status_code == 200
+
+
+def test_state_gzipped_for_a_client_that_accepts_it(client: falcon.testing.TestClient) -> None:
+    plain = client.simulate_get("/api/state")
+    r = client.simulate_get("/api/state", headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert r.headers["content-encoding"] == "gzip" and "Accept-Encoding" in r.headers["vary"]
+    assert json.loads(gzip.decompress(r.content)) == plain.json
+    # another representation, another ETag; each revalidates on its own
+    assert r.headers["etag"] != plain.headers["etag"]
+    again = client.simulate_get(
+        "/api/state", headers={"Accept-Encoding": "gzip", "If-None-Match": r.headers["etag"]}
+    )
+    assert again.status_code == 304
+    refused = client.simulate_get("/api/state", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused.headers and refused.json == plain.json
+
+
+def test_accepts_gzip() -> None:
+    assert accepts_gzip("gzip, deflate, br") and accepts_gzip("br;q=1, gzip;q=0.5")
+    assert accepts_gzip("*")
+    assert not accepts_gzip(None) and not accepts_gzip("identity") and not accepts_gzip("br")
+    assert not accepts_gzip("gzip;q=0") and not accepts_gzip("gzip;q=zero")
 
 
 class VersionedOps(FakeOps):

@@ -3,6 +3,8 @@ and against raw servers that answer in the shapes HTTP allows (and some it does 
 
 from __future__ import annotations
 
+import gzip
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -109,4 +111,78 @@ def test_an_answer_longer_than_allowed_is_refused(tmp_path: Path) -> None:
     t = raw_server(sock, b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b" " * 5000)
     with pytest.raises(BadAnswer, match="longer than"):
         request(sock, "GET", "/", token=None, max_answer=1000)
+    t.join(5)
+
+
+class BigStatusOps(FakeOps):
+    """``FakeOps`` whose ``/status`` is large and repetitive, as at 200 agents."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.body = json.dumps(
+            {"agents": [{"name": f"a{i:03}", "phase": "running"} for i in range(200)]}
+        ).encode()
+
+    def status_json(self) -> bytes:
+        self.calls += 1
+        return self.body  # the same bytes object while nothing moved, as the swarm does
+
+
+def test_status_goes_gzipped_and_decodes_to_the_same_document(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "state", tmp_path / "run")
+    broker = Broker(layout.state / "broker.sqlite")
+    key = ensure_operator_key(layout)
+    ops = BigStatusOps()
+    listener = serve_unix(make_admin_app(broker, ops, key), layout.host_sock)
+    try:
+        answer = request(layout.host_sock, "GET", "/status", token=key)
+        assert answer.status == 200 and answer.body == json.loads(ops.body)
+        # what went over the socket: gzip, far smaller, with Vary
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(layout.host_sock))
+            s.sendall(
+                b"GET /status HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: gzip\r\n"
+                b"Authorization: Bearer " + key.encode() + b"\r\nConnection: close\r\n\r\n"
+            )
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+        head, _, content = raw.partition(b"\r\n\r\n")
+        assert (
+            b"content-encoding: gzip" in head.lower() and b"vary: accept-encoding" in head.lower()
+        )
+        assert len(content) * 10 < len(ops.body)
+        assert gzip.decompress(content) == ops.body
+        # a client that does not ask for gzip gets the document as it is
+        plain = request(layout.host_sock, "GET", "/status", token=key)
+        assert plain.body == json.loads(ops.body)
+    finally:
+        listener.stop(timeout=3.0)
+        broker.close()
+
+
+def test_a_gzip_answer_that_inflates_past_the_limit_is_refused(tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    packed = gzip.compress(b"[" + b"0," * 5000 + b"0]")
+    t = raw_server(
+        sock,
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed)
+        + packed,
+    )
+    with pytest.raises(BadAnswer, match="longer than"):
+        request(sock, "GET", "/", token=None, max_answer=1000)
+    t.join(5)
+
+
+def test_a_truncated_gzip_answer_is_refused(tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    packed = gzip.compress(b'{"a": 1}' * 100)[:-12]
+    t = raw_server(
+        sock,
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed)
+        + packed,
+    )
+    with pytest.raises(BadAnswer, match="gzip"):
+        request(sock, "GET", "/", token=None)
     t.join(5)

@@ -10,7 +10,8 @@ controller's environment. The harnesses run the real ``claude`` CLI against the 
 Messages API served here.
 
 The story: the manager starts as a pod; the operator asks it for alice; its turn proposes
-the spawn; the operator approves; alice runs as a StatefulSet's pod and answers a message;
+the spawn; the operator approves; alice runs as a StatefulSet's pod (or an agent-sandbox
+Sandbox's: the story runs with both) and answers a message;
 ``hyperhive stop`` scales her to zero (the volume stays), ``start`` brings her back with the
 same volume, ``destroy`` keeps the volume as a tombstone, ``purge`` deletes it.
 """
@@ -27,6 +28,7 @@ import pytest
 import yaml
 
 from controller.drivers.kubernetes import names
+from tests.e2e.browser import Browser
 from tests.e2e.swarm import Swarm
 from tests.fakeapi import (
     OFFLINE_ENV,
@@ -106,8 +108,10 @@ def anthropic_secret(api: FakeAnthropic) -> dict[str, object]:
     }
 
 
-@pytest.fixture
-def story(tmp_path: Path) -> Iterator[tuple[Swarm, StandIn, ProcessRunner]]:
+@pytest.fixture(params=["statefulset", "sandbox"])
+def story(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Swarm, StandIn, ProcessRunner]]:
     api = FakeAnthropic(model_script).start()
     holder: dict[str, StandIn] = {}
 
@@ -137,7 +141,10 @@ def story(tmp_path: Path) -> Iterator[tuple[Swarm, StandIn, ProcessRunner]]:
         kubernetes={
             "namespace": NS,
             "kubeconfig": str(kubeconfig(tmp_path / "kubeconfig", standin)),
-            "image": "hyperhive-agent:e2e",
+            "image": "hyperhive:e2e",
+            "workload": request.param,
+            # the stand-in's pods listen on loopback (there is no cluster DNS here)
+            "web_host": "127.0.0.1",
             "api_url": f"http://127.0.0.1:{api_port}",
         },
     )
@@ -164,11 +171,14 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
 ) -> None:
     s, standin, _runner = story
     alice = names.base("alice")
+    sandbox = json.loads((s.tmp / "config.json").read_text())["kubernetes"]["workload"] == "sandbox"
+    workloads = "sandboxes" if sandbox else "statefulsets"
+    alice_pod = alice if sandbox else f"{alice}-0"
 
     # the manager runs as a pod whose harness reached the controller over TCP
     s.start()
     wait_for("the manager running", lambda: s.phase("manager") == "running", timeout=90)
-    assert standin.names("statefulsets", NS) == [names.base("manager")]
+    assert standin.names(workloads, NS) == [names.base("manager")]
     status = s.status()
     assert status["runtime"] == "kubernetes"
     assert "agents are pods" in status["runtime_note"]
@@ -178,9 +188,11 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
     wait_for("proposal/1", lambda: "proposal/1" in s.tags("proposal"), timeout=120)
     s.cli("approve", "1")
     wait_for("alice running", lambda: s.phase("alice") == "running", timeout=120)
-    sts = standin.get("statefulsets", NS, alice)
-    assert sts is not None and sts["spec"]["replicas"] == 1
-    pod = standin.get("pods", NS, f"{alice}-0")
+    w = standin.get(workloads, NS, alice)
+    assert w is not None
+    assert w["spec"].get("replicas", 1) == 1
+    assert w["spec"].get("operatingMode", "Running") == "Running"
+    pod = standin.get("pods", NS, alice_pod)
     assert pod is not None
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
     assert env["HYPERHIVE_API_URL"].startswith("http://127.0.0.1:")
@@ -201,6 +213,14 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
         ),
         timeout=120,
     )
+    # her web UI through the dashboard: the proxy reaches her pod's TCP port with her credential
+    web = Browser(s.dashboard_port)
+    url = s.cli("dashboard").stdout.strip().splitlines()[-1]
+    assert web.open_login(url)[0].status == 303
+    alice_ui = web.get("/agents/alice/api/state")
+    assert alice_ui.status == 200, alice_ui
+    assert alice_ui.json()["agent"] == "alice"
+
     # her journal is the pod log, read through the API
     journal = s.admin.get("/agents/alice/journal?lines=200")["text"]
     assert "hyperhive-agent serve: agent alice" in journal
@@ -210,9 +230,10 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
     # suspend: scaled to zero, the pod and its process gone, the volume kept
     s.cli("stop", "alice")
     wait_for("alice stopped", lambda: s.phase("alice") == "stopped", timeout=60)
-    sts = standin.get("statefulsets", NS, alice)
-    assert sts is not None and sts["spec"]["replicas"] == 0
-    wait_for("alice's pod gone", lambda: standin.get("pods", NS, f"{alice}-0") is None)
+    w = standin.get(workloads, NS, alice)
+    assert w is not None
+    assert w["spec"].get("replicas") == 0 or w["spec"].get("operatingMode") == "Suspended"
+    wait_for("alice's pod gone", lambda: standin.get("pods", NS, alice_pod) is None)
     assert standin.names("persistentvolumeclaims", NS) == sorted(
         [names.pvc("alice"), names.pvc("manager")]
     )
@@ -226,7 +247,7 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
     # destroy: every object goes but the volume, kept as a tombstone
     s.cli("destroy", "alice")
     wait_for("alice gone", lambda: s.agent("alice") is None, timeout=60)
-    assert standin.get("statefulsets", NS, alice) is None
+    assert standin.get(workloads, NS, alice) is None
     assert standin.get("secrets", NS, alice) is None
     pvc = standin.get("persistentvolumeclaims", NS, names.pvc("alice"))
     assert pvc is not None and pvc["metadata"]["labels"][names.TOMBSTONE] == "true"
