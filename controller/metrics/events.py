@@ -42,6 +42,8 @@ its inbox after its turn, minutes later."""
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 180.0)
 """Most requests take a millisecond; a parked ``recv`` up to 180 s."""
 
+PARKING = frozenset({"agent", "manager", "agent_api"})
+"""Surfaces whose ``/recv`` parks until mail arrives."""
 TRIGGERS = (
     "startup",
     "resync",
@@ -222,7 +224,7 @@ class EventMetrics:
     def request_started(self, surface: str, route: str) -> None:
         """A request entered ``surface``'s app."""
         self.http_in_flight.labels(surface, route).inc()
-        if route == "/recv" and surface in ("agent", "manager"):
+        if route == "/recv" and surface in PARKING:
             self._parked += 1  # only the loop thread of hivehttp calls this
 
     def request_finished(
@@ -230,7 +232,7 @@ class EventMetrics:
     ) -> None:
         """That request's app returned with ``status`` after ``seconds``."""
         self.http_in_flight.labels(surface, route).dec()
-        if route == "/recv" and surface in ("agent", "manager"):
+        if route == "/recv" and surface in PARKING:
             self._parked -= 1
         self.http_requests.labels(surface, route, method or "?", status_class(status)).inc()
         self.http_seconds.labels(surface).observe(max(0.0, seconds))
