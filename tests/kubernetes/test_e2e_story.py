@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,7 @@ def story(
         for c in runner.started:
             with contextlib.suppress(OSError):
                 sys.stderr.write(f"---- {c.log_path.name} (tail) ----\n{c.log()[-2000:]}")
+        shutil.rmtree(runner.root, ignore_errors=True)
 
 
 def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
