@@ -123,8 +123,9 @@ def point_hooks_at(meta_git: Path, root: Path, site: bool = False) -> None:
             f"PYTHONPATH={shlex.quote(str(root))}" if ln.startswith("PYTHONPATH=") else ln
             for ln in lines
         ]
-        if site:
-            lines = [ln.replace(" -S -m controller.hook", " -m controller.hook") for ln in lines]
+        lines = [ln.replace(" -S -m controller.hook", " -m controller.hook") for ln in lines]
+        if not site:
+            lines = [ln.replace(" -m controller.hook", " -S -m controller.hook") for ln in lines]
         hook.write_text("\n".join(lines) + "\n")
 
 

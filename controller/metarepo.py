@@ -460,9 +460,7 @@ class MetaRepo:
             "# local edits are overwritten. See docs/approvals.md.\n"
             f"PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
             "export PYTHONPATH\n"
-            # -S: no site (the hooks need the standard library and PYTHONPATH only; a main
-            # push runs site itself before pygit2): ~10 ms less on every push, twice
-            f"exec {shlex.quote(python)} -S -m controller.hook {kind}"
+            f"exec {shlex.quote(python)} -m controller.hook {kind}"
             f" --state-dir {shlex.quote(str(self.layout.state))}"
             f" --run-dir {shlex.quote(str(self.layout.run))}\n"
         )

@@ -24,7 +24,6 @@ moves main loads pygit2 and the manifest schema (``main_check``).
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -172,23 +171,10 @@ def check_push(git_dir: Path, updates: Sequence[RefUpdate]) -> list[str]:
     return problems
 
 
-def _with_site() -> None:
-    """Run ``site`` now if the interpreter started without it (``-S``): the hook scripts
-    skip it (~10 ms of CPU and the editable install's finder) since an approval, a
-    denial or the poke need only the standard library and ``PYTHONPATH``."""
-    if sys.flags.no_site:
-        import site
-
-        site.main()
-
-
 def _check_main(git_dir: Path, u: RefUpdate) -> list[str]:
     if u.deletes:
         return ["main: deleting main is refused (it is the swarm's desired state)"]
-    # pygit2 + schema: main pushes only; the hook runs without site (``python -S``), so
-    # the installed packages come onto sys.path here, when they are needed
-    _with_site()
-    from controller.hooks.main_check import check_main
+    from controller.hooks.main_check import check_main  # pygit2 + schema: main pushes only
 
     return check_main(git_dir, u)
 
