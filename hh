@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # hh — bootstrap hyperhive into ./.venv (from requirements.lock) and run it.
-#   ./hh serve [args]   run the controller (any `hyperhive` verb works: ./hh status, ./hh pending, ...)
+#   ./hh serve [args]   run the controller; gives its agents the pinned claude CLI (installed
+#                       from npm on first use, like ./hh test) unless HYPERHIVE_CLAUDE_BIN is set
+#                       (any `hyperhive` verb works: ./hh status, ./hh pending, ...)
 #   ./hh VERB --help    help on a verb; ./hh help-verbs lists every verb
 #   ./hh test [args]    install the test tools (npm: claude CLI, playwright-core) and run pytest
 #   ./hh agent [args]   run `hyperhive-agent`
@@ -32,13 +34,39 @@ ensure_venv() {
   fi
 }
 
+nstamp="$root/node_modules/.hh-installed"
+node_fresh() { [[ -f "$nstamp" && ! "$root/package-lock.json" -nt "$nstamp" ]]; }
+
 ensure_node() {
-  local nstamp="$root/node_modules/.hh-installed"
-  if [[ ! -f "$nstamp" || "$root/package-lock.json" -nt "$nstamp" ]]; then
+  if ! node_fresh; then
     need npm "install Node.js 20+ and npm (Debian: apt install nodejs npm)"
-    echo "hh: installing node test tools (claude CLI, playwright-core) into node_modules" >&2
+    echo "hh: installing the pinned claude CLI and playwright-core into node_modules" >&2
     (cd "$root" && npm ci --no-audit --no-fund --loglevel=error)
     touch "$nstamp"
+  fi
+}
+
+# agents run claude: HYPERHIVE_CLAUDE_BIN if the operator set it, else the pinned CLI from
+# package-lock.json (installed here when npm exists), else a claude on PATH; with none,
+# serve still runs and every agent reports ClaudeMissing (hyperhive status says how to fix it)
+ensure_claude() {
+  [[ -n "${HYPERHIVE_CLAUDE_BIN:-}" ]] && return 0
+  local pinned="$root/node_modules/.bin/claude"
+  if ! node_fresh || [[ ! -x "$pinned" ]]; then
+    if command -v npm >/dev/null 2>&1; then
+      echo "hh: installing the pinned claude CLI (and playwright-core) into node_modules" >&2
+      if (cd "$root" && npm ci --no-audit --no-fund --loglevel=error); then
+        touch "$nstamp"
+      else
+        echo "hh: npm ci failed; agents use a claude on PATH if there is one" >&2
+      fi
+    fi
+  fi
+  if [[ -x "$pinned" ]]; then
+    export HYPERHIVE_CLAUDE_BIN="$pinned"
+  elif ! command -v claude >/dev/null 2>&1; then
+    echo "hh: no claude CLI: agents will report ClaudeMissing. Install Node.js 20+ and npm" \
+      "(Debian: apt install nodejs npm) and run ./hh serve again, or put claude on PATH" >&2
   fi
 }
 
@@ -54,6 +82,11 @@ case "$cmd" in
     export HYPERHIVE_CLAUDE_BIN="${HYPERHIVE_CLAUDE_BIN:-$root/node_modules/.bin/claude}"
     cd "$root"
     exec "$venv/bin/python" -m pytest "$@"
+    ;;
+  serve)
+    ensure_venv
+    ensure_claude
+    exec "$venv/bin/hyperhive" serve "$@"
     ;;
   agent)
     ensure_venv

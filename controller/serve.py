@@ -26,7 +26,6 @@ from typing import IO, TYPE_CHECKING, Any
 from controller import __version__
 from controller.config import Config, Runtime, TcpListen
 from controller.drivers.base import Driver
-from controller.ops import PassResult
 from controller.paths import Layout, default_state_dir
 
 if TYPE_CHECKING:
@@ -213,23 +212,6 @@ def _stop_metrics(collectors: list[object]) -> None:
     uninstall(collectors)
 
 
-def _record_pass(reason: str, seconds: float, result: PassResult | None) -> None:
-    """Count one pass of the loop (``result`` None: it raised)."""
-    from controller.metrics import EVENTS
-
-    if result is None:
-        EVENTS.pass_done(reason, seconds, crashed=True)
-        return
-    failed = {
-        e.split(": ", 2)[0] + ":" + e.split(": ", 2)[1] for e in result.errors if e.count(": ") >= 2
-    }
-    actions = [
-        (a.kind.value, "error" if f"{a.agent}:{a.kind.value}" in failed else "ok")
-        for a in result.plan
-    ]
-    EVENTS.pass_done(reason, seconds, actions, errors=len(result.errors))
-
-
 def one_shot_pass(
     cfg: Config, state_dir: str | None, run_dir: str | None, dry_run: bool
 ) -> dict[str, Any]:
@@ -237,7 +219,10 @@ def one_shot_pass(
 
     Raises ``AlreadyRunning``, ``controller.dbcheck.BrokerDbRefused`` (the broker
     database is missing or damaged although agents have run) and what the pass raises.
+    ``dry_run`` only reads (``dry_run_pass``).
     """
+    if dry_run:
+        return dry_run_pass(cfg, state_dir, run_dir)
     from controller.broker import Broker
     from controller.dbcheck import broker_location, check_broker_db
     from controller.metarepo import MetaRepo
@@ -257,6 +242,40 @@ def one_shot_pass(
             return swarm.reconcile(dry_run=dry_run).to_json()
         finally:
             broker.close()
+
+
+class _NoEvents:
+    """The event sink of a dry run: it plans, so it never sends (the broker stays closed)."""
+
+    def emit_event(
+        self, recipient: str, event: dict[str, Any], dedup_key: str | None = None
+    ) -> None:
+        """Nothing is delivered."""
+
+    def close_threads(self, agent: str, reason: str | None = None) -> int:
+        """Nothing is closed."""
+        return 0
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Nothing is known."""
+        return {}
+
+
+def dry_run_pass(cfg: Config, state_dir: str | None, run_dir: str | None) -> dict[str, Any]:
+    """Plan one pass and write nothing: no state lock taken (a running controller is not
+    disturbed, and a read needs no lock), no state or run dir prepared, no broker opened,
+    the meta repo opened read-only; returns ``PassResult.to_json()`` (``dry_run`` true).
+
+    Raises ``controller.errors.NotFound`` when there is no meta repo (nothing to plan: a
+    dry run never bootstraps one) and what planning raises.
+    """
+    from controller.metarepo import MetaRepo
+    from controller.swarm import Swarm
+
+    layout = resolve_layout(cfg, state_dir, run_dir)
+    meta = MetaRepo.open(layout, cfg, version=hyperhive_version())
+    swarm = Swarm(layout, cfg, meta, _NoEvents(), make_driver(cfg, layout))
+    return swarm.reconcile(dry_run=True).to_json()
 
 
 def run_daemon(
@@ -283,7 +302,7 @@ def run_daemon(
     from controller.frontend.files import FrontendFiles
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
-    from controller.metrics import trigger_of
+    from controller.metrics.passes import PASS_REASON
     from controller.metrics.tracing import TRACING
     from controller.retention import sweep_event_logs
     from controller.statedir import prepare_state_dirs
@@ -411,7 +430,8 @@ def run_daemon(
                     broker,
                     operator_key=operator_key,
                     login_tokens=login_tokens,
-                    web_sock=layout.agent_web_sock,
+                    # a runtime whose agents have no socket here says where their UI is
+                    web_sock=getattr(driver, "web_upstream", None) or layout.agent_web_sock,
                     stop=streams_stop,
                     frontend=FrontendFiles(layout.meta_git, meta.desired),
                     budgets=budgets,
@@ -479,15 +499,14 @@ def run_daemon(
 
         def run_pass(reason: str) -> None:
             t0 = time.monotonic()
+            asked = PASS_REASON.set(reason)  # the pass's metrics and span say what asked
             try:
-                with TRACING.pass_span(trigger_of(reason), reason) as traced:
-                    result = swarm.reconcile()
-                    traced(len(result.plan), len(result.errors))
+                result = swarm.reconcile()
             except Exception:
                 log.exception("reconcile pass (%s) crashed; retrying on the next trigger", reason)
-                _record_pass(reason, time.monotonic() - t0, None)
                 return
-            _record_pass(reason, time.monotonic() - t0, result)
+            finally:
+                PASS_REASON.reset(asked)
             registry.sync(swarm.agent_names())
             if result.plan or result.errors:
                 log.info(

@@ -955,6 +955,8 @@ class TurnLoop:
                 self.bus.set_status("online", "")
                 outage = False
                 self._release(None)
+                if self.reporter is not None:  # a restarted controller knows nothing of us yet
+                    self.reporter.poke()
             delay = 1.0
             if data is None:
                 continue

@@ -28,6 +28,7 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
@@ -204,16 +205,27 @@ class PostgresStore:
 
     @contextmanager
     def write(self) -> Iterator[PgTx]:
-        """One transaction (``BEGIN`` … ``COMMIT``, the ``NOTIFY`` of its changes included)."""
+        """One transaction: ``BEGIN`` … (``NOTIFY`` of its changes and) ``COMMIT``; rolled
+        back if the block raises."""
         with self._conn() as conn:
             tx = PgTx(conn, writing=True)
-            # (measured: psycopg's pipeline mode cost more CPU than the round trips it saved)
-            with conn.transaction():
+            conn.execute(b"BEGIN")
+            try:
                 yield tx
-                if tx.touched:
-                    conn.execute(
-                        b"SELECT pg_notify(%s, %s)", (CHANNEL, _payload(self._origin, tx.touched))
-                    )
+            except BaseException:
+                # a broken connection cannot roll back: the pool discards it
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(b"ROLLBACK")
+                raise
+            if tx.touched:
+                # one round trip for both (measured: a send's transaction 129 → 99 µs); a
+                # simple query, so the payload goes in as a quoted literal
+                end = sql.SQL("NOTIFY {}, {}; COMMIT").format(
+                    sql.Identifier(CHANNEL), sql.Literal(_payload(self._origin, tx.touched))
+                )
+                conn.execute(end, prepare=False)
+            else:
+                conn.execute(b"COMMIT")
         for recipients, last_id in tx.touched:
             self._on_change(recipients, last_id)
 

@@ -111,7 +111,7 @@ class PgTx:
         if self._writing:
             self._conn.execute(
                 b"SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                ("\x1f".join(parts),),
+                ("\x1f".join(enc(p) for p in parts),),
             )
 
     # ---------------------------------------------------------------- messages

@@ -18,7 +18,7 @@ from schemas.wire import rfc3339
 DIFF_LIMIT = 200_000
 """Characters of a proposal diff inlined in ``/api/state``; the rest via ``/api/proposals/{id}``."""
 
-NEGATIVE_CONDITIONS = frozenset({"Stalled", "Reconciling"})
+NEGATIVE_CONDITIONS = frozenset({"Stalled", "Reconciling", "Degraded"})
 """Condition types that are good when False."""
 
 CRASH_LOOP = "CrashLoopBackOff"

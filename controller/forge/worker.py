@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 
 from controller import tombstones
 from controller.forge.hive import HiveForge, safe
@@ -41,6 +42,7 @@ class ForgeWorker:
         self.desired = desired
         self.poll_seconds = poll_seconds
         self._wake = threading.Event()
+        self._down = False  # the last tick found the forge not answering
 
     def on_deploy(self, agent: str) -> None:
         """Before ``agent`` (re)starts: its user and token, and a redeploy clears its
@@ -65,30 +67,33 @@ class ForgeWorker:
         return not layout.agent_dir(agent).exists() and not tombstones.moved(layout, agent)
 
     def tick(self) -> None:
-        """One round: provision what lacks a token, pump notifications, revoke the purged."""
+        """One round: provision what lacks a token, pump notifications, revoke the purged.
+        A forge that does not answer is logged once (and once when it is back)."""
+        if not self.hive.client.alive():
+            if not self._down:
+                log.warning("forge: %s is not answering; retrying every %.0f s",
+                            self.hive.client.base_url, self.poll_seconds)  # fmt: skip
+            self._down = True
+            return
+        if self._down:
+            log.info("forge: %s answers again", self.hive.client.base_url)
+        self._down = False
         desired = self.desired()
-        names = sorted(desired.agents, key=lambda n: (n != MANAGER, n))
-        for agent in names:
+        for agent in sorted(desired.agents, key=lambda n: (n != MANAGER, n)):
             if not self.hive.layout.agent_dir(agent).exists():
                 continue  # not deployed yet: on_deploy provisions it
-            if (
-                self.hive.read_token(agent) is None
-                and safe(
-                    f"{agent}: provisioning",
-                    lambda a=agent: self.hive.ensure(a),  # type: ignore[misc]
-                )
-                is None
-            ):
+            missing = self.hive.read_token(agent) is None
+            if missing and safe(f"{agent}: provisioning", partial(self.hive.ensure, agent)) is None:
                 continue
             self._versions(agent)  # a deploy the forge missed (it was down) catches up here
             spec = desired.agents[agent].manifest.forge
-            got = safe(f"{agent}: notifications", lambda a=agent, s=spec: self.hive.pump(a, s))  # type: ignore[misc]
+            got = safe(f"{agent}: notifications", partial(self.hive.pump, agent, spec))
             if got is not None and (got.delivered or got.skipped):
                 log.info("forge: %s: %d notification(s) delivered, %d skipped",
                          agent, got.delivered, got.skipped)  # fmt: skip
         for agent in sorted(set(self.hive.known()) - set(desired.agents)):
             if self._gone(agent):
-                safe(f"{agent}: revoking", lambda a=agent: self.hive.revoke(a))  # type: ignore[misc]
+                safe(f"{agent}: revoking", partial(self.hive.revoke, agent))
 
     def run(self, stop: threading.Event) -> None:
         """``tick()`` every ``poll_seconds`` (sooner after a deploy) until ``stop`` is set."""

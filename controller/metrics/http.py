@@ -2,8 +2,9 @@
 
 ``hivehttp`` names each listener (``host.sock``, ``dashboard``, ``metrics``, and an agent's
 name for its API socket); the surface label maps them onto a bounded set: ``admin``,
-``dashboard``, ``metrics``, ``manager`` and ``agent`` (every agent socket: the agent is
-not a label here, its traffic is in the broker series).
+``dashboard``, ``metrics``, ``manager``, ``agent_api`` (the agent API on TCP), ``git``
+(meta.git over HTTP) and ``agent`` (every agent socket: the agent is not a label here,
+its traffic is in the broker series).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ _SURFACES = {
     "dashboard": "dashboard",
     "metrics": "metrics",
     "manager": "manager",
+    "agent-api": "agent_api",
+    "git-http": "git",
 }
 
 

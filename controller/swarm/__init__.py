@@ -3,12 +3,12 @@
 ``Swarm`` is a thin facade composing one object per job (kopf's ``_core`` /
 ``_cogs`` layering); each module below has one job and gets only what it calls:
 
-- ``core``       the shared state (collaborators, pass lock, bookkeeping loaded from
-                 ``<state>/status.json``) and small pure helpers;
 - ``observe``    the observed-state cache (one ``driver.observe()`` per change);
 - ``triggers``   pass requests from the hook, the dashboard, the verbs;
 - ``reports``    what each agent's harness reports it has (claude, credentials,
                  turn and API health);
+- ``core``       the shared state (collaborators, pass lock, bookkeeping loaded from
+                 ``<state>/status.json``) and small pure helpers;
 - ``events``     events to the manager's inbox and per-agent recent events;
 - ``rows``       per-agent status rows and conditions (login, ports), cached;
 - ``record``     end-of-pass bookkeeping and status.json;
@@ -36,6 +36,7 @@ from controller.auth.agents import AgentCredentials
 from controller.config import Config
 from controller.drivers.base import Driver
 from controller.metarepo import MetaRepo
+from controller.metrics.passes import observed_pass
 from controller.ops import Lifecycle, PassResult, Proposal
 from controller.paths import Layout
 from controller.swarm.core import (
@@ -124,7 +125,13 @@ class Swarm:
             core, self.events, self.executor, self.crash_watch, self.recorder
         )
         self.verbs = Verbs(
-            core, self.events, self.recorder, self.executor, self.graveyard, self.reconciler
+            core,
+            self.events,
+            self.recorder,
+            self.executor,
+            self.graveyard,
+            self.reconciler,
+            self.crash_watch,
         )
         self.proposals_ = Proposals(core)
         self.queries = Queries(core, self.rows)
@@ -184,8 +191,11 @@ class Swarm:
 
     def reconcile(self, dry_run: bool = False) -> PassResult:
         """Run one pass now (serialized with other passes and lifecycle verbs); ``dry_run``
-        plans only and writes nothing (``controller.swarm.reconcile``)."""
-        return self.reconciler.reconcile(dry_run)
+        plans only and writes nothing (``controller.swarm.reconcile``). A pass that writes is
+        counted and traced (``controller.metrics.passes``)."""
+        if dry_run:
+            return self.reconciler.reconcile(True)
+        return observed_pass(lambda: self.reconciler.reconcile(False))
 
     def watch(self) -> list[str]:
         """One crash-watch tick between passes; the reasons it requested a pass for

@@ -23,6 +23,7 @@ from controller.swarm.execute import Executor
 from controller.swarm.graveyard import Graveyard
 from controller.swarm.reconcile import Reconciler
 from controller.swarm.record import Recorder
+from controller.swarm.watch import CrashWatch
 from schemas.names import MANAGER, is_agent_name
 
 log = logging.getLogger("hyperhive.swarm")
@@ -39,6 +40,7 @@ class Verbs:
         executor: Executor,
         graveyard: Graveyard,
         reconciler: Reconciler,
+        watch: CrashWatch,
     ) -> None:
         self.core = core
         self.events = events
@@ -46,6 +48,7 @@ class Verbs:
         self.executor = executor
         self.graveyard = graveyard
         self.reconciler = reconciler
+        self.watch = watch
 
     def lifecycle(self, verb: Lifecycle, name: str) -> str:
         """start / kill / restart / update one agent now; a one-line outcome.
@@ -71,15 +74,12 @@ class Verbs:
                 self._note_phase(name)
 
     def _note_phase(self, name: str) -> None:
-        """After a verb changed an agent on purpose: the crash watch's view follows it."""
+        """After a verb changed an agent on purpose: the crash watch's view follows it (and
+        records the phase change)."""
         if self.core.seen_phase is None:
             return
         with contextlib.suppress(Exception):
-            o = self.core.view.observe().get(name)
-            if o is None:
-                self.core.seen_phase.pop(name, None)
-            else:
-                self.core.seen_phase[name] = o.phase
+            self.watch.follow(self.core.view.observe(), only=name)
 
     def _lifecycle(
         self,

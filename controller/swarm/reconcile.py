@@ -145,7 +145,7 @@ class Reconciler:
         if builds:
             with contextlib.suppress(Exception):
                 self.core.meta.sync_manager_clone()
-        self.core.seen_phase = {n: o.phase for n, o in after.items()}
+        self.watch.follow(after)
         for name, why in invalid.items():
             errors.append(f"{name}: {why}")
         self.core.last_pass = {
@@ -204,6 +204,15 @@ class Reconciler:
             message = f"deployed {b.commit[:12]} ({subject})\n\n{what}"
             note = what
         ok = not problems
+        for name in names:  # each touched agent's own history says what this deploy did to it
+            mine = [p.partition(": ")[2] for p in problems if p.startswith(f"{name}: ")]
+            step = next((a.kind.value for a in actions if a.agent == name), "no runtime change")
+            if mine:
+                text = f"failed/{b.id} {b.commit[:12]} ({subject}): " + "; ".join(mine)
+                self.events.record(name, "DeployFailed", text)
+            elif ok:
+                text = f"deployed/{b.id} {b.commit[:12]} ({subject}): {step}"
+                self.events.record(name, "Deployed", text)
         agents = b.agents if not b.flake_changed else tuple(names)
         if b.base is not None or b.kind is not ProposalKind.PUSH:
             # (the bootstrap deploy of a new meta repo approves nothing: not announced)

@@ -7,7 +7,8 @@ transition of ours under way, crashed: the manager gets a ``ContainerCrash``
 backoff (``controller.status.crash_backoff``); after ``CRASH_LIMIT`` crashes in
 ``CRASH_WINDOW`` it is Stalled (CrashLoopBackOff). ``flags`` fires ``NeedsLogin`` /
 ``LoggedIn`` / ``NeedsUpdate`` on transitions only; the first pass after a start
-seeds every agent's state silently.
+seeds every agent's state silently. Every phase an agent moves to, on purpose or not, is
+a ``PhaseChanged`` event in its recent events (``follow``).
 """
 
 from __future__ import annotations
@@ -84,12 +85,38 @@ class CrashWatch:
         finally:
             self.core.pass_lock.release()
 
+    def follow(self, observed: Mapping[str, ObservedAgent], only: str | None = None) -> None:
+        """The watch's view follows ``observed`` (only agent ``only``, when given), with a
+        ``PhaseChanged`` event for every agent whose phase moved since it was last seen
+        (none while the first pass seeds the view)."""
+        seen = self.core.seen_phase
+        now = {n: o for n, o in observed.items() if only is None or n == only}
+        if seen is None:
+            if only is None:
+                self.core.seen_phase = {n: o.phase for n, o in now.items()}
+            return
+        names = set(now) | ({only} & set(seen) if only is not None else set(seen))
+        for name in sorted(names):
+            before = seen.get(name, Phase.ABSENT)
+            o = now.get(name)
+            after = o.phase if o is not None else Phase.ABSENT
+            if after is before:
+                continue
+            why = f": {o.detail}" if o is not None and o.detail and after is Phase.FAILED else ""
+            self.events.record(name, "PhaseChanged", f"{before.value} → {after.value}{why}")
+        if only is None:
+            self.core.seen_phase = {n: o.phase for n, o in now.items()}
+        elif only in now:
+            seen[only] = now[only].phase
+        else:
+            seen.pop(only, None)
+
     def phases(
         self, desired: DesiredState, observed: Mapping[str, ObservedAgent], now: float
     ) -> list[str]:
         """Crash detection: running before, stopped/failed now, not on purpose. Returns names."""
         seen = self.core.seen_phase
-        self.core.seen_phase = {n: o.phase for n, o in observed.items()}
+        self.follow(observed)
         if seen is None:
             return []  # the first pass only seeds: no events for what happened before we ran
         crashed: list[str] = []

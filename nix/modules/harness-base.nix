@@ -35,6 +35,18 @@ in
   _file = toString ./harness-base.nix;
   key = "hyperhive/nix/modules/harness-base.nix";
 
+  options.hyperhive.frontend = lib.mkOption {
+    type = lib.types.attrsOf lib.types.anything;
+    default = { };
+    description = ''
+      Custom front-end files (the seeds' `frontend.extraFiles` / `frontend.dist`).
+      Declared so that an agent.nix written for the original fails with a
+      pointer instead of a missing option: hyperhive reads them from
+      `spec.frontend` in the agent's manifest, where the push hook checks the
+      paths and the dashboard serves them sandboxed (docs/web-ui.md).
+    '';
+  };
+
   options.hyperhive.agent = {
     name = lib.mkOption {
       # schemas/names.py's rule (nix/lib/names.json): a name ending in `-`
@@ -138,6 +150,20 @@ in
       cfg.package
       cfg.claudePackage
       pkgs.git
+      # the hive forge's CLI: logged in at boot when the controller provisioned a
+      # forge token (docs/forge.md); without one it is never run
+      pkgs.tea
+    ];
+
+    assertions = [
+      {
+        assertion = config.hyperhive.frontend == { };
+        message = ''
+          hyperhive.frontend is set in ${cfg.name}'s agent.nix, but the controller serves
+          custom front-ends from the manifest, not from the container: move it to
+          spec.frontend in agents/${cfg.name}/agent.yaml (extraFiles / dist, docs/web-ui.md).
+        '';
+      }
     ];
 
     programs.git = {

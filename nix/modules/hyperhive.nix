@@ -221,6 +221,39 @@ in
             description = "Controller log level (the journal).";
           };
 
+          budget = lib.mkOption {
+            default = null;
+            example = lib.literalExpression "{ usdPerDay = 50; warnAt = 0.9; }";
+            description = ''
+              Swarm-wide spend per UTC day, summed over every agent: over it, no
+              agent takes a new turn until the next UTC day or an extension
+              (`hyperhive budget --swarm --allow USD`). Per-agent budgets are
+              `spec.budget` in each agent's manifest (docs/budgets.md).
+            '';
+            # as `budget` in schemas/json/config.schema.json; null fields are left out
+            type = lib.types.nullOr (
+              lib.types.submodule {
+                options = {
+                  usdPerDay = lib.mkOption {
+                    type = lib.types.nullOr (lib.types.numbers.between 0 1000000);
+                    default = null;
+                    description = "US dollars per UTC day.";
+                  };
+                  tokensPerDay = lib.mkOption {
+                    type = lib.types.nullOr (lib.types.ints.between 0 1000000000000);
+                    default = null;
+                    description = "Input, output and cache-write tokens per UTC day.";
+                  };
+                  warnAt = lib.mkOption {
+                    type = lib.types.nullOr (lib.types.numbers.between 0.01 1);
+                    default = null;
+                    description = "Fraction of a limit at which a BudgetWarning goes out (0.8 when unset).";
+                  };
+                };
+              }
+            );
+          };
+
           ports = {
             manager = lib.mkOption {
               # not types.port: the controller's config schema refuses 0

@@ -230,3 +230,32 @@ def test_hold_waits_and_lets_go_on_extension(tmp_path: Path) -> None:
         assert why is not None
 
     asyncio.run(scenario())
+
+
+def test_the_config_sets_the_swarm_budget(tmp_path: Path) -> None:
+    from controller.budget.wiring import open_budgets
+    from controller.config import ConfigError, load_config
+    from controller.model import DesiredState
+    from controller.paths import Layout
+
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text("budget: {usdPerDay: 20, warnAt: 0.9}\n")
+    cfg = load_config(cfg_file)
+    assert cfg.budget == Limits(usd_per_day=20.0, warn_at=0.9)
+    cfg_file.write_text("budget: {usdPerDay: -1}\n")
+    with pytest.raises(ConfigError, match=r"budget\.usdPerDay"):
+        load_config(cfg_file)
+    layout = Layout.for_state(tmp_path / "state", tmp_path / "run")
+    events: list[dict[str, Any]] = []
+
+    class Sink:
+        def emit_event(self, to: str, event: dict[str, Any], key: str | None = None) -> None:
+            events.append(event)
+
+    b = open_budgets(layout, cfg, lambda: DesiredState("c" * 40, {}, "0"), Sink(),
+                     clock=Clock(T0))  # fmt: skip
+    try:
+        assert b.swarm == Limits(usd_per_day=20.0, warn_at=0.9)
+        assert b.swarm_standing() is not None and b.report()["swarm"]["limit_usd"] == 20.0
+    finally:
+        b.ledger.close()

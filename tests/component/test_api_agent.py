@@ -48,6 +48,11 @@ class FakeOps:
         self.passes: list[str] = []
         self.lifecycles: list[tuple[Lifecycle, str]] = []
         self.reconciles: list[bool] = []
+        self.reports: list[tuple[str, dict[str, Any]]] = []
+
+    def agent_report(self, agent: str, report: dict[str, Any]) -> bool:
+        self.reports.append((agent, report))
+        return True
 
     def _new(self, kind: ProposalKind, title: str, agents: tuple[str, ...], note: str) -> Proposal:
         pid = len(self.props) + 1
@@ -714,3 +719,25 @@ def test_operator_answer_must_be_one_of_the_options(swarm: Swarm) -> None:
     assert (status, code, fld) == (400, "invalid", "answer") and "'a'" in msg
     r = op.post(f"/questions/{qid}/answer", {"answer": ["b", "a"]})
     assert r["answer"] == "b, a" and r["state"] == "answered"
+
+
+def test_a_report_is_kept_under_the_sockets_identity(swarm: Swarm) -> None:
+    report = {
+        "claude": {"found": False, "path": "claude", "version": None},
+        "credentials": {"present": True, "source": "env ANTHROPIC_API_KEY"},
+        "env": {"ANTHROPIC_API_KEY": "0123456789abcdef"},
+    }
+    answer = swarm.client("alice").post("/report", report)
+    assert answer["ok"] is True and "unread" in answer["status"]
+    # the body names no agent: alice's socket can only speak for alice
+    assert swarm.ops.reports == [("alice", report)]
+    with pytest.raises(ApiError) as err:
+        swarm.client("alice").post("/report", {**report, "agent": "bob"})
+    assert err.value.status == 400 and err.value.field == "agent"
+    with pytest.raises(ApiError) as err:
+        swarm.client("alice").post("/report", {**report, "env": {"PATH": "x" * 65}})
+    assert err.value.status == 400 and err.value.field == "env.PATH"
+    with pytest.raises(ApiError) as err:  # bob's credential on alice's socket
+        swarm.client("alice", token=swarm.token("bob")).post("/report", report)
+    assert err.value.status == 401
+    assert len(swarm.ops.reports) == 1

@@ -577,3 +577,24 @@ def _raw_event(broker: Broker) -> str:
         row = conn.execute("SELECT event FROM messages").fetchone()
     assert row is not None
     return str(row[0])
+
+
+@pytest.mark.parametrize(
+    "text", ["nul \x00 inside", "\ue000", "\ue0000", "\ue000e\x00\ue000", "名字🐝\u202e\x00"]
+)
+def test_text_round_trips_exactly(broker: Broker, text: str) -> None:
+    """Bodies, names, keys, questions and answers come back as sent (PostgreSQL cannot
+    store NUL in text: its store escapes it, and its escape character, invisibly)."""
+    m = broker.send(text, text, text, idempotency_key=text)
+    assert broker.send(text, text, text, idempotency_key=text).id == m.id  # the key matches
+    got = broker.recv(text)
+    assert got is not None and (got.sender, got.recipient, got.body) == (text, text, text)
+    assert [r.body for r in broker.recent(text)] == [text]
+    q = broker.ask(text, "bob", text)
+    assert broker.status(text).open_threads == 1
+    a = broker.answer("bob", q.thread or 0, text)
+    assert a.body == text and a.recipient == text
+    qid = broker.ask_operator(text, asker=text)
+    assert broker.question(qid).question == text
+    assert broker.answer_question(qid, text).answer == text
+    assert broker.close_threads("carol", reason=text) == 0

@@ -685,3 +685,59 @@ def test_status_json_is_the_status_and_follows_changes(up: Env) -> None:
     assert not env.swarm.reconcile().plan
     doc = json.loads(env.swarm.status_json())
     assert next(r for r in doc["agents"] if r["name"] == "alice")["phase"] == "running"
+
+
+def test_one_shot_dry_run_takes_no_lock_and_writes_nothing(tmp_path: Path) -> None:
+    from controller.serve import one_shot_pass, state_lock
+
+    layout = Layout.for_state(tmp_path / "state")
+    MetaRepo.open_or_init(layout, CFG)  # what a first `hyperhive serve` leaves
+
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {
+            str(f): (f.stat().st_mtime_ns, f.stat().st_size)
+            for f in layout.state.rglob("*")
+            if not f.is_dir()
+        }
+
+    with state_lock(layout):  # a controller holds the state dir: a read needs no lock
+        before = snapshot()
+        result = one_shot_pass(CFG, str(layout.state), None, dry_run=True)
+        assert snapshot() == before
+    assert result["dry_run"] is True and not result["in_sync"]
+    assert [(a["agent"], a["action"]) for a in result["plan"]] == [("manager", "create")]
+    assert not layout.broker_db.exists() and not layout.run.exists()
+    with pytest.raises(NotFound):  # no meta repo: nothing to plan, and none is made
+        one_shot_pass(CFG, str(tmp_path / "empty"), None, dry_run=True)
+    assert not (tmp_path / "empty").exists()
+
+
+def test_an_agents_report_moves_its_conditions_and_the_version(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    report: dict[str, Any] = {
+        "claude": {"found": True, "path": "/usr/bin/claude", "version": "2.1.3 (Claude Code)"},
+        "credentials": {"present": True, "source": "env ANTHROPIC_API_KEY", "rejected": False},
+        "turn": {"running": True, "number": 1},
+        "api": {"status": 529, "error": "overloaded", "attempt": 1, "max_retries": 10},
+    }
+    validate(report, "wire#AgentReport")
+    before = env.swarm.version()
+    assert env.swarm.agent_report("alice", report) is True
+    assert env.swarm.agent_report("alice", report) is False  # the same report: no change
+    assert env.swarm.version() != before  # the dashboard's ETag moves with it
+    row = next(a for a in env.swarm.status()["agents"] if a["name"] == "alice")
+    conds = {c["type"]: c for c in row["conditions"]}
+    assert (conds["Degraded"]["status"], conds["Degraded"]["reason"]) == ("True", "ApiOverloaded")
+    assert row["harness"]["api"]["status"] == 529
+    json.loads(env.swarm.status_json())  # the encoded status follows too
+    assert b"ApiOverloaded" in env.swarm.status_json()
+    # only alice's row speaks for alice: another agent's report does not touch it
+    env.swarm.agent_report("manager", {**report, "api": None})
+    row = next(a for a in env.swarm.status()["agents"] if a["name"] == "alice")
+    assert any(c["reason"] == "ApiOverloaded" for c in row["conditions"])
+    # a restart replaces the process: its report goes with it until the new one reports
+    env.swarm.lifecycle(Lifecycle.RESTART, "alice")
+    row = next(a for a in env.swarm.status()["agents"] if a["name"] == "alice")
+    assert "harness" not in row
+    assert {c["type"]: c["reason"] for c in row["conditions"]}["Degraded"] == "NotReported"

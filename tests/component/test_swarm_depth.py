@@ -99,7 +99,8 @@ def test_crash_restarts_with_backoff_then_stalls_in_a_crash_loop(up: Env) -> Non
     assert env.cond("alice", "Stalled")["status"] == "False"
     assert "alice" not in env.status()["crashes"]
     types = [e["type"] for e in restarted.describe("alice")["events"]]
-    assert "CrashLoopBackOff" in types and types[-1] in ("Requested", "Started")
+    assert "CrashLoopBackOff" in types and "PhaseChanged" in types
+    assert [t for t in types if t != "PhaseChanged"][-1] in ("Requested", "Started")
 
 
 def test_a_desired_change_clears_the_crash_loop(up: Env) -> None:
@@ -399,7 +400,19 @@ def test_describe(up: Env) -> None:
     assert spawn["state"] == "deployed" and spawn["kind"] == "spawn"
     assert "alice: create" in spawn["note"]
     assert d["deploys"][0]["title"] == "alice: sonnet"
-    assert [e["type"] for e in d["events"]] == ["Created", "NeedsLogin", "ManifestApplied"]
+    events = d["events"]
+    assert [e["type"] for e in events] == [
+        "Created",
+        "Deployed",
+        "PhaseChanged",
+        "NeedsLogin",
+        "ManifestApplied",
+        "Deployed",
+    ]
+    assert events[1]["message"].startswith(f"deployed/{pid} {spawn['commit'][:12]} (spawn ")
+    assert events[1]["message"].endswith(": create")
+    assert events[2]["message"] == "absent → running"
+    assert events[5]["message"].startswith(f"deployed/{d['deploys'][0]['id']} ")
     assert env.swarm.describe("manager")["deploys"] == []  # the genesis commit has no id
     env.push_main({"flake.lock": "{}\n"}, "lock the flake")
     env.swarm.reconcile()
@@ -494,7 +507,12 @@ def test_status_json_shape(up: Env) -> None:
     spawn_alice(env)
     doc = env.status()
     assert set(doc) >= {"agents", "holds", "failures", "crashes", "events", "purge", "main"}
-    assert [e["type"] for e in doc["events"]["alice"]] == ["Created", "NeedsLogin"]
+    assert [e["type"] for e in doc["events"]["alice"]] == [
+        "Created",
+        "Deployed",
+        "PhaseChanged",
+        "NeedsLogin",
+    ]
     for row in doc["agents"].values():
         for c in row["conditions"]:
             validate(c, "admin#Condition")

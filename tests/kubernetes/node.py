@@ -13,7 +13,10 @@ what a kubelet does with its spec, on this host:
   e.g. ``PATH`` and ``HYPERHIVE_CLAUDE_BIN``); any value or ``workingDir`` that starts with a
   ``mountPath`` is rewritten to that mount's host directory;
 - ``command[0]`` is looked up in ``entrypoints`` (the image's executables: e.g.
-  ``hyperhive-agent`` → ``python -m harness``);
+  ``hyperhive-agent`` → ``python -m harness``; others, like ``mkdir``, are this host's), and
+  arguments under a mount are rewritten like the environment;
+- ``initContainers`` run to completion first, in order (one that fails fails the start);
+  a missing ``workingDir`` is made, as containerd does;
 - the pod network is this host's loopback: ``HYPERHIVE_WEB_HOST`` is bound to 127.0.0.1.
 
 The process gets its own session (so a stop kills its group: claude, MCP servers), and its
@@ -124,6 +127,35 @@ class ProcessRunner:
         spec = pod["spec"]
         (c,) = spec["containers"]
         vols = {v["name"]: self._volume_dir(pod, v) for v in spec.get("volumes") or []}
+        # init containers run to completion first, in order; one that fails fails the start
+        for init in spec.get("initContainers") or []:
+            argv, env, cwd = self._process(init, vols)
+            done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=60)
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"init container {init['name']} exited {done.returncode}: "
+                    + done.stderr.decode(errors="replace")[-500:]
+                )
+        argv, env, cwd = self._process(c, vols)
+        log_path = self.root / "logs" / f"{pod['metadata']['name']}-{len(self.started)}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as fh:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        container = ProcessContainer(proc, log_path)
+        self.started.append(container)
+        return container
+
+    def _process(self, c: Obj, vols: dict[str, Path]) -> tuple[list[str], dict[str, str], str]:
+        """``(argv, env, cwd)`` of container ``c`` on this host (module docstring)."""
         mounts: list[tuple[str, Path]] = []
         for m in c.get("volumeMounts") or []:
             host = vols[m["name"]]
@@ -149,25 +181,14 @@ class ProcessRunner:
             env[e["name"]] = host_path(str(e.get("value", "")))
         env["HYPERHIVE_WEB_HOST"] = "127.0.0.1"
         command = list(c.get("command") or [])
-        argv = [*self.entrypoints[command[0]], *command[1:], *(c.get("args") or [])]
-        cwd = host_path(c.get("workingDir") or "/")
+        args = [host_path(a) for a in [*command[1:], *(c.get("args") or [])]]
+        argv = [*self.entrypoints.get(command[0], [command[0]]), *args]
+        cwd = c.get("workingDir")
+        # no workingDir: the image's (here the node's root); a missing one is made, as
+        # containerd does
+        cwd = host_path(cwd) if cwd else str(self.root)
         Path(cwd).mkdir(parents=True, exist_ok=True)
-        log_path = self.root / "logs" / f"{pod['metadata']['name']}-{len(self.started)}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as fh:
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        container = ProcessContainer(proc, log_path)
-        self.started.append(container)
-        return container
+        return argv, env, cwd
 
     def stop_all(self) -> None:
         """Kill every process this node started (the test's cleanup)."""

@@ -287,6 +287,9 @@ class StandIn:
         self.rv = 100
         self.runs: dict[tuple[str, str], PodRun] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path): what the driver asked
+        self.faults: dict[tuple[str, str], int] = {}
+        """``(method, plural)`` → an HTTP status the next such request is answered with
+        (``Forbidden``, ``InternalError``, ...) instead of being served: taken once."""
         self._server: ThreadingHTTPServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -837,6 +840,7 @@ def _pod_ready(pod: Obj) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     server_standin: StandIn
     protocol_version = "HTTP/1.1"
+    _raw = b""
     # headers and body are separate writes: without TCP_NODELAY each keep-alive
     # request waits out the peer's delayed ACK (40 ms)
     disable_nagle_algorithm = True
@@ -868,10 +872,8 @@ class _Handler(BaseHTTPRequestHandler):
         return plural, rest[1], name, sub, parse_qs(parts.query)
 
     def _body(self) -> Obj:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
         try:
-            doc = json.loads(raw or b"{}")
+            doc = json.loads(self._raw or b"{}")
         except ValueError as exc:
             raise ApiFailure(400, "BadRequest", f"invalid JSON: {exc}") from exc
         if not isinstance(doc, dict):
@@ -892,10 +894,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         s = self.server_standin
         s.requests.append((method, self.path))
+        # read the body before anything can refuse the request: what is left unread on a
+        # keep-alive connection would be taken for the next request
+        length = int(self.headers.get("Content-Length") or 0)
+        self._raw = self.rfile.read(length) if length else b""
         try:
             if self.headers.get("Authorization") != f"Bearer {s.token}":
                 raise ApiFailure(401, "Unauthorized", "Unauthorized")
             plural, ns, name, sub, q = self._route()
+            fault = s.faults.pop((method, plural), None)
+            if fault is not None:
+                reason = {403: "Forbidden", 429: "TooManyRequests", 500: "InternalError"}
+                raise ApiFailure(fault, reason.get(fault, "Unknown"), f"injected {fault}")
             if method == "GET" and name is None and q.get("watch", [""])[0] in ("true", "1"):
                 return self._watch(plural, ns, q)
             if method == "GET" and name is None:

@@ -291,3 +291,71 @@ def test_login_state_follows_the_namespace_secret(
     )
     driver._login = None  # past its cache time
     assert driver.login_state("alice")[0] is True
+
+
+def test_api_errors_become_transient_or_permanent(
+    driver: KubernetesDriver, standin: StandIn
+) -> None:
+    from controller.errors import TransientError
+
+    kind = "sandboxes" if driver.cfg.workload is Workload.SANDBOX else "statefulsets"
+    standin.faults[("GET", kind)] = 500
+    with pytest.raises(TransientError, match="500"):
+        driver.observe()
+    standin.faults[("GET", kind)] = 429
+    with pytest.raises(TransientError, match="429"):
+        driver.observe()
+    # missing RBAC is for the operator to fix: permanent, naming the Role
+    standin.faults[("POST", "secrets")] = 403
+    with pytest.raises(PermanentError, match=r"role\.yaml"):
+        driver.create(deployment("alice"), lambda _: None)
+    driver.create(deployment("alice"), lambda _: None)  # the next try goes through
+    assert "alice" in driver.observe()
+
+
+def test_an_unreachable_api_server_is_transient(layout: Layout) -> None:
+    from controller.config import Config
+    from controller.drivers.kubernetes.api import KubeApi
+    from controller.errors import TransientError
+    from tests.realserve import free_port
+
+    api = KubeApi.for_server(f"http://127.0.0.1:{free_port()}", NS, "t")
+    d = KubernetesDriver(layout, Config(), api)
+    with pytest.raises(TransientError):
+        d.observe()
+    d.close()
+
+
+def test_a_driver_without_a_cluster_or_a_listener_refuses_to_start(
+    layout: Layout, tmp_path: object
+) -> None:
+    """The controller logs the reason and exits 2 (a ConfigError is a ValueError)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from controller.config import Config, ConfigError, TcpListen
+    from controller.drivers.kubernetes.settings import KubeSettings
+
+    with pytest.raises(ConfigError, match="api:"):
+        KubernetesDriver(layout, Config())
+    missing = Path(str(tmp_path)) / "no-such-kubeconfig"
+    cfg = Config(
+        api=TcpListen("127.0.0.1", 0),
+        kubernetes=replace(KubeSettings(), kubeconfig=str(missing)),
+    )
+    with pytest.raises(ConfigError, match="cannot load a cluster config"):
+        KubernetesDriver(layout, cfg)
+
+
+def test_web_upstream_is_the_pods_service_with_the_credential(
+    driver: KubernetesDriver, layout: Layout
+) -> None:
+    from controller.dashboard.upstream import TcpUpstream
+
+    assert driver.web_upstream("alice") == layout.agent_web_sock("alice")  # never deployed
+    driver.create(deployment("alice", port=8123), lambda _: None)
+    up = driver.web_upstream("alice")
+    assert isinstance(up, TcpUpstream)
+    assert (up.host, up.port) == ("hh-alice-agent.hyperhive.svc", 8123)
+    assert up.token == layout.agent_credential("alice").read_text().strip()
+    assert up.token not in repr(up)  # never in a log line

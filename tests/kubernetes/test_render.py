@@ -127,9 +127,18 @@ def test_pod_is_locked_down() -> None:
         "hh-alice-agent.team-a.svc.cluster.local",
         "hh-alice-agent-0.hh-alice-agent.team-a.svc",
     ]
+    # no subPath (kubelet would make a missing one root-owned): the init container makes the
+    # directories the environment names, as the pod's uid
+    assert all("subPath" not in m for m in c["volumeMounts"])
+    (prep,) = pod["initContainers"]
+    made = set(prep["command"][4:])
+    assert prep["command"][:4] == ["mkdir", "-p", "-m", "0700"]
+    assert {env["HYPERHIVE_STATE_DIR"], env["CLAUDE_CONFIG_DIR"], env["HOME"]} <= made
+    assert c["workingDir"] in made
     mgr = render_agent(deployment("manager"), "s", BASE, 0.0).workload["spec"]["template"]["spec"]
     menv = {e["name"]: e["value"] for e in mgr["containers"][0]["env"]}
     assert menv["HYPERHIVE_META_DIR"] == "/var/lib/hyperhive/meta"
+    assert menv["HYPERHIVE_META_DIR"] in mgr["initContainers"][0]["command"]
 
 
 def test_the_config_section_is_read_and_checked(tmp_path: object) -> None:

@@ -227,3 +227,21 @@ def test_the_dashboard_and_the_rules_name_only_real_series(tmp_path: Path) -> No
     path.write_text(yaml.safe_dump(recording))
     checked = promtool("check", "rules", str(path))
     assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
+
+
+def test_agents_get_the_operators_otel_settings() -> None:
+    from controller.metrics.tracing import agent_environ, endpoint_of
+
+    env = {"OTEL_EXPORTER_OTLP_HEADERS": "x=1", "PATH": "/bin"}
+    assert endpoint_of(Config(), env) is None  # off by default
+    assert agent_environ(Config(), env) == {"OTEL_EXPORTER_OTLP_HEADERS": "x=1"}
+    cfg = config_from_dict({"otel": {"endpoint": "http://127.0.0.1:4318"}})
+    assert endpoint_of(cfg, env) == "http://127.0.0.1:4318"
+    assert agent_environ(cfg, env)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
+    assert "CLAUDE_CODE_ENABLE_TELEMETRY" not in agent_environ(cfg, env)
+    cc = config_from_dict({"otel": {"endpoint": "http://127.0.0.1:4318", "claude_code": True}})
+    got = agent_environ(cc, {**env, "OTEL_METRICS_EXPORTER": "console"})
+    assert got["CLAUDE_CODE_ENABLE_TELEMETRY"] == "1"
+    assert got["OTEL_METRICS_EXPORTER"] == "console"  # the operator's own setting wins
+    assert got["OTEL_LOGS_EXPORTER"] == "otlp"
+    assert endpoint_of(cc, {"OTEL_SDK_DISABLED": "true"}) is None

@@ -96,6 +96,19 @@ def test_repo_has_the_nix_files() -> None:
         assert required in NIX_FILES
 
 
+def test_package_has_every_python_dependency() -> None:
+    """nix/package.nix lists pyproject's dependencies and its `postgres` extra, by nixpkgs name."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["postgres"]]
+    names = {re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0].lower() for req in wanted}
+    package = (ROOT / "nix" / "package.nix").read_text()
+    listed = set(re.findall(r"^\s*ps\.([A-Za-z0-9_-]+)\s*$", package, re.MULTILINE))
+    assert names == listed
+
+
 @pytest.mark.parametrize("path", NIX_FILES)
 def test_parses(path: str, nix_env: dict[str, str]) -> None:
     run_nix(["--parse", path], nix_env)
@@ -259,7 +272,12 @@ def test_meta_flake_builds_every_agent(tmp_path: Path, nix_env: dict[str, str]) 
         "nixpkgs": {"follows": "hyperhive/nixpkgs"},
     }
     store = "/nix/store/00000000000000000000000000000000-"
-    base = [f"{store}hyperhive-0.1.0", f"{store}claude-code-2.0.0", f"{store}git"]
+    base = [
+        f"{store}hyperhive-0.1.0",
+        f"{store}claude-code-2.0.0",
+        f"{store}git",
+        f"{store}tea",
+    ]
     configs = got["configurations"]
     assert sorted(configs) == ["alice", "bob", "manager"]
     for name, container in (("alice", "h-alice"), ("bob", "h-bob"), ("manager", "hm1nd")):
@@ -356,6 +374,7 @@ HOST_CONFIG = """
       settings = {
         ports = { manager = 8000; agent_base = 8100; agent_range = 900; };
         dashboard.hosts = [ "hive.example" ];
+        budget.usdPerDay = 50;
       };
     };
   }
@@ -417,6 +436,7 @@ def test_host_module_renders_settings(host: Any) -> None:
         "operator_pronouns": "they/them",
         "run_dir": "/run/hyperhive",
         "dashboard": {"host": "127.0.0.1", "port": 7001, "hosts": ["hive.example"]},
+        "budget": {"usdPerDay": 50},
     }
     validate(rendered, "config")
     etc = host["config"]["environment"]["etc"]["hyperhive/config.json"]

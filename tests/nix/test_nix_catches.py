@@ -162,6 +162,16 @@ def test_a_name_ending_in_dash_is_refused(nix_env: dict[str, str]) -> None:
     assert "not ending in '-'" in err
 
 
+def test_frontend_in_agent_nix_points_to_the_manifest(nix_env: dict[str, str]) -> None:
+    """The seeds' hyperhive.frontend in agent.nix fails with where it lives here instead."""
+    err = nix_eval_error(
+        agent_toplevel(ROOT, modules='{ hyperhive.frontend.extraFiles = { "game" = ./.; }; }'),
+        nix_env,
+    )
+    assert "hyperhive.frontend is set in alice's agent.nix" in err
+    assert "spec.frontend in agents/alice/agent.yaml" in err
+
+
 def test_a_misspelled_option_in_agent_nix(nix_env: dict[str, str]) -> None:
     err = nix_eval_error(
         agent_toplevel(ROOT, modules="{ environment.systemPackage = [ ]; }"), nix_env
@@ -176,3 +186,20 @@ def test_operator_pronouns_must_be_one_short_line(bad: str, nix_env: dict[str, s
         host_toplevel(ROOT, f'{{ services.hyperhive.operatorPronouns = "{bad}"; }}'), nix_env
     )
     assert "A definition for option `services.hyperhive.operatorPronouns'" in err
+
+
+@pytest.mark.parametrize(
+    ("setting", "option"),
+    [
+        ("budget.usdPerDay = -1;", "services.hyperhive.settings.budget.usdPerDay"),
+        ('budget.tokensPerDay = "lots";', "services.hyperhive.settings.budget.tokensPerDay"),
+        ("budget.warnAt = 1.5;", "services.hyperhive.settings.budget.warnAt"),
+        ("budget.usdPerDya = 5;", "services.hyperhive.settings.budget.usdPerDya"),
+    ],
+)
+def test_swarm_budget_is_typed(setting: str, option: str, nix_env: dict[str, str]) -> None:
+    """The swarm budget's fields have the config schema's types and ranges."""
+    err = nix_eval_error(
+        host_toplevel(ROOT, f"{{ services.hyperhive.settings.{setting} }}"), nix_env
+    )
+    assert f"option `{option}'" in err

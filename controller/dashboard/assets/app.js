@@ -139,7 +139,7 @@ function renderSwarm(s) {
   return chips.join('');
 }
 
-const NEGATIVE = new Set(['Stalled', 'Reconciling']);
+const NEGATIVE = new Set(['Stalled', 'Reconciling', 'Degraded']);  // good when False
 const CRASH_LOOP = 'CrashLoopBackOff';
 
 function condChip(c) {
@@ -160,6 +160,7 @@ function shownConditions(a) {
   // (UpToDate → needs update, LoggedIn → needs login, Stalled/CrashLoopBackOff → crash loop).
   return (a.conditions || []).filter((c) => {
     if (a.crash_loop && c.reason === CRASH_LOOP) return false;
+    if (c.type === 'Degraded') return c.status === 'True';  // before a report it is Unknown
     if (NEGATIVE.has(c.type)) return c.status !== 'False';
     if (c.type === 'UpToDate' && a.needs_update) return false;
     if (c.type === 'LoggedIn' && a.needs_login) return false;

@@ -151,7 +151,7 @@ class KubeApi:
             if code == 403:
                 return PermanentError(
                     f"{what}: forbidden ({msg}); the controller's Role must allow it "
-                    "(deploy/kubernetes/rbac.yaml)"
+                    "(deploy/kubernetes/role.yaml)"
                 )
             return PermanentError(f"{what}: {code} {msg}")
         return TransientError(f"{what}: {exc}")

@@ -31,10 +31,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from controller.auth import AgentCredentials
-from controller.config import Config
+from controller.config import Config, ConfigError
+from controller.dashboard.upstream import TcpUpstream
 from controller.drivers.base import Deployment, LineSink
 from controller.drivers.kubernetes import names as n
 from controller.drivers.kubernetes.api import Conflict, KubeApi, NotFound, load_config
@@ -46,7 +48,7 @@ from controller.drivers.kubernetes.render import (
     rfc3339,
 )
 from controller.drivers.kubernetes.settings import KubeSettings, Workload
-from controller.drivers.marker import atomic_write
+from controller.drivers.marker import atomic_write, read_json
 from controller.errors import Invalid, PermanentError, TransientError
 from controller.model import ObservedAgent, Phase
 from controller.paths import Layout
@@ -67,7 +69,8 @@ APPLY_TRIES = 3
 
 class KubernetesDriver:
     """Runs agents as pods (module docstring). ``api`` defaults to a client of the cluster
-    ``config.kubernetes`` names (``api.load_config``); ``clock`` gives unix seconds."""
+    ``config.kubernetes`` names (``api.load_config``; ``ConfigError`` when there is none,
+    or no ``api:`` listener); ``clock`` gives unix seconds."""
 
     name = "kubernetes"
     builds_nix = False
@@ -86,7 +89,9 @@ class KubernetesDriver:
         self.layout = layout
         self.config = config
         self.cfg: KubeSettings = config.kubernetes
-        self.api = api if api is not None else KubeApi(load_config(self.cfg), self.cfg.namespace)
+        if api is None:
+            api = self._connect(config)
+        self.api = api
         self.env: dict[str, str] = {}
         """No environment reaches an agent from the controller (its pod has its own)."""
         self._clock = clock
@@ -97,6 +102,22 @@ class KubernetesDriver:
         self._watch_thread: threading.Thread | None = None
         self._closed = threading.Event()
         self._login: tuple[float, bool] | None = None  # (monotonic read time, key present)
+
+    @staticmethod
+    def _connect(config: Config) -> KubeApi:
+        """The client of the cluster ``config`` names; ``ConfigError`` (a ValueError: the
+        controller refuses to start, saying why) without a cluster config or an ``api:``
+        listener for the pods to reach."""
+        if config.api is None:
+            raise ConfigError(
+                "runtime kubernetes: agents reach the controller over TCP; set "
+                "`api: {listen: 0.0.0.0:7100, hosts: [...]}` and `kubernetes.api_url` "
+                "(docs/kubernetes.md)"
+            )
+        try:
+            return KubeApi(load_config(config.kubernetes), config.kubernetes.namespace)
+        except PermanentError as exc:
+            raise ConfigError(str(exc)) from exc
 
     @property
     def workload_kind(self) -> str:
@@ -412,6 +433,23 @@ class KubernetesDriver:
             "a claude login is kept on the agent's volume, out of the controller's sight: "
             f"log in from its web UI, or put ANTHROPIC_API_KEY in the Secret {ANTHROPIC_SECRET}",
         )
+
+    def web_upstream(self, agent: str) -> TcpUpstream | Path:
+        """Where the dashboard's proxy reaches ``agent``'s web UI: its pod's TCP port (the
+        port in its deployed settings) on its Service's name (``KubeSettings.web_host``
+        overrides), with its credential as the bearer the harness's TCP listener requires.
+        Before a deploy (no settings, no credential): the local socket path, which answers
+        nothing, so the dashboard says the UI is not running."""
+        settings = read_json(self.layout.agent_settings(agent)) or {}
+        port = settings.get("web_port")
+        try:
+            token = self.layout.agent_credential(agent).read_text().strip()
+        except (OSError, ValueError):
+            token = ""
+        if not isinstance(port, int) or isinstance(port, bool) or not token:
+            return self.layout.agent_web_sock(agent)
+        host = self.cfg.web_host or f"{n.base(agent)}.{self.cfg.namespace}.svc"
+        return TcpUpstream(host, port, token)
 
     def isolation(self, agent: str) -> Isolation:
         """Always isolated: its own pod, volume, credential and default-deny NetworkPolicy."""

@@ -7,8 +7,9 @@ the Kubernetes OpenAPI schemas and the pinned agent-sandbox CRD). Per agent ``<a
 
 - ``PersistentVolumeClaim B-state``: notes (``state/``), claude login and sessions
   (``claude/``), ``home/`` (and the manager's meta clone, ``meta/``); what the local
-  runtime keeps under ``<state>/agents/<a>/``. No owner: it outlives the workload
-  (a destroyed agent's PVC is its tombstone).
+  runtime keeps under ``<state>/agents/<a>/``. Mounted whole at ``/var/lib/hyperhive``;
+  an init container (``prepare``) makes the directories as the agent's uid. No owner:
+  it outlives the workload (a destroyed agent's PVC is its tombstone).
 - ``Secret B``: ``credential``, the agent's broker credential (the bearer token of
   the agent API), mounted read-only at ``/etc/hyperhive/credential/``.
 - ``ConfigMap B``: ``settings.json``, the rendered manifest, at ``/etc/hyperhive/settings/``.
@@ -49,7 +50,8 @@ RUN_DIR = "/run/hyperhive"
 ANTHROPIC_SECRET = "hyperhive-anthropic"
 """An optional Secret of the namespace whose keys (e.g. ``ANTHROPIC_API_KEY``) become the
 harness's environment: one API key for every agent, instead of a login per agent."""
-STATE_SUBPATHS = ("state", "claude", "home")
+STATE_SUBDIRS = ("state", "claude", "home")
+"""The agent's directories on its volume (the manager also has ``meta``)."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,9 @@ def harness_env(agent: str, web_port: int, cfg: KubeSettings) -> list[dict[str, 
         "HOME": f"{ROOT}/home",
         "TMPDIR": "/tmp",
         "PYTHONUNBUFFERED": "1",
+        # the NetworkPolicy lets claude reach the Messages API only: no telemetry, error
+        # reports or auto-update attempts to wait on (and the image is read-only anyway)
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "GIT_AUTHOR_NAME": agent,
         "GIT_AUTHOR_EMAIL": f"{agent}@hyperhive.local",
         "GIT_COMMITTER_NAME": agent,
@@ -225,11 +230,27 @@ def harness_env(agent: str, web_port: int, cfg: KubeSettings) -> list[dict[str, 
 
 
 def render_pod_spec(agent: str, web_port: int, cfg: KubeSettings) -> dict[str, Any]:
-    """The pod of one agent: the harness container, its volumes, its security context."""
-    subpaths = STATE_SUBPATHS + (("meta",) if agent == MANAGER else ())
-    mounts: list[dict[str, Any]] = [
-        {"name": "state", "mountPath": f"{ROOT}/{sub}", "subPath": sub} for sub in subpaths
-    ]
+    """The pod of one agent: an init container that makes its directories on the volume
+    (``mkdir`` from the image, as uid 1000), the harness container, volumes, security."""
+    subdirs = STATE_SUBDIRS + (("meta",) if agent == MANAGER else ())
+    # the whole volume, not subPath mounts: kubelet makes a missing subPath directory
+    # root-owned 0755, which uid 1000 could not write; the init container makes them
+    mounts: list[dict[str, Any]] = [{"name": "state", "mountPath": ROOT}]
+    security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    prepare: dict[str, Any] = {
+        "name": "prepare",
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["mkdir", "-p", "-m", "0700", *(f"{ROOT}/{sub}" for sub in subdirs)],
+        "volumeMounts": [{"name": "state", "mountPath": ROOT}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": dict(security),
+    }
     mounts += [
         {"name": "credential", "mountPath": CREDENTIAL_DIR, "readOnly": True},
         {"name": "settings", "mountPath": SETTINGS_DIR, "readOnly": True},
@@ -250,12 +271,7 @@ def render_pod_spec(agent: str, web_port: int, cfg: KubeSettings) -> dict[str, A
             "requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request},
             "limits": {"memory": cfg.memory_limit},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": security,
     }
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -268,6 +284,7 @@ def render_pod_spec(agent: str, web_port: int, cfg: KubeSettings) -> dict[str, A
             "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "initContainers": [prepare],
         "containers": [container],
         "volumes": [
             {"name": "state", "persistentVolumeClaim": {"claimName": n.pvc(agent)}},

@@ -109,6 +109,7 @@ let
     "nixfmt-tree"
     "ripgrep"
     "ruff"
+    "tea"
     "util-linux"
   ] simple;
 in
