@@ -26,7 +26,6 @@ from typing import IO, TYPE_CHECKING, Any
 from controller import __version__
 from controller.config import Config, Runtime, TcpListen
 from controller.drivers.base import Driver
-from controller.ops import PassResult
 from controller.paths import Layout, default_state_dir
 
 if TYPE_CHECKING:
@@ -213,23 +212,6 @@ def _stop_metrics(collectors: list[object]) -> None:
     uninstall(collectors)
 
 
-def _record_pass(reason: str, seconds: float, result: PassResult | None) -> None:
-    """Count one pass of the loop (``result`` None: it raised)."""
-    from controller.metrics import EVENTS
-
-    if result is None:
-        EVENTS.pass_done(reason, seconds, crashed=True)
-        return
-    failed = {
-        e.split(": ", 2)[0] + ":" + e.split(": ", 2)[1] for e in result.errors if e.count(": ") >= 2
-    }
-    actions = [
-        (a.kind.value, "error" if f"{a.agent}:{a.kind.value}" in failed else "ok")
-        for a in result.plan
-    ]
-    EVENTS.pass_done(reason, seconds, actions, errors=len(result.errors))
-
-
 def one_shot_pass(
     cfg: Config, state_dir: str | None, run_dir: str | None, dry_run: bool
 ) -> dict[str, Any]:
@@ -320,7 +302,7 @@ def run_daemon(
     from controller.frontend.files import FrontendFiles
     from controller.httpserve import SocketRegistry, serve_tcp, serve_unix
     from controller.metarepo import MetaRepo
-    from controller.metrics import trigger_of
+    from controller.metrics.passes import PASS_REASON
     from controller.metrics.tracing import TRACING
     from controller.retention import sweep_event_logs
     from controller.statedir import prepare_state_dirs
@@ -448,7 +430,8 @@ def run_daemon(
                     broker,
                     operator_key=operator_key,
                     login_tokens=login_tokens,
-                    web_sock=layout.agent_web_sock,
+                    # a runtime whose agents have no socket here says where their UI is
+                    web_sock=getattr(driver, "web_upstream", None) or layout.agent_web_sock,
                     stop=streams_stop,
                     frontend=FrontendFiles(layout.meta_git, meta.desired),
                     budgets=budgets,
@@ -516,15 +499,14 @@ def run_daemon(
 
         def run_pass(reason: str) -> None:
             t0 = time.monotonic()
+            asked = PASS_REASON.set(reason)  # the pass's metrics and span say what asked
             try:
-                with TRACING.pass_span(trigger_of(reason), reason) as traced:
-                    result = swarm.reconcile()
-                    traced(len(result.plan), len(result.errors))
+                result = swarm.reconcile()
             except Exception:
                 log.exception("reconcile pass (%s) crashed; retrying on the next trigger", reason)
-                _record_pass(reason, time.monotonic() - t0, None)
                 return
-            _record_pass(reason, time.monotonic() - t0, result)
+            finally:
+                PASS_REASON.reset(asked)
             registry.sync(swarm.agent_names())
             if result.plan or result.errors:
                 log.info(

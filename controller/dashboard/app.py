@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 import falcon
@@ -61,6 +60,7 @@ import falcon.asgi
 from controller.auth.sessions import LoginTokens, SessionSigner
 from controller.budget.http import add_budget_routes
 from controller.budget.service import Budgets
+from controller.dashboard import upstream
 from controller.dashboard.api import ApiBroker, SwarmApi
 from controller.dashboard.custom import CustomUi
 from controller.dashboard.httputil import (
@@ -125,7 +125,7 @@ def make_dashboard_app(
     *,
     operator_key: str,
     login_tokens: LoginTokens,
-    web_sock: Callable[[str], Path],
+    web_sock: Callable[[str], upstream.Upstream],
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     stop: threading.Event | None = None,
     streams_per_session: int = PER_SESSION_STREAMS,
@@ -139,7 +139,8 @@ def make_dashboard_app(
     ``login_tokens`` is the store ``hyperhive serve`` and ``hyperhive
     dashboard`` mint one-time login tokens in (share it with host.sock's app).
     ``web_sock(name)`` is the path of agent ``name``'s UI socket
-    (``Layout.agent_web_sock``). ``heartbeat_seconds`` is the message flow's
+    (``Layout.agent_web_sock``), or its TCP address (``upstream.TcpUpstream``: the
+    kubernetes runtime's pods). ``heartbeat_seconds`` is the message flow's
     heartbeat; setting ``stop`` ends open message flows within one heartbeat.
     Open SSE streams (message flow and proxied agent events together) are
     capped at ``streams_per_session`` per login and ``streams_total`` overall;

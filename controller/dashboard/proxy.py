@@ -27,7 +27,6 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import falcon
 import falcon.asgi
@@ -87,7 +86,7 @@ class AgentUi:
     def __init__(
         self,
         ops: SwarmOps,
-        web_sock: Callable[[str], Path],
+        web_sock: Callable[[str], upstream.Upstream],
         slots: StreamSlots,
         head_timeout: float = HEAD_TIMEOUT,
         custom: CustomUi | None = None,

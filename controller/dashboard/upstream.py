@@ -1,4 +1,9 @@
-"""A small HTTP/1.1 client over a unix socket, for the agent UI proxy.
+"""A small HTTP/1.1 client over a unix socket (or TCP), for the agent UI proxy.
+
+An agent's UI is reached on its unix socket; under the kubernetes runtime, where a pod has
+no socket the controller can open, on its TCP port (``TcpUpstream``: host, port and the
+agent's credential, sent as ``Authorization: Bearer``, which the harness's TCP listener
+requires).
 
 One request per connection (``Connection: close``); the response head is
 read whole (at most ``MAX_HEAD_BYTES``), the body is handed out chunk by
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -19,6 +24,19 @@ MAX_HEAD_BYTES = 64 * 1024
 
 READ_BYTES = 64 * 1024
 """Largest piece of body handed on at once."""
+
+
+@dataclass(frozen=True)
+class TcpUpstream:
+    """An agent UI on TCP: ``host``:``port``, answering only ``Bearer <token>``."""
+
+    host: str
+    port: int
+    token: str = field(repr=False)
+
+
+Upstream = Path | TcpUpstream
+"""Where an agent's UI is: its unix socket, or its TCP port."""
 
 
 class UpstreamDown(Exception):
@@ -132,7 +150,7 @@ def _parse_head(raw: bytes) -> Head:
 
 
 async def request(
-    path: Path,
+    path: Upstream,
     method: str,
     target: str,
     headers: Sequence[tuple[str, str]],
@@ -140,7 +158,8 @@ async def request(
     *,
     timeout: float = 30.0,
 ) -> Response:
-    """Send one request to the HTTP server on unix socket ``path``; the response head.
+    """Send one request to the HTTP server on unix socket ``path`` (or at a
+    ``TcpUpstream``, with its bearer token); the response head.
 
     ``target`` is the request target (path and query, already percent-encoded,
     no spaces or controls); ``headers`` must not hold Host, Connection or
@@ -148,20 +167,26 @@ async def request(
     within ``timeout`` seconds. Raises ``UpstreamDown`` when nothing listens
     there and ``BadUpstream`` for a malformed or late response.
     """
+    extra: list[tuple[str, str]] = []
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(str(path), limit=MAX_HEAD_BYTES), timeout
-        )
+        if isinstance(path, TcpUpstream):
+            extra.append(("Authorization", f"Bearer {path.token}"))
+            where = f"{path.host}:{path.port}"
+            opening = asyncio.open_connection(path.host, path.port, limit=MAX_HEAD_BYTES)
+        else:
+            where = str(path)
+            opening = asyncio.open_unix_connection(str(path), limit=MAX_HEAD_BYTES)
+        reader, writer = await asyncio.wait_for(opening, timeout)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as e:
-        raise UpstreamDown(f"no server on {path}") from e
+        raise UpstreamDown(f"no server on {where}") from e
     except TimeoutError as e:
         raise BadUpstream(f"connecting took longer than {timeout:g} s") from e
-    except OSError as e:  # not a socket, permission denied, path too long
-        raise UpstreamDown(f"cannot connect to {path}: {e.strerror or e}") from e
+    except OSError as e:  # not a socket, permission denied, path too long, no such host
+        raise UpstreamDown(f"cannot connect to {where}: {e.strerror or e}") from e
     lines = [f"{method} {target} HTTP/1.1", "Host: localhost", "Connection: close"]
     if body or method not in ("GET", "HEAD"):
         lines.append(f"Content-Length: {len(body)}")
-    lines += [f"{k}: {v}" for k, v in headers]
+    lines += [f"{k}: {v}" for k, v in [*headers, *extra]]
     try:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         await asyncio.wait_for(writer.drain(), timeout)

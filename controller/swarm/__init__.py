@@ -36,6 +36,7 @@ from controller.auth.agents import AgentCredentials
 from controller.config import Config
 from controller.drivers.base import Driver
 from controller.metarepo import MetaRepo
+from controller.metrics.passes import observed_pass
 from controller.ops import Lifecycle, PassResult, Proposal
 from controller.paths import Layout
 from controller.swarm.core import (
@@ -190,8 +191,11 @@ class Swarm:
 
     def reconcile(self, dry_run: bool = False) -> PassResult:
         """Run one pass now (serialized with other passes and lifecycle verbs); ``dry_run``
-        plans only and writes nothing (``controller.swarm.reconcile``)."""
-        return self.reconciler.reconcile(dry_run)
+        plans only and writes nothing (``controller.swarm.reconcile``). A pass that writes is
+        counted and traced (``controller.metrics.passes``)."""
+        if dry_run:
+            return self.reconciler.reconcile(True)
+        return observed_pass(lambda: self.reconciler.reconcile(False))
 
     def watch(self) -> list[str]:
         """One crash-watch tick between passes; the reasons it requested a pass for

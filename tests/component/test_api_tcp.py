@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import ssl
 import subprocess
@@ -77,9 +78,12 @@ def _api(tls: bool) -> Iterator[Api]:
         tls=tls_server_context(cert, key) if cert and key else None,
         name="agent-api-test",
     )
-    yield Api(layout, broker, creds, listener, cert)
-    listener.stop(3.0)
-    broker.close()
+    try:
+        yield Api(layout, broker, creds, listener, cert)
+    finally:
+        listener.stop(3.0)
+        broker.close()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(params=["http", "https"])

@@ -345,3 +345,17 @@ def test_a_driver_without_a_cluster_or_a_listener_refuses_to_start(
     )
     with pytest.raises(ConfigError, match="cannot load a cluster config"):
         KubernetesDriver(layout, cfg)
+
+
+def test_web_upstream_is_the_pods_service_with_the_credential(
+    driver: KubernetesDriver, layout: Layout
+) -> None:
+    from controller.dashboard.upstream import TcpUpstream
+
+    assert driver.web_upstream("alice") == layout.agent_web_sock("alice")  # never deployed
+    driver.create(deployment("alice", port=8123), lambda _: None)
+    up = driver.web_upstream("alice")
+    assert isinstance(up, TcpUpstream)
+    assert (up.host, up.port) == ("hh-alice-agent.hyperhive.svc", 8123)
+    assert up.token == layout.agent_credential("alice").read_text().strip()
+    assert up.token not in repr(up)  # never in a log line

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ import pytest
 import yaml
 
 from controller.drivers.kubernetes import names
+from tests.e2e.browser import Browser
 from tests.e2e.swarm import Swarm
 from tests.fakeapi import (
     OFFLINE_ENV,
@@ -142,6 +144,8 @@ def story(
             "kubeconfig": str(kubeconfig(tmp_path / "kubeconfig", standin)),
             "image": "hyperhive:e2e",
             "workload": request.param,
+            # the stand-in's pods listen on loopback (there is no cluster DNS here)
+            "web_host": "127.0.0.1",
             "api_url": f"http://127.0.0.1:{api_port}",
         },
     )
@@ -161,6 +165,7 @@ def story(
         for c in runner.started:
             with contextlib.suppress(OSError):
                 sys.stderr.write(f"---- {c.log_path.name} (tail) ----\n{c.log()[-2000:]}")
+        shutil.rmtree(runner.root, ignore_errors=True)
 
 
 def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
@@ -210,6 +215,14 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
         ),
         timeout=120,
     )
+    # her web UI through the dashboard: the proxy reaches her pod's TCP port with her credential
+    web = Browser(s.dashboard_port)
+    url = s.cli("dashboard").stdout.strip().splitlines()[-1]
+    assert web.open_login(url)[0].status == 303
+    alice_ui = web.get("/agents/alice/api/state")
+    assert alice_ui.status == 200, alice_ui
+    assert alice_ui.json()["agent"] == "alice"
+
     # her journal is the pod log, read through the API
     journal = s.admin.get("/agents/alice/journal?lines=200")["text"]
     assert "hyperhive-agent serve: agent alice" in journal

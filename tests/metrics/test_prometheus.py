@@ -135,6 +135,7 @@ def test_prometheus_scrapes_a_real_story(swarm: Swarm, tmp_path: Path) -> None:
             timeout=60,
         )
 
+        s.cli("reconcile")  # the operator's own pass (POST /reconcile): trigger "request"
         body = scrape(port, token)
         checked = promtool("check", "metrics", stdin=body)
         assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
@@ -186,6 +187,9 @@ def test_prometheus_scrapes_a_real_story(swarm: Swarm, tmp_path: Path) -> None:
 
         # reconcile passes, HTTP requests and broker traffic were counted
         assert (prom.value('sum(hyperhive_reconcile_passes_total{outcome="ok"})') or 0) >= 2
+        for trigger in ("startup", "approval", "crash", "request"):
+            got = prom.value(f'sum(hyperhive_reconcile_passes_total{{trigger="{trigger}"}})')
+            assert (got or 0) >= 1, (trigger, got)
         assert (prom.value('sum(hyperhive_reconcile_actions_total{kind="create"})') or 0) >= 1
         assert (prom.value('sum(hyperhive_http_requests_total{surface="agent"})') or 0) > 0
         assert (prom.value('sum(hyperhive_http_requests_total{surface="admin"})') or 0) > 0

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -223,6 +224,7 @@ def tcp_hive() -> Iterator[TcpHive]:
         stop(proc)
         kill_agents(tmp / "state")
         log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _refused_401(reply: Reply) -> tuple[bool, str]:

@@ -31,10 +31,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from controller.auth import AgentCredentials
 from controller.config import Config, ConfigError
+from controller.dashboard.upstream import TcpUpstream
 from controller.drivers.base import Deployment, LineSink
 from controller.drivers.kubernetes import names as n
 from controller.drivers.kubernetes.api import Conflict, KubeApi, NotFound, load_config
@@ -46,7 +48,7 @@ from controller.drivers.kubernetes.render import (
     rfc3339,
 )
 from controller.drivers.kubernetes.settings import KubeSettings, Workload
-from controller.drivers.marker import atomic_write
+from controller.drivers.marker import atomic_write, read_json
 from controller.errors import Invalid, PermanentError, TransientError
 from controller.model import ObservedAgent, Phase
 from controller.paths import Layout
@@ -431,6 +433,23 @@ class KubernetesDriver:
             "a claude login is kept on the agent's volume, out of the controller's sight: "
             f"log in from its web UI, or put ANTHROPIC_API_KEY in the Secret {ANTHROPIC_SECRET}",
         )
+
+    def web_upstream(self, agent: str) -> TcpUpstream | Path:
+        """Where the dashboard's proxy reaches ``agent``'s web UI: its pod's TCP port (the
+        port in its deployed settings) on its Service's name (``KubeSettings.web_host``
+        overrides), with its credential as the bearer the harness's TCP listener requires.
+        Before a deploy (no settings, no credential): the local socket path, which answers
+        nothing, so the dashboard says the UI is not running."""
+        settings = read_json(self.layout.agent_settings(agent)) or {}
+        port = settings.get("web_port")
+        try:
+            token = self.layout.agent_credential(agent).read_text().strip()
+        except (OSError, ValueError):
+            token = ""
+        if not isinstance(port, int) or isinstance(port, bool) or not token:
+            return self.layout.agent_web_sock(agent)
+        host = self.cfg.web_host or f"{n.base(agent)}.{self.cfg.namespace}.svc"
+        return TcpUpstream(host, port, token)
 
     def isolation(self, agent: str) -> Isolation:
         """Always isolated: its own pod, volume, credential and default-deny NetworkPolicy."""

@@ -75,6 +75,10 @@ class KubeSettings:
     memory_request: str = "512Mi"
     memory_limit: str = "2Gi"
     cpu_request: str = "100m"
+    web_host: str | None = None
+    """How the controller reaches an agent pod's web UI (the dashboard's proxy): None is the
+    agent's headless Service, ``hh-<a>-agent.<namespace>.svc``; a fixed host is for a
+    controller that reaches pods through something else (the tests' stand-in: loopback)."""
 
     def api_port(self) -> int:
         """The TCP port of ``api_url`` (its scheme's default when it names none)."""
@@ -102,6 +106,7 @@ def kube_settings_from_dict(doc: Mapping[str, Any] | None, base: KubeSettings) -
         "memory_request",
         "memory_limit",
         "cpu_request",
+        "web_host",
     ):
         if key in doc:
             out = replace(out, **{key: doc[key]})
