@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from controller.frontend.files import Capabilities
 from controller.paths import Layout
 from controller.stats import STATS_DB
 from schemas.client import ApiClient
@@ -56,8 +57,10 @@ from tests.realserve import (
     wait_for,
     write_config,
 )
-from tests.security.support import ROOT, Reply, Tally, http
+from tests.security.support import ROOT, SESSION_COOKIE, Reply, Tally, cookie_of, http
 
+ROUTES = "new routes: bad input is a 4xx naming the field"
+CAPS = "custom front-end file capabilities: replayed elsewhere"
 SPEND = "agent API: forged or bent spend reports (400)"
 STATS = "agent's turn-stats file: spend and labels bounded"
 FILES = "agent's state files: FIFOs and symlinks"
@@ -88,6 +91,7 @@ class NewHive:
     api_port: int
     metrics_port: int
     forge: StandinForgejo
+    dash_port: int = 0
 
     @property
     def layout(self) -> Layout:
@@ -125,7 +129,7 @@ class NewHive:
 def new_hive() -> Iterator[NewHive]:
     tmp = Path(tempfile.mkdtemp(prefix="hhnew-", dir="/tmp"))
     forge = StandinForgejo().start()
-    api_port, metrics_port = free_port(), free_port()
+    api_port, metrics_port, dash_port = free_port(), free_port(), free_port()
     script = tmp / "standin.py"
     script.write_text(STANDIN)
     token_file = tmp / "forge-admin-token"
@@ -134,6 +138,7 @@ def new_hive() -> Iterator[NewHive]:
         tmp / "config.json",
         manager_port=free_block(8),
         agent_range=7,
+        dashboard_port=dash_port,
         local_sandbox=False,
         resync_seconds=30,
         api={"listen": f"127.0.0.1:{api_port}"},
@@ -149,7 +154,7 @@ def new_hive() -> Iterator[NewHive]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    h = NewHive(tmp, proc, api_port, metrics_port, forge)
+    h = NewHive(tmp, proc, api_port, metrics_port, forge, dash_port)
     try:
         wait_for("host.sock", lambda: h.admin.get("/status"), timeout=60)
         wait_for("the manager's credential", lambda: h.layout.agent_credential(MANAGER).exists())
@@ -402,3 +407,106 @@ def test_metrics_refuses_rebinding_and_hostile_requests(new_hive: NewHive, tally
     for what, reply, ok in cases:
         tally.record(METRICS, what, ok, reply.brief())
     tally.assert_refused(METRICS)
+
+
+# --- the new routes, fed bad input; signed file paths replayed ---------------------------
+
+
+def _login(h: NewHive) -> str:
+    token = h.admin.post("/login", {})["token"]
+    reply = http(("127.0.0.1", h.dash_port), "GET", f"/login?token={token}")
+    cookie = cookie_of(reply)
+    assert cookie, reply.brief()
+    return cookie
+
+
+BAD_ALLOWS: tuple[tuple[str, Any, str], ...] = (
+    ("usd missing", {"agent": "alice"}, "usd"),
+    ("usd a string", {"swarm": True, "usd": "5"}, "usd"),
+    ("usd negative", {"swarm": True, "usd": -5}, "usd"),
+    ("usd huge", {"swarm": True, "usd": 1e300}, "usd"),
+    ("usd a bool", {"swarm": True, "usd": True}, "usd"),
+    ("usd and tokens zero", {"swarm": True, "usd": 0}, "usd"),
+    ("tokens a float", {"swarm": True, "usd": 1, "tokens": 1.5}, "tokens"),
+    ("tokens past 64 bits", {"swarm": True, "usd": 1, "tokens": 2**80}, "tokens"),
+    ("both agent and swarm", {"swarm": True, "agent": "alice", "usd": 1}, "agent"),
+    ("neither agent nor swarm", {"usd": 1}, "agent"),
+    ("an unknown agent", {"agent": "zed", "usd": 1}, "agent"),
+    ("an agent without a budget", {"agent": "alice", "usd": 1}, "agent"),
+    ("agent with a newline", {"agent": "alice\n", "usd": 1}, "agent"),
+    ("agent a list", {"agent": ["alice"], "usd": 1}, "agent"),
+    ("swarm a string", {"swarm": "yes", "usd": 1}, "swarm"),
+    ("note too long", {"swarm": True, "usd": 1, "note": "x" * 600}, "note"),
+    ("an extra field", {"swarm": True, "usd": 1, "by": "manager"}, "by"),
+    ("a lone surrogate in the note", '{"swarm": true, "usd": 1, "note": "\\ud800"}', "note"),
+    ("malformed JSON", '{"swarm": true,', ""),
+    ("an array", "[1]", ""),
+)
+
+
+def test_budget_routes_refuse_bad_input_with_a_4xx(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    before = h.admin.get("/budget")["swarm"]
+    cookie = _login(h)
+    dash = ("127.0.0.1", h.dash_port)
+    origin = ("Origin", f"http://127.0.0.1:{h.dash_port}")
+    key = ("Authorization", f"Bearer {h.admin.token}")
+    json_ct = ("Content-Type", "application/json")
+    for what, body, field in BAD_ALLOWS:
+        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        for where, target, path, headers in (
+            ("host.sock", h.layout.host_sock, "/budget/allow", [key, json_ct]),
+            ("dashboard", dash, "/api/budget/allow",
+             [("Cookie", f"{SESSION_COOKIE}={cookie}"), origin, json_ct]),
+        ):  # fmt: skip
+            reply = http(target, "POST", path, headers=headers, body=raw)
+            named = field in str(reply.error.get("field") or "")
+            ok = 400 <= reply.status < 500 and (named or not field)
+            tally.record(ROUTES, f"{where} {path}: {what}", ok, reply.brief())
+    for query in ("?name=zed", "?name=" + "a" * 5000, "?name=%00", "?name=alice&name=bob"):
+        for where, target, path, headers in (
+            ("host.sock", h.layout.host_sock, "/budget", [key]),
+            ("dashboard", dash, "/api/budget", [("Cookie", f"{SESSION_COOKIE}={cookie}")]),
+        ):
+            reply = http(target, "GET", path + query, headers=headers)
+            tally.record(ROUTES, f"{where} GET {path}{query[:40]}",
+                         reply.status < 500, reply.brief())  # fmt: skip
+    # the agent API: an agent granting itself or the swarm an extension is not a route there
+    for path in ("/budget/allow", "/api/budget/allow", "/budget"):
+        reply = http(h.api, "POST", path, headers=[h.auth("alice")], body={"swarm": True, "usd": 1})
+        tally.record(ROUTES, f"an agent's POST {path} on the agent API",
+                     reply.status in (404, 405), reply.brief())  # fmt: skip
+    after = h.admin.get("/budget")["swarm"]
+    tally.record(ROUTES, "no extension was granted", after.get("extensions") ==
+                 before.get("extensions"), f"{before} -> {after}")  # fmt: skip
+    tally.assert_refused(ROUTES)
+
+
+def test_file_capabilities_cannot_be_replayed(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    key = h.layout.operator_key.read_text().strip()
+    caps = Capabilities(key)
+    alices = caps.issue("alice")
+    expiry, _, mac = alices.partition(".")
+    old = Capabilities(key, clock=lambda: time.time() - 13 * 3600).issue("alice")
+    other = Capabilities("A" * 43).issue("alice")
+    dash = ("127.0.0.1", h.dash_port)
+    for what, path in (
+        ("alice's capability on bob's files", f"/agents/bob/files/{alices}/ui/"),
+        ("alice's capability on the manager's", f"/agents/manager/files/{alices}/ui/index.html"),
+        ("an expired capability", f"/agents/alice/files/{old}/ui/"),
+        ("a later expiry, same mac", f"/agents/alice/files/{int(expiry) + 3600}.{mac}/ui/"),
+        ("a capability under another key", f"/agents/alice/files/{other}/ui/"),
+        ("no mac", f"/agents/alice/files/{expiry}./ui/"),
+        ("a traversal out of files/", f"/agents/alice/files/{alices}/../../api/state"),
+        ("a traversal to the dashboard API", "/agents/alice/files/x/../../../api/state"),
+        ("an encoded traversal", "/agents/alice/files/x/%2e%2e/%2e%2e/%2e%2e/api/state"),
+    ):
+        reply = http(dash, "GET", path)
+        ok = reply.status in (401, 404) and b'"agents"' not in reply.body
+        tally.record(CAPS, what, ok, reply.brief())
+    # a valid capability opens nothing on a route that is not a custom file
+    for path in (f"/agents/alice/files/{alices}/", f"/agents/alice/files/{alices}/ui/x.js"):
+        reply = http(dash, "POST", path, body={})
+        tally.record(CAPS, f"POST {path}", 400 <= reply.status < 500, reply.brief())
+    tally.assert_refused(CAPS)
