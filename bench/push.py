@@ -23,6 +23,9 @@ Hooks alone: each installed hook script run by hand with an approval's stdin
 line (pre-receive judges it, post-receive pokes the controller), beside
 ``python -c pass``.
 
+Harness alone: ``python -m harness serve`` started by hand (a stand-in controller
+socket), exec → its web UI answers, and the CPU it had used by then.
+
 CLI: wall time of ``hyperhive status`` (against the running controller),
 ``hyperhive --version`` and ``python -c pass`` (the floor), median and p95 over
 ``--cli-runs``, with the ratio to the floor (target: status ≤ 80 ms).
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -109,8 +113,9 @@ def ui_answers(path: Path) -> bool:
         return False
 
 
-def point_hooks_at(meta_git: Path, root: Path) -> None:
-    """Rewrite meta.git's hook scripts so they run the tree at ``root``."""
+def point_hooks_at(meta_git: Path, root: Path, site: bool = False) -> None:
+    """Rewrite meta.git's hook scripts so they run the tree at ``root``; ``site``: run the
+    interpreter with ``site`` (drop ``-S``), as the hook scripts did before 2026-12-07."""
     for kind in ("pre-receive", "post-receive"):
         hook = meta_git / "hooks" / kind
         lines = hook.read_text().splitlines()
@@ -118,6 +123,9 @@ def point_hooks_at(meta_git: Path, root: Path) -> None:
             f"PYTHONPATH={shlex.quote(str(root))}" if ln.startswith("PYTHONPATH=") else ln
             for ln in lines
         ]
+        lines = [ln.replace(" -S -m controller.hook", " -m controller.hook") for ln in lines]
+        if not site:
+            lines = [ln.replace(" -m controller.hook", " -S -m controller.hook") for ln in lines]
         hook.write_text("\n".join(lines) + "\n")
 
 
@@ -130,7 +138,7 @@ def approvals(s: Swarm, pushes: int, old_root: Path | None) -> dict[str, dict[st
     for i in range(pushes):
         root = old_root if old_root is not None and i % 2 == 1 else REPO
         which = "new" if root == REPO else "old"
-        point_hooks_at(s.state / "meta.git", root)
+        point_hooks_at(s.state / "meta.git", root, site=which == "old")
         name = f"b{i}"
         p = manager.post("/request_spawn", {"name": name})
         pid = p["id"]
@@ -176,37 +184,51 @@ def hooks_alone(s: Swarm, runs: int, old_root: Path | None) -> None:
     commit = s.git("--git-dir", str(meta_git), "rev-parse", f"proposal/{pid}", cwd=s.tmp).strip()
     line = f"{'0' * 40} {commit} refs/tags/approved/{pid}\n"
     env = {**s.env, "GIT_DIR": str(meta_git)}
-    floor = statistics.median(wall([sys.executable, "-c", "pass"], env, runs))
-    print(f"  python -c pass         median {floor * 1000:5.0f} ms")
+    floor_cpu: list[float] = []
+    floor = statistics.median(wall([sys.executable, "-c", "pass"], env, runs, cpu=floor_cpu))
+    fcpu = statistics.median(floor_cpu)
+    print(f"  python -c pass         median {floor * 1000:5.0f} ms  cpu {fcpu * 1000:5.1f} ms")
     for which, root in (("new", REPO), ("old", old_root)):
         if root is None:
             continue
-        point_hooks_at(meta_git, root)
+        point_hooks_at(meta_git, root, site=which == "old")
         for kind in ("pre-receive", "post-receive"):
-            t = wall([str(meta_git / "hooks" / kind)], env, runs, line, cwd=meta_git)
-            med = statistics.median(t)
+            used: list[float] = []
+            t = wall([str(meta_git / "hooks" / kind)], env, runs, line, cwd=meta_git, cpu=used)
+            med, c = statistics.median(t), statistics.median(used)
             print(
                 f"  {which} {kind:18} median {med * 1000:5.0f} ms  p95 {pct(t, 95) * 1000:5.0f} ms"
-                f"  ×{med / floor:4.1f} the floor"
+                f"  ×{med / floor:4.1f} the floor; cpu {c * 1000:5.1f} ms (×{c / fcpu:4.1f})"
             )
     point_hooks_at(meta_git, REPO)
 
 
 def wall(
-    argv: list[str], env: dict[str, str], runs: int, stdin: str = "", cwd: Path = Path("/")
+    argv: list[str],
+    env: dict[str, str],
+    runs: int,
+    stdin: str = "",
+    cwd: Path = Path("/"),
+    cpu: list[float] | None = None,
 ) -> list[float]:
-    """Wall times (s) of ``runs`` runs of ``argv`` fed ``stdin`` (each must exit 0).
+    """Wall times (s) of ``runs`` runs of ``argv`` fed ``stdin`` (each must exit 0); with
+    ``cpu``, each run's CPU time (user + system of the process and its children, s) is
+    appended to it: on a shared machine the CPU time is the steadier figure.
 
     ``cwd`` is never the repository: ``python -m`` puts the cwd first on
     ``sys.path``, and an ``--old-root`` run must import the old tree.
     """
     times = []
     for _ in range(runs):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         subprocess.run(
             argv, env=env, check=True, capture_output=True, cwd=cwd, input=stdin.encode()
         )
         times.append(time.monotonic() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if cpu is not None:
+            cpu.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
     return times
 
 
@@ -227,14 +249,79 @@ def cli(s: Swarm, runs: int, old_root: Path | None) -> None:
             ("old: status", [py, "-m", "controller.cli", *state, "status"], old_env),
         ]
     wall(cases[2][1], cases[2][2], 3)  # warm the page cache and the controller's caches
-    floor = None
+    floor = floor_cpu = 0.0
     for label, argv, env in cases:
-        t = wall(argv, env, runs)
-        med = statistics.median(t)
+        used: list[float] = []
+        t = wall(argv, env, runs, cpu=used)
+        med, c = statistics.median(t), statistics.median(used)
         floor = floor or med
+        floor_cpu = floor_cpu or c
         print(
             f"  {label:22} median {med * 1000:5.0f} ms  p95 {pct(t, 95) * 1000:5.0f} ms  "
-            f"×{med / floor:4.1f} the floor"
+            f"×{med / floor:4.1f} the floor; cpu {c * 1000:5.1f} ms (×{c / floor_cpu:4.1f})"
+        )
+
+
+def harness_alone(runs: int, old_root: Path | None) -> None:
+    """Start ``python -m harness serve`` by hand ``runs`` times (a stand-in controller
+    socket, no claude run) and time exec → its web UI answers, with the process' CPU time
+    when it first answered (read from ``/proc``: steadier than wall time on a shared
+    machine). With ``old_root``, the old tree's harness in alternate runs."""
+    sys.path.insert(0, str(REPO / "tests" / "component" / "harness"))
+    from standin import StandIn, write_credential
+
+    roots = [("new", REPO)] + ([("old", old_root)] if old_root is not None else [])
+    walls: dict[str, list[float]] = {w: [] for w, _ in roots}
+    cpus: dict[str, list[float]] = {w: [] for w, _ in roots}
+    tick = os.sysconf("SC_CLK_TCK")
+    with tempfile.TemporaryDirectory(prefix="hh-harness-") as d:
+        tmp = Path(d)
+        sock = StandIn(tmp / "alice.sock", agent="alice").start()
+        cred = write_credential(tmp / "credential")
+        try:
+            for i in range(runs):
+                for which, root in roots:
+                    state, web = tmp / f"state-{which}-{i}", tmp / f"web-{which}-{i}.sock"
+                    state.mkdir()
+                    env = {
+                        **os.environ,
+                        "HYPERHIVE_AGENT": "alice",
+                        "HYPERHIVE_FLAVOR": "agent",
+                        "HYPERHIVE_SOCKET": sock.path,
+                        "HYPERHIVE_CREDENTIAL_FILE": str(cred),
+                        "HYPERHIVE_STATE_DIR": str(state),
+                        "HYPERHIVE_WEB_SOCKET": str(web),
+                        "HYPERHIVE_CLAUDE_BIN": "/bin/false",
+                        "HOME": str(tmp / "home"),
+                        "PYTHONPATH": str(root),
+                    }
+                    t0 = time.monotonic()
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "harness", "serve"],
+                        env=env,
+                        cwd=state,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    try:
+                        while not ui_answers(web):
+                            if time.monotonic() - t0 > 30:
+                                raise RuntimeError(f"{which} harness: no web UI after 30 s")
+                            time.sleep(0.002)
+                        walls[which].append(time.monotonic() - t0)
+                        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1]
+                        utime, stime = fields.split()[11:13]
+                        cpus[which].append((int(utime) + int(stime)) / tick)
+                    finally:
+                        proc.send_signal(signal.SIGTERM)
+                        proc.wait(30)
+        finally:
+            sock.stop()
+    for which, _ in roots:
+        w, c = walls[which], cpus[which]
+        print(
+            f"  {which} exec → web UI answers  median {statistics.median(w) * 1000:5.0f} ms"
+            f"  p95 {pct(w, 95) * 1000:5.0f} ms; cpu by then {statistics.median(c) * 1000:5.0f} ms"
         )
 
 
@@ -266,6 +353,8 @@ def main() -> int:
             hooks_alone(s, args.cli_runs, old_root)
             print(f"CLI wall time ({args.cli_runs} runs each)")
             cli(s, args.cli_runs, old_root)
+            print(f"the harness alone ({args.cli_runs} starts each)")
+            harness_alone(args.cli_runs, old_root)
         finally:
             if s.proc is not None:
                 s.proc.send_signal(signal.SIGTERM)

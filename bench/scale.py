@@ -265,8 +265,8 @@ def measure(
                 (dump / f"status-{agents}.json").write_bytes(status_body)
 
             def state_304() -> None:
-                code, _, _ = request(dash, "GET", "/api/state", {**dh, "If-None-Match": etag})
-                assert code == 304, code
+                code, _h, _ = request(dash, "GET", "/api/state", {**dh, "If-None-Match": etag})
+                assert code == 304, (code, etag, _h.get("etag"))
 
             def noop() -> None:
                 code, _, body = request(

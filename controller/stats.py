@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.agentfile import sqlite_snapshot
 from controller.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,13 @@ def stats_files(layout: Layout, agents: Iterable[str] | None = None) -> dict[str
 def read_turns(path: Path, agent: str, since: float | None = None) -> list[TurnRecord]:
     """The ``turns`` rows of one file, oldest first, opened read-only.
 
-    A file without the table gives ``[]``; sqlite errors are raised.
+    A file without the table gives ``[]``; sqlite errors are raised. The agent writes the
+    file: it is read from a private copy (``controller.agentfile``), and a symlink, FIFO or
+    huge file gives ``[]``.
     """
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
-    try:
+    with sqlite_snapshot(path) as con:
+        if con is None:
+            return []
         con.row_factory = sqlite3.Row
         has = con.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'turns'"
@@ -123,8 +127,6 @@ def read_turns(path: Path, agent: str, since: float | None = None) -> list[TurnR
                 "SELECT * FROM turns WHERE started_at >= ? ORDER BY started_at, rowid", (since,)
             )
         return [TurnRecord.from_row(agent, dict(r)) for r in cur.fetchall()]
-    finally:
-        con.close()
 
 
 def load_rows(

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 SCOPE = "hyperhive.harness"
+SHUTDOWN_SECONDS = 3.0
+"""How long the harness waits at exit for the last spans to be exported."""
 
 
 def enabled(environ: Mapping[str, str]) -> bool:
@@ -96,11 +98,14 @@ class Telemetry:
                 {"service.name": "hyperhive-agent", "hyperhive.agent": agent}
             )
             provider = TracerProvider(resource=resource)
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            explicit = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+            base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/")
+            url = explicit or f"{base}/v1/traces"
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
         except Exception:
             log.exception("OpenTelemetry: cannot start the SDK; traces stay off")
             return cls(agent)
-        log.info("OpenTelemetry: exporting turn traces over OTLP/HTTP")
+        log.info("OpenTelemetry: exporting turn traces to %s", url)
         return cls(agent, provider)
 
     @property
@@ -242,13 +247,26 @@ class Telemetry:
         self._turn = None
         self._traceparent = None
 
-    def shutdown(self) -> None:
-        """Export what is queued and stop (at harness exit)."""
-        if self._provider is not None:
+    def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
+        """Export what is queued and stop (at harness exit), giving up after ``timeout``
+        seconds: a collector that does not answer must not hold up the harness' exit."""
+        provider = self._provider
+        if provider is None:
+            return
+        self._provider = None
+        self._tracer = None
+
+        def stop() -> None:
             try:
-                self._provider.shutdown()
+                provider.shutdown()
             except Exception:
                 log.exception("OpenTelemetry: shutdown failed")
+
+        t = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            log.warning("OpenTelemetry: spans not exported within %.0f s; dropped", timeout)
 
 
 def _error(span: Span, kind: str, description: str | None = None) -> None:

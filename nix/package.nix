@@ -26,6 +26,12 @@ let
     ps.uvicorn
     ps.httptools
     ps.lightkube
+    ps.prometheus-client
+    ps.opentelemetry-sdk
+    ps.opentelemetry-exporter-otlp-proto-http
+    # the `postgres` extra: a NixOS host may set `broker: postgresql://...`
+    ps.psycopg
+    ps.psycopg-pool
   ];
 in
 python.pkgs.buildPythonApplication {

@@ -23,10 +23,12 @@ Thread-safe (one connection behind a lock); sqlite errors are raised.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 from pathlib import Path
 
+from controller.agentfile import sqlite_snapshot
 from controller.budget.core import Extension, Spend, Window
 
 log = logging.getLogger(__name__)
@@ -115,14 +117,14 @@ class Ledger:
             cursor = int(row[0]) if row else 0
         try:
             rows = _read_new(stats_file, cursor)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             log.warning("budget: cannot read %s: %s", stats_file, exc)
             return 0
         if rows is None:  # the file starts afresh: read it all again
             cursor = 0
             try:
                 rows = _read_new(stats_file, 0) or []
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 log.warning("budget: cannot read %s: %s", stats_file, exc)
                 return 0
         added = 0
@@ -162,7 +164,8 @@ class Ledger:
 
     def spend(self, agent: str | None, window: Window) -> Spend:
         """What ``agent`` (None: every agent) spent in turns started in ``window``."""
-        sql = "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(tokens), 0), COUNT(*) FROM spend "
+        # TOTAL, not SUM: a float that cannot overflow (SUM of integers raises past 2**63)
+        sql = "SELECT TOTAL(cost_usd), TOTAL(tokens), COUNT(*) FROM spend "
         sql += "WHERE started_at >= ? AND started_at < ?"
         args: tuple[object, ...] = (window.start, window.end)
         if agent is not None:
@@ -217,30 +220,52 @@ class Ledger:
 
 def _read_new(path: Path, after: int) -> list[tuple[int, float, float, int]] | None:
     """Rows of ``turns`` with ``id > after`` as (id, started_at, cost_usd, tokens); None when
-    the file's largest id is below ``after`` (it was started afresh)."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
-    try:
+    the file's largest id is below ``after`` (it was started afresh).
+
+    The agent writes this file, so it is read from a private copy (``controller.agentfile``:
+    no symlink, FIFO or huge file) and every value is bounded as ``POST /spend`` bounds it:
+    a negative, NaN or infinite cost, or a negative or huge token count, can neither take
+    back spend already counted nor break the sums."""
+    with sqlite_snapshot(path) as con:
+        if con is None:
+            return []
         has = con.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'turns'"
         ).fetchone()
         if not has:
             return []
         top = con.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
-        if int(top) < after:
+        if not isinstance(top, int) or top < after:
             return None
         cols = {r[1] for r in con.execute("PRAGMA table_info(turns)")}
 
         def col(name: str) -> str:
-            return f"COALESCE({name}, 0)" if name in cols else "0"
+            return name if name in cols else "0"
 
-        tokens = " + ".join(
-            col(c) for c in ("input_tokens", "output_tokens", "cache_creation_tokens")
-        )
         cur = con.execute(
-            f"SELECT id, started_at, {col('cost_usd')}, {tokens} FROM turns "
+            f"SELECT id, started_at, {col('cost_usd')}, {col('input_tokens')}, "
+            f"{col('output_tokens')}, {col('cache_creation_tokens')} FROM turns "
             "WHERE id > ? ORDER BY id",
             (after,),
         )
-        return [(int(i), float(s), float(c), int(t)) for i, s, c, t in cur.fetchall()]
-    finally:
-        con.close()
+        out = []
+        for i, s, c, *t in cur.fetchall():
+            started = _number(s, 0.0, 1e11)
+            if not isinstance(i, int) or started is None:
+                continue
+            tokens = sum(int(_number(x, 0, MAX_TOKENS) or 0) for x in t)
+            out.append((i, started, _number(c, 0.0, MAX_USD) or 0.0, min(tokens, MAX_TOKENS)))
+        return out
+
+
+MAX_USD = 1_000_000.0
+"""Largest cost of one turn counted (``SpendReport.cost_usd``'s maximum)."""
+MAX_TOKENS = 1_000_000_000_000
+"""Largest token count of one turn counted (``SpendReport.tokens``' maximum)."""
+
+
+def _number(value: object, low: float, high: float) -> float | None:
+    """``value`` clamped to ``[low, high]``; None when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return min(max(float(value), low), high)

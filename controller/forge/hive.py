@@ -27,7 +27,6 @@ and a purge from a destroy.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.agentfile import read_small
 from controller.auth.secretfile import write_secret
 from controller.errors import Conflict
 from controller.forge import notify
@@ -136,10 +136,9 @@ class HiveForge:
 
     def read_token(self, agent: str) -> str | None:
         """The token in the agent's state, None when absent or empty."""
-        try:
-            text = self.token_path(agent).read_text(encoding="ascii", errors="replace").strip()
-        except OSError:
-            return None
+        # the agent's own dir: never follow its symlink or block on its FIFO (agentfile)
+        raw = read_small(self.token_path(agent), 1024)
+        text = "" if raw is None else raw.decode("ascii", errors="replace").strip()
         return text or None
 
     def ensure(self, agent: str) -> str:
@@ -179,11 +178,11 @@ class HiveForge:
     def _write_url(self, agent: str) -> None:
         path = self.layout.agent_state(agent) / URL_FILE
         want = self.client.base_url + "\n"
-        with contextlib.suppress(OSError):
-            if path.read_text() == want:
-                return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(want)
+        if read_small(path, 4096) == want.encode():
+            return
+        # a new file renamed over the old: the agent may have made forge-url a symlink to
+        # any file of the operator's, and writing through it would overwrite that file
+        write_secret(path, self.client.base_url)
 
     def revoke(self, agent: str) -> bool:
         """Delete the agent user's ``hyperhive`` token and forget the agent; True if a token

@@ -154,6 +154,8 @@ class EventMetrics:
             registry=registry,
         )
         self._parked = 0
+        self._in_flight: dict[tuple[str, str], Gauge] = {}
+        self._finished: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.parked = Gauge(
             "hyperhive_broker_parked_long_polls",
             "recv requests inside an agent or manager socket now: parked long polls (a recv "
@@ -223,7 +225,13 @@ class EventMetrics:
 
     def request_started(self, surface: str, route: str) -> None:
         """A request entered ``surface``'s app."""
-        self.http_in_flight.labels(surface, route).inc()
+        # the labelled children are looked up once per label set: ``labels()`` costs
+        # microseconds per call, on every request of every socket
+        key = (surface, route)
+        gauge = self._in_flight.get(key)
+        if gauge is None:
+            gauge = self._in_flight[key] = self.http_in_flight.labels(surface, route)
+        gauge.inc()
         if route == "/recv" and surface in PARKING:
             self._parked += 1  # only the loop thread of hivehttp calls this
 
@@ -231,11 +239,21 @@ class EventMetrics:
         self, surface: str, route: str, method: str, status: int, seconds: float
     ) -> None:
         """That request's app returned with ``status`` after ``seconds``."""
-        self.http_in_flight.labels(surface, route).dec()
+        gauge = self._in_flight.get((surface, route))
+        if gauge is None:
+            gauge = self._in_flight[(surface, route)] = self.http_in_flight.labels(surface, route)
+        gauge.dec()
         if route == "/recv" and surface in PARKING:
             self._parked -= 1
-        self.http_requests.labels(surface, route, method or "?", status_class(status)).inc()
-        self.http_seconds.labels(surface).observe(max(0.0, seconds))
+        key = (surface, route, method or "?", status)
+        children = self._finished.get(key)
+        if children is None:
+            children = self._finished[key] = (
+                self.http_requests.labels(surface, route, method or "?", status_class(status)),
+                self.http_seconds.labels(surface),
+            )
+        children[0].inc()
+        children[1].observe(max(0.0, seconds))
 
 
 # ``_created`` samples double every counter's lines and no query here uses them

@@ -152,15 +152,26 @@ class Tracing:
 
         return traced
 
-    def shutdown(self) -> None:
-        """Export what is queued and stop."""
-        if self._provider is not None:
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Export what is queued and stop, giving up after ``timeout`` seconds (a collector
+        that does not answer must not hold up the controller's exit)."""
+        provider = self._provider
+        if provider is None:
+            return
+        self._provider = None
+        self._tracer = None
+
+        def stop() -> None:
             try:
-                self._provider.shutdown()
+                provider.shutdown()
             except Exception:
                 log.exception("OpenTelemetry: shutdown failed")
-            self._provider = None
-            self._tracer = None
+
+        t = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            log.warning("OpenTelemetry: spans not exported within %.0f s; dropped", timeout)
 
 
 def _error(span: Span, kind: str, description: str | None = None) -> None:

@@ -21,20 +21,22 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.agentfile import sqlite_snapshot
 from controller.metrics.events import render
 from controller.paths import Layout
-from controller.stats import STATS_DB, TurnRecord, stats_files
+from controller.stats import RESULT_KINDS, STATS_DB, TurnRecord, stats_files
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +74,52 @@ class _FileSums:
     compactions: int = 0
 
     def fold(self, rec: TurnRecord, compactions: int) -> None:
-        """Add one turn."""
-        m = self.models.setdefault(rec.model, _ModelSums())
-        m.outcomes[rec.result_kind] = m.outcomes.get(rec.result_kind, 0) + 1
+        """Add one turn. The agent writes its file, so what becomes a label is bounded
+        (``_label``: at most ``MAX_MODELS`` models and ``MAX_TOOLS`` tools per agent, the
+        rest ``other``; outcomes outside ``RESULT_KINDS`` are ``other``) and what is summed
+        into a counter is never negative, NaN or infinite (a counter only goes up)."""
+        m = self.models.setdefault(_label(rec.model, self.models, MAX_MODELS), _ModelSums())
+        outcome = rec.result_kind if rec.result_kind in RESULT_KINDS else OTHER
+        m.outcomes[outcome] = m.outcomes.get(outcome, 0) + 1
         for label, attr in TOKEN_TYPES:
-            m.tokens[label] = m.tokens.get(label, 0) + int(getattr(rec, attr))
-        m.cost_usd += rec.cost_usd
-        seconds = max(0, rec.duration_ms) / 1000.0
+            m.tokens[label] = m.tokens.get(label, 0) + _count(getattr(rec, attr))
+        m.cost_usd += _amount(rec.cost_usd)
+        seconds = _count(rec.duration_ms) / 1000.0
         m.buckets[bisect.bisect_left(TURN_BUCKETS, seconds)] += 1
         m.duration_sum += seconds
         for tool, n in rec.tool_breakdown.items():
-            self.tools[tool] = self.tools.get(tool, 0) + n
-        self.compactions += compactions
+            key = _label(tool, self.tools, MAX_TOOLS)
+            self.tools[key] = self.tools.get(key, 0) + _count(n)
+        self.compactions += _count(compactions)
+
+
+MAX_MODELS = 16
+"""Distinct ``model`` label values per agent; later ones are counted as ``other``."""
+MAX_TOOLS = 64
+"""Distinct ``tool`` label values per agent; later ones are counted as ``other``."""
+MAX_LABEL = 120
+"""Longest label value kept (characters); a longer one is ``other``."""
+OTHER = "other"
+
+
+def _label(value: str, seen: Mapping[str, object], cap: int) -> str:
+    """``value`` as a label: itself when already seen, or new, short and under ``cap``
+    distinct values (``other`` taken into account); else ``other``."""
+    if value in seen:
+        return value
+    if len(value) > MAX_LABEL or len(seen) >= cap - 1:
+        return OTHER
+    return value
+
+
+def _count(value: int) -> int:
+    """``value`` for a counter: 0 when negative, capped at 2**53."""
+    return min(max(0, value), 1 << 53)
+
+
+def _amount(value: float) -> float:
+    """``value`` for a counter: 0.0 when negative, NaN or infinite; capped at 1e12."""
+    return min(value, 1e12) if math.isfinite(value) and value > 0 else 0.0
 
 
 def _stat_key(path: Path) -> tuple[int, ...] | None:
@@ -100,26 +136,37 @@ def _stat_key(path: Path) -> tuple[int, ...] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, *w)
 
 
-def _new_rows(path: Path, agent: str, after: int) -> Iterator[tuple[int, TurnRecord, int]]:
-    """``(id, record, compactions)`` of every row with ``id > after``, oldest first."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
-    try:
+def _new_rows(path: Path, agent: str, after: int) -> list[tuple[int, TurnRecord, int]] | None:
+    """``(id, record, compactions)`` of every row with ``id > after``, oldest first; None when
+    the file's largest id is below ``after`` (it started afresh). The agent writes the file:
+    it is read from a private copy (``controller.agentfile``: no symlink, FIFO or huge file),
+    an unreadable one gives ``[]``."""
+    with sqlite_snapshot(path) as con:
+        if con is None:
+            return []
         con.row_factory = sqlite3.Row
         has = con.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'turns'"
         ).fetchone()
         if not has:
-            return
+            return []
+        top = con.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
+        if isinstance(top, int) and top < after:
+            return None
+        out = []
         for r in con.execute("SELECT * FROM turns WHERE id > ? ORDER BY id", (after,)):
             row = dict(r)
             comp = row.get("compactions")
-            yield (
-                int(row["id"]),
-                TurnRecord.from_row(agent, row),
-                int(comp) if isinstance(comp, int) else 0,
+            if not isinstance(row.get("id"), int):
+                continue
+            out.append(
+                (
+                    int(row["id"]),
+                    TurnRecord.from_row(agent, row),
+                    max(0, min(comp, 1 << 32)) if isinstance(comp, int) else 0,
+                )
             )
-    finally:
-        con.close()
+        return out
 
 
 class TurnCollector(Collector):
@@ -168,7 +215,7 @@ class TurnCollector(Collector):
                     sums = _FileSums()
                 try:
                     fresh = self._fold(path, agent, sums)
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, OSError) as exc:
                     log.warning("metrics: cannot read turn stats %s: %s", path, exc)
                     continue
                 fresh.key = key
@@ -177,17 +224,10 @@ class TurnCollector(Collector):
 
     @staticmethod
     def _fold(path: Path, agent: str, sums: _FileSums) -> _FileSums:
-        rows = list(_new_rows(path, agent, sums.last_id))
-        if not rows and sums.last_id:
-            # nothing past the last id: the same rows, or the file restarted from scratch
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
-            try:
-                top = con.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
-            finally:
-                con.close()
-            if int(top) < sums.last_id:
-                sums = _FileSums()
-                rows = list(_new_rows(path, agent, 0))
+        rows = _new_rows(path, agent, sums.last_id)
+        if rows is None:  # the file restarted from scratch
+            sums = _FileSums()
+            rows = _new_rows(path, agent, 0) or []
         for id_, rec, comp in rows:
             sums.fold(rec, comp)
             sums.last_id = max(sums.last_id, id_)

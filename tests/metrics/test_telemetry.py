@@ -90,3 +90,29 @@ def test_claude_code_telemetry_names_its_agent() -> None:
     assert claude_environ("alice", on) == {
         "OTEL_RESOURCE_ATTRIBUTES": "team=a,hyperhive.agent=alice"
     }
+
+
+def test_a_silent_collector_does_not_hold_up_exit(caplog: object) -> None:
+    import logging
+    import socket
+
+    import pytest
+
+    assert isinstance(caplog, pytest.LogCaptureFixture)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never answers
+    try:
+        port = silent.getsockname()[1]
+        t = Telemetry.from_environ(
+            "alice", {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
+        )
+        assert t.on
+        t.turn_started(Message(1, "operator", "alice", "x"), "haiku", 1)
+        t.turn_finished(row())
+        with caplog.at_level(logging.WARNING, logger="harness.telemetry"):
+            t.shutdown(timeout=0.5)
+        assert "not exported" in caplog.text
+        assert not t.on
+    finally:
+        silent.close()

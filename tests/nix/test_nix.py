@@ -96,6 +96,19 @@ def test_repo_has_the_nix_files() -> None:
         assert required in NIX_FILES
 
 
+def test_package_has_every_python_dependency() -> None:
+    """nix/package.nix lists pyproject's dependencies and its `postgres` extra, by nixpkgs name."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["postgres"]]
+    names = {re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0].lower() for req in wanted}
+    package = (ROOT / "nix" / "package.nix").read_text()
+    listed = set(re.findall(r"^\s*ps\.([A-Za-z0-9_-]+)\s*$", package, re.MULTILINE))
+    assert names == listed
+
+
 @pytest.mark.parametrize("path", NIX_FILES)
 def test_parses(path: str, nix_env: dict[str, str]) -> None:
     run_nix(["--parse", path], nix_env)

@@ -1,0 +1,512 @@
+"""Attacks on the surfaces that came with budgets, the forge, metrics and the agent API on TCP.
+
+A real ``hyperhive serve`` of its own (local runtime, stand-in agents, the sandbox off:
+the attacks are on the controller, and the test plays the agent's shell, writing only
+where the agent can write: its own state dir ``<state>/agents/<a>/state``), with
+
+- a swarm budget (``budget: {usdPerDay: 1}``), spend reported over the agent API;
+- the agent API on TCP (``api:``), Prometheus ``/metrics`` on loopback (``metrics:``);
+- the hive forge: the forge stand-in (``tests/forge/standin.py``), polled every second.
+
+Replayed, each counted in the session's tally:
+
+- **spend reports**: an agent reporting for another, negative / NaN / infinite / huge /
+  wrongly typed amounts, malformed JSON: 400 naming the field, never a 500;
+- **the agent's own turn-stats file** (the controller reads it for budgets and
+  metrics): rows with a negative, infinite or huge cost or token count cannot take back
+  spend already counted (so unblock a swarm over budget) nor make the report a 500;
+  thousands of distinct model, tool and outcome names do not become thousands of
+  Prometheus series;
+- **files that are not what they seem** in the agent's state dir: the turn-stats file,
+  its WAL and ``forge-token`` swapped for FIFOs (an ``open`` that never returns), and
+  ``forge-url`` a symlink to a file of the operator's (which the controller would
+  overwrite): the controller keeps answering, keeps delivering forge notifications to
+  other agents, and writes nothing through the link;
+- **/metrics**: a foreign ``Host`` (DNS rebinding), a mutation, an oversized body.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.frontend.files import Capabilities
+from controller.paths import Layout
+from controller.stats import STATS_DB
+from schemas.client import ApiClient
+from schemas.names import MANAGER
+from tests.forge.standin import StandinForgejo
+from tests.realserve import (
+    free_block,
+    free_port,
+    kill_agents,
+    serve_argv,
+    standin_env,
+    stop,
+    wait_for,
+    write_config,
+)
+from tests.security.support import ROOT, SESSION_COOKIE, Reply, Tally, cookie_of, http
+
+ROUTES = "new routes: bad input is a 4xx naming the field"
+CAPS = "custom front-end file capabilities: replayed elsewhere"
+SPEND = "agent API: forged or bent spend reports (400)"
+STATS = "agent's turn-stats file: spend and labels bounded"
+FILES = "agent's state files: FIFOs and symlinks"
+METRICS = "/metrics: rebinding and hostile requests"
+
+STANDIN = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while True:
+    time.sleep(1)
+"""
+
+STATS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL, duration_ms INTEGER, model TEXT,
+    result_kind TEXT, input_tokens INTEGER, output_tokens INTEGER, cache_read_tokens INTEGER,
+    cache_creation_tokens INTEGER, cost_usd REAL, tool_calls INTEGER, tool_breakdown TEXT
+)
+"""
+
+
+@dataclass
+class NewHive:
+    """The controller with budgets, the forge, metrics and the agent API on TCP."""
+
+    tmp: Path
+    proc: subprocess.Popen[bytes]
+    api_port: int
+    metrics_port: int
+    forge: StandinForgejo
+    dash_port: int = 0
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.tmp / "state", self.tmp / "run")
+
+    @property
+    def admin(self) -> ApiClient:
+        key = self.layout.operator_key.read_text().strip()
+        return ApiClient(str(self.layout.host_sock), timeout=20, token=key)
+
+    def agent(self, name: str) -> ApiClient:
+        token = self.layout.agent_credential(name).read_text().strip()
+        return ApiClient(f"http://127.0.0.1:{self.api_port}", timeout=20, token=token)
+
+    def auth(self, name: str) -> tuple[str, str]:
+        return ("Authorization", f"Bearer {self.layout.agent_credential(name).read_text().strip()}")
+
+    @property
+    def api(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.api_port)
+
+    @property
+    def metrics(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.metrics_port)
+
+    def state_of(self, agent: str) -> Path:
+        """The agent's own state dir: all the test writes, as the agent's shell would."""
+        return self.layout.agent_state(agent)
+
+    def log(self) -> str:
+        return (self.tmp / "serve.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def new_hive() -> Iterator[NewHive]:
+    tmp = Path(tempfile.mkdtemp(prefix="hhnew-", dir="/tmp"))
+    forge = StandinForgejo().start()
+    api_port, metrics_port, dash_port = free_port(), free_port(), free_port()
+    script = tmp / "standin.py"
+    script.write_text(STANDIN)
+    token_file = tmp / "forge-admin-token"
+    token_file.write_text(forge.admin_token + "\n")
+    config = write_config(
+        tmp / "config.json",
+        manager_port=free_block(8),
+        agent_range=7,
+        dashboard_port=dash_port,
+        local_sandbox=False,
+        resync_seconds=30,
+        api={"listen": f"127.0.0.1:{api_port}"},
+        metrics={"port": metrics_port},
+        budget={"usdPerDay": 1.0},
+        forge={"url": forge.url, "admin_token_file": str(token_file), "poll_seconds": 1},
+    )
+    log = (tmp / "serve.log").open("ab")
+    proc = subprocess.Popen(
+        serve_argv(tmp / "state", config, run=tmp / "run"),
+        cwd=ROOT,
+        env=standin_env([sys.executable, str(script)]),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    h = NewHive(tmp, proc, api_port, metrics_port, forge, dash_port)
+    try:
+        wait_for("host.sock", lambda: h.admin.get("/status"), timeout=60)
+        wait_for("the manager's credential", lambda: h.layout.agent_credential(MANAGER).exists())
+        for name in ("alice", "bob"):
+            pid = h.agent(MANAGER).post("/request_spawn", {"name": name})["id"]
+            h.admin.post(f"/proposals/{pid}/approve", {})
+        for name in ("alice", "bob"):
+            wait_for(
+                f"{name}'s forge token", lambda n=name: (h.state_of(n) / "forge-token").exists()
+            )
+        yield h
+    finally:
+        stop(proc)
+        kill_agents(tmp / "state")
+        log.close()
+        forge.stop()
+        sys.stderr.write("---- serve log (tail) ----\n" + h.log()[-3000:])
+
+
+def swarm_spent(h: NewHive) -> float:
+    """What the swarm spent today, as the operator's ``GET /budget`` says."""
+    return float(h.admin.get("/budget")["swarm"]["spent_usd"])
+
+
+def stats_db(h: NewHive, agent: str) -> sqlite3.Connection:
+    path = h.state_of(agent) / STATS_DB
+    con = sqlite3.connect(path, isolation_level=None)
+    con.executescript(STATS_SCHEMA)
+    return con
+
+
+# --- spend reports ----------------------------------------------------------------------
+
+
+def test_spend_reports_cannot_be_forged_or_bent(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    good = {"turn_id": 1, "started_at": time.time(), "cost_usd": 0.01, "tokens": 10}
+    cases: list[tuple[str, bytes | dict[str, Any], str]] = [
+        ("for another agent", {**good, "agent": "bob"}, "agent"),
+        ("as the operator", {**good, "from": "operator"}, "from"),
+        ("negative cost", {**good, "cost_usd": -100.0}, "cost_usd"),
+        ("huge cost", {**good, "cost_usd": 1e308}, "cost_usd"),
+        ("cost as a string", {**good, "cost_usd": "1"}, "cost_usd"),
+        ("negative tokens", {**good, "tokens": -1}, "tokens"),
+        ("tokens past 64 bits", {**good, "tokens": 2**70}, "tokens"),
+        ("tokens as a float", {**good, "tokens": 1.5}, "tokens"),
+        ("turn id 0", {**good, "turn_id": 0}, "turn_id"),
+        ("negative start", {**good, "started_at": -1}, "started_at"),
+        ("missing cost", {k: v for k, v in good.items() if k != "cost_usd"}, "cost_usd"),
+    ]
+    raw = json.dumps(good)
+    for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
+        # not JSON at all: refused by the body parser, naming the field
+        text = raw.replace('"cost_usd": 0.01', f'"cost_usd": {literal}')
+        cases.append((f"cost {literal}", text.encode(), "cost_usd"))
+    for what, body, field in cases:
+        headers = [h.auth("alice")]
+        if isinstance(body, bytes):
+            headers.append(("Content-Type", "application/json"))
+        reply = http(h.api, "POST", "/spend", headers=headers, body=body)
+        ok = reply.status == 400 and field in str(reply.error.get("field"))
+        tally.record(SPEND, f"POST /spend {what}", ok, reply.brief())
+    for what, body in (
+        ("malformed JSON", b'{"turn_id": 1,'),
+        ("an array", b"[1, 2]"),
+        ("deep nesting", b'{"a":' * 5000 + b"1" + b"}" * 5000),
+    ):
+        reply = http(h.api, "POST", "/spend", headers=[h.auth("alice"),
+                     ("Content-Type", "application/json")], body=body)  # fmt: skip
+        tally.record(SPEND, f"POST /spend {what}", 400 <= reply.status < 500, reply.brief())
+    tally.assert_refused(SPEND)
+
+
+# --- the agent's own turn-stats file ----------------------------------------------------
+
+
+def test_an_agents_stats_file_cannot_take_back_spend(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    now = time.time()
+    alice = h.agent("alice")
+    alice.post("/spend", {"turn_id": 1, "started_at": now, "cost_usd": 5.0, "tokens": 100})
+    wait_for("alice's spend counted", lambda: swarm_spent(h) >= 5.0, timeout=20)
+    held = alice.post("/recv", {"wait_seconds": 0}).get("held")
+    assert held, "the swarm is over its $1 budget: alice must be held"
+    con = stats_db(h, "alice")
+    bad_rows: list[tuple[str, float, int]] = [
+        ("a negative cost", -1e9, 0),
+        ("a cost of -inf", float("-inf"), 0),
+        ("a NaN cost", float("nan"), 0),
+        ("a cost of +inf", float("inf"), 0),
+        ("negative tokens", 0.0, -(2**62)),
+        ("tokens that overflow a sum", 0.0, 2**62),
+        ("tokens that overflow a sum again", 0.0, 2**62),
+    ]
+    for i, (what, cost, tokens) in enumerate(bad_rows, start=100):
+        con.execute(
+            "INSERT INTO turns (id, started_at, model, result_kind, input_tokens, cost_usd) "
+            "VALUES (?, ?, 'claude', 'ok', ?, ?)",
+            (i, now + i / 1000, tokens, cost),
+        )
+        time.sleep(1.2)  # the swarm ingest is reused for a second
+        reply = http(h.layout.host_sock, "GET", "/budget",
+                     headers=[("Authorization", f"Bearer {h.admin.token}")])  # fmt: skip
+        doc = reply.json() or {}
+        swarm = (doc.get("swarm") or {}) if isinstance(doc, dict) else {}
+        spent = swarm.get("spent_usd")
+        ok = reply.status == 200 and isinstance(spent, float | int) and 5.0 <= spent < 1e7
+        tally.record(STATS, f"stats row with {what}: GET /budget", ok,
+                     f"{reply.status} spent={spent!r} {reply.brief()[:200]}")  # fmt: skip
+        r = http(h.api, "POST", "/recv", headers=[h.auth("bob")], body={"wait_seconds": 0})
+        tally.record(STATS, f"stats row with {what}: bob's recv still held", r.status == 200
+                     and bool((r.json() or {}).get("held")), r.brief())  # fmt: skip
+    con.close()
+    tally.assert_refused(STATS)
+
+
+def _series(text: str, agent: str, name: str) -> int:
+    return sum(
+        1 for line in text.splitlines() if line.startswith(name) and f'agent="{agent}"' in line
+    )
+
+
+def test_stats_labels_stay_bounded(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    con = stats_db(h, "bob")
+    now = time.time() - 3 * 86400  # not today: no budget effect
+    rows = [
+        (
+            now + i,
+            f"model-{i}",
+            f"outcome-{i}",
+            json.dumps({f"mcp__evil__tool{i}": 1, "Bash": 1}),
+            -5.0 if i % 2 else float("nan"),
+        )
+        for i in range(3000)
+    ]
+    con.executemany(
+        "INSERT INTO turns (started_at, model, result_kind, tool_breakdown, cost_usd, "
+        "duration_ms, input_tokens) VALUES (?, ?, ?, ?, ?, -1000, -7)",
+        rows,
+    )
+    con.close()
+
+    def scraped() -> str | None:
+        r = http(h.metrics, "GET", "/metrics")
+        return r.body.decode() if r.status == 200 and 'agent="bob"' in r.body.decode() else None
+
+    text = wait_for("bob's turns in /metrics", scraped, timeout=30)
+    for name, cap in (
+        ("hyperhive_turns_total", 16 * 5),
+        ("hyperhive_turn_tool_calls_total", 64),
+        ("hyperhive_turn_cost_usd_total", 16),
+        ("hyperhive_turn_tokens_total", 16 * 4),
+    ):
+        n = _series(text, "bob", name)
+        tally.record(STATS, f"3000 distinct names: {name} series for bob", n <= cap, f"{n} series")
+    negative = [ln for ln in text.splitlines() if 'agent="bob"' in ln and " -" in ln]
+    tally.record(STATS, "negative counters from the stats file", not negative, str(negative[:3]))
+    nan = [ln for ln in text.splitlines() if 'agent="bob"' in ln and ln.endswith(("NaN", "Inf"))]
+    tally.record(STATS, "NaN / Inf counters from the stats file", not nan, str(nan[:3]))
+    tally.figure("/metrics size with 3000 hostile turn rows", f"{len(text) // 1024} KiB")
+    tally.assert_refused(STATS)
+
+
+# --- files that are not what they seem ---------------------------------------------------
+
+
+def _answers(h: NewHive) -> list[tuple[str, Reply]]:
+    """What must keep answering; a request that times out is a ``Reply`` with status 0."""
+    key = ("Authorization", f"Bearer {h.admin.token}")
+    asks: list[tuple[str, Any, str, str, list[tuple[str, str]], Any]] = [
+        ("GET /budget on host.sock", h.layout.host_sock, "GET", "/budget", [key], b""),
+        ("GET /metrics", h.metrics, "GET", "/metrics", [], b""),
+        ("bob's recv", h.api, "POST", "/recv", [h.auth("bob")], {"wait_seconds": 0}),
+        ("alice's recv", h.api, "POST", "/recv", [h.auth("alice")], {"wait_seconds": 0}),
+    ]
+    out = []
+    for what, target, method, path, headers, body in asks:
+        try:
+            reply = http(target, method, path, headers=headers, body=body, timeout=10)
+        except OSError as exc:  # TimeoutError included: the controller is stuck
+            reply = Reply(0, (), repr(exc).encode())
+        out.append((what, reply))
+    return out
+
+
+def test_fifos_and_symlinks_in_an_agents_state(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    alice = h.state_of("alice")
+    victim = h.tmp / "operator-file"  # stands for operator.key, a hook, the broker database
+    victim.write_text("the operator's\n")
+    # forge-url -> the operator's file; forge-token gone, so the worker provisions again
+    (alice / "forge-url").unlink()
+    (alice / "forge-url").symlink_to(victim)
+    (alice / "forge-token").unlink()
+    wait_for("alice's forge token again", lambda: (alice / "forge-token").exists(), timeout=30)
+    time.sleep(1)
+    written = victim.read_text()
+    tally.record(FILES, "forge-url a symlink to the operator's file: not written through",
+                 written == "the operator's\n", repr(written[:80]))  # fmt: skip
+    tally.record(FILES, "forge-url is a regular file again", (alice / "forge-url").is_file()
+                 and not (alice / "forge-url").is_symlink(), "")  # fmt: skip
+
+    # FIFOs where the controller reads: an open() that never returns
+    for name in (STATS_DB, f"{STATS_DB}-wal", "forge-token"):
+        path = alice / name
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+    h.forge._add_user("carol")
+    h.forge.issue("carol/site", 1, "Help", "carol", assignees=["bob"])
+    tid = h.forge.notify("bob", "carol/site", 1)
+    for round_ in range(3):
+        time.sleep(1.5)  # several forge ticks, budget checks and metrics ingests
+        for what, reply in _answers(h):
+            tally.record(FILES, f"{what} with FIFOs in alice's state (round {round_})",
+                         reply.status == 200, reply.brief()[:200])  # fmt: skip
+
+    def delivered() -> bool:
+        msgs = h.admin.get("/messages?since=0&limit=1000")["messages"]
+        return any(m["from"] == "forge" and m["to"] == "bob" for m in msgs)
+
+    try:
+        wait_for(f"bob's forge notification {tid}", delivered, timeout=20)
+        got = True
+    except AssertionError:
+        got = False
+    tally.record(FILES, "the forge keeps delivering to bob", got, "no message from forge")
+    for name in (STATS_DB, f"{STATS_DB}-wal"):
+        (alice / name).unlink(missing_ok=True)
+    tally.assert_refused(FILES)
+
+
+# --- /metrics -------------------------------------------------------------------------
+
+
+def test_metrics_refuses_rebinding_and_hostile_requests(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    cases: list[tuple[str, Reply, bool]] = []
+    r = http(h.metrics, "GET", "/metrics", host="evil.example")
+    cases.append(("Host evil.example", r, r.status in (403, 421)))
+    r = http(h.metrics, "GET", "/metrics", host=f"evil.example:{h.metrics_port}")
+    cases.append(("Host evil.example:port", r, r.status in (403, 421)))
+    r = http(h.metrics, "POST", "/metrics", body={"a": 1})
+    cases.append(("POST /metrics", r, 400 <= r.status < 500))
+    r = http(h.metrics, "GET", "/metrics", body=b"x" * (1 << 20),
+             headers=[("Content-Type", "application/json")])  # fmt: skip
+    cases.append(("1 MiB body", r, 400 <= r.status < 500))
+    r = http(h.metrics, "GET", "/../../state/operator.key")
+    cases.append(("path traversal", r, r.status == 404))
+    for what, reply, ok in cases:
+        tally.record(METRICS, what, ok, reply.brief())
+    tally.assert_refused(METRICS)
+
+
+# --- the new routes, fed bad input; signed file paths replayed ---------------------------
+
+
+def _login(h: NewHive) -> str:
+    token = h.admin.post("/login", {})["token"]
+    reply = http(("127.0.0.1", h.dash_port), "GET", f"/login?token={token}")
+    cookie = cookie_of(reply)
+    assert cookie, reply.brief()
+    return cookie
+
+
+BAD_ALLOWS: tuple[tuple[str, Any, str], ...] = (
+    ("usd missing", {"agent": "alice"}, "usd"),
+    ("usd a string", {"swarm": True, "usd": "5"}, "usd"),
+    ("usd negative", {"swarm": True, "usd": -5}, "usd"),
+    ("usd huge", {"swarm": True, "usd": 1e300}, "usd"),
+    ("usd a bool", {"swarm": True, "usd": True}, "usd"),
+    ("usd and tokens zero", {"swarm": True, "usd": 0}, "usd"),
+    ("tokens a float", {"swarm": True, "usd": 1, "tokens": 1.5}, "tokens"),
+    ("tokens past 64 bits", {"swarm": True, "usd": 1, "tokens": 2**80}, "tokens"),
+    ("both agent and swarm", {"swarm": True, "agent": "alice", "usd": 1}, "agent"),
+    ("neither agent nor swarm", {"usd": 1}, "agent"),
+    ("an unknown agent", {"agent": "zed", "usd": 1}, "agent"),
+    ("an agent without a budget", {"agent": "alice", "usd": 1}, "agent"),
+    ("agent with a newline", {"agent": "alice\n", "usd": 1}, "agent"),
+    ("agent a list", {"agent": ["alice"], "usd": 1}, "agent"),
+    ("swarm a string", {"swarm": "yes", "usd": 1}, "swarm"),
+    ("note too long", {"swarm": True, "usd": 1, "note": "x" * 600}, "note"),
+    ("an extra field", {"swarm": True, "usd": 1, "by": "manager"}, "by"),
+    ("a lone surrogate in the note", '{"swarm": true, "usd": 1, "note": "\\ud800"}', "note"),
+    ("malformed JSON", '{"swarm": true,', ""),
+    ("an array", "[1]", ""),
+)
+
+
+def test_budget_routes_refuse_bad_input_with_a_4xx(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    before = h.admin.get("/budget")["swarm"]
+    cookie = _login(h)
+    dash = ("127.0.0.1", h.dash_port)
+    origin = ("Origin", f"http://127.0.0.1:{h.dash_port}")
+    key = ("Authorization", f"Bearer {h.admin.token}")
+    json_ct = ("Content-Type", "application/json")
+    for what, body, field in BAD_ALLOWS:
+        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        for where, target, path, headers in (
+            ("host.sock", h.layout.host_sock, "/budget/allow", [key, json_ct]),
+            ("dashboard", dash, "/api/budget/allow",
+             [("Cookie", f"{SESSION_COOKIE}={cookie}"), origin, json_ct]),
+        ):  # fmt: skip
+            reply = http(target, "POST", path, headers=headers, body=raw)
+            named = field in str(reply.error.get("field") or "")
+            ok = 400 <= reply.status < 500 and (named or not field)
+            tally.record(ROUTES, f"{where} {path}: {what}", ok, reply.brief())
+    for query in ("?name=zed", "?name=" + "a" * 5000, "?name=%00", "?name=alice&name=bob"):
+        for where, target, path, headers in (
+            ("host.sock", h.layout.host_sock, "/budget", [key]),
+            ("dashboard", dash, "/api/budget", [("Cookie", f"{SESSION_COOKIE}={cookie}")]),
+        ):
+            reply = http(target, "GET", path + query, headers=headers)
+            tally.record(ROUTES, f"{where} GET {path}{query[:40]}",
+                         reply.status < 500, reply.brief())  # fmt: skip
+    # the agent API: an agent granting itself or the swarm an extension is not a route there
+    for path in ("/budget/allow", "/api/budget/allow", "/budget"):
+        reply = http(h.api, "POST", path, headers=[h.auth("alice")], body={"swarm": True, "usd": 1})
+        tally.record(ROUTES, f"an agent's POST {path} on the agent API",
+                     reply.status in (404, 405), reply.brief())  # fmt: skip
+    after = h.admin.get("/budget")["swarm"]
+    tally.record(ROUTES, "no extension was granted", after.get("extensions") ==
+                 before.get("extensions"), f"{before} -> {after}")  # fmt: skip
+    tally.assert_refused(ROUTES)
+
+
+def test_file_capabilities_cannot_be_replayed(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    key = h.layout.operator_key.read_text().strip()
+    caps = Capabilities(key)
+    alices = caps.issue("alice")
+    expiry, _, mac = alices.partition(".")
+    old = Capabilities(key, clock=lambda: time.time() - 13 * 3600).issue("alice")
+    other = Capabilities("A" * 43).issue("alice")
+    dash = ("127.0.0.1", h.dash_port)
+    for what, path in (
+        ("alice's capability on bob's files", f"/agents/bob/files/{alices}/ui/"),
+        ("alice's capability on the manager's", f"/agents/manager/files/{alices}/ui/index.html"),
+        ("an expired capability", f"/agents/alice/files/{old}/ui/"),
+        ("a later expiry, same mac", f"/agents/alice/files/{int(expiry) + 3600}.{mac}/ui/"),
+        ("a capability under another key", f"/agents/alice/files/{other}/ui/"),
+        ("no mac", f"/agents/alice/files/{expiry}./ui/"),
+        ("a traversal out of files/", f"/agents/alice/files/{alices}/../../api/state"),
+        ("a traversal to the dashboard API", "/agents/alice/files/x/../../../api/state"),
+        ("an encoded traversal", "/agents/alice/files/x/%2e%2e/%2e%2e/%2e%2e/api/state"),
+    ):
+        reply = http(dash, "GET", path)
+        ok = reply.status in (401, 404) and b'"agents"' not in reply.body
+        tally.record(CAPS, what, ok, reply.brief())
+    # a valid capability opens nothing on a route that is not a custom file
+    for path in (f"/agents/alice/files/{alices}/", f"/agents/alice/files/{alices}/ui/x.js"):
+        reply = http(dash, "POST", path, body={})
+        tally.record(CAPS, f"POST {path}", 400 <= reply.status < 500, reply.brief())
+    tally.assert_refused(CAPS)
