@@ -207,9 +207,9 @@ def test_spend_reports_cannot_be_forged_or_bent(new_hive: NewHive, tally: Tally)
     ]
     raw = json.dumps(good)
     for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
-        # not JSON at all: refused by the body parser, which names no field
+        # not JSON at all: refused by the body parser, naming the field
         text = raw.replace('"cost_usd": 0.01', f'"cost_usd": {literal}')
-        cases.append((f"cost {literal}", text.encode(), ""))
+        cases.append((f"cost {literal}", text.encode(), "cost_usd"))
     for what, body, field in cases:
         headers = [h.auth("alice")]
         if isinstance(body, bytes):
