@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 MAX_DEPTH = 64
@@ -47,14 +48,22 @@ class BadJson(ValueError):
         self.field = field
 
 
+@dataclass(frozen=True)
+class _NotANumber:
+    """Stands in for ``NaN``, ``Infinity`` or an overflowing float while decoding, so that
+    the walk can refuse it naming its field."""
+
+    text: str
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
+    return _NotANumber(f"{name} is not a valid JSON number")
 
 
-def _finite_float(text: str) -> float:
+def _finite_float(text: str) -> Any:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
+        return _NotANumber(f"number {text[:40]} is out of range")
     return value
 
 
@@ -91,6 +100,8 @@ def _walk(value: Any, path: str, depth: int, max_depth: int, surrogates: bool) -
             _walk(item, _join(path, i), depth + 1, max_depth, surrogates)
     elif isinstance(value, bool):
         return
+    elif isinstance(value, _NotANumber):
+        raise BadJson(f"{path}: {value.text}", path)
     elif isinstance(value, int):
         if not INT_MIN <= value <= INT_MAX:
             raise BadJson(f"{path}: integer is out of range (64-bit signed)", path)
@@ -121,7 +132,7 @@ def parse_json_object(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, An
         ) from None
     except RecursionError:
         raise BadJson(f"body is nested deeper than {max_depth} levels", "(root)") from None
-    except ValueError as exc:  # NaN, Infinity, 1e999, over-long integer literals
+    except ValueError as exc:  # over-long integer literals (NaN and co. are walked below)
         raise BadJson(f"body has an invalid number: {exc}") from None
     if not isinstance(doc, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(

@@ -28,6 +28,7 @@ class Reports:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reports: dict[str, HarnessReport] = {}
+        self._awaited: set[str] = set()  # dropped with their process; the new one reports soon
         self.rev = 0
 
     def put(self, agent: str, doc: Mapping[str, Any]) -> bool:
@@ -35,6 +36,7 @@ class Reports:
         it differs from the one kept before."""
         report = HarnessReport.from_json(doc)
         with self._lock:
+            self._awaited.discard(agent)
             if self._reports.get(agent) == report:
                 return False
             self._reports[agent] = report
@@ -51,7 +53,14 @@ class Reports:
         """Drop ``agent``'s report (its process stopped or was destroyed)."""
         with self._lock:
             if self._reports.pop(agent, None) is not None:
+                self._awaited.add(agent)
                 self.rev += 1
+
+    def awaited(self, agent: str) -> bool:
+        """True between ``forget`` (a reporting agent's process was replaced) and the new
+        process's first report."""
+        with self._lock:
+            return agent in self._awaited
 
 
 def passed_env(driver: object) -> dict[str, str] | None:

@@ -177,7 +177,14 @@ class CrashWatch:
             o = observed.get(name)
             if o is None or o.phase is Phase.ABSENT:
                 continue
-            login[name] = bool(self.rows.logged_in(name)[0])
+            report = self.core.reports.get(name) if o.phase is Phase.RUNNING else None
+            known = self.core.seen_login
+            if report is not None:  # what the agent says it has beats the controller's reading
+                login[name] = report.credentials and not report.credentials_rejected
+            elif self.core.reports.awaited(name) and known is not None and name in known:
+                login[name] = known[name]  # a new harness has not reported yet: no flapping
+            else:
+                login[name] = bool(self.rows.logged_in(name)[0])
             stale[name] = o.build_digest != want.build_digest or (
                 o.hyperhive_version is not None and o.hyperhive_version != desired.hyperhive_version
             )

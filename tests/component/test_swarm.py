@@ -736,8 +736,20 @@ def test_an_agents_report_moves_its_conditions_and_the_version(up: Env) -> None:
     env.swarm.agent_report("manager", {**report, "api": None})
     row = next(a for a in env.swarm.status()["agents"] if a["name"] == "alice")
     assert any(c["reason"] == "ApiOverloaded" for c in row["conditions"])
+    # the manager hears the agent's own word on its login (a key in its environment here)
+    env.swarm.watch()
+
+    def alices(kind: str) -> int:
+        return sum(1 for e in env.broker.of(kind) if e["agent"] == "alice")
+
+    assert alices("LoggedIn") == 1
+    needs = alices("NeedsLogin")
     # a restart replaces the process: its report goes with it until the new one reports
     env.swarm.lifecycle(Lifecycle.RESTART, "alice")
     row = next(a for a in env.swarm.status()["agents"] if a["name"] == "alice")
     assert "harness" not in row
     assert {c["type"]: c["reason"] for c in row["conditions"]}["Degraded"] == "NotReported"
+    env.swarm.watch()  # meanwhile the controller's own reading does not flip the login state
+    env.swarm.agent_report("alice", report)
+    env.swarm.watch()
+    assert alices("NeedsLogin") == needs and alices("LoggedIn") == 1

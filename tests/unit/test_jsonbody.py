@@ -55,8 +55,8 @@ def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
         (b"[1, 2]", "not an array"),
         (b'"text"', "not a string"),
         (b"3", "not a number"),
-        (b'{"x": NaN}', "invalid number"),
-        (b'{"x": 1e999}', "invalid number"),
+        (b'{"x": NaN}', "x: NaN is not a valid JSON number"),
+        (b'{"x": 1e999}', "x: number 1e999 is out of range"),
         (b'{"x": 9223372036854775808}', "out of range"),
     ],
 )
@@ -64,6 +64,17 @@ def test_refusals_say_what_is_wrong(raw: bytes, words: str) -> None:
     with pytest.raises(BadJson) as err:
         parse_json_object(raw)
     assert words in err.value.message
+
+
+def test_non_numbers_are_refused_naming_their_field() -> None:
+    for raw, field in (
+        (b'{"a": {"cost": NaN}}', "a.cost"),
+        (b'{"x": [1, -Infinity]}', "x.1"),
+        (b'{"c": 1e999}', "c"),
+    ):
+        with pytest.raises(BadJson) as err:
+            parse_json_object(raw)
+        assert err.value.field == field
 
 
 def test_int_bounds_are_inclusive() -> None:
