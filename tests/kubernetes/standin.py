@@ -488,8 +488,15 @@ class StandIn:
     def list(self, plural: str, ns: str, selector: str = "") -> Obj:
         with self.lock:
             kind = KINDS[plural]
+            # items of a built-in kind carry no kind / apiVersion in a list, as upstream
+            # (the list's own kind says it); custom resources keep theirs
+            builtin = not kind.group_version.startswith("agents.x-k8s.io")
             items = [
-                copy.deepcopy(o)
+                {
+                    k: v
+                    for k, v in copy.deepcopy(o).items()
+                    if not (builtin and k in ("kind", "apiVersion"))
+                }
                 for (p, s, _), o in sorted(self.objects.items())
                 if p == plural
                 and s == ns

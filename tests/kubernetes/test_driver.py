@@ -359,3 +359,32 @@ def test_web_upstream_is_the_pods_service_with_the_credential(
     assert (up.host, up.port) == ("hh-alice-agent.hyperhive.svc", 8123)
     assert up.token == layout.agent_credential("alice").read_text().strip()
     assert up.token not in repr(up)  # never in a log line
+
+
+def test_a_new_image_in_the_config_is_rebuilt(
+    driver: KubernetesDriver, standin: StandIn, layout: Layout
+) -> None:
+    """The operator moves kubernetes.image: observe reports drift, and the rebuild the plan
+    asks for rolls the pod onto the new image."""
+    from dataclasses import replace
+
+    from controller.config import Config
+
+    driver.create(deployment("alice"), lambda _: None)
+    assert driver.observe()["alice"].build_digest == "b1"
+    moved = KubernetesDriver(
+        layout,
+        Config(kubernetes=replace(driver.cfg, image="hyperhive:2")),
+        driver.api,
+    )
+    seen = moved.observe()["alice"]
+    assert seen.build_digest == "b1+image", (seen, moved.cfg.image)
+    moved.rebuild(deployment("alice"), lambda _: None)
+    assert moved.observe()["alice"].build_digest == "b1"
+    pod = pod_of(driver, "alice")
+    standin.wait_for(
+        lambda: (
+            (p := standin.objects.get(("pods", NS, pod))) is not None
+            and p["spec"]["containers"][0]["image"] == "hyperhive:2"
+        )
+    )

@@ -131,3 +131,15 @@ def test_objects_that_are_not_agents_are_ignored() -> None:
     forged = sts()
     forged["metadata"]["annotations"][names.ANN_AGENT] = "bob"
     assert observe_all([other, forged], []) == {}
+
+
+def test_a_workload_on_another_image_is_drift() -> None:
+    w = sts()
+    w["spec"]["template"] = {
+        "spec": {"containers": [{"name": "harness", "image": "hyperhive:old"}]}
+    }
+    same = observe_all([w], [], image="hyperhive:old")["alice"]
+    assert same.build_digest == "b"
+    moved = observe_all([w], [], image="hyperhive:new")["alice"]
+    assert moved.build_digest == "b+image"  # no desired state has it: the plan rebuilds
+    assert "deployed with image hyperhive:old, the config says hyperhive:new" in moved.detail

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from controller.frontend.files import Capabilities
@@ -510,3 +511,40 @@ def test_file_capabilities_cannot_be_replayed(new_hive: NewHive, tally: Tally) -
         reply = http(dash, "POST", path, body={})
         tally.record(CAPS, f"POST {path}", 400 <= reply.status < 500, reply.brief())
     tally.assert_refused(CAPS)
+
+
+SECRETS = "forge tokens: owner-only, never shown"
+
+
+def test_forge_tokens_are_owner_only_and_never_shown(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    wait_for("bob's forge token", lambda: (h.state_of("bob") / "forge-token").exists())
+    token_file = h.state_of("bob") / "forge-token"
+    token = token_file.read_text().strip()
+    assert token, "bob's forge token is empty"
+    mode = token_file.stat().st_mode & 0o777
+    tally.record(SECRETS, "forge-token is 0600", mode == 0o600, oct(mode))
+    url_mode = (h.state_of("bob") / "forge-url").stat().st_mode & 0o077
+    tally.record(SECRETS, "forge-url is not group/world-writable", url_mode & 0o022 == 0,
+                 oct(url_mode))  # fmt: skip
+    tally.record(SECRETS, "not in the controller's log", token not in h.log(), "")
+    key = ("Authorization", f"Bearer {h.admin.token}")
+    for path in ("/status", "/agents/bob", "/agents/bob/config", "/messages?since=0&limit=1000"):
+        reply = http(h.layout.host_sock, "GET", path, headers=[key])
+        hidden = reply.status < 500 and token.encode() not in reply.body
+        tally.record(SECRETS, f"not in host.sock GET {path}", hidden, reply.brief())
+    reply = http(h.metrics, "GET", "/metrics")
+    tally.record(SECRETS, "not in /metrics", token.encode() not in reply.body, "")
+    shown = []
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            text = " ".join(p.info.get("cmdline") or []) + " ".join(
+                f"{k}={v}" for k, v in (p.info.get("environ") or {}).items()
+            )
+        except psutil.Error:
+            continue
+        if token in text:
+            shown.append(p.pid)
+    tally.record(SECRETS, "not in any process' command line or environment", not shown,
+                 str(shown))  # fmt: skip
+    tally.assert_refused(SECRETS)

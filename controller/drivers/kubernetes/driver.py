@@ -130,7 +130,7 @@ class KubernetesDriver:
         """Every agent with a workload in the namespace, keyed by name (two list calls)."""
         workloads = self.api.list(self.workload_kind, n.SELECTOR)
         pods = self.api.list("Pod", n.SELECTOR)
-        return observe_all(workloads, pods)
+        return observe_all(workloads, pods, self.cfg.image)
 
     def _bump(self) -> None:
         with self._gen_lock:

@@ -12,7 +12,8 @@ Phase of an agent from its workload (StatefulSet or Sandbox) and its pod:
   local harness inside its start grace does), with the pod's state in the detail.
 
 What was deployed (commit, digests, hyperhive version) comes from the workload's
-annotations (``names.ANN_*``), the marker every runtime keeps.
+annotations (``names.ANN_*``), the marker every runtime keeps; a workload whose image is
+not the configured one reports a build digest no desired state has, so it is rebuilt.
 """
 
 from __future__ import annotations
@@ -117,8 +118,23 @@ def pod_phase(pod: Obj) -> tuple[Phase, str, float | None]:
     return Phase.RUNNING, f"pod {name} pending{why}", None
 
 
-def observe_agent(workload: Obj, pod: Obj | None) -> ObservedAgent | None:
-    """What is observed of the agent ``workload`` runs (None: not one of ours)."""
+def template_image(workload: Obj) -> str | None:
+    """The harness image the workload's pod template names (None if it names none)."""
+    spec = workload.get("spec") or {}
+    template = spec.get("podTemplate" if workload.get("kind") == "Sandbox" else "template") or {}
+    for c in (template.get("spec") or {}).get("containers") or []:
+        if c.get("name") == n.HARNESS:
+            image = c.get("image")
+            return str(image) if image else None
+    return None
+
+
+def observe_agent(workload: Obj, pod: Obj | None, image: str | None = None) -> ObservedAgent | None:
+    """What is observed of the agent ``workload`` runs (None: not one of ours).
+
+    ``image`` is the configured one: a workload deployed with another gets a build digest
+    that differs from every desired one (``<digest>+image``), so the plan rebuilds it —
+    drift in the image, as in agent.nix on the nixos-container runtime."""
     meta = workload.get("metadata") or {}
     agent = n.agent_of(str(meta.get("name", "")))
     ann: Mapping[str, str] = meta.get("annotations") or {}
@@ -137,26 +153,34 @@ def observe_agent(workload: Obj, pod: Obj | None) -> ObservedAgent | None:
     else:
         phase, detail, since = pod_phase(pod)
         notes.append(detail)
-        image = harness_status(pod).get("image")
-        if image:
-            notes.append(f"image {image}")
+        running_image = harness_status(pod).get("image")
+        if running_image:
+            notes.append(f"image {running_image}")
     if ann.get(n.ANN_HAS_NIX) == "true":
         notes.append(NOT_BUILT)
+    build = ann.get(n.ANN_BUILD) or None
+    deployed_image = template_image(workload)
+    if image is not None and deployed_image is not None and deployed_image != image:
+        notes.append(f"deployed with image {deployed_image}, the config says {image}")
+        build = f"{build}+image" if build else None
     return ObservedAgent(
         name=agent,
         phase=phase,
         commit=ann.get(n.ANN_COMMIT) or None,
         config_digest=ann.get(n.ANN_CONFIG) or None,
-        build_digest=ann.get(n.ANN_BUILD) or None,
+        build_digest=build,
         hyperhive_version=ann.get(n.ANN_VERSION) or None,
         since=since if since is not None else parse_time(ann.get(n.ANN_DEPLOYED_AT)),
         detail="; ".join(notes),
     )
 
 
-def observe_all(workloads: Iterable[Obj], pods: Iterable[Obj]) -> dict[str, ObservedAgent]:
+def observe_all(
+    workloads: Iterable[Obj], pods: Iterable[Obj], image: str | None = None
+) -> dict[str, ObservedAgent]:
     """Every agent of ``workloads`` (one kind, listed by ``names.SELECTOR``), keyed by name;
-    each matched to its pod by name (``pod_name``) and owner uid."""
+    each matched to its pod by name (``pod_name``) and owner uid; ``image`` the configured
+    one (``observe_agent``)."""
     by_name = {str(p["metadata"]["name"]): p for p in pods}
     out: dict[str, ObservedAgent] = {}
     for w in workloads:
@@ -166,7 +190,7 @@ def observe_all(workloads: Iterable[Obj], pods: Iterable[Obj]) -> dict[str, Obse
             owners = pod["metadata"].get("ownerReferences") or []
             if uid and owners and not any(o.get("uid") == uid for o in owners):
                 pod = None  # a leftover pod of an earlier incarnation of the same name
-        seen = observe_agent(w, pod)
+        seen = observe_agent(w, pod, image)
         if seen is not None:
             out[seen.name] = seen
     return dict(sorted(out.items()))
