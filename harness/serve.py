@@ -68,8 +68,6 @@ from harness.web import WebApp
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 15.0
-UI_HEAD_START = 2.0
-"""Seconds ``start`` waits for the web UI to listen before it starts the turn loop anyway."""
 EVENTS_DB = "hyperhive-events.sqlite"
 STATS_DB = "hyperhive-turn-stats.sqlite"
 MODEL_FILE = "hyperhive-model"
@@ -101,10 +99,6 @@ class Harness:
         """Start the web UI listeners and the turn loop thread."""
         for server in self.servers:
             server.start()
-        # the web UI answers first: the MCP endpoint and the turn loop (its login check, its
-        # first recv) would otherwise take the GIL while the socket is being bound; bounded,
-        # since a socket still held by an old harness is retried for as long as it takes
-        self.servers[0].wait_bound(UI_HEAD_START)
         if self.mcp is not None:
             try:
                 self.loop.mcp = self.mcp.start()

@@ -21,8 +21,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import psutil
-
 from harness.claude import Invocation
 from harness.stream import Result, StreamEvent, SystemInit, ToolUse, Unknown, Usage, parse_line
 
@@ -155,6 +153,10 @@ def kill_tree(pid: int, grace: float = TERMINATE_GRACE) -> None:
 
     Also signals ``pid``'s process group, catching children that were re-parented.
     """
+    # imported here: psutil is ~10 ms of the harness' start-up, before its web UI answers,
+    # and only a cancelled or timed-out turn needs it
+    import psutil
+
     try:
         parent = psutil.Process(pid)
         procs = [*parent.children(recursive=True), parent]

@@ -10,7 +10,8 @@ operator would point at a gateway. Played in order:
 2. ``./hh send manager ...``: the first message gets a turn (the manager answers the
    operator through its MCP tool; ``./hh messages`` shows it).
 3. The API answers 529: the failing condition (``Degraded`` ``ApiOverloaded``) is on
-   ``./hh status -o json`` within 5 s of the first failed request (a deadline poll);
+   ``./hh status -o json`` and the dashboard's ``/api/state`` within 5 s of the first failed
+   request (a deadline poll);
    once the API answers 200 again the message is delivered again and answered.
 4. ``serve`` restarted with another ``ANTHROPIC_API_KEY``: status names the running
    agent that does not have it (``UpToDate=False`` ``EnvChanged``) until
@@ -33,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.browser import Browser
 from tests.fakeapi import (
     FakeAnthropic,
     Request,
@@ -137,6 +139,12 @@ class Operator:
     def cond(self, type_: str) -> dict[str, Any]:
         return next(c for c in self.manager()["conditions"] if c["type"] == type_)
 
+    def dashboard_degraded(self, web: Browser) -> dict[str, Any] | None:
+        """The manager's ``Degraded`` condition as the dashboard's ``/api/state`` shows it."""
+        state = web.get("/api/state").json()
+        manager = next(a for a in state["agents"] if a["name"] == "manager")
+        return next((c for c in manager["conditions"] if c["type"] == "Degraded"), None)
+
     def said(self, text: str) -> bool:
         out = json.loads(self.hh("messages", "-o", "json").stdout)
         rows = out if isinstance(out, list) else out.get("messages", [])
@@ -172,6 +180,11 @@ def test_the_first_hour(hour: tuple[Operator, Api]) -> None:
     assert "reported by the agent" in conds["LoggedIn"]["message"]
     assert m["harness"]["claude"]["found"] and "node_modules" in m["harness"]["claude"]["path"]
 
+    # the dashboard, logged in with the URL `./hh dashboard` prints
+    web = Browser(int(op.dashboard.rpartition(":")[2]))
+    login, _ = web.open_login(op.hh("dashboard").stdout.strip().splitlines()[-1])
+    assert login.status == 303, login
+
     # 2. the first message gets a turn
     op.hh("send", "manager", "ping 1")
     wait_for("the manager's answer", lambda: op.said("pong 1"), 120)
@@ -182,12 +195,17 @@ def test_the_first_hour(hour: tuple[Operator, Api]) -> None:
     wait_for("a 529 served", lambda: api.failed, 120)
     first = api.failed[0]
     seen: dict[str, Any] = {}
-    while time.monotonic() < first + 5.0:
-        c = op.cond("Degraded")
-        if c["status"] == "True" and c["reason"] == "ApiOverloaded":
-            seen = c
-            break
+    shown: dict[str, Any] | None = None
+    while time.monotonic() < first + 5.0 and not (seen and shown):
+        if not seen:
+            c = op.cond("Degraded")
+            if c["status"] == "True" and c["reason"] == "ApiOverloaded":
+                seen = c
+        if not shown:
+            d = op.dashboard_degraded(web)
+            shown = d if d and d["status"] == "True" and d["reason"] == "ApiOverloaded" else None
     assert seen, f"no Degraded/ApiOverloaded within 5 s of the first 529: {op.manager()}"
+    assert shown, "the dashboard did not show Degraded/ApiOverloaded within 5 s"
     assert "529" in seen["message"]
     # the turn gives up; its message goes back to the inbox and comes again once the API answers
     wait_for("claude to give up", lambda: "gave up" in op.cond("Degraded")["message"], 120)

@@ -112,6 +112,7 @@ class StandIn:
         self.acked: list[int] = []
         self.released: list[list[int] | None] = []  # bodies' ids of every POST /release
         self.supports_release = True
+        self.reports: list[dict[str, Any]] = []  # POST /report bodies (not in ``calls``)
         self.open_threads = 0
         self.pending_reminders = 0
         self._msgs: list[_Msg] = []
@@ -227,6 +228,9 @@ class StandIn:
             "update": "NameRequest",
             "ask_operator": "AskOperatorRequest",
         }
+        if verb == "report":  # the harness's own report: kept apart from the verbs it calls
+            self.reports.append(self._body(raw, "AgentReport"))
+            return {"ok": True, "status": self.status().to_json()}
         body = self._body(raw, schemas.get(verb)) if method == "POST" else {}
         self.calls.append((method, "/" + verb, body))
         st = lambda: self.status().to_json()  # noqa: E731
@@ -347,6 +351,7 @@ class StandIn:
             "update",
             "ask_operator",
             "list",
+            "report",
         ):
             app.add_route("/" + verb, Route(verb))
         return app

@@ -37,6 +37,10 @@ def test_missing_claude_releases_the_message_and_runs_it_once_claude_exists(
     assert "cannot start claude" in row["note"] and "returned to the inbox" in row["note"]
     assert mid not in a.sock.acked
     assert not a.api.requests  # nothing reached the Messages API
+    # the agent tells the controller it has no claude (its conditions: ClaudeMissing)
+    assert wait_for(lambda: a.sock.reports, 30)
+    assert a.sock.reports[-1]["claude"] == {"found": False, "path": str(claude), "version": None}
+    assert a.sock.reports[-1]["turn"]["unreached"] == "claude_missing"
     # a turn that never ran is not a failure the manager has to hear about
     assert not any(s["to"] == "manager" for s in a.sock.sent)
 
@@ -47,6 +51,9 @@ def test_missing_claude_releases_the_message_and_runs_it_once_claude_exists(
     assert rows[1]["message_id"] == mid
     assert a.api.requests
     assert a.sock.acked.count(mid) == 1
+    assert wait_for(lambda: a.sock.reports[-1]["turn"]["outcome"] == "ok", 30)
+    found = a.sock.reports[-1]
+    assert found["claude"]["found"] and "Claude Code" in found["claude"]["version"]
 
 
 def test_overloaded_api_releases_the_message_until_the_api_answers(
@@ -59,6 +66,11 @@ def test_overloaded_api_releases_the_message_until_the_api_answers(
     assert row["result_kind"] == "failed" and "returned to the inbox" in row["note"]
     assert mid not in a.sock.acked
     assert not any(s["to"] == "manager" for s in a.sock.sent)
+    # the agent reported the API's answer, and that claude gave up on it
+    assert wait_for(lambda: bool((a.sock.reports or [{}])[-1].get("api")), 30)
+    api = a.sock.reports[-1]["api"]
+    assert api["status"] == 529 and api["gave_up"] is True
+    assert a.sock.reports[-1]["credentials"]["present"] is True
 
     a.api.set_script(Rules(default=reply_text("back online")))
     # the harness waits out its back-off (30 s) before the next recv, then the message is run
@@ -66,6 +78,7 @@ def test_overloaded_api_releases_the_message_until_the_api_answers(
     rows = a.turns()
     assert [r["result_kind"] for r in rows] == ["failed", "ok"]
     assert rows[-1]["message_id"] == mid
+    assert wait_for(lambda: a.sock.reports[-1]["api"] is None, 30)  # healthy again
 
 
 def test_a_server_error_spends_the_message_as_before(
