@@ -10,13 +10,22 @@ repository's ``pre-receive`` hook (all-or-nothing refusal of forged refs)
 and ``post-receive`` hook (the poke that starts a pass), and their output
 reaches the pusher's terminal.
 
-Who may: the operator only. Every request needs the operator key, as
-``Authorization: Bearer <key>`` (``git -c http.extraHeader="Authorization:
-Bearer $(cat operator.key)" push``) or as the password of HTTP Basic auth
-(any user name; what git's credential helpers store). Anything else is 401
-with ``WWW-Authenticate: Basic`` (so git asks its credential helper), before
-git runs; an agent's credential is refused like any other wrong key. The
-compare is constant-time. Refusals are logged at most once per 10 s
+Who may: the operator, and the manager in its own namespace. Every request needs
+a credential, as ``Authorization: Bearer <key>`` (``git -c http.extraHeader=
+"Authorization: Bearer $(cat operator.key)" push``) or as the password of HTTP
+Basic auth (any user name; what git's credential helpers store):
+
+- the operator key: everything the hooks allow (approvals, main);
+- the manager's own agent credential (``AgentCredentials``): fetch, and push to
+  ``refs/hyperhive/manager/*`` only. The hooks are told who pushes
+  (``HYPERHIVE_PUSHER``) and ``controller.hooks.pre_receive`` refuses any other
+  ref in a manager's push. This is how a manager that is not on the controller's
+  disk (the kubernetes runtime) hands over the commit ``request_apply_commit``
+  proposes (docs/approvals.md "A remote manager's commits").
+
+Anything else (no credential, a wrong one, any other agent's) is 401 with
+``WWW-Authenticate: Basic`` (so git asks its credential helper), before git runs.
+The compares are constant-time. Refusals are logged at most once per 10 s
 (``controller.auth.refusals``).
 
 What is served: only the three smart-protocol endpoints of ``/meta.git``
@@ -39,11 +48,13 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from controller.auth.agents import AgentCredentials
 from controller.auth.bearer import bearer_token
 from controller.auth.refusals import RefusalLog
 from controller.paths import Layout
 from hivehttp import LOOPBACK_HOSTS, Limits, Policy, Refusal
 from hivehttp.guard import Admit, MiB, Receive, Scope, Send
+from schemas.names import MANAGER
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +72,13 @@ GIT_LIMITS = Limits(max_connections=64, per_client=16)
 
 _SERVICES = frozenset({"git-upload-pack", "git-receive-pack"})
 _UNAUTHORIZED = (
-    "meta.git needs the operator key: 'Authorization: Bearer <key>' "
+    "meta.git needs the operator key (or the manager's own credential, for its "
+    "refs/hyperhive/manager/* namespace): 'Authorization: Bearer <key>' "
     "(git -c http.extraHeader=...) or HTTP Basic auth with the key as password"
 )
+PUSHER = "hyperhive.pusher"
+"""Scope key: who ``GitHttp.admit`` found the request's credential to be (``operator`` or
+``manager``); handed to the hooks as ``HYPERHIVE_PUSHER``."""
 _CHALLENGE = ((b"www-authenticate", b'Basic realm="hyperhive meta.git"'),)
 
 
@@ -167,20 +182,33 @@ class GitHttp:
         layout: Layout,
         operator_key: str,
         backend: tuple[str, ...] = ("git", "http-backend"),
+        credentials: AgentCredentials | None = None,
     ) -> None:
         self.layout = layout
         self._key = operator_key.encode()
         self.backend = backend
+        self.credentials = credentials
         self.refusals = RefusalLog("meta.git over HTTP")
+
+    def who(self, authorization: str | None) -> str | None:
+        """``"operator"`` for the operator key, ``"manager"`` for the manager's own
+        credential (when ``credentials`` is given), else None (constant-time compares)."""
+        key = presented_key(authorization)
+        if key is None:
+            return None
+        if hmac.compare_digest(key.encode("utf-8", "replace"), self._key):
+            return "operator"
+        if self.credentials is not None and self.credentials.verify(MANAGER, key):
+            return "manager"
+        return None
 
     def authorized(self, authorization: str | None) -> bool:
         """True when the header presents the operator key (constant-time compare)."""
-        key = presented_key(authorization)
-        if key is None:
-            return False
-        return hmac.compare_digest(key.encode("utf-8", "replace"), self._key)
+        return self.who(authorization) == "operator"
 
-    def cgi_env(self, scope: Scope, path_info: str, body_len: int) -> dict[str, str]:
+    def cgi_env(
+        self, scope: Scope, path_info: str, body_len: int, pusher: str = "operator"
+    ) -> dict[str, str]:
         """The CGI environment of one request: the controller's own environment (the hooks
         run ``python -m controller.hook`` with it) plus the request's variables."""
         client = scope.get("client")
@@ -191,7 +219,8 @@ class GitHttp:
             PATH_INFO=path_info,
             REQUEST_METHOD=scope["method"],
             QUERY_STRING=bytes(scope.get("query_string", b"")).decode("latin-1"),
-            REMOTE_USER="operator",
+            REMOTE_USER=pusher,
+            HYPERHIVE_PUSHER=pusher,
             REMOTE_ADDR=str(client[0]) if client else "",
             CONTENT_TYPE=_header(scope, b"content-type") or "",
             SERVER_PROTOCOL="HTTP/1.1",
@@ -232,8 +261,11 @@ class GitHttp:
 
     def admit(self, scope: Scope) -> Refusal | None:
         """The listener policy's check of a request's head: 401 (with a Basic challenge, so
-        git asks its credential helper) unless it presents the operator key."""
-        if self.authorized(_header(scope, b"authorization")):
+        git asks its credential helper) unless it presents the operator key or the
+        manager's credential; who it is goes in the scope for ``__call__``."""
+        who = self.who(_header(scope, b"authorization"))
+        if who is not None:
+            scope[PUSHER] = who
             return None
         client = scope.get("client")
         self.refusals.note(str(client[0]) if client else "?", "not the operator key")
@@ -258,8 +290,9 @@ class GitHttp:
             )
             return
         body = await _read(receive)
+        pusher = str(scope.get(PUSHER, "operator"))
         cgi = await asyncio.to_thread(
-            self.run_backend, self.cgi_env(scope, path_info, len(body)), body
+            self.run_backend, self.cgi_env(scope, path_info, len(body), pusher), body
         )
         if cgi.status == 502 and not cgi.headers:
             await _json(send, 502, "bad_gateway", "git http-backend failed; see the log")
@@ -298,6 +331,9 @@ async def _json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def make_git_app(layout: Layout, operator_key: str) -> GitHttp:
-    """The meta.git smart-HTTP app for the git listener (see the module doc)."""
-    return GitHttp(layout, operator_key)
+def make_git_app(
+    layout: Layout, operator_key: str, credentials: AgentCredentials | None = None
+) -> GitHttp:
+    """The meta.git smart-HTTP app for the git listener (see the module doc); with
+    ``credentials`` the manager's own credential is let in for its namespace."""
+    return GitHttp(layout, operator_key, credentials=credentials)

@@ -63,6 +63,7 @@ from controller.errors import Conflict, Invalid, NotFound
 from controller.hooks.updates import (
     LAST_DEPLOY_REF,
     MAIN_REF,
+    MANAGER_PREFIX,
     NOTES_REF,
     TAG_PREFIXES,
     parse_id,
@@ -851,27 +852,46 @@ class MetaRepo:
     def propose_commit(self, commit: str, source: Path | None = None, note: str = "") -> Proposal:
         """Import ``commit`` from the manager's clone (or ``source``) as ``proposal/<id>``.
 
-        Objects are copied into meta.git with pygit2. ``base`` = merge-base with
-        main (the commit may sit several commits on top of it). Raises NotFound
-        (no such commit / no clone, field ``commit``), Invalid (a clone that
-        reads objects from elsewhere, ``controller.clonecheck``; no shared history
-        with main; a changed manifest fails the schema: field = the file path),
-        Conflict (nothing to change, already part of main, or already pending).
+        Objects are copied into meta.git with pygit2. A commit that is not in the clone
+        (or no clone at all: a manager in a pod, docs/kubernetes.md) is taken from the
+        manager's push namespace in meta.git instead (``refs/hyperhive/manager/*``,
+        ``pushed_commit``). ``base`` = merge-base with main (the commit may sit several
+        commits on top of it). Raises NotFound (no such commit in either place, field
+        ``commit``), Invalid (a clone that reads objects from elsewhere,
+        ``controller.clonecheck``; no shared history with main; a changed manifest fails
+        the schema: field = the file path), Conflict (nothing to change, already part of
+        main, or already pending).
         """
         src_path = source or self.layout.manager_meta
         if not commit or len(commit) > 256 or any(c.isspace() for c in commit):
             raise Invalid(f"{commit!r} is not a commit id", field="commit")
+        src: pygit2.Repository | None = None
+        obj: pygit2.Commit | None = None
+        missing = f"no git repository at {src_path}"
         try:
             # the clone is the manager's: check it reads nothing outside itself first
-            src = pygit2.Repository(str(contained_git_dir(src_path)))
-        except (pygit2.GitError, OSError) as exc:
-            raise NotFound(f"no git repository at {src_path}: {exc}", field="commit") from exc
-        try:
-            obj = src.revparse_single(commit).peel(pygit2.Commit)
-        except (KeyError, ValueError, pygit2.GitError) as exc:
-            raise NotFound(f"no commit {commit!r} in {src_path}", field="commit") from exc
+            git_dir = contained_git_dir(src_path)
+        except OSError as exc:
+            missing = f"no git repository at {src_path}: {exc}"
+        else:
+            try:
+                src = pygit2.Repository(str(git_dir))
+                obj = src.revparse_single(commit).peel(pygit2.Commit)
+            except (KeyError, ValueError, pygit2.GitError):
+                missing = f"no commit {commit!r} in {src_path}"
+        if obj is None:
+            with self._lock:
+                obj = self.pushed_commit(commit)
+            if obj is None:
+                raise NotFound(
+                    f"{missing}, nor pushed to {MANAGER_PREFIX}* on meta.git (a remote "
+                    f"manager pushes it first: git push origin {commit}:{MANAGER_PREFIX}<name>)",
+                    field="commit",
+                )
+            src = self.repo
         with self._lock:
-            copy_objects(src, self.repo, obj.id)
+            if src is not None and src is not self.repo:
+                copy_objects(src, self.repo, obj.id)
             new = self.repo[obj.id]
             assert isinstance(new, pygit2.Commit)
             main = self._main_oid()
@@ -915,6 +935,40 @@ class MetaRepo:
                 },
             )
             return self.proposal(id)
+
+    def pushed_commit(self, commit: str) -> pygit2.Commit | None:
+        """The commit ``commit`` names among what the manager pushed to meta.git, or None.
+
+        ``commit`` is a ref under ``refs/hyperhive/manager/`` (full, or the part after
+        it) or a hex object id (full or abbreviated) of a commit reachable from one of
+        those refs; anything else in meta.git (main, proposals, other objects) is not
+        the manager's to name here. Call with ``self._lock`` held.
+        """
+        tips: dict[str, pygit2.Oid] = {}
+        for name in self.repo.references:
+            if not name.startswith(MANAGER_PREFIX):
+                continue
+            try:
+                peeled = self.repo.references[name].peel(pygit2.Commit)
+            except (KeyError, ValueError, pygit2.GitError):
+                continue
+            tips[name] = peeled.id
+        if not tips:
+            return None
+        for name in (commit, MANAGER_PREFIX + commit):
+            if name in tips:
+                found = self.repo[tips[name]]
+                return found if isinstance(found, pygit2.Commit) else None
+        if not 4 <= len(commit) <= 64 or any(c not in "0123456789abcdef" for c in commit.lower()):
+            return None
+        try:
+            obj = self.repo.revparse_single(commit.lower()).peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+        for tip in tips.values():
+            if tip == obj.id or self.repo.descendant_of(tip, obj.id):
+                return obj
+        return None
 
     # ---------------------------------------------------------------- decisions
 

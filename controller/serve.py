@@ -167,7 +167,7 @@ def _open_tcp_extras(
     if cfg.git is not None:
         from controller.githttp import GIT_LIMITS, git_policy, make_git_app
 
-        gapp = make_git_app(layout, operator_key)
+        gapp = make_git_app(layout, operator_key, credentials)
         gpolicy = git_policy(frozenset(cfg.git.hosts), admit=gapp.admit)
         wanted.append(("meta.git over HTTP", cfg.git, gapp, gpolicy, GIT_LIMITS, "git-http"))
     for what, spec, asgi, pol, limits, name in wanted:

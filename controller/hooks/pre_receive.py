@@ -12,6 +12,12 @@ exits non-zero) when it
   anywhere but the proposal's commit;
 - deletes main, or moves it to a tree ``controller.hooks.main_check`` refuses.
 
+A push by the manager (``HYPERHIVE_PUSHER=manager``, set by ``controller.githttp``
+for the manager's credential) may touch ``refs/hyperhive/manager/*`` and nothing
+else: each such ref may be created, moved or deleted and must name a commit; any
+other ref refuses the whole push. The operator's pushes may not touch that
+namespace (it is under the controller-owned ``refs/hyperhive/*``).
+
 Why it is written this way: the check runs inside every ``git push``, before
 the refs move, so its start-up time is on the approval path. Decisions are
 judged with two ``git`` commands run in the hook's own environment (which
@@ -23,6 +29,7 @@ moves main loads pygit2 and the manifest schema (``main_check``).
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,8 +39,10 @@ from controller.hooks.updates import (
     CONTROLLER_PREFIXES,
     LAST_DEPLOY_REF,
     MAIN_REF,
+    MANAGER_PREFIX,
     NOTES_REF,
     OUTCOME_PREFIXES,
+    PUSHER_ENV,
     TAG_PREFIXES,
     RefUpdate,
     is_object_id,
@@ -171,6 +180,25 @@ def check_push(git_dir: Path, updates: Sequence[RefUpdate]) -> list[str]:
     return problems
 
 
+def check_manager_push(git_dir: Path, updates: Sequence[RefUpdate]) -> list[str]:
+    """Refusal messages for a push by the manager (empty = accept): only refs under
+    ``refs/hyperhive/manager/`` (with a name after it), each pointing at a commit.
+    Raises ``RuntimeError`` / ``OSError`` when git cannot be asked (the push is refused)."""
+    problems: list[str] = []
+    inside = [u for u in updates if u.ref.startswith(MANAGER_PREFIX) and u.ref != MANAGER_PREFIX]
+    for u in updates:
+        if u not in inside:
+            problems.append(
+                f"{u.ref}: the manager pushes only to {MANAGER_PREFIX}<name> (then "
+                "request_apply_commit proposes the commit; the operator approves)"
+            )
+    peeled = peel_commits(git_dir, [u.new for u in inside if not u.deletes])
+    for u in inside:
+        if not u.deletes and peeled.get(u.new) is None:
+            problems.append(f"{u.ref}: must point at a commit, not {u.new}")
+    return problems
+
+
 def _check_main(git_dir: Path, u: RefUpdate) -> list[str]:
     if u.deletes:
         return ["main: deleting main is refused (it is the swarm's desired state)"]
@@ -179,11 +207,21 @@ def _check_main(git_dir: Path, u: RefUpdate) -> list[str]:
     return check_main(git_dir, u)
 
 
-def pre_receive(git_dir: Path, stdin: TextIO, stderr: TextIO) -> int:
-    """Check every ref update; print refusals; 1 refuses the whole push, 0 accepts."""
+def pre_receive(git_dir: Path, stdin: TextIO, stderr: TextIO, pusher: str | None = None) -> int:
+    """Check every ref update; print refusals; 1 refuses the whole push, 0 accepts.
+
+    ``pusher`` defaults to ``$HYPERHIVE_PUSHER``: ``manager`` gets the manager's rule
+    (``check_manager_push``), unset or ``operator`` the operator's (``check_push``);
+    anything else refuses the push."""
     updates = parse_updates(stdin.read().splitlines())
+    who = os.environ.get(PUSHER_ENV, "") if pusher is None else pusher
     try:
-        problems = check_push(git_dir, updates)
+        if who == "manager":
+            problems = check_manager_push(git_dir, updates)
+        elif who in ("", "operator"):
+            problems = check_push(git_dir, updates)
+        else:
+            problems = [f"{PUSHER_ENV}={who!r}: not a pusher meta.git knows"]
     except Exception as exc:  # a hook that crashes would print a traceback at the operator
         print(f"hyperhive: refusing the push: the hook failed: {exc}", file=stderr)
         return 1

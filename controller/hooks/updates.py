@@ -16,6 +16,12 @@ LAST_DEPLOY_REF = "refs/hyperhive/last-deploy"
 TAG_PREFIXES = ("proposal", "approved", "denied", "building", "deployed", "failed")
 CONTROLLER_PREFIXES = ("proposal", "building", "deployed", "failed")
 OUTCOME_PREFIXES = ("building", "deployed", "failed")
+MANAGER_PREFIX = "refs/hyperhive/manager/"
+"""The manager's push namespace on meta.git (``controller.githttp``): a remote manager
+pushes the commit it proposes here, then ``request_apply_commit`` takes it from here."""
+PUSHER_ENV = "HYPERHIVE_PUSHER"
+"""Who pushes, as ``controller.githttp`` tells the hooks: ``operator`` or ``manager``;
+unset for a push on the file system (the operator's)."""
 
 
 @dataclass(frozen=True)

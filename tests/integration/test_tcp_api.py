@@ -371,12 +371,15 @@ def test_git_push_approval_over_http(hive: Hive, tmp_path: Path) -> None:
     git(*bearer(hive.key), "fetch", "-q", "--tags", cwd=clone)
     git("tag", f"approved/{pid}", f"proposal/{pid}", cwd=clone)
 
-    # refused: no credential, an agent's credential, the manager's credential
+    # refused: no credential, an agent's credential (401); the manager's credential is let
+    # in for its own namespace only, so the pre-receive hook refuses its approval
     for token in (None, hive.credential("alice"), hive.credential(MANAGER)):
         opts = [] if token is None else bearer(token)
         r = git(*opts, "push", "origin", f"approved/{pid}", cwd=clone, check=False)
         # git met a 401 challenge and had nothing (more) to answer it with
         said = ("401", "Authentication failed", "could not read Username")
+        if token == hive.credential(MANAGER):
+            said = ("the manager pushes only to refs/hyperhive/manager/",)
         assert r.returncode != 0 and any(w in r.stderr for w in said), r.stderr
         assert f"approved/{pid}" not in meta_tags(hive, "approved")
     # a forged controller ref, with the operator key: the pre-receive hook refuses it

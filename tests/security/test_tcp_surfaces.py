@@ -20,10 +20,14 @@ Replayed, each counted in the session's tally:
 - **hostile bodies**: too large, too deep, lone surrogates, invalid UTF-8;
 - **exhaustion**: idle and slowloris connections from one address past the
   per-client cap while a legitimate agent keeps being answered;
-- **meta.git**: pushes and fetches without the operator key (none, an agent's, the
-  manager's, as bearer or Basic), a cross-site push riding on Basic credentials, a
-  foreign ``Host``, the dumb protocol's files and other paths, a forged controller
-  ref pushed with the key (the pre-receive hook refuses it).
+- **meta.git**: pushes and fetches without the operator key (none, an agent's, as
+  bearer or Basic), a cross-site push riding on Basic credentials, a foreign
+  ``Host``, the dumb protocol's files and other paths, a forged controller ref
+  pushed with the key (the pre-receive hook refuses it);
+- **the manager on meta.git**: its own credential is let in for
+  ``refs/hyperhive/manager/*`` only; an approval, main, a tag, a branch, a
+  controller ref, another namespace, a mixed push: all refused by the hook, and
+  nothing moves; then its legitimate push and ``request_apply_commit``.
 
 Then the legitimate flow works in the same run: alice messages bob over TCP, the
 operator approves carol with ``git push`` over HTTP.
@@ -68,6 +72,7 @@ REBIND = "TCP agent API: rebinding / cross-site (403/415)"
 BODIES = "TCP agent API: hostile bodies (4xx)"
 EXHAUST = "TCP agent API: connection exhaustion"
 GIT = "meta.git over HTTP: without the operator key"
+GIT_MANAGER = "meta.git over HTTP: the manager outside refs/hyperhive/manager/*"
 
 STANDIN = """
 import signal, sys, time
@@ -463,7 +468,6 @@ def test_meta_git_only_for_the_operator(tcp_hive: TcpHive, tally: Tally, tmp_pat
     tokens = {
         "no credential": [],
         "alice's credential": ["-c", f"{header}Bearer {h.credential('alice')}"],
-        "the manager's credential": ["-c", f"{header}Bearer {h.credential(MANAGER)}"],
         "a destroyed agent's": ["-c", f"{header}Bearer {h.dead}"],
         "the key in another scheme": ["-c", f"{header}Token {h.key}"],
     }
@@ -529,6 +533,72 @@ def test_meta_git_only_for_the_operator(tcp_hive: TcpHive, tally: Tally, tmp_pat
     wait_for("carol running", lambda: any(
         a["name"] == "carol" and a.get("phase") == "running"
         for a in h.admin.get("/status")["agents"]), timeout=60)  # fmt: skip
+
+
+def test_the_manager_is_held_to_its_namespace_on_meta_git(
+    tcp_hive: TcpHive, tally: Tally, tmp_path: Path
+) -> None:
+    h = tcp_hive
+    url = f"http://127.0.0.1:{h.git_port}/meta.git"
+    mine = ["-c", f"http.extraHeader=Authorization: Bearer {h.credential(MANAGER)}"]
+    clone = tmp_path / "mgr"
+    _git(*mine, "clone", "-q", url, str(clone), cwd=tmp_path, check=True)
+    _git(*mine, "fetch", "-q", "--tags", cwd=clone, check=True)
+    (clone / "agents" / "zed").mkdir(parents=True)
+    (clone / "agents" / "zed" / "agent.yaml").write_text(
+        "apiVersion: hyperhive/v1\nkind: Agent\nmetadata:\n  name: zed\nspec:\n  model: haiku\n"
+    )
+    _git("add", "-A", cwd=clone, check=True)
+    _git("commit", "-q", "-m", "zed", cwd=clone, check=True)
+    head = _git("rev-parse", "HEAD", cwd=clone, check=True).stdout.strip()
+    manager = ApiClient(f"http://127.0.0.1:{h.api_port}", token=h.credential(MANAGER))
+    pid = int(manager.post("/request_spawn", {"name": "yve"})["id"])
+    _git(*mine, "fetch", "-q", "--tags", cwd=clone, check=True)
+    wait_for("no deploy under way", lambda: all(
+        p["state"] not in ("approved", "building")
+        for p in h.admin.get("/proposals")["proposals"]), timeout=60)  # fmt: skip
+    before = h.snapshot()
+    attempts = {
+        "an approval of a pending proposal": [f"proposal/{pid}:refs/tags/approved/{pid}"],
+        "a denial": [f"proposal/{pid}:refs/tags/denied/{pid}"],
+        "main (fast-forward)": ["HEAD:refs/heads/main"],
+        "main deleted": [":refs/heads/main"],
+        "a new branch": ["HEAD:refs/heads/x"],
+        "a plain tag": ["HEAD:refs/tags/v1"],
+        "a forged deployed/ tag": ["HEAD:refs/tags/deployed/9999"],
+        "last-deploy": ["HEAD:refs/hyperhive/last-deploy"],
+        "the notes": ["HEAD:refs/notes/hyperhive"],
+        "a look-alike namespace": ["HEAD:refs/hyperhive/managers/x"],
+        "its namespace and main together": [
+            "HEAD:refs/hyperhive/manager/w",
+            "HEAD:refs/heads/main",
+        ],
+    }
+    for what, refspecs in attempts.items():
+        forced = [spec if spec.startswith(":") else f"+{spec}" for spec in refspecs]
+        r = _git(*mine, "push", "origin", *forced, cwd=clone)
+        tally.record(GIT_MANAGER, f"push {what}", r.returncode != 0 and
+                     "the manager pushes only to refs/hyperhive/manager/" in r.stderr,
+                     r.stderr[-300:])  # fmt: skip
+    # Basic auth with the manager's credential is the same manager: same refusal
+    basic_url = url.replace("http://", f"http://manager:{h.credential(MANAGER)}@")
+    r = _git("push", basic_url, "HEAD:refs/heads/main", cwd=clone)
+    tally.record(GIT_MANAGER, "push main with Basic manager:<credential>", r.returncode != 0,
+                 r.stderr[-200:])  # fmt: skip
+    # another agent's credential is not the manager's: 401 before git runs
+    alice = ["-c", f"http.extraHeader=Authorization: Bearer {h.credential('alice')}"]
+    r = _git(*alice, "push", "origin", "HEAD:refs/hyperhive/manager/alice", cwd=clone)
+    tally.record(GIT_MANAGER, "push to the namespace with alice's credential",
+                 r.returncode != 0, r.stderr[-200:])  # fmt: skip
+    after = h.snapshot()
+    tally.record(GIT_MANAGER, "meta.git refs and proposals afterwards", after == before,
+                 "state moved")  # fmt: skip
+    tally.assert_refused(GIT_MANAGER)
+
+    # legitimate: its namespace, then request_apply_commit over TCP proposes that commit
+    _git(*mine, "push", "origin", f"HEAD:refs/hyperhive/manager/{head}", cwd=clone, check=True)
+    p = manager.post("/request_apply_commit", {"commit": head, "note": "zed"})
+    assert h.admin.get(f"/proposals/{p['id']}")["commit"] == head
 
 
 def test_the_legitimate_flow_still_works(tcp_hive: TcpHive) -> None:
