@@ -25,11 +25,15 @@ import shutil
 import sqlite3
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 MAX_SQLITE_BYTES = 256 * 1024 * 1024
 """Largest agent sqlite file (or WAL) copied: a turn-stats file grows ~1 KiB per turn."""
+QUERY_SECONDS = 10.0
+"""Longest the queries on one snapshot may run, all together; then they raise
+``sqlite3.OperationalError`` (interrupted)."""
 
 
 def _open_regular(path: Path, limit: int) -> int | None:
@@ -84,8 +88,8 @@ def sqlite_snapshot(
     """A connection to a private copy of the agent's sqlite database ``path`` (and its
     ``-wal``, so that rows not yet checkpointed are there), or None when ``path`` is
     absent, not a regular file, a symlink or over ``limit`` bytes. A ``-wal`` that is not a
-    regular file is left out. The copy is deleted on exit. sqlite errors (a garbled copy)
-    are raised by the queries, as for the file itself."""
+    regular file is left out. The copy is deleted on exit. sqlite errors (a garbled copy,
+    a value over 1 MiB, queries past ``QUERY_SECONDS``) are raised by the queries."""
     fd = _open_regular(path, limit)
     if fd is None:
         yield None
@@ -99,7 +103,13 @@ def sqlite_snapshot(
         wal = _open_regular(Path(f"{path}-wal"), limit)
         if wal is not None and not _copy(wal, Path(f"{copy}-wal"), limit):
             Path(f"{copy}-wal").unlink(missing_ok=True)
-        con = sqlite3.connect(copy, timeout=1.0)
+        # read-only: closing a read-write connection would checkpoint the copied WAL (and
+        # fsync) for nothing; the private directory lets sqlite make its -shm beside it
+        con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True, timeout=1.0)
+        # the agent wrote the schema too: no value over 1 MiB, no query over QUERY_SECONDS
+        con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1 << 20)
+        deadline = time.monotonic() + QUERY_SECONDS
+        con.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
         try:
             yield con
         finally:

@@ -147,7 +147,8 @@ class Ledger:
             except BaseException:
                 self._con.execute("ROLLBACK")
                 raise
-        self._seen[agent] = key
+        if len(rows) < INGEST_ROWS:  # else more rows wait: read on at the next call
+            self._seen[agent] = key
         return added
 
     def add_turn(
@@ -218,6 +219,10 @@ class Ledger:
             return cur.rowcount == 1
 
 
+INGEST_ROWS = 50_000
+"""Rows copied from a stats file per :meth:`Ledger.ingest` at most (memory stays bounded)."""
+
+
 def _read_new(path: Path, after: int) -> list[tuple[int, float, float, int]] | None:
     """Rows of ``turns`` with ``id > after`` as (id, started_at, cost_usd, tokens); None when
     the file's largest id is below ``after`` (it was started afresh).
@@ -245,8 +250,8 @@ def _read_new(path: Path, after: int) -> list[tuple[int, float, float, int]] | N
         cur = con.execute(
             f"SELECT id, started_at, {col('cost_usd')}, {col('input_tokens')}, "
             f"{col('output_tokens')}, {col('cache_creation_tokens')} FROM turns "
-            "WHERE id > ? ORDER BY id",
-            (after,),
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (after, INGEST_ROWS),
         )
         out = []
         for i, s, c, *t in cur.fetchall():

@@ -65,6 +65,8 @@ def trigger_of(reason: str) -> str:
     head = re.split(r"[:,/ ]", reason.strip().lower(), maxsplit=1)[0]
     if head in ("startup", "resync", "hook", "crash", "request"):
         return head
+    if head == "requested":  # a pass asked for without a reason
+        return "request"
     if head in ("approved", "denied"):
         return "approval"
     if head in ("start", "kill", "restart", "update"):

@@ -136,37 +136,16 @@ def _stat_key(path: Path) -> tuple[int, ...] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, *w)
 
 
-def _new_rows(path: Path, agent: str, after: int) -> list[tuple[int, TurnRecord, int]] | None:
-    """``(id, record, compactions)`` of every row with ``id > after``, oldest first; None when
-    the file's largest id is below ``after`` (it started afresh). The agent writes the file:
-    it is read from a private copy (``controller.agentfile``: no symlink, FIFO or huge file),
-    an unreadable one gives ``[]``."""
-    with sqlite_snapshot(path) as con:
-        if con is None:
-            return []
-        con.row_factory = sqlite3.Row
-        has = con.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'turns'"
-        ).fetchone()
-        if not has:
-            return []
-        top = con.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
-        if isinstance(top, int) and top < after:
-            return None
-        out = []
-        for r in con.execute("SELECT * FROM turns WHERE id > ? ORDER BY id", (after,)):
-            row = dict(r)
-            comp = row.get("compactions")
-            if not isinstance(row.get("id"), int):
-                continue
-            out.append(
-                (
-                    int(row["id"]),
-                    TurnRecord.from_row(agent, row),
-                    max(0, min(comp, 1 << 32)) if isinstance(comp, int) else 0,
-                )
-            )
-        return out
+def _rows(con: sqlite3.Connection, agent: str, after: int) -> Iterator[tuple[int, TurnRecord, int]]:
+    """``(id, record, compactions)`` of every ``turns`` row with ``id > after``, oldest
+    first, streamed (a file may hold millions of rows)."""
+    con.row_factory = sqlite3.Row
+    for r in con.execute("SELECT * FROM turns WHERE id > ? ORDER BY id", (after,)):
+        row = dict(r)
+        comp = row.get("compactions")
+        if isinstance(row.get("id"), int):
+            compactions = max(0, min(comp, 1 << 32)) if isinstance(comp, int) else 0
+            yield int(row["id"]), TurnRecord.from_row(agent, row), compactions
 
 
 class TurnCollector(Collector):
@@ -224,13 +203,23 @@ class TurnCollector(Collector):
 
     @staticmethod
     def _fold(path: Path, agent: str, sums: _FileSums) -> _FileSums:
-        rows = _new_rows(path, agent, sums.last_id)
-        if rows is None:  # the file restarted from scratch
-            sums = _FileSums()
-            rows = _new_rows(path, agent, 0) or []
-        for id_, rec, comp in rows:
-            sums.fold(rec, comp)
-            sums.last_id = max(sums.last_id, id_)
+        """Fold the rows added since ``sums``. The agent writes the file: it is read from a
+        private copy (``controller.agentfile``: no symlink, FIFO or huge file); one that
+        is refused adds nothing."""
+        with sqlite_snapshot(path) as con:
+            if con is None:
+                return sums
+            has = con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'turns'"
+            ).fetchone()
+            if not has:
+                return sums
+            top = con.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
+            if isinstance(top, int) and top < sums.last_id:
+                sums = _FileSums()  # the file restarted from scratch
+            for id_, rec, comp in _rows(con, agent, sums.last_id):
+                sums.fold(rec, comp)
+                sums.last_id = max(sums.last_id, id_)
         return sums
 
     def describe(self) -> Iterable[Metric]:

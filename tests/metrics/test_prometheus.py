@@ -182,14 +182,23 @@ def test_prometheus_scrapes_a_real_story(swarm: Swarm, tmp_path: Path) -> None:
             ),
             timeout=30,
         )
-        assert prom.value('hyperhive_agent_phase{agent="bob",phase="running"}') == 1.0
-        assert prom.value('hyperhive_agents{phase="running"}') == 2.0
+        wait_for(
+            "bob running again in Prometheus",
+            lambda: (
+                prom.value('hyperhive_agent_phase{agent="bob",phase="running"}') == 1.0
+                and prom.value('hyperhive_agents{phase="running"}') == 2.0
+            ),
+            timeout=30,
+        )
 
         # reconcile passes, HTTP requests and broker traffic were counted
         assert (prom.value('sum(hyperhive_reconcile_passes_total{outcome="ok"})') or 0) >= 2
-        for trigger in ("startup", "approval", "crash", "request"):
-            got = prom.value(f'sum(hyperhive_reconcile_passes_total{{trigger="{trigger}"}})')
-            assert (got or 0) >= 1, (trigger, got)
+        # (the crash's own pass may be asked for by the crash watch or found by a pass
+        # already under way, so its trigger is not fixed: the restart counter shows it)
+        for trigger in ("startup", "approval", "request"):
+            series = f'sum(hyperhive_reconcile_passes_total{{trigger="{trigger}"}})'
+            # the operator's pass ran just before: wait for the scrape after it
+            wait_for(f"a {trigger} pass", lambda s=series: (prom.value(s) or 0) >= 1, timeout=30)
         assert (prom.value('sum(hyperhive_reconcile_actions_total{kind="create"})') or 0) >= 1
         assert (prom.value('sum(hyperhive_http_requests_total{surface="agent"})') or 0) > 0
         assert (prom.value('sum(hyperhive_http_requests_total{surface="admin"})') or 0) > 0

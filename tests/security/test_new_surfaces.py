@@ -548,3 +548,72 @@ def test_forge_tokens_are_owner_only_and_never_shown(new_hive: NewHive, tally: T
     tally.record(SECRETS, "not in any process' command line or environment", not shown,
                  str(shown))  # fmt: skip
     tally.assert_refused(SECRETS)
+
+
+HOSTILE_SCHEMAS = (
+    (
+        "turns an endless recursive view",
+        "CREATE VIEW turns AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+        "SELECT x AS id, x AS started_at, 1.0 AS cost_usd, 'm' AS model FROM c",
+    ),
+    (
+        "a 100 MB generated column per row",
+        "CREATE TABLE turns (id INTEGER PRIMARY KEY, started_at REAL, cost_usd REAL, "
+        "model TEXT AS (printf('%.*c', 100000000, 'x')));"
+        "INSERT INTO turns (started_at, cost_usd) VALUES (1, 0), (2, 0), (3, 0)",
+    ),
+    (
+        "a slow generated column",
+        "CREATE TABLE turns (id INTEGER PRIMARY KEY, started_at REAL, cost_usd REAL, "
+        "model TEXT AS (hex(zeroblob(1000000))));"
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 2000) "
+        "INSERT INTO turns (started_at, cost_usd) SELECT x, 0 FROM c",
+    ),
+)
+
+
+def test_hostile_stats_schemas_do_not_stall_the_controller(new_hive: NewHive, tally: Tally) -> None:
+    h = new_hive
+    path = h.state_of("alice") / STATS_DB
+    for what, sql in HOSTILE_SCHEMAS:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        con = sqlite3.connect(path, isolation_level=None)
+        con.executescript(sql)
+        con.close()
+        rss = psutil.Process(h.proc.pid).memory_info().rss
+        started = time.monotonic()
+        answers = _answers(h) + _answers(h)
+        took = time.monotonic() - started
+        grew = (psutil.Process(h.proc.pid).memory_info().rss - rss) / 2**20
+        for name, reply in answers:
+            tally.record(STATS, f"alice's stats file with {what}: {name}", reply.status == 200,
+                         reply.brief()[:200])  # fmt: skip
+        tally.record(STATS, f"alice's stats file with {what}: memory", grew < 300,
+                     f"controller grew {grew:.0f} MiB, answers took {took:.1f} s")  # fmt: skip
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    tally.assert_refused(STATS)
+
+
+def test_a_huge_stats_file_is_counted_in_bounded_batches(tmp_path: Path) -> None:
+    from controller.budget.core import day_window
+    from controller.budget.ledger import INGEST_ROWS, Ledger
+
+    stats = tmp_path / STATS_DB
+    con = sqlite3.connect(stats, isolation_level=None)
+    con.executescript(STATS_SCHEMA)
+    now = time.time()
+    n = 2 * INGEST_ROWS + 123
+    con.execute("BEGIN")
+    con.executemany(
+        "INSERT INTO turns (started_at, cost_usd, input_tokens) VALUES (?, 0.001, 1)",
+        ((now,) for _ in range(n)),
+    )
+    con.execute("COMMIT")
+    con.close()
+    ledger = Ledger(tmp_path / "budget.sqlite")
+    got = [ledger.ingest("alice", stats) for _ in range(4)]
+    assert got == [INGEST_ROWS, INGEST_ROWS, 123, 0]
+    spend = ledger.spend("alice", day_window(now))
+    assert spend.turns == n and spend.tokens == n
