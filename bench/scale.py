@@ -13,7 +13,8 @@ keep-alive connection each):
   ``Accept-Encoding: gzip`` as a browser sends it, the body decompressed (and again without
   gzip: ``identity``);
 - the same with the ETag of the previous answer (a 304);
-- ``GET /status`` on host.sock (operator key; gzip, as ``hyperhive status`` asks for it);
+- ``GET /status`` on host.sock (operator key; gzip, as ``hyperhive status`` asks for it; the
+  answer read and inflated, not parsed: parsing 380 KiB of JSON alone is 1.3 ms);
 - ``POST /reconcile`` on host.sock: a no-op pass (nothing changed), over the socket;
 - ``GET /metrics`` on the metrics port (Prometheus' text format): every agent has
   ``--turns`` turns in its turn-stats file; the first scrape, which folds them all, is
@@ -291,7 +292,12 @@ def measure(
             fig_first = (time.perf_counter() - t0) * 1000
             fig_metrics = timed(scrape, requests)
             prom.close()
-            fig_status = timed(lambda: st(), requests)
+
+            def status_only() -> None:  # like /api/state: the answer, not the client's parse
+                code, _, body = request(host, "GET", "/status", auth)
+                assert code == 200, (code, body[:200])
+
+            fig_status = timed(status_only, requests)
             fig_200 = timed(state_200, requests)
             fig_identity = timed(state_identity, requests)
             fig_304 = timed(state_304, requests)

@@ -136,6 +136,10 @@ def render_mcp_config(
         env["HYPERHIVE_API_URL"] = api_url
         if api_ca:
             env["HYPERHIVE_API_CA"] = api_ca
+    # a remote manager's meta clone (harness.metaclone): request_apply_commit pushes first
+    for var in ("HYPERHIVE_META_DIR", "HYPERHIVE_META_URL"):
+        if flavor == "manager" and os.environ.get(var):
+            env[var] = os.environ[var]
     servers: dict[str, Any] = {
         SERVER_KEY: dict(hyperhive)
         if hyperhive is not None

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from harness.credential import CredentialError, broker_client, broker_target, load_credential
+from harness.metaclone import MetaCloneError, push_commit, remote_clone
 from schemas.client import ApiError, UnixClient, Unreachable
 from schemas.wire import Message, MessageKind, Status, rfc3339
 
@@ -210,6 +211,15 @@ class Tools:
         )
 
     def request_apply_commit(self, commit: str, note: str = "") -> str:
+        remote = remote_clone()
+        if remote is not None:  # a manager in a pod: hand the commit to meta.git first
+            try:
+                commit = push_commit(remote[0], commit)
+            except MetaCloneError as exc:
+                raise ToolError(
+                    f"could not push {commit!r} to meta.git ({remote[1]}) for the proposal; "
+                    f"nothing was proposed: {exc}"
+                ) from None
         body: dict[str, Any] = {"commit": commit}
         if note:
             body["note"] = note

@@ -60,6 +60,7 @@ from harness.forge import forge_access, tea_login
 from harness.httpserve import TcpEndpoint, UnixEndpoint, WebServer, tcp_app, tcp_policy
 from harness.loop import TurnLoop
 from harness.mcp_http import McpEndpoint
+from harness.metaclone import set_up as set_up_meta_clone
 from harness.model import ModelStore
 from harness.report import Reporter
 from harness.turnstats import TurnStats
@@ -258,6 +259,11 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     threading.Thread(
         target=tea_login, args=(forge_access(env.state_dir, env.agent), environ),
         name="tea-login", daemon=True,
+    ).start()  # fmt: skip
+    # a manager in a pod: its meta clone's origin is meta.git over HTTP (harness.metaclone)
+    threading.Thread(
+        target=set_up_meta_clone, args=(env.flavor, env.credential_file, environ),
+        name="meta-clone", daemon=True,
     ).start()  # fmt: skip
 
     def ready() -> None:  # Type=notify: READY=1 once every web UI listener listens

@@ -169,3 +169,22 @@ def test_the_config_section_is_read_and_checked(tmp_path: object) -> None:
     p.write_text("runtime: kubernetes\nkubernetes:\n  workload: deployment\n")
     with pytest.raises(ConfigError, match="workload"):
         load_config(p)
+
+
+def test_the_manager_reaches_meta_git_for_its_clone() -> None:
+    """The manager's pod gets ``HYPERHIVE_META_URL`` and egress to meta.git's port; other
+    agents get neither; ``meta_url: null`` gives the manager neither either."""
+    mgr = render_agent(deployment("manager"), "s", BASE, 0.0)
+    c = mgr.workload["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["HYPERHIVE_META_URL"] == "http://hyperhive-controller.hyperhive.svc:7200/meta.git"
+    ports = mgr.network_policy["spec"]["egress"][0]["ports"]
+    assert ports == [{"protocol": "TCP", "port": 7100}, {"protocol": "TCP", "port": 7200}]
+    alice = render_agent(deployment("alice"), "s", BASE, 0.0)
+    c = alice.workload["spec"]["template"]["spec"]["containers"][0]
+    assert "HYPERHIVE_META_URL" not in {e["name"] for e in c["env"]}
+    assert alice.network_policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 7100}]
+    off = render_agent(deployment("manager"), "s", replace(BASE, meta_url=None), 0.0)
+    c = off.workload["spec"]["template"]["spec"]["containers"][0]
+    assert "HYPERHIVE_META_URL" not in {e["name"] for e in c["env"]}
+    assert off.network_policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 7100}]

@@ -111,27 +111,31 @@ def test_a_request_is_one_trace_across_agents(swarm: Swarm, otlp: OtlpReceiver) 
 
     s.cli("send", "manager", "please greet bob")
 
-    def bobs_turn() -> Span | None:
-        for sp in otlp.spans():
+    def the_chain() -> tuple[Span, Span, Span] | None:
+        """bob's turn, the manager's send it continues, and the manager's turn, once all
+        three are exported (the manager's turn ends after bob's may have)."""
+        spans = otlp.spans()
+        by_id = {sp.span_id: sp for sp in spans}
+        for sp in spans:
             if sp.name == "invoke_agent bob" and sp.attributes.get("hyperhive.message.from") == (
                 "manager"
             ):
-                return sp
+                send = by_id.get(sp.parent_span_id)
+                mgr = by_id.get(send.parent_span_id) if send is not None else None
+                if send is not None and mgr is not None:
+                    return sp, send, mgr
         return None
 
-    bob = wait_for("bob's turn span", bobs_turn, timeout=90, interval=0.2)
+    bob, send, mgr = wait_for("the trace across agents", the_chain, timeout=90, interval=0.2)
     spans = otlp.spans()
-    by_id = {sp.span_id: sp for sp in spans}
 
     # bob's turn continues the manager's trace, as a child of the manager's send
-    send = by_id[bob.parent_span_id]
     assert send.name == "execute_tool mcp__hyperhive__send"
     assert send.trace_id == bob.trace_id
     assert send.attributes["gen_ai.operation.name"] == "execute_tool"
     assert send.attributes["gen_ai.tool.name"] == "mcp__hyperhive__send"
     assert send.attributes["gen_ai.tool.call.id"].startswith("toolu_")
     assert send.start_ns <= bob.start_ns
-    mgr = by_id[send.parent_span_id]
     assert mgr.name == "invoke_agent manager"
     assert mgr.trace_id == bob.trace_id
     assert mgr.parent_span_id == ""  # the operator's message started the trace

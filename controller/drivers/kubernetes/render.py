@@ -16,7 +16,8 @@ the Kubernetes OpenAPI schemas and the pinned agent-sandbox CRD). Per agent ``<a
 - ``Service B`` (StatefulSet only; agent-sandbox makes its own): headless, the
   StatefulSet's ``serviceName``, so the pod has a stable DNS name for its web UI.
 - ``NetworkPolicy B``: default deny; ingress only from the controller's pods on the
-  web port; egress only to the controller (the agent API port), DNS, and the
+  web port; egress only to the controller (the agent API port; for the manager also
+  meta.git's, ``KubeSettings.meta_url``), DNS, and the
   Messages API blocks (``KubeSettings.messages_api``).
 - the workload: ``StatefulSet B`` of one replica (0 when stopped) or an agent-sandbox
   ``Sandbox B`` (``operatingMode: Running | Suspended``). Its annotations are the
@@ -159,8 +160,12 @@ def render_service(agent: str, web_port: int, cfg: KubeSettings) -> dict[str, An
 def render_network_policy(agent: str, web_port: int, cfg: KubeSettings) -> dict[str, Any]:
     """Default deny for the agent's pod; what is let through is listed (module docstring)."""
     controller = {"podSelector": {"matchLabels": dict(cfg.controller_labels)}}
+    ports = [{"protocol": "TCP", "port": cfg.api_port()}]
+    meta_port = cfg.meta_port()
+    if agent == MANAGER and meta_port is not None and meta_port != cfg.api_port():
+        ports.append({"protocol": "TCP", "port": meta_port})  # its clone's fetch and push
     egress: list[dict[str, Any]] = [
-        {"to": [controller], "ports": [{"protocol": "TCP", "port": cfg.api_port()}]},
+        {"to": [controller], "ports": ports},
         {
             "to": [
                 {
@@ -220,6 +225,8 @@ def harness_env(agent: str, web_port: int, cfg: KubeSettings) -> list[dict[str, 
     }
     if agent == MANAGER:
         env["HYPERHIVE_META_DIR"] = f"{ROOT}/meta"
+        if cfg.meta_url:  # its clone's origin (harness.metaclone)
+            env["HYPERHIVE_META_URL"] = cfg.meta_url
     # the names the pod's web UI is reached by: its Service (headless) and, for a
     # StatefulSet, the pod's own DNS name under it
     svc = f"{n.base(agent)}.{cfg.namespace}.svc"

@@ -75,10 +75,24 @@ class KubeSettings:
     memory_request: str = "512Mi"
     memory_limit: str = "2Gi"
     cpu_request: str = "100m"
+    meta_url: str | None = "http://hyperhive-controller.hyperhive.svc:7200/meta.git"
+    """meta.git over HTTP as the manager's pod reaches it (the controller's ``git:``
+    listener; ``HYPERHIVE_META_URL``): the manager's clone fetches from it and pushes the
+    commits it proposes to ``refs/hyperhive/manager/*`` (docs/kubernetes.md). None: the
+    manager has no remote and ``request_apply_commit`` finds nothing to propose."""
     web_host: str | None = None
     """How the controller reaches an agent pod's web UI (the dashboard's proxy): None is the
     agent's headless Service, ``hh-<a>-agent.<namespace>.svc``; a fixed host is for a
     controller that reaches pods through something else (the tests' stand-in: loopback)."""
+
+    def meta_port(self) -> int | None:
+        """The TCP port of ``meta_url`` (its scheme's default when it names none), or None."""
+        if not self.meta_url:
+            return None
+        parts = urlsplit(self.meta_url)
+        if parts.port is not None:
+            return parts.port
+        return 443 if parts.scheme == "https" else 80
 
     def api_port(self) -> int:
         """The TCP port of ``api_url`` (its scheme's default when it names none)."""
@@ -107,6 +121,7 @@ def kube_settings_from_dict(doc: Mapping[str, Any] | None, base: KubeSettings) -
         "memory_limit",
         "cpu_request",
         "web_host",
+        "meta_url",
     ):
         if key in doc:
             out = replace(out, **{key: doc[key]})
