@@ -26,6 +26,9 @@ ENV_HELP = """environment:
   HYPERHIVE_API_CA       CA bundle for an https HYPERHIVE_API_URL (default: system CAs)
   HYPERHIVE_CREDENTIAL_FILE  the agent's broker credential, sent as a bearer on every
                          socket request (default /etc/hyperhive/credential)
+  HYPERHIVE_META_DIR     the manager's meta clone
+  HYPERHIVE_META_URL     meta.git over HTTP (manager in a pod): the clone's origin; its
+                         commits are pushed to refs/hyperhive/manager/* to be proposed
   HYPERHIVE_STATE_DIR    durable state dir, claude's fixed cwd (default: the cwd)
   HYPERHIVE_SETTINGS     settings.json rendered from the agent manifest
   HYPERHIVE_WEB_SOCKET   the web UI's unix socket (default: web.sock beside HYPERHIVE_SOCKET)
