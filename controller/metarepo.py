@@ -71,6 +71,7 @@ from controller.hooks.updates import (
 )
 from controller.manifest import (
     MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
     NIX_FILE,
     ManifestInvalid,
     default_manifest_yaml,
@@ -173,6 +174,60 @@ class TreeChange:
         return not self.agents and not self.flake_changed and not self.other
 
 
+MAX_PROPOSAL_BLOB_BYTES = 32 * 1024 * 1024
+"""Largest file a proposal may add (the largest custom front-end file served)."""
+MAX_PROPOSAL_NEW_BYTES = 64 * 1024 * 1024
+"""Most bytes of new files one proposal may add (a push's limit over HTTP too)."""
+
+
+def _object_size(repo: pygit2.Repository, oid: pygit2.Oid) -> int:
+    """An object's size in bytes from its header: nothing is inflated (a blob a manager
+    made could be gigabytes of zeros in a few hundred KiB of pack)."""
+    return int(repo.odb.read_header(oid)[1])
+
+
+def _blobs(
+    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
+) -> Iterator[tuple[str, pygit2.Oid]]:
+    """``(path, id)`` of every blob under ``tree`` (submodule links skipped); no blob read."""
+    for e in tree:
+        path = f"{prefix}{e.name}"
+        if e.filemode == pygit2.GIT_FILEMODE_TREE:
+            sub = repo[e.id]
+            if isinstance(sub, pygit2.Tree):
+                yield from _blobs(repo, sub, path + "/")
+        elif e.filemode != pygit2.GIT_FILEMODE_COMMIT:
+            yield path, e.id
+
+
+def oversized(
+    repo: pygit2.Repository, new: pygit2.Tree, old: pygit2.Tree | None
+) -> tuple[str, str] | None:
+    """``(path, message)`` when ``new`` adds a file over ``MAX_PROPOSAL_BLOB_BYTES`` or more
+    than ``MAX_PROPOSAL_NEW_BYTES`` of files ``old`` lacks; None when it is within both.
+    Reads object headers only."""
+    known = {oid for _, oid in _blobs(repo, old)} if old is not None else set()
+    total = 0
+    for path, oid in _blobs(repo, new):
+        if oid in known:
+            continue
+        known.add(oid)
+        size = _object_size(repo, oid)
+        if size > MAX_PROPOSAL_BLOB_BYTES:
+            return (
+                path,
+                f"{path}: is {size} bytes; a proposal's files are at most "
+                f"{MAX_PROPOSAL_BLOB_BYTES} bytes",
+            )
+        total += size
+        if total > MAX_PROPOSAL_NEW_BYTES:
+            return (
+                path,
+                f"{path}: the proposal adds more than {MAX_PROPOSAL_NEW_BYTES} bytes of new files",
+            )
+    return None
+
+
 def tree_change(
     repo: pygit2.Repository, old: pygit2.Tree | None, new: pygit2.Tree | None
 ) -> TreeChange:
@@ -237,6 +292,9 @@ def tree_errors(
         blob = entry[MANIFEST_FILE]
         if not isinstance(blob, pygit2.Blob):
             errors.append((path, f"{path}: must be a file"))
+            continue
+        if _object_size(repo, blob.id) > MAX_MANIFEST_BYTES:  # before .data inflates it
+            errors.append((path, f"{path}: is larger than {MAX_MANIFEST_BYTES} bytes"))
             continue
         try:
             parse_manifest(blob.data, name)
@@ -912,6 +970,9 @@ class MetaRepo:
             change = tree_change(self.repo, base_commit.tree, new.tree)
             if change.empty:
                 raise Conflict(f"commit {new.id} changes nothing relative to main", field="commit")
+            big = oversized(self.repo, new.tree, base_commit.tree)
+            if big is not None:
+                raise Invalid(big[1], field=big[0])
             errors = tree_errors(self.repo, new.tree, base_commit.tree)
             if errors:
                 path, message = errors[0]
@@ -1532,6 +1593,8 @@ def copy_objects(src: pygit2.Repository, dst: pygit2.Repository, tip: pygit2.Oid
     Stops at objects ``dst`` already has (a repo holds everything reachable from
     what it holds), so the cost is the number of new objects. Objects are written
     children first, so an interrupted copy never leaves a commit without its tree.
+    Raises ``Invalid`` (field ``commit``) for a blob over ``MAX_PROPOSAL_BLOB_BYTES``,
+    found from its header before anything is copied.
     """
     order: list[pygit2.Oid] = []
     seen: set[pygit2.Oid] = set()
@@ -1542,6 +1605,15 @@ def copy_objects(src: pygit2.Repository, dst: pygit2.Repository, tip: pygit2.Oid
             continue
         seen.add(oid)
         order.append(oid)
+        kind, size = src.odb.read_header(oid)
+        if kind == pygit2.GIT_OBJECT_BLOB:  # a leaf: its header is enough, nothing inflated
+            if size > MAX_PROPOSAL_BLOB_BYTES:
+                raise Invalid(
+                    f"object {oid} is {size} bytes; a proposal's files are at most "
+                    f"{MAX_PROPOSAL_BLOB_BYTES} bytes",
+                    field="commit",
+                )
+            continue
         obj = src[oid]
         if isinstance(obj, pygit2.Commit):
             stack.append(obj.tree_id)

@@ -70,6 +70,7 @@ def write_routes(h: Hive) -> list[Route]:
         Route("POST", f"/api/questions/{q}/answer", {"answer": MARK}),
         Route("POST", f"/api/questions/{q}/cancel", {}),
         Route("POST", "/api/logout", {}),
+        Route("POST", "/api/budget/allow", {"swarm": True, "usd": 1000, "note": MARK}),
     ]
     for agent in ("manager", "alice"):
         out += [
@@ -89,6 +90,7 @@ def read_routes(h: Hive) -> list[Route]:
         "/api/agents/alice",
         "/api/agents/alice/journal?lines=50",
         "/api/agents/alice/config",
+        "/api/budget",
         "/messages/stream?backlog=50",
         "/agents/manager/",
         "/agents/manager/static/app.js",

@@ -33,6 +33,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,7 +59,15 @@ from tests.realserve import (
     wait_for,
     write_config,
 )
-from tests.security.support import ROOT, SESSION_COOKIE, Reply, Tally, cookie_of, http
+from tests.security.support import (
+    ROOT,
+    SESSION_COOKIE,
+    Reply,
+    Tally,
+    cookie_of,
+    http,
+    sample_peak,
+)
 
 ROUTES = "new routes: bad input is a 4xx naming the field"
 CAPS = "custom front-end file capabilities: replayed elsewhere"
@@ -93,6 +102,7 @@ class NewHive:
     metrics_port: int
     forge: StandinForgejo
     dash_port: int = 0
+    git_port: int = 0
 
     @property
     def layout(self) -> Layout:
@@ -131,6 +141,7 @@ def new_hive() -> Iterator[NewHive]:
     tmp = Path(tempfile.mkdtemp(prefix="hhnew-", dir="/tmp"))
     forge = StandinForgejo().start()
     api_port, metrics_port, dash_port = free_port(), free_port(), free_port()
+    git_port = free_port()
     script = tmp / "standin.py"
     script.write_text(STANDIN)
     token_file = tmp / "forge-admin-token"
@@ -143,6 +154,7 @@ def new_hive() -> Iterator[NewHive]:
         local_sandbox=False,
         resync_seconds=30,
         api={"listen": f"127.0.0.1:{api_port}"},
+        git={"listen": f"127.0.0.1:{git_port}"},
         metrics={"port": metrics_port},
         budget={"usdPerDay": 1.0},
         forge={"url": forge.url, "admin_token_file": str(token_file), "poll_seconds": 1},
@@ -155,7 +167,7 @@ def new_hive() -> Iterator[NewHive]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    h = NewHive(tmp, proc, api_port, metrics_port, forge, dash_port)
+    h = NewHive(tmp, proc, api_port, metrics_port, forge, dash_port, git_port)
     try:
         wait_for("host.sock", lambda: h.admin.get("/status"), timeout=60)
         wait_for("the manager's credential", lambda: h.layout.agent_credential(MANAGER).exists())
@@ -617,3 +629,82 @@ def test_a_huge_stats_file_is_counted_in_bounded_batches(tmp_path: Path) -> None
     assert got == [INGEST_ROWS, INGEST_ROWS, 123, 0]
     spend = ledger.spend("alice", day_window(now))
     assert spend.turns == n and spend.tokens == n
+
+
+BOMB = "a manager's decompression bomb on meta.git"
+
+
+def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_TERMINAL_PROMPT": "0",
+           "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "m", "GIT_AUTHOR_EMAIL": "m@x",
+           "GIT_COMMITTER_NAME": "m", "GIT_COMMITTER_EMAIL": "m@x"}  # fmt: skip
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+
+
+def _peak_during(proc: psutil.Process, fn: Any) -> tuple[Any, int]:
+    """``fn()``'s result and ``proc``'s peak resident memory while it ran (bytes)."""
+    stop = threading.Event()
+    peaks: list[int] = []
+
+    def sample() -> None:
+        peaks.extend(sample_peak(lambda: proc.memory_info().rss, stop))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        stop.set()
+        sampler.join()
+    return result, max(peaks, default=0)
+
+
+def test_a_managers_pushed_bomb_is_refused_unread(
+    new_hive: NewHive, tally: Tally, tmp_path: Path
+) -> None:
+    """A few hundred KiB of pack holding 300 MB of zeros (a file, then a manifest), pushed
+    to the manager's namespace and proposed: refused from the objects' headers, the
+    controller's memory unmoved."""
+    h = new_hive
+    cred = h.layout.agent_credential(MANAGER).read_text().strip()
+    auth = ["-c", f"http.extraHeader=Authorization: Bearer {cred}"]
+    clone = tmp_path / "mgr"
+    r = _git(*auth, "clone", "-q", f"http://127.0.0.1:{h.git_port}/meta.git", str(clone),
+             cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    proc = psutil.Process(h.proc.pid)
+    for what, rel in (("a 300 MB file", "agents/zed/big.bin"),
+                      ("a 300 MB manifest", "agents/zed/agent.yaml")):  # fmt: skip
+        (clone / "agents" / "zed").mkdir(parents=True, exist_ok=True)
+        (clone / "agents" / "zed" / "agent.yaml").write_text(
+            "apiVersion: hyperhive/v1\nkind: Agent\nmetadata:\n  name: zed\n"
+        )
+        with open(clone / rel, "wb") as f:
+            f.truncate(300 * 1024 * 1024)
+        _git("add", "-A", cwd=clone)
+        _git("commit", "-q", "-m", what, cwd=clone)
+        head = _git("rev-parse", "HEAD", cwd=clone).stdout.strip()
+        r = _git(*auth, "push", "-q", "origin", f"+HEAD:refs/hyperhive/manager/{head}", cwd=clone)
+        assert r.returncode == 0, r.stderr
+        rss = proc.memory_info().rss
+
+        def ask(head: str = head) -> Reply:
+            reply = http(h.api, "POST", "/request_apply_commit", headers=[h.auth(MANAGER)],
+                         body={"commit": head, "note": "bomb"}, timeout=120)  # fmt: skip
+            h.admin.get("/proposals?pending=1")  # what the operator's views read next
+            return reply
+
+        reply, peak = _peak_during(proc, ask)
+        grew = (max(peak, rss) - rss) / 2**20
+        named = reply.status == 400 and reply.error.get("field") == rel
+        tally.record(BOMB, f"{what}: request_apply_commit refused naming it", named, reply.brief())
+        tally.record(BOMB, f"{what}: controller memory at its peak", grew < 100,
+                     f"grew {grew:.0f} MiB")  # fmt: skip
+        _git("rm", "-q", "--cached", rel, cwd=clone)
+        (clone / rel).unlink()
+        _git("commit", "-q", "-m", "drop", cwd=clone)
+    pending = [p for p in h.admin.get("/proposals?pending=1")["proposals"]]
+    tally.record(BOMB, "no proposal was made", not any("bomb" in str(p.get("note")) for p in
+                 pending), str(pending)[:300])  # fmt: skip
+    tally.assert_refused(BOMB)
