@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
