@@ -181,3 +181,25 @@ def thread_from_row(row: Row) -> ThreadRow:
         answered_at=row["answered_at"],
         closed_reason=row["closed_reason"],
     )
+
+
+@dataclass(frozen=True)
+class BrokerGauges:
+    """What the broker holds now, per agent, for the metrics scrape (``Tx.gauges``).
+
+    ``inbox``: ``{recipient: (depth, oldest_at)}``: messages deliverable now (due, not
+    leased, not acked, not dead) and when the first of them in delivery order was sent or
+    fell due (unix seconds); ``leased``: messages under a live lease; ``reminders``:
+    reminders not due yet; ``open_threads``: ``{asker: questions waiting for an answer}``;
+    ``questions_pending``: operator questions not resolved; ``sent``: ``{sender: messages
+    with id > sent_after}`` (empty when no ``sent_after`` was given); ``last_id``: the newest
+    message id (0 when none), the next call's ``sent_after``. Agents with nothing are absent.
+    """
+
+    inbox: dict[str, tuple[int, float]]
+    leased: dict[str, int]
+    reminders: dict[str, int]
+    open_threads: dict[str, int]
+    questions_pending: int
+    sent: dict[str, int]
+    last_id: int

@@ -24,6 +24,7 @@ import psycopg
 from controller.broker.model import (
     MESSAGE_COLUMNS,
     QUESTION_COLUMNS,
+    BrokerGauges,
     NewMessage,
     OperatorQuestion,
     ThreadRow,
@@ -451,3 +452,11 @@ class PgTx:
     def changed(self, recipients: Sequence[str] | None, last_id: int | None = None) -> None:
         """Wake ``recipients`` (here and in every process on this database) once this commits."""
         self.touched.append((recipients, last_id))
+
+    # ---------------------------------------------------------------- metrics (read-only)
+
+    def gauges(self, now: float, sent_after: int | None) -> BrokerGauges:
+        """The metrics scrape's figures (``controller.broker.postgres_gauges``)."""
+        from controller.broker import postgres_gauges  # it imports ``dec`` from here
+
+        return postgres_gauges.gauges(self._conn, now, sent_after)

@@ -15,9 +15,11 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from controller.broker import sqlite_gauges
 from controller.broker.model import (
     MESSAGE_COLUMNS,
     QUESTION_COLUMNS,
+    BrokerGauges,
     NewMessage,
     OperatorQuestion,
     ThreadRow,
@@ -423,3 +425,9 @@ class SqliteTx:
     def changed(self, recipients: Sequence[str] | None, last_id: int | None = None) -> None:
         """Wake ``recipients`` (and followers up to ``last_id``) once this commits."""
         self.touched.append((recipients, last_id))
+
+    # ---------------------------------------------------------------- metrics (read-only)
+
+    def gauges(self, now: float, sent_after: int | None) -> BrokerGauges:
+        """The metrics scrape's figures (``controller.broker.sqlite_gauges``)."""
+        return sqlite_gauges.gauges(self._conn, now, sent_after)
