@@ -83,6 +83,8 @@ def test_a_pushed_commit_is_proposed_from_the_namespace(meta: MetaRepo, pod_clon
         meta.propose_commit(c)
     ok, err = push(pod_clone, f"{c}:refs/hyperhive/manager/work")
     assert ok, err
+    # post-receive asks for no pass (desired state did not move) and says what is next
+    assert "propose it with request_apply_commit" in err, err
     assert refs(meta)["refs/hyperhive/manager/work"] == c
     p = meta.propose_commit(c[:12], note="alice")
     assert (p.commit, p.kind, p.state) == (c, ProposalKind.APPLY_COMMIT, ProposalState.PENDING)

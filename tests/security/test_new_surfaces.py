@@ -27,6 +27,7 @@ Replayed, each counted in the session's tally:
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sqlite3
@@ -707,4 +708,67 @@ def test_a_managers_pushed_bomb_is_refused_unread(
     pending = [p for p in h.admin.get("/proposals?pending=1")["proposals"]]
     tally.record(BOMB, "no proposal was made", not any("bomb" in str(p.get("note")) for p in
                  pending), str(pending)[:300])  # fmt: skip
+    tally.assert_refused(BOMB)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_a_managers_gzip_bomb_push_is_cut_off(
+    new_hive: NewHive, tally: Tally, tmp_path: Path
+) -> None:
+    """A push whose body is 240 MiB of pack (120 blobs stored uncompressed) gzipped to
+    well under a MiB: ``git http-backend`` inflates it, so the body limit alone does not bound
+    what lands on disk; ``receive.maxInputSize`` must."""
+    h = new_hive
+    repo = tmp_path / "bomb"
+    _git("init", "-q", str(repo), cwd=tmp_path)
+    # past receive.unpackLimit (100 objects) the pack is kept as sent: uncompressed blobs
+    blobs = []
+    for i in range(120):
+        f = repo / f"zeros{i}"
+        with open(f, "wb") as out:
+            out.truncate(2 * 1024 * 1024)
+            out.write(str(i).encode())
+        blobs.append(_git("hash-object", "-w", f.name, cwd=repo).stdout.strip())
+        f.unlink()
+    listing = "".join(f"100644 blob {b}\tzeros{i}\n" for i, b in enumerate(blobs))
+    tree = subprocess.run(["git", "mktree"], cwd=repo, input=listing,
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    commit = _git("commit-tree", "-m", "bomb", tree, cwd=repo).stdout.strip()
+    objects = "\n".join([commit, tree, *blobs]) + "\n"
+    pack = subprocess.run(
+        ["git", "-c", "pack.compression=0", "pack-objects", "--window=0", "--stdout", "-q"],
+        cwd=repo, input=objects.encode(), capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    ref = "refs/hyperhive/manager/bomb"
+    line = f"{'0' * 40} {commit} {ref}\0report-status\n".encode()
+    body = f"{len(line) + 4:04x}".encode() + line + b"0000" + pack
+    packed = gzip.compress(body, 9)
+    before = _dir_bytes(h.layout.meta_git)
+    cred = h.layout.agent_credential(MANAGER).read_text().strip()
+    reply = http(
+        ("127.0.0.1", h.git_port),
+        "POST",
+        "/meta.git/git-receive-pack",
+        headers=[
+            ("Authorization", f"Bearer {cred}"),
+            ("Content-Type", "application/x-git-receive-pack-request"),
+            ("Content-Encoding", "gzip"),
+        ],
+        body=packed,
+        timeout=120,
+    )
+    grew = (_dir_bytes(h.layout.meta_git) - before) / 2**20
+    tally.figure(
+        "gzip bomb push", f"{len(packed) // 1024} KiB sent for {len(pack) >> 20} MiB of pack"
+    )
+    tally.record(BOMB, "a 240 MiB pack in a gzipped push: meta.git growth", grew < 70,
+                 f"meta.git grew {grew:.0f} MiB; {reply.brief()[:200]}")  # fmt: skip
+    has = _git(
+        "--git-dir", str(h.layout.meta_git), "rev-parse", "-q", "--verify", ref, cwd=tmp_path
+    )
+    tally.record(BOMB, "a 240 MiB pack in a gzipped push: the ref", has.returncode != 0,
+                 has.stdout)  # fmt: skip
     tally.assert_refused(BOMB)
