@@ -25,6 +25,7 @@ MESSAGE_COLUMNS = (
     "acked_at",
     "attempts",
     "dead_at",
+    "traceparent",
 )
 """The ``messages`` columns ``message_from_row`` reads, in select order."""
 
@@ -111,6 +112,8 @@ class NewMessage:
     dedup_key: str | None = None
     due_at: float | None = None
     idem: Idem | None = None
+    traceparent: str | None = None
+    """W3C ``traceparent`` of the sender's span (checked: ``checks.check_traceparent``)."""
 
     def event_json(self) -> str | None:
         """The event as stored (JSON text, key order kept), or None."""
@@ -152,6 +155,7 @@ def message_from_row(row: Row) -> Message:
         acked_at=row["acked_at"],
         extra=extra,
         dead_at=row["dead_at"],
+        traceparent=row["traceparent"],
     )
 
 

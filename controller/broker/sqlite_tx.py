@@ -74,8 +74,8 @@ class SqliteTx:
         idem = m.idem
         row = self._conn.execute(
             "INSERT INTO messages (sender, recipient, kind, body, thread, event, dedup_key, "
-            "sent_at, due_at, idem_owner, idem_key, idem_hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " + _COLS,
+            "sent_at, due_at, idem_owner, idem_key, idem_hash, traceparent) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " + _COLS,
             (
                 m.sender,
                 m.recipient,
@@ -89,6 +89,7 @@ class SqliteTx:
                 None if idem is None else idem.owner,
                 None if idem is None else idem.key,
                 None if idem is None else idem.digest,
+                m.traceparent,
             ),
         ).fetchall()[0]
         return message_from_row(row)
