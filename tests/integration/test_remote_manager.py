@@ -219,6 +219,28 @@ def test_the_mcp_tool_pushes_then_proposes_and_the_operator_deploys(
              == "deployed", timeout=60)  # fmt: skip
 
 
+def test_the_mcp_tool_takes_back_a_refused_commit(
+    hive: Hive, pod_clone: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = commit(pod_clone, "fay", model="no good")
+    for var, value in GIT_ENV.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv(META_DIR_VAR, str(pod_clone))
+    monkeypatch.setenv(META_URL_VAR, hive.git_url)
+    out = McpHandler("manager", hive.tcp(MANAGER)).call_tool(
+        "request_apply_commit", {"commit": bad}
+    )
+    text = out["content"][0]["text"]
+    assert out["isError"] is True and "spec.model" in text, text
+    assert "refs/hyperhive/manager/" not in hive.refs()  # its pushed ref was deleted again
+    # and a commit the clone does not have: nothing pushed, the tool says why
+    out = McpHandler("manager", hive.tcp(MANAGER)).call_tool(
+        "request_apply_commit", {"commit": "0123456789abcdef"}
+    )
+    text = out["content"][0]["text"]
+    assert out["isError"] is True and "nothing was proposed" in text, text
+
+
 def test_a_push_by_hand_then_a_request_by_short_id(hive: Hive, pod_clone: Path) -> None:
     c = commit(pod_clone, "bob")
     git("push", "-q", "origin", "HEAD:refs/hyperhive/manager/bob", cwd=pod_clone)
