@@ -203,7 +203,11 @@ def test_the_mcp_tool_pushes_then_proposes_and_the_operator_deploys(
     text = out["content"][0]["text"]
     assert out["isError"] is False, text
     assert f"commit {c} proposed as proposal #" in text
-    assert f"refs/hyperhive/manager/{c} {c}" in hive.refs()
+    # pushed, proposed from meta.git (the controller's own copy of the clone never had it),
+    # then handed over: the namespace ref is gone, proposal/<id> holds the commit
+    assert "refs/hyperhive/manager/" not in hive.refs()
+    local = hive.layout.manager_meta
+    assert git("cat-file", "-e", f"{c}^{{commit}}", cwd=local, check=False).returncode != 0
     pending = [p for p in hive.admin.get("/proposals")["proposals"] if p["state"] == "pending"]
     (p,) = [p for p in pending if p["commit"] == c]
     one = hive.admin.get(f"/proposals/{p['id']}")
