@@ -210,7 +210,7 @@ def series_names(tmp_path: Path) -> set[str]:
     families = list(registry.collect())
     families += list(SwarmCollector(None).describe())  # type: ignore[arg-type]
     families += list(TurnCollector(Layout.for_state(tmp_path)).describe())
-    families += list(BrokerCollector(tmp_path / "none.sqlite").describe())
+    families += list(BrokerCollector(None).describe())
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     return {f.name + s for f in families for s in suffixes.get(f.type, ("",))}
 
