@@ -915,12 +915,12 @@ class MetaRepo:
         Objects are copied into meta.git with pygit2. A commit that is not in the clone
         (or no clone at all: a manager in a pod, docs/kubernetes.md) is taken from the
         manager's push namespace in meta.git instead (``refs/hyperhive/manager/*``,
-        ``pushed_commit``). ``base`` = merge-base with main (the commit may sit several
-        commits on top of it). Raises NotFound (no such commit in either place, field
-        ``commit``), Invalid (a clone that reads objects from elsewhere,
-        ``controller.clonecheck``; no shared history with main; a changed manifest fails
-        the schema: field = the file path), Conflict (nothing to change, already part of
-        main, or already pending).
+        ``pushed_commit``); once proposed, the namespace refs at that commit are deleted.
+        ``base`` = merge-base with main (the commit may sit several commits on top of it).
+        Raises NotFound (no such commit in either place, field ``commit``), Invalid (a
+        clone that reads objects from elsewhere, ``controller.clonecheck``; no shared
+        history with main; a changed manifest fails the schema: field = the file path),
+        Conflict (nothing to change, already part of main, or already pending).
         """
         src_path = source or self.layout.manager_meta
         if not commit or len(commit) > 256 or any(c.isspace() for c in commit):
@@ -1000,7 +1000,21 @@ class MetaRepo:
                     "created_at": self._clock(),
                 },
             )
+            if src is self.repo:
+                self._drop_handed_over(new.id)
             return self.proposal(id)
+
+    def _drop_handed_over(self, oid: pygit2.Oid) -> None:
+        """Delete the manager's refs that point at ``oid`` once ``proposal/<id>`` holds it:
+        the hand-over is done, and the namespace stays small (the hook caps it,
+        ``controller.hooks.updates.MAX_MANAGER_REFS``). Call with ``self._lock`` held."""
+        for name in list(self.repo.references):
+            if not name.startswith(MANAGER_PREFIX):
+                continue
+            with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
+                if self.repo.references[name].peel(pygit2.Commit).id == oid:
+                    self.repo.references.delete(name)
+        self._dirty = True
 
     def pushed_commit(self, commit: str) -> pygit2.Commit | None:
         """The commit ``commit`` names among what the manager pushed to meta.git, or None.

@@ -268,7 +268,11 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
         ["git", "--git-dir", str(meta_git), "for-each-ref", "--format=%(refname)",
          "refs/hyperhive/manager/"], capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    assert pushed == [f"refs/hyperhive/manager/{one['commit']}"]
+    assert pushed == []  # handed over: proposal/2 holds the commit now
+    assert s.tags("proposal") and one["commit"] in subprocess.run(
+        ["git", "--git-dir", str(meta_git), "rev-parse", "proposal/2^{commit}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
     s.cli("approve", "2")
     wait_for("deployed/2", lambda: "deployed/2" in s.tags("deployed"), timeout=120)
     wait_for("alice running on the new model", lambda: s.phase("alice") == "running", timeout=60)

@@ -62,9 +62,7 @@ def test_gauges_and_sent_on_either_store(where: Path | str) -> None:
         # bob's oldest unread message was sent before the collector began
         assert got['hyperhive_broker_inbox_oldest_timestamp_seconds{agent="bob"}'] == 1_000_000
         assert got['hyperhive_broker_inbox_depth{agent="alice"}'] == 1  # carol's question
-        assert got['hyperhive_broker_inbox_oldest_timestamp_seconds{agent="alice"}'] == (
-            1_000_020
-        )
+        assert got['hyperhive_broker_inbox_oldest_timestamp_seconds{agent="alice"}'] == (1_000_020)
         assert got['hyperhive_broker_leased{agent="alice"}'] == 1
         assert got['hyperhive_broker_reminders_pending{agent="carol"}'] == 1
         assert got['hyperhive_broker_open_threads{agent="carol"}'] == 1
