@@ -1012,7 +1012,9 @@ class MetaRepo:
             if not name.startswith(MANAGER_PREFIX):
                 continue
             with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
-                if self.repo.references[name].peel(pygit2.Commit).id == oid:
+                # sized from headers first (_peel_small): the manager made these objects
+                tip = _peel_small(self.repo, self.repo.references[name].target)
+                if tip is not None and tip.id == oid:
                     self.repo.references.delete(name)
         self._dirty = True
 
