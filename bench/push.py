@@ -10,7 +10,10 @@ Timed from just before ``git push`` to
 - ``push``: ``git push`` returned (both hooks ran);
 - ``running``: a harness process of ``b<i>`` exists (``/proc``, polled every 2 ms);
 - ``ui``: ``b<i>``'s web UI answers an HTTP request on its ``web.sock`` (the socket
-  the dashboard proxies ``/agents/<name>/`` to).
+  the dashboard proxies ``/agents/<name>/`` to; since 2026-12-07 the harness answers
+  there before its turn loop is built, ``/api/state`` saying ``"status": "starting"``);
+- ``ready``: its ``GET /api/state`` no longer says ``starting`` (the turn loop is built:
+  the real state document, the event stream, the actions).
 
 p50 / p95 over ``--pushes`` approvals (targets: running ≤ 0.3 s, ui ≤ 0.6 s, p95).
 
@@ -113,6 +116,22 @@ def ui_answers(path: Path) -> bool:
         return False
 
 
+def state_ready(path: Path) -> bool:
+    """True when ``path``'s ``GET /api/state`` answers 200 with a status other than
+    ``starting``."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5.0)
+            s.connect(str(path))
+            s.sendall(b"GET /api/state HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+    except OSError:
+        return False
+    return raw.startswith(b"HTTP/1.1 200") and b'"status": "starting"' not in raw
+
+
 def point_hooks_at(meta_git: Path, root: Path, site: bool = False) -> None:
     """Rewrite meta.git's hook scripts so they run the tree at ``root``; ``site``: run the
     interpreter with ``site`` (drop ``-S``), as the hook scripts did before 2026-12-07."""
@@ -149,23 +168,26 @@ def approvals(s: Swarm, pushes: int, old_root: Path | None) -> dict[str, dict[st
         t0 = time.monotonic()
         s.push(f"approved/{pid}")
         t_push = time.monotonic() - t0
-        t_run = t_ui = None
-        while t_ui is None and time.monotonic() - t0 < 30:
+        t_run = t_ui = t_ready = None
+        while t_ready is None and time.monotonic() - t0 < 30:
             now = time.monotonic() - t0
             if t_run is None and watch.find(name):
                 t_run = now
-            if t_run is not None and ui_answers(web):
+            if t_run is not None and t_ui is None and ui_answers(web):
                 t_ui = time.monotonic() - t0
+            if t_ui is not None and state_ready(web):
+                t_ready = time.monotonic() - t0
             time.sleep(0.002)
-        if t_run is None or t_ui is None:
-            raise RuntimeError(f"{name} not running/answering 30 s after the push")
-        row = out.setdefault(which, {"push": [], "running": [], "ui": []})
+        if t_run is None or t_ui is None or t_ready is None:
+            raise RuntimeError(f"{name} not running/answering/ready 30 s after the push")
+        row = out.setdefault(which, {"push": [], "running": [], "ui": [], "ready": []})
         row["push"].append(t_push)
         row["running"].append(t_run)
         row["ui"].append(t_ui)
+        row["ready"].append(t_ready)
         print(
             f"  {which} approved/{pid}: push {t_push * 1000:4.0f} ms, running "
-            f"{t_run * 1000:4.0f} ms, ui {t_ui * 1000:4.0f} ms",
+            f"{t_run * 1000:4.0f} ms, ui {t_ui * 1000:4.0f} ms, ready {t_ready * 1000:4.0f} ms",
             flush=True,
         )
     return out
@@ -347,7 +369,7 @@ def main() -> int:
             print(f"approval push → agent running / UI answering ({pushes} pushes)")
             res = approvals(s, pushes, old_root)
             for which, row in sorted(res.items()):
-                for what in ("push", "running", "ui"):
+                for what in ("push", "running", "ui", "ready"):
                     print(f"  {which} {what:8} {describe(row[what])}")
             print(f"hooks alone ({args.cli_runs} runs each)")
             hooks_alone(s, args.cli_runs, old_root)

@@ -33,7 +33,9 @@ What is served: only the three smart-protocol endpoints of ``/meta.git``
 ``POST /meta.git/git-upload-pack``, ``POST /meta.git/git-receive-pack``); the
 dumb protocol's file paths, other repositories and anything else are 404.
 The body (at most ``MAX_PUSH_BYTES``) is read by ``hivehttp`` before the app
-runs; git's answer is read whole, then sent (meta.git holds manifests: small).
+runs, and the pack it carries is held to the same size once inflated
+(``receive.maxInputSize``: a gzip body is inflated by ``git http-backend``);
+git's answer is read whole, then sent (meta.git holds manifests: small).
 """
 
 from __future__ import annotations
@@ -216,6 +218,11 @@ class GitHttp:
         env.update(
             GIT_PROJECT_ROOT=str(self.layout.meta_git.parent),
             GIT_HTTP_EXPORT_ALL="1",
+            # http-backend inflates a gzip body before receive-pack reads it: without a cap
+            # on the pack itself, 64 MiB of gzip can land as gigabytes in meta.git
+            GIT_CONFIG_COUNT="1",
+            GIT_CONFIG_KEY_0="receive.maxInputSize",
+            GIT_CONFIG_VALUE_0=str(MAX_PUSH_BYTES),
             PATH_INFO=path_info,
             REQUEST_METHOD=scope["method"],
             QUERY_STRING=bytes(scope.get("query_string", b"")).decode("latin-1"),

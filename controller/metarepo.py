@@ -71,6 +71,7 @@ from controller.hooks.updates import (
 )
 from controller.manifest import (
     MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
     NIX_FILE,
     ManifestInvalid,
     default_manifest_yaml,
@@ -173,6 +174,60 @@ class TreeChange:
         return not self.agents and not self.flake_changed and not self.other
 
 
+MAX_PROPOSAL_BLOB_BYTES = 32 * 1024 * 1024
+"""Largest file a proposal may add (the largest custom front-end file served)."""
+MAX_PROPOSAL_NEW_BYTES = 64 * 1024 * 1024
+"""Most bytes of new files one proposal may add (a push's limit over HTTP too)."""
+
+
+def _object_size(repo: pygit2.Repository, oid: pygit2.Oid) -> int:
+    """An object's size in bytes from its header: nothing is inflated (a blob a manager
+    made could be gigabytes of zeros in a few hundred KiB of pack)."""
+    return int(repo.odb.read_header(oid)[1])
+
+
+def _blobs(
+    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
+) -> Iterator[tuple[str, pygit2.Oid]]:
+    """``(path, id)`` of every blob under ``tree`` (submodule links skipped); no blob read."""
+    for e in tree:
+        path = f"{prefix}{e.name}"
+        if e.filemode == pygit2.GIT_FILEMODE_TREE:
+            sub = repo[e.id]
+            if isinstance(sub, pygit2.Tree):
+                yield from _blobs(repo, sub, path + "/")
+        elif e.filemode != pygit2.GIT_FILEMODE_COMMIT:
+            yield path, e.id
+
+
+def oversized(
+    repo: pygit2.Repository, new: pygit2.Tree, old: pygit2.Tree | None
+) -> tuple[str, str] | None:
+    """``(path, message)`` when ``new`` adds a file over ``MAX_PROPOSAL_BLOB_BYTES`` or more
+    than ``MAX_PROPOSAL_NEW_BYTES`` of files ``old`` lacks; None when it is within both.
+    Reads object headers only."""
+    known = {oid for _, oid in _blobs(repo, old)} if old is not None else set()
+    total = 0
+    for path, oid in _blobs(repo, new):
+        if oid in known:
+            continue
+        known.add(oid)
+        size = _object_size(repo, oid)
+        if size > MAX_PROPOSAL_BLOB_BYTES:
+            return (
+                path,
+                f"{path}: is {size} bytes; a proposal's files are at most "
+                f"{MAX_PROPOSAL_BLOB_BYTES} bytes",
+            )
+        total += size
+        if total > MAX_PROPOSAL_NEW_BYTES:
+            return (
+                path,
+                f"{path}: the proposal adds more than {MAX_PROPOSAL_NEW_BYTES} bytes of new files",
+            )
+    return None
+
+
 def tree_change(
     repo: pygit2.Repository, old: pygit2.Tree | None, new: pygit2.Tree | None
 ) -> TreeChange:
@@ -237,6 +292,9 @@ def tree_errors(
         blob = entry[MANIFEST_FILE]
         if not isinstance(blob, pygit2.Blob):
             errors.append((path, f"{path}: must be a file"))
+            continue
+        if _object_size(repo, blob.id) > MAX_MANIFEST_BYTES:  # before .data inflates it
+            errors.append((path, f"{path}: is larger than {MAX_MANIFEST_BYTES} bytes"))
             continue
         try:
             parse_manifest(blob.data, name)
@@ -855,12 +913,12 @@ class MetaRepo:
         Objects are copied into meta.git with pygit2. A commit that is not in the clone
         (or no clone at all: a manager in a pod, docs/kubernetes.md) is taken from the
         manager's push namespace in meta.git instead (``refs/hyperhive/manager/*``,
-        ``pushed_commit``). ``base`` = merge-base with main (the commit may sit several
-        commits on top of it). Raises NotFound (no such commit in either place, field
-        ``commit``), Invalid (a clone that reads objects from elsewhere,
-        ``controller.clonecheck``; no shared history with main; a changed manifest fails
-        the schema: field = the file path), Conflict (nothing to change, already part of
-        main, or already pending).
+        ``pushed_commit``); once proposed, the namespace refs at that commit are deleted.
+        ``base`` = merge-base with main (the commit may sit several commits on top of it).
+        Raises NotFound (no such commit in either place, field ``commit``), Invalid (a
+        clone that reads objects from elsewhere, ``controller.clonecheck``; no shared
+        history with main; a changed manifest fails the schema: field = the file path),
+        Conflict (nothing to change, already part of main, or already pending).
         """
         src_path = source or self.layout.manager_meta
         if not commit or len(commit) > 256 or any(c.isspace() for c in commit):
@@ -912,6 +970,9 @@ class MetaRepo:
             change = tree_change(self.repo, base_commit.tree, new.tree)
             if change.empty:
                 raise Conflict(f"commit {new.id} changes nothing relative to main", field="commit")
+            big = oversized(self.repo, new.tree, base_commit.tree)
+            if big is not None:
+                raise Invalid(big[1], field=big[0])
             errors = tree_errors(self.repo, new.tree, base_commit.tree)
             if errors:
                 path, message = errors[0]
@@ -934,7 +995,21 @@ class MetaRepo:
                     "created_at": self._clock(),
                 },
             )
+            if src is self.repo:
+                self._drop_handed_over(new.id)
             return self.proposal(id)
+
+    def _drop_handed_over(self, oid: pygit2.Oid) -> None:
+        """Delete the manager's refs that point at ``oid`` once ``proposal/<id>`` holds it:
+        the hand-over is done, and the namespace stays small (the hook caps it,
+        ``controller.hooks.updates.MAX_MANAGER_REFS``). Call with ``self._lock`` held."""
+        for name in list(self.repo.references):
+            if not name.startswith(MANAGER_PREFIX):
+                continue
+            with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
+                if self.repo.references[name].peel(pygit2.Commit).id == oid:
+                    self.repo.references.delete(name)
+        self._dirty = True
 
     def pushed_commit(self, commit: str) -> pygit2.Commit | None:
         """The commit ``commit`` names among what the manager pushed to meta.git, or None.
@@ -1532,6 +1607,8 @@ def copy_objects(src: pygit2.Repository, dst: pygit2.Repository, tip: pygit2.Oid
     Stops at objects ``dst`` already has (a repo holds everything reachable from
     what it holds), so the cost is the number of new objects. Objects are written
     children first, so an interrupted copy never leaves a commit without its tree.
+    Raises ``Invalid`` (field ``commit``) for a blob over ``MAX_PROPOSAL_BLOB_BYTES``,
+    found from its header before anything is copied.
     """
     order: list[pygit2.Oid] = []
     seen: set[pygit2.Oid] = set()
@@ -1542,6 +1619,15 @@ def copy_objects(src: pygit2.Repository, dst: pygit2.Repository, tip: pygit2.Oid
             continue
         seen.add(oid)
         order.append(oid)
+        kind, size = src.odb.read_header(oid)
+        if kind == pygit2.GIT_OBJECT_BLOB:  # a leaf: its header is enough, nothing inflated
+            if size > MAX_PROPOSAL_BLOB_BYTES:
+                raise Invalid(
+                    f"object {oid} is {size} bytes; a proposal's files are at most "
+                    f"{MAX_PROPOSAL_BLOB_BYTES} bytes",
+                    field="commit",
+                )
+            continue
         obj = src[oid]
         if isinstance(obj, pygit2.Commit):
             stack.append(obj.tree_id)

@@ -27,6 +27,7 @@ from controller import __version__
 from controller.config import Config, Runtime, TcpListen
 from controller.drivers.base import Driver
 from controller.paths import Layout, default_state_dir
+from controller.refwatch import RefWatch
 
 if TYPE_CHECKING:
     from controller.auth import AgentCredentials
@@ -532,6 +533,11 @@ def run_daemon(
 
         watchdog.start()
         stack.callback(watchdog.stop)
+        # an operator's approved/denied tag starts a pass the moment git writes it, before
+        # the post-receive hook's interpreter has started to poke us (controller.refwatch)
+        refwatch = RefWatch(layout.meta_git, swarm.request_pass)
+        if refwatch.start():
+            stack.callback(refwatch.stop)
         if forge is not None:
             forge_stop = threading.Event()
             forge.start(forge_stop)

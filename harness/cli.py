@@ -16,7 +16,6 @@ from harness.credential import (
     broker_target,
     load_credential,
 )
-from schemas.client import ApiError, Unreachable
 
 ENV_HELP = """environment:
   HYPERHIVE_AGENT        the agent's logical name (alice, manager)
@@ -110,6 +109,8 @@ def wake(
     """POST /wake with ``token`` as the bearer; print the result.
 
     Returns the exit code (0 / 1 / 2 / 3)."""
+    from schemas.client import ApiError, Unreachable  # not on `serve`'s start path
+
     if body == "-":
         body = sys.stdin.read()
     if not body.strip():

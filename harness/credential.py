@@ -14,12 +14,13 @@ lines and surrounding whitespace are ignored.
 from __future__ import annotations
 
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from schemas.client import ApiClient, parse_target
+if TYPE_CHECKING:  # schemas.client (http.client, ssl) is imported on use: not on serve's
+    from schemas.client import ApiClient  # path to its web UI (harness.serve.main)
 
 DEFAULT_CREDENTIAL_FILE = "/etc/hyperhive/credential"
 ENV_VAR = "HYPERHIVE_CREDENTIAL_FILE"
@@ -90,6 +91,8 @@ class BrokerTarget:
     @property
     def is_url(self) -> bool:
         """True when the API is reached over TCP."""
+        from schemas.client import parse_target
+
         return parse_target(self.target).path is None
 
 
@@ -104,6 +107,10 @@ def broker_target(environ: Mapping[str, str]) -> BrokerTarget:
     url = (environ.get(API_URL_VAR) or "").strip()
     if not url:
         return BrokerTarget(environ.get("HYPERHIVE_SOCKET") or DEFAULT_SOCKET)
+    import ssl
+
+    from schemas.client import parse_target
+
     try:
         ep = parse_target(url)
     except ValueError as exc:
@@ -125,6 +132,8 @@ def broker_client(
 ) -> ApiClient:
     """A client of the agent's API (its socket path, or a ``BrokerTarget``, which may be a
     URL) that sends ``token`` as its bearer."""
+    from schemas.client import ApiClient
+
     if isinstance(socket, BrokerTarget):
         return ApiClient(socket.target, timeout, token=token, ca_file=socket.ca_file)
     return ApiClient(socket, timeout, token=token)

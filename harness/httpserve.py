@@ -216,6 +216,11 @@ class WebServer:
             log.info("web UI on %s", self.describe())
         self._bound.set()
 
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` was called."""
+        return self._thread is not None
+
     def start(self) -> None:
         """Start binding in a daemon thread (serving itself runs on the hivehttp loop)."""
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from harness.credential import CredentialError, broker_client, broker_target, load_credential
-from harness.metaclone import MetaCloneError, push_commit, remote_clone
+from harness.metaclone import MetaCloneError, drop_pushed, push_commit, remote_clone
 from schemas.client import ApiError, UnixClient, Unreachable
 from schemas.wire import Message, MessageKind, Status, rfc3339
 
@@ -223,7 +223,12 @@ class Tools:
         body: dict[str, Any] = {"commit": commit}
         if note:
             body["note"] = note
-        data, r = self.call("POST", "/request_apply_commit", body)
+        try:
+            data, r = self.call("POST", "/request_apply_commit", body)
+        except ToolError:
+            if remote is not None:  # refused: take back what was pushed for it
+                drop_pushed(remote[0], commit)
+            raise
         return self.finish(
             f"commit {commit} proposed as proposal #{data.get('id')} ({data.get('ref')}"
             f"{': ' + str(data['title']) if data.get('title') else ''}); "

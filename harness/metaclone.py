@@ -160,6 +160,17 @@ def push_commit(clone: Path, commit: str, environ: Mapping[str, str] | None = No
     return oid
 
 
+def drop_pushed(clone: Path, oid: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Delete ``refs/hyperhive/manager/<oid>`` on ``origin`` (after the controller refused
+    to propose it: the namespace is capped); True when git did. Never raises."""
+    try:
+        _git(clone, ["push", "-q", "origin", f":{MANAGER_PREFIX}{oid}"], _env(environ))
+    except MetaCloneError as exc:
+        log.warning("could not delete %s%s on meta.git: %s", MANAGER_PREFIX, oid, exc)
+        return False
+    return True
+
+
 def remote_clone(environ: Mapping[str, str] | None = None) -> tuple[Path, str] | None:
     """``(HYPERHIVE_META_DIR, HYPERHIVE_META_URL)`` when both are set (a remote manager),
     else None (the controller reads the clone from its own disk)."""

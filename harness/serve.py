@@ -10,6 +10,12 @@ The agent's credential (``HYPERHIVE_CREDENTIAL_FILE``) is read at start: a
 missing or unreadable file is a configuration error naming it (exit 2). Every
 broker request carries it as a bearer, and the TCP listener requires it.
 
+Start-up order: the settings and the credential are read, the web UI's listeners are
+bound (:func:`open_front`, answering ``"status": "starting"`` through
+:class:`harness.webstart.LateApp`), and only then are the turn loop's modules imported
+and the state files opened (:func:`build`, most of the start-up CPU); :meth:`Harness.start`
+hands the listeners the real app. So the dashboard's proxy gets an answer right after exec.
+
 systemd (``Type=notify``): ``READY=1`` once the web UI listens, ``STATUS=`` with
 the turn state, ``STOPPING=1`` on a signal, and — when the unit sets
 ``WatchdogSec=`` (``$WATCHDOG_USEC``) — ``WATCHDOG=1`` every half period for as
@@ -42,8 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-
-import sdnotify
+from typing import TYPE_CHECKING
 
 from harness.config import (
     HarnessEnv,
@@ -54,17 +59,21 @@ from harness.config import (
     web_socket,
     web_tcp_port,
 )
-from harness.credential import CredentialError, broker_client, read_credential
-from harness.events import Bus, EventLog
-from harness.forge import forge_access, tea_login
+from harness.credential import CredentialError, read_credential
 from harness.httpserve import TcpEndpoint, UnixEndpoint, WebServer, tcp_app, tcp_policy
-from harness.loop import TurnLoop
-from harness.mcp_http import McpEndpoint
-from harness.metaclone import set_up as set_up_meta_clone
-from harness.model import ModelStore
-from harness.report import Reporter
-from harness.turnstats import TurnStats
-from harness.web import WebApp
+from harness.webstart import LateApp
+from hivehttp.guard import ASGIApp
+
+if TYPE_CHECKING:  # imported in build(), after the web UI listens (see main)
+    import sdnotify
+
+    from harness.events import Bus
+    from harness.loop import TurnLoop
+    from harness.mcp_http import McpEndpoint
+    from harness.model import ModelStore
+    from harness.report import Reporter
+    from harness.turnstats import TurnStats
+    from harness.web import WebApp
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +98,8 @@ class Harness:
     mcp: McpEndpoint | None = None
     loop_thread: threading.Thread | None = None
     reporter: Reporter | None = None
+    front: LateApp | None = None
+    """The web UI listeners' app, bound before ``build`` (see :func:`open_front`)."""
 
     def alive(self) -> tuple[bool, str]:
         """Should the systemd watchdog be fed? ``(ok, why)``."""
@@ -97,9 +108,12 @@ class Harness:
         return self.loop.health()
 
     def start(self) -> None:
-        """Start the web UI listeners and the turn loop thread."""
+        """Start the web UI listeners (those not started yet) and the turn loop thread."""
+        if self.front is not None:
+            self.front.ready(self.web.asgi)
         for server in self.servers:
-            server.start()
+            if not server.started:
+                server.start()
         if self.mcp is not None:
             try:
                 self.loop.mcp = self.mcp.start()
@@ -141,15 +155,21 @@ class Harness:
         self.loop.telemetry.shutdown()  # export the spans still queued
 
 
-def build(
-    env: HarnessEnv, environ: Mapping[str, str], *, token: str | None, port: int | None = None
-) -> Harness:
-    """Read settings and open the state files; nothing runs yet.
+@dataclass
+class Front:
+    """The web UI's listeners, bound before the turn loop is built (:func:`open_front`)."""
 
-    ``token`` is the agent's credential (sent on every broker request, required on the
-    TCP listener; ``None`` only in tests that play a controller without one). ``port``
-    overrides the TCP port (implies TCP). Raises ``SettingsError``.
-    """
+    settings: Settings
+    app: LateApp
+    servers: list[WebServer]
+
+
+def read_settings(
+    env: HarnessEnv, token: str | None, port: int | None = None
+) -> tuple[Settings, int | None]:
+    """``settings.json`` and the web UI's TCP port (``None``: no TCP listener).
+
+    ``port`` overrides the TCP port (implies TCP). Raises ``SettingsError``."""
     settings = load_settings(env.settings_path, agent=env.agent, flavor=env.flavor)
     if settings.agent != env.agent:
         log.warning(
@@ -160,6 +180,65 @@ def build(
     tcp_port = web_tcp_port(env, settings) if port is None else port
     if tcp_port is not None and not token:
         raise SettingsError("HYPERHIVE_WEB_TCP=1: the TCP listener needs the agent credential")
+    return settings, tcp_port
+
+
+def _listeners(
+    env: HarnessEnv, app: ASGIApp, tcp_port: int | None, token: str | None
+) -> list[WebServer]:
+    servers = [WebServer(app, UnixEndpoint(Path(web_socket(env))), name="web-ui")]
+    if tcp_port is not None and token:
+        ep = TcpEndpoint(env.web_host, tcp_port)
+        servers.append(WebServer(tcp_app(app, token), ep,
+                                 policy=tcp_policy(ep, env.web_allowed_hosts),
+                                 name="web-ui-tcp"))  # fmt: skip
+    return servers
+
+
+def open_front(env: HarnessEnv, *, token: str | None, port: int | None = None) -> Front:
+    """Start binding the web UI's listeners now, answering "starting"
+    (:mod:`harness.webstart`) until :meth:`Harness.start` hands them the real app.
+
+    Raises ``SettingsError`` (before anything is bound)."""
+    settings, tcp_port = read_settings(env, token, port)
+    late = LateApp(env.agent, env.flavor)
+    servers = _listeners(env, late, tcp_port, token)
+    for server in servers:
+        server.start()
+    return Front(settings, late, servers)
+
+
+def build(
+    env: HarnessEnv,
+    environ: Mapping[str, str],
+    *,
+    token: str | None,
+    port: int | None = None,
+    front: Front | None = None,
+) -> Harness:
+    """Read settings and open the state files; nothing runs yet (but ``front``).
+
+    ``token`` is the agent's credential (sent on every broker request, required on the
+    TCP listener; ``None`` only in tests that play a controller without one). ``port``
+    overrides the TCP port (implies TCP). ``front``: the web UI's listeners, already
+    binding (:func:`open_front`, which read the settings); without it they are made here.
+    Raises ``SettingsError``.
+    """
+    # the turn loop's modules (claude, the event log, sqlite, the broker client): imported
+    # here, after main() bound the web UI, since they are most of the start-up CPU
+    from harness.credential import broker_client
+    from harness.events import Bus, EventLog
+    from harness.loop import TurnLoop
+    from harness.mcp_http import McpEndpoint
+    from harness.model import ModelStore
+    from harness.report import Reporter
+    from harness.turnstats import TurnStats
+    from harness.web import WebApp
+
+    if front is None:
+        settings, tcp_port = read_settings(env, token, port)
+    else:
+        settings, tcp_port = front.settings, None
     env.state_dir.mkdir(parents=True, exist_ok=True)
     models = ModelStore(env.state_dir / MODEL_FILE, settings.model)
     bus = Bus(EventLog(env.state_dir / EVENTS_DB), models.current())
@@ -169,18 +248,16 @@ def build(
     client = broker_client(env.broker, token)
     loop = TurnLoop(env, settings, bus, stats, models, environ=environ, client=client)
     web = WebApp(env, settings, bus, stats, models, loop, dict(environ), client=client)
-    servers = [WebServer(web.asgi, UnixEndpoint(Path(web_socket(env))), name="web-ui")]
-    if tcp_port is not None and token:
-        ep = TcpEndpoint(env.web_host, tcp_port)
-        servers.append(WebServer(tcp_app(web.asgi, token), ep,
-                                 policy=tcp_policy(ep, env.web_allowed_hosts),
-                                 name="web-ui-tcp"))  # fmt: skip
+    servers = _listeners(env, web.asgi, tcp_port, token) if front is None else front.servers
     mcp = McpEndpoint(env.flavor, client)
     reporter = Reporter(client, env.claude_bin, loop.claude_env, loop.credential_report, environ)
     loop.reporter = reporter
     if loop.telemetry.on:  # the turn's trace travels with the messages its tools send
         mcp.handler.tools.trace = loop.telemetry.current_traceparent
-    return Harness(env, settings, bus, stats, models, loop, web, servers, mcp, reporter=reporter)
+    late = front.app if front is not None else None
+    return Harness(
+        env, settings, bus, stats, models, loop, web, servers, mcp, reporter=reporter, front=late
+    )
 
 
 def setup_logging(environ: Mapping[str, str]) -> None:
@@ -237,10 +314,17 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         env = env_from(environ)
         assert env.credential_file is not None  # env_from always names one
         token = read_credential(env.credential_file)
-        h = build(env, environ, token=token)
+        # the web UI answers "starting" while the rest is imported and opened
+        front = open_front(env, token=token)
+        h = build(env, environ, token=token, front=front)
     except (SettingsError, CredentialError) as exc:
         log.error("configuration error: %s", exc)
         return 2
+    import sdnotify  # after the bind, as in build()
+
+    from harness.forge import forge_access, tea_login
+    from harness.metaclone import set_up as set_up_meta_clone
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

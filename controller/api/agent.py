@@ -72,7 +72,6 @@ from controller.auth.agents import AgentCredentials
 from controller.broker import Broker
 from controller.budget.service import Budgets
 from controller.errors import Forbidden, NotFound
-from controller.metrics.tracecontext import TRACE_CONTEXTS
 from controller.ops import Lifecycle, SwarmOps
 from schemas.names import MANAGER, OPERATOR
 from schemas.wire import MANAGER_ONLY_VERBS, Message, MessageKind, rfc3339
@@ -217,9 +216,12 @@ class AgentApi:
         """``POST /send``."""
         await self.allow_recipient(doc["to"])
         m = self.broker.send(
-            self.identity, doc["to"], doc["body"], idempotency_key=doc.get("idempotency_key")
+            self.identity,
+            doc["to"],
+            doc["body"],
+            idempotency_key=doc.get("idempotency_key"),
+            traceparent=doc.get("traceparent"),  # stored with the message (observability.md)
         )
-        TRACE_CONTEXTS.remember(m.id, doc.get("traceparent"))  # controller.metrics.tracecontext
         await _let_woken_run()
         return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
 
@@ -237,7 +239,7 @@ class AgentApi:
         m = await self.broker.recv_async(
             self.identity, wait, doc.get("lease_seconds"), abandoned=gone
         )
-        msg = None if m is None else TRACE_CONTEXTS.message_json(m)  # with its traceparent
+        msg = None if m is None else m.to_json()  # with its traceparent, if it has one
         return {"message": msg, "status": self._status()}
 
     async def spend(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
@@ -268,15 +270,19 @@ class AgentApi:
         """``POST /ask``."""
         await self.allow_recipient(doc["to"])
         m = self.broker.ask(
-            self.identity, doc["to"], doc["question"], idempotency_key=doc.get("idempotency_key")
+            self.identity,
+            doc["to"],
+            doc["question"],
+            idempotency_key=doc.get("idempotency_key"),
+            traceparent=doc.get("traceparent"),
         )
-        TRACE_CONTEXTS.remember(m.id, doc.get("traceparent"))
         return {"id": m.id, "thread": m.thread, "duplicate": _dup(m), "status": self._status()}
 
     async def answer(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /answer``."""
-        m = self.broker.answer(self.identity, doc["thread"], doc["body"])
-        TRACE_CONTEXTS.remember(m.id, doc.get("traceparent"))
+        m = self.broker.answer(
+            self.identity, doc["thread"], doc["body"], traceparent=doc.get("traceparent")
+        )
         return {"id": m.id, "thread": m.thread, "status": self._status()}
 
     async def remind(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 
 from controller.broker.limits import MAX_IDEMPOTENCY_KEY, MAX_LEASE_SECONDS, MAX_WAIT_SECONDS
@@ -32,6 +33,26 @@ def check_body(value: object, field: str = "body") -> str:
     if not isinstance(value, str) or not value:
         raise Invalid(f"{field} must be a non-empty string", field)
     return check_text(value, field)
+
+
+_TRACEPARENT = re.compile(
+    r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+)
+
+
+def check_traceparent(value: object) -> str | None:
+    """``value`` if it is None or a W3C Trace Context ``traceparent`` (55 characters:
+    version (not ``ff``), trace id and parent id (not all zeros), flags; lowercase hex), so
+    nothing else can ride on a message in it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or _TRACEPARENT.fullmatch(value) is None:
+        raise Invalid(
+            "traceparent must be a W3C traceparent: 00-<32 hex trace id>-<16 hex parent id>-"
+            "<2 hex flags>, ids not all zeros",
+            "traceparent",
+        )
+    return value
 
 
 def check_id(value: object, field: str) -> int:

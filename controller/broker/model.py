@@ -25,6 +25,7 @@ MESSAGE_COLUMNS = (
     "acked_at",
     "attempts",
     "dead_at",
+    "traceparent",
 )
 """The ``messages`` columns ``message_from_row`` reads, in select order."""
 
@@ -111,6 +112,8 @@ class NewMessage:
     dedup_key: str | None = None
     due_at: float | None = None
     idem: Idem | None = None
+    traceparent: str | None = None
+    """W3C ``traceparent`` of the sender's span (checked: ``checks.check_traceparent``)."""
 
     def event_json(self) -> str | None:
         """The event as stored (JSON text, key order kept), or None."""
@@ -152,6 +155,7 @@ def message_from_row(row: Row) -> Message:
         acked_at=row["acked_at"],
         extra=extra,
         dead_at=row["dead_at"],
+        traceparent=row["traceparent"],
     )
 
 
@@ -181,3 +185,25 @@ def thread_from_row(row: Row) -> ThreadRow:
         answered_at=row["answered_at"],
         closed_reason=row["closed_reason"],
     )
+
+
+@dataclass(frozen=True)
+class BrokerGauges:
+    """What the broker holds now, per agent, for the metrics scrape (``Tx.gauges``).
+
+    ``inbox``: ``{recipient: (depth, oldest_at)}``: messages deliverable now (due, not
+    leased, not acked, not dead) and when the first of them in delivery order was sent or
+    fell due (unix seconds); ``leased``: messages under a live lease; ``reminders``:
+    reminders not due yet; ``open_threads``: ``{asker: questions waiting for an answer}``;
+    ``questions_pending``: operator questions not resolved; ``sent``: ``{sender: messages
+    with id > sent_after}`` (empty when no ``sent_after`` was given); ``last_id``: the newest
+    message id (0 when none), the next call's ``sent_after``. Agents with nothing are absent.
+    """
+
+    inbox: dict[str, tuple[int, float]]
+    leased: dict[str, int]
+    reminders: dict[str, int]
+    open_threads: dict[str, int]
+    questions_pending: int
+    sent: dict[str, int]
+    last_id: int

@@ -101,6 +101,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "WHERE answered_at IS NULL",
         ),
     ),
+    Migration(
+        2,
+        "the trace context (W3C traceparent) a message carries from its sender's span",
+        ("ALTER TABLE messages ADD COLUMN traceparent text",),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -25,6 +25,7 @@ import psycopg
 from controller.broker.model import (
     MESSAGE_COLUMNS,
     QUESTION_COLUMNS,
+    BrokerGauges,
     NewMessage,
     OperatorQuestion,
     ThreadRow,
@@ -134,14 +135,16 @@ class PgTx:
             None if idem is None else enc(idem.owner),
             None if idem is None else enc(idem.key),
             None if idem is None else idem.digest,
+            m.traceparent,  # checked: lowercase hex and dashes only
         )
         # the lock is taken in the row source, so before the identity default is drawn
         source = "SELECT pg_advisory_xact_lock(%s, %s)" if not self._ordered else "SELECT 1"
         lock = _ORDER_LOCK if not self._ordered else ()
         row = self._one(
             "INSERT INTO messages (sender, recipient, kind, body, thread, event, dedup_key, "
-            "sent_at, due_at, idem_owner, idem_key, idem_hash) "
-            "SELECT %s, %s, %s, %s, %s::bigint, %s, %s, %s::float8, %s::float8, %s, %s, %s "
+            "sent_at, due_at, idem_owner, idem_key, idem_hash, traceparent) "
+            "SELECT %s, %s, %s, %s, %s::bigint, %s, %s, %s::float8, %s::float8, %s, %s, %s, "
+            "%s::text "
             f"FROM ({source}) AS ordered RETURNING {_COLS}",
             (*params, *lock),
         )
@@ -469,3 +472,11 @@ class PgTx:
 
     def only(self, inboxes: Sequence[str]) -> None:
         """Nothing to do: no status is cached over a store other processes write."""
+
+    # ---------------------------------------------------------------- metrics (read-only)
+
+    def gauges(self, now: float, sent_after: int | None) -> BrokerGauges:
+        """The metrics scrape's figures (``controller.broker.postgres_gauges``)."""
+        from controller.broker import postgres_gauges  # it imports ``dec`` from here
+
+        return postgres_gauges.gauges(self._conn, now, sent_after)

@@ -8,6 +8,7 @@ import time
 
 from controller.broker.core import BrokerCore
 from controller.broker.errors import BrokerClosed
+from controller.broker.model import BrokerGauges
 from controller.broker.statuscache import StatusCache, StatusReading
 from controller.broker.wakeups import park_async
 from schemas.wire import Message, Status
@@ -55,6 +56,14 @@ class Reading(BrokerCore):
         since = min(max(int(since_id), 0), 2**63 - 1)
         with self._store.read() as tx:
             return tx.messages(since, limit)
+
+    def gauges(self, sent_after: int | None = None) -> BrokerGauges:
+        """The metrics scrape's figures now (``controller.broker.model.BrokerGauges``):
+        inbox depth and oldest time, leases, reminders and open threads per agent, pending
+        operator questions, and the messages sent after id ``sent_after`` per sender.
+        Changes nothing."""
+        with self._store.read() as tx:
+            return tx.gauges(self._clock(), sent_after)
 
     def last_id(self) -> int:
         """The newest message id (0 when there is none); ids only grow, sweeps never reuse them."""

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.broker.checks import check_body, check_key, check_name, request_digest
+from controller.broker.checks import (
+    check_body,
+    check_key,
+    check_name,
+    check_traceparent,
+    request_digest,
+)
 from controller.broker.core import BrokerCore
 from controller.broker.events import dedup_token, summarize_event
 from controller.broker.limits import EVENT_SENDER
@@ -27,6 +33,7 @@ class Sending(BrokerCore):
         event: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         idempotency_owner: str | None = None,
+        traceparent: str | None = None,
     ) -> Message:
         """Queue ``body`` from ``sender`` to ``recipient``; committed when this returns.
 
@@ -37,11 +44,15 @@ class Sending(BrokerCore):
         request, that message is returned (``extra["duplicate"]`` True) and
         nothing is queued. Raises ``Invalid`` for an empty name or body, a bad
         key or an ``event`` that is not a valid typed event; ``Conflict`` for a
-        key already used for a different request.
+        key already used for a different request. ``traceparent``: the sender's W3C
+        trace context, stored with the message and handed back by ``recv`` (not part of
+        the idempotent request: a retry from another span replays the first); ``Invalid``
+        unless W3C-shaped.
         """
         check_name(sender, "from")
         check_name(recipient, "to")
         check_body(body)
+        check_traceparent(traceparent)
         kind = MessageKind(kind)
         key = check_key(idempotency_key)
         if event is not None:
@@ -66,6 +77,7 @@ class Sending(BrokerCore):
                     thread=thread,
                     event=event,
                     idem=idem,
+                    traceparent=traceparent,
                 )
             )
             tx.changed([recipient], msg.id)

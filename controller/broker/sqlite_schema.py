@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """``PRAGMA user_version``: 1 = first release; 2 adds idempotency keys, dead letters and
-closed threads (columns added in place, the pending index rebuilt)."""
+closed threads (columns added in place, the pending index rebuilt); 3 adds the messages'
+``traceparent`` (nullable, added in place)."""
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -27,7 +28,8 @@ CREATE TABLE IF NOT EXISTS messages (
     idem_owner   TEXT,
     idem_key     TEXT,
     idem_hash    TEXT,
-    dead_at      REAL
+    dead_at      REAL,
+    traceparent  TEXT
 );
 CREATE TABLE IF NOT EXISTS threads (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,13 +55,15 @@ CREATE TABLE IF NOT EXISTS operator_questions (
 );
 """
 
-# columns added after version 1, for ALTER TABLE on an older file
+# columns added after version 1, for ALTER TABLE on an older file (version 2 added all but
+# traceparent, version 3 traceparent)
 _ADDED_COLUMNS = {
     "messages": (
         ("idem_owner", "TEXT"),
         ("idem_key", "TEXT"),
         ("idem_hash", "TEXT"),
         ("dead_at", "REAL"),
+        ("traceparent", "TEXT"),  # version 3
     ),
     "threads": (("closed_reason", "TEXT"),),
 }
@@ -96,7 +100,7 @@ CREATE INDEX IF NOT EXISTS questions_pending ON operator_questions(deadline_at)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Create the tables, add columns a version-1 file lacks, (re)build the indexes."""
+    """Create the tables, add columns an older file lacks, (re)build the indexes."""
     conn.executescript(_TABLES)
     conn.execute("BEGIN IMMEDIATE")
     try:

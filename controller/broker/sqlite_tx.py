@@ -16,9 +16,11 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from controller.broker import sqlite_gauges
 from controller.broker.model import (
     MESSAGE_COLUMNS,
     QUESTION_COLUMNS,
+    BrokerGauges,
     NewMessage,
     OperatorQuestion,
     ThreadRow,
@@ -92,8 +94,8 @@ class SqliteTx:
         idem = m.idem
         row = self._conn.execute(
             "INSERT INTO messages (sender, recipient, kind, body, thread, event, dedup_key, "
-            "sent_at, due_at, idem_owner, idem_key, idem_hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " + _COLS,
+            "sent_at, due_at, idem_owner, idem_key, idem_hash, traceparent) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " + _COLS,
             (
                 m.sender,
                 m.recipient,
@@ -107,6 +109,7 @@ class SqliteTx:
                 None if idem is None else idem.owner,
                 None if idem is None else idem.key,
                 None if idem is None else idem.digest,
+                m.traceparent,
             ),
         ).fetchall()[0]
         return message_from_row(row)
@@ -458,3 +461,9 @@ class SqliteTx:
     def changed(self, recipients: Sequence[str] | None, last_id: int | None = None) -> None:
         """Wake ``recipients`` (and followers up to ``last_id``) once this commits."""
         self.touched.append((recipients, last_id))
+
+    # ---------------------------------------------------------------- metrics (read-only)
+
+    def gauges(self, now: float, sent_after: int | None) -> BrokerGauges:
+        """The metrics scrape's figures (``controller.broker.sqlite_gauges``)."""
+        return sqlite_gauges.gauges(self._conn, now, sent_after)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from controller.broker.model import NewMessage, OperatorQuestion, ThreadRow
+from controller.broker.model import BrokerGauges, NewMessage, OperatorQuestion, ThreadRow
 from controller.broker.statuscache import StatusReading
 from schemas.wire import Message, Status
 
@@ -188,6 +188,13 @@ class Tx(Protocol):
     def sweep(self, cutoff: float) -> int:
         """Delete acked messages and dead letters, answered threads and resolved questions
         older than ``cutoff``; how many messages."""
+        ...
+
+    def gauges(self, now: float, sent_after: int | None) -> BrokerGauges:
+        """The figures of the metrics scrape (``BrokerGauges``; read-only): per agent, the
+        inbox depth and its oldest message's time, live leases, reminders not due, open
+        threads; pending operator questions; messages sent after id ``sent_after`` by
+        sender. Aggregates over the partial indexes: O(pending), not O(messages kept)."""
         ...
 
     def changed(self, recipients: Sequence[str] | None, last_id: int | None = None) -> None:

@@ -16,6 +16,7 @@ from controller.broker.checks import (
     check_id,
     check_key,
     check_name,
+    check_traceparent,
     request_digest,
 )
 from controller.broker.core import BrokerCore, log
@@ -29,17 +30,24 @@ class Threads(BrokerCore):
     """``ask``, ``answer``, ``remind`` and ``close_threads``."""
 
     def ask(
-        self, sender: str, to: str, question: str, *, idempotency_key: str | None = None
+        self,
+        sender: str,
+        to: str,
+        question: str,
+        *,
+        idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> Message:
         """Send ``question`` to ``to`` as a new thread; the returned message's ``thread`` is its id.
 
         The thread stays open (counted in both parties' ``open_threads``)
         until ``to`` answers it. ``idempotency_key`` as for ``send`` (a repeat
-        returns the original question and thread).
+        returns the original question and thread). ``traceparent`` as for ``send``.
         """
         check_name(sender, "from")
         check_name(to, "to")
         check_body(question, "question")
+        check_traceparent(traceparent)
         key = check_key(idempotency_key)
         idem = None if key is None else Idem(sender, key, request_digest("ask", to, question))
         with self._store.write() as tx:
@@ -57,22 +65,26 @@ class Threads(BrokerCore):
                     sent_at=now,
                     thread=tid,
                     idem=idem,
+                    traceparent=traceparent,
                 )
             )
             tx.set_thread_question(tid, msg.id)
             tx.changed([to], msg.id)
         return msg
 
-    def answer(self, sender: str, thread: int, body: str) -> Message:
+    def answer(
+        self, sender: str, thread: int, body: str, *, traceparent: str | None = None
+    ) -> Message:
         """Answer thread ``thread`` (sent to the asker, kind ``answer``) and close it.
 
         Raises ``NotFound`` for an unknown thread, ``Forbidden`` when ``sender``
         is not the one the question was asked of, ``Conflict`` when it is
-        already answered or was closed (``close_threads``).
+        already answered or was closed (``close_threads``). ``traceparent`` as for ``send``.
         """
         check_name(sender, "from")
         check_id(thread, "thread")
         check_body(body)
+        check_traceparent(traceparent)
         with self._store.write() as tx:
             row = tx.thread(thread)
             if row is None:
@@ -97,7 +109,15 @@ class Threads(BrokerCore):
                 )
             now = self._clock()
             msg = tx.insert(
-                NewMessage(sender, row.asker, body, MessageKind.ANSWER, sent_at=now, thread=thread)
+                NewMessage(
+                    sender,
+                    row.asker,
+                    body,
+                    MessageKind.ANSWER,
+                    sent_at=now,
+                    thread=thread,
+                    traceparent=traceparent,
+                )
             )
             tx.close_thread(thread, now, msg.id, None)
             tx.changed([row.asker, sender], msg.id)

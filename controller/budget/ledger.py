@@ -26,6 +26,7 @@ import logging
 import math
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from controller.agentfile import sqlite_snapshot
@@ -89,6 +90,7 @@ class Ledger:
                                     isolation_level=None)  # fmt: skip
         self._lock = threading.Lock()
         self._seen: dict[str, _FileKey] = {}
+        self._read_at: dict[str, float] = {}
         with self._lock:
             self._con.execute("PRAGMA journal_mode=WAL")
             self._con.executescript(_SCHEMA)
@@ -105,11 +107,19 @@ class Ledger:
 
         Cheap when the file did not change since the last call (two ``stat``s). A file
         that is missing, has no ``turns`` table yet, or cannot be read adds nothing (the
-        last is logged).
+        last is logged). Each read copies the file (``controller.agentfile``), and an agent
+        can touch its file and ask (``recv``) as often as it likes: a file over
+        ``INGEST_FREE_BYTES`` is read at most once per ``INGEST_EVERY`` seconds.
         """
         key = _file_key(stats_file)
         if key is None or self._seen.get(agent) == key:
             return 0
+        if key[1] + key[3] > INGEST_FREE_BYTES:
+            now = time.monotonic()
+            with self._lock:  # claimed before the copy: concurrent checks skip it
+                if now - self._read_at.get(agent, -INGEST_EVERY) < INGEST_EVERY:
+                    return 0
+                self._read_at[agent] = now
         with self._lock:
             row = self._con.execute(
                 "SELECT last_id FROM cursors WHERE agent = ?", (agent,)
@@ -219,6 +229,10 @@ class Ledger:
             return cur.rowcount == 1
 
 
+INGEST_FREE_BYTES = 1 << 20
+"""A stats file (with its WAL) up to this size is read whenever it changed."""
+INGEST_EVERY = 1.0
+"""Seconds between two reads of a larger stats file (``Ledger.ingest``)."""
 INGEST_ROWS = 50_000
 """Rows copied from a stats file per :meth:`Ledger.ingest` at most (memory stays bounded)."""
 

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from controller.auth.operator import load_operator_key
 from controller.auth.secretfile import CredentialError
-from controller.hooks.updates import parse_updates
+from controller.hooks.updates import MANAGER_PREFIX, parse_updates
 from controller.paths import Layout
 from controller.unixhttp import BadAnswer, request
 
@@ -35,6 +35,10 @@ def post_receive(layout: Layout, stdin: TextIO, stderr: TextIO) -> int:
     """Poke the controller (``POST /poke``); always 0 — the push already happened."""
     updates = parse_updates(stdin.read().splitlines())
     refs = ", ".join(u.ref.removeprefix("refs/tags/").removeprefix("refs/heads/") for u in updates)
+    if updates and all(u.ref.startswith(MANAGER_PREFIX) for u in updates):
+        # the manager's hand-over of a commit: desired state did not move, no pass to ask for
+        print(f"hyperhive: received {refs}; propose it with request_apply_commit", file=stderr)
+        return 0
     not_running = (
         f"hyperhive: received {refs}; the controller is not running — it acts on this "
         "when it starts"

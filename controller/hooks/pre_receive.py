@@ -15,7 +15,8 @@ exits non-zero) when it
 A push by the manager (``HYPERHIVE_PUSHER=manager``, set by ``controller.githttp``
 for the manager's credential) may touch ``refs/hyperhive/manager/*`` and nothing
 else: each such ref may be created, moved or deleted and must name a commit; any
-other ref refuses the whole push. The operator's pushes may not touch that
+other ref refuses the whole push, and so does a push that would leave more than
+``MAX_MANAGER_REFS`` refs there. The operator's pushes may not touch that
 namespace (it is under the controller-owned ``refs/hyperhive/*``).
 
 Why it is written this way: the check runs inside every ``git push``, before
@@ -40,6 +41,7 @@ from controller.hooks.updates import (
     LAST_DEPLOY_REF,
     MAIN_REF,
     MANAGER_PREFIX,
+    MAX_MANAGER_REFS,
     NOTES_REF,
     OUTCOME_PREFIXES,
     PUSHER_ENV,
@@ -196,6 +198,14 @@ def check_manager_push(git_dir: Path, updates: Sequence[RefUpdate]) -> list[str]
     for u in inside:
         if not u.deletes and peeled.get(u.new) is None:
             problems.append(f"{u.ref}: must point at a commit, not {u.new}")
+    names = _git(git_dir, ["for-each-ref", "--format=%(refname)", MANAGER_PREFIX]).split()
+    after = set(names) | {u.ref for u in inside if not u.deletes}
+    after -= {u.ref for u in inside if u.deletes}
+    if len(after) > MAX_MANAGER_REFS:
+        problems.append(
+            f"{MANAGER_PREFIX}*: would hold {len(after)} refs, more than {MAX_MANAGER_REFS}; "
+            f"delete the ones no longer needed (git push origin :{MANAGER_PREFIX}<name>)"
+        )
     return problems
 
 

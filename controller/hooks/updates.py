@@ -19,6 +19,9 @@ OUTCOME_PREFIXES = ("building", "deployed", "failed")
 MANAGER_PREFIX = "refs/hyperhive/manager/"
 """The manager's push namespace on meta.git (``controller.githttp``): a remote manager
 pushes the commit it proposes here, then ``request_apply_commit`` takes it from here."""
+MAX_MANAGER_REFS = 100
+"""Most refs the manager's namespace may hold after a push (each proposed commit's ref is
+deleted when its proposal is written; refused ones stay until the manager deletes them)."""
 PUSHER_ENV = "HYPERHIVE_PUSHER"
 """Who pushes, as ``controller.githttp`` tells the hooks: ``operator`` or ``manager``;
 unset for a push on the file system (the operator's)."""

@@ -1,8 +1,6 @@
-"""Broker gauges, read at scrape time from ``broker.sqlite`` on a read-only connection of
-their own (WAL: readers never block the broker's writer, and the broker's lock is not taken).
-
-Every query walks one of the broker's partial indexes (pending rows, reminders, open
-threads, pending questions), so a scrape costs O(pending), not O(messages kept). Series:
+"""Broker gauges and the ``sent`` counter, read once per scrape through the broker's store
+(``Broker.gauges``: sqlite or PostgreSQL alike, read-only aggregate queries over the
+store's partial indexes, so a scrape costs O(pending), not O(messages kept)). Series:
 
 - ``hyperhive_broker_inbox_depth{agent}``: messages the agent could be handed now (due,
   not leased, not acked, not dead);
@@ -18,132 +16,77 @@ threads, pending questions), so a scrape costs O(pending), not O(messages kept).
 The counters of message events (delivered, acked, released, dead-lettered) and the
 send → recv latency are counted as they happen (``controller.metrics.events``, hooks in
 ``controller.broker``); ``sent`` is folded in before each scrape from the rows added since
-the last one (:class:`SentCounter`).
+the last one (ids above the last one seen: a primary-key range), by the same query.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.broker.model import BrokerGauges
 from controller.metrics.events import EVENTS, EventMetrics, render
 
 log = logging.getLogger(__name__)
 
-_INBOX = "acked_at IS NULL AND dead_at IS NULL"
-_QUERIES = {
-    # the covering pending index: count and oldest id per recipient, no table lookups
-    "inbox": (
-        "SELECT recipient, count(*), min(id) FROM messages INDEXED BY messages_inbox "
-        f"WHERE {_INBOX} AND due_at <= :now AND (lease_until IS NULL OR lease_until <= :now) "
-        "GROUP BY recipient"
-    ),
-    "leased": (
-        "SELECT recipient, count(*) FROM messages INDEXED BY messages_leased "
-        f"WHERE lease_until IS NOT NULL AND {_INBOX} AND lease_until > :now GROUP BY recipient"
-    ),
-    "reminders": (
-        "SELECT recipient, count(*) FROM messages INDEXED BY messages_reminders "
-        f"WHERE kind = 'reminder' AND {_INBOX} AND due_at > :now GROUP BY recipient"
-    ),
-    "threads": (
-        "SELECT asker, count(*) FROM threads INDEXED BY threads_open_asker "
-        "WHERE answered_at IS NULL GROUP BY asker"
-    ),
-    "questions": "SELECT count(*) FROM operator_questions WHERE answered_at IS NULL",
-}
 
+class GaugeSource(Protocol):
+    """What the collector reads: ``controller.broker.Broker.gauges``."""
 
-class SentCounter:
-    """Folds the messages sent since the last scrape into
-    ``hyperhive_broker_messages_total{event="sent"}``, per sender, from the broker's rows
-    (``id`` above the last one seen: a primary-key range, however many rows are kept).
-    Counts from the controller's start, like any counter; the first call sees every row
-    sent since this object was made."""
-
-    def __init__(self, path: Path, events: EventMetrics = EVENTS) -> None:
-        self.path = path
-        self.events = events
-        self._lock = threading.Lock()
-        self._last: int | None = None
-        self._last = self._top()
-
-    def _top(self) -> int | None:
-        try:
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2.0)
-        except sqlite3.Error:
-            return None
-        try:
-            return int(con.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
-        except sqlite3.Error:
-            return None
-        finally:
-            con.close()
-
-    def refresh(self) -> None:
-        """Count what was sent since the last call (a failure is logged and retried later)."""
-        with self._lock:
-            if self._last is None:
-                self._last = self._top()
-                if self._last is None:
-                    return
-            try:
-                con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2.0)
-                try:
-                    rows = con.execute(
-                        "SELECT sender, count(*), max(id) FROM messages WHERE id > ? "
-                        "GROUP BY sender",
-                        (self._last,),
-                    ).fetchall()
-                finally:
-                    con.close()
-            except sqlite3.Error as exc:
-                log.warning("metrics: cannot count sent messages in %s: %s", self.path, exc)
-                return
-            for sender, n, top in rows:
-                self.events.message(str(sender), "sent", int(n))
-                self._last = max(self._last, int(top))
+    def gauges(self, sent_after: int | None = None) -> BrokerGauges:
+        """The broker's figures now (see ``BrokerGauges``); raises on a storage failure."""
+        ...
 
 
 class BrokerCollector(Collector):
-    """The broker gauges of the sqlite broker at ``path`` (see the module docstring).
+    """The broker gauges and ``sent`` counter of ``broker`` (see the module docstring).
 
-    The connection is opened on first scrape and again after an error; a missing or
-    unreadable database gives no samples (logged), never a failed scrape.
+    :meth:`refresh` (a ``BEFORE_SCRAPE`` hook) runs the one query of a scrape, folds the
+    sent messages into ``events`` and keeps the gauges for :meth:`collect`. Counts sent
+    messages from this object's first refresh (made at install), like any counter. No
+    broker, or a failed query (logged), gives no gauge samples, never a failed scrape.
     """
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
-        self.clock = clock
+    def __init__(self, broker: GaugeSource | None, events: EventMetrics = EVENTS) -> None:
+        self.broker = broker
+        self.events = events
         self._lock = threading.Lock()
-        self._con: sqlite3.Connection | None = None
-        self._missing_logged = False
+        self._last: int | None = None
+        self._gauges: BrokerGauges | None = None
         self._rendered: tuple[object, bytes] | None = None
+        self.refresh()  # the baseline: only what is sent from now on is counted
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._con is None:
-            self._con = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, timeout=2.0, check_same_thread=False
-            )
-        return self._con
+    def refresh(self) -> None:
+        """Read the broker's figures now (a failure is logged; the next scrape retries)."""
+        if self.broker is None:
+            return
+        with self._lock:
+            try:
+                g = self.broker.gauges(self._last)
+            except Exception as exc:  # a scrape never fails: no broker gauges this time
+                log.warning("metrics: cannot read the broker's gauges: %s", exc)
+                self._gauges = None
+                return
+            if self._last is not None:
+                for sender, n in g.sent.items():
+                    self.events.message(sender, "sent", n)
+            self._last = max(self._last or 0, g.last_id)
+            self._gauges = g
 
     def close(self) -> None:
-        """Close the connection (the next scrape opens it again)."""
+        """Forget the broker (the collector gives no samples after)."""
         with self._lock:
-            if self._con is not None:
-                self._con.close()
-                self._con = None
+            self.broker = None
+            self._gauges = None
 
     def describe(self) -> Iterable[Metric]:
         """The families, without samples."""
-        return list(self._families(None, 0.0))
+        return list(self._families(None))
 
     def render(self) -> bytes:
         """:meth:`collect` in the text format, rendered again only when the figures moved."""
@@ -157,44 +100,14 @@ class BrokerCollector(Collector):
         return text
 
     def collect(self) -> Iterable[Metric]:
-        """The gauges now."""
-        now = self.clock()
-        if not self.path.exists():  # a broker that is not this sqlite file: no gauges
-            if not self._missing_logged:
-                log.warning("metrics: no sqlite broker at %s: no inbox gauges", self.path)
-                self._missing_logged = True
+        """The gauges of the last :meth:`refresh` (none when it failed or there is no broker)."""
+        g = self._gauges
+        if g is None:
             return []
-        with self._lock:
-            try:
-                con = self._connect()
-                rows = {
-                    name: con.execute(sql, {"now": now}).fetchall()
-                    for name, sql in _QUERIES.items()
-                }
-                oldest_ids = [int(r[2]) for r in rows["inbox"]]
-                sent: dict[int, float] = {}
-                for i in range(0, len(oldest_ids), 500):
-                    chunk = oldest_ids[i : i + 500]
-                    marks = ",".join("?" for _ in chunk)
-                    for id_, at in con.execute(
-                        f"SELECT id, max(sent_at, due_at) FROM messages WHERE id IN ({marks})",
-                        chunk,
-                    ):
-                        sent[int(id_)] = float(at)
-                # end the read transaction so the broker's checkpoints are never held back
-                con.rollback()
-            except sqlite3.Error as exc:
-                log.warning("metrics: cannot read the broker database %s: %s", self.path, exc)
-                if self._con is not None:
-                    self._con.close()
-                    self._con = None
-                return []
-        return list(self._families((rows, sent), now))
+        return list(self._families(g))
 
     @staticmethod
-    def _families(
-        data: tuple[dict[str, list[tuple[object, ...]]], dict[int, float]] | None, now: float
-    ) -> Iterator[Metric]:
+    def _families(g: BrokerGauges | None) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
             "hyperhive_broker_inbox_depth",
             "Messages the agent could be handed now (due, not leased, not acked, not dead).",
@@ -221,18 +134,16 @@ class BrokerCollector(Collector):
         questions = GaugeMetricFamily(
             "hyperhive_broker_operator_questions_pending", "Questions waiting for the operator."
         )
-        if data is not None:
-            rows, sent = data
-            for recipient, n, oldest in rows["inbox"]:
-                depth.add_metric([str(recipient)], float(n))  # type: ignore[arg-type]
-                at = sent.get(int(oldest))  # type: ignore[call-overload]
-                if at is not None:
-                    age.add_metric([str(recipient)], at)
-            for recipient, n in rows["leased"]:
-                leased.add_metric([str(recipient)], float(n))  # type: ignore[arg-type]
-            for recipient, n in rows["reminders"]:
-                reminders.add_metric([str(recipient)], float(n))  # type: ignore[arg-type]
-            for asker, n in rows["threads"]:
-                threads.add_metric([str(asker)], float(n))  # type: ignore[arg-type]
-            questions.add_metric([], float(rows["questions"][0][0]))  # type: ignore[arg-type]
+        if g is not None:
+            for agent, (n, at) in sorted(g.inbox.items()):
+                depth.add_metric([agent], float(n))
+                age.add_metric([agent], at)
+            for family, counts in (
+                (leased, g.leased),
+                (reminders, g.reminders),
+                (threads, g.open_threads),
+            ):
+                for agent, n in sorted(counts.items()):
+                    family.add_metric([agent], float(n))
+            questions.add_metric([], float(g.questions_pending))
         yield from (depth, age, leased, reminders, threads, questions)

@@ -7,7 +7,9 @@ time); without it the listener must be on a loopback address (the config refuses
 else) and also checks ``Host`` against the loopback names (403 ``bad_host``: no DNS
 rebinding from a web page). The body is ``prometheus_client``'s text exposition (format 0.0.4) of
 ``controller.metrics.REGISTRY`` and of the state collectors (``events.scrape``), built off
-the event loop.
+the event loop, gzip-compressed when the scraper says ``Accept-Encoding: gzip`` (Prometheus
+always does): 426-446 KiB at 200 agents go out as a few tens of KiB. The body holds no
+secret beside figures and agent names, so compression gives a BREACH-style attack nothing.
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from controller.metrics.events import scrape
 from hivehttp import LOOPBACK_HOSTS, Listener, Policy, serve_tcp
+from hivehttp.encoding import MIN_BYTES, GzipCache, accepts_gzip
 
 log = logging.getLogger(__name__)
 
 POLICY_BODY = 16 * 1024
 """A scrape has no body; anything larger is refused before it is read."""
+
+
+GZIP_LEVEL = 1
+"""zlib level of the scrape's gzip: the text changes between most scrapes (counters move), so
+it is compressed each time; level 1 is a few ms at 200 agents, level 6 several times that for
+a body a few KiB smaller."""
 
 
 class TokenFileError(ValueError):
@@ -54,6 +63,8 @@ class _Metrics:
     def __init__(self, registry: CollectorRegistry, token: str | None) -> None:
         self.registry = registry
         self.token = token.encode() if token else None
+        # keyed by the body: scrapes of an unchanged swarm (the same text) compress once
+        self.gz = GzipCache(level=GZIP_LEVEL)
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         if self.token is not None:
@@ -71,8 +82,18 @@ class _Metrics:
                 return
         # the text format whatever the Accept header says: the parts of a scrape are
         # rendered and cached apart, and OpenMetrics texts cannot be joined
-        resp.data = await asyncio.to_thread(scrape, self.registry)
+        gz = accepts_gzip(req.get_header("Accept-Encoding"))
+        resp.data, coding = await asyncio.to_thread(self._body, gz)
         resp.content_type = CONTENT_TYPE_LATEST
+        resp.vary = ["Accept-Encoding"]
+        if coding:
+            resp.set_header("Content-Encoding", coding)
+
+    def _body(self, gz: bool) -> tuple[bytes, str]:
+        body = scrape(self.registry)
+        if gz and len(body) >= MIN_BYTES:
+            return self.gz.encode(body, body), "gzip"
+        return body, ""
 
 
 def make_metrics_app(registry: CollectorRegistry, token: str | None) -> Any:

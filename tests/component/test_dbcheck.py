@@ -180,7 +180,10 @@ def test_postgres_new_ok_and_lost(layout: Layout, pg_url: str) -> None:
     assert check_broker_db(layout, location=pg_url, reset=True).state is DbState.RESET
     Broker(pg_url).close()
     checked = check_broker_db(layout, location=pg_url)
-    assert checked.state is DbState.OK and "schema version 1" in checked.detail
+    from controller.broker.postgres_schema import SCHEMA_VERSION
+
+    assert checked.state is DbState.OK
+    assert f"schema version {SCHEMA_VERSION}" in checked.detail
     assert not layout.broker_db.exists()  # the sqlite file is never made or touched
 
 

@@ -83,19 +83,43 @@ def test_a_pushed_commit_is_proposed_from_the_namespace(meta: MetaRepo, pod_clon
         meta.propose_commit(c)
     ok, err = push(pod_clone, f"{c}:refs/hyperhive/manager/work")
     assert ok, err
+    # post-receive asks for no pass (desired state did not move) and says what is next
+    assert "propose it with request_apply_commit" in err, err
     assert refs(meta)["refs/hyperhive/manager/work"] == c
     p = meta.propose_commit(c[:12], note="alice")
     assert (p.commit, p.kind, p.state) == (c, ProposalKind.APPLY_COMMIT, ProposalState.PENDING)
     assert "agents/alice/agent.yaml" in p.diff
+    # handed over: proposal/<id> holds the commit, the namespace ref is gone
+    assert "refs/hyperhive/manager/work" not in refs(meta)
+    assert refs(meta)[f"refs/tags/proposal/{p.id}"] == c
     # the ref's name works as well; a moved ref (a rebased commit) is proposed anew
     c2 = commit(pod_clone, {"agents/bob/agent.yaml": manifest("bob")}, "add bob")
     ok, err = push(pod_clone, f"+{c2}:refs/hyperhive/manager/work")
     assert ok, err
-    assert meta.propose_commit("work").commit == c2
-    # the manager may delete its own refs
-    ok, err = push(pod_clone, ":refs/hyperhive/manager/work")
+    c3 = commit(pod_clone, {"agents/carol/agent.yaml": manifest("carol")}, "add carol")
+    ok, err = push(pod_clone, f"+{c3}:refs/hyperhive/manager/work")
     assert ok, err
-    assert "refs/hyperhive/manager/work" not in refs(meta)
+    assert meta.propose_commit("work").commit == c3
+    # the manager may delete its own refs
+    ok, err = push(pod_clone, f"{c2}:refs/hyperhive/manager/bob")
+    assert ok, err
+    ok, err = push(pod_clone, ":refs/hyperhive/manager/bob")
+    assert ok, err
+    assert not [r for r in refs(meta) if r.startswith("refs/hyperhive/manager/")]
+
+
+def test_the_namespace_is_capped(meta: MetaRepo, pod_clone: Path) -> None:
+    c = commit(pod_clone, {"agents/alice/agent.yaml": manifest("alice")}, "add alice")
+    specs = [f"{c}:refs/hyperhive/manager/n{i}" for i in range(100)]
+    ok, err = push(pod_clone, *specs)
+    assert ok, err
+    ok, err = push(pod_clone, f"{c}:refs/hyperhive/manager/one-more")
+    assert not ok and "would hold 101 refs, more than 100" in err, err
+    ok, err = push(pod_clone, ":refs/hyperhive/manager/n0", f"{c}:refs/hyperhive/manager/one-more")
+    assert ok, err  # a delete in the same push makes room
+    # proposing the commit hands it over: every ref at it goes
+    meta.propose_commit(c)
+    assert not [r for r in refs(meta) if r.startswith("refs/hyperhive/manager/")]
 
 
 def test_only_commits_the_manager_pushed_are_named(meta: MetaRepo, pod_clone: Path) -> None:

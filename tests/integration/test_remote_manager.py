@@ -203,7 +203,11 @@ def test_the_mcp_tool_pushes_then_proposes_and_the_operator_deploys(
     text = out["content"][0]["text"]
     assert out["isError"] is False, text
     assert f"commit {c} proposed as proposal #" in text
-    assert f"refs/hyperhive/manager/{c} {c}" in hive.refs()
+    # pushed, proposed from meta.git (the controller's own copy of the clone never had it),
+    # then handed over: the namespace ref is gone, proposal/<id> holds the commit
+    assert "refs/hyperhive/manager/" not in hive.refs()
+    local = hive.layout.manager_meta
+    assert git("cat-file", "-e", f"{c}^{{commit}}", cwd=local, check=False).returncode != 0
     pending = [p for p in hive.admin.get("/proposals")["proposals"] if p["state"] == "pending"]
     (p,) = [p for p in pending if p["commit"] == c]
     one = hive.admin.get(f"/proposals/{p['id']}")
@@ -213,6 +217,28 @@ def test_the_mcp_tool_pushes_then_proposes_and_the_operator_deploys(
     wait_for("alice running", lambda: hive.running("alice"), timeout=90)
     wait_for("deployed/<id>", lambda: hive.admin.get(f"/proposals/{p['id']}")["state"]
              == "deployed", timeout=60)  # fmt: skip
+
+
+def test_the_mcp_tool_takes_back_a_refused_commit(
+    hive: Hive, pod_clone: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = commit(pod_clone, "fay", model="no good")
+    for var, value in GIT_ENV.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv(META_DIR_VAR, str(pod_clone))
+    monkeypatch.setenv(META_URL_VAR, hive.git_url)
+    out = McpHandler("manager", hive.tcp(MANAGER)).call_tool(
+        "request_apply_commit", {"commit": bad}
+    )
+    text = out["content"][0]["text"]
+    assert out["isError"] is True and "spec.model" in text, text
+    assert "refs/hyperhive/manager/" not in hive.refs()  # its pushed ref was deleted again
+    # and a commit the clone does not have: nothing pushed, the tool says why
+    out = McpHandler("manager", hive.tcp(MANAGER)).call_tool(
+        "request_apply_commit", {"commit": "0123456789abcdef"}
+    )
+    text = out["content"][0]["text"]
+    assert out["isError"] is True and "nothing was proposed" in text, text
 
 
 def test_a_push_by_hand_then_a_request_by_short_id(hive: Hive, pod_clone: Path) -> None:

@@ -11,7 +11,11 @@ Messages API served here.
 
 The story: the manager starts as a pod; the operator asks it for alice; its turn proposes
 the spawn; the operator approves; alice runs as a StatefulSet's pod (or an agent-sandbox
-Sandbox's: the story runs with both) and answers a message;
+Sandbox's: the story runs with both) and answers a message; the operator asks the manager
+to move alice to another model: in its pod, the manager's turn commits the manifest change
+in its meta clone (made by its harness from meta.git over HTTP, the controller's ``git:``
+listener, with its own credential) and ``request_apply_commit`` pushes the commit to
+``refs/hyperhive/manager/`` and proposes it; the operator approves and it deploys;
 ``hyperhive stop`` scales her to zero (the volume stays), ``start`` brings her back with the
 same volume, ``destroy`` keeps the volume as a tombstone, ``purge`` deletes it.
 """
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,14 +66,33 @@ def is_manager(req: Request) -> bool:
     return "mcp__hyperhive__request_spawn" in req.tool_names
 
 
+NEW_MODEL = "claude-test-b"
+
+# the manager's turn in its pod: a manifest change committed in its meta clone
+EDIT_ALICE = (
+    'cd "$HYPERHIVE_META_DIR" && git fetch -q origin && git checkout -q -B work origin/main'
+    f" && sed -i 's/^  model: .*/  model: {NEW_MODEL}/' agents/alice/agent.yaml"
+    " && git commit -q -am 'alice: another model' && git rev-parse HEAD"
+)
+
+
 def model_script(req: Request) -> Reply:
-    """The fake model: the manager proposes alice; alice answers the operator's hello."""
+    """The fake model: the manager proposes alice, then commits and proposes a change to
+    her manifest; alice answers the operator's hello."""
     text = req.last_user_text
     if req.tool_results:
+        # the Bash commit above prints the id first (claude may add a note on the cwd after it)
+        said = req.tool_results[0].text.strip().split("\n", 1)[0]
+        if is_manager(req) and re.fullmatch(r"[0-9a-f]{40}", said):
+            return reply_tool_use(
+                "mcp__hyperhive__request_apply_commit", {"commit": said, "note": "alice"}
+            )
         return reply_text("done.")
     if is_manager(req):
         if "please spawn alice" in text:
             return reply_tool_use("mcp__hyperhive__request_spawn", {"name": "alice"})
+        if "please move alice" in text:
+            return reply_tool_use("Bash", {"command": EDIT_ALICE, "description": "commit"})
         return reply_text("noted.")
     if "hello alice" in text:
         return reply_tool_use(
@@ -134,11 +159,12 @@ def story(
     standin.start()
     standin.create("secrets", NS, anthropic_secret(api))
     s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=9)  # type: ignore[arg-type]
-    api_port = free_port()
+    api_port, git_port = free_port(), free_port()
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg.update(
         runtime="kubernetes",
         api={"listen": f"127.0.0.1:{api_port}"},
+        git={"listen": f"127.0.0.1:{git_port}"},
         kubernetes={
             "namespace": NS,
             "kubeconfig": str(kubeconfig(tmp_path / "kubeconfig", standin)),
@@ -147,6 +173,7 @@ def story(
             # the stand-in's pods listen on loopback (there is no cluster DNS here)
             "web_host": "127.0.0.1",
             "api_url": f"http://127.0.0.1:{api_port}",
+            "meta_url": f"http://127.0.0.1:{git_port}/meta.git",
         },
     )
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -228,6 +255,27 @@ def test_an_agent_spawned_on_kubernetes_answers_then_suspends_resumes_and_goes(
     assert "hyperhive-agent serve: agent alice" in journal
     assert "alice here, in a pod" in journal  # her MCP call, as the harness logged it
     pvc_uid = standin.get("persistentvolumeclaims", NS, names.pvc("alice"))["metadata"]["uid"]  # type: ignore[index]
+
+    # the manager, in its pod, proposes a commit of its own clone: pushed over meta.git's
+    # HTTP listener with its credential, proposed, approved by the operator, deployed
+    s.cli("send", "manager", "please move alice to another model")
+    wait_for("proposal/2", lambda: "proposal/2" in s.tags("proposal"), timeout=120)
+    one = s.admin.get("/proposals/2")
+    assert one["kind"] == "apply_commit", one
+    assert f"+  model: {NEW_MODEL}" in one["diff"], one["diff"]
+    meta_git = s.state / "meta.git"
+    pushed = subprocess.run(
+        ["git", "--git-dir", str(meta_git), "for-each-ref", "--format=%(refname)",
+         "refs/hyperhive/manager/"], capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert pushed == []  # handed over: proposal/2 holds the commit now
+    assert s.tags("proposal") and one["commit"] in subprocess.run(
+        ["git", "--git-dir", str(meta_git), "rev-parse", "proposal/2^{commit}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    s.cli("approve", "2")
+    wait_for("deployed/2", lambda: "deployed/2" in s.tags("deployed"), timeout=120)
+    wait_for("alice running on the new model", lambda: s.phase("alice") == "running", timeout=60)
 
     # suspend: scaled to zero, the pod and its process gone, the volume kept
     s.cli("stop", "alice")

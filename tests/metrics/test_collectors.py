@@ -4,6 +4,7 @@ sockets."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import urllib.error
@@ -143,6 +144,19 @@ def test_the_endpoint_checks_who_is_asking(tmp_path: Path) -> None:
         status, body = get(url, Authorization="Bearer s3cret")
         assert status == 200
         assert b'hyperhive_reconcile_passes_total{outcome="ok",trigger="startup"} 1.0' in body
+        # gzip when the scraper asks for it (Prometheus does), the same text inflated
+        req = urllib.request.Request(
+            url, headers={"Authorization": "Bearer s3cret", "Accept-Encoding": "gzip"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Content-Encoding"] == "gzip"
+            assert "Accept-Encoding" in r.headers["Vary"]
+            packed = r.read()
+        text = gzip.decompress(packed)  # (process and request series moved since)
+        assert len(packed) < len(text)
+        assert b'hyperhive_reconcile_passes_total{outcome="ok",trigger="startup"} 1.0' in text
+        checked = promtool("check", "metrics", stdin=text)
+        assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
         # no token: loopback only, and a rebound host name is refused
         url = f"http://127.0.0.1:{open_.port}/metrics"
         assert get(url)[0] == 200
@@ -196,7 +210,7 @@ def series_names(tmp_path: Path) -> set[str]:
     families = list(registry.collect())
     families += list(SwarmCollector(None).describe())  # type: ignore[arg-type]
     families += list(TurnCollector(Layout.for_state(tmp_path)).describe())
-    families += list(BrokerCollector(tmp_path / "none.sqlite").describe())
+    families += list(BrokerCollector(None).describe())
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     return {f.name + s for f in families for s in suffixes.get(f.type, ("",))}
 

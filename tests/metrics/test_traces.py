@@ -180,3 +180,41 @@ def test_a_request_is_one_trace_across_agents(swarm: Swarm, otlp: OtlpReceiver) 
     agents = {r.get("hyperhive.agent") for r in otlp.received.metric_resources}
     assert {"manager", "bob"} <= agents, agents
     assert "api_request" in otlp.received.log_names
+
+
+def test_a_stored_trace_context_outlives_a_controller_restart(
+    swarm: Swarm, otlp: OtlpReceiver
+) -> None:
+    """A message written with a ``traceparent`` while the controller is down (the broker's
+    own ``send`` on its sqlite file: what ``POST /send`` calls) is received by the manager
+    once the controller is back, and the manager's turn continues that trace: the trace
+    context is in the broker's store, not in a controller's memory."""
+    from controller.broker import Broker
+    from controller.paths import Layout
+
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    s = swarm
+    s.start()
+    wait_for("the manager running", lambda: s.phase("manager") == "running")
+    s.stop()  # agents keep running; the manager's harness waits for the controller
+    broker = Broker(Layout.for_state(s.state).broker_db)
+    try:
+        broker.send(
+            "operator",
+            "manager",
+            "sent before the restart",
+            traceparent=(f"00-{trace_id}-{parent}-01"),
+        )
+    finally:
+        broker.close()
+    s.start()
+
+    def the_turn() -> Span | None:
+        for sp in otlp.spans():
+            if sp.name == "invoke_agent manager" and sp.trace_id == trace_id:
+                return sp
+        return None
+
+    turn = wait_for("the manager's turn in the stored trace", the_turn, timeout=90, interval=0.2)
+    assert turn.parent_span_id == parent
+    assert turn.attributes["hyperhive.message.from"] == "operator"

@@ -27,12 +27,14 @@ Replayed, each counted in the session's tally:
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,7 +60,15 @@ from tests.realserve import (
     wait_for,
     write_config,
 )
-from tests.security.support import ROOT, SESSION_COOKIE, Reply, Tally, cookie_of, http
+from tests.security.support import (
+    ROOT,
+    SESSION_COOKIE,
+    Reply,
+    Tally,
+    cookie_of,
+    http,
+    sample_peak,
+)
 
 ROUTES = "new routes: bad input is a 4xx naming the field"
 CAPS = "custom front-end file capabilities: replayed elsewhere"
@@ -93,6 +103,7 @@ class NewHive:
     metrics_port: int
     forge: StandinForgejo
     dash_port: int = 0
+    git_port: int = 0
 
     @property
     def layout(self) -> Layout:
@@ -131,6 +142,7 @@ def new_hive() -> Iterator[NewHive]:
     tmp = Path(tempfile.mkdtemp(prefix="hhnew-", dir="/tmp"))
     forge = StandinForgejo().start()
     api_port, metrics_port, dash_port = free_port(), free_port(), free_port()
+    git_port = free_port()
     script = tmp / "standin.py"
     script.write_text(STANDIN)
     token_file = tmp / "forge-admin-token"
@@ -143,6 +155,7 @@ def new_hive() -> Iterator[NewHive]:
         local_sandbox=False,
         resync_seconds=30,
         api={"listen": f"127.0.0.1:{api_port}"},
+        git={"listen": f"127.0.0.1:{git_port}"},
         metrics={"port": metrics_port},
         budget={"usdPerDay": 1.0},
         forge={"url": forge.url, "admin_token_file": str(token_file), "poll_seconds": 1},
@@ -155,7 +168,7 @@ def new_hive() -> Iterator[NewHive]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    h = NewHive(tmp, proc, api_port, metrics_port, forge, dash_port)
+    h = NewHive(tmp, proc, api_port, metrics_port, forge, dash_port, git_port)
     try:
         wait_for("host.sock", lambda: h.admin.get("/status"), timeout=60)
         wait_for("the manager's credential", lambda: h.layout.agent_credential(MANAGER).exists())
@@ -596,7 +609,10 @@ def test_hostile_stats_schemas_do_not_stall_the_controller(new_hive: NewHive, ta
     tally.assert_refused(STATS)
 
 
-def test_a_huge_stats_file_is_counted_in_bounded_batches(tmp_path: Path) -> None:
+def test_a_huge_stats_file_is_counted_in_bounded_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.budget import ledger as ledger_module
     from controller.budget.core import day_window
     from controller.budget.ledger import INGEST_ROWS, Ledger
 
@@ -613,7 +629,152 @@ def test_a_huge_stats_file_is_counted_in_bounded_batches(tmp_path: Path) -> None
     con.execute("COMMIT")
     con.close()
     ledger = Ledger(tmp_path / "budget.sqlite")
-    got = [ledger.ingest("alice", stats) for _ in range(4)]
-    assert got == [INGEST_ROWS, INGEST_ROWS, 123, 0]
+    # a big file is read once a second at most, however often the agent asks
+    assert [ledger.ingest("alice", stats) for _ in range(3)] == [INGEST_ROWS, 0, 0]
+    monkeypatch.setattr(ledger_module, "INGEST_EVERY", 0.0)
+    got = [ledger.ingest("alice", stats) for _ in range(3)]
+    assert got == [INGEST_ROWS, 123, 0]
     spend = ledger.spend("alice", day_window(now))
     assert spend.turns == n and spend.tokens == n
+
+
+BOMB = "a manager's decompression bomb on meta.git"
+
+
+def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_TERMINAL_PROMPT": "0",
+           "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "m", "GIT_AUTHOR_EMAIL": "m@x",
+           "GIT_COMMITTER_NAME": "m", "GIT_COMMITTER_EMAIL": "m@x"}  # fmt: skip
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+
+
+def _peak_during(proc: psutil.Process, fn: Any) -> tuple[Any, int]:
+    """``fn()``'s result and ``proc``'s peak resident memory while it ran (bytes)."""
+    stop = threading.Event()
+    peaks: list[int] = []
+
+    def sample() -> None:
+        peaks.extend(sample_peak(lambda: proc.memory_info().rss, stop))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        stop.set()
+        sampler.join()
+    return result, max(peaks, default=0)
+
+
+def test_a_managers_pushed_bomb_is_refused_unread(
+    new_hive: NewHive, tally: Tally, tmp_path: Path
+) -> None:
+    """A few hundred KiB of pack holding 300 MB of zeros (a file, then a manifest), pushed
+    to the manager's namespace and proposed: refused from the objects' headers, the
+    controller's memory unmoved."""
+    h = new_hive
+    cred = h.layout.agent_credential(MANAGER).read_text().strip()
+    auth = ["-c", f"http.extraHeader=Authorization: Bearer {cred}"]
+    clone = tmp_path / "mgr"
+    r = _git(*auth, "clone", "-q", f"http://127.0.0.1:{h.git_port}/meta.git", str(clone),
+             cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    proc = psutil.Process(h.proc.pid)
+    for what, rel in (("a 300 MB file", "agents/zed/big.bin"),
+                      ("a 300 MB manifest", "agents/zed/agent.yaml")):  # fmt: skip
+        (clone / "agents" / "zed").mkdir(parents=True, exist_ok=True)
+        (clone / "agents" / "zed" / "agent.yaml").write_text(
+            "apiVersion: hyperhive/v1\nkind: Agent\nmetadata:\n  name: zed\n"
+        )
+        with open(clone / rel, "wb") as f:
+            f.truncate(300 * 1024 * 1024)
+        _git("add", "-A", cwd=clone)
+        _git("commit", "-q", "-m", what, cwd=clone)
+        head = _git("rev-parse", "HEAD", cwd=clone).stdout.strip()
+        r = _git(*auth, "push", "-q", "origin", f"+HEAD:refs/hyperhive/manager/{head}", cwd=clone)
+        assert r.returncode == 0, r.stderr
+        rss = proc.memory_info().rss
+
+        def ask(head: str = head) -> Reply:
+            reply = http(h.api, "POST", "/request_apply_commit", headers=[h.auth(MANAGER)],
+                         body={"commit": head, "note": "bomb"}, timeout=120)  # fmt: skip
+            h.admin.get("/proposals?pending=1")  # what the operator's views read next
+            return reply
+
+        reply, peak = _peak_during(proc, ask)
+        grew = (max(peak, rss) - rss) / 2**20
+        named = reply.status == 400 and reply.error.get("field") == rel
+        tally.record(BOMB, f"{what}: request_apply_commit refused naming it", named, reply.brief())
+        tally.record(BOMB, f"{what}: controller memory at its peak", grew < 100,
+                     f"grew {grew:.0f} MiB")  # fmt: skip
+        _git("rm", "-q", "--cached", rel, cwd=clone)
+        (clone / rel).unlink()
+        _git("commit", "-q", "-m", "drop", cwd=clone)
+    pending = [p for p in h.admin.get("/proposals?pending=1")["proposals"]]
+    tally.record(BOMB, "no proposal was made", not any("bomb" in str(p.get("note")) for p in
+                 pending), str(pending)[:300])  # fmt: skip
+    tally.assert_refused(BOMB)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_a_managers_gzip_bomb_push_is_cut_off(
+    new_hive: NewHive, tally: Tally, tmp_path: Path
+) -> None:
+    """A push whose body is 240 MiB of pack (120 blobs stored uncompressed) gzipped to
+    well under a MiB: ``git http-backend`` inflates it, so the body limit alone does not bound
+    what lands on disk; ``receive.maxInputSize`` must."""
+    h = new_hive
+    repo = tmp_path / "bomb"
+    _git("init", "-q", str(repo), cwd=tmp_path)
+    # past receive.unpackLimit (100 objects) the pack is kept as sent: uncompressed blobs
+    blobs = []
+    for i in range(120):
+        f = repo / f"zeros{i}"
+        with open(f, "wb") as out:
+            out.truncate(2 * 1024 * 1024)
+            out.write(str(i).encode())
+        blobs.append(_git("hash-object", "-w", f.name, cwd=repo).stdout.strip())
+        f.unlink()
+    listing = "".join(f"100644 blob {b}\tzeros{i}\n" for i, b in enumerate(blobs))
+    tree = subprocess.run(["git", "mktree"], cwd=repo, input=listing,
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    commit = _git("commit-tree", "-m", "bomb", tree, cwd=repo).stdout.strip()
+    objects = "\n".join([commit, tree, *blobs]) + "\n"
+    pack = subprocess.run(
+        ["git", "-c", "pack.compression=0", "pack-objects", "--window=0", "--stdout", "-q"],
+        cwd=repo, input=objects.encode(), capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    ref = "refs/hyperhive/manager/bomb"
+    line = f"{'0' * 40} {commit} {ref}\0report-status\n".encode()
+    body = f"{len(line) + 4:04x}".encode() + line + b"0000" + pack
+    packed = gzip.compress(body, 9)
+    before = _dir_bytes(h.layout.meta_git)
+    cred = h.layout.agent_credential(MANAGER).read_text().strip()
+    reply = http(
+        ("127.0.0.1", h.git_port),
+        "POST",
+        "/meta.git/git-receive-pack",
+        headers=[
+            ("Authorization", f"Bearer {cred}"),
+            ("Content-Type", "application/x-git-receive-pack-request"),
+            ("Content-Encoding", "gzip"),
+        ],
+        body=packed,
+        timeout=120,
+    )
+    grew = (_dir_bytes(h.layout.meta_git) - before) / 2**20
+    tally.figure(
+        "gzip bomb push", f"{len(packed) // 1024} KiB sent for {len(pack) >> 20} MiB of pack"
+    )
+    tally.record(BOMB, "a 240 MiB pack in a gzipped push: meta.git growth", grew < 70,
+                 f"meta.git grew {grew:.0f} MiB; {reply.brief()[:200]}")  # fmt: skip
+    has = _git(
+        "--git-dir", str(h.layout.meta_git), "rev-parse", "-q", "--verify", ref, cwd=tmp_path
+    )
+    tally.record(BOMB, "a 240 MiB pack in a gzipped push: the ref", has.returncode != 0,
+                 has.stdout)  # fmt: skip
+    tally.assert_refused(BOMB)
