@@ -7,7 +7,8 @@ Messages API as in the e2e story), the manager asks for a spawn of ``b<i>`` over
 its socket, the operator tags ``approved/<id>`` in a clone and runs ``git push``.
 Timed from just before ``git push`` to
 
-- ``push``: ``git push`` returned (both hooks ran);
+- ``push``: ``git push`` returned (both hooks ran; the agent is watched for meanwhile,
+  since the controller may start it before the post-receive hook is done);
 - ``running``: a harness process of ``b<i>`` exists (``/proc``, polled every 2 ms);
 - ``ui``: ``b<i>``'s web UI answers an HTTP request on its ``web.sock`` (the socket
   the dashboard proxies ``/agents/<name>/`` to; since 2026-12-07 the harness answers
@@ -166,11 +167,21 @@ def approvals(s: Swarm, pushes: int, old_root: Path | None) -> dict[str, dict[st
         watch = ProcWatch()
         web = layout_run / "agents" / name / "web.sock"
         t0 = time.monotonic()
-        s.push(f"approved/{pid}")
-        t_push = time.monotonic() - t0
-        t_run = t_ui = t_ready = None
-        while t_ready is None and time.monotonic() - t0 < 30:
+        # watched while git push runs: the pass may start before the push returns
+        push = subprocess.Popen(
+            ["git", "push", "-q", "origin", f"approved/{pid}"],
+            cwd=s.tmp / "m",
+            env=s.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        t_push = t_run = t_ui = t_ready = None
+        while (t_ready is None or t_push is None) and time.monotonic() - t0 < 30:
             now = time.monotonic() - t0
+            if t_push is None and push.poll() is not None:
+                if push.returncode != 0:
+                    raise RuntimeError(f"git push approved/{pid} failed")
+                t_push = now
             if t_run is None and watch.find(name):
                 t_run = now
             if t_run is not None and t_ui is None and ui_answers(web):
@@ -178,7 +189,7 @@ def approvals(s: Swarm, pushes: int, old_root: Path | None) -> dict[str, dict[st
             if t_ui is not None and state_ready(web):
                 t_ready = time.monotonic() - t0
             time.sleep(0.002)
-        if t_run is None or t_ui is None or t_ready is None:
+        if t_push is None or t_run is None or t_ui is None or t_ready is None:
             raise RuntimeError(f"{name} not running/answering/ready 30 s after the push")
         row = out.setdefault(which, {"push": [], "running": [], "ui": [], "ready": []})
         row["push"].append(t_push)

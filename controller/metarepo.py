@@ -178,6 +178,8 @@ MAX_PROPOSAL_BLOB_BYTES = 32 * 1024 * 1024
 """Largest file a proposal may add (the largest custom front-end file served)."""
 MAX_PROPOSAL_NEW_BYTES = 64 * 1024 * 1024
 """Most bytes of new files one proposal may add (a push's limit over HTTP too)."""
+MAX_PROPOSAL_OBJECT_BYTES = 4 * 1024 * 1024
+"""Largest commit, tree or tag a proposal may bring (a meta repo's are a few KiB)."""
 
 
 def _object_size(repo: pygit2.Repository, oid: pygit2.Oid) -> int:
@@ -950,6 +952,9 @@ class MetaRepo:
         with self._lock:
             if src is not None and src is not self.repo:
                 copy_objects(src, self.repo, obj.id)
+            else:  # pushed to meta.git: its objects are there already, unchecked
+                history = {c.id for c in self.repo.walk(self._main_oid())}
+                new_objects(self.repo, obj.id, history.__contains__, blob_limit=None)
             new = self.repo[obj.id]
             assert isinstance(new, pygit2.Commit)
             main = self._main_oid()
@@ -1007,7 +1012,9 @@ class MetaRepo:
             if not name.startswith(MANAGER_PREFIX):
                 continue
             with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
-                if self.repo.references[name].peel(pygit2.Commit).id == oid:
+                # sized from headers first (_peel_small): the manager made these objects
+                tip = _peel_small(self.repo, self.repo.references[name].target)
+                if tip is not None and tip.id == oid:
                     self.repo.references.delete(name)
         self._dirty = True
 
@@ -1017,17 +1024,19 @@ class MetaRepo:
         ``commit`` is a ref under ``refs/hyperhive/manager/`` (full, or the part after
         it) or a hex object id (full or abbreviated) of a commit reachable from one of
         those refs; anything else in meta.git (main, proposals, other objects) is not
-        the manager's to name here. Call with ``self._lock`` held.
+        the manager's to name here. Raises ``Invalid`` (``new_objects``) when what the
+        manager pushed holds an object too large to load. Call with ``self._lock`` held.
         """
         tips: dict[str, pygit2.Oid] = {}
         for name in self.repo.references:
             if not name.startswith(MANAGER_PREFIX):
                 continue
             try:
-                peeled = self.repo.references[name].peel(pygit2.Commit)
-            except (KeyError, ValueError, pygit2.GitError):
+                peeled = _peel_small(self.repo, self.repo.references[name].target)
+            except (KeyError, ValueError, TypeError, pygit2.GitError):
                 continue
-            tips[name] = peeled.id
+            if peeled is not None:
+                tips[name] = peeled.id
         if not tips:
             return None
         for name in (commit, MANAGER_PREFIX + commit):
@@ -1036,10 +1045,16 @@ class MetaRepo:
                 return found if isinstance(found, pygit2.Commit) else None
         if not 4 <= len(commit) <= 64 or any(c not in "0123456789abcdef" for c in commit.lower()):
             return None
-        try:
-            obj = self.repo.revparse_single(commit.lower()).peel(pygit2.Commit)
+        try:  # expand_id reads no object; _peel_small loads it only if it is small
+            obj = _peel_small(self.repo, self.repo.expand_id(commit.lower()))
         except (KeyError, ValueError, pygit2.GitError):
             return None
+        if obj is None:
+            return None
+        # descendant_of loads the history between: the manager's objects, checked first
+        history = {c.id for c in self.repo.walk(self._main_oid())}
+        for tip in tips.values():
+            new_objects(self.repo, tip, history.__contains__, blob_limit=None)
         for tip in tips.values():
             if tip == obj.id or self.repo.descendant_of(tip, obj.id):
                 return obj
@@ -1601,34 +1616,57 @@ def _unshare_file(name: str, dir_fd: int) -> int:
         os.close(src)
 
 
-def copy_objects(src: pygit2.Repository, dst: pygit2.Repository, tip: pygit2.Oid) -> int:
-    """Copy ``tip`` and everything reachable from it that ``dst`` lacks; returns objects copied.
+def _peel_small(repo: pygit2.Repository, oid: object) -> pygit2.Commit | None:
+    """The commit ``oid`` names (through annotated tags), None when it names something else
+    or any object on the way is over ``MAX_PROPOSAL_OBJECT_BYTES`` (read from its header
+    before it is loaded: a manager made it)."""
+    for _ in range(8):
+        if not isinstance(oid, pygit2.Oid):
+            return None
+        if repo.odb.read_header(oid)[1] > MAX_PROPOSAL_OBJECT_BYTES:
+            return None
+        obj = repo[oid]
+        if isinstance(obj, pygit2.Commit):
+            return obj
+        if not isinstance(obj, pygit2.Tag):
+            return None
+        oid = obj.target
+    return None
 
-    Stops at objects ``dst`` already has (a repo holds everything reachable from
-    what it holds), so the cost is the number of new objects. Objects are written
-    children first, so an interrupted copy never leaves a commit without its tree.
-    Raises ``Invalid`` (field ``commit``) for a blob over ``MAX_PROPOSAL_BLOB_BYTES``,
-    found from its header before anything is copied.
-    """
+
+def new_objects(
+    repo: pygit2.Repository,
+    tip: pygit2.Oid,
+    have: Callable[[pygit2.Oid], bool],
+    blob_limit: int | None = MAX_PROPOSAL_BLOB_BYTES,
+) -> list[pygit2.Oid]:
+    """Every object reachable from ``tip`` that ``have`` does not know, tip first (a walk
+    stops at objects ``have`` knows). Each object's size is read from its header before
+    it is loaded, so an object a manager made cannot make the controller inflate
+    gigabytes: ``Invalid`` (field ``commit``) for a blob over ``MAX_PROPOSAL_BLOB_BYTES``
+    (``blob_limit``; None: blobs are not judged here, ``oversized`` names them by path) or
+    another object over ``MAX_PROPOSAL_OBJECT_BYTES``."""
     order: list[pygit2.Oid] = []
     seen: set[pygit2.Oid] = set()
     stack: list[pygit2.Oid] = [tip]
     while stack:
         oid = stack.pop()
-        if oid in seen or dst.odb.exists(oid):
+        if oid in seen or have(oid):
             continue
         seen.add(oid)
         order.append(oid)
-        kind, size = src.odb.read_header(oid)
-        if kind == pygit2.GIT_OBJECT_BLOB:  # a leaf: its header is enough, nothing inflated
-            if size > MAX_PROPOSAL_BLOB_BYTES:
-                raise Invalid(
-                    f"object {oid} is {size} bytes; a proposal's files are at most "
-                    f"{MAX_PROPOSAL_BLOB_BYTES} bytes",
-                    field="commit",
-                )
+        kind, size = repo.odb.read_header(oid)
+        blob = kind == pygit2.GIT_OBJECT_BLOB
+        limit = (blob_limit if blob else MAX_PROPOSAL_OBJECT_BYTES) or size
+        if size > limit:
+            what = "files" if blob else "commits, trees and tags"
+            raise Invalid(
+                f"object {oid} is {size} bytes; a proposal's {what} are at most {limit} bytes",
+                field="commit",
+            )
+        if blob:  # a leaf: its header is enough, nothing inflated
             continue
-        obj = src[oid]
+        obj = repo[oid]
         if isinstance(obj, pygit2.Commit):
             stack.append(obj.tree_id)
             stack.extend(obj.parent_ids)
@@ -1636,6 +1674,19 @@ def copy_objects(src: pygit2.Repository, dst: pygit2.Repository, tip: pygit2.Oid
             stack.extend(e.id for e in obj if e.filemode != pygit2.GIT_FILEMODE_COMMIT)
         elif isinstance(obj, pygit2.Tag):
             stack.append(obj.target)
+    return order
+
+
+def copy_objects(src: pygit2.Repository, dst: pygit2.Repository, tip: pygit2.Oid) -> int:
+    """Copy ``tip`` and everything reachable from it that ``dst`` lacks; returns objects copied.
+
+    Stops at objects ``dst`` already has (a repo holds everything reachable from
+    what it holds), so the cost is the number of new objects. Objects are written
+    children first, so an interrupted copy never leaves a commit without its tree.
+    Raises ``Invalid`` (``new_objects``: an object too large, found from its header)
+    before anything is copied.
+    """
+    order = new_objects(src, tip, dst.odb.exists)
     for oid in reversed(order):
         typ, data = src.odb.read(oid)
         dst.odb.write(int(typ), data)

@@ -778,3 +778,48 @@ def test_a_managers_gzip_bomb_push_is_cut_off(
     tally.record(BOMB, "a 240 MiB pack in a gzipped push: the ref", has.returncode != 0,
                  has.stdout)  # fmt: skip
     tally.assert_refused(BOMB)
+
+
+def test_a_managers_huge_commit_object_is_refused_unread(
+    new_hive: NewHive, tally: Tally, tmp_path: Path
+) -> None:
+    """A commit object of 300 MB (its message), a few hundred KiB in the pack, pushed to the
+    manager's namespace and named by ref, full id and abbreviated id."""
+    h = new_hive
+    cred = h.layout.agent_credential(MANAGER).read_text().strip()
+    auth = ["-c", f"http.extraHeader=Authorization: Bearer {cred}"]
+    clone = tmp_path / "mgr"
+    r = _git(*auth, "clone", "-q", f"http://127.0.0.1:{h.git_port}/meta.git", str(clone),
+             cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    tree = _git("rev-parse", "HEAD^{tree}", cwd=clone).stdout.strip()
+    parent = _git("rev-parse", "HEAD", cwd=clone).stdout.strip()
+    raw = clone / "commit.raw"
+    with open(raw, "wb") as f:
+        f.write(
+            f"tree {tree}\nparent {parent}\nauthor m <m@x> 1 +0000\n"
+            f"committer m <m@x> 1 +0000\n\n".encode()
+        )
+        f.write(b"a" * (300 * 1024 * 1024))
+    big = _git("hash-object", "-w", "--literally", "-t", "commit", str(raw), cwd=clone)
+    raw.unlink()
+    commit = big.stdout.strip()
+    assert len(commit) == 40, big.stderr
+    r = _git(*auth, "push", "-q", "origin", f"{commit}:refs/hyperhive/manager/huge", cwd=clone)
+    assert r.returncode == 0, r.stderr
+    proc = psutil.Process(h.proc.pid)
+    for what, name in (("its ref", "huge"), ("its id", commit), ("an abbreviated id", commit[:10])):
+        rss = proc.memory_info().rss
+
+        def ask(name: str = name) -> Reply:
+            return http(h.api, "POST", "/request_apply_commit", headers=[h.auth(MANAGER)],
+                        body={"commit": name, "note": "bomb"}, timeout=120)  # fmt: skip
+
+        reply, peak = _peak_during(proc, ask)
+        grew = (max(peak, rss) - rss) / 2**20
+        tally.record(BOMB, f"a 300 MB commit named by {what}: refused",
+                     400 <= reply.status < 500, reply.brief())  # fmt: skip
+        tally.record(BOMB, f"a 300 MB commit named by {what}: controller memory at its peak",
+                     grew < 100, f"grew {grew:.0f} MiB")  # fmt: skip
+    r = _git(*auth, "push", "-q", "origin", ":refs/hyperhive/manager/huge", cwd=clone)
+    tally.assert_refused(BOMB)
