@@ -20,6 +20,7 @@ from controller.broker.receiving import Receiving
 from controller.broker.retention import Retention
 from controller.broker.sending import Sending
 from controller.broker.sqlite import SqliteStore
+from controller.broker.statuscache import StatusCache
 from controller.broker.store import Store
 from controller.broker.threads import Threads
 from controller.broker.wakeups import LocalWakeups
@@ -66,6 +67,7 @@ class Broker(Sending, Receiving, Retention, Reading, Threads, Questions):
         self.max_deliveries = int(max_deliveries)
         self.dead_letter_to = dead_letter_to
         self._wake = LocalWakeups()
+        self._status_cache = None
         store: Store
         self.path: Path | None = None
         if is_postgres_url(location):
@@ -77,7 +79,9 @@ class Broker(Sending, Receiving, Retention, Reading, Threads, Questions):
             store = PostgresStore(str(location), self._on_change)
         else:
             self.path = Path(location)
-            store = SqliteStore(self.path, self._on_change, durable=durable)
+            # one process writes this file: status readings can be kept between writes
+            self._status_cache = cache = StatusCache()
+            store = SqliteStore(self.path, self._on_change, durable=durable, on_commit=cache.forget)
         self._store = store
         with store.read() as tx:
             self._wake.notify((), tx.last_id())

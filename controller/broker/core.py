@@ -11,6 +11,7 @@ from typing import Any
 from controller.broker.events import summarize_event
 from controller.broker.limits import EVENT_SENDER
 from controller.broker.model import Idem, NewMessage
+from controller.broker.statuscache import StatusCache
 from controller.broker.store import Store, Tx
 from controller.broker.wakeups import Wakeups
 from controller.errors import Conflict, Invalid
@@ -31,6 +32,7 @@ class BrokerCore:
 
     _store: Store
     _wake: Wakeups
+    _status_cache: StatusCache | None
     _clock: Callable[[], float]
     max_deliveries: int
     dead_letter_to: str | None

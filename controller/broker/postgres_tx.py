@@ -15,6 +15,7 @@ columns are stored with NUL (and the escape character itself) escaped and read b
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from controller.broker.model import (
     question_from_row,
     thread_from_row,
 )
+from controller.broker.statuscache import StatusReading
 from schemas.wire import Message, Status
 
 _ORDER_LOCK = (0x6868, 1)
@@ -268,12 +270,19 @@ class PgTx:
 
     def status(self, recipient: str, now: float, max_deliveries: int) -> Status:
         """``recipient``'s counts, in one statement."""
+        return self.status_reading(recipient, now, max_deliveries).status
+
+    def status_reading(self, recipient: str, now: float, max_deliveries: int) -> StatusReading:
+        """``status`` with the pending count and when time alone changes the counts."""
         row = self._one(
-            "SELECT count(*) FILTER (WHERE due_at <= %(now)s AND (lease_until IS NULL "
+            "SELECT count(*) AS pending, "
+            "count(*) FILTER (WHERE due_at <= %(now)s AND (lease_until IS NULL "
             "  OR (lease_until <= %(now)s AND attempts < %(max)s))) AS unread, "
             "count(*) FILTER (WHERE kind = 'reminder' AND due_at > %(now)s) AS reminders, "
             "count(*) FILTER (WHERE lease_until IS NOT NULL AND lease_until <= %(now)s "
             "  AND attempts >= %(max)s) AS exhausted, "
+            "min(due_at) FILTER (WHERE kind = 'reminder' AND due_at > %(now)s) AS next_due, "
+            "min(lease_until) FILTER (WHERE lease_until > %(now)s) AS next_lease_end, "
             "(SELECT count(*) FROM threads WHERE answered_at IS NULL "
             "  AND (asker = %(r)s OR asked = %(r)s)) AS threads, "
             "(SELECT count(*) FROM messages WHERE recipient = %(r)s AND dead_at IS NOT NULL) "
@@ -282,11 +291,17 @@ class PgTx:
             {"r": enc(recipient), "now": now, "max": max_deliveries},
         )
         assert row is not None
-        return Status(
-            int(row["unread"]),
-            int(row["threads"]),
-            int(row["reminders"]),
-            int(row["dead"]) + int(row["exhausted"]),
+        ends = [float(row[k]) for k in ("next_due", "next_lease_end") if row[k] is not None]
+        return StatusReading(
+            Status(
+                int(row["unread"]),
+                int(row["threads"]),
+                int(row["reminders"]),
+                int(row["dead"]) + int(row["exhausted"]),
+            ),
+            int(row["pending"]),
+            now,
+            min(ends) if ends else math.inf,
         )
 
     def dead_letter_counts(self, now: float, max_deliveries: int) -> dict[str, int]:
@@ -454,6 +469,9 @@ class PgTx:
     def changed(self, recipients: Sequence[str] | None, last_id: int | None = None) -> None:
         """Wake ``recipients`` (here and in every process on this database) once this commits."""
         self.touched.append((recipients, last_id))
+
+    def only(self, inboxes: Sequence[str]) -> None:
+        """Nothing to do: no status is cached over a store other processes write."""
 
     # ---------------------------------------------------------------- metrics (read-only)
 

@@ -9,6 +9,7 @@ import time
 from controller.broker.core import BrokerCore
 from controller.broker.errors import BrokerClosed
 from controller.broker.model import BrokerGauges
+from controller.broker.statuscache import StatusCache, StatusReading
 from controller.broker.wakeups import park_async
 from schemas.wire import Message, Status
 
@@ -21,8 +22,23 @@ class Reading(BrokerCore):
         (questions asked by or of ``recipient`` not yet answered), ``pending_reminders``
         (not yet due), ``dead_letters`` (held dead letters, incl. exhausted leases not
         marked yet). Changes nothing."""
+        cache = self._status_cache
+        if cache is None:
+            with self._store.read() as tx:
+                return tx.status(recipient, self._clock(), self.max_deliveries)
+        return self._status_reading(cache, recipient).status
+
+    def _status_reading(self, cache: StatusCache, recipient: str) -> StatusReading:
+        """``recipient``'s reading from ``cache``, read from the store when it has none."""
+        now = self._clock()
+        kept = cache.get(recipient, now)
+        if kept is not None:
+            return kept
+        generation = cache.generation(recipient)
         with self._store.read() as tx:
-            return tx.status(recipient, self._clock(), self.max_deliveries)
+            reading = tx.status_reading(recipient, now, self.max_deliveries)
+        cache.put(recipient, generation, reading)
+        return reading
 
     def recent(self, recipient: str, limit: int = 20) -> list[Message]:
         """The last ``limit`` (1..1000) messages to or from ``recipient``, newest last.

@@ -50,6 +50,7 @@ class Receiving(BrokerCore):
         now = self._clock()
         until = None if lease_seconds is None else now + lease_seconds
         with self._store.write() as tx:
+            tx.only([recipient])  # and the dead-letter events' recipient, through changed
             self._reap(tx, recipient, now)
             msg = tx.claim(recipient, now, until, self.max_deliveries)
             if msg is not None:
@@ -59,6 +60,17 @@ class Receiving(BrokerCore):
                     tx.changed([recipient])
                 return msg, None
             return None, tx.next_due(recipient, now, self.max_deliveries)
+
+    def _inbox_empty(self, recipient: str) -> bool:
+        """True when the status cache knows ``recipient`` has no pending message at all (no
+        claim would deliver or reap one, nothing falls due): its empty claim transaction
+        is skipped. Read after the recipient's wake-up sequence, and the cache forgets an
+        inbox at the commit, before any wake-up: a send in between is never missed."""
+        cache = self._status_cache
+        if cache is None:
+            return False
+        kept = cache.get(recipient, self._clock())
+        return kept is not None and kept.pending == 0
 
     def _recv_step(
         self,
@@ -77,7 +89,10 @@ class Receiving(BrokerCore):
         if abandoned is not None and abandoned():
             return RecvStep(done=True)
         try:
-            msg, next_due = self._claim(recipient, lease_seconds)
+            if self._inbox_empty(recipient):  # nothing to claim, reap or wait for: park
+                msg, next_due = None, None
+            else:
+                msg, next_due = self._claim(recipient, lease_seconds)
         except BrokerClosed:
             return RecvStep(done=True)
         if msg is not None:
@@ -172,6 +187,7 @@ class Receiving(BrokerCore):
         if not clean:
             return 0
         with self._store.write() as tx:
+            tx.only([recipient])
             acked = tx.ack(recipient, clean, self._clock())
         EVENTS.message(recipient, "acked", acked)  # controller.metrics
         return acked
@@ -190,6 +206,7 @@ class Receiving(BrokerCore):
         if clean == []:
             return 0
         with self._store.write() as tx:
+            tx.only([recipient])
             released = tx.release(recipient, clean, self._clock())
             if released:
                 tx.changed([recipient])

@@ -63,6 +63,7 @@ class Sending(BrokerCore):
             digest = request_digest("send", sender, recipient, body, str(kind), thread, event)
             idem = Idem(owner, key, digest)
         with self._store.write() as tx:
+            tx.only([recipient])  # the sender's own status is unchanged
             dup = self._replay(tx, idem)
             if dup is not None:
                 return dup
@@ -98,6 +99,7 @@ class Sending(BrokerCore):
         self._validate_event(event)
         token = dedup_token(event, dedup_key)
         with self._store.write() as tx:
+            tx.only([recipient])
             if tx.has_undelivered(recipient, token):
                 return None
             msg = tx.insert(

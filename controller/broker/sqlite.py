@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,12 +74,22 @@ class SqliteStore:
     """``Store`` on one sqlite file (created with its parent directory), WAL mode.
 
     ``on_change(recipients, last_id)`` runs after each commit that called ``Tx.changed``
-    (outside the lock). Raises ``BrokerStorageError`` when the file cannot be opened.
+    (outside the lock); ``on_commit(inboxes)`` right after each commit, inside the lock, with
+    the inboxes whose status it may have changed (``SqliteTx.dirty``; None: any).
+    Raises ``BrokerStorageError`` when the file cannot be opened.
     """
 
-    def __init__(self, path: Path, on_change: OnChange, *, durable: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_change: OnChange,
+        *,
+        durable: bool = False,
+        on_commit: Callable[[set[str] | None], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self._on_change = on_change
+        self._on_commit = on_commit
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(
@@ -145,6 +155,8 @@ class SqliteStore:
                     self._rollback()
                     raise
                 self._conn.execute("COMMIT")
+                if self._on_commit is not None:
+                    self._on_commit(tx.dirty())
             except sqlite3.Error as exc:
                 self._rollback()
                 if (err := storage_error(exc, self.path)) is None:

@@ -11,6 +11,7 @@ rows only. Nothing costs O(30 days of history). See docs/broker.md for figures.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from controller.broker.model import (
     question_from_row,
     thread_from_row,
 )
+from controller.broker.statuscache import StatusReading
 from schemas.wire import Message, Status
 
 _COLS = ", ".join(MESSAGE_COLUMNS)
@@ -66,6 +68,24 @@ class SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self.touched: list[tuple[Sequence[str] | None, int | None]] = []
+        # the inboxes whose status this transaction may change (None: any); see ``only``
+        self.scope: set[str] | None = None
+
+    def only(self, inboxes: Sequence[str]) -> None:
+        """Declare that this transaction changes no inbox's status but ``inboxes`` (and those
+        it passes to ``changed``): the status cache forgets only them at the commit."""
+        self.scope = (self.scope or set()) | set(inboxes)
+
+    def dirty(self) -> set[str] | None:
+        """The inboxes whose status may have changed at the commit (None: any)."""
+        if self.scope is None:
+            return None
+        out = set(self.scope)
+        for recipients, _ in self.touched:
+            if recipients is None:
+                return None
+            out.update(recipients)
+        return out
 
     # ---------------------------------------------------------------- messages
 
@@ -227,6 +247,11 @@ class SqliteTx:
 
     def status(self, recipient: str, now: float, max_deliveries: int) -> Status:
         """``recipient``'s counts."""
+        return self.status_reading(recipient, now, max_deliveries).status
+
+    def status_reading(self, recipient: str, now: float, max_deliveries: int) -> StatusReading:
+        """``status`` with what the status cache needs: the pending count, and when time
+        alone changes the counts (the next reminder due or lease end after ``now``)."""
         params = {"r": recipient, "now": now, "max": max_deliveries}
         # unread = pending - reminders not due - leased rows not deliverable: only the
         # first count walks every pending row (the cheapest walk: a covering count)
@@ -241,12 +266,22 @@ class SqliteTx:
             "(SELECT count(*) FROM threads WHERE answered_at IS NULL "
             "  AND (asker = :r OR asked = :r)), "
             "(SELECT count(*) FROM messages INDEXED BY messages_dead "
-            "  WHERE recipient = :r AND dead_at IS NOT NULL)",
+            "  WHERE recipient = :r AND dead_at IS NOT NULL), "
+            f"(SELECT min(due_at) FROM messages {_REMINDERS} WHERE recipient = :r "
+            f"  AND kind = 'reminder' AND {_INBOX} AND due_at > :now), "
+            f"(SELECT min(lease_until) FROM messages {_LEASED} WHERE recipient = :r "
+            f"  AND lease_until IS NOT NULL AND {_INBOX} AND lease_until > :now)",
             params,
         ).fetchone()
-        pending, reminders, leased, exhausted, threads, dead = (int(v) for v in row)
+        pending, reminders, leased, exhausted, threads, dead = (int(v) for v in row[:6])
         unread = pending - reminders - leased - exhausted
-        return Status(unread, threads, reminders, dead + exhausted)
+        ends = [float(v) for v in row[6:] if v is not None]
+        return StatusReading(
+            Status(unread, threads, reminders, dead + exhausted),
+            pending,
+            now,
+            min(ends) if ends else math.inf,
+        )
 
     def dead_letter_counts(self, now: float, max_deliveries: int) -> dict[str, int]:
         """``{recipient: dead letters}`` for those with any."""

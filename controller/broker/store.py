@@ -25,6 +25,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from controller.broker.model import BrokerGauges, NewMessage, OperatorQuestion, ThreadRow
+from controller.broker.statuscache import StatusReading
 from schemas.wire import Message, Status
 
 OnChange = Callable[[Sequence[str] | None, int | None], None]
@@ -99,6 +100,11 @@ class Tx(Protocol):
     def status(self, recipient: str, now: float, max_deliveries: int) -> Status:
         """``recipient``'s counts: unread (deliverable now), open threads, reminders not due,
         dead letters (exhausted leases included)."""
+        ...
+
+    def status_reading(self, recipient: str, now: float, max_deliveries: int) -> StatusReading:
+        """``status`` at ``now`` with its pending count (neither acked nor dead) and the
+        first time after ``now`` when a reminder falls due or a lease ends (``inf``: none)."""
         ...
 
     def dead_letter_counts(self, now: float, max_deliveries: int) -> dict[str, int]:
@@ -194,6 +200,12 @@ class Tx(Protocol):
     def changed(self, recipients: Sequence[str] | None, last_id: int | None = None) -> None:
         """This transaction changed ``recipients``' inboxes (None: anyone's) and, if given,
         added messages up to ``last_id``: wake them once it commits."""
+        ...
+
+    def only(self, inboxes: Sequence[str]) -> None:
+        """This transaction changes no inbox's ``status`` but ``inboxes`` and those it passes
+        to ``changed``. Undeclared, a write may have changed anyone's (a store that caches
+        status, ``controller.broker.statuscache``, then forgets every inbox)."""
         ...
 
 

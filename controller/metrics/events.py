@@ -158,6 +158,9 @@ class EventMetrics:
         self._parked = 0
         self._in_flight: dict[tuple[str, str], Gauge] = {}
         self._finished: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+        # (agent, event) → its ``messages`` child: ``labels()`` on every send and claim cost
+        # more than the increment (children are never removed, so one kept stays valid)
+        self._message_children: dict[tuple[str, str], Counter] = {}
         self.parked = Gauge(
             "hyperhive_broker_parked_long_polls",
             "recv requests inside an agent or manager socket now: parked long polls (a recv "
@@ -203,7 +206,13 @@ class EventMetrics:
         """``n`` messages of ``agent`` went through ``event`` (``sent``, ``delivered``,
         ``acked``, ``released``, ``dead_lettered``)."""
         if n > 0:
-            self.messages.labels(agent, event).inc(n)
+            self._message_child(agent, event).inc(n)
+
+    def _message_child(self, agent: str, event: str) -> Counter:
+        child = self._message_children.get((agent, event))
+        if child is None:
+            child = self._message_children[(agent, event)] = self.messages.labels(agent, event)
+        return child
 
     def claimed(self, msg: Message, now: float) -> None:
         """The broker handed ``msg`` to its recipient at ``now``: counted as delivered, and
@@ -219,7 +228,7 @@ class EventMetrics:
     def delivered(self, recipient: str, latency_seconds: float | None) -> None:
         """A message reached ``recipient``; ``latency_seconds`` since it was sent (or became
         due) when this is its first delivery, else ``None``."""
-        self.messages.labels(recipient, "delivered").inc()
+        self._message_child(recipient, "delivered").inc()
         if latency_seconds is not None:
             self.latency.observe(max(0.0, latency_seconds))
 
