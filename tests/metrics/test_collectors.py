@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 
 from controller.config import Config, config_from_dict
 from controller.metrics import TurnCollector, new_registry, trigger_of
-from controller.metrics.endpoint import TokenFileError, serve_metrics
+from controller.metrics.endpoint import TokenFileError, ensure_metrics_token, serve_metrics
 from controller.metrics.events import EventMetrics, status_class
 from controller.metrics.http import observe_http
 from controller.paths import Layout
@@ -135,7 +135,8 @@ def test_the_endpoint_checks_who_is_asking(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     guarded = serve_metrics(registry, "127.0.0.1", 0, token)
-    open_ = serve_metrics(registry, "127.0.0.1", 0, None)
+    made = ensure_metrics_token(tmp_path / "state" / "metrics.token")  # no token_file given
+    own = serve_metrics(registry, "127.0.0.1", 0, made)
     try:
         url = f"http://127.0.0.1:{guarded.port}/metrics"
         status, body = get(url)
@@ -157,13 +158,18 @@ def test_the_endpoint_checks_who_is_asking(tmp_path: Path) -> None:
         assert b'hyperhive_reconcile_passes_total{outcome="ok",trigger="startup"} 1.0' in text
         checked = promtool("check", "metrics", stdin=text)
         assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
-        # no token: loopback only, and a rebound host name is refused
-        url = f"http://127.0.0.1:{open_.port}/metrics"
-        assert get(url)[0] == 200
-        assert get(url, Host="evil.example")[0] == 403
+        # no token_file: the controller's own 0600 token, and a rebound host name is refused
+        assert made.stat().st_mode & 0o777 == 0o600
+        first = made.read_text()
+        assert ensure_metrics_token(made) == made and made.read_text() == first  # kept
+        url = f"http://127.0.0.1:{own.port}/metrics"
+        assert get(url)[0] == 401
+        bearer = f"Bearer {made.read_text().strip()}"
+        assert get(url, Authorization=bearer)[0] == 200
+        assert get(url, Authorization=bearer, Host="evil.example")[0] == 403
     finally:
         guarded.stop()
-        open_.stop()
+        own.stop()
     token.write_text("\n")
     with pytest.raises(TokenFileError):
         serve_metrics(registry, "127.0.0.1", 0, token)
@@ -246,9 +252,17 @@ def test_the_dashboard_and_the_rules_name_only_real_series(tmp_path: Path) -> No
 def test_agents_get_the_operators_otel_settings() -> None:
     from controller.metrics.tracing import agent_environ, endpoint_of
 
-    env = {"OTEL_EXPORTER_OTLP_HEADERS": "x=1", "PATH": "/bin"}
+    env = {"OTEL_EXPORTER_OTLP_HEADERS": "x=1", "PATH": "/bin", "OTEL_BSP_SCHEDULE_DELAY": "500"}
     assert endpoint_of(Config(), env) is None  # off by default
-    assert agent_environ(Config(), env) == {"OTEL_EXPORTER_OTLP_HEADERS": "x=1"}
+    # where and how to export, never the collector's credential (an agent runs any command)
+    assert agent_environ(Config(), env) == {"OTEL_BSP_SCHEDULE_DELAY": "500"}
+    secret = {
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "k=v",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": "/k",
+        "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE": "/c",
+        "OTEL_SERVICE_NAME": "hyperhive",
+    }
+    assert agent_environ(Config(), secret) == {}
     cfg = config_from_dict({"otel": {"endpoint": "http://127.0.0.1:4318"}})
     assert endpoint_of(cfg, env) == "http://127.0.0.1:4318"
     assert agent_environ(cfg, env)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
