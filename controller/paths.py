@@ -120,6 +120,11 @@ class Layout:
         return self.state / "operator.key"
 
     @property
+    def metrics_token(self) -> Path:
+        """The /metrics scrape bearer (0600), made on first start without ``metrics.token_file``."""
+        return self.state / "metrics.token"
+
+    @property
     def tombstones(self) -> Path:
         """Where destroyed agents' state is kept until purged."""
         return self.state / "tombstones"

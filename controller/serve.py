@@ -454,13 +454,18 @@ def run_daemon(
         stack.callback(dash.stop)
         stack.callback(streams_stop.set)
         if cfg.metrics_port is not None:
-            from controller.metrics.endpoint import TokenFileError, serve_metrics
+            from controller.metrics.endpoint import (
+                TokenFileError,
+                ensure_metrics_token,
+                serve_metrics,
+            )
             from controller.metrics.events import REGISTRY
 
             try:
-                scrape = serve_metrics(
-                    REGISTRY, cfg.metrics_host, cfg.metrics_port, cfg.metrics_token_file
-                )
+                # no token file configured: one of our own, never an open /metrics (agents
+                # share loopback on the local runtime)
+                token_file = cfg.metrics_token_file or ensure_metrics_token(layout.metrics_token)
+                scrape = serve_metrics(REGISTRY, cfg.metrics_host, cfg.metrics_port, token_file)
             except (OSError, TokenFileError) as exc:
                 log.error(
                     "cannot serve /metrics on %s:%d: %s",
@@ -474,7 +479,7 @@ def run_daemon(
                 "metrics: http://%s:%d/metrics%s",
                 _url_host(cfg.metrics_host),
                 scrape.port,
-                " (bearer token required)" if cfg.metrics_token_file else "",
+                f" (bearer token of {token_file})",
             )
         dashboard_url.append(f"http://{_url_host(cfg.dashboard_host)}:{dash.port}")
         log.info(

@@ -138,7 +138,7 @@ def load_rows(
     for agent, path in stats_files(layout, agents).items():
         try:
             rows.extend(read_turns(path, agent, since))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: the private copy (agentfile)
             log.warning("turn stats: cannot read %s: %s", path, exc)
     rows.sort(key=lambda r: (r.started_at, r.agent))
     return rows

@@ -20,6 +20,14 @@ a compiled schema that uses only simple keywords (``type``, ``properties``,
 accept (an invalid body, or one it is unsure of, such as a float for an
 ``integer``) goes through jsonschema as before, so verdicts and error messages
 are unchanged.
+
+Patterns (``pattern``, ``propertyNames``' ``pattern``) are ECMA-262 regular expressions, as
+JSON Schema says, matched with ECMA's ``$``: the end of the string, never "before a final
+newline" as Python's ``re`` has it (so ``"sonnet\\n"`` fails ``^[a-z]+$`` here, as it would in
+a browser or in any ECMA engine). ``ecma_regex`` compiles a pattern that way (every ``$``
+outside a character class becomes ``\\Z``); both the fast check and jsonschema's ``pattern``
+keyword (``_Validator``) use it. Everything else is Python ``re`` syntax, which the schemas'
+patterns keep to the subset both engines read alike.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Any
 
 import jsonschema
 from jsonschema import Draft202012Validator
+from jsonschema.validators import extend
 from referencing import Registry, Resource
 
 
@@ -70,6 +79,48 @@ def load_schema(name: str) -> dict[str, Any]:
         resources.files("schemas").joinpath(f"json/{name}.schema.json").read_text()
     )
     return doc
+
+
+@cache
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled with ECMA-262's ``$`` (end of string only: Python's ``\\Z``).
+
+    Every unescaped ``$`` outside a character class is rewritten; the rest is compiled as
+    is. Raises ``re.error`` for a pattern Python cannot compile.
+    """
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1 : i + 2] == "]":  # `[]...]`: a literal ] first
+                out.append("[]")
+                i += 2
+                continue
+        elif c == "$":
+            c = "\\Z"
+        out.append(c)
+        i += 1
+    return re.compile("".join(out))
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Any:
+    """jsonschema's ``pattern`` keyword with ``ecma_regex`` (same error message)."""
+    if validator.is_type(instance, "string") and not ecma_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator: Any = extend(  # type: ignore[no-untyped-call]  # jsonschema ships no types for it
+    Draft202012Validator, {"pattern": _ecma_pattern}
+)
+"""Draft 2020-12 with ECMA ``$`` in patterns (module docstring)."""
 
 
 class _NotInlinable(Exception):
@@ -123,14 +174,14 @@ def _inline(node: Any, doc_name: str, seen: tuple[str, ...] = ()) -> Any:
 
 
 @cache
-def _validator(ref: str) -> Draft202012Validator:
+def _validator(ref: str) -> Any:
     name, _, definition = ref.partition("#")
     pointer = f"#/$defs/{definition}" if definition else "#"
     try:
         schema = _inline({"$ref": f"{name}.schema.json{pointer}"}, name)
-        return Draft202012Validator(schema)
+        return _Validator(schema)
     except _NotInlinable:
-        return Draft202012Validator(
+        return _Validator(
             {"$ref": f"{name}.schema.json{pointer if definition else ''}"}, registry=_registry()
         )
 
@@ -190,7 +241,7 @@ def _length(kind: type[Sized], value: int, lower: bool) -> Check:
 
 def _pattern(rx: re.Pattern[str]) -> Check:
     def check(x: Any) -> bool:
-        return not isinstance(x, str) or rx.search(x) is not None  # jsonschema's re.search
+        return not isinstance(x, str) or rx.search(x) is not None  # as _ecma_pattern
 
     return check
 
@@ -240,7 +291,7 @@ def _compile_fast(node: Any) -> Check:
         elif key in ("minItems", "maxItems") and type(value) is int:
             checks.append(_length(list, value, key == "minItems"))
         elif key == "pattern" and isinstance(value, str):
-            checks.append(_pattern(re.compile(value)))
+            checks.append(_pattern(ecma_regex(value)))
         elif key == "items" and isinstance(value, dict):
             checks.append(_items(_compile_fast(value)))
         elif key == "enum" and isinstance(value, list) and all(isinstance(v, str) for v in value):

@@ -1,13 +1,15 @@
 # services.hyperhive.metrics / services.hyperhive.otel: Prometheus /metrics and
 # OpenTelemetry export of the controller (docs/observability.md).
 #
-# Prometheus on the same host, scraping the controller every 15 s (uncomment; the
-# token file must be readable by the prometheus user, e.g. a copy it owns):
+# Prometheus on the same host, scraping the controller every 15 s (uncomment). Every
+# scrape needs a bearer token: tokenFile's, or without it the one the controller makes
+# at /var/lib/hyperhive/metrics.token (0600, root). The token file must be readable by
+# the prometheus user, e.g. a copy it owns:
 #
 #   services.hyperhive.metrics = {
 #     enable = true;
 #     port = 9469;
-#     # tokenFile = "/run/keys/hyperhive-metrics-token";  # then every scrape needs it
+#     tokenFile = "/run/keys/hyperhive-metrics-token";  # else /var/lib/hyperhive/metrics.token
 #   };
 #   services.prometheus = {
 #     enable = true;
@@ -15,7 +17,8 @@
 #       {
 #         job_name = "hyperhive";
 #         static_configs = [ { targets = [ "127.0.0.1:9469" ]; } ];
-#         # authorization.credentials_file = "/run/keys/hyperhive-metrics-token";
+#         authorization.credentials_file = "/run/keys/hyperhive-metrics-token";
+#         # (or bearer_token_file on Prometheus before 2.26)
 #       }
 #     ];
 #     # the example alert rules (crash loop, stalled, dead letters, inbox age):
@@ -71,9 +74,10 @@ in
       default = null;
       example = "/run/keys/hyperhive-metrics-token";
       description = ''
-        File holding a bearer token every scrape must send
+        File holding the bearer token every scrape must send
         (`authorization.credentials_file` in the scrape config). Not in the Nix store:
-        give a path the controller (root) reads at start.
+        give a path the controller (root) reads at start. Null: the controller makes
+        its own, `/var/lib/hyperhive/metrics.token` (0600): scrapes need it either way.
       '';
     };
 

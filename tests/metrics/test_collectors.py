@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 
 from controller.config import Config, config_from_dict
 from controller.metrics import TurnCollector, new_registry, trigger_of
-from controller.metrics.endpoint import TokenFileError, serve_metrics
+from controller.metrics.endpoint import TokenFileError, ensure_metrics_token, serve_metrics
 from controller.metrics.events import EventMetrics, status_class
 from controller.metrics.http import observe_http
 from controller.paths import Layout
@@ -135,7 +135,8 @@ def test_the_endpoint_checks_who_is_asking(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     guarded = serve_metrics(registry, "127.0.0.1", 0, token)
-    open_ = serve_metrics(registry, "127.0.0.1", 0, None)
+    made = ensure_metrics_token(tmp_path / "state" / "metrics.token")  # no token_file given
+    own = serve_metrics(registry, "127.0.0.1", 0, made)
     try:
         url = f"http://127.0.0.1:{guarded.port}/metrics"
         status, body = get(url)
@@ -157,13 +158,18 @@ def test_the_endpoint_checks_who_is_asking(tmp_path: Path) -> None:
         assert b'hyperhive_reconcile_passes_total{outcome="ok",trigger="startup"} 1.0' in text
         checked = promtool("check", "metrics", stdin=text)
         assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
-        # no token: loopback only, and a rebound host name is refused
-        url = f"http://127.0.0.1:{open_.port}/metrics"
-        assert get(url)[0] == 200
-        assert get(url, Host="evil.example")[0] == 403
+        # no token_file: the controller's own 0600 token, and a rebound host name is refused
+        assert made.stat().st_mode & 0o777 == 0o600
+        first = made.read_text()
+        assert ensure_metrics_token(made) == made and made.read_text() == first  # kept
+        url = f"http://127.0.0.1:{own.port}/metrics"
+        assert get(url)[0] == 401
+        bearer = f"Bearer {made.read_text().strip()}"
+        assert get(url, Authorization=bearer)[0] == 200
+        assert get(url, Authorization=bearer, Host="evil.example")[0] == 403
     finally:
         guarded.stop()
-        open_.stop()
+        own.stop()
     token.write_text("\n")
     with pytest.raises(TokenFileError):
         serve_metrics(registry, "127.0.0.1", 0, token)

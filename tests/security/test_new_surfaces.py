@@ -129,6 +129,12 @@ class NewHive:
     def metrics(self) -> tuple[str, int]:
         return ("127.0.0.1", self.metrics_port)
 
+    @property
+    def scrape_auth(self) -> tuple[str, str]:
+        """The bearer of ``<state>/metrics.token`` (made by the controller: no token_file)."""
+        path = self.layout.metrics_token
+        return ("Authorization", f"Bearer {path.read_text().strip() if path.exists() else ''}")
+
     def state_of(self, agent: str) -> Path:
         """The agent's own state dir: all the test writes, as the agent's shell would."""
         return self.layout.agent_state(agent)
@@ -313,7 +319,7 @@ def test_stats_labels_stay_bounded(new_hive: NewHive, tally: Tally) -> None:
     con.close()
 
     def scraped() -> str | None:
-        r = http(h.metrics, "GET", "/metrics")
+        r = http(h.metrics, "GET", "/metrics", headers=[h.scrape_auth])
         return r.body.decode() if r.status == 200 and 'agent="bob"' in r.body.decode() else None
 
     text = wait_for("bob's turns in /metrics", scraped, timeout=30)
@@ -341,7 +347,7 @@ def _answers(h: NewHive) -> list[tuple[str, Reply]]:
     key = ("Authorization", f"Bearer {h.admin.token}")
     asks: list[tuple[str, Any, str, str, list[tuple[str, str]], Any]] = [
         ("GET /budget on host.sock", h.layout.host_sock, "GET", "/budget", [key], b""),
-        ("GET /metrics", h.metrics, "GET", "/metrics", [], b""),
+        ("GET /metrics", h.metrics, "GET", "/metrics", [h.scrape_auth], b""),
         ("bob's recv", h.api, "POST", "/recv", [h.auth("bob")], {"wait_seconds": 0}),
         ("alice's recv", h.api, "POST", "/recv", [h.auth("alice")], {"wait_seconds": 0}),
     ]
@@ -417,7 +423,17 @@ def test_metrics_refuses_rebinding_and_hostile_requests(new_hive: NewHive, tally
              headers=[("Content-Type", "application/json")])  # fmt: skip
     cases.append(("1 MiB body", r, 400 <= r.status < 500))
     r = http(h.metrics, "GET", "/../../state/operator.key")
-    cases.append(("path traversal", r, r.status == 404))
+    cases.append(("path traversal", r, r.status in (401, 404)))
+    # loopback is no boundary: an agent's shell shares the host network (local runtime)
+    r = http(h.metrics, "GET", "/metrics")
+    cases.append(("a local process without the scrape token", r, r.status == 401))
+    r = http(h.metrics, "GET", "/metrics", headers=[h.auth("alice")])
+    cases.append(("an agent's own credential as the bearer", r, r.status == 401))
+    token = h.layout.metrics_token
+    mode = token.stat().st_mode & 0o777 if token.exists() else None
+    cases.append(("metrics.token made, 0600", Reply(0, (), str(mode).encode()), mode == 0o600))
+    r = http(h.metrics, "GET", "/metrics", headers=[h.scrape_auth])
+    cases.append(("the operator's scrape with the token", r, r.status == 200))
     for what, reply, ok in cases:
         tally.record(METRICS, what, ok, reply.brief())
     tally.assert_refused(METRICS)
@@ -546,7 +562,7 @@ def test_forge_tokens_are_owner_only_and_never_shown(new_hive: NewHive, tally: T
         reply = http(h.layout.host_sock, "GET", path, headers=[key])
         hidden = reply.status < 500 and token.encode() not in reply.body
         tally.record(SECRETS, f"not in host.sock GET {path}", hidden, reply.brief())
-    reply = http(h.metrics, "GET", "/metrics")
+    reply = http(h.metrics, "GET", "/metrics", headers=[h.scrape_auth])
     tally.record(SECRETS, "not in /metrics", token.encode() not in reply.body, "")
     shown = []
     for p in psutil.process_iter(["cmdline", "environ"]):
