@@ -71,6 +71,7 @@ from controller.drivers.marker import (
 )
 from controller.errors import Invalid, PermanentError, TransientError
 from controller.model import ObservedAgent, Phase
+from controller.otel_env import AGENT_OTEL
 from controller.paths import Layout
 from controller.status import Isolation
 from schemas.names import MANAGER, is_agent_name
@@ -79,7 +80,7 @@ PID_FILE = "harness.pid"
 RACY_NS = 50_000_000
 """An agent dir changed less than this long ago (ns) is re-read on every observe."""
 DEFAULT_ARGV: tuple[str, ...] = (sys.executable, "-m", "harness", "serve")
-PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_", "OTEL_")  # OTEL_: docs/observability.md
+PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
 PASS_NAMES = (
     "HYPERHIVE_CLAUDE_BIN",
     "PATH",
@@ -114,7 +115,9 @@ def agent_env(
 ) -> dict[str, str]:
     """The harness environment (docs/architecture.md "Harness process contract").
 
-    Passes through ``ANTHROPIC_*``, ``CLAUDE_CODE_*``, ``OTEL_*``, ``HYPERHIVE_CLAUDE_BIN``,
+    Passes through ``ANTHROPIC_*``, ``CLAUDE_CODE_*``, the ``OTEL_*`` variables of
+    ``controller.otel_env.AGENT_OTEL`` (never the collector's headers or client
+    keys: docs/observability.md), ``HYPERHIVE_CLAUDE_BIN``,
     ``PATH``, locale, TZ, TMPDIR, PYTHONPATH, CA bundles and proxies from
     ``base_env``; nothing else of the controller's environment leaks in.
     ``HOME`` is the agent's own ``<state>/agents/<a>/home``;
@@ -125,7 +128,7 @@ def agent_env(
     env = {
         k: v
         for k, v in base_env.items()
-        if k in PASS_NAMES or any(k.startswith(p) for p in PASS_PREFIXES)
+        if k in PASS_NAMES or k in AGENT_OTEL or any(k.startswith(p) for p in PASS_PREFIXES)
     }
     env.setdefault("PATH", os.defpath)
     env.update(

@@ -9,10 +9,12 @@ errors; status ERROR when it reported errors or raised) and each action it execu
 span is kept here and the executor's worker threads parent their spans on it.
 
 :func:`agent_environ` is what every harness gets on top of its usual environment: the
-``OTEL_*`` variables of the controller's own environment, ``OTEL_EXPORTER_OTLP_ENDPOINT``
-from the config, and with ``otel.claude_code`` Claude Code's own telemetry
-(``CLAUDE_CODE_ENABLE_TELEMETRY=1``, OTLP metrics and logs over HTTP/protobuf to the same
-endpoint) — docs/observability.md.
+``OTEL_*`` variables of the controller's own environment that ``AGENT_OTEL`` names (where
+to export and how, never the collector's credentials: ``OTEL_EXPORTER_OTLP_HEADERS`` and
+the per-signal headers, client keys and certificates stay with the controller, an agent
+runs arbitrary commands), ``OTEL_EXPORTER_OTLP_ENDPOINT`` from the config, and with
+``otel.claude_code`` Claude Code's own telemetry (``CLAUDE_CODE_ENABLE_TELEMETRY=1``, OTLP
+metrics and logs over HTTP/protobuf to the same endpoint) — docs/observability.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+
+from controller.otel_env import AGENT_OTEL
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -49,7 +53,7 @@ def endpoint_of(cfg: Config, environ: Mapping[str, str]) -> str | None:
 
 def agent_environ(cfg: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """The telemetry variables every harness (and its claude) gets (see the module doc)."""
-    out = {k: v for k, v in environ.items() if k.startswith("OTEL_")}
+    out = {k: v for k, v in environ.items() if k in AGENT_OTEL}
     if cfg.otel_endpoint:
         out[ENDPOINT] = cfg.otel_endpoint
     if cfg.claude_code_telemetry and out.get(ENDPOINT):

@@ -252,9 +252,17 @@ def test_the_dashboard_and_the_rules_name_only_real_series(tmp_path: Path) -> No
 def test_agents_get_the_operators_otel_settings() -> None:
     from controller.metrics.tracing import agent_environ, endpoint_of
 
-    env = {"OTEL_EXPORTER_OTLP_HEADERS": "x=1", "PATH": "/bin"}
+    env = {"OTEL_EXPORTER_OTLP_HEADERS": "x=1", "PATH": "/bin", "OTEL_BSP_SCHEDULE_DELAY": "500"}
     assert endpoint_of(Config(), env) is None  # off by default
-    assert agent_environ(Config(), env) == {"OTEL_EXPORTER_OTLP_HEADERS": "x=1"}
+    # where and how to export, never the collector's credential (an agent runs any command)
+    assert agent_environ(Config(), env) == {"OTEL_BSP_SCHEDULE_DELAY": "500"}
+    secret = {
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "k=v",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": "/k",
+        "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE": "/c",
+        "OTEL_SERVICE_NAME": "hyperhive",
+    }
+    assert agent_environ(Config(), secret) == {}
     cfg = config_from_dict({"otel": {"endpoint": "http://127.0.0.1:4318"}})
     assert endpoint_of(cfg, env) == "http://127.0.0.1:4318"
     assert agent_environ(cfg, env)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"

@@ -70,6 +70,7 @@ def hive() -> Iterator[support.Hive]:
     api = FakeAnthropic(_model).start()
     root = Path(tempfile.mkdtemp(prefix="hhsec-", dir="/tmp"))
     h = support.Hive.prepare(root, api, support.CLAUDE, agent_ports=19)
+    h.env.update(support.OPERATOR_OTEL)  # the operator's collector credential, for the replay
     try:
         h.start()
         h.wait_running("manager")

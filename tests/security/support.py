@@ -17,6 +17,7 @@ one tally per session.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -57,6 +58,20 @@ Target = tuple[str, int] | Path | str
 """``(host, port)`` for TCP, a path for a unix socket."""
 
 SESSION_COOKIE = "hyperhive_session"
+
+COLLECTOR_SECRET = "collector-" + os.urandom(8).hex()
+"""The operator's OpenTelemetry collector credential in the session controller's environment."""
+
+OPERATOR_OTEL = {
+    "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer {COLLECTOR_SECRET}",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS": f"x-api-key={COLLECTOR_SECRET}",
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY": f"/etc/otel/{COLLECTOR_SECRET}.key",
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE": f"/etc/otel/{COLLECTOR_SECRET}.crt",
+    "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=sec-replay",
+}
+"""OTEL settings of the operator's own shell, given to the session's ``hyperhive serve``: no
+endpoint (the controller exports nothing), but the collector's headers and mTLS client
+files, which must never reach an agent (``test_otel_credentials.py``)."""
 
 
 # --- a raw HTTP/1.1 client ----------------------------------------------------------
