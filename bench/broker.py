@@ -34,6 +34,7 @@ the compiled, ref-free validator per definition (how it is).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import multiprocessing
 import random
 import sqlite3
@@ -52,6 +53,7 @@ from controller.auth import AgentCredentials
 from controller.broker import Broker
 from controller.httpserve import SocketRegistry
 from controller.paths import Layout
+from hivehttp.server import default_core
 from schemas.client import UnixClient
 
 Send = Callable[[str, str], None]
@@ -333,6 +335,18 @@ def http_clients(
     out.send(res)
 
 
+def on_loop(fn: Callable[[], object]) -> None:
+    """Run ``fn`` on hivehttp's loop thread and wait for it."""
+    done = threading.Event()
+
+    def call() -> None:
+        fn()
+        done.set()
+
+    default_core().loop.call_soon_threadsafe(call)
+    done.wait(5)
+
+
 def http_stack(
     d: Path,
     agents: list[str],
@@ -341,13 +355,18 @@ def http_stack(
     senders: int,
     keepalive: bool,
     pg_url: str | None = None,
+    profile: str | None = None,
 ) -> dict[str, float]:
     """Serve one agent socket per receiver (plus the sender's) and drive them from a child;
-    the broker on sqlite, or on ``pg_url``."""
+    the broker on sqlite, or on ``pg_url``. ``profile``: write a cProfile of the server's
+    loop thread there (pstats format; the profiler roughly doubles the CPU figures)."""
     sub = d / (("ka" if keepalive else "nk") + ("-pg" if pg_url else ""))
     hb = Broker(pg_url or sub / "http.sqlite")
     layout = Layout(state=sub, run=sub / "run")
     registry, tokens = serve_agents(hb, layout, [*agents, "bench"], [*agents, "bench", "manager"])
+    prof = cProfile.Profile() if profile else None
+    if prof is not None:
+        on_loop(prof.enable)
     # the clients (receivers and senders) run in another process, as the harnesses do,
     # so they do not compete with the server for this process' GIL
     ctx = multiprocessing.get_context("spawn")
@@ -368,6 +387,10 @@ def http_stack(
         f"{res['server_us_per_msg']:.0f} µs CPU per delivered message (send + recv)",
         flush=True,
     )
+    if prof is not None and profile is not None:
+        on_loop(prof.disable)
+        prof.dump_stats(profile)
+        print(f"{'':7s} server loop profile: {profile} (python -m pstats {profile})")
     for a in agents:  # wake the parked receivers so they see their stop flag
         hb.send("bench", a, "bye")
     proc.join(60)
@@ -598,6 +621,11 @@ def main() -> None:
     )
     ap.add_argument("--no-postgres", action="store_true", help="sqlite only")
     ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="cProfile the server loop during the sqlite http stack into FILE (pstats)",
+    )
+    ap.add_argument(
         "--no-extras", action="store_true", help="skip the sequential and validation runs"
     )
     args = ap.parse_args()
@@ -623,7 +651,9 @@ def main() -> None:
             args.senders,
         )
         res_broker = in_process("broker", Broker(d / "broker.sqlite"), agents, args)
-        http = http_stack(d, agents, args.samples, args.seconds, args.senders, True)
+        http = http_stack(
+            d, agents, args.samples, args.seconds, args.senders, True, profile=args.profile
+        )
         stacks = [("broker", res_broker, res_floor), ("http", http, res_floor)]
         if pg is not None:
             pgfloor = PgFloor(pg.new_db())

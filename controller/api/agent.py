@@ -54,7 +54,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import falcon
 
@@ -80,6 +80,8 @@ Flavor = Literal["agent", "manager"]
 
 RECIPIENTS_TTL = 1.0
 """Seconds a recipient check's reading of desired state is reused (see the module doc)."""
+
+T = TypeVar("T")
 
 Handler = Callable[[dict[str, Any], HasScope], Awaitable[dict[str, Any]]]
 
@@ -175,8 +177,17 @@ class AgentApi:
 
     # -------------------------------------------------------------- policy
 
-    def _status(self) -> dict[str, int]:
-        return self.broker.status(self.identity).to_json()
+    async def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, a broker call: inline on sqlite (a few short statements),
+        in a worker thread on PostgreSQL, whose round trips would hold the loop and every
+        other socket's request (``Broker.blocking``)."""
+        if self.broker.blocking:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    async def _status(self) -> dict[str, int]:
+        status = await self._io(self.broker.status, self.identity)
+        return status.to_json()
 
     async def allow_recipient(self, to: str, field: str = "to") -> None:
         """``check_recipient`` for the event loop: inline when a fresh reading (under
@@ -215,7 +226,8 @@ class AgentApi:
     async def send(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /send``."""
         await self.allow_recipient(doc["to"])
-        m = self.broker.send(
+        m = await self._io(
+            self.broker.send,
             self.identity,
             doc["to"],
             doc["body"],
@@ -223,7 +235,7 @@ class AgentApi:
             traceparent=doc.get("traceparent"),  # stored with the message (observability.md)
         )
         await _let_woken_run()
-        return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
+        return {"id": m.id, "duplicate": _dup(m), "status": await self._status()}
 
     async def recv(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /recv``: parks on the event loop up to ``wait_seconds`` (no thread held);
@@ -235,12 +247,12 @@ class AgentApi:
         if self.budgets is not None:
             held, wait = await self.budgets.hold(self.identity, wait, gone)
             if held is not None:
-                return {"message": None, "status": self._status(), "held": held}
+                return {"message": None, "status": await self._status(), "held": held}
         m = await self.broker.recv_async(
             self.identity, wait, doc.get("lease_seconds"), abandoned=gone
         )
         msg = None if m is None else m.to_json()  # with its traceparent, if it has one
-        return {"message": msg, "status": self._status()}
+        return {"message": msg, "status": await self._status()}
 
     async def spend(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /spend``: the caller's harness reports a finished turn (docs/budgets.md)."""
@@ -258,36 +270,47 @@ class AgentApi:
 
     async def ack(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /ack``."""
-        n = self.broker.ack(self.identity, doc["ids"])
-        return {"acked": n, "status": self._status()}
+        n = await self._io(self.broker.ack, self.identity, doc["ids"])
+        return {"acked": n, "status": await self._status()}
 
     async def release(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /release``: give back leased messages (all, or ``ids``) for redelivery now."""
-        n = self.broker.release(self.identity, doc.get("ids"))
-        return {"released": n, "status": self._status()}
+        n = await self._io(self.broker.release, self.identity, doc.get("ids"))
+        return {"released": n, "status": await self._status()}
 
     async def ask(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /ask``."""
         await self.allow_recipient(doc["to"])
-        m = self.broker.ask(
+        m = await self._io(
+            self.broker.ask,
             self.identity,
             doc["to"],
             doc["question"],
             idempotency_key=doc.get("idempotency_key"),
             traceparent=doc.get("traceparent"),
         )
-        return {"id": m.id, "thread": m.thread, "duplicate": _dup(m), "status": self._status()}
+        return {
+            "id": m.id,
+            "thread": m.thread,
+            "duplicate": _dup(m),
+            "status": await self._status(),
+        }
 
     async def answer(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /answer``."""
-        m = self.broker.answer(
-            self.identity, doc["thread"], doc["body"], traceparent=doc.get("traceparent")
+        m = await self._io(
+            self.broker.answer,
+            self.identity,
+            doc["thread"],
+            doc["body"],
+            traceparent=doc.get("traceparent"),
         )
-        return {"id": m.id, "thread": m.thread, "status": self._status()}
+        return {"id": m.id, "thread": m.thread, "status": await self._status()}
 
     async def remind(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /remind``."""
-        m = self.broker.remind(
+        m = await self._io(
+            self.broker.remind,
             self.identity,
             doc["after_seconds"],
             doc["body"],
@@ -297,27 +320,28 @@ class AgentApi:
             "id": m.id,
             "due_at": rfc3339(float(m.extra["due_at"])),
             "duplicate": _dup(m),
-            "status": self._status(),
+            "status": await self._status(),
         }
 
     async def recent(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /recent``."""
-        rows = self.broker.recent(self.identity, doc.get("limit", 20))
-        return {"messages": [m.to_json() for m in rows], "status": self._status()}
+        rows = await self._io(self.broker.recent, self.identity, doc.get("limit", 20))
+        return {"messages": [m.to_json() for m in rows], "status": await self._status()}
 
     async def status(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``GET /status``."""
-        return self._status()
+        return await self._status()
 
     async def report(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /report``: the harness's own report of what it has, kept under the socket's
         identity (an agent speaks only for itself); cheap, so answered inline."""
         self.ops.agent_report(self.identity, doc)
-        return {"ok": True, "status": self._status()}
+        return {"ok": True, "status": await self._status()}
 
     async def wake(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /wake``: a message from label ``from`` into the caller's own inbox."""
-        m = self.broker.send(
+        m = await self._io(
+            self.broker.send,
             doc["from"],
             self.identity,
             doc["body"],
@@ -326,46 +350,57 @@ class AgentApi:
             idempotency_owner=self.identity,
         )
         await _let_woken_run()
-        return {"id": m.id, "duplicate": _dup(m), "status": self._status()}
+        return {"id": m.id, "duplicate": _dup(m), "status": await self._status()}
 
     # -------------------------------------------------------------- manager verbs
 
     async def request_spawn(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /request_spawn``."""
         p = await asyncio.to_thread(self.ops.request_spawn, doc["name"])
-        return {"id": p.id, "ref": f"proposal/{p.id}", "title": p.title, "status": self._status()}
+        return {
+            "id": p.id,
+            "ref": f"proposal/{p.id}",
+            "title": p.title,
+            "status": await self._status(),
+        }
 
     async def request_apply_commit(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /request_apply_commit``."""
         p = await asyncio.to_thread(
             self.ops.request_apply_commit, doc["commit"], doc.get("note", "")
         )
-        return {"id": p.id, "ref": f"proposal/{p.id}", "title": p.title, "status": self._status()}
+        return {
+            "id": p.id,
+            "ref": f"proposal/{p.id}",
+            "title": p.title,
+            "status": await self._status(),
+        }
 
     def lifecycle(self, verb: Lifecycle) -> Handler:
         """``POST /start`` ``/kill`` ``/restart`` ``/update``."""
 
         async def handler(doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
             result = await asyncio.to_thread(self.ops.lifecycle, verb, doc["name"])
-            return {"result": result, "status": self._status()}
+            return {"result": result, "status": await self._status()}
 
         return handler
 
     async def ask_operator(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``POST /ask_operator``: the question id at once; the answer arrives as an event."""
-        qid = self.broker.ask_operator(
+        qid = await self._io(
+            self.broker.ask_operator,
             doc["question"],
             doc.get("options", []),
             doc.get("multi", False),
             doc.get("ttl_seconds"),
             asker=self.identity,
         )
-        return {"id": qid, "status": self._status()}
+        return {"id": qid, "status": await self._status()}
 
     async def list_agents(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
         """``GET /list``."""
         agents = await asyncio.to_thread(self.ops.list_agents)
-        return {"agents": agents, "status": self._status()}
+        return {"agents": agents, "status": await self._status()}
 
 
 def make_agent_app(

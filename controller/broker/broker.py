@@ -68,6 +68,7 @@ class Broker(Sending, Receiving, Retention, Reading, Threads, Questions):
         self.dead_letter_to = dead_letter_to
         self._wake = LocalWakeups()
         self._status_cache = None
+        self._blocking = is_postgres_url(location)
         store: Store
         self.path: Path | None = None
         if is_postgres_url(location):
@@ -85,6 +86,14 @@ class Broker(Sending, Receiving, Retention, Reading, Threads, Questions):
         self._store = store
         with store.read() as tx:
             self._wake.notify((), tx.last_id())
+
+    @property
+    def blocking(self) -> bool:
+        """True when a call waits on a database server's round trips (PostgreSQL): an event
+        loop should make it from a worker thread so that it does not hold every other
+        request (``recv_async``'s claim stays on the loop: a parked receive holds no thread).
+        False for sqlite: a few short local statements."""
+        return self._blocking
 
     @property
     def location(self) -> str:

@@ -33,6 +33,7 @@ class BrokerCore:
     _store: Store
     _wake: Wakeups
     _status_cache: StatusCache | None
+    _blocking: bool  # calls wait on a database server's round trips (``Broker.blocking``)
     _clock: Callable[[], float]
     max_deliveries: int
     dead_letter_to: str | None

@@ -155,8 +155,9 @@ class Receiving(BrokerCore):
         Same arguments, semantics and errors as ``recv``; ``abandoned`` (e.g.
         ``hivehttp.disconnected(scope)``) set while parked makes it give up at
         once without taking a message. The claim itself is one short transaction
-        run inline. A send from any thread (or, on a shared store, any process) wakes it
-        through ``loop.call_soon_threadsafe``.
+        run inline (also on PostgreSQL: a parked receive holds no thread). A send from any
+        thread (or, on a shared store, any process) wakes it through
+        ``loop.call_soon_threadsafe``.
         """
         deadline = time.monotonic() + recv_args(recipient, wait_seconds, lease_seconds)
         gone = None if abandoned is None else abandoned.is_set
