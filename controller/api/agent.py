@@ -251,6 +251,9 @@ class AgentApi:
         m = await self.broker.recv_async(
             self.identity, wait, doc.get("lease_seconds"), abandoned=gone
         )
+        if m is not None and self.budgets is not None:
+            # the bound on how many turns its spend reports may count (docs/budgets.md)
+            await asyncio.to_thread(self.budgets.note_delivery, self.identity)
         msg = None if m is None else m.to_json()  # with its traceparent, if it has one
         return {"message": msg, "status": await self._status()}
 

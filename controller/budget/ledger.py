@@ -16,7 +16,12 @@ rows already copied are ignored.
 Tables: ``spend(agent, src_id, started_at, cost_usd, tokens)``, ``cursors(agent,
 last_id)``, ``extensions(id, scope, window, usd, tokens, at, by, note)`` (every
 grant: the accounting; the audit trail is the ``BudgetExtended`` broker event),
-``notices(scope, window, kind, at)`` (a notice is sent once per scope and window).
+``notices(scope, window, kind, at)`` (a notice is sent once per scope and window),
+``deliveries(agent, window, n)`` (messages the controller leased to the agent: the bound
+on how many turns it can have paid for, docs/budgets.md#agent-reported-spend).
+An agent holds at most ``MAX_ROWS_PER_AGENT`` spend rows (further reports and stats
+rows are dropped) and :meth:`Ledger.prune` drops rows older than ``RETENTION_SECONDS``,
+so neither path can grow the file without bound.
 Thread-safe (one connection behind a lock); sqlite errors are raised.
 """
 
@@ -27,6 +32,7 @@ import math
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from controller.agentfile import sqlite_snapshot
@@ -44,7 +50,14 @@ CREATE TABLE IF NOT EXISTS spend (
     PRIMARY KEY (agent, started_at, src_id)
 );
 CREATE INDEX IF NOT EXISTS spend_time ON spend(started_at);
+CREATE INDEX IF NOT EXISTS spend_agent ON spend(agent, started_at);
 CREATE TABLE IF NOT EXISTS cursors (agent TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    agent  TEXT NOT NULL,
+    window TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (agent, window)
+);
 CREATE TABLE IF NOT EXISTS extensions (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
     scope  TEXT NOT NULL,
@@ -141,13 +154,16 @@ class Ledger:
         with self._lock:
             self._con.execute("BEGIN IMMEDIATE")
             try:
+                room = MAX_ROWS_PER_AGENT - self._rows(agent)
                 for src_id, started, cost, tokens in rows:
+                    cursor = max(cursor, src_id)
+                    if room <= added:
+                        continue  # over the cap: skipped for good (the cursor moves on)
                     cur = self._con.execute(
                         "INSERT OR IGNORE INTO spend VALUES (?, ?, ?, ?, ?)",
                         (agent, src_id, started, cost, tokens),
                     )
                     added += cur.rowcount
-                    cursor = max(cursor, src_id)
                 self._con.execute(
                     "INSERT INTO cursors VALUES (?, ?) "
                     "ON CONFLICT(agent) DO UPDATE SET last_id = excluded.last_id",
@@ -165,13 +181,62 @@ class Ledger:
         self, agent: str, src_id: int, started_at: float, cost_usd: float, tokens: int
     ) -> bool:
         """Record one turn reported by the harness (``POST /spend``); False when the ledger
-        already had it (from the stats file or an earlier report: the same key)."""
+        already had it (from the stats file or an earlier report: the same key) or ``agent``
+        already has ``MAX_ROWS_PER_AGENT`` rows."""
         with self._lock:
+            if self._rows(agent) >= MAX_ROWS_PER_AGENT:
+                return False
             cur = self._con.execute(
                 "INSERT OR IGNORE INTO spend VALUES (?, ?, ?, ?, ?)",
                 (agent, src_id, started_at, cost_usd, tokens),
             )
             return cur.rowcount == 1
+
+    def _rows(self, agent: str) -> int:
+        """How many spend rows ``agent`` has (the caller holds the lock)."""
+        row = self._con.execute("SELECT COUNT(*) FROM spend WHERE agent = ?", (agent,)).fetchone()
+        return int(row[0])
+
+    def spend_by_agent(
+        self, window: Window, usd_per_row: float, tokens_per_row: int
+    ) -> dict[str, Spend]:
+        """``{agent: Spend}`` in ``window``, each row counted at most ``usd_per_row`` dollars
+        and ``tokens_per_row`` tokens (the per-turn ceiling of the swarm-wide sum)."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT agent, TOTAL(MIN(cost_usd, ?)), TOTAL(MIN(tokens, ?)), COUNT(*) "
+                "FROM spend WHERE started_at >= ? AND started_at < ? GROUP BY agent",
+                (usd_per_row, tokens_per_row, window.start, window.end),
+            ).fetchall()
+        return {str(a): Spend(float(u), int(t), int(n)) for a, u, t, n in rows}
+
+    def add_delivery(self, agent: str, window: Window) -> None:
+        """Count one message leased to ``agent`` in ``window``."""
+        with self._lock:
+            self._con.execute(
+                "INSERT INTO deliveries VALUES (?, ?, 1) "
+                "ON CONFLICT(agent, window) DO UPDATE SET n = n + 1",
+                (agent, window.key),
+            )
+
+    def deliveries(self, agent: str, window: Window) -> int:
+        """How many messages were leased to ``agent`` in ``window``."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT n FROM deliveries WHERE agent = ? AND window = ?", (agent, window.key)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def prune(self, before: float) -> int:
+        """Drop spend rows of turns started before ``before`` (unix seconds), and deliveries
+        and notices of windows that ended by then; returns how many spend rows went.
+        Extensions stay (the accounting of grants, a handful a day)."""
+        day = datetime.fromtimestamp(before, UTC).strftime("%Y-%m-%d")
+        with self._lock:
+            cur = self._con.execute("DELETE FROM spend WHERE started_at < ?", (before,))
+            self._con.execute("DELETE FROM deliveries WHERE window < ?", (day,))
+            self._con.execute("DELETE FROM notices WHERE window < ?", (day,))
+            return int(cur.rowcount)
 
     def spend(self, agent: str | None, window: Window) -> Spend:
         """What ``agent`` (None: every agent) spent in turns started in ``window``."""
@@ -228,6 +293,12 @@ class Ledger:
             )
             return cur.rowcount == 1
 
+
+MAX_ROWS_PER_AGENT = 200_000
+"""Spend rows one agent may hold in the ledger (about 6,000 turns a day over the retention
+window, ~10 MB); reports and stats rows past it are dropped, not counted."""
+RETENTION_SECONDS = 32 * 86400.0
+"""Spend rows older than this are pruned (``Budgets`` runs :meth:`Ledger.prune`)."""
 
 INGEST_FREE_BYTES = 1 << 20
 """A stats file (with its WAL) up to this size is read whenever it changed."""

@@ -11,6 +11,14 @@ granted (checked every ``tick`` seconds while held). Each check that finds a new
 sends the owed notices (``BudgetWarning`` / ``BudgetExceeded``, once per scope and window)
 to the manager's inbox and the operator's; every extension sends ``BudgetExtended`` to both
 (the audit trail, kept in the broker's message log) and is recorded in the ledger.
+
+Spend is what the agents report (their harness's ``POST /spend`` and their own turn-stats
+file), so it is bounded before it can hold anyone else: in the swarm-wide sum each agent
+counts each of its turns at most the per-turn ceiling (:meth:`Budgets.turn_ceiling`), and
+all of them at most its own daily limit (with its extension) or, without one, that ceiling ×
+the messages the controller leased to it in the window. Each agent's
+own check sees the swarm sum with its *unclamped* spend, so an agent that over-reports
+holds only itself, and its condition says its reports were clamped.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,7 +42,9 @@ from controller.budget.core import (
     BudgetError,
     Extension,
     Limits,
+    Spend,
     Standing,
+    Window,
     assess,
     check_extension,
     day_window,
@@ -41,7 +52,7 @@ from controller.budget.core import (
     hold_message,
     notice_event,
 )
-from controller.budget.ledger import Ledger
+from controller.budget.ledger import RETENTION_SECONDS, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,19 @@ HOLD_TICK = 1.0
 HELD_ANSWER_AFTER = 15.0
 """Seconds a held ``recv`` waits at most before it answers ``held`` (the harness shows it and
 asks again), however long its own wait."""
+DEFAULT_TURN_CEILING_USD = 10.0
+"""Dollars one turn counts at most in the swarm-wide sum when neither the agent's
+``usdPerTurn`` nor the swarm's (config ``budget.usdPerTurn``) is set."""
+RUNS_PER_TURN = 3
+"""Claude runs one turn may take (a failed resume, a retry, a compaction): with a
+``usdPerTurn`` cap, a turn's ceiling is this many runs' worth."""
+TURN_CEILING_TOKENS = 20_000_000
+"""Tokens one turn counts at most in the swarm-wide sum."""
+FREE_TURNS = 4
+"""Spend reports kept on top of the messages leased in a window (compactions, a turn that
+started before midnight). They count for the agent itself, not in the swarm-wide sum."""
+PRUNE_EVERY = 3600.0
+"""Seconds between two prunes of the ledger (rows older than ``RETENTION_SECONDS``)."""
 SWARM_REFRESH = 1.0
 """Seconds the swarm-wide ingest of every agent's stats file is reused."""
 LIMITS_TTL = 2.0
@@ -98,6 +122,7 @@ class Budgets:
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
         self._swarm_ingested = 0.0
+        self._pruned = 0.0
         self._limits_read: tuple[float, Mapping[str, Limits | None]] | None = None
         self.generation = 0
         """Moves whenever the set of held agents or their messages change."""
@@ -154,18 +179,68 @@ class Budgets:
             self.ledger.extension(agent, window),
         )
 
-    def swarm_standing(self, now: float | None = None) -> Standing | None:
-        """The swarm-wide standing (None when the config sets no swarm budget; blocking)."""
+    def turn_ceiling(self, limits: Limits | None) -> float:
+        """Dollars one turn of an agent with ``limits`` counts at most in the swarm-wide sum:
+        ``RUNS_PER_TURN`` × its ``usdPerTurn``, else × the swarm config's, else
+        ``DEFAULT_TURN_CEILING_USD``."""
+        for lim in (limits, self.swarm):
+            if lim is not None and lim.usd_per_turn is not None:
+                return RUNS_PER_TURN * lim.usd_per_turn
+        return DEFAULT_TURN_CEILING_USD
+
+    def contribution(self, agent: str, window: Window, limits: Limits | None) -> Spend:
+        """What ``agent`` counts in the swarm-wide sum of ``window``: its spend with each turn
+        at most the per-turn ceiling, and all of it at most its own daily limit (with its
+        extension) or, in a dimension it has no limit in, the ceiling × the messages leased
+        to it."""
+        ceiling = self.turn_ceiling(limits)
+        raw = self.ledger.spend_by_agent(window, ceiling, TURN_CEILING_TOKENS).get(agent, Spend())
+        # no slack on the deliveries: a free turn would let an agent that was given nothing
+        # add a ceiling's worth to every other agent's sum
+        turns = self.ledger.deliveries(agent, window)
+        usd_cap, tokens_cap = ceiling * turns, TURN_CEILING_TOKENS * turns
+        if limits is not None and not limits.empty:
+            ext = self.ledger.extension(agent, window)
+            if limits.usd_per_day is not None:
+                usd_cap = limits.usd_per_day + ext.usd
+            if limits.tokens_per_day is not None:
+                tokens_cap = limits.tokens_per_day + ext.tokens
+        return Spend(min(raw.usd, usd_cap), min(raw.tokens, tokens_cap), raw.turns)
+
+    def swarm_standing(self, now: float | None = None, own: str | None = None) -> Standing | None:
+        """The swarm-wide standing (None when the config sets no swarm budget; blocking):
+        every agent's :meth:`contribution`, but ``own``'s unclamped spend when given (what
+        that agent's own check sees)."""
         if self.swarm is None:
             return None
-        self._ingest_all(self._all_names())
+        names = self._all_names()
+        self._ingest_all(names)
         window = day_window(self.clock() if now is None else now)
-        return assess(
-            SWARM,
-            self.swarm,
-            self.ledger.spend(None, window),
-            window,
-            self.ledger.extension(SWARM, window),
+        limits = self._limits()
+        names.update(self.ledger.spend_by_agent(window, math.inf, 2**62))
+        total = Spend()
+        for name in sorted(names):
+            if name == own:
+                total += self.ledger.spend(name, window)
+            else:
+                total += self.contribution(name, window, limits.get(name))
+        return assess(SWARM, self.swarm, total, window, self.ledger.extension(SWARM, window))
+
+    def clamped(self, agent: str, now: float | None = None) -> str | None:
+        """Why ``agent``'s reports count less in the swarm-wide sum than it reported (None:
+        they count in full). Blocking."""
+        window = day_window(self.clock() if now is None else now)
+        limits = self.limits_of(agent)
+        raw = self.ledger.spend(agent, window)
+        counted = self.contribution(agent, window, limits)
+        if raw.usd <= counted.usd + 1e-9 and raw.tokens <= counted.tokens:
+            return None
+        leased = self.ledger.deliveries(agent, window)
+        return (
+            f"{agent}'s spend reports were clamped: it reported ${raw.usd:.4f} / {raw.tokens} "
+            f"tokens, the swarm counts ${counted.usd:.4f} / {counted.tokens} tokens "
+            f"({leased} messages leased today, at most ${self.turn_ceiling(limits):.4f} a turn)"
+            f"; the swarm budget holds only {agent}"
         )
 
     def held(self, agent: str) -> str | None:
@@ -184,14 +259,37 @@ class Budgets:
         Sends the notices a new level owes and updates :meth:`held`. Blocking.
         """
         now = self.clock()
+        self._prune(now)
         own = self.standing(agent, now)
         swarm = self.swarm_standing(now)
         for s in (own, swarm):
             if s is not None:
                 self._send_due(s, now)
         why = hold_message(own, swarm)
+        if why is None and swarm is not None:
+            mine = self.swarm_standing(now, own=agent)  # its own unclamped spend
+            if mine is not None and mine.exceeded:
+                why = f"{mine.message()}; {self.clamped(agent, now)}"
         self._set_held(agent, why)
         return why
+
+    def _prune(self, now: float) -> None:
+        if now - self._pruned < PRUNE_EVERY:
+            return
+        self._pruned = now
+        gone = self.ledger.prune(now - RETENTION_SECONDS)
+        if gone:
+            log.info("budget: pruned %d spend rows older than %d days", gone,
+                     RETENTION_SECONDS // DAY_SECONDS)  # fmt: skip
+
+    def note_delivery(self, agent: str) -> None:
+        """Count one message leased to ``agent`` (the agent API's ``recv``): the bound on the
+        turns its reports may count in the swarm-wide sum. Blocking (one sqlite write); a
+        failed write is logged, never raised (the message is already taken)."""
+        try:
+            self.ledger.add_delivery(agent, day_window(self.clock()))
+        except Exception:
+            log.exception("budget: could not count a delivery to %s", agent)
 
     def _set_held(self, agent: str, why: str | None) -> None:
         with self._lock:
@@ -265,10 +363,18 @@ class Budgets:
     ) -> bool:
         """Count one turn ``agent``'s harness reports (``POST /spend``); False when it was
         already counted. A start time outside the last two days (or in the future) is taken
-        as now: an agent cannot file today's spend under another day. Blocking."""
+        as now: an agent cannot file today's spend under another day. At most one report per
+        message leased to it in that window (+ ``FREE_TURNS``) is kept: more are dropped
+        (False), so reports cannot grow the ledger faster than turns are delivered. Blocking."""
         now = self.clock()
         if not now - 2 * DAY_SECONDS <= started_at <= now + 60:
             started_at = now
+        window = day_window(started_at)
+        allowed = self.ledger.deliveries(agent, window) + FREE_TURNS
+        if self.ledger.spend(agent, window).turns >= allowed:
+            log.warning("budget: %s reported more turns than the %d messages leased to it on %s;"
+                        " report dropped", agent, allowed - FREE_TURNS, window.key)  # fmt: skip
+            return False
         return self.ledger.add_turn(agent, turn_id, started_at, cost_usd, tokens)
 
     # ------------------------------------------------------------ the operator's verbs

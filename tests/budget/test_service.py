@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from controller.budget.core import SWARM, BudgetError, Limits
-from controller.budget.ledger import Ledger
-from controller.budget.service import Budgets
+from controller.budget.core import DAY_SECONDS, SWARM, BudgetError, Limits, day_window
+from controller.budget.ledger import RETENTION_SECONDS, Ledger
+from controller.budget.service import FREE_TURNS, Budgets
 from harness.turnstats import TurnRow, TurnStats
 from schemas.validate import validate
 
@@ -156,6 +156,8 @@ def test_bad_extensions_are_refused(tmp_path: Path) -> None:
 def test_swarm_budget_holds_everyone(tmp_path: Path) -> None:
     w = World(tmp_path, {"alice": None, "bob": Limits(usd_per_day=10.0)},
               swarm=Limits(usd_per_day=1.0))  # fmt: skip
+    for name in ("alice", "bob"):
+        w.budgets.note_delivery(name)  # the message each turn answered
     turn(w.harness("alice"), T0, 0.6)
     turn(w.harness("bob"), T0, 0.5)
     why = w.budgets.check("bob")
@@ -259,3 +261,30 @@ def test_the_config_sets_the_swarm_budget(tmp_path: Path) -> None:
         assert b.swarm_standing() is not None and b.report()["swarm"]["limit_usd"] == 20.0
     finally:
         b.ledger.close()
+
+
+def test_made_up_spend_holds_only_its_reporter(tmp_path: Path) -> None:
+    w = World(tmp_path, {"alice": None, "bob": Limits(usd_per_day=0.5)},
+              swarm=Limits(usd_per_day=20.0))  # fmt: skip
+    w.budgets.note_delivery("alice")
+    turn(w.harness("alice"), T0, 1e6)  # one delivered turn, a made-up cost
+    turn(w.harness("bob"), T0, 1e6)  # bob's own limit caps what he adds
+    assert w.budgets.check("bob") is not None  # over his own $0.50
+    swarm = w.budgets.swarm_standing()
+    assert swarm is not None and swarm.spend.usd == 10.0 + 0.5  # the $10 ceiling + bob's limit
+    why = w.budgets.check("alice")
+    assert why is not None and "alice's spend reports were clamped" in why
+    # bob without a limit and without a delivery counts nothing
+    assert w.budgets.contribution("bob", day_window(T0), None).usd == 0.0
+
+
+def test_spend_reports_are_one_per_delivery_and_pruned(tmp_path: Path) -> None:
+    w = World(tmp_path, {"alice": None})
+    kept = [w.budgets.record_turn("alice", i, T0, 0.0, 0) for i in range(1, 11)]
+    assert kept == [True] * FREE_TURNS + [False] * (10 - FREE_TURNS)
+    w.budgets.note_delivery("alice")
+    assert w.budgets.record_turn("alice", 11, T0, 0.0, 0)
+    assert not w.budgets.record_turn("alice", 12, T0, 0.0, 0)
+    w.clock.t = T0 + RETENTION_SECONDS + 2 * DAY_SECONDS
+    w.budgets.check("alice")  # prunes
+    assert w.budgets.ledger.spend("alice", day_window(T0)).turns == 0

@@ -199,6 +199,12 @@ def swarm_spent(h: NewHive) -> float:
     return float(h.admin.get("/budget")["swarm"]["spent_usd"])
 
 
+def alice_spent(h: NewHive) -> float:
+    """What alice spent today by her own reports, as the operator's ``GET /budget`` says."""
+    rows = h.admin.get("/budget?name=alice")["agents"]
+    return float(rows[0]["spent_usd"])
+
+
 def stats_db(h: NewHive, agent: str) -> sqlite3.Connection:
     path = h.state_of(agent) / STATS_DB
     con = sqlite3.connect(path, isolation_level=None)
@@ -256,9 +262,9 @@ def test_an_agents_stats_file_cannot_take_back_spend(new_hive: NewHive, tally: T
     now = time.time()
     alice = h.agent("alice")
     alice.post("/spend", {"turn_id": 1, "started_at": now, "cost_usd": 5.0, "tokens": 100})
-    wait_for("alice's spend counted", lambda: swarm_spent(h) >= 5.0, timeout=20)
+    wait_for("alice's spend counted", lambda: alice_spent(h) >= 5.0, timeout=20)
     held = alice.post("/recv", {"wait_seconds": 0}).get("held")
-    assert held, "the swarm is over its $1 budget: alice must be held"
+    assert held, "alice is over the $1 swarm budget by her own reports: she must be held"
     con = stats_db(h, "alice")
     bad_rows: list[tuple[str, float, int]] = [
         ("a negative cost", -1e9, 0),
@@ -279,13 +285,14 @@ def test_an_agents_stats_file_cannot_take_back_spend(new_hive: NewHive, tally: T
         reply = http(h.layout.host_sock, "GET", "/budget",
                      headers=[("Authorization", f"Bearer {h.admin.token}")])  # fmt: skip
         doc = reply.json() or {}
-        swarm = (doc.get("swarm") or {}) if isinstance(doc, dict) else {}
-        spent = swarm.get("spent_usd")
+        rows = (doc.get("agents") or []) if isinstance(doc, dict) else []
+        spent = next((r.get("spent_usd") for r in rows if r.get("agent") == "alice"), None)
         ok = reply.status == 200 and isinstance(spent, float | int) and 5.0 <= spent < 1e7
         tally.record(STATS, f"stats row with {what}: GET /budget", ok,
                      f"{reply.status} spent={spent!r} {reply.brief()[:200]}")  # fmt: skip
-        r = http(h.api, "POST", "/recv", headers=[h.auth("bob")], body={"wait_seconds": 0})
-        tally.record(STATS, f"stats row with {what}: bob's recv still held", r.status == 200
+        # (bob is not held by alice's reports: test_budget_bounds.py)
+        r = http(h.api, "POST", "/recv", headers=[h.auth("alice")], body={"wait_seconds": 0})
+        tally.record(STATS, f"stats row with {what}: alice's recv still held", r.status == 200
                      and bool((r.json() or {}).get("held")), r.brief())  # fmt: skip
     con.close()
     tally.assert_refused(STATS)
