@@ -16,11 +16,7 @@ herself and the waiting message is delivered.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,24 +28,18 @@ from tests.e2e.browser import Browser
 from tests.e2e.credentials import agent_client
 from tests.e2e.swarm import Swarm
 from tests.fakeapi import (
-    FakeAnthropic,
     Reply,
     Request,
-    find_claude_cli,
     reply_text,
     reply_tool_use,
 )
 from tests.fakeapi.server import Usage
-from tests.realserve import ROOT, wait_for
+from tests.realserve import wait_for
+from tests.storyswarm import require_claude, scripted_swarm
 
 pytestmark = pytest.mark.e2e
 
-CLAUDE = find_claude_cli(ROOT)
-if CLAUDE is None:
-    pytest.skip(
-        "the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)",
-        allow_module_level=True,
-    )
+require_claude()  # skips this module without the claude CLI
 
 TURN_USAGE = Usage(input_tokens=20_000, output_tokens=200)
 
@@ -88,23 +78,9 @@ def swarm(tmp_path: Path) -> Iterator[Swarm]:
     left = seconds_to_utc_midnight()
     if left < 900:
         time.sleep(left + 2)
-    api = FakeAnthropic(model_script).start()
-    s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=9)
-    s.env["HYPERHIVE_BUDGET_CLOCK_FILE"] = str(tmp_path / "clock-offset")
-    try:
+    with scripted_swarm(tmp_path, model_script, agent_ports=9) as s:
+        s.env["HYPERHIVE_BUDGET_CLOCK_FILE"] = str(tmp_path / "clock-offset")
         yield s
-    finally:
-        if s.proc is not None:
-            s.proc.kill()
-            s.proc.wait()
-        for pids in s.harness_procs().values():
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.killpg(os.getpgid(pid), signal.SIGKILL)
-        api.stop()
-        log = tmp_path / "controller.log"
-        if log.exists():
-            sys.stderr.write("---- controller log (tail) ----\n" + log.read_text()[-6000:])
 
 
 def manifest(budget: dict[str, Any] | None) -> str:

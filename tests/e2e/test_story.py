@@ -17,14 +17,10 @@ URL ``hyperhive dashboard`` prints and reaches alice's UI through the dashboard'
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,24 +32,16 @@ from schemas.client import ApiError, UnixClient
 from tests.e2e.browser import Browser
 from tests.e2e.credentials import agent_client
 from tests.e2e.swarm import Swarm
-from tests.fakeapi import FakeAnthropic, Reply, Request, find_claude_cli, reply_text, reply_tool_use
-from tests.realserve import ROOT, wait_for
+from tests.fakeapi import Reply, Request, reply_text, reply_tool_use
+from tests.realserve import wait_for
+from tests.storyswarm import is_manager, require_claude, scripted_swarm
 
 pytestmark = pytest.mark.e2e
 
-CLAUDE = find_claude_cli(ROOT)
-if CLAUDE is None:
-    pytest.skip(
-        "the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)",
-        allow_module_level=True,
-    )
+require_claude()  # skips this module without the claude CLI
 
 
 # --- the scripted model ------------------------------------------------------
-
-
-def is_manager(req: Request) -> bool:
-    return "mcp__hyperhive__request_spawn" in req.tool_names
 
 
 def model_script(req: Request) -> Reply:
@@ -98,22 +86,8 @@ def model_script(req: Request) -> Reply:
 
 @pytest.fixture
 def swarm(tmp_path: Path) -> Iterator[Swarm]:
-    api = FakeAnthropic(model_script).start()
-    s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=59)
-    try:
+    with scripted_swarm(tmp_path, model_script, agent_ports=59) as s:
         yield s
-    finally:
-        if s.proc is not None:
-            s.proc.kill()
-            s.proc.wait()
-        for pids in s.harness_procs().values():
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.killpg(os.getpgid(pid), signal.SIGKILL)
-        api.stop()
-        log = tmp_path / "controller.log"
-        if log.exists():
-            sys.stderr.write("---- controller log (tail) ----\n" + log.read_text()[-6000:])
 
 
 def test_the_whole_story(swarm: Swarm) -> None:

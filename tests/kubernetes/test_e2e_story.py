@@ -42,28 +42,19 @@ from tests.fakeapi import (
     FakeAnthropic,
     Reply,
     Request,
-    find_claude_cli,
     reply_text,
     reply_tool_use,
 )
 from tests.kubernetes.node import ProcessRunner
 from tests.kubernetes.standin import StandIn
 from tests.realserve import ROOT, free_port, wait_for
+from tests.storyswarm import is_manager, require_claude, write_log_tail
 
 pytestmark = pytest.mark.e2e
 
-CLAUDE = find_claude_cli(ROOT)
-if CLAUDE is None:
-    pytest.skip(
-        "the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)",
-        allow_module_level=True,
-    )
+CLAUDE = require_claude()
 
 NS = "hyperhive"
-
-
-def is_manager(req: Request) -> bool:
-    return "mcp__hyperhive__request_spawn" in req.tool_names
 
 
 NEW_MODEL = "claude-test-b"
@@ -158,7 +149,7 @@ def story(
     standin = holder["s"] = StandIn(runner, backoff=0.5, backoff_cap=5.0)
     standin.start()
     standin.create("secrets", NS, anthropic_secret(api))
-    s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=9)  # type: ignore[arg-type]
+    s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=9)
     api_port, git_port = free_port(), free_port()
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg.update(
@@ -186,9 +177,7 @@ def story(
         standin.stop()
         runner.stop_all()
         api.stop()
-        log = tmp_path / "controller.log"
-        if log.exists():
-            sys.stderr.write("---- controller log (tail) ----\n" + log.read_text()[-6000:])
+        write_log_tail(tmp_path)
         for c in runner.started:
             with contextlib.suppress(OSError):
                 sys.stderr.write(f"---- {c.log_path.name} (tail) ----\n{c.log()[-2000:]}")

@@ -13,11 +13,9 @@ passes on a scrape.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,22 +24,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.swarm import Swarm
-from tests.fakeapi import FakeAnthropic, Reply, Request, find_claude_cli, reply_text, reply_tool_use
+from tests.fakeapi import Reply, Request, reply_text, reply_tool_use
 from tests.metrics.promserver import RULES, Prometheus, promtool
-from tests.realserve import ROOT, free_port, wait_for
+from tests.realserve import free_port, wait_for
+from tests.storyswarm import is_manager, require_claude, scripted_swarm, spawn_approved
 
 pytestmark = pytest.mark.e2e
 
-CLAUDE = find_claude_cli(ROOT)
-if CLAUDE is None:
-    pytest.skip(
-        "the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)",
-        allow_module_level=True,
-    )
-
-
-def is_manager(req: Request) -> bool:
-    return "mcp__hyperhive__request_spawn" in req.tool_names
+require_claude()  # skips this module without the claude CLI
 
 
 def model(req: Request) -> Reply:
@@ -59,22 +49,8 @@ def model(req: Request) -> Reply:
 
 @pytest.fixture
 def swarm(tmp_path: Path) -> Iterator[Swarm]:
-    api = FakeAnthropic(model).start()
-    s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=9)
-    try:
+    with scripted_swarm(tmp_path, model, agent_ports=9) as s:
         yield s
-    finally:
-        if s.proc is not None:
-            s.proc.kill()
-            s.proc.wait()
-        for pids in s.harness_procs().values():
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.killpg(os.getpgid(pid), signal.SIGKILL)
-        api.stop()
-        log = tmp_path / "controller.log"
-        if log.exists():
-            sys.stderr.write("---- controller log (tail) ----\n" + log.read_text()[-6000:])
 
 
 def scrape(port: int, token: str | None) -> bytes:
@@ -112,10 +88,7 @@ def test_prometheus_scrapes_a_real_story(swarm: Swarm, tmp_path: Path) -> None:
         wait_for("the first scrape", lambda: prom.value('up{job="hyperhive"}') == 1.0)
 
         # a spawn: the manager proposes bob, the operator approves
-        s.cli("send", "manager", "please spawn bob")
-        wait_for("proposal/1", lambda: json.loads(s.cli("pending", "-o", "json").stdout))
-        s.cli("approve", "1")
-        wait_for("bob running", lambda: s.phase("bob") == "running", timeout=90)
+        spawn_approved(s, "bob")
         # a turn with a tool call: bob writes to the manager
         s.cli("send", "bob", "hello bob")
         wait_for(

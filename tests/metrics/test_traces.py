@@ -13,33 +13,21 @@ controller's ``reconcile`` span with the ``create bob`` deploy under it, and, wi
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.swarm import Swarm
-from tests.fakeapi import FakeAnthropic, Reply, Request, find_claude_cli, reply_text, reply_tool_use
+from tests.fakeapi import Reply, Request, reply_text, reply_tool_use
 from tests.metrics.otlp import OtlpReceiver, Span
-from tests.realserve import ROOT, wait_for
+from tests.realserve import wait_for
+from tests.storyswarm import is_manager, require_claude, scripted_swarm, spawn_approved
 
 pytestmark = pytest.mark.e2e
 
-CLAUDE = find_claude_cli(ROOT)
-if CLAUDE is None:
-    pytest.skip(
-        "the claude CLI is not installed (npm ci, or set HYPERHIVE_CLAUDE_BIN)",
-        allow_module_level=True,
-    )
-
-
-def is_manager(req: Request) -> bool:
-    return "mcp__hyperhive__request_spawn" in req.tool_names
+require_claude()  # skips this module without the claude CLI
 
 
 def model(req: Request) -> Reply:
@@ -66,33 +54,19 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 @pytest.fixture
 def swarm(tmp_path: Path, otlp: OtlpReceiver) -> Iterator[Swarm]:
-    api = FakeAnthropic(model).start()
-    s = Swarm.prepare(tmp_path, api, CLAUDE, agent_ports=9)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["otel"] = {"endpoint": otlp.endpoint, "claude_code": True}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    # export within a fraction of a second, not the SDKs' default 5 s / 60 s
-    s.env.update(
-        {
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-            "OTEL_LOGS_EXPORT_INTERVAL": "1000",
-        }
-    )
-    try:
+    with scripted_swarm(tmp_path, model, agent_ports=9) as s:
+        cfg = json.loads((tmp_path / "config.json").read_text())
+        cfg["otel"] = {"endpoint": otlp.endpoint, "claude_code": True}
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        # export within a fraction of a second, not the SDKs' default 5 s / 60 s
+        s.env.update(
+            {
+                "OTEL_BSP_SCHEDULE_DELAY": "200",
+                "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+                "OTEL_LOGS_EXPORT_INTERVAL": "1000",
+            }
+        )
         yield s
-    finally:
-        if s.proc is not None:
-            s.proc.kill()
-            s.proc.wait()
-        for pids in s.harness_procs().values():
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.killpg(os.getpgid(pid), signal.SIGKILL)
-        api.stop()
-        log = tmp_path / "controller.log"
-        if log.exists():
-            sys.stderr.write("---- controller log (tail) ----\n" + log.read_text()[-6000:])
 
 
 def one(spans: list[Span], what: str) -> Span:
@@ -104,10 +78,7 @@ def test_a_request_is_one_trace_across_agents(swarm: Swarm, otlp: OtlpReceiver) 
     s = swarm
     s.start()
     wait_for("the manager running", lambda: s.phase("manager") == "running")
-    s.cli("send", "manager", "please spawn bob")
-    wait_for("proposal/1", lambda: json.loads(s.cli("pending", "-o", "json").stdout))
-    s.cli("approve", "1")
-    wait_for("bob running", lambda: s.phase("bob") == "running", timeout=90)
+    spawn_approved(s, "bob")
 
     s.cli("send", "manager", "please greet bob")
 
