@@ -36,6 +36,15 @@ The body (at most ``MAX_PUSH_BYTES``) is read by ``hivehttp`` before the app
 runs, and the pack it carries is held to the same size once inflated
 (``receive.maxInputSize``: a gzip body is inflated by ``git http-backend``);
 git's answer is read whole, then sent (meta.git holds manifests: small).
+
+The manager's pushes are held to a quota (:class:`PushQuota`): at most
+``MANAGER_PUSHES_PER_HOUR`` pushes and ``MANAGER_PUSH_BYTES_PER_HOUR`` bytes of body
+(a gzip body counts as ``MAX_PUSH_BYTES``: it may inflate to that) in any hour; over
+it, a push is 429 with ``Retry-After`` before its body is read. The hook caps its refs
+(``MAX_MANAGER_REFS``) but not the objects a dropped or handed-over ref leaves behind,
+so after a manager's push, at most once per ``GC_EVERY`` seconds, ``git gc
+--prune=<GC_PRUNE_AGE> ago`` runs in the background (objects younger than that stay:
+a push in flight is never pruned from under its ref update).
 """
 
 from __future__ import annotations
@@ -48,6 +57,10 @@ import json
 import logging
 import os
 import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from controller.auth.agents import AgentCredentials
@@ -71,6 +84,61 @@ BACKEND_TIMEOUT = 300.0
 
 GIT_LIMITS = Limits(max_connections=64, per_client=16)
 """Connection caps of the git listener: the operator's git, a few requests at a time."""
+
+MANAGER_PUSHES_PER_HOUR = 60
+"""Pushes the manager's credential may make in any hour (a hand-over is one push)."""
+MANAGER_PUSH_BYTES_PER_HOUR = 2 * MAX_PUSH_BYTES
+"""Bytes of push bodies the manager's credential may send in any hour (manifests are KiB)."""
+GC_EVERY = 3600.0
+"""Seconds between two ``git gc --prune`` runs started by the manager's pushes."""
+GC_PRUNE_AGE = "1.hour.ago"
+"""Unreachable objects younger than this survive a gc (``git gc --prune=<date>``)."""
+HOUR = 3600.0
+
+
+class PushQuota:
+    """A sliding hour of ``(time, bytes)`` pushes: ``refuse()`` says how many seconds until
+    one more push fits (None: it does now), ``charge(n)`` counts one push of ``n`` bytes.
+    ``clock`` is monotonic seconds. Thread-safe."""
+
+    def __init__(
+        self,
+        pushes: int = MANAGER_PUSHES_PER_HOUR,
+        size: int = MANAGER_PUSH_BYTES_PER_HOUR,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pushes = pushes
+        self.size = size
+        self.clock = clock
+        self._log: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        while self._log and self._log[0][0] <= now - HOUR:
+            self._log.popleft()
+
+    def refuse(self) -> float | None:
+        """Seconds until the quota lets one more push in, or None when it does now."""
+        with self._lock:
+            now = self.clock()
+            self._expire(now)
+            used = sum(n for _, n in self._log)
+            if len(self._log) < self.pushes and used < self.size:
+                return None
+            # the oldest pushes must leave the hour until both counts are under their cap
+            freed, wait = used, 0.0
+            for i, (at, n) in enumerate(self._log):
+                freed -= n
+                wait = at + HOUR - now
+                if len(self._log) - i - 1 < self.pushes and freed < self.size:
+                    break
+            return max(1.0, wait)
+
+    def charge(self, size: int) -> None:
+        """Count one push of ``size`` bytes now."""
+        with self._lock:
+            self._log.append((self.clock(), size))
+
 
 _SERVICES = frozenset({"git-upload-pack", "git-receive-pack"})
 _UNAUTHORIZED = (
@@ -191,6 +259,9 @@ class GitHttp:
         self.backend = backend
         self.credentials = credentials
         self.refusals = RefusalLog("meta.git over HTTP")
+        self.manager_quota = PushQuota()
+        self._gc_at = -GC_EVERY
+        self._gc_lock = threading.Lock()
 
     def who(self, authorization: str | None) -> str | None:
         """``"operator"`` for the operator key, ``"manager"`` for the manager's own
@@ -271,6 +342,19 @@ class GitHttp:
         git asks its credential helper) unless it presents the operator key or the
         manager's credential; who it is goes in the scope for ``__call__``."""
         who = self.who(_header(scope, b"authorization"))
+        if who == "manager" and _is_push(scope):
+            wait = self.manager_quota.refuse()
+            if wait is not None:
+                client = scope.get("client")
+                self.refusals.note(str(client[0]) if client else "?", "manager push quota")
+                return Refusal(
+                    429,
+                    "too_many_requests",
+                    f"the manager may push {self.manager_quota.pushes} times and "
+                    f"{self.manager_quota.size >> 20} MiB an hour to meta.git; "
+                    f"try again in {wait:.0f} s",
+                    ((b"retry-after", str(int(wait + 0.999)).encode()),),
+                )
         if who is not None:
             scope[PUSHER] = who
             return None
@@ -298,6 +382,11 @@ class GitHttp:
             return
         body = await _read(receive)
         pusher = str(scope.get(PUSHER, "operator"))
+        manager_push = pusher == "manager" and _is_push(scope)
+        if manager_push:  # a gzip body may inflate to the whole pack cap: counted as that
+            encoding = (_header(scope, b"content-encoding") or "").strip().lower()
+            gzip = encoding not in ("", "identity")
+            self.manager_quota.charge(MAX_PUSH_BYTES if gzip else len(body))
         cgi = await asyncio.to_thread(
             self.run_backend, self.cgi_env(scope, path_info, len(body), pusher), body
         )
@@ -308,6 +397,39 @@ class GitHttp:
         headers.append((b"content-length", str(len(cgi.body)).encode()))
         await send({"type": "http.response.start", "status": cgi.status, "headers": headers})
         await send({"type": "http.response.body", "body": cgi.body, "more_body": False})
+        if manager_push:
+            self._gc_soon()
+
+    def _gc_soon(self) -> None:
+        """Start ``git gc --prune`` in a thread unless one ran in the last ``GC_EVERY`` s."""
+        with self._gc_lock:
+            now = time.monotonic()
+            if now - self._gc_at < GC_EVERY:
+                return
+            self._gc_at = now
+        threading.Thread(target=self.gc, name="meta-git-gc", daemon=True).start()
+
+    def gc(self) -> bool:
+        """Run ``git gc --quiet --prune=<GC_PRUNE_AGE>`` on meta.git (blocking): the objects
+        of the manager's dropped and handed-over refs go. True when git succeeded."""
+        try:
+            proc = subprocess.run(
+                ["git", "--git-dir", str(self.layout.meta_git), "-c", "gc.packRefs=false",
+                 "gc", "--quiet",
+                 f"--prune={GC_PRUNE_AGE}"],
+                capture_output=True, timeout=BACKEND_TIMEOUT, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("meta.git: git gc failed: %s", exc)
+            return False
+        if proc.returncode != 0:
+            log.warning("meta.git: git gc: %s", proc.stderr.decode(errors="replace")[:500])
+        return proc.returncode == 0
+
+
+def _is_push(scope: Scope) -> bool:
+    """True for the request that carries a push (``POST /meta.git/git-receive-pack``)."""
+    return bool(scope["method"] == "POST" and scope["path"] == f"/{REPO}/git-receive-pack")
 
 
 async def _read(receive: Receive) -> bytes:

@@ -27,7 +27,8 @@ after the Kubernetes API (the REST paths, verbs, status codes and object shapes 
 - a "node": each scheduled pod's container is started by a ``Runner`` (the driver tests
   use ``FakeRunner``; the e2e story runs the harness as a local process); a container
   that exits is restarted with backoff (``CrashLoopBackOff``, ``restartCount``,
-  ``lastState.terminated``), its output is the pod log (``tailLines``, ``previous``).
+  ``lastState.terminated``), its output is the pod log (``tailLines``, ``limitBytes``,
+  ``previous``).
 
 Not modelled: authentication, admission, field managers, server-side apply, finalizers,
 scheduling constraints, PVC binding, real networking.
@@ -35,6 +36,7 @@ scheduling constraints, PVC binding, real networking.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
@@ -287,6 +289,8 @@ class StandIn:
         self.rv = 100
         self.runs: dict[tuple[str, str], PodRun] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path): what the driver asked
+        self.honour_limit_bytes = True
+        """False: pod logs ignore ``limitBytes`` (to see that the driver stops reading anyway)."""
         self.faults: dict[tuple[str, str], int] = {}
         """``(method, plural)`` → an HTTP status the next such request is answered with
         (``Forbidden``, ``InternalError``, ...) instead of being served: taken once."""
@@ -889,14 +893,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, doc: Obj | str) -> None:
         if isinstance(doc, str):
-            data, ctype = doc.encode(), "text/plain"
+            self._send_bytes(code, doc.encode())
         else:
-            data, ctype = json.dumps(doc).encode(), "application/json"
+            self._send_bytes(code, json.dumps(doc).encode(), "application/json")
+
+    def _send_bytes(self, code: int, data: bytes, ctype: str = "text/plain") -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        # the client may stop reading (a bounded log read): as a real server, move on
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(data)
 
     def _handle(self, method: str) -> None:
         s = self.server_standin
@@ -923,8 +931,14 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiFailure(405, "MethodNotAllowed", f"{method} needs a name")
             if method == "GET" and sub == "log":
                 tail = q.get("tailLines", [None])[0]
+                limit = q.get("limitBytes", [None])[0]
                 previous = q.get("previous", ["false"])[0] in ("true", "1")
-                return self._send(200, s.logs(ns, name, int(tail) if tail else None, previous))
+                text = s.logs(ns, name, int(tail) if tail else None, previous)
+                if (
+                    limit is not None and s.honour_limit_bytes
+                ):  # the first limitBytes bytes of what tailLines chose
+                    return self._send_bytes(200, text.encode()[: int(limit)])
+                return self._send(200, text)
             if method == "GET":
                 with s.lock:
                     return self._send(200, copy.deepcopy(s._existing(plural, ns, name)))

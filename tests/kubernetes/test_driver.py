@@ -233,6 +233,28 @@ def test_journal_reads_the_pod_log(driver: KubernetesDriver) -> None:
         driver.journal("../x")
 
 
+def test_journal_reads_are_bounded(
+    driver: KubernetesDriver, standin: StandIn, runner: FakeRunner
+) -> None:
+    """An agent owns its log: one endless line must not fill the controller's memory."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from controller.drivers.kubernetes.api import LOG_LIMIT_BYTES
+
+    driver.create(deployment("alice"), lambda _: None)
+    wait_phase(driver, "alice", Phase.RUNNING)
+    pod = pod_of(driver, "alice")
+    runner.containers[pod][-1].lines.append("x" * (3 * LOG_LIMIT_BYTES))
+    got = driver.journal("alice", lines=5)
+    assert got.startswith(f"{pod}: started") and len(got.encode()) == LOG_LIMIT_BYTES
+    [(_, path)] = [r for r in standin.requests if r[1].split("?")[0].endswith("/log")][-1:]
+    q = parse_qs(urlsplit(path).query)
+    assert q["tailLines"] == ["5"] and q["limitBytes"] == [str(LOG_LIMIT_BYTES)]
+    # a server that ignores limitBytes: the driver stops reading at the limit all the same
+    standin.honour_limit_bytes = False
+    assert len(driver.journal("alice", lines=5).encode()) == LOG_LIMIT_BYTES
+
+
 def test_a_change_behind_our_back_is_replaced_on_apply(
     driver: KubernetesDriver, standin: StandIn
 ) -> None:

@@ -27,6 +27,7 @@ from lightkube.config.kubeconfig import SingleConfig
 from lightkube.config.models import Cluster, User
 from lightkube.core.exceptions import ConfigError
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
+from lightkube.resources.core_v1 import PodLog
 from lightkube.types import PatchType
 
 from controller.drivers.kubernetes.settings import KubeSettings
@@ -34,6 +35,10 @@ from controller.errors import PermanentError, TransientError
 
 Obj = dict[str, Any]
 FIELD_MANAGER = "hyperhive"
+
+LOG_LIMIT_BYTES = 4 * 1024 * 1024
+"""Most bytes of a pod's log one journal read takes (``limitBytes``): 5000 lines (the most
+``journal`` asks for) of ~800 bytes."""
 
 _KINDS: dict[str, tuple[str, str, str]] = {
     "Pod": ("", "v1", "pods"),
@@ -229,9 +234,33 @@ class KubeApi:
         except (ApiError, httpx2.HTTPError) as exc:
             raise self._fail("watch", kind, selector, exc) from exc
 
-    def logs(self, pod: str, container: str, tail: int) -> str:
-        """The last ``tail`` lines of ``container`` in ``pod``; NotFound without the pod."""
+    def logs(self, pod: str, container: str, tail: int, limit: int = LOG_LIMIT_BYTES) -> str:
+        """The last ``tail`` lines of ``container`` in ``pod``, at most ``limit`` bytes of them
+        (``tailLines`` and ``limitBytes``; the read also stops at ``limit`` whatever the server
+        sends: a harness that logs one endless line cannot fill the controller's memory).
+        Undecodable bytes are replaced. NotFound without the pod.
+        """
+        # lightkube's Client.log has no limitBytes: the same request, one parameter more
+        http = self.client._client
         try:
-            return "".join(self.client.log(pod, container=container, tail_lines=tail))
+            br = http.prepare_request(
+                "get",
+                PodLog,
+                name=pod,
+                params={"container": container, "tailLines": tail, "limitBytes": limit},
+            )
+            resp = http.send(http.build_adapter_request(br), stream=True)
+            try:
+                if resp.is_error:
+                    resp.read()  # a Status object from the API server, not the agent's log
+                http.raise_for_status(resp)  # type: ignore[no-untyped-call]
+                data = bytearray()
+                for chunk in resp.iter_bytes():
+                    data += chunk[: limit - len(data)]
+                    if len(data) >= limit:
+                        break
+            finally:
+                resp.close()
         except (ApiError, httpx2.HTTPError) as exc:
             raise self._fail("logs", "Pod", pod, exc) from exc
+        return data.decode(errors="replace")
