@@ -32,6 +32,8 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from schemas.otel import mark_error, otlp_provider, shutdown_provider
+
 if TYPE_CHECKING:  # the SDK is imported only when telemetry is on
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, Tracer
@@ -88,20 +90,13 @@ class Telemetry:
         An SDK that fails to start is logged and leaves telemetry off: never a failed turn."""
         if not enabled(environ):
             return cls(agent)
+        explicit = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/")
+        url = explicit or f"{base}/v1/traces"
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-            resource = Resource.create(
-                {"service.name": "hyperhive-agent", "hyperhive.agent": agent}
+            provider = otlp_provider(
+                {"service.name": "hyperhive-agent", "hyperhive.agent": agent}, url
             )
-            provider = TracerProvider(resource=resource)
-            explicit = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-            base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/")
-            url = explicit or f"{base}/v1/traces"
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
         except Exception:
             log.exception("OpenTelemetry: cannot start the SDK; traces stay off")
             return cls(agent)
@@ -193,7 +188,7 @@ class Telemetry:
                 span = self._tools.pop(ev.tool_use_id, None)
                 if span is not None:
                     if ev.is_error:
-                        _error(span, "tool_error")
+                        mark_error(span, "tool_error")
                     span.end()
             elif isinstance(ev, SystemInit):
                 if ev.model:
@@ -225,7 +220,7 @@ class Telemetry:
                 attrs["gen_ai.conversation.id"] = row.session_id
             span.set_attributes(attrs)
             if row.result_kind != "ok":
-                _error(span, row.result_kind, row.note)
+                mark_error(span, row.result_kind, row.note)
             self._end_open_locked()
 
     def turn_aborted(self) -> None:
@@ -234,12 +229,12 @@ class Telemetry:
             return
         with self._lock:
             if self._turn is not None:
-                _error(self._turn, "aborted")
+                mark_error(self._turn, "aborted")
             self._end_open_locked()
 
     def _end_open_locked(self) -> None:
         for span in self._tools.values():
-            _error(span, "unfinished")
+            mark_error(span, "unfinished")
             span.end()
         self._tools.clear()
         if self._turn is not None:
@@ -255,22 +250,4 @@ class Telemetry:
             return
         self._provider = None
         self._tracer = None
-
-        def stop() -> None:
-            try:
-                provider.shutdown()
-            except Exception:
-                log.exception("OpenTelemetry: shutdown failed")
-
-        t = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
-        t.start()
-        t.join(timeout)
-        if t.is_alive():
-            log.warning("OpenTelemetry: spans not exported within %.0f s; dropped", timeout)
-
-
-def _error(span: Span, kind: str, description: str | None = None) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
-    span.set_attribute("error.type", kind)
-    span.set_status(Status(StatusCode.ERROR, description))
+        shutdown_provider(provider, timeout)

@@ -23,8 +23,6 @@ from typing import Any
 import psycopg
 
 from controller.broker.model import (
-    MESSAGE_COLUMNS,
-    QUESTION_COLUMNS,
     BrokerGauges,
     NewMessage,
     OperatorQuestion,
@@ -33,6 +31,10 @@ from controller.broker.model import (
     question_from_row,
     thread_from_row,
 )
+from controller.broker.predicates import COLS as _COLS
+from controller.broker.predicates import INBOX as _INBOX
+from controller.broker.predicates import Q_COLS as _Q_COLS
+from controller.broker.predicates import deliverable, exhausted
 from controller.broker.statuscache import StatusReading
 from schemas.wire import Message, Status
 
@@ -40,18 +42,9 @@ _ORDER_LOCK = (0x6868, 1)
 """``pg_advisory_xact_lock(classid, objid)`` key a transaction holds once it inserts a message:
 message ids commit in id order."""
 
-_COLS = ", ".join(MESSAGE_COLUMNS)
-_Q_COLS = ", ".join(QUESTION_COLUMNS)
 _T_COLS = "id, asker, asked, answered_at, closed_reason"
-_INBOX = "acked_at IS NULL AND dead_at IS NULL"
-_DELIVERABLE = (
-    f"recipient = %(r)s AND {_INBOX} AND due_at <= %(now)s "
-    "AND (lease_until IS NULL OR (lease_until <= %(now)s AND attempts < %(max)s))"
-)
-_EXHAUSTED = (
-    f"recipient = %(r)s AND {_INBOX} AND lease_until IS NOT NULL AND lease_until <= %(now)s "
-    "AND attempts >= %(max)s"
-)
+_DELIVERABLE = deliverable("%(r)s", "%(now)s", "%(max)s")
+_EXHAUSTED = exhausted("%(r)s", "%(now)s", "%(max)s")
 
 # --------------------------------------------------------------------- NUL-safe text
 

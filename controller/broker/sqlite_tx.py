@@ -18,8 +18,6 @@ from typing import Any
 
 from controller.broker import sqlite_gauges
 from controller.broker.model import (
-    MESSAGE_COLUMNS,
-    QUESTION_COLUMNS,
     BrokerGauges,
     NewMessage,
     OperatorQuestion,
@@ -28,29 +26,21 @@ from controller.broker.model import (
     question_from_row,
     thread_from_row,
 )
+from controller.broker.predicates import COLS as _COLS
+from controller.broker.predicates import INBOX as _INBOX
+from controller.broker.predicates import Q_COLS as _Q_COLS
+from controller.broker.predicates import deliverable, exhausted
 from controller.broker.statuscache import StatusReading
 from schemas.wire import Message, Status
 
-_COLS = ", ".join(MESSAGE_COLUMNS)
-_Q_COLS = ", ".join(QUESTION_COLUMNS)
 # Pending rows only ever go through the partial index: without it sqlite may walk the
 # recipient's whole history (messages_to), which grows for 30 days. Every query through
 # it must repeat the index's WHERE (_INBOX).
 _PENDING = "INDEXED BY messages_inbox"
 _LEASED = "INDEXED BY messages_leased"
 _REMINDERS = "INDEXED BY messages_reminders"
-_INBOX = "acked_at IS NULL AND dead_at IS NULL"
-# A message the recipient may be handed now (needs :r, :now and :max bound): due, not
-# leased (or the lease ran out) and, if it was leased, not delivered :max times already.
-_DELIVERABLE = (
-    f"recipient = :r AND {_INBOX} AND due_at <= :now "
-    "AND (lease_until IS NULL OR (lease_until <= :now AND attempts < :max))"
-)
-# Leased :max times and the last lease ran out: a dead letter not yet marked as one.
-_EXHAUSTED = (
-    f"recipient = :r AND {_INBOX} AND lease_until IS NOT NULL AND lease_until <= :now "
-    "AND attempts >= :max"
-)
+_DELIVERABLE = deliverable(":r", ":now", ":max")
+_EXHAUSTED = exhausted(":r", ":now", ":max")
 # sqlite binds at most 32766 variables; ids go in chunks well below that
 _CHUNK = 500
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from controller.otel_env import AGENT_OTEL
+from schemas.otel import mark_error, otlp_provider, shutdown_provider
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -84,16 +85,10 @@ class Tracing:
         endpoint = endpoint_of(cfg, environ)
         if endpoint is None:
             return False
+        explicit = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        url = explicit or endpoint.rstrip("/") + "/v1/traces"
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-            explicit = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            url = explicit or endpoint.rstrip("/") + "/v1/traces"
-            provider = TracerProvider(resource=Resource.create({"service.name": "hyperhive"}))
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+            provider = otlp_provider({"service.name": "hyperhive"}, url)
         except Exception:
             log.exception("OpenTelemetry: cannot start the SDK; traces stay off")
             return False
@@ -122,7 +117,7 @@ class Tracing:
                 {"hyperhive.reconcile.actions": actions, "hyperhive.reconcile.errors": errors}
             )
             if errors:
-                _error(span, "reconcile_error", f"{errors} error(s)")
+                mark_error(span, "reconcile_error", f"{errors} error(s)")
 
         with self._lock:
             self._pass = span
@@ -130,7 +125,7 @@ class Tracing:
             yield done
         except BaseException as exc:
             span.record_exception(exc)
-            _error(span, type(exc).__name__, str(exc))
+            mark_error(span, type(exc).__name__, str(exc))
             raise
         finally:
             with self._lock:
@@ -164,25 +159,7 @@ class Tracing:
             return
         self._provider = None
         self._tracer = None
-
-        def stop() -> None:
-            try:
-                provider.shutdown()
-            except Exception:
-                log.exception("OpenTelemetry: shutdown failed")
-
-        t = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
-        t.start()
-        t.join(timeout)
-        if t.is_alive():
-            log.warning("OpenTelemetry: spans not exported within %.0f s; dropped", timeout)
-
-
-def _error(span: Span, kind: str, description: str | None = None) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
-    span.set_attribute("error.type", kind)
-    span.set_status(Status(StatusCode.ERROR, description))
+        shutdown_provider(provider, timeout)
 
 
 TRACING = Tracing()
