@@ -463,6 +463,9 @@ class PgTx:
         """Wake ``recipients`` (here and in every process on this database) once this commits."""
         self.touched.append((recipients, last_id))
 
+    def adjust(self, inbox: str, pending: int, unread: int) -> None:
+        """Nothing to do: no status is cached over a store other processes write."""
+
     def only(self, inboxes: Sequence[str]) -> None:
         """Nothing to do: no status is cached over a store other processes write."""
 

@@ -51,8 +51,12 @@ class Receiving(BrokerCore):
         until = None if lease_seconds is None else now + lease_seconds
         with self._store.write() as tx:
             tx.only([recipient])  # and the dead-letter events' recipient, through changed
-            self._reap(tx, recipient, now)
+            died = self._reap(tx, recipient, now) if self._may_hold_leases(recipient, now) else 0
             msg = tx.claim(recipient, now, until, self.max_deliveries)
+            if lease_seconds is None and died == 0:
+                # a plain claim acks the one message it takes: one unread fewer, nothing else
+                taken = 0 if msg is None else 1
+                tx.adjust(recipient, -taken, -taken)
             if msg is not None:
                 EVENTS.claimed(msg, now)  # delivered + send → recv latency (controller.metrics)
                 if lease_seconds is not None:
@@ -60,6 +64,14 @@ class Receiving(BrokerCore):
                     tx.changed([recipient])
                 return msg, None
             return None, tx.next_due(recipient, now, self.max_deliveries)
+
+    def _may_hold_leases(self, recipient: str, now: float) -> bool:
+        """False when the status cache knows ``recipient`` has no leased message, live or
+        run out (pending = unread + reminders): the dead-letter check has nothing to look
+        at. Called inside the claim's transaction, where no other commit can intervene."""
+        cache = self._status_cache
+        kept = None if cache is None else cache.get(recipient, now)
+        return kept is None or kept.pending != kept.status.unread + kept.status.pending_reminders
 
     def _inbox_empty(self, recipient: str) -> bool:
         """True when the status cache knows ``recipient`` has no pending message at all (no

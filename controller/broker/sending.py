@@ -81,6 +81,8 @@ class Sending(BrokerCore):
                 )
             )
             tx.changed([recipient], msg.id)
+            if kind != MessageKind.REMINDER:
+                tx.adjust(recipient, 1, 1)  # one more unread message, nothing else
         return msg
 
     def emit_event(

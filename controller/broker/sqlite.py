@@ -75,7 +75,8 @@ class SqliteStore:
 
     ``on_change(recipients, last_id)`` runs after each commit that called ``Tx.changed``
     (outside the lock); ``on_commit(inboxes)`` right after each commit, inside the lock, with
-    the inboxes whose status it may have changed (``SqliteTx.dirty``; None: any).
+    the inboxes whose status it may have changed (``SqliteTx.dirty``; None: any) and the
+    declared changes of others (``SqliteTx.deltas``).
     Raises ``BrokerStorageError`` when the file cannot be opened.
     """
 
@@ -85,7 +86,7 @@ class SqliteStore:
         on_change: OnChange,
         *,
         durable: bool = False,
-        on_commit: Callable[[set[str] | None], None] | None = None,
+        on_commit: Callable[[set[str] | None, dict[str, tuple[int, int]]], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self._on_change = on_change
@@ -156,7 +157,7 @@ class SqliteStore:
                     raise
                 self._conn.execute("COMMIT")
                 if self._on_commit is not None:
-                    self._on_commit(tx.dirty())
+                    self._on_commit(tx.dirty(), tx.deltas)
             except sqlite3.Error as exc:
                 self._rollback()
                 if (err := storage_error(exc, self.path)) is None:

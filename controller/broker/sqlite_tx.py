@@ -60,14 +60,26 @@ class SqliteTx:
         self.touched: list[tuple[Sequence[str] | None, int | None]] = []
         # the inboxes whose status this transaction may change (None: any); see ``only``
         self.scope: set[str] | None = None
+        # inbox → (pending, unread) change: the whole change to that inbox; see ``adjust``
+        self.deltas: dict[str, tuple[int, int]] = {}
 
     def only(self, inboxes: Sequence[str]) -> None:
         """Declare that this transaction changes no inbox's status but ``inboxes`` (and those
         it passes to ``changed``): the status cache forgets only them at the commit."""
         self.scope = (self.scope or set()) | set(inboxes)
 
+    def adjust(self, inbox: str, pending: int, unread: int) -> None:
+        """Declare the whole change this transaction makes to ``inbox``'s status: ``pending``
+        and ``unread`` move by these amounts, nothing else does (a reading the status cache
+        holds is moved instead of forgotten). Implies ``only([])``."""
+        if self.scope is None:
+            self.scope = set()
+        p, u = self.deltas.get(inbox, (0, 0))
+        self.deltas[inbox] = (p + pending, u + unread)
+
     def dirty(self) -> set[str] | None:
-        """The inboxes whose status may have changed at the commit (None: any)."""
+        """The inboxes whose status may have changed at the commit (None: any), except those
+        with a declared change (``deltas``)."""
         if self.scope is None:
             return None
         out = set(self.scope)
@@ -75,7 +87,7 @@ class SqliteTx:
             if recipients is None:
                 return None
             out.update(recipients)
-        return out
+        return out - self.deltas.keys()
 
     # ---------------------------------------------------------------- messages
 

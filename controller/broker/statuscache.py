@@ -8,7 +8,9 @@ recipient's counts, not the sender's), so the counts read for the last answer st
 * a write transaction that may have changed it commits: the store calls ``forget`` with the
   inboxes the transaction declared (``Tx.only``), or with None (every inbox) when it
   declared nothing, *inside* its lock right after the commit, so before any parked receiver
-  is woken (a receiver that looks here after its wake-up never sees the old reading);
+  is woken (a receiver that looks here after its wake-up never sees the old reading); an
+  inbox whose whole change the transaction declared (``Tx.adjust``: a send adds one unread
+  message, a plain claim takes one) has its reading moved instead;
 * time makes it wrong: a reminder falls due or a lease runs out (``valid_until``, on the
   broker's clock, which tests may move; a clock moved back also forgets it).
 
@@ -22,8 +24,8 @@ other processes' commits late or not at all, so the broker keeps no cache there.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from schemas.wire import Status
 
@@ -77,8 +79,11 @@ class StatusCache:
             if generation == self._gen(inbox):
                 self._readings[inbox] = (generation, reading)
 
-    def forget(self, inboxes: Iterable[str] | None) -> None:
-        """A commit may have changed ``inboxes`` (None: any inbox)."""
+    def forget(
+        self, inboxes: Iterable[str] | None, moved: Mapping[str, tuple[int, int]] | None = None
+    ) -> None:
+        """A commit may have changed ``inboxes`` (None: any inbox), and changed each inbox
+        of ``moved`` by exactly ``(pending, unread)``: a reading kept of those is moved."""
         with self._lock:
             self._counter += 1
             if inboxes is None:
@@ -88,3 +93,17 @@ class StatusCache:
             for inbox in inboxes:
                 self._gens[inbox] = self._counter
                 self._readings.pop(inbox, None)
+            for inbox, (pending, unread) in (moved or {}).items():
+                kept = self._readings.pop(inbox, None)
+                current = self._gen(inbox)
+                # a new generation either way: a reading taken before this commit and put
+                # after it must not be kept
+                self._gens[inbox] = self._counter
+                if kept is None or kept[0] != current:
+                    continue
+                r = kept[1]
+                status = replace(r.status, unread=r.status.unread + unread)
+                self._readings[inbox] = (
+                    self._counter,
+                    replace(r, status=status, pending=r.pending + pending),
+                )

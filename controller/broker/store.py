@@ -202,6 +202,12 @@ class Tx(Protocol):
         added messages up to ``last_id``: wake them once it commits."""
         ...
 
+    def adjust(self, inbox: str, pending: int, unread: int) -> None:
+        """The whole change this transaction makes to ``inbox``'s status: its pending count
+        (neither acked nor dead) and ``unread`` move by these amounts, nothing else. Implies
+        ``only([])``; a caller that cannot tell the whole change declares nothing."""
+        ...
+
     def only(self, inboxes: Sequence[str]) -> None:
         """This transaction changes no inbox's ``status`` but ``inboxes`` and those it passes
         to ``changed``. Undeclared, a write may have changed anyone's (a store that caches

@@ -124,3 +124,18 @@ def test_a_reading_taken_across_a_commit_is_not_kept() -> None:
     assert cache.get("alice", 10.0) is None
     cache.put("alice", gen, reading)  # taken before forget(None): dropped too
     assert cache.get("alice", 10.0) is None
+
+
+def test_a_declared_change_moves_the_reading() -> None:
+    cache = StatusCache()
+    reading = StatusReading(Status(unread=1, open_threads=2), 1, 10.0, float("inf"))
+    cache.put("alice", cache.generation("alice"), reading)
+    before = cache.generation("bob")
+    cache.forget(set(), {"alice": (1, 1)})  # a send to alice committed
+    assert cache.get("alice", 10.0) == StatusReading(
+        Status(unread=2, open_threads=2), 2, 10.0, float("inf")
+    )
+    cache.forget(set(), {"bob": (1, 1)})  # bob had no reading: still none
+    assert cache.get("bob", 10.0) is None
+    cache.put("bob", before, reading)  # taken before that commit: dropped
+    assert cache.get("bob", 10.0) is None
