@@ -37,7 +37,6 @@ import json
 import logging
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -67,26 +66,20 @@ from tests.fakeapi import (  # noqa: E402
     reply_tool_use,
 )
 from tests.realserve import (  # noqa: E402
-    free_block,
     free_port,
-    kill_agents,
-    serve_argv,
-    standin_env,
-    stop,
     wait_for,
-    write_config,
+)
+from tests.standinserve import (  # noqa: E402
+    admin_client,
+    credential,
+    launch,
+    request_and_approve,
+    shut,
 )
 
 AGENTS = ("alice", "bob", "carol")
 """alice's loop runs on the socket, carol's on TCP; both send to bob (a stand-in: his inbox
 only fills)."""
-
-STANDIN = """
-import signal, sys, time
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-while True:
-    time.sleep(1)
-"""
 
 
 def pct(values: list[float], p: float) -> float:
@@ -143,50 +136,27 @@ class Hive:
         self.root = root
         self.layout = Layout(root / "state", root / "run")
         self.api_port = free_port()
-        script = root / "standin.py"
-        script.write_text(STANDIN)
-        config = write_config(
-            root / "config.json",
-            manager_port=free_block(8),
-            agent_range=7,
-            local_sandbox=False,
-            resync_seconds=60,
-            api={"listen": f"127.0.0.1:{self.api_port}"},
+        self.proc, self.log = launch(
+            root, resync_seconds=60, api={"listen": f"127.0.0.1:{self.api_port}"}
         )
-        self.log = (root / "serve.log").open("ab")
-        self.proc = subprocess.Popen(
-            serve_argv(self.layout.state, config, run=self.layout.run),
-            cwd=REPO,
-            env=standin_env([sys.executable, str(script)]),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for("host.sock", lambda: self.admin.get("/status"), timeout=60)
-        wait_for("the manager", lambda: self.layout.agent_credential("manager").exists())
         manager = ApiClient(str(self.layout.manager_sock), token=self.credential("manager"))
-        for name in AGENTS:
-            pid = manager.post("/request_spawn", {"name": name})["id"]
-            self.admin.post(f"/proposals/{pid}/approve", {})
+        request_and_approve(manager, self.admin, AGENTS)
         for name in AGENTS:
             wait_for(name, lambda n=name: self.layout.agent_credential(n).exists())
 
     @property
     def admin(self) -> ApiClient:
-        return ApiClient(
-            str(self.layout.host_sock), token=self.layout.operator_key.read_text().strip()
-        )
+        return admin_client(self.layout)
 
     def credential(self, agent: str) -> str:
-        return self.layout.agent_credential(agent).read_text().strip()
+        return credential(self.layout, agent)
 
     def client(self, agent: str, tcp: bool) -> ApiClient:
         target = f"http://127.0.0.1:{self.api_port}" if tcp else str(self.layout.agent_sock(agent))
         return ApiClient(target, token=self.credential(agent))
 
     def close(self) -> None:
-        stop(self.proc)
-        kill_agents(self.layout.state)
-        self.log.close()
+        shut(self.proc, self.log, self.layout.state)
 
 
 def mcp_direct(endpoint: McpEndpoint, n: int) -> list[float]:

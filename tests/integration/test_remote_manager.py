@@ -22,7 +22,6 @@ credential helper; its calls go to the TCP agent API with its bearer credential.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,23 +34,10 @@ from harness.metaclone import META_DIR_VAR, META_URL_VAR, MetaCloneError, ensure
 from schemas.client import ApiClient, ApiError
 from schemas.names import MANAGER
 from tests.realserve import (
-    ROOT,
-    free_block,
     free_port,
-    kill_agents,
-    serve_argv,
-    standin_env,
-    stop,
     wait_for,
-    write_config,
 )
-
-STANDIN = """
-import signal, sys, time
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-while True:
-    time.sleep(1)
-"""
+from tests.standinserve import admin_client, credential, launch, meta_refs, shut
 
 GIT_ENV = {
     "PATH": "/usr/bin:/bin",
@@ -82,19 +68,14 @@ class Hive:
 
     @property
     def admin(self) -> ApiClient:
-        key = self.layout.operator_key.read_text().strip()
-        return ApiClient(str(self.layout.host_sock), timeout=30, token=key)
+        return admin_client(self.layout)
 
     def tcp(self, agent: str) -> ApiClient:
-        token = self.layout.agent_credential(agent).read_text().strip()
+        token = credential(self.layout, agent)
         return ApiClient(f"http://127.0.0.1:{self.api_port}", timeout=30, token=token)
 
     def refs(self) -> str:
-        return subprocess.run(
-            ["git", "--git-dir", str(self.layout.meta_git), "for-each-ref",
-             "--format=%(refname) %(objectname)"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+        return meta_refs(self.layout)
 
     def running(self, name: str) -> bool:
         return any(
@@ -107,34 +88,17 @@ class Hive:
 def hive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hive]:
     tmp = tmp_path_factory.mktemp("remotemgr")
     api_port, git_port = free_port(), free_port()
-    script = tmp / "standin.py"
-    script.write_text(STANDIN)
-    config = write_config(
-        tmp / "config.json",
-        manager_port=free_block(8),
-        agent_range=7,
-        local_sandbox=False,
+    proc, log = launch(
+        tmp,
         resync_seconds=30,
         api={"listen": f"127.0.0.1:{api_port}"},
         git={"listen": f"127.0.0.1:{git_port}"},
     )
-    log = (tmp / "serve.log").open("ab")
-    proc = subprocess.Popen(
-        serve_argv(tmp / "state", config, run=tmp / "run"),
-        cwd=ROOT,
-        env=standin_env([sys.executable, str(script)]),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     h = Hive(tmp, proc, api_port, git_port)
     try:
-        wait_for("host.sock", lambda: h.admin.get("/status"), timeout=60)
-        wait_for("the manager's credential", lambda: h.layout.agent_credential(MANAGER).exists())
         yield h
     finally:
-        stop(proc)
-        kill_agents(tmp / "state")
-        log.close()
+        shut(proc, log, tmp / "state")
         assert "Traceback" not in (tmp / "serve.log").read_text(errors="replace")
 
 

@@ -43,20 +43,20 @@ from tests.realserve import (
     kill_agents,
     serve_argv,
     standin_env,
-    stop,
     wait_for,
     write_config,
+)
+from tests.standinserve import (
+    admin_client,
+    credential,
+    launch,
+    operator_key,
+    request_and_approve,
+    shut,
 )
 from tests.tlscert import self_signed
 
 CLAUDE = find_claude_cli(ROOT)
-
-STANDIN = """
-import signal, sys, time
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-while True:
-    time.sleep(1)
-"""
 
 
 @dataclass
@@ -83,14 +83,14 @@ class Hive:
 
     @property
     def key(self) -> str:
-        return self.layout.operator_key.read_text().strip()
+        return operator_key(self.layout)
 
     @property
     def admin(self) -> ApiClient:
-        return ApiClient(str(self.layout.host_sock), timeout=30, token=self.key)
+        return admin_client(self.layout)
 
     def credential(self, agent: str) -> str:
-        return self.layout.agent_credential(agent).read_text().strip()
+        return credential(self.layout, agent)
 
     def tcp(self, token: str | None, timeout: float = 30.0) -> ApiClient:
         """A client of the TCP API presenting ``token``."""
@@ -117,41 +117,21 @@ def hive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hive]:
     tmp = tmp_path_factory.mktemp("tcpapi")
     cert, key = self_signed(tmp / "tls")
     api_port, git_port = free_port(), free_port()
-    script = tmp / "standin.py"
-    script.write_text(STANDIN)
-    config = write_config(
-        tmp / "config.json",
-        manager_port=free_block(8),
-        agent_range=7,
-        local_sandbox=False,
+    proc, log = launch(
+        tmp,
         resync_seconds=30,
         api={"listen": f"127.0.0.1:{api_port}", "tls": {"cert": str(cert), "key": str(key)}},
         git={"listen": f"127.0.0.1:{git_port}"},
     )
-    env = standin_env([sys.executable, str(script)])
-    log = (tmp / "serve.log").open("ab")
-    proc = subprocess.Popen(
-        serve_argv(tmp / "state", config, run=tmp / "run"),
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     h = Hive(tmp, proc, api_port, git_port, cert)
     try:
-        wait_for("host.sock", lambda: h.admin.get("/status"), timeout=60)
-        wait_for("the manager's credential", lambda: h.layout.agent_credential(MANAGER).exists())
-        manager = h.as_agent(MANAGER)  # the manager's verbs work over TCP
-        for name in ("alice", "bob"):
-            pid = manager.post("/request_spawn", {"name": name})["id"]
-            h.admin.post(f"/proposals/{pid}/approve", {})
+        # the manager's verbs work over TCP
+        request_and_approve(h.as_agent(MANAGER), h.admin, ("alice", "bob"))
         for name in ("alice", "bob"):
             wait_for(f"{name}'s credential", lambda n=name: h.layout.agent_credential(n).exists())
         yield h
     finally:
-        stop(proc)
-        kill_agents(tmp / "state")
-        log.close()
+        shut(proc, log, tmp / "state")
 
 
 # ---------------------------------------------------------------------------- the API

@@ -51,17 +51,10 @@ from schemas.client import ApiClient
 from schemas.names import MANAGER
 from tests.forge.standin import StandinForgejo
 from tests.realserve import (
-    free_block,
     free_port,
-    kill_agents,
-    serve_argv,
-    standin_env,
-    stop,
     wait_for,
-    write_config,
 )
 from tests.security.support import (
-    ROOT,
     SESSION_COOKIE,
     Reply,
     Tally,
@@ -69,6 +62,7 @@ from tests.security.support import (
     http,
     sample_peak,
 )
+from tests.standinserve import admin_client, credential, launch, request_and_approve, shut
 
 ROUTES = "new routes: bad input is a 4xx naming the field"
 CAPS = "custom front-end file capabilities: replayed elsewhere"
@@ -76,13 +70,6 @@ SPEND = "agent API: forged or bent spend reports (400)"
 STATS = "agent's turn-stats file: spend and labels bounded"
 FILES = "agent's state files: FIFOs and symlinks"
 METRICS = "/metrics: rebinding and hostile requests"
-
-STANDIN = """
-import signal, sys, time
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-while True:
-    time.sleep(1)
-"""
 
 STATS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -111,15 +98,14 @@ class NewHive:
 
     @property
     def admin(self) -> ApiClient:
-        key = self.layout.operator_key.read_text().strip()
-        return ApiClient(str(self.layout.host_sock), timeout=20, token=key)
+        return admin_client(self.layout, timeout=20)
 
     def agent(self, name: str) -> ApiClient:
-        token = self.layout.agent_credential(name).read_text().strip()
+        token = credential(self.layout, name)
         return ApiClient(f"http://127.0.0.1:{self.api_port}", timeout=20, token=token)
 
     def auth(self, name: str) -> tuple[str, str]:
-        return ("Authorization", f"Bearer {self.layout.agent_credential(name).read_text().strip()}")
+        return ("Authorization", f"Bearer {credential(self.layout, name)}")
 
     @property
     def api(self) -> tuple[str, int]:
@@ -149,47 +135,34 @@ def new_hive() -> Iterator[NewHive]:
     forge = StandinForgejo().start()
     api_port, metrics_port, dash_port = free_port(), free_port(), free_port()
     git_port = free_port()
-    script = tmp / "standin.py"
-    script.write_text(STANDIN)
     token_file = tmp / "forge-admin-token"
     token_file.write_text(forge.admin_token + "\n")
-    config = write_config(
-        tmp / "config.json",
-        manager_port=free_block(8),
-        agent_range=7,
-        dashboard_port=dash_port,
-        local_sandbox=False,
-        resync_seconds=30,
-        api={"listen": f"127.0.0.1:{api_port}"},
-        git={"listen": f"127.0.0.1:{git_port}"},
-        metrics={"port": metrics_port},
-        budget={"usdPerDay": 1.0},
-        forge={"url": forge.url, "admin_token_file": str(token_file), "poll_seconds": 1},
-    )
-    log = (tmp / "serve.log").open("ab")
-    proc = subprocess.Popen(
-        serve_argv(tmp / "state", config, run=tmp / "run"),
-        cwd=ROOT,
-        env=standin_env([sys.executable, str(script)]),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    try:
+        proc, log = launch(
+            tmp,
+            dashboard_port=dash_port,
+            resync_seconds=30,
+            api={"listen": f"127.0.0.1:{api_port}"},
+            git={"listen": f"127.0.0.1:{git_port}"},
+            metrics={"port": metrics_port},
+            budget={"usdPerDay": 1.0},
+            forge={"url": forge.url, "admin_token_file": str(token_file), "poll_seconds": 1},
+        )
+    except BaseException:
+        forge.stop()
+        log_text = (tmp / "serve.log").read_text(errors="replace")
+        sys.stderr.write("---- serve log (tail) ----\n" + log_text[-3000:])
+        raise
     h = NewHive(tmp, proc, api_port, metrics_port, forge, dash_port, git_port)
     try:
-        wait_for("host.sock", lambda: h.admin.get("/status"), timeout=60)
-        wait_for("the manager's credential", lambda: h.layout.agent_credential(MANAGER).exists())
-        for name in ("alice", "bob"):
-            pid = h.agent(MANAGER).post("/request_spawn", {"name": name})["id"]
-            h.admin.post(f"/proposals/{pid}/approve", {})
+        request_and_approve(h.agent(MANAGER), h.admin, ("alice", "bob"))
         for name in ("alice", "bob"):
             wait_for(
                 f"{name}'s forge token", lambda n=name: (h.state_of(n) / "forge-token").exists()
             )
         yield h
     finally:
-        stop(proc)
-        kill_agents(tmp / "state")
-        log.close()
+        shut(proc, log, tmp / "state")
         forge.stop()
         sys.stderr.write("---- serve log (tail) ----\n" + h.log()[-3000:])
 

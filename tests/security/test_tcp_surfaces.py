@@ -40,7 +40,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,16 +53,19 @@ from controller.paths import Layout
 from schemas.client import ApiClient, ApiError
 from schemas.names import MANAGER
 from tests.realserve import (
-    free_block,
     free_port,
-    kill_agents,
-    serve_argv,
-    standin_env,
-    stop,
     wait_for,
-    write_config,
 )
-from tests.security.support import ROOT, Reply, Tally, connect, http, read_reply, request_bytes
+from tests.security.support import Reply, Tally, connect, http, read_reply, request_bytes
+from tests.standinserve import (
+    admin_client,
+    credential,
+    launch,
+    meta_refs,
+    operator_key,
+    request_and_approve,
+    shut,
+)
 
 NO_CREDENTIAL = "TCP agent API: no or wrong credential (401)"
 IMPERSONATION = "TCP agent API: impersonation"
@@ -73,13 +75,6 @@ BODIES = "TCP agent API: hostile bodies (4xx)"
 EXHAUST = "TCP agent API: connection exhaustion"
 GIT = "meta.git over HTTP: without the operator key"
 GIT_MANAGER = "meta.git over HTTP: the manager outside refs/hyperhive/manager/*"
-
-STANDIN = """
-import signal, sys, time
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-while True:
-    time.sleep(1)
-"""
 
 AGENT_VERBS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("POST", "/send", {"to": "bob", "body": "PWNED"}),
@@ -151,22 +146,18 @@ class TcpHive:
 
     @property
     def key(self) -> str:
-        return self.layout.operator_key.read_text().strip()
+        return operator_key(self.layout)
 
     @property
     def admin(self) -> ApiClient:
-        return ApiClient(str(self.layout.host_sock), timeout=30, token=self.key)
+        return admin_client(self.layout)
 
     def credential(self, agent: str) -> str:
-        return self.layout.agent_credential(agent).read_text().strip()
+        return credential(self.layout, agent)
 
     def snapshot(self) -> dict[str, Any]:
         """What must not move: messages, proposals, agents, meta.git's refs."""
-        refs = subprocess.run(
-            ["git", "--git-dir", str(self.layout.meta_git), "for-each-ref",
-             "--format=%(refname) %(objectname)"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+        refs = meta_refs(self.layout)
         return {
             "messages": [
                 (m["id"], m["from"], m["to"])
@@ -189,33 +180,20 @@ def auth(token: str) -> tuple[str, str]:
 def tcp_hive() -> Iterator[TcpHive]:
     tmp = Path(tempfile.mkdtemp(prefix="hhtcp-", dir="/tmp"))
     api_port, git_port = free_port(), free_port()
-    script = tmp / "standin.py"
-    script.write_text(STANDIN)
-    config = write_config(
-        tmp / "config.json",
-        manager_port=free_block(8),
-        agent_range=7,
-        local_sandbox=False,
-        resync_seconds=30,
-        api={"listen": f"127.0.0.1:{api_port}", "per_client": 16},
-        git={"listen": f"127.0.0.1:{git_port}"},
-    )
-    log = (tmp / "serve.log").open("ab")
-    proc = subprocess.Popen(
-        serve_argv(tmp / "state", config, run=tmp / "run"),
-        cwd=ROOT,
-        env=standin_env([sys.executable, str(script)]),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    try:
+        proc, log = launch(
+            tmp,
+            resync_seconds=30,
+            api={"listen": f"127.0.0.1:{api_port}", "per_client": 16},
+            git={"listen": f"127.0.0.1:{git_port}"},
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     h = TcpHive(tmp, proc, api_port, git_port)
     try:
-        wait_for("host.sock", lambda: h.admin.get("/status"), timeout=60)
-        wait_for("the manager's credential", lambda: h.layout.agent_credential(MANAGER).exists())
         manager = ApiClient(f"http://127.0.0.1:{api_port}", token=h.credential(MANAGER))
-        for name in ("alice", "bob", "dave"):
-            pid = manager.post("/request_spawn", {"name": name})["id"]
-            h.admin.post(f"/proposals/{pid}/approve", {})
+        request_and_approve(manager, h.admin, ("alice", "bob", "dave"))
         for name in ("alice", "bob", "dave"):
             wait_for(f"{name}'s credential", lambda n=name: h.layout.agent_credential(n).exists())
         h.dead = h.credential("dave")
@@ -226,9 +204,7 @@ def tcp_hive() -> Iterator[TcpHive]:
         h.carol = int(manager.post("/request_spawn", {"name": "carol"})["id"])
         yield h
     finally:
-        stop(proc)
-        kill_agents(tmp / "state")
-        log.close()
+        shut(proc, log, tmp / "state")
         shutil.rmtree(tmp, ignore_errors=True)
 
 
