@@ -645,6 +645,18 @@ def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=300, check=False)  # fmt: skip
 
 
+def _manager_clone(h: NewHive, tmp_path: Path) -> tuple[list[str], Path]:
+    """The manager's clone of meta.git over the git listener, made with its credential in
+    ``tmp_path/mgr``: the ``git -c`` options that present that credential, and the clone."""
+    cred = credential(h.layout, MANAGER)
+    auth = ["-c", f"http.extraHeader=Authorization: Bearer {cred}"]
+    clone = tmp_path / "mgr"
+    r = _git(*auth, "clone", "-q", f"http://127.0.0.1:{h.git_port}/meta.git", str(clone),
+             cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return auth, clone
+
+
 def _peak_during(proc: psutil.Process, fn: Any) -> tuple[Any, int]:
     """``fn()``'s result and ``proc``'s peak resident memory while it ran (bytes)."""
     stop = threading.Event()
@@ -670,12 +682,7 @@ def test_a_managers_pushed_bomb_is_refused_unread(
     to the manager's namespace and proposed: refused from the objects' headers, the
     controller's memory unmoved."""
     h = new_hive
-    cred = h.layout.agent_credential(MANAGER).read_text().strip()
-    auth = ["-c", f"http.extraHeader=Authorization: Bearer {cred}"]
-    clone = tmp_path / "mgr"
-    r = _git(*auth, "clone", "-q", f"http://127.0.0.1:{h.git_port}/meta.git", str(clone),
-             cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    auth, clone = _manager_clone(h, tmp_path)
     proc = psutil.Process(h.proc.pid)
     for what, rel in (("a 300 MB file", "agents/zed/big.bin"),
                       ("a 300 MB manifest", "agents/zed/agent.yaml")):  # fmt: skip
@@ -782,12 +789,7 @@ def test_a_managers_huge_commit_object_is_refused_unread(
     """A commit object of 300 MB (its message), a few hundred KiB in the pack, pushed to the
     manager's namespace and named by ref, full id and abbreviated id."""
     h = new_hive
-    cred = h.layout.agent_credential(MANAGER).read_text().strip()
-    auth = ["-c", f"http.extraHeader=Authorization: Bearer {cred}"]
-    clone = tmp_path / "mgr"
-    r = _git(*auth, "clone", "-q", f"http://127.0.0.1:{h.git_port}/meta.git", str(clone),
-             cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    auth, clone = _manager_clone(h, tmp_path)
     tree = _git("rev-parse", "HEAD^{tree}", cwd=clone).stdout.strip()
     parent = _git("rev-parse", "HEAD", cwd=clone).stdout.strip()
     raw = clone / "commit.raw"
