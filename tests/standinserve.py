@@ -10,7 +10,9 @@ operator and as its agents: what the TCP agent API tests and benches share.
 - ``operator_key`` / ``admin_client`` / ``credential`` / ``meta_refs``: what the operator
   reads from the state dir;
 - ``request_and_approve(manager, admin, names)``: the manager proposes each agent, the
-  operator approves it.
+  operator approves it;
+- ``Served``: the base of the tests' handles on such a ``serve`` (its dir and process, and
+  the operator's reads above as properties).
 
 Used by ``tests/integration/test_tcp_api.py``, ``tests/integration/test_remote_manager.py``,
 ``tests/security/test_tcp_surfaces.py``, ``tests/security/test_new_surfaces.py`` and
@@ -22,6 +24,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -118,3 +121,39 @@ def request_and_approve(manager: ApiClient, admin: ApiClient, names: Iterable[st
     for name in names:
         pid = manager.post("/request_spawn", {"name": name})["id"]
         admin.post(f"/proposals/{pid}/approve", {})
+
+
+@dataclass
+class Served:
+    """A ``serve`` started by :func:`launch` on ``tmp``, as the operator reaches it; tests
+    subclass it with the ports of their listeners."""
+
+    tmp: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def layout(self) -> Layout:
+        """``tmp/state`` and ``tmp/run``."""
+        return Layout(self.tmp / "state", self.tmp / "run")
+
+    @property
+    def key(self) -> str:
+        """The operator key."""
+        return operator_key(self.layout)
+
+    @property
+    def admin(self) -> ApiClient:
+        """The operator's client on host.sock."""
+        return admin_client(self.layout)
+
+    def credential(self, agent: str) -> str:
+        """``agent``'s credential."""
+        return credential(self.layout, agent)
+
+    def refs(self) -> str:
+        """meta.git's refs (:func:`meta_refs`)."""
+        return meta_refs(self.layout)
+
+    def log(self) -> str:
+        """What ``serve`` logged so far."""
+        return (self.tmp / "serve.log").read_text(errors="replace")

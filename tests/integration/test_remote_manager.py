@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 
-from controller.paths import Layout
 from harness.mcp_server import McpHandler
 from harness.metaclone import META_DIR_VAR, META_URL_VAR, MetaCloneError, ensure_clone, push_commit
 from schemas.client import ApiClient, ApiError
@@ -37,7 +36,7 @@ from tests.realserve import (
     free_port,
     wait_for,
 )
-from tests.standinserve import admin_client, credential, launch, meta_refs, shut
+from tests.standinserve import Served, launch, shut
 
 GIT_ENV = {
     "PATH": "/usr/bin:/bin",
@@ -52,30 +51,17 @@ GIT_ENV = {
 
 
 @dataclass
-class Hive:
-    tmp: Path
-    proc: subprocess.Popen[bytes]
+class Hive(Served):
     api_port: int
     git_port: int
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.tmp / "state", self.tmp / "run")
 
     @property
     def git_url(self) -> str:
         return f"http://127.0.0.1:{self.git_port}/meta.git"
 
-    @property
-    def admin(self) -> ApiClient:
-        return admin_client(self.layout)
-
     def tcp(self, agent: str) -> ApiClient:
-        token = credential(self.layout, agent)
+        token = self.credential(agent)
         return ApiClient(f"http://127.0.0.1:{self.api_port}", timeout=30, token=token)
-
-    def refs(self) -> str:
-        return meta_refs(self.layout)
 
     def running(self, name: str) -> bool:
         return any(

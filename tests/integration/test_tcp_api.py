@@ -32,7 +32,6 @@ from typing import Any
 
 import pytest
 
-from controller.paths import Layout
 from schemas.client import ApiClient, ApiError
 from schemas.names import MANAGER
 from tests.fakeapi import FakeAnthropic, Rules, find_claude_cli, reply_text, reply_tool_use, rule
@@ -47,10 +46,8 @@ from tests.realserve import (
     write_config,
 )
 from tests.standinserve import (
-    admin_client,
-    credential,
+    Served,
     launch,
-    operator_key,
     request_and_approve,
     shut,
 )
@@ -60,18 +57,12 @@ CLAUDE = find_claude_cli(ROOT)
 
 
 @dataclass
-class Hive:
+class Hive(Served):
     """The running controller, its TLS agent API and its git listener."""
 
-    tmp: Path
-    proc: subprocess.Popen[bytes]
     api_port: int
     git_port: int
     cert: Path
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.tmp / "state", self.tmp / "run")
 
     @property
     def url(self) -> str:
@@ -80,17 +71,6 @@ class Hive:
     @property
     def git_url(self) -> str:
         return f"http://127.0.0.1:{self.git_port}/meta.git"
-
-    @property
-    def key(self) -> str:
-        return operator_key(self.layout)
-
-    @property
-    def admin(self) -> ApiClient:
-        return admin_client(self.layout)
-
-    def credential(self, agent: str) -> str:
-        return credential(self.layout, agent)
 
     def tcp(self, token: str | None, timeout: float = 30.0) -> ApiClient:
         """A client of the TCP API presenting ``token``."""
@@ -101,9 +81,6 @@ class Hive:
 
     def messages(self) -> list[dict[str, Any]]:
         return list(self.admin.get("/messages?since=0&limit=1000")["messages"])
-
-    def log(self) -> str:
-        return (self.tmp / "serve.log").read_text(errors="replace")
 
     def drain(self, agent: str) -> None:
         """Take everything in ``agent``'s inbox (the tests share the hive)."""

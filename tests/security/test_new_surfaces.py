@@ -45,7 +45,6 @@ import psutil
 import pytest
 
 from controller.frontend.files import Capabilities
-from controller.paths import Layout
 from controller.stats import STATS_DB
 from schemas.client import ApiClient
 from schemas.names import MANAGER
@@ -62,7 +61,7 @@ from tests.security.support import (
     http,
     sample_peak,
 )
-from tests.standinserve import admin_client, credential, launch, request_and_approve, shut
+from tests.standinserve import Served, admin_client, credential, launch, request_and_approve, shut
 
 ROUTES = "new routes: bad input is a 4xx naming the field"
 CAPS = "custom front-end file capabilities: replayed elsewhere"
@@ -81,20 +80,14 @@ CREATE TABLE IF NOT EXISTS turns (
 
 
 @dataclass
-class NewHive:
+class NewHive(Served):
     """The controller with budgets, the forge, metrics and the agent API on TCP."""
 
-    tmp: Path
-    proc: subprocess.Popen[bytes]
     api_port: int
     metrics_port: int
     forge: StandinForgejo
     dash_port: int = 0
     git_port: int = 0
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.tmp / "state", self.tmp / "run")
 
     @property
     def admin(self) -> ApiClient:
@@ -124,9 +117,6 @@ class NewHive:
     def state_of(self, agent: str) -> Path:
         """The agent's own state dir: all the test writes, as the agent's shell would."""
         return self.layout.agent_state(agent)
-
-    def log(self) -> str:
-        return (self.tmp / "serve.log").read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,6 @@ from typing import Any
 import pytest
 
 from controller.auth import AgentCredentials
-from controller.paths import Layout
 from schemas.client import ApiClient, ApiError
 from schemas.names import MANAGER
 from tests.realserve import (
@@ -58,11 +57,8 @@ from tests.realserve import (
 )
 from tests.security.support import Reply, Tally, connect, http, read_reply, request_bytes
 from tests.standinserve import (
-    admin_client,
-    credential,
+    Served,
     launch,
-    meta_refs,
-    operator_key,
     request_and_approve,
     shut,
 )
@@ -121,20 +117,14 @@ ADMIN_ROUTES: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 
 @dataclass
-class TcpHive:
+class TcpHive(Served):
     """The controller with both TCP listeners; credentials read as the operator would."""
 
-    tmp: Path
-    proc: subprocess.Popen[bytes]
     api_port: int
     git_port: int
     carol: int = 0
     dead: str = ""
     rotated: str = ""
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.tmp / "state", self.tmp / "run")
 
     @property
     def api(self) -> tuple[str, int]:
@@ -144,20 +134,9 @@ class TcpHive:
     def git_addr(self) -> tuple[str, int]:
         return ("127.0.0.1", self.git_port)
 
-    @property
-    def key(self) -> str:
-        return operator_key(self.layout)
-
-    @property
-    def admin(self) -> ApiClient:
-        return admin_client(self.layout)
-
-    def credential(self, agent: str) -> str:
-        return credential(self.layout, agent)
-
     def snapshot(self) -> dict[str, Any]:
         """What must not move: messages, proposals, agents, meta.git's refs."""
-        refs = meta_refs(self.layout)
+        refs = self.refs()
         return {
             "messages": [
                 (m["id"], m["from"], m["to"])
@@ -167,9 +146,6 @@ class TcpHive:
             "agents": sorted(a["name"] for a in self.admin.get("/status")["agents"]),
             "refs": refs,
         }
-
-    def log(self) -> str:
-        return (self.tmp / "serve.log").read_text(errors="replace")
 
 
 def auth(token: str) -> tuple[str, str]:
