@@ -8,7 +8,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,26 +16,7 @@ from controller.broker import MAX_DELIVERIES, SCHEMA_VERSION, Broker
 from controller.errors import Conflict, Invalid
 from schemas.validate import validate
 from schemas.wire import EventType, MessageKind, Status
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def broker(where: Path | str, clock: FakeClock) -> Iterator[Broker]:
-    b = Broker(where, clock=clock)
-    yield b
-    b.close()
+from tests.brokerstore import FakeClock
 
 
 def _drain(b: Broker, who: str) -> list[str]:

@@ -8,34 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from controller.broker import Broker
 from controller.broker.statuscache import StatusCache, StatusReading
 from schemas.wire import Status
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def broker(where: Path | str, clock: FakeClock) -> Iterator[Broker]:
-    b = Broker(where, clock=clock)
-    yield b
-    b.close()
+from tests.brokerstore import FakeClock
 
 
 def _same(b: Broker, where: Path | str, clock: FakeClock, *names: str) -> None:
