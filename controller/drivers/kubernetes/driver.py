@@ -45,6 +45,7 @@ from controller.drivers.kubernetes.render import (
     ANTHROPIC_SECRET,
     AgentObjects,
     render_agent,
+    restart_stamp,
     rfc3339,
 )
 from controller.drivers.kubernetes.settings import KubeSettings, Workload
@@ -339,7 +340,7 @@ class KubernetesDriver:
         w = self._workload(name)
         if w is None:
             raise PermanentError(f"{name}: never deployed on kubernetes; run a reconcile")
-        stamp = {"metadata": {"annotations": {n.ANN_RESTARTED_AT: rfc3339(self._clock())}}}
+        stamp = {"metadata": {"annotations": {n.ANN_RESTARTED_AT: restart_stamp(self._clock())}}}
         if self.cfg.workload is Workload.SANDBOX:
             self.api.patch(
                 "Sandbox",
@@ -355,7 +356,8 @@ class KubernetesDriver:
                 strategic=True,
             )
             if wants_running(w):
-                # the same stamp within one second changes nothing: replace the pod outright
+                # a clock that has not moved since the last stamp changes nothing: replace
+                # the pod outright
                 pod = self.api.get("Pod", pod_name(w))
                 if (
                     pod is not None

@@ -80,6 +80,13 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def restart_stamp(ts: float) -> str:
+    """Unix seconds as ``2026-12-07T21:30:00.123456Z`` (microseconds, UTC): the pod
+    template's restart stamp. Whole seconds would make two deploys in one second stamp alike,
+    and a pod compared by its stamp would then not be replaced."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _meta(agent: str, name: str, cfg: KubeSettings, component: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -319,7 +326,7 @@ def render_workload(
     marker = marker_annotations(d, now)
     template_meta = {
         "labels": n.labels(agent),
-        "annotations": {**marker, n.ANN_RESTARTED_AT: rfc3339(restarted_at)},
+        "annotations": {**marker, n.ANN_RESTARTED_AT: restart_stamp(restarted_at)},
     }
     pod_spec = render_pod_spec(agent, d.web_port, cfg)
     meta = _meta(agent, n.base(agent), cfg, "agent")
