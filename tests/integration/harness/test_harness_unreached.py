@@ -46,7 +46,7 @@ def test_missing_claude_releases_the_message_and_runs_it_once_claude_exists(
 
     claude.symlink_to(CLI)  # the binary appears: the back-off ends early, the message comes back
     assert wait_for(lambda: mid in a.sock.acked, 60), a.log()
-    rows = a.turns()
+    rows = a.wait_turns(2, 30)  # the ack may land before the turn's stats row
     assert [r["result_kind"] for r in rows] == ["failed", "ok"]
     assert rows[1]["message_id"] == mid
     assert a.api.requests
@@ -75,7 +75,7 @@ def test_overloaded_api_releases_the_message_until_the_api_answers(
     a.api.set_script(Rules(default=reply_text("back online")))
     # the harness waits out its back-off (30 s) before the next recv, then the message is run
     assert wait_for(lambda: mid in a.sock.acked, 90), a.log()
-    rows = a.turns()
+    rows = a.wait_turns(2, 30)  # the ack may land before the turn's stats row
     assert [r["result_kind"] for r in rows] == ["failed", "ok"]
     assert rows[-1]["message_id"] == mid
     assert wait_for(lambda: a.sock.reports[-1]["api"] is None, 30)  # healthy again
