@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -359,12 +360,15 @@ def http_stack(
 ) -> dict[str, float]:
     """Serve one agent socket per receiver (plus the sender's) and drive them from a child;
     the broker on sqlite, or on ``pg_url``. ``profile``: write a cProfile of the server's
-    loop thread there (pstats format; the profiler roughly doubles the CPU figures)."""
+    loop thread there (pstats format, in the loop thread's CPU seconds; the profiler
+    roughly doubles the CPU figures)."""
     sub = d / (("ka" if keepalive else "nk") + ("-pg" if pg_url else ""))
     hb = Broker(pg_url or sub / "http.sqlite")
     layout = Layout(state=sub, run=sub / "run")
     registry, tokens = serve_agents(hb, layout, [*agents, "bench"], [*agents, "bench", "manager"])
-    prof = cProfile.Profile() if profile else None
+    # the loop thread's CPU time, not wall time: a wall-clock profile charges a syscall
+    # with the time the thread sat preempted by the clients on a busy 2-core box
+    prof = cProfile.Profile(time.thread_time) if profile else None
     if prof is not None:
         on_loop(prof.enable)
     # the clients (receivers and senders) run in another process, as the harnesses do,
@@ -527,15 +531,16 @@ class Postgres:
     def new_db(self) -> str:
         """The URL of a new empty database."""
         import psycopg
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+        from psycopg.conninfo import conninfo_to_dict
 
         name = f"hh_bench_{len(self.made) + 1}_{int(time.time())}"
         with psycopg.connect(self.admin, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}".encode())
         self.made.append(name)
-        parts = conninfo_to_dict(self.admin)
-        parts["dbname"] = name
-        return make_conninfo("", **parts)
+        # a URL, not a key=value conninfo: ``Broker`` opens a PostgreSQL store only for a
+        # ``postgresql://`` URL (a conninfo string is refused, see ``Broker``)
+        parts = {k: str(v) for k, v in conninfo_to_dict(self.admin).items() if k != "dbname"}
+        return f"postgresql:///{quote(name, safe='')}?{urlencode(parts, quote_via=quote)}"
 
     def version(self) -> str:
         import psycopg

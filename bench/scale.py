@@ -284,8 +284,11 @@ def measure(
 
             prom = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=60)
 
+            token = (state / "metrics.token").read_text().strip()  # made by serve
+            scraper = {"Authorization": f"Bearer {token}", **GZ}
+
             def scrape() -> bytes:  # gzip, as Prometheus asks for it; the answer inflated
-                code, _, body = request(prom, "GET", "/metrics", GZ)
+                code, _, body = request(prom, "GET", "/metrics", scraper)
                 assert code == 200, (code, body[:200])
                 return body
 

@@ -8,6 +8,7 @@ does; the store only finds and changes rows (``controller.broker.store``).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,17 +35,33 @@ NEEDS_PSYCOPG = (
 )
 
 
+# a libpq key=value connection string: ``user=hh dbname=hive host=/run/postgresql``
+_CONNINFO = re.compile(
+    r"\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options|"
+    r"application_name|connect_timeout|target_session_attrs)\s*=",
+    re.IGNORECASE,
+)
+
+
 def is_postgres_url(location: str | Path) -> bool:
     """True when ``location`` names a PostgreSQL database rather than a sqlite file."""
     return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
+
+def is_conninfo(location: str | Path) -> bool:
+    """True when ``location`` is a string that is plainly a libpq ``key=value`` connection
+    string (it starts with a libpq keyword and ``=``), not a file name."""
+    return isinstance(location, str) and _CONNINFO.match(location) is not None
 
 
 class Broker(Sending, Receiving, Retention, Reading, Threads, Questions):
     """Messages, threads, reminders and operator questions, in a sqlite file or PostgreSQL.
 
     ``location`` is the sqlite database file (created with its parent directory) or a
-    ``postgresql://`` URL; ``clock`` returns unix seconds and stamps every row (tests may
-    pass a fake one; parked waits still use real time). ``durable`` (sqlite) fsyncs every
+    ``postgresql://`` URL (a libpq ``key=value`` string is refused with
+    ``BrokerStorageError`` rather than taken for a file name); ``clock`` returns unix
+    seconds and stamps every row (tests may pass a fake one; parked waits still use real
+    time). ``durable`` (sqlite) fsyncs every
     commit. ``max_deliveries`` is how often a leased message is delivered before it becomes
     a dead letter; ``dead_letter_to`` gets the ``DeadLetter`` events (None: nobody).
     Thread-safe. Raises ``controller.errors.Invalid`` / ``NotFound`` / ``Forbidden`` /
@@ -63,6 +80,13 @@ class Broker(Sending, Receiving, Retention, Reading, Threads, Questions):
     ) -> None:
         if isinstance(max_deliveries, bool) or not 1 <= int(max_deliveries) <= 1000:
             raise ValueError("max_deliveries must be between 1 and 1000")
+        if is_conninfo(location):
+            # taken for a path, it would silently open a sqlite file named after it in the cwd
+            raise BrokerStorageError(
+                f"the broker location {str(location).split('=', 1)[0].strip()}=… is a libpq "
+                "key=value connection string; give the PostgreSQL database as a URL "
+                "(postgresql://user@host/db, postgresql:///db?host=/run/postgresql)"
+            )
         self._clock = clock
         self.max_deliveries = int(max_deliveries)
         self.dead_letter_to = dead_letter_to

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from controller import tombstones
@@ -33,6 +34,8 @@ class Queries:
         self.rows = rows
         self._tomb_cache: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
         self._status_cache: tuple[tuple[Any, ...], bytes] | None = None
+        # by form (True: status()'s, False: list_agents'): (rows, (counts, main), listed)
+        self._listed_cache: dict[bool, tuple[list[dict[str, Any]], Any, list[dict[str, Any]]]] = {}
 
     def version(self) -> str:
         """A token that changes whenever ``status()`` / ``tombstones()`` may change: observed
@@ -58,11 +61,24 @@ class Queries:
 
     def list_agents(self) -> list[dict[str, Any]]:
         """Per-agent rows (``AgentStatus.to_json``): name, phase, conditions, commit
-        (deployed) / observed_commit / desired_commit, since, web_port, model, held."""
-        dead = self.core.broker.dead_letter_counts()
-        return [
-            {**row, "dead_letters": dead.get(str(row.get("name")), 0)} for row in self.rows.docs()
-        ]
+        (deployed) / observed_commit / desired_commit, since, web_port, model, held,
+        dead_letters. Shared while nothing they show changed: copy before changing one."""
+        return self._listed(self.core.broker.dead_letter_counts(), None)
+
+    def _listed(self, dead: Mapping[str, int], main: str | None) -> list[dict[str, Any]]:
+        """The rows plus ``dead_letters``; with ``main``, each condition's ``observedCommit``
+        left out where it equals ``main`` (the ``status()`` form). Reused while the rows
+        (``Rows.docs``, the same list while unchanged), the counts and ``main`` are."""
+        docs = self.rows.docs()
+        counts = tuple(sorted(dead.items()))
+        slot = main is not None
+        cached = self._listed_cache.get(slot)
+        if cached is not None and cached[0] is docs and cached[1] == (counts, main):
+            return cached[2]
+        listed = [_listed_row(doc, dead, main) for doc in docs]
+        # holding ``docs`` keeps the identity test sound
+        self._listed_cache[slot] = (docs, (counts, main), listed)
+        return listed
 
     def agent_names(self) -> frozenset[str]:
         """Agents in desired state plus ``manager``: the valid recipients."""
@@ -202,14 +218,23 @@ class Queries:
         cached = self._status_cache
         if cached is not None and cached[0] == key:
             return cached[1]
-        body = json.dumps(self.status(), separators=(",", ":"), default=str).encode()
+        doc = self._status(pending, dead)
+        body = json.dumps(doc, separators=(",", ":"), default=str).encode()
         self._status_cache = (key, body)
         return body
 
     def status(self) -> dict[str, Any]:
         """``{"agents": [rows], "pending": n, "main", "last_deploy", "runtime", "runtime_note",
-        "last_pass": {"at", "plan", "errors", "builds"}, "holds", "version"}``."""
-        ids = self.core.meta.ids_by_state()
+        "last_pass": {"at", "plan", "errors", "builds"}, "holds", "version"}``.
+
+        The rows are ``list_agents``' but for one thing: a condition's ``observedCommit``
+        is left out where it equals ``main`` (it nearly always does; 22 % of a row). Rows
+        are shared while unchanged: copy before changing one."""
+        pending = len(self.core.meta.ids_by_state()[ProposalState.PENDING])
+        return self._status(pending, self.core.broker.dead_letter_counts())
+
+    def _status(self, pending: int, dead: Mapping[str, int]) -> dict[str, Any]:
+        main = self.core.meta.main_commit()
         note = ""
         if not getattr(self.core.driver, "builds_nix", True):
             note = str(
@@ -217,9 +242,9 @@ class Queries:
                 or "local runtime: agents are processes on this host; agent.nix is not built"
             )
         return {
-            "agents": self.list_agents(),
-            "pending": len(ids[ProposalState.PENDING]),
-            "main": self.core.meta.main_commit(),
+            "agents": self._listed(dead, main),
+            "pending": pending,
+            "main": main,
             "last_deploy": self.core.meta.last_deploy(),
             "runtime": self.core.driver.name,
             "runtime_note": note,
@@ -227,3 +252,19 @@ class Queries:
             "holds": {k: dict(v) for k, v in self.core.holds.items()},
             "version": self.core.meta.version,
         }
+
+
+def _listed_row(
+    doc: Mapping[str, Any], dead: Mapping[str, int], main: str | None
+) -> dict[str, Any]:
+    """``doc`` plus ``dead_letters``; with ``main``, ``observedCommit`` left out of each
+    condition where it equals ``main`` (a reader takes the document's ``main`` for it)."""
+    row = {**doc, "dead_letters": dead.get(str(doc.get("name")), 0)}
+    if main is not None:
+        row["conditions"] = [
+            {k: v for k, v in c.items() if k != "observedCommit"}
+            if c.get("observedCommit") == main
+            else c
+            for c in doc.get("conditions", ())
+        ]
+    return row

@@ -145,6 +145,35 @@ def test_a_garbage_file_fails_to_open_with_a_clear_error(tmp_path: Path) -> None
     assert str(db) in info.value.message and "not a database" in info.value.message
 
 
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "user=hh dbname=hive host=/run/postgresql port=5432",
+        "dbname=hive",
+        " host=db.example password=s3cret dbname=hive",
+    ],
+)
+def test_a_libpq_conninfo_is_refused_not_taken_for_a_file_name(
+    conninfo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BrokerStorageError) as info:
+        Broker(conninfo)
+    assert "key=value connection string" in info.value.message
+    assert "postgresql://" in info.value.message
+    assert "s3cret" not in info.value.message
+    assert list(tmp_path.iterdir()) == []  # no sqlite file named after it
+
+
+def test_a_file_name_with_an_equals_sign_is_still_a_file(tmp_path: Path) -> None:
+    broker = Broker(str(tmp_path / "a=b.sqlite"))
+    try:
+        assert broker.send("manager", "alice", "hi").id == 1
+    finally:
+        broker.close()
+    assert (tmp_path / "a=b.sqlite").is_file()
+
+
 def test_a_programming_error_is_not_a_storage_error(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker.sqlite")
     try:

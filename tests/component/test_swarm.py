@@ -687,6 +687,31 @@ def test_status_json_is_the_status_and_follows_changes(up: Env) -> None:
     assert next(r for r in doc["agents"] if r["name"] == "alice")["phase"] == "running"
 
 
+def test_status_rows_leave_out_the_observed_commit_that_is_main(up: Env) -> None:
+    env = up
+    spawn_alice(env)
+    before = env.meta.main_commit()
+    st = env.swarm.status()
+    full = next(r for r in env.swarm.list_agents() if r["name"] == "alice")
+    row = next(r for r in st["agents"] if r["name"] == "alice")
+    assert st["main"] == before
+    assert {c["observedCommit"] for c in full["conditions"]} == {before}  # list_agents: all
+    assert row["conditions"] and all("observedCommit" not in c for c in row["conditions"])
+    # the same rows but for it: a reader takes the document's main for a missing one
+    assert [{**c, "observedCommit": st["main"]} for c in row["conditions"]] == full["conditions"]
+    assert {k: v for k, v in row.items() if k != "conditions"} == {
+        k: v for k, v in full.items() if k != "conditions"
+    }
+    assert env.swarm.status()["agents"] is st["agents"]  # nothing moved: the rows are kept
+    env.push_main({"agents/bob/agent.yaml": manifest("bob")}, "bob")
+    st = env.swarm.status()  # the rows follow main at once: still nothing to repeat
+    row = next(r for r in st["agents"] if r["name"] == "alice")
+    assert st["main"] != before
+    assert all("observedCommit" not in c for c in row["conditions"])
+    full = next(r for r in env.swarm.list_agents() if r["name"] == "alice")
+    assert {c["observedCommit"] for c in full["conditions"]} == {st["main"]}
+
+
 def test_one_shot_dry_run_takes_no_lock_and_writes_nothing(tmp_path: Path) -> None:
     from controller.serve import one_shot_pass, state_lock
 

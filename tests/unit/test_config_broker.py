@@ -16,7 +16,17 @@ def test_broker_key_sqlite_or_a_postgresql_url() -> None:
     assert config_from_dict({"broker": "postgres:///hive?host=/run/postgresql"}).broker
 
 
-@pytest.mark.parametrize("bad", ["mysql://x", "", "postgresql://", 5, "/var/lib/broker.sqlite"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "mysql://x",
+        "",
+        "postgresql://",
+        5,
+        "/var/lib/broker.sqlite",
+        "user=hh dbname=hive host=/run/postgresql",  # libpq conninfo: a URL is required
+    ],
+)
 def test_anything_else_is_refused_naming_the_key(bad: object) -> None:
     with pytest.raises(ValidationFailed) as info:
         config_from_dict({"broker": bad})
