@@ -44,17 +44,6 @@ HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 
 
 PARKING = frozenset({"agent", "manager", "agent_api"})
 """Surfaces whose ``/recv`` parks until mail arrives."""
-TRIGGERS = (
-    "startup",
-    "resync",
-    "hook",
-    "crash",
-    "watch",
-    "approval",
-    "lifecycle",
-    "request",
-    "other",
-)
 
 
 def trigger_of(reason: str) -> str:
