@@ -8,7 +8,7 @@ nothing it shows changed (docs/architecture.md, "Observed state"), so a scrape c
   phase, 0 included);
 - ``hyperhive_agent_phase{agent,phase}``: 1 for each agent's current phase;
 - ``hyperhive_agent_condition{agent,type,status,reason}``: 1 per condition (Ready,
-  Reconciling, Stalled, UpToDate, LoggedIn, Isolated) with its status and reason;
+  Reconciling, Stalled, UpToDate, LoggedIn, Degraded, Isolated) with its status and reason;
 - ``hyperhive_agent_recent_crashes{agent}``: crashes in the crash window (a crash loop
   stalls the agent at 5);
 - ``hyperhive_agent_dead_letters{agent}``: dead letters held for the agent;
