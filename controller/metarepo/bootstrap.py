@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import sys
-from pathlib import Path
 
 import pygit2
 
-import controller
+from controller.hooks import script as hooks_script
 from controller.manifest import MANIFEST_FILE
 from controller.metarepo.core import MetaCore
 from controller.metarepo.names import (
@@ -72,18 +70,9 @@ def configure(repo: pygit2.Repository) -> None:
 
 
 def hook_script(layout: Layout, kind: str, python: str = sys.executable) -> str:
-    """The shell script installed as ``hooks/<kind>`` (pre-receive / post-receive)."""
-    root = Path(controller.__file__).resolve().parent.parent
-    return (
-        "#!/bin/sh\n"
-        f"# hyperhive meta.git {kind} hook: written by the controller at every start;\n"
-        "# local edits are overwritten. See docs/approvals.md.\n"
-        f"PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
-        "export PYTHONPATH\n"
-        f"exec {shlex.quote(python)} -m controller.hook {kind}"
-        f" --state-dir {shlex.quote(str(layout.state))}"
-        f" --run-dir {shlex.quote(str(layout.run))}\n"
-    )
+    """The shell script installed as ``hooks/<kind>`` (pre-receive / post-receive);
+    written by ``controller.hooks.script``, which owns the hooks' start-up path."""
+    return hooks_script.hook_script(layout, kind, python)
 
 
 def install_hooks(layout: Layout, python: str = sys.executable) -> None:
