@@ -302,10 +302,6 @@ class Budgets:
         """Why ``agent`` is held, as of its last check (None: not held). No I/O."""
         return self._held.get(agent)
 
-    def held_agents(self) -> dict[str, str]:
-        """``{agent: why}`` for every held agent, as of their last checks."""
-        return dict(self._held)
-
     # ------------------------------------------------------------ the gate
 
     def check(self, agent: str) -> str | None:
