@@ -133,12 +133,24 @@ def state_ready(path: Path) -> bool:
     return raw.startswith(b"HTTP/1.1 200") and b'"status": "starting"' not in raw
 
 
+_INSTALLED: dict[Path, dict[str, str]] = {}
+"""meta.git's hook scripts as the controller installed them, by meta.git path."""
+
+
 def point_hooks_at(meta_git: Path, root: Path, site: bool = False) -> None:
     """Rewrite meta.git's hook scripts so they run the tree at ``root``; ``site``: run the
-    interpreter with ``site`` (drop ``-S``), as the hook scripts did before 2026-12-07."""
+    interpreter with ``site`` (drop ``-S``), as the hook scripts did before 2026-12-07,
+    and make post-receive always start Python to poke, as it did before 2026-12-08 (the
+    pre-receive script's shape, which never changed)."""
+    installed = _INSTALLED.setdefault(
+        meta_git, {k: (meta_git / "hooks" / k).read_text() for k in ("pre-receive", "post-receive")}
+    )
     for kind in ("pre-receive", "post-receive"):
         hook = meta_git / "hooks" / kind
-        lines = hook.read_text().splitlines()
+        text = installed[kind]
+        if site and kind == "post-receive":
+            text = installed["pre-receive"].replace("pre-receive", "post-receive")
+        lines = text.splitlines()
         lines = [
             f"PYTHONPATH={shlex.quote(str(root))}" if ln.startswith("PYTHONPATH=") else ln
             for ln in lines

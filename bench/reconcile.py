@@ -207,7 +207,7 @@ def add_tags(meta: MetaRepo, count: int) -> None:
     repo = meta.repo
     main = repo.references["refs/heads/main"].target
     sig = pygit2.Signature("hyperhive", "hyperhive@localhost")
-    start = meta._refresh().max_id + 1
+    start = meta.refs.refresh().max_id + 1
     ids = range(start, start + max(count // 4, 0))
     for i in ids:
         for prefix in ("proposal", "approved", "building"):

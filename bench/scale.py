@@ -296,7 +296,7 @@ def measure(
             metrics_body = scrape()
             fig_first = (time.perf_counter() - t0) * 1000
             fig_metrics = timed(scrape, requests)
-            prom.request("GET", "/metrics", headers=GZ)
+            prom.request("GET", "/metrics", headers=scraper)
             wire["metrics"] = len(prom.getresponse().read())
             prom.close()
 

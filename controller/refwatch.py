@@ -15,8 +15,15 @@ operator writes: the controller's own refs (``building/``, ``deployed/``, main
 after a merge) never wake it, so a pass does not ask for another. A push to main
 (GitOps) and anything in ``packed-refs`` or a reftable still come through the poke.
 
-Where inotify is missing (not Linux, or the per-user watch limit is reached) the
-watch logs why and does nothing.
+Where inotify is missing (not Linux, or the per-user watch limit is reached), or
+meta.git keeps its refs in a reftable (no files to watch), the watch logs why and
+does nothing.
+
+While the watch is on it keeps ``marker`` (``<run>/ref-watch.pid``, the controller's
+pid): the post-receive hook's script (``controller.hooks.script``) then starts no
+Python interpreter to poke for a push of decision tags only. The marker is removed
+when the watch stops (or its thread ends); if the kernel drops events (its queue
+overflowed), the watch asks for a pass anyway.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ IN_CREATE = 0x100
 IN_MOVED_TO = 0x80
 IN_DELETE_SELF = 0x400
 IN_IGNORED = 0x8000
+IN_Q_OVERFLOW = 0x4000
 IN_ISDIR = 0x40000000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
@@ -99,12 +107,16 @@ class RefWatch:
 
     :meth:`start` runs a daemon thread blocked in ``poll`` (no wake-ups while nothing
     changes); :meth:`stop` ends it. ``on_ref`` must not block (it is
-    ``Swarm.request_pass``).
+    ``Swarm.request_pass``). ``marker``: a file holding this process's pid while the
+    watch is on (see the module docstring); None writes none.
     """
 
-    def __init__(self, meta_git: Path, on_ref: Callable[[str], None]) -> None:
+    def __init__(
+        self, meta_git: Path, on_ref: Callable[[str], None], marker: Path | None = None
+    ) -> None:
         self.meta_git = meta_git
         self.on_ref = on_ref
+        self.marker = marker
         self._ino: _Inotify | None = None
         self._tags_wd = -1
         self._decision_wds: dict[int, str] = {}
@@ -112,7 +124,14 @@ class RefWatch:
         self._thread: threading.Thread | None = None
 
     def start(self) -> bool:
-        """Set the watches and start the thread; False (logged) when inotify is unavailable."""
+        """Set the watches and start the thread; False (logged) when inotify is unavailable
+        or the refs are not files."""
+        self._drop_marker()  # a previous controller's, killed before it could remove it
+        if (self.meta_git / "reftable").exists():
+            log.warning("ref watch off: meta.git keeps its refs in a reftable (the "
+                        "post-receive poke still starts passes)")  # fmt: skip
+            self._close()
+            return False
         try:
             self._ino = _Inotify()
             self._tags_wd = self._ino.add(self.meta_git / "refs" / "tags", IN_CREATE | IN_MOVED_TO)
@@ -124,15 +143,33 @@ class RefWatch:
             self._watch_decisions(kind)
         self._thread = threading.Thread(target=self._run, name="ref-watch", daemon=True)
         self._thread.start()
+        self._write_marker()
         return True
 
     def stop(self) -> None:
         """End the thread and close the inotify descriptor."""
+        self._drop_marker()
         if self._thread is not None:
             os.write(self._stop_w, b"x")
             self._thread.join(5.0)
             self._thread = None
         self._close()
+
+    def _write_marker(self) -> None:
+        if self.marker is None:
+            return
+        try:
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.marker.with_name(f".{self.marker.name}.tmp")
+            tmp.write_text(f"{os.getpid()}\n")
+            os.replace(tmp, self.marker)
+        except OSError as exc:  # the hooks then poke, as without the watch
+            log.warning("ref watch: cannot write %s: %s", self.marker, exc)
+
+    def _drop_marker(self) -> None:
+        if self.marker is not None:
+            with contextlib.suppress(OSError):
+                self.marker.unlink()
 
     def _close(self) -> None:
         if self._ino is not None:
@@ -156,6 +193,12 @@ class RefWatch:
         return True
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # no watch, no marker: the hooks poke again
+            self._drop_marker()
+
+    def _loop(self) -> None:
         assert self._ino is not None
         poller = select.poll()
         poller.register(self._ino.fd, select.POLLIN)
@@ -176,7 +219,10 @@ class RefWatch:
     def _handle(self, events: list[tuple[int, int, str]]) -> None:
         asked = False
         for wd, mask, name in events:
-            if mask & IN_IGNORED:
+            if mask & IN_Q_OVERFLOW and not asked:  # events were lost: look anyway
+                asked = True
+                self.on_ref("decisions (ref watch overflowed)")
+            elif mask & IN_IGNORED:
                 self._decision_wds.pop(wd, None)  # the directory went (git prunes empty ones)
             elif wd == self._tags_wd and mask & IN_ISDIR and name in DECISIONS:
                 # a first tag of this kind: git made the directory and may have put the

@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from controller import __version__
 from controller.config import Config, Runtime, TcpListen
 from controller.drivers.base import Driver
+from controller.hooks.script import watch_marker
 from controller.paths import Layout, default_state_dir
 from controller.refwatch import RefWatch
 
@@ -540,7 +541,7 @@ def run_daemon(
         stack.callback(watchdog.stop)
         # an operator's approved/denied tag starts a pass the moment git writes it, before
         # the post-receive hook's interpreter has started to poke us (controller.refwatch)
-        refwatch = RefWatch(layout.meta_git, swarm.request_pass)
+        refwatch = RefWatch(layout.meta_git, swarm.request_pass, marker=watch_marker(layout))
         if refwatch.start():
             stack.callback(refwatch.stop)
         if forge is not None:

@@ -139,7 +139,14 @@ def wake(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hyperhive-agent`` and ``python -m harness``."""
-    args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given == ["serve"]:
+        # the web UI answers "starting" while the rest is imported (harness.earlyweb);
+        # python -m harness opened it already, hyperhive-agent serve opens it here
+        from harness import earlyweb
+
+        earlyweb.start(os.environ)
+    args = _parser().parse_args(given)
     if args.command == "serve":
         from harness.serve import main as serve_main
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hivehttp
+from harness.earlyweb import EarlyWeb
 from hivehttp.guard import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,10 @@ class WebServer:
 
     ``start()`` returns at once; ``wait_bound()`` says when it listens; ``port`` /
     ``path`` tell where. ``stop()`` closes it and every connection.
+
+    ``early``: the unix socket, already bound and answered by :mod:`harness.earlyweb`
+    since the process started; it is taken over (``hivehttp.adopt_unix``) instead of
+    bound, and the requests it held are then relayed here.
     """
 
     def __init__(
@@ -139,8 +144,10 @@ class WebServer:
         policy: hivehttp.Policy | None = None,
         retry_interval: float = 1.0,
         name: str = "web-ui",
+        early: EarlyWeb | None = None,
     ) -> None:
         self.app = app
+        self._early = early if isinstance(endpoint, UnixEndpoint) else None
         self.endpoint = endpoint
         self.policy = policy or (
             UNIX_POLICY if isinstance(endpoint, UnixEndpoint) else tcp_policy(endpoint)
@@ -176,6 +183,18 @@ class WebServer:
 
     def _open(self) -> hivehttp.Listener:
         ep = self.endpoint
+        with self._lock:
+            early, self._early = self._early, None
+        if early is not None and isinstance(ep, UnixEndpoint):
+            try:
+                listener = hivehttp.adopt_unix(
+                    self.app, early.handover(), ep.path, policy=self.policy, name=self.name
+                )
+            except BaseException:
+                early.served(False)
+                raise
+            early.served(True)
+            return listener
         if isinstance(ep, UnixEndpoint):
             return hivehttp.serve_unix(
                 self.app, ep.path, perms=0o600, policy=self.policy, name=self.name
@@ -236,6 +255,9 @@ class WebServer:
         self._stop.set()
         with self._lock:
             listener, self._listener = self._listener, None
+            early, self._early = self._early, None
+        if early is not None:
+            early.close()
         if listener is not None:
             listener.stop(timeout)
         if self._thread is not None:

@@ -50,6 +50,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from harness import earlyweb
 from harness.config import (
     HarnessEnv,
     Settings,
@@ -60,6 +61,7 @@ from harness.config import (
     web_tcp_port,
 )
 from harness.credential import CredentialError, read_credential
+from harness.earlyweb import EarlyWeb
 from harness.httpserve import TcpEndpoint, UnixEndpoint, WebServer, tcp_app, tcp_policy
 from harness.webstart import LateApp
 from hivehttp.guard import ASGIApp
@@ -184,9 +186,17 @@ def read_settings(
 
 
 def _listeners(
-    env: HarnessEnv, app: ASGIApp, tcp_port: int | None, token: str | None
+    env: HarnessEnv,
+    app: ASGIApp,
+    tcp_port: int | None,
+    token: str | None,
+    early: EarlyWeb | None = None,
 ) -> list[WebServer]:
-    servers = [WebServer(app, UnixEndpoint(Path(web_socket(env))), name="web-ui")]
+    path = Path(web_socket(env)).absolute()
+    if early is not None and early.path != str(path):  # not ours to take over
+        early.close()
+        early = None
+    servers = [WebServer(app, UnixEndpoint(path), name="web-ui", early=early)]
     if tcp_port is not None and token:
         ep = TcpEndpoint(env.web_host, tcp_port)
         servers.append(WebServer(tcp_app(app, token), ep,
@@ -195,14 +205,17 @@ def _listeners(
     return servers
 
 
-def open_front(env: HarnessEnv, *, token: str | None, port: int | None = None) -> Front:
+def open_front(
+    env: HarnessEnv, *, token: str | None, port: int | None = None, early: EarlyWeb | None = None
+) -> Front:
     """Start binding the web UI's listeners now, answering "starting"
     (:mod:`harness.webstart`) until :meth:`Harness.start` hands them the real app.
 
-    Raises ``SettingsError`` (before anything is bound)."""
+    ``early``: the unix socket as :mod:`harness.earlyweb` opened it at exec; it is taken
+    over rather than bound. Raises ``SettingsError`` (before anything else is bound)."""
     settings, tcp_port = read_settings(env, token, port)
     late = LateApp(env.agent, env.flavor)
-    servers = _listeners(env, late, tcp_port, token)
+    servers = _listeners(env, late, tcp_port, token, early)
     for server in servers:
         server.start()
     return Front(settings, late, servers)
@@ -310,14 +323,20 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     """Run until SIGTERM / SIGINT; exit 0 on a signal, 2 on a configuration error."""
     environ = dict(os.environ if environ is None else environ)
     setup_logging(environ)
+    # the web UI's socket, answered "starting" since exec by harness.earlyweb (python -m
+    # harness serve opens it before importing anything else); here when it did not
+    earlyweb.start(environ)
+    early = earlyweb.take()
     try:
         env = env_from(environ)
         assert env.credential_file is not None  # env_from always names one
         token = read_credential(env.credential_file)
         # the web UI answers "starting" while the rest is imported and opened
-        front = open_front(env, token=token)
+        front = open_front(env, token=token, early=early)
         h = build(env, environ, token=token, front=front)
     except (SettingsError, CredentialError) as exc:
+        if early is not None:
+            early.close()
         log.error("configuration error: %s", exc)
         return 2
     import sdnotify  # after the bind, as in build()

@@ -14,19 +14,20 @@ operator's browser get an answer right after the process starts. Until
   only once the harness is built, and the page's stream opens then instead of failing
   (an ``EventSource`` does not reconnect after a non-200 answer).
 
-From :meth:`LateApp.ready` on, every request goes to the real app. This module
-imports only the standard library: it is on the start path.
+From :meth:`LateApp.ready` on, every request goes to the real app. Before ``hivehttp``
+is even imported, :mod:`harness.earlyweb` answers the same on the same socket (the
+answers themselves live there).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from importlib import resources
 from typing import Any
+
+from harness.earlyweb import ASSETS, STARTING, early_answer, error_body, starting_state
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,51 +35,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-STARTING = "starting"
-"""The ``status`` of ``GET /api/state`` before the turn loop is built."""
-ASSETS = {
-    "app.js": b"text/javascript; charset=utf-8",
-    "app.css": b"text/css; charset=utf-8",
-    "index.html": b"text/html; charset=utf-8",
-}  # the same types as harness.web.ASSETS (a test checks they agree)
-
-
-def starting_state(agent: str, flavor: str, since: float) -> dict[str, Any]:
-    """The ``GET /api/state`` document while starting: every key of the contract, no data.
-
-    ``since`` (unix seconds) is when the harness started."""
-    return {
-        "agent": agent,
-        "flavor": flavor,
-        "model": None,
-        "settings_model": None,
-        "model_override": None,
-        "turn_state": "idle",
-        "turn_state_since": since,
-        "last_turn_ms": None,
-        "usage": None,
-        "context_tokens": None,
-        "status": STARTING,
-        "status_detail": "the harness is starting",
-        "needs_login": False,
-        "login": {
-            "needs_login": False,
-            "reason": None,
-            "source": None,
-            "stored": None,
-            "session": None,
-        },
-        "plugins": None,
-        "turn_timeout_seconds": None,
-        "partial": None,
-        "dashboard_url": None,
-        "inbox": None,
-        "inbox_status": None,
-        "last_event_id": 0,
-        "meta_commit": None,
-        "hyperhive_version": None,
-        "extra_files": [],
-    }
+# the starting state and the page's assets: shared with the stdlib server that answers
+# before hivehttp is imported (harness.earlyweb)
+__all__ = ["ASSETS", "STARTING", "LateApp", "starting_state"]
 
 
 class LateApp:
@@ -95,7 +54,6 @@ class LateApp:
         self.since = time.time()
         self._app: App | None = None
         self._ready = threading.Event()
-        self._assets: dict[str, bytes] = {}
 
     def ready(self, app: App) -> None:
         """Serve every request from now on with ``app`` (thread-safe)."""
@@ -114,7 +72,7 @@ class LateApp:
         if app is None:
             app = await self._wait_ready()
         if app is None:
-            await _respond(send, 503, b"application/json", _error("starting",
+            await _respond(send, 503, b"application/json", error_body("starting",
                            "the harness is still starting; try again"))  # fmt: skip
             return
         await app(scope, receive, send)
@@ -128,27 +86,13 @@ class LateApp:
 
     async def _answer_early(self, scope: Scope, send: Send) -> bool:
         """Answer what needs no turn loop; False for anything else."""
-        if scope.get("method") not in ("GET", "HEAD"):
+        path = str(scope.get("path", "/"))
+        got = early_answer(str(scope.get("method")), path, self.agent, self.flavor, self.since)
+        if got is None:
             return False
-        path = str(scope.get("path", "/")).rstrip("/") or "/"
-        if path == "/api/state":
-            body = json.dumps(starting_state(self.agent, self.flavor, self.since)).encode()
-            await _respond(send, 200, b"application/json", body)
-            return True
-        name = "index.html" if path == "/" else path.removeprefix("/static/")
-        if name in ASSETS and (path == "/" or path.startswith("/static/")):
-            if name not in self._assets:
-                ref = resources.files("harness").joinpath(f"assets/{name}")
-                self._assets[name] = ref.read_bytes()
-            await _respond(send, 200, ASSETS[name], self._assets[name],
-                           ((b"cache-control", b"no-cache"),
-                            (b"x-content-type-options", b"nosniff")))  # fmt: skip
-            return True
-        return False
-
-
-def _error(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
+        status, ctype, body, extra = got
+        await _respond(send, status, ctype, body, extra)
+        return True
 
 
 async def _respond(

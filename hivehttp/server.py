@@ -658,6 +658,32 @@ class HttpCore:
         listener = Listener(self, name or path.name, guarded(app, policy or Policy()), limits, path)
         return self._open(listener, sock)
 
+    def adopt_unix(
+        self,
+        app: Any,
+        sock: socket.socket,
+        path: Path,
+        *,
+        limits: Limits = UNIX_LIMITS,
+        policy: Policy | None = None,
+        name: str | None = None,
+    ) -> Listener:
+        """Serve ``app`` on ``sock``: a unix socket already bound at ``path`` and listening.
+
+        For a process that answered on the socket by other means while it started
+        (``harness.earlyweb``): the connections waiting in its backlog are accepted
+        here, none is refused in between. The caller made the file (mode, stale
+        socket). ``sock`` is closed when this raises.
+        """
+        path = Path(path).absolute()
+        try:
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        listener = Listener(self, name or path.name, guarded(app, policy or Policy()), limits, path)
+        return self._open(listener, sock)
+
     def serve_tcp(
         self,
         app: Any,
@@ -764,6 +790,20 @@ def serve_unix(
     return default_core().serve_unix(
         app, path, perms=perms, limits=limits, policy=policy, name=name
     )
+
+
+def adopt_unix(
+    app: Any,
+    sock: socket.socket,
+    path: Path,
+    *,
+    limits: Limits = UNIX_LIMITS,
+    policy: Policy | None = None,
+    name: str | None = None,
+) -> Listener:
+    """Serve the ASGI ``app`` on ``sock``, a unix socket already bound at ``path`` and
+    listening, on the default core (see ``HttpCore.adopt_unix``); returns at once."""
+    return default_core().adopt_unix(app, sock, path, limits=limits, policy=policy, name=name)
 
 
 def serve_tcp(

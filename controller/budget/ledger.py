@@ -227,6 +227,14 @@ class Ledger:
             ).fetchone()
         return int(row[0]) if row else 0
 
+    def deliveries_by_agent(self, window: Window) -> dict[str, int]:
+        """``{agent: messages leased to it in window}`` for every agent that had any."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT agent, n FROM deliveries WHERE window = ?", (window.key,)
+            ).fetchall()
+        return {str(a): int(n) for a, n in rows}
+
     def prune(self, before: float) -> int:
         """Drop spend rows of turns started before ``before`` (unix seconds), and deliveries
         and notices of windows that ended by then; returns how many spend rows went.
@@ -274,6 +282,16 @@ class Ledger:
                 (scope, window.key),
             ).fetchone()
         return Extension(float(usd), int(tokens), int(n))
+
+    def extensions_by_scope(self, window: Window) -> dict[str, Extension]:
+        """``{scope: the sum of its grants in window}`` for every scope granted any."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT scope, SUM(usd), SUM(tokens), COUNT(*) FROM extensions "
+                "WHERE window = ? GROUP BY scope",
+                (window.key,),
+            ).fetchall()
+        return {str(s): Extension(float(u), int(t), int(n)) for s, u, t, n in rows}
 
     # ------------------------------------------------------------ notices
 

@@ -30,6 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,50 @@ SWARM_REFRESH = 1.0
 LIMITS_TTL = 2.0
 """Seconds a reading of the agents' limits lets ``hold`` skip the check of an agent without
 a budget inline (no worker thread, no sqlite): a new budget bites within this."""
+
+
+class WindowTables:
+    """One window's ledger figures, each read once for every agent and kept: spend per
+    per-turn ceiling (one grouped query per distinct ceiling), messages leased and
+    extensions (one query each, on first use). For one swarm-wide sum (blocking)."""
+
+    def __init__(self, ledger: Ledger, window: Window) -> None:
+        self.ledger = ledger
+        self.window = window
+        self._spend: dict[float, dict[str, Spend]] = {}
+        self._deliveries: dict[str, int] | None = None
+        self._extensions: dict[str, Extension] | None = None
+
+    def spend(self, agent: str, ceiling: float) -> Spend:
+        """``agent``'s spend in the window, each turn at most ``ceiling`` dollars and
+        ``TURN_CEILING_TOKENS`` tokens."""
+        by_agent = self._spend.get(ceiling)
+        if by_agent is None:
+            by_agent = self.ledger.spend_by_agent(self.window, ceiling, TURN_CEILING_TOKENS)
+            self._spend[ceiling] = by_agent
+        return by_agent.get(agent, Spend())
+
+    def deliveries(self, agent: str) -> int:
+        """Messages leased to ``agent`` in the window."""
+        if self._deliveries is None:
+            self._deliveries = self.ledger.deliveries_by_agent(self.window)
+        return self._deliveries.get(agent, 0)
+
+    def extension(self, scope: str) -> Extension:
+        """The sum of ``scope``'s grants in the window."""
+        if self._extensions is None:
+            self._extensions = self.ledger.extensions_by_scope(self.window)
+        return self._extensions.get(scope, Extension())
+
+
+@dataclass(frozen=True)
+class SwarmTerms:
+    """What each agent counts in the swarm-wide sum of ``window`` (``counted``, sorted by
+    name) and the swarm's extension there."""
+
+    window: Window
+    counted: dict[str, Spend]
+    extension: Extension
 
 
 class Budgets:
@@ -157,15 +202,12 @@ class Budgets:
             self._ingest(name)
         self._swarm_ingested = now
 
-    def _all_names(self) -> set[str]:
+    def names(self) -> set[str]:
+        """Every agent with a manifest at main or known to the controller (blocking)."""
         names = set(self._limits())
         if self._known is not None:
             names.update(self._known())
         return names
-
-    def names(self) -> set[str]:
-        """Every agent with a manifest at main or known to the controller (blocking)."""
-        return self._all_names()
 
     def standing(self, agent: str, now: float | None = None) -> Standing:
         """``agent``'s standing in the current window (reads its stats file first; blocking)."""
@@ -188,19 +230,22 @@ class Budgets:
                 return RUNS_PER_TURN * lim.usd_per_turn
         return DEFAULT_TURN_CEILING_USD
 
-    def contribution(self, agent: str, window: Window, limits: Limits | None) -> Spend:
+    def contribution(
+        self, agent: str, window: Window, limits: Limits | None, tables: WindowTables | None = None
+    ) -> Spend:
         """What ``agent`` counts in the swarm-wide sum of ``window``: its spend with each turn
         at most the per-turn ceiling, and all of it at most its own daily limit (with its
         extension) or, in a dimension it has no limit in, the ceiling × the messages leased
-        to it."""
+        to it. ``tables``: the window's figures already read for a swarm-wide sum."""
+        t = tables if tables is not None else WindowTables(self.ledger, window)
         ceiling = self.turn_ceiling(limits)
-        raw = self.ledger.spend_by_agent(window, ceiling, TURN_CEILING_TOKENS).get(agent, Spend())
+        raw = t.spend(agent, ceiling)
         # no slack on the deliveries: a free turn would let an agent that was given nothing
         # add a ceiling's worth to every other agent's sum
-        turns = self.ledger.deliveries(agent, window)
+        turns = t.deliveries(agent)
         usd_cap, tokens_cap = ceiling * turns, TURN_CEILING_TOKENS * turns
         if limits is not None and not limits.empty:
-            ext = self.ledger.extension(agent, window)
+            ext = t.extension(agent)
             if limits.usd_per_day is not None:
                 usd_cap = limits.usd_per_day + ext.usd
             if limits.tokens_per_day is not None:
@@ -211,20 +256,30 @@ class Budgets:
         """The swarm-wide standing (None when the config sets no swarm budget; blocking):
         every agent's :meth:`contribution`, but ``own``'s unclamped spend when given (what
         that agent's own check sees)."""
+        terms = self._swarm_terms(now)
+        return None if terms is None else self._swarm_assess(terms, own)
+
+    def _swarm_terms(self, now: float | None) -> SwarmTerms | None:
+        """What each agent counts in the swarm-wide sum now (None: no swarm budget). The
+        window's figures are read once for all of them (``WindowTables``): a handful of
+        queries, not a few per agent."""
         if self.swarm is None:
             return None
-        names = self._all_names()
+        names = self.names()
         self._ingest_all(names)
         window = day_window(self.clock() if now is None else now)
         limits = self._limits()
         names.update(self.ledger.spend_by_agent(window, math.inf, 2**62))
+        tables = WindowTables(self.ledger, window)
+        counted = {n: self.contribution(n, window, limits.get(n), tables) for n in sorted(names)}
+        return SwarmTerms(window, counted, tables.extension(SWARM))
+
+    def _swarm_assess(self, terms: SwarmTerms, own: str | None) -> Standing:
+        assert self.swarm is not None
         total = Spend()
-        for name in sorted(names):
-            if name == own:
-                total += self.ledger.spend(name, window)
-            else:
-                total += self.contribution(name, window, limits.get(name))
-        return assess(SWARM, self.swarm, total, window, self.ledger.extension(SWARM, window))
+        for name, spend in terms.counted.items():  # sorted by name
+            total += self.ledger.spend(name, terms.window) if name == own else spend
+        return assess(SWARM, self.swarm, total, terms.window, terms.extension)
 
     def clamped(self, agent: str, now: float | None = None) -> str | None:
         """Why ``agent``'s reports count less in the swarm-wide sum than it reported (None:
@@ -247,10 +302,6 @@ class Budgets:
         """Why ``agent`` is held, as of its last check (None: not held). No I/O."""
         return self._held.get(agent)
 
-    def held_agents(self) -> dict[str, str]:
-        """``{agent: why}`` for every held agent, as of their last checks."""
-        return dict(self._held)
-
     # ------------------------------------------------------------ the gate
 
     def check(self, agent: str) -> str | None:
@@ -261,14 +312,15 @@ class Budgets:
         now = self.clock()
         self._prune(now)
         own = self.standing(agent, now)
-        swarm = self.swarm_standing(now)
+        terms = self._swarm_terms(now)
+        swarm = None if terms is None else self._swarm_assess(terms, None)
         for s in (own, swarm):
             if s is not None:
                 self._send_due(s, now)
         why = hold_message(own, swarm)
-        if why is None and swarm is not None:
-            mine = self.swarm_standing(now, own=agent)  # its own unclamped spend
-            if mine is not None and mine.exceeded:
+        if why is None and terms is not None:
+            mine = self._swarm_assess(terms, agent)  # its own unclamped spend
+            if mine.exceeded:
                 why = f"{mine.message()}; {self.clamped(agent, now)}"
         self._set_held(agent, why)
         return why
@@ -424,7 +476,7 @@ class Budgets:
         when given). Blocking."""
         now = self.clock()
         window = day_window(now)
-        names = [name] if name is not None else sorted(self._all_names())
+        names = [name] if name is not None else sorted(self.names())
         rows = []
         for n in names:
             s = self.standing(n, now).to_json()

@@ -175,11 +175,6 @@ class ForgeClient:
 
     # ------------------------------------------------------------------ tokens
 
-    def list_tokens(self, user: str, password: str) -> list[dict[str, Any]]:
-        """``userGetTokens`` (basic auth as ``user``)."""
-        doc = self.request("GET", f"/users/{q(user)}/tokens", Auth(user=user, password=password))
-        return [t for t in doc if isinstance(t, dict)] if isinstance(doc, list) else []
-
     def create_token(self, user: str, password: str, name: str, scopes: list[str]) -> str:
         """``userCreateToken`` → the token (``sha1``), shown only this once."""
         doc = self.request("POST", f"/users/{q(user)}/tokens", Auth(user=user, password=password),

@@ -93,6 +93,8 @@ class HiveForge:
         self._lock = threading.Lock()
         self._agent_locks: dict[str, threading.Lock] = {}
         self._record_path = layout.state / "forge" / "agents.json"
+        # (inode, size, mtime) of agents.json and what it holds, as last read or written
+        self._record: tuple[tuple[int, int, int], dict[str, dict[str, Any]]] | None = None
 
     def _agent_lock(self, agent: str) -> threading.Lock:
         with self._lock:
@@ -100,22 +102,41 @@ class HiveForge:
 
     # ------------------------------------------------------------------ record
 
-    def _load(self) -> dict[str, dict[str, Any]]:
+    def _stat_key(self) -> tuple[int, int, int] | None:
         try:
-            doc = json.loads(self._record_path.read_text())
-        except (OSError, ValueError):
+            st = os.stat(self._record_path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        """The record, a copy the caller may change (under ``_lock``). Parsed again only
+        when the file is not the one last read or written here: the worker's tick asks
+        once per agent."""
+        key = self._stat_key()
+        if key is None:
             return {}
-        return (
-            {str(k): dict(v) for k, v in doc.items() if isinstance(v, dict)}
-            if isinstance(doc, dict)
-            else {}
-        )
+        cached = self._record
+        if cached is None or cached[0] != key:
+            try:
+                doc = json.loads(self._record_path.read_text())
+            except (OSError, ValueError):
+                return {}
+            parsed = (
+                {str(k): dict(v) for k, v in doc.items() if isinstance(v, dict)}
+                if isinstance(doc, dict)
+                else {}
+            )
+            cached = self._record = (key, parsed)
+        return {k: dict(v) for k, v in cached[1].items()}
 
     def _save(self, doc: dict[str, dict[str, Any]]) -> None:
         self._record_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self._record_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self._record_path)
+        key = self._stat_key()
+        self._record = None if key is None else (key, {k: dict(v) for k, v in doc.items()})
 
     def _note(self, agent: str, **fields: Any) -> None:
         with self._lock:

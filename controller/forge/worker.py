@@ -55,8 +55,8 @@ class ForgeWorker:
         if safe(f"{agent}: provisioning", lambda: self.hive.ensure(agent)) is not None:
             self._versions(agent)
 
-    def _versions(self, agent: str) -> None:
-        want = self.desired().agents.get(agent)
+    def _versions(self, agent: str, desired: DesiredState | None = None) -> None:
+        want = (desired or self.desired()).agents.get(agent)
         if want is not None:
             version = f"{want.config_digest}:{want.build_digest}"
             safe(f"{agent}: repo watches",
@@ -85,7 +85,8 @@ class ForgeWorker:
             missing = self.hive.read_token(agent) is None
             if missing and safe(f"{agent}: provisioning", partial(self.hive.ensure, agent)) is None:
                 continue
-            self._versions(agent)  # a deploy the forge missed (it was down) catches up here
+            # a deploy the forge missed (it was down) catches up here
+            self._versions(agent, desired)
             spec = desired.agents[agent].manifest.forge
             got = safe(f"{agent}: notifications", partial(self.hive.pump, agent, spec))
             if got is not None and (got.delivered or got.skipped):

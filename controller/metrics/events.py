@@ -44,17 +44,6 @@ HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 
 
 PARKING = frozenset({"agent", "manager", "agent_api"})
 """Surfaces whose ``/recv`` parks until mail arrives."""
-TRIGGERS = (
-    "startup",
-    "resync",
-    "hook",
-    "crash",
-    "watch",
-    "approval",
-    "lifecycle",
-    "request",
-    "other",
-)
 
 
 def trigger_of(reason: str) -> str:
@@ -236,24 +225,23 @@ class EventMetrics:
 
     def request_started(self, surface: str, route: str) -> None:
         """A request entered ``surface``'s app."""
-        # the labelled children are looked up once per label set: ``labels()`` costs
-        # microseconds per call, on every request of every socket
-        key = (surface, route)
-        gauge = self._in_flight.get(key)
-        if gauge is None:
-            gauge = self._in_flight[key] = self.http_in_flight.labels(surface, route)
-        gauge.inc()
+        self._in_flight_child(surface, route).inc()
         if route == "/recv" and surface in PARKING:
             self._parked += 1  # only the loop thread of hivehttp calls this
+
+    def _in_flight_child(self, surface: str, route: str) -> Gauge:
+        # the labelled children are looked up once per label set: ``labels()`` costs
+        # microseconds per call, on every request of every socket
+        gauge = self._in_flight.get((surface, route))
+        if gauge is None:
+            gauge = self._in_flight[(surface, route)] = self.http_in_flight.labels(surface, route)
+        return gauge
 
     def request_finished(
         self, surface: str, route: str, method: str, status: int, seconds: float
     ) -> None:
         """That request's app returned with ``status`` after ``seconds``."""
-        gauge = self._in_flight.get((surface, route))
-        if gauge is None:
-            gauge = self._in_flight[(surface, route)] = self.http_in_flight.labels(surface, route)
-        gauge.dec()
+        self._in_flight_child(surface, route).dec()
         if route == "/recv" and surface in PARKING:
             self._parked -= 1
         key = (surface, route, method or "?", status)

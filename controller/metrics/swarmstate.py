@@ -8,7 +8,7 @@ nothing it shows changed (docs/architecture.md, "Observed state"), so a scrape c
   phase, 0 included);
 - ``hyperhive_agent_phase{agent,phase}``: 1 for each agent's current phase;
 - ``hyperhive_agent_condition{agent,type,status,reason}``: 1 per condition (Ready,
-  Reconciling, Stalled, UpToDate, LoggedIn, Isolated) with its status and reason;
+  Reconciling, Stalled, UpToDate, LoggedIn, Degraded, Isolated) with its status and reason;
 - ``hyperhive_agent_recent_crashes{agent}``: crashes in the crash window (a crash loop
   stalls the agent at 5);
 - ``hyperhive_agent_dead_letters{agent}``: dead letters held for the agent;
@@ -17,7 +17,6 @@ nothing it shows changed (docs/architecture.md, "Observed state"), so a scrape c
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
@@ -50,12 +49,14 @@ class SwarmCollector(Collector):
 
     def render(self) -> bytes:
         """The families in the text format; rendered again only when the swarm's status
-        changed (``status_json`` hands back the very same bytes while it has not)."""
+        changed (``status_json`` hands back the very same bytes while it has not). The
+        families come from ``status()``, whose rows ``status_json`` just made and keeps:
+        parsing the body again would cost ~1.3 ms at 200 agents."""
         body = self.swarm.status_json()
         cached = self._rendered
         if cached is not None and cached[0] is body:
             return cached[1]
-        text = render(self._families(json.loads(body)))
+        text = render(self._families(self.swarm.status()))
         self._rendered = (body, text)  # holding ``body`` keeps the identity test sound
         return text
 

@@ -90,7 +90,7 @@ class Recorder:
             "version": STATUS_VERSION,
             "main": main,
             "runtime": self.core.driver.name,
-            "agents": {r.name: r.to_json() for r in rows},
+            "agents": {r.name: doc for r, doc in zip(rows, self.rows.json_of(rows), strict=True)},
             "holds": json.loads(holds),
             **self._extra_doc(),
         }
@@ -119,6 +119,10 @@ class Recorder:
         except OSError:
             log.exception("could not write %s", self.core.layout.status_file)
             return
-        self.core.status_doc = json.loads(json.dumps(doc))
+        # the rows are the ones saved last (JSON already, kept as they are); the rest is
+        # copied through JSON, not shared (holds change in place)
+        kept = {k: v for k, v in doc.items() if k == "agents"}
+        rest = {k: v for k, v in doc.items() if k != "agents"}
+        self.core.status_doc = {**json.loads(json.dumps(rest)), **kept}
         self._saved = None
         self.core.rev_saved = self.core.rev

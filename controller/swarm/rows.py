@@ -237,13 +237,24 @@ class Rows:
             cached = self._list_cache
             if cached is not None and cached[0] == key:
                 return cached[1]
-            docs: list[dict[str, Any]] = []
-            json_rows: dict[str, tuple[AgentStatus, dict[str, Any]]] = {}
-            for r in self.rows(desired, invalid, observed, self.core.clock()):
-                prev = self._json_rows.get(r.name)
-                doc = prev[1] if prev is not None and prev[0] is r else r.to_json()
-                json_rows[r.name] = (r, doc)
-                docs.append(doc)
-            self._json_rows = json_rows
+            docs = self._json_locked(self.rows(desired, invalid, observed, self.core.clock()))
             self._list_cache = (key, docs)
             return docs
+
+    def json_of(self, rows: list[AgentStatus]) -> list[dict[str, Any]]:
+        """``AgentStatus.to_json`` of each of ``rows``, reused for a row that is the very
+        object encoded last time (a row is rebuilt only when an input changed): status.json
+        and ``docs`` share the encoding. Shared: copy before changing one."""
+        with self._rows_lock:
+            return self._json_locked(rows)
+
+    def _json_locked(self, rows: list[AgentStatus]) -> list[dict[str, Any]]:
+        docs: list[dict[str, Any]] = []
+        json_rows: dict[str, tuple[AgentStatus, dict[str, Any]]] = {}
+        for r in rows:
+            prev = self._json_rows.get(r.name)
+            doc = prev[1] if prev is not None and prev[0] is r else r.to_json()
+            json_rows[r.name] = (r, doc)
+            docs.append(doc)
+        self._json_rows = json_rows
+        return docs

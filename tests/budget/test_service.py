@@ -167,7 +167,7 @@ def test_swarm_budget_holds_everyone(tmp_path: Path) -> None:
     ev = next(e for _, e, _ in w.events if e["type"] == "BudgetExceeded")
     assert ev["scope"] == "swarm" and "agent" not in ev
     w.budgets.allow(SWARM, 1.0)
-    assert w.budgets.held_agents() == {}
+    assert w.budgets.held("alice") is None and w.budgets.held("bob") is None
     rep = w.budgets.report()
     assert [a["agent"] for a in rep["agents"]] == ["alice", "bob"]
     assert rep["swarm"]["limit_usd"] == 2.0 and rep["swarm"]["extensions"] == 1
@@ -276,6 +276,38 @@ def test_made_up_spend_holds_only_its_reporter(tmp_path: Path) -> None:
     assert why is not None and "alice's spend reports were clamped" in why
     # bob without a limit and without a delivery counts nothing
     assert w.budgets.contribution("bob", day_window(T0), None).usd == 0.0
+
+
+def test_the_swarm_sum_reads_the_window_once_and_counts_what_each_agent_would(
+    tmp_path: Path,
+) -> None:
+    limits = {
+        "alice": Limits(usd_per_day=2.0, usd_per_turn=0.5),  # its own per-turn ceiling
+        "bob": Limits(usd_per_day=0.5),
+        "carol": None,
+    }
+    w = World(tmp_path, limits, swarm=Limits(usd_per_day=100.0))  # fmt: skip
+    window = day_window(T0)
+    for agent, n in (("alice", 3), ("bob", 1), ("carol", 2)):
+        for _ in range(n):
+            w.budgets.note_delivery(agent)
+        turn(w.harness(agent), T0, 4.0)
+        turn(w.harness(agent), T0 + 1, 0.25)
+    w.budgets.allow("bob", 1.0)
+    w.budgets.allow(SWARM, 5.0)
+    ledger = w.budgets.ledger
+    assert ledger.deliveries_by_agent(window) == {"alice": 3, "bob": 1, "carol": 2}
+    assert {a: ledger.extension(a, window) for a in ("bob", SWARM)} == ledger.extensions_by_scope(
+        window
+    )
+    swarm = w.budgets.swarm_standing()
+    one_by_one = [w.budgets.contribution(a, window, limits[a]) for a in sorted(limits)]
+    assert swarm is not None and swarm.spend.usd == sum(c.usd for c in one_by_one)
+    assert [c.usd for c in one_by_one] == [1.5 + 0.25, 0.5 + 1.0, 4.0 + 0.25]  # ceiling, limit
+    assert swarm.extension.usd == 5.0
+    # an agent's own check sees its unclamped spend in the sum, the others' clamped
+    mine = w.budgets.swarm_standing(own="alice")
+    assert mine is not None and mine.spend.usd == 4.25 + 1.5 + 4.25
 
 
 def test_spend_reports_are_one_per_delivery_and_pruned(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from controller.api import make_admin_app
 from controller.auth import ensure_operator_key
 from controller.broker import Broker
 from controller.config import Config
+from controller.hooks.script import watch_marker
 from controller.metarepo import MetaRepo, tag_ref
 from controller.paths import Layout
 from hivehttp import serve_unix
@@ -242,6 +244,39 @@ def test_post_receive_without_the_operator_key_still_accepts_the_push(
     assert res.returncode == 0, res.stderr
     assert poke_server.passes == []
     assert str(layout.operator_key) in res.stderr and "hyperhive serve" in res.stderr
+
+
+def test_post_receive_skips_the_poke_while_the_ref_watch_is_on(
+    meta: MetaRepo, work: Path, layout: Layout, poke_server: FakeOps
+) -> None:
+    """The ref watch started the pass already: a push of decision tags only starts no
+    Python (no poke) and says so; anything else, or a marker whose pid is gone, pokes."""
+    marker = watch_marker(layout)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{os.getpid()}\n")
+    res = _approve_by_push(meta, work)
+    assert poke_server.passes == []
+    assert "hyperhive: received approved/1; the controller is reconciling" in res.stderr
+    assert push(work, "HEAD:refs/heads/wip").returncode == 0  # not a decision
+    assert poke_server.passes == ["hook"]
+    meta.propose_spawn("bob")
+    fetch(work)
+    git("tag", "approved/2", "proposal/2", cwd=work)
+    res = push(work, "approved/2", "HEAD:refs/heads/wip2")  # a mixed push
+    assert res.returncode == 0, res.stderr
+    assert poke_server.passes == ["hook"] * 2
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for text in (f"{gone.pid}\n", "-1\n", ""):
+        marker.write_text(text)
+        n = len(poke_server.passes)
+        id = meta.propose_spawn(f"c{n}").id
+        fetch(work)
+        git("tag", "-a", "-m", "no", f"denied/{id}", f"proposal/{id}", cwd=work)
+        res = push(work, f"denied/{id}")
+        assert res.returncode == 0, res.stderr
+        assert len(poke_server.passes) == n + 1, text
+        assert "the controller is reconciling" in res.stderr
 
 
 # ---------------------------------------------------------------- fast start

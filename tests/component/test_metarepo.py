@@ -225,10 +225,10 @@ def test_ids_are_shared_across_prefixes(meta: MetaRepo) -> None:
     assert meta.propose_spawn("bob").id == 8
     # somebody else grabbed 9 between our scan and our create: we skip to 10
     meta.repo.references.create("refs/tags/proposal/9", main)
-    idx = meta._index
+    idx = meta.refs.index
     assert idx is not None
-    idx.max_id, idx.racy, idx.fingerprint = 8, False, meta._fingerprint()[0]
-    meta._dirty = False  # a stale index on purpose: the create must still be race-safe
+    idx.max_id, idx.racy, idx.fingerprint = 8, False, meta.refs.fingerprint()[0]
+    meta.refs.dirty = False  # a stale index on purpose: the create must still be race-safe
     assert meta.propose_spawn("carl").id == 10
 
 

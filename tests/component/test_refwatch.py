@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from controller.refwatch import IN_CREATE, IN_ISDIR, IN_MOVED_TO, RefWatch, is_new_decision
+from controller.refwatch import (
+    IN_CREATE,
+    IN_ISDIR,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    RefWatch,
+    is_new_decision,
+)
 from tests.component.test_crash_safety import ROOT, Controller, ctl, wait_for
 
 __all__ = ["ctl"]  # the fixture, imported for the serve test
@@ -101,6 +108,34 @@ def test_a_repo_without_tags_dir_leaves_the_watch_off(tmp_path: Path) -> None:
     watch = RefWatch(tmp_path / "nothing.git", lambda reason: None)
     assert not watch.start()
     watch.stop()  # harmless
+
+
+def test_the_marker_says_the_watch_is_on(tmp_path: Path) -> None:
+    """While on, the watch keeps the controller's pid in its marker (the post-receive
+    script skips the poke then); stopped — or never on — there is no marker."""
+    bare = tmp_path / "meta.git"
+    git("init", "-q", "--bare", str(bare), cwd=tmp_path)
+    marker = tmp_path / "run" / "ref-watch.pid"
+    marker.parent.mkdir()
+    marker.write_text("1\n")  # a controller killed before it could remove its marker
+    watch = RefWatch(bare, lambda reason: None, marker=marker)
+    assert watch.start()
+    assert marker.read_text() == f"{os.getpid()}\n"
+    watch.stop()
+    assert not marker.exists()
+    (bare / "reftable").mkdir()  # refs that are no files: nothing to watch
+    marker.write_text("1\n")
+    watch = RefWatch(bare, lambda reason: None, marker=marker)
+    assert not watch.start()
+    assert not marker.exists()
+    watch.stop()
+
+
+def test_lost_events_ask_for_a_pass(tmp_path: Path) -> None:
+    asked: list[str] = []
+    watch = RefWatch(tmp_path, asked.append)
+    watch._handle([(-1, IN_Q_OVERFLOW, "")])
+    assert len(asked) == 1
 
 
 def test_git_lock_files_and_directories_are_not_decisions() -> None:

@@ -1,0 +1,92 @@
+"""The shell scripts installed as meta.git's ``hooks/pre-receive`` and ``hooks/post-receive``.
+
+Both run ``python -m controller.hook KIND`` (this tree on ``PYTHONPATH``), with one
+shortcut in post-receive: while the controller's ref watch is on
+(``controller.refwatch``, which writes the controller's pid to ``WATCH_MARKER`` in the
+run dir and removes it when the watch stops), a push of decision tags only
+(``approved/<id>``, ``denied/<id>``) has already started the pass by the time
+post-receive runs — the watch saw git rename the ref into place — so the script prints
+the poke's message itself and starts no interpreter (~50 ms of CPU, on the same cores as
+the agent the pass is starting). Everything else — main, the manager's refs, a mixed
+push, no marker, a marker whose pid is gone or not signalable by the pusher — goes to
+the Python poke as before. The script reads the ref lines with shell built-ins only; ref
+names are printed with ``printf %s`` (git refuses spaces and control characters in
+them, and an expanded variable is never expanded again).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import controller
+from controller.paths import Layout
+
+WATCH_MARKER = "ref-watch.pid"
+"""File in the run dir holding the controller's pid while its ref watch is on."""
+KINDS = ("pre-receive", "post-receive")
+
+_SKIP_POKE = """\
+# a push of decision tags only, while the controller's ref watch is on: the watch
+# started the pass when git wrote the tag (controller.refwatch), no poke is needed
+input=
+while IFS= read -r line || [ -n "$line" ]; do
+  input="$input$line
+"
+done
+watch=
+read -r watch 2>/dev/null < {marker}
+case "$watch" in
+  *[!0-9]*) watch= ;;
+esac
+if [ -n "$watch" ] && kill -0 "$watch" 2>/dev/null; then
+  refs=
+  only=yes
+  while read -r old new ref; do
+    [ -n "$ref" ] || continue
+    case "$ref" in
+      refs/tags/approved/?*|refs/tags/denied/?*) refs="$refs${{refs:+, }}${{ref#refs/tags/}}" ;;
+      *) only=no ;;
+    esac
+  done <<EOF
+$input
+EOF
+  if [ "$only" = yes ] && [ -n "$refs" ]; then
+    printf 'hyperhive: received %s; the controller is reconciling (git fetch --tags to see \
+deployed/<id> or failed/<id>)\\n' "$refs" >&2
+    exit 0
+  fi
+fi
+printf '%s' "$input" | {command}
+exit 0
+"""
+
+
+def watch_marker(layout: Layout) -> Path:
+    """``<run>/ref-watch.pid``: the controller's pid while its ref watch is on."""
+    return layout.run / WATCH_MARKER
+
+
+def hook_script(layout: Layout, kind: str, python: str = sys.executable) -> str:
+    """The shell script installed as ``hooks/<kind>`` (``pre-receive`` / ``post-receive``)
+    of ``layout``'s meta.git, running this tree's ``controller.hook`` with ``python``."""
+    if kind not in KINDS:
+        raise ValueError(f"not a hook kind: {kind!r}")
+    root = Path(controller.__file__).resolve().parent.parent
+    command = (
+        f"{shlex.quote(python)} -m controller.hook {kind}"
+        f" --state-dir {shlex.quote(str(layout.state))}"
+        f" --run-dir {shlex.quote(str(layout.run))}"
+    )
+    head = (
+        "#!/bin/sh\n"
+        f"# hyperhive meta.git {kind} hook: written by the controller at every start;\n"
+        "# local edits are overwritten. See docs/approvals.md.\n"
+        f"PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+        "export PYTHONPATH\n"
+    )
+    if kind == "pre-receive":
+        return head + f"exec {command}\n"
+    marker = shlex.quote(str(watch_marker(layout)))
+    return head + _SKIP_POKE.format(marker=marker, command=command)
