@@ -32,6 +32,7 @@ this process exit at once, as does EOF on stdin.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -123,16 +124,27 @@ class Tools:
             ) from None
         return res.data, res.retries
 
-    def finish(self, text: str, retries: int) -> str:
-        """Append the retry note (if any) and the status line."""
+    def finish(self, text: str, retries: int, data: Any = None) -> str:
+        """Append the retry note (if any) and the status line: from ``data``'s ``status``
+        (every broker verb answers with the caller's status after the call), else from a
+        ``GET /status``."""
         parts = [text.rstrip()]
         if retries:
             parts.append(
                 f"(note: the hyperhive socket was briefly unreachable; this call succeeded after "
                 f"{retries} retr{'y' if retries == 1 else 'ies'} — it is done, do not repeat it)"
             )
-        parts.append(self.status_line())
+        parts.append(self.status_of(data))
         return "\n".join(parts)
+
+    def status_of(self, data: Any) -> str:
+        """The status line of a verb's answer ``data`` (its ``status``, ``wire#Status``);
+        ``status_line()`` (one more round trip) when it carries none."""
+        raw = data.get("status") if isinstance(data, dict) else None
+        if isinstance(raw, dict):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                return Status.from_json(raw).line()
+        return self.status_line()
 
     # -- agent verbs
 
@@ -145,7 +157,7 @@ class Tools:
         data, r = self.call(
             "POST", "/send", self.traced({"to": to, "body": body, "idempotency_key": _key()})
         )
-        return self.finish(f"sent message #{data.get('id')} to {to}.", r)
+        return self.finish(f"sent message #{data.get('id')} to {to}.", r, data)
 
     def recv(self, wait_seconds: float = 0) -> str:
         wait = max(0.0, min(float(wait_seconds), MAX_WAIT))
@@ -155,7 +167,7 @@ class Tools:
             text = "no message." if wait == 0 else f"no message arrived within {wait:g} s."
         else:
             text = format_message(Message.from_json(raw))
-        return self.finish(text, r)
+        return self.finish(text, r, data)
 
     def ask(self, to: str, question: str) -> str:
         data, r = self.call(
@@ -167,11 +179,12 @@ class Tools:
             f"asked {to} (message #{data.get('id')}, thread {data.get('thread')}); the answer will "
             "arrive in your inbox as kind 'answer' on that thread.",
             r,
+            data,
         )
 
     def answer(self, thread: int, body: str) -> str:
         data, r = self.call("POST", "/answer", self.traced({"thread": thread, "body": body}))
-        return self.finish(f"answered thread {thread} (message #{data.get('id')}).", r)
+        return self.finish(f"answered thread {thread} (message #{data.get('id')}).", r, data)
 
     def remind(self, after_seconds: int, body: str) -> str:
         data, r = self.call(
@@ -180,22 +193,24 @@ class Tools:
             {"after_seconds": after_seconds, "body": body, "idempotency_key": _key()},
         )
         return self.finish(
-            f"reminder #{data.get('id')} set; it arrives in your inbox at {data.get('due_at')}.", r
+            f"reminder #{data.get('id')} set; it arrives in your inbox at {data.get('due_at')}.",
+            r,
+            data,
         )
 
     def recent(self, limit: int = 20) -> str:
         data, r = self.call("POST", "/recent", {"limit": limit})
         msgs = [Message.from_json(m) for m in data.get("messages", [])]
         if not msgs:
-            return self.finish("no messages yet.", r)
+            return self.finish("no messages yet.", r, data)
         text = "\n\n".join(format_message(m) for m in msgs)
-        return self.finish(f"{len(msgs)} most recent message(s), oldest first:\n\n{text}", r)
+        return self.finish(f"{len(msgs)} most recent message(s), oldest first:\n\n{text}", r, data)
 
     def status(self) -> str:
         data, r = self.call("GET", "/status")
         line = Status.from_json(data).line()
         if r:
-            return self.finish(line, r)
+            return self.finish(line, r, {"status": data})
         return line
 
     # -- manager verbs
@@ -208,6 +223,7 @@ class Tools:
             "it waits for "
             "the operator's approval. The outcome arrives as an ApprovalResolved event.",
             r,
+            data,
         )
 
     def request_apply_commit(self, commit: str, note: str = "") -> str:
@@ -235,12 +251,13 @@ class Tools:
             "it waits for "
             "the operator's approval. The outcome arrives as an ApprovalResolved event.",
             r,
+            data,
         )
 
     def lifecycle(self, verb: str, name: str) -> str:
         data, r = self.call("POST", f"/{verb}", {"name": name}, timeout=120.0)
         result = data.get("result") if isinstance(data, dict) else data
-        return self.finish(f"{verb} {name}: {result}", r)
+        return self.finish(f"{verb} {name}: {result}", r, data)
 
     def ask_operator(
         self, question: str, options: list[str] | None, multi: bool, ttl_seconds: int | None
@@ -256,15 +273,16 @@ class Tools:
             "later as an OperatorAnswered event in your inbox (do not wait for it in this turn "
             "unless you must).",
             r,
+            data,
         )
 
     def list_agents(self) -> str:
         data, r = self.call("GET", "/list")
         agents = data.get("agents", []) if isinstance(data, dict) else []
         if not agents:
-            return self.finish("no agents.", r)
+            return self.finish("no agents.", r, data)
         lines = [json.dumps(a, sort_keys=True) if not isinstance(a, str) else a for a in agents]
-        return self.finish(f"{len(agents)} agent(s):\n" + "\n".join(lines), r)
+        return self.finish(f"{len(agents)} agent(s):\n" + "\n".join(lines), r, data)
 
 
 # -- the published tool table (names, descriptions, input schemas)

@@ -123,15 +123,6 @@ def day_window(t: float) -> Window:
     return Window(start, start + DAY_SECONDS, key)
 
 
-def window_for_key(key: str) -> Window:
-    """The UTC day named ``YYYY-MM-DD``; raises :class:`BudgetError` for anything else."""
-    try:
-        day = datetime.strptime(key, "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise BudgetError(f"{key!r} is not a UTC day (YYYY-MM-DD)", "window") from exc
-    return day_window(day.timestamp())
-
-
 @dataclass(frozen=True)
 class Spend:
     """What was spent: ``usd`` dollars, ``tokens`` (input + output + cache writes), ``turns``."""

@@ -202,15 +202,12 @@ class Budgets:
             self._ingest(name)
         self._swarm_ingested = now
 
-    def _all_names(self) -> set[str]:
+    def names(self) -> set[str]:
+        """Every agent with a manifest at main or known to the controller (blocking)."""
         names = set(self._limits())
         if self._known is not None:
             names.update(self._known())
         return names
-
-    def names(self) -> set[str]:
-        """Every agent with a manifest at main or known to the controller (blocking)."""
-        return self._all_names()
 
     def standing(self, agent: str, now: float | None = None) -> Standing:
         """``agent``'s standing in the current window (reads its stats file first; blocking)."""
@@ -268,7 +265,7 @@ class Budgets:
         queries, not a few per agent."""
         if self.swarm is None:
             return None
-        names = self._all_names()
+        names = self.names()
         self._ingest_all(names)
         window = day_window(self.clock() if now is None else now)
         limits = self._limits()
@@ -304,10 +301,6 @@ class Budgets:
     def held(self, agent: str) -> str | None:
         """Why ``agent`` is held, as of its last check (None: not held). No I/O."""
         return self._held.get(agent)
-
-    def held_agents(self) -> dict[str, str]:
-        """``{agent: why}`` for every held agent, as of their last checks."""
-        return dict(self._held)
 
     # ------------------------------------------------------------ the gate
 
@@ -483,7 +476,7 @@ class Budgets:
         when given). Blocking."""
         now = self.clock()
         window = day_window(now)
-        names = [name] if name is not None else sorted(self._all_names())
+        names = [name] if name is not None else sorted(self.names())
         rows = []
         for n in names:
             s = self.standing(n, now).to_json()

@@ -37,6 +37,24 @@ def agent_limits(desired: DesiredState) -> Mapping[str, Limits | None]:
     return {name: a.manifest.budget for name, a in desired.agents.items()}
 
 
+class LimitsAtMain:
+    """``agent_limits(desired())``, worked out again only when ``desired()`` hands back
+    another object (the meta repo keeps one per main commit): a budget check asks for the
+    limits a few times, and the report once per agent."""
+
+    def __init__(self, desired: Callable[[], DesiredState]) -> None:
+        self.desired = desired
+        self._last: tuple[DesiredState, Mapping[str, Limits | None]] | None = None
+
+    def __call__(self) -> Mapping[str, Limits | None]:
+        """``{agent: spec.budget}`` at main (blocking: may read the meta repo)."""
+        desired = self.desired()
+        last = self._last
+        if last is None or last[0] is not desired:
+            last = self._last = (desired, agent_limits(desired))
+        return last[1]
+
+
 def open_budgets(
     layout: Layout,
     cfg: Config,
@@ -54,7 +72,7 @@ def open_budgets(
     return Budgets(
         Ledger(layout.state / LEDGER_FILE),
         lambda agent: layout.agent_state(agent) / STATS_DB,
-        lambda: agent_limits(desired()),
+        LimitsAtMain(desired),
         swarm=cfg.budget,
         notify=broker.emit_event,
         clock=clock or clock_from_env(),

@@ -23,7 +23,6 @@ from controller.budget.core import (
     due_notices,
     hold_message,
     notice_event,
-    window_for_key,
 )
 from schemas.validate import validate
 
@@ -40,9 +39,6 @@ def test_day_window_is_the_utc_day_half_open() -> None:
     # the last instant of a day and the first of the next fall in different windows
     assert day_window(w.end - 0.001).key == "2026-12-07"
     assert day_window(w.end).key == "2026-12-08"
-    assert window_for_key("2026-12-07") == w
-    with pytest.raises(BudgetError):
-        window_for_key("yesterday")
 
 
 def test_limits_from_doc() -> None:

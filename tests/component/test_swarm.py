@@ -29,14 +29,17 @@ from controller.swarm import Swarm
 from schemas.names import default_web_port
 from schemas.validate import validate
 from tests.gitutil import git
+from tests.realserve import wait_for
 
 CFG = Config(default_model="haiku", agent_port_base=18100, manager_port=18000)
 
 STANDIN = r"""
 import json, os, signal, sys, time
 settings = json.load(open(os.environ["HYPERHIVE_SETTINGS"]))
-with open(os.path.join(os.environ["HYPERHIVE_STATE_DIR"], "standin.json"), "w") as f:
+record = os.path.join(os.environ["HYPERHIVE_STATE_DIR"], "standin.json")
+with open(record + ".tmp", "w") as f:
     json.dump({"pid": os.getpid(), "settings": settings}, f)
+os.replace(record + ".tmp", record)  # a reader sees the old record or the whole new one
 print("standin up", flush=True)
 if settings.get("model") == "crash":
     sys.exit(3)
@@ -177,7 +180,20 @@ class Env:
         return json.loads(self.layout.status_file.read_text())  # type: ignore[no-any-return]
 
     def standin(self, agent: str) -> dict[str, Any]:
-        return json.loads((self.layout.agent_state(agent) / "standin.json").read_text())  # type: ignore[no-any-return]
+        """What the stand-in the driver runs for ``agent`` now recorded at its start (pid,
+        settings). A process writes it a moment after it was started (seconds later under
+        load), and until then the file is the previous process's: wait for the record
+        whose pid is the driver's (any record under bwrap, whose pids are the sandbox's
+        own; a stopped agent's last one)."""
+        path = self.layout.agent_state(agent) / "standin.json"
+        sandboxed = self.driver.bwrap()[0] is not None
+
+        def current() -> dict[str, Any] | None:
+            doc: dict[str, Any] = json.loads(path.read_text())
+            pid = self.driver.pid(agent)
+            return doc if sandboxed or pid is None or doc["pid"] == pid else None
+
+        return wait_for(f"{agent}'s stand-in to record its start", current)  # type: ignore[no-any-return]
 
     def cond(self, agent: str, type_: str) -> dict[str, Any]:
         rows = self.status()["agents"][agent]["conditions"]
@@ -219,13 +235,13 @@ def spawn_alice(env: Env) -> int:
 
 
 def crash(env: Env, agent: str = "alice") -> None:
-    """SIGKILL the agent's stand-in and wait until the driver sees it gone."""
+    """SIGKILL the agent's running stand-in and wait until the driver sees it gone."""
     os.kill(env.standin(agent)["pid"], signal.SIGKILL)
-    for _ in range(200):
-        if env.driver.observe()[agent].phase is Phase.FAILED:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{agent} did not die")
+    wait_for(
+        f"the driver to see {agent} dead",
+        lambda: env.driver.observe()[agent].phase is Phase.FAILED,
+        interval=0.02,
+    )
 
 
 # ------------------------------------------------------------------ the main story
@@ -568,16 +584,11 @@ def test_transient_failure_fails_the_deploy_and_backs_off(up: Env) -> None:
 def test_crash_is_reported_and_restarted(up: Env) -> None:
     env = up
     spawn_alice(env)
-    pid = env.standin("alice")["pid"]
-    os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        if env.driver.observe()["alice"].phase is Phase.FAILED:
-            break
-        time.sleep(0.02)
+    crash(env)
     result = env.swarm.reconcile()
     assert [(a.agent, a.kind) for a in result.plan] == [("alice", ActionKind.START)]
-    crash = env.broker.of("ContainerCrash")
-    assert len(crash) == 1 and crash[0]["agent"] == "alice" and crash[0]["restarts"] == 1
+    crashes = env.broker.of("ContainerCrash")
+    assert len(crashes) == 1 and crashes[0]["agent"] == "alice" and crashes[0]["restarts"] == 1
     assert env.driver.observe()["alice"].phase is Phase.RUNNING
 
 

@@ -32,6 +32,7 @@ from controller.model import ActionKind, Phase
 from controller.ops import Lifecycle, ProposalState
 from controller.status import CRASH_LIMIT
 from schemas.validate import validate
+from tests.realserve import wait_for
 
 
 def keys(env: Env, type_: str) -> list[str | None]:
@@ -440,6 +441,11 @@ def test_conditions_follow_main_without_moving_their_transition_time(up: Env) ->
 def test_journal_under_the_local_runtime(up: Env) -> None:
     env = up
     spawn_alice(env)
+    # the stand-in logs its start a moment after it was started (later under load)
+    wait_for(
+        "alice's start in its journal",
+        lambda: "standin up" in env.swarm.journal("alice", None, 5000),
+    )
     text = env.swarm.journal("alice", None, 5000)
     assert "standin up" in text and "hyperhive: starting" in text
     assert env.swarm.journal("alice", "hyperhive-agent.service", 1).count("\n") == 1
@@ -601,13 +607,22 @@ def test_log_rotation(tmp_path: Path) -> None:
     try:
         assert env.swarm.reconcile().ok
         log = env.layout.log_dir / "manager.log"
+        # the stand-in logs its start a moment after it was started (later under load):
+        # a line landing after the rotation would be left in the truncated log
+        wait_for(
+            "the manager's stand-in to log its start", lambda: b"standin up" in log.read_bytes()
+        )
         with open(log, "ab") as fh:
             fh.write(b"x" * 2000 + b"\n")
         assert env.driver.rotate_logs() == ["manager"]
         assert log.stat().st_size == 0
         assert (env.layout.log_dir / "manager.log.1").stat().st_size > 2000
         env.swarm.lifecycle(Lifecycle.RESTART, "manager")  # writes, then rotates at start
-        assert "standin up" in env.swarm.journal("manager", None, 10)
+        # ...and the new process logs its start after the restart returned
+        wait_for(
+            "the restarted manager's start in its journal",
+            lambda: "standin up" in env.swarm.journal("manager", None, 10),
+        )
     finally:
         for name in list(env.driver.observe()):
             env.driver.stop(name)

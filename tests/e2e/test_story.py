@@ -304,7 +304,13 @@ def test_the_whole_story(swarm: Swarm) -> None:
         ),
     )
 
-    # every turn was counted, per agent and per model, with the fake's token numbers
+    # every turn was counted, per agent and per model, with the fake's token numbers; a
+    # turn's stats row is written when the turn ends, after the request seen above
+    def models_counted() -> set[str]:
+        by_model = json.loads(s.cli("stats", "--by", "model", "-o", "json").stdout)
+        return {g["key"] for g in by_model["groups"]}
+
+    wait_for("alice's turn on the new model in the stats", lambda: "claude-alt" in models_counted())
     stats = json.loads(s.cli("stats", "-o", "json").stdout)
     groups = {g["key"]: g for g in stats["groups"]}
     assert {"manager", "alice"} <= set(groups), groups

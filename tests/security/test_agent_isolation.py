@@ -176,9 +176,10 @@ def test_the_state_dir_is_the_operators_alone(hive: Hive, tally: Tally) -> None:
         *(lay.agent_sock_dir(a) for a in ("manager", "alice", "bob")),
     ]
     for p in secrets:
-        if not p.exists():
+        try:
+            mode = stat.S_IMODE(p.stat().st_mode)
+        except FileNotFoundError:  # absent (a WAL checkpointed away): nothing to read
             continue
-        mode = stat.S_IMODE(p.stat().st_mode)
         tally.record(
             CATEGORY,
             f"another local user reads {p.relative_to(h.state)}",
@@ -189,14 +190,30 @@ def test_the_state_dir_is_the_operators_alone(hive: Hive, tally: Tally) -> None:
     # on purpose: read-only for its harness)
     loose = [
         str(p.relative_to(h.state))
-        for p in h.state.rglob("*")
-        if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077
+        for p, mode in modes_under(h.state)
+        if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077
     ]
     tally.figure(
         "state dir paths with group/other bits (behind the 0700 state dir)",
         f"{len(loose)}" + (f", e.g. {loose[:4]}" if loose else ""),
     )
     tally.assert_refused(CATEGORY)
+
+
+def modes_under(root: Path) -> list[tuple[Path, int]]:
+    """``(path, st_mode)`` of everything under ``root`` (symlinks not followed). The hive is
+    running: its agents' claude CLIs make and remove lock and temporary files meanwhile
+    (``.claude.json.lock``), so an entry gone between its listing and its ``lstat`` (or a
+    directory gone before it is listed) is skipped: what is gone cannot be read."""
+    out: list[tuple[Path, int]] = []
+    for top, dirs, files in os.walk(root, onerror=lambda exc: None):
+        for name in dirs + files:
+            p = Path(top) / name
+            try:
+                out.append((p, p.lstat().st_mode))
+            except FileNotFoundError:
+                continue
+    return out
 
 
 HOSTILE_UI = r"""

@@ -97,8 +97,8 @@ def test_agent_tools_listed_and_send_ends_with_status(alice: StandIn) -> None:
     key = sent.pop("idempotency_key")
     assert sent == {"to": "bob", "body": "hello bob"}
     assert len(key) == 32 and int(key, 16) >= 0  # one fresh key per tool call
-    # the status line came from a non-mutating GET /status
-    assert ("GET", "/status", {}) in alice.calls
+    # the status line is the one /send answered with: no second round trip
+    assert [c[:2] for c in alice.calls] == [("POST", "/send")]
 
 
 def test_recv_returns_the_message_and_peeks_with_zero(alice: StandIn) -> None:

@@ -56,7 +56,15 @@ def test_result_ends_with_status_line() -> None:
     key = body.pop("idempotency_key")
     assert (method, path, body, retry) == ("POST", "/send", {"to": "bob", "body": "hi"}, True)
     assert isinstance(key, str) and len(key) == 32
-    assert c.calls[1][:2] == ("GET", "/status")
+    assert len(c.calls) == 1  # the status line is the answer's: no second round trip
+
+
+def test_status_line_peeked_when_the_answer_carries_none() -> None:
+    t, c = tools({"/send": {"id": 9}})
+    assert t.send("bob", "hi").splitlines()[-1] == (
+        "[status] 2 unread message(s), 1 open thread(s), 0 pending reminder(s)"
+    )
+    assert [call[:2] for call in c.calls] == [("POST", "/send"), ("GET", "/status")]
 
 
 def test_retry_note_when_the_call_needed_retries() -> None:
