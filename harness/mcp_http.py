@@ -85,35 +85,55 @@ IDLE_WORKERS = 4
 class Workers:
     """Daemon threads that run blocking calls, reused from one call to the next.
 
-    :meth:`submit` hands ``fn`` to an idle worker, or starts one when none is idle (calls
-    never wait for each other: a parked ``recv`` holds its worker for up to 180 s). A worker
-    goes back to the idle list when its call returns, or ends when ``idle_max`` already
-    wait. Daemon threads: process exit never joins them. ``fn`` must not raise (a raise
-    ends only that worker, logged). Thread-safe.
+    :meth:`submit` hands ``(work, done)`` to an idle worker, or starts one when none is idle
+    (calls never wait for each other: a parked ``recv`` holds its worker for up to 180 s).
+    The worker runs ``work()``, goes back to the idle list (or ends, when ``idle_max``
+    already wait), then calls ``done(result)``: whoever ``done`` wakes finds it idle for
+    the next call. Daemon threads: process exit never joins them. ``work`` must not raise;
+    a ``done`` that raises is logged. Thread-safe.
     """
 
     def __init__(self, name: str, idle_max: int = IDLE_WORKERS) -> None:
         self.name = name
         self.idle_max = idle_max
-        self._idle: list[queue.SimpleQueue[Callable[[], None]]] = []
+        self._idle: list[queue.SimpleQueue[_Job | None]] = []
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on an idle worker, else on a new one; returns at once."""
+    def submit(self, work: Callable[[], Any], done: Callable[[Any], object]) -> None:
+        """Run ``work`` then ``done(its result)`` on an idle worker, else on a new one;
+        returns at once."""
         with self._lock:
             inbox = self._idle.pop() if self._idle else None
         if inbox is None:
             inbox = queue.SimpleQueue()
             threading.Thread(target=self._run, args=(inbox,), name=self.name, daemon=True).start()
-        inbox.put(fn)
+        inbox.put((work, done))
 
-    def _run(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
-        while True:
-            inbox.get()()
+    def close(self) -> None:
+        """End the idle workers (a busy one ends when its call returns); idempotent."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self.idle_max = 0
+        for inbox in idle:
+            inbox.put(None)
+
+    def _run(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
+        while (job := inbox.get()) is not None:
+            work, done = job
+            out = work()
             with self._lock:
-                if len(self._idle) >= self.idle_max:
-                    return
-                self._idle.append(inbox)
+                keep = len(self._idle) < self.idle_max
+                if keep:
+                    self._idle.append(inbox)
+            try:
+                done(out)
+            except Exception:
+                log.exception("%s: could not hand back a result", self.name)
+            if not keep:
+                return
+
+
+_Job = tuple[Callable[[], Any], Callable[[Any], object]]
 
 
 class McpEndpoint:
@@ -146,6 +166,7 @@ class McpEndpoint:
 
     def start(self) -> McpEndpoint:
         """Listen on an ephemeral port of ``host``; returns ``self``. Raises ``OSError``."""
+        self._workers = Workers("mcp-tool")  # a fresh set: stop() ended the last one's
         self._listener = hivehttp.serve_tcp(self.asgi, self.host, 0, policy=POLICY, name="mcp")
         log.info("hyperhive MCP tools on %s", self.url)
         return self
@@ -155,6 +176,7 @@ class McpEndpoint:
         self.revoke()
         if self._listener is not None:
             self._listener.stop()
+        self._workers.close()
 
     def issue(self) -> str:
         """A fresh credential for the next claude run; the previous one no longer works."""
@@ -230,21 +252,20 @@ class McpEndpoint:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
 
-        def work() -> None:
+        def work() -> Any:
             try:
-                out: Any = self.handler.handle(msg)
+                return self.handler.handle(msg)
             except BaseException as exc:  # handle() turns tool failures into results already
                 log.exception("tools/call failed")
-                out = {"jsonrpc": "2.0", "id": msg.get("id"),
-                       "error": {"code": -32603, "message": str(exc)}}  # fmt: skip
+                return {"jsonrpc": "2.0", "id": msg.get("id"),
+                        "error": {"code": -32603, "message": str(exc)}}  # fmt: skip
 
-            def finish() -> None:
-                if not done.done():
-                    done.set_result(out)
+        def finish(out: Any) -> None:
+            if not done.done():
+                done.set_result(out)
 
-            loop.call_soon_threadsafe(finish)
-
-        self._workers.submit(work)
+        # a loop closed meanwhile (shutdown) raises here: logged by the worker
+        self._workers.submit(work, lambda out: loop.call_soon_threadsafe(finish, out))
         gone = asyncio.ensure_future(hivehttp.disconnected(scope).wait())
         try:
             await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)

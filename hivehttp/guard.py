@@ -52,12 +52,46 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DISCONNECTED = "hivehttp.disconnected"
 
 GONE = "hivehttp.gone"
-"""Scope key: an ``asyncio.Event`` the server sets when the connection is lost, so that
+"""Scope key: a ``Gone`` event the server sets when the connection is lost, so that
 ``disconnected`` needs no task of its own watching ``receive``."""
 
 BODY_READ = "hivehttp.body_read"
 """Scope key: True when the whole body had arrived before the app started (the body read
 needs no timeout then)."""
+
+
+class Gone(asyncio.Event):
+    """The event behind ``disconnected``: an ``asyncio.Event`` that also runs plain
+    callbacks when set, so a parked long poll can be woken by its client leaving without
+    a task of its own waiting on the event (a task per park was ~13 µs of every
+    delivered message). Loop thread only, as any ``asyncio.Event``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] | None = None
+
+    def set(self) -> None:
+        """Set the event, then run (and forget) the callbacks."""
+        if self.is_set():
+            return
+        super().set()
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            callback()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` when the event is set (at once when it already is)."""
+        if self.is_set():
+            callback()
+        elif self._callbacks is None:
+            self._callbacks = [callback]
+        else:
+            self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callable[[], None]) -> None:
+        """Forget ``callback`` (no-op when it is not registered)."""
+        if self._callbacks is not None and callback in self._callbacks:
+            self._callbacks.remove(callback)
 
 
 @dataclass(frozen=True)
@@ -236,8 +270,10 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        # ASGI allows any iterable here; the checks below and the app both read it
-        scope["headers"] = [(bytes(k), bytes(v)) for k, v in scope["headers"]]
+        if GONE not in scope:
+            # ASGI allows any iterable here; the checks below and the app both read it
+            # (hivehttp's own server already hands over a list of bytes pairs)
+            scope["headers"] = [(bytes(k), bytes(v)) for k, v in scope["headers"]]
         if policy.admit is not None and (no := policy.admit(scope)) is not None:
             # the body, if any, stays unread on the wire: the connection is closed
             await _refuse(send, no.status, no.code, no.message, extra=no.headers)

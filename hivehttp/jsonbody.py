@@ -109,12 +109,35 @@ def _walk(value: Any, path: str, depth: int, max_depth: int, surrogates: bool) -
         _check_text(value, path)
 
 
+def _fine(value: Any, depth: int, max_depth: int) -> bool:
+    """True when ``_walk`` (without the surrogate check) would find nothing to refuse; no
+    paths are built on the way, so an acceptable body, nearly every one, costs no string
+    formatting. On False the caller walks again with paths, to name the field."""
+    if isinstance(value, dict):
+        if depth >= max_depth:
+            return False
+        return all(_fine(item, depth + 1, max_depth) for item in value.values())
+    if isinstance(value, list):
+        if depth >= max_depth:
+            return False
+        return all(_fine(item, depth + 1, max_depth) for item in value)
+    if isinstance(value, (str, bool, float)) or value is None:
+        return True
+    if isinstance(value, int):
+        return INT_MIN <= value <= INT_MAX
+    return False  # a _NotANumber
+
+
+# one decoder for every body: ``json.loads`` with hooks builds a new one per call
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_json_object(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     """Decode ``raw`` as one JSON object; an empty (or all-whitespace) body is ``{}``.
 
     Returns the object as a dict. Raises ``BadJson`` naming the problem and,
     where there is one, the dotted path of the field (see the module doc
-    for what is refused). Cost: one ``json.loads`` plus one walk of the
+    for what is refused). Cost: one JSON decode plus one walk of the
     result, and a second look at strings only when the raw text holds a
     surrogate escape.
     """
@@ -125,7 +148,7 @@ def parse_json_object(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, An
     except UnicodeDecodeError as exc:
         raise BadJson(f"body is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        doc = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise BadJson(
             f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -139,5 +162,7 @@ def parse_json_object(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, An
             type(doc), "a number"
         )
         raise BadJson(f"body must be a JSON object, not {kind}", "(root)")
-    _walk(doc, "(root)", 0, max_depth, _SURROGATE_ESCAPE.search(raw) is not None)
+    surrogates = _SURROGATE_ESCAPE.search(raw) is not None
+    if surrogates or not _fine(doc, 0, max_depth):
+        _walk(doc, "(root)", 0, max_depth, surrogates)
     return doc

@@ -50,7 +50,11 @@ class BearerCheck:
     message: str
 
 
-_JSON = [(b"content-type", b"application/json")]
+_JSON = (b"content-type", b"application/json")
+
+# falcon's JSON media handler writes non-ASCII as UTF-8, not as \u escapes: the same here;
+# one encoder for every answer (``json.dumps`` with options builds one per call)
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class FastVerbs:
@@ -104,8 +108,7 @@ async def _read(receive: Receive) -> bytes:
 
 
 async def _answer(send: Send, status: int, doc: Any, extra: list[tuple[bytes, bytes]]) -> None:
-    # falcon's JSON media handler writes non-ASCII as UTF-8, not as \u escapes: the same here
-    body = json.dumps(doc, ensure_ascii=False).encode()
-    headers = [*_JSON, (b"content-length", str(len(body)).encode()), *extra]
+    body = _ENCODE(doc).encode()
+    headers = [_JSON, (b"content-length", b"%d" % len(body)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
@@ -109,13 +110,22 @@ async def park_async(
     loop = asyncio.get_running_loop()
     timer = loop.call_later(timeout, _wake_future, fut)
     watch: asyncio.Future[Any] | None = None
-    if abandoned is not None:
+    on_gone: Callable[[], None] | None = None
+    # hivehttp's ``Gone`` event calls back when set: no watcher task per park (duck-typed:
+    # the broker does not import the HTTP server)
+    add = getattr(abandoned, "add_callback", None)
+    if add is not None:
+        on_gone = functools.partial(_wake_future, fut)
+        add(on_gone)
+    elif abandoned is not None:
         watch = asyncio.ensure_future(abandoned.wait())
         watch.add_done_callback(lambda _: _wake_future(fut))
     try:
         await fut
     finally:
         timer.cancel()
+        if on_gone is not None:
+            abandoned.remove_callback(on_gone)  # type: ignore[union-attr]
         if watch is not None:
             watch.cancel()
 

@@ -17,6 +17,7 @@ import pytest
 
 from controller.broker import Broker
 from controller.errors import Invalid
+from hivehttp.guard import Gone
 
 
 @pytest.fixture
@@ -59,6 +60,34 @@ def test_recv_async_times_out_and_peeks(broker: Broker) -> None:
         assert m is not None and m.body == "there" and m.acked_at is None
         with pytest.raises(Invalid):
             await broker.recv_async("bob", 1, 0)
+
+    asyncio.run(main())
+
+
+def test_recv_async_parked_on_hivehttps_gone_event_needs_no_watcher_task(
+    broker: Broker,
+) -> None:
+    """hivehttp's ``Gone`` (the event behind ``disconnected``) wakes a parked receive by
+    its callback: no task waits on it, and the callback is removed when the park ends."""
+
+    async def main() -> None:
+        gone = Gone()
+        task = asyncio.create_task(broker.recv_async("bob", 30, abandoned=gone))
+        await asyncio.sleep(0.1)
+        assert len(asyncio.all_tasks()) == 2  # main and the receive: no watcher task
+        gone.set()
+        assert await asyncio.wait_for(task, 5) is None
+        broker.send("alice", "bob", "keep me")
+        # a park that ends by a message leaves no callback behind
+        other = Gone()
+        parked = asyncio.create_task(broker.recv_async("carol", 30, abandoned=other))
+        await asyncio.sleep(0.05)
+        broker.send("alice", "carol", "for carol")
+        got = await asyncio.wait_for(parked, 5)
+        assert got is not None and got.body == "for carol"
+        assert not other._callbacks
+        m = await broker.recv_async("bob", 0)
+        assert m is not None and m.body == "keep me"
 
     asyncio.run(main())
 

@@ -240,6 +240,18 @@ def test_slowloris_is_closed_at_the_head_deadline(core: HttpCore) -> None:
     lis.stop()
 
 
+def test_idle_keep_alive_connections_are_closed_at_their_timeout(core: HttpCore) -> None:
+    # the keep-alive timeout is a deadline the core's sweep checks (no timer per request)
+    lis = core.serve_tcp(Echo(), limits=Limits(header_timeout=0.6, keepalive_timeout=1.0))
+    conn = http.client.HTTPConnection("127.0.0.1", lis.port, timeout=5)
+    assert _get(conn, "GET", "/")[0] == 200
+    assert _get(conn, "GET", "/")[0] == 200  # reused: still open between requests
+    sock = conn.sock
+    assert sock is not None
+    assert _closed_within(sock, 4.0)
+    lis.stop()
+
+
 def test_idle_connections_are_shed_for_new_ones(core: HttpCore) -> None:
     lis = core.serve_tcp(Echo(), limits=Limits(max_connections=4, per_client=4))
     idle = [socket.create_connection(("127.0.0.1", lis.port)) for _ in range(6)]

@@ -49,6 +49,12 @@ while True:
 """
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+START_GRACE = 0.15
+"""The driver's start grace: a stand-in that exits within it failed to start."""
+CRASH_GRACE = 60.0
+"""The start grace while a test deploys the stand-in that exits at once (model ``crash``):
+its exit must land within the grace however slowly python starts under load (a start
+that fails returns as soon as the process exits, so this costs nothing)."""
 
 
 class FakeBroker:
@@ -110,7 +116,7 @@ class Env:
             ENV,
             argv=[sys.executable, str(self.script)],
             stop_timeout=2.0,
-            start_grace=0.15,
+            start_grace=START_GRACE,
         )
 
     def make_swarm(self, meta: MetaRepo | None = None) -> Swarm:
@@ -559,6 +565,7 @@ def test_suspend_stops_and_start_is_refused(up: Env) -> None:
 
 def test_transient_failure_fails_the_deploy_and_backs_off(up: Env) -> None:
     env = up
+    env.driver.start_grace = CRASH_GRACE
     env.push_main({"agents/alice/agent.yaml": manifest("alice", "crash")}, "alice crashes")
     result = env.swarm.reconcile()
     assert not result.ok and "exited at start with code 3" in result.errors[0]
@@ -575,6 +582,7 @@ def test_transient_failure_fails_the_deploy_and_backs_off(up: Env) -> None:
     env.swarm.reconcile()
     assert log.read_text().count("standin up") == starts + 1
     # fixing desired state resets the backoff at once
+    env.driver.start_grace = START_GRACE  # a start that runs waits the whole grace out
     env.push_main({"agents/alice/agent.yaml": manifest("alice", "haiku")}, "alice fixed")
     assert env.swarm.reconcile().ok
     assert env.driver.observe()["alice"].phase is Phase.RUNNING

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from test_swarm import (  # noqa: F401 (swarm_env, swarm_up: the env and up fixtures)
     CFG,
+    CRASH_GRACE,
     Env,
     crash,
     manifest,
@@ -492,6 +493,7 @@ def test_agent_config(up: Env) -> None:
 
 def test_retry_backoff_survives_a_controller_restart(up: Env) -> None:
     env = up
+    env.driver.start_grace = CRASH_GRACE  # every start here is the crashing stand-in's
     env.push_main({"agents/alice/agent.yaml": manifest("alice", "crash")}, "alice crashes")
     assert not env.swarm.reconcile().ok
     log = env.layout.log_dir / "alice.log"

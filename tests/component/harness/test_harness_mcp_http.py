@@ -191,3 +191,22 @@ def test_a_call_in_flight_when_the_controller_restarts_gets_a_retryable_error(
     assert "unreachable" in text and "nothing was done" in text and "Try again" in text
     assert not second.is_error and "sent message #" in _text(second)
     assert standin is not None and [b["body"] for b in standin.sent] == ["back?"]
+
+
+def test_tool_calls_reuse_their_worker_thread_and_stop_ends_it(alice: StandIn) -> None:
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "mcp-tool"]
+
+    before = len(workers())
+    ep = endpoint(alice)
+    try:
+        _, results = run(ep, *[("send", {"to": "bob", "body": f"#{i}"}) for i in range(5)])
+        assert [r.is_error for r in results] == [False] * 5
+        # one call at a time: one worker took them all, and waits for the next
+        assert len(workers()) == before + 1
+    finally:
+        ep.stop()
+    deadline = time.monotonic() + 10
+    while len(workers()) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(workers()) == before  # the idle worker ended with the endpoint
