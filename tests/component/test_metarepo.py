@@ -111,7 +111,7 @@ def test_hooks_heal(meta: MetaRepo, layout: Layout) -> None:
     hook = layout.meta_git / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\nexit 0\n")
     MetaRepo.open_or_init(layout, CFG, python="/new/venv/bin/python")
-    assert "exec /new/venv/bin/python -m controller.hook pre-receive" in hook.read_text()
+    assert "/new/venv/bin/python -m controller.hook pre-receive" in hook.read_text()
 
 
 def test_open_requires_repo(tmp_path: Path) -> None:
