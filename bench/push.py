@@ -137,27 +137,25 @@ _INSTALLED: dict[Path, dict[str, str]] = {}
 """meta.git's hook scripts as the controller installed them, by meta.git path."""
 
 
-def point_hooks_at(meta_git: Path, root: Path, site: bool = False) -> None:
-    """Rewrite meta.git's hook scripts so they run the tree at ``root``; ``site``: run the
-    interpreter with ``site`` (drop ``-S``), as the hook scripts did before 2026-12-07,
-    and make post-receive always start Python to poke, as it did before 2026-12-08 (the
-    pre-receive script's shape, which never changed)."""
+def point_hooks_at(meta_git: Path, root: Path, old: bool = False) -> None:
+    """Rewrite meta.git's hook scripts so they run the tree at ``root``, as installed (until
+    2026-12-08 this bench ran the new tree's hooks as ``python -S``, which the installed
+    scripts never did); ``old``: post-receive always starts Python to poke, as it did
+    before 2026-12-08 (the pre-receive script's shape, which never changed)."""
     installed = _INSTALLED.setdefault(
         meta_git, {k: (meta_git / "hooks" / k).read_text() for k in ("pre-receive", "post-receive")}
     )
     for kind in ("pre-receive", "post-receive"):
         hook = meta_git / "hooks" / kind
         text = installed[kind]
-        if site and kind == "post-receive":
+        if old and kind == "post-receive":
             text = installed["pre-receive"].replace("pre-receive", "post-receive")
-        lines = text.splitlines()
         lines = [
-            f"PYTHONPATH={shlex.quote(str(root))}" if ln.startswith("PYTHONPATH=") else ln
-            for ln in lines
+            f"PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}"
+            if ln.startswith("PYTHONPATH=")
+            else ln
+            for ln in text.splitlines()
         ]
-        lines = [ln.replace(" -S -m controller.hook", " -m controller.hook") for ln in lines]
-        if not site:
-            lines = [ln.replace(" -m controller.hook", " -S -m controller.hook") for ln in lines]
         hook.write_text("\n".join(lines) + "\n")
 
 
@@ -170,7 +168,7 @@ def approvals(s: Swarm, pushes: int, old_root: Path | None) -> dict[str, dict[st
     for i in range(pushes):
         root = old_root if old_root is not None and i % 2 == 1 else REPO
         which = "new" if root == REPO else "old"
-        point_hooks_at(s.state / "meta.git", root, site=which == "old")
+        point_hooks_at(s.state / "meta.git", root, old=which == "old")
         name = f"b{i}"
         p = manager.post("/request_spawn", {"name": name})
         pid = p["id"]
@@ -236,7 +234,7 @@ def hooks_alone(s: Swarm, runs: int, old_root: Path | None) -> None:
     for which, root in (("new", REPO), ("old", old_root)):
         if root is None:
             continue
-        point_hooks_at(meta_git, root, site=which == "old")
+        point_hooks_at(meta_git, root, old=which == "old")
         for kind in ("pre-receive", "post-receive"):
             used: list[float] = []
             t = wall([str(meta_git / "hooks" / kind)], env, runs, line, cwd=meta_git, cpu=used)

@@ -725,17 +725,18 @@ def cmd_budget(args: argparse.Namespace) -> int:
             body["note"] = args.note
         body.update({"swarm": True} if args.swarm else {"agent": args.name})
         answer = _call(args, "POST", "/budget/allow", body)
-        if args.output == "json":
-            print(json.dumps(answer, indent=2))
-        else:
-            print(f"extended: {answer.get('result')}")
-        return EXIT_OK
+        return _emit(args, answer, f"extended: {answer.get('result')}\n")
     url = "/budget" + (f"?name={args.name}" if args.name else "")
     report = _call(args, "GET", url)
+    return _emit(args, report, render_budget(report))
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: str) -> int:
+    """Print ``doc`` as JSON with ``-o json``, else ``text`` (which ends its own lines)."""
     if args.output == "json":
-        print(json.dumps(report, indent=2))
+        print(json.dumps(doc, indent=2))
     else:
-        print(render_budget(report), end="")
+        print(text, end="")
     return EXIT_OK
 
 
@@ -768,9 +769,7 @@ def cmd_kube_render(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(Path(args.config) if args.config else None)
         objects = review_objects(_layout(args), cfg, args.name, running=not args.stopped)
-    except ConfigError as exc:
-        raise CliError(str(exc), EXIT_ERROR) from exc
-    except HyperhiveError as exc:
+    except (ConfigError, HyperhiveError) as exc:
         raise CliError(str(exc), EXIT_ERROR) from exc
     print(to_yaml(objects), end="")
     return EXIT_OK

@@ -16,17 +16,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.paths import Layout
-
 KINDS = ("pre-receive", "post-receive")
 USAGE = "usage: python -m controller.hook pre-receive|post-receive --state-dir S --run-dir R"
 
 
-def parse_args(argv: Sequence[str]) -> tuple[str, Layout]:
-    """``(kind, layout)`` from the hook's argv; raises ``ValueError`` naming what is wrong.
+def parse_args(argv: Sequence[str]) -> tuple[str, Path, Path]:
+    """``(kind, state dir, run dir)`` from the hook's argv; raises ``ValueError`` naming
+    what is wrong.
 
     Hand-parsed (argparse alone costs more than the poke): the installed script
-    always passes exactly these arguments.
+    always passes exactly these arguments. Paths, not a ``controller.paths.Layout``:
+    the pre-receive check needs only meta.git, and ``Layout`` (a dataclass) would
+    import ``dataclasses`` and ``inspect`` into every push.
     """
     kind: str | None = None
     opts: dict[str, str] = {}
@@ -49,23 +50,24 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Layout]:
     for name in ("--state-dir", "--run-dir"):
         if not opts.get(name):
             raise ValueError(f"{name} is required")
-    return kind, Layout(Path(opts["--state-dir"]), Path(opts["--run-dir"]))
+    return kind, Path(opts["--state-dir"]), Path(opts["--run-dir"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the hook named by ``argv``; its exit code (pre-receive: non-zero refuses the push)."""
     try:
-        kind, layout = parse_args(sys.argv[1:] if argv is None else argv)
+        kind, state, run = parse_args(sys.argv[1:] if argv is None else argv)
     except ValueError as exc:
         print(f"{USAGE}\ncontroller.hook: {exc}", file=sys.stderr)
         return 2
     if kind == "pre-receive":
         from controller.hooks.pre_receive import pre_receive
 
-        return pre_receive(layout.meta_git, sys.stdin, sys.stderr)
+        return pre_receive(state / "meta.git", sys.stdin, sys.stderr)  # Layout.meta_git
     from controller.hooks.post_receive import post_receive
+    from controller.paths import Layout
 
-    return post_receive(layout, sys.stdin, sys.stderr)
+    return post_receive(Layout(state, run), sys.stdin, sys.stderr)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.model import Action, ActionKind, DesiredAgent, ObservedAgent, Phase
-from schemas.wire import parse_rfc3339, rfc3339
+from schemas.wire import ApiTrouble, parse_rfc3339, rfc3339
 
 STATUS_VERSION = 1
 
@@ -275,24 +275,6 @@ class CrashState:
 
 
 @dataclass(frozen=True)
-class ApiTrouble:
-    """The last Messages API error an agent's claude hit since the model last answered.
-
-    ``status`` is the HTTP status (None: no answer at all — refused, reset, DNS, timeout);
-    ``error`` claude's short name for it (``overloaded``, ``unknown``, ...); ``attempt`` /
-    ``max_retries`` claude's retry count (``system``/``api_retry`` events); ``gave_up``
-    True when the run ended on it; ``at`` unix seconds (the agent's clock).
-    """
-
-    status: int | None
-    error: str = ""
-    attempt: int = 0
-    max_retries: int = 0
-    gave_up: bool = False
-    at: float | None = None
-
-
-@dataclass(frozen=True)
 class HarnessReport:
     """What an agent's harness says it has (wire ``AgentReport``, ``POST /report`` on its own
     socket, so it speaks only for itself).
@@ -328,17 +310,7 @@ class HarnessReport:
         creds = d.get("credentials") or {}
         turn = d.get("turn") or {}
         api = d.get("api")
-        trouble = None
-        if isinstance(api, Mapping):
-            status = api.get("status")
-            trouble = ApiTrouble(
-                status=int(status) if isinstance(status, int) else None,
-                error=str(api.get("error") or ""),
-                attempt=int(api.get("attempt") or 0),
-                max_retries=int(api.get("max_retries") or 0),
-                gave_up=bool(api.get("gave_up", False)),
-                at=float(api["at"]) if isinstance(api.get("at"), int | float) else None,
-            )
+        trouble = ApiTrouble.from_json(api) if isinstance(api, Mapping) else None
         env = d.get("env") or {}
         started = d.get("started_at")
         return cls(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from schemas.client import ApiError, UnixClient, Unreachable
-from schemas.wire import reported_env
+from schemas.wire import ApiTrouble, reported_env
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,6 @@ class Turn:
     unreached: str | None = None
     note: str | None = None
     at: float | None = None
-
-
-@dataclass(frozen=True)
-class ApiTrouble:
-    """The last Messages API error since the model last answered (see the wire schema)."""
-
-    status: int | None
-    error: str = ""
-    attempt: int = 0
-    max_retries: int = 0
-    retry_delay_ms: float = 0.0
-    gave_up: bool = False
-    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -119,17 +106,7 @@ def build_report(s: Snapshot) -> dict[str, Any]:
             "note": s.turn.note[:2000] if s.turn.note else None,
             "at": s.turn.at,
         },
-        "api": None
-        if api is None
-        else {
-            "status": api.status if api.status is not None and 100 <= api.status <= 599 else None,
-            "error": api.error[:200],
-            "attempt": max(0, api.attempt),
-            "max_retries": max(0, api.max_retries),
-            "retry_delay_ms": max(0.0, api.retry_delay_ms),
-            "gave_up": api.gave_up,
-            "at": api.at,
-        },
+        "api": None if api is None else api.to_json(),
     }
 
 
@@ -237,7 +214,7 @@ class Reporter:
                 if prev is not None and (api_status is None or prev.status == api_status):
                     self._api = replace(prev, gave_up=True, at=now)
                 else:
-                    self._api = ApiTrouble(api_status, "", 0, 0, 0.0, True, now)
+                    self._api = ApiTrouble(api_status, gave_up=True, at=now)
         self.poke()
 
     def api_retry(self, data: Mapping[str, Any]) -> None:

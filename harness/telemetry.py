@@ -32,11 +32,19 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from schemas.otel import mark_error, otlp_provider, shutdown_provider
+from schemas.otel import (
+    ENDPOINT,
+    TRACES_ENDPOINT,
+    TracerHolder,
+    mark_error,
+    otlp_provider,
+    traces_disabled,
+    traces_url,
+)
 
 if TYPE_CHECKING:  # the SDK is imported only when telemetry is on
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span
 
     from harness.stream import StreamEvent
     from harness.turnstats import TurnRow
@@ -44,17 +52,13 @@ if TYPE_CHECKING:  # the SDK is imported only when telemetry is on
 
 log = logging.getLogger(__name__)
 
-ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+ENDPOINT_VARS = (TRACES_ENDPOINT, ENDPOINT)
 SCOPE = "hyperhive.harness"
-SHUTDOWN_SECONDS = 3.0
-"""How long the harness waits at exit for the last spans to be exported."""
 
 
 def enabled(environ: Mapping[str, str]) -> bool:
     """Whether ``environ`` turns traces on (see the module docstring)."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+    if traces_disabled(environ):
         return False
     return any(environ.get(v, "").strip() for v in ENDPOINT_VARS)
 
@@ -71,14 +75,13 @@ def claude_environ(agent: str, environ: Mapping[str, str]) -> dict[str, str]:
     return {"OTEL_RESOURCE_ATTRIBUTES": f"{attrs},{mine}" if attrs else mine}
 
 
-class Telemetry:
+class Telemetry(TracerHolder):
     """The turn and tool spans of one harness; thread-safe (the loop thread starts and ends
     turns and feeds stream events, MCP tool threads read the current traceparent)."""
 
     def __init__(self, agent: str, provider: TracerProvider | None = None) -> None:
+        super().__init__(SCOPE, provider)
         self.agent = agent
-        self._provider = provider
-        self._tracer: Tracer | None = provider.get_tracer(SCOPE) if provider else None
         self._lock = threading.Lock()
         self._turn: Span | None = None
         self._traceparent: str | None = None
@@ -90,9 +93,7 @@ class Telemetry:
         An SDK that fails to start is logged and leaves telemetry off: never a failed turn."""
         if not enabled(environ):
             return cls(agent)
-        explicit = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-        base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/")
-        url = explicit or f"{base}/v1/traces"
+        url = traces_url(environ, environ.get(ENDPOINT, ""))
         try:
             provider = otlp_provider(
                 {"service.name": "hyperhive-agent", "hyperhive.agent": agent}, url
@@ -102,11 +103,6 @@ class Telemetry:
             return cls(agent)
         log.info("OpenTelemetry: exporting turn traces to %s", url)
         return cls(agent, provider)
-
-    @property
-    def on(self) -> bool:
-        """Whether spans are exported."""
-        return self._tracer is not None
 
     def turn_started(self, msg: Message, model: str, turn: int | None) -> None:
         """Open the turn's span, continuing the trace of ``msg`` when it carries one."""
@@ -241,13 +237,3 @@ class Telemetry:
             self._turn.end()
         self._turn = None
         self._traceparent = None
-
-    def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
-        """Export what is queued and stop (at harness exit), giving up after ``timeout``
-        seconds: a collector that does not answer must not hold up the harness' exit."""
-        provider = self._provider
-        if provider is None:
-            return
-        self._provider = None
-        self._tracer = None
-        shutdown_provider(provider, timeout)

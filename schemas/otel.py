@@ -1,8 +1,10 @@
 """The OpenTelemetry trace SDK set-up shared by the controller and the harness.
 
-Both export spans the same way (OTLP/HTTP protobuf, batched, the SDK's ``OTEL_*`` settings
-apply) and stop the same way at exit; only the resource and the scope differ. The SDK is
-imported inside the functions, so a process with traces off never loads it.
+Both read the same switches from the environment (``traces_disabled``, ``traces_url``),
+export spans the same way (OTLP/HTTP protobuf, batched, the SDK's ``OTEL_*`` settings
+apply) and stop the same way at exit (``TracerHolder``); only the resource, the scope and
+where the endpoint may come from differ. The SDK is imported inside the functions, so a
+process with traces off never loads it.
 Used by ``controller/metrics/tracing.py`` and ``harness/telemetry.py`` (docs/observability.md).
 """
 
@@ -15,9 +17,31 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the SDK is imported only when traces are on
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger(__name__)
+
+TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+SHUTDOWN_SECONDS = 3.0
+"""How long a process waits at exit for its last spans to be exported."""
+
+
+def traces_disabled(environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` turns traces off whatever the endpoint: ``OTEL_SDK_DISABLED=true``
+    (the whole SDK) or ``OTEL_TRACES_EXPORTER=none`` (no trace exporter), after the
+    OpenTelemetry SDK environment variable specification (values case-insensitive)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return True
+    return environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none"
+
+
+def traces_url(environ: Mapping[str, str], base: str) -> str:
+    """The OTLP/HTTP traces URL: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` as is when set (the
+    specification's per-signal endpoint), else ``base`` (an endpoint without the signal's
+    path, e.g. ``http://collector:4318``) + ``/v1/traces``."""
+    explicit = environ.get(TRACES_ENDPOINT, "").strip()
+    return explicit or base.strip().rstrip("/") + "/v1/traces"
 
 
 def otlp_provider(resource: Mapping[str, str], url: str) -> TracerProvider:
@@ -50,6 +74,38 @@ def shutdown_provider(provider: TracerProvider, timeout: float) -> None:
     t.join(timeout)
     if t.is_alive():
         log.warning("OpenTelemetry: spans not exported within %.0f s; dropped", timeout)
+
+
+class TracerHolder:
+    """A tracer provider and its tracer of instrumentation scope ``scope``, or neither (off:
+    every span method of a subclass returns at once). Not thread-safe by itself: attach
+    before other threads trace, shut down after they stop."""
+
+    def __init__(self, scope: str, provider: TracerProvider | None = None) -> None:
+        self._scope = scope
+        self._provider: TracerProvider | None = None
+        self._tracer: Tracer | None = None
+        if provider is not None:
+            self._attach(provider)
+
+    def _attach(self, provider: TracerProvider) -> None:
+        self._provider = provider
+        self._tracer = provider.get_tracer(self._scope)
+
+    @property
+    def on(self) -> bool:
+        """Whether spans are exported."""
+        return self._tracer is not None
+
+    def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
+        """Export what is queued and stop (at exit), giving up after ``timeout`` seconds
+        (``shutdown_provider``); tracing is off afterwards. No-op when off."""
+        provider = self._provider
+        if provider is None:
+            return
+        self._provider = None
+        self._tracer = None
+        shutdown_provider(provider, timeout)
 
 
 def mark_error(span: Span, kind: str, description: str | None = None) -> None:

@@ -115,6 +115,64 @@ def reported_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class ApiTrouble:
+    """The last Messages API error an agent's claude hit since the model last answered
+    (wire ``AgentReport.api``: the harness sends it, the controller's ``Degraded`` condition
+    reads it).
+
+    ``status`` is the HTTP status (None: no answer at all — refused, reset, DNS, timeout);
+    ``error`` claude's short name for it (``overloaded``, ``unknown``, ...); ``attempt`` /
+    ``max_retries`` / ``retry_delay_ms`` claude's retry count and wait (``system``/``api_retry``
+    events); ``gave_up`` True when the run ended on it; ``at`` unix seconds (the agent's
+    clock; None: not said).
+    """
+
+    status: int | None
+    error: str = ""
+    attempt: int = 0
+    max_retries: int = 0
+    retry_delay_ms: float = 0.0
+    gave_up: bool = False
+    at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire shape, held to the schema: a status outside 100-599 is sent as null,
+        ``error`` cut at 200 characters, negative counts as 0, ``at`` left out when None."""
+        status = self.status
+        out: dict[str, Any] = {
+            "status": status if status is not None and 100 <= status <= 599 else None,
+            "error": self.error[:200],
+            "attempt": max(0, self.attempt),
+            "max_retries": max(0, self.max_retries),
+            "retry_delay_ms": max(0.0, self.retry_delay_ms),
+            "gave_up": self.gave_up,
+        }
+        if self.at is not None:
+            out["at"] = self.at
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ApiTrouble:
+        """From the wire shape (already validated against the schema; absent fields take
+        their defaults)."""
+
+        def num(key: str) -> float | None:
+            v = d.get(key)
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        status = d.get("status")
+        return cls(
+            status=status if isinstance(status, int) and not isinstance(status, bool) else None,
+            error=str(d.get("error") or ""),
+            attempt=int(num("attempt") or 0),
+            max_retries=int(num("max_retries") or 0),
+            retry_delay_ms=num("retry_delay_ms") or 0.0,
+            gave_up=bool(d.get("gave_up", False)),
+            at=num("at"),
+        )
+
+
+@dataclass(frozen=True)
 class Status:
     """The one-line inbox summary every broker verb returns.
 

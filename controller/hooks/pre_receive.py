@@ -21,10 +21,12 @@ namespace (it is under the controller-owned ``refs/hyperhive/*``).
 
 Why it is written this way: the check runs inside every ``git push``, before
 the refs move, so its start-up time is on the approval path. Decisions are
-judged with two ``git`` commands run in the hook's own environment (which
+judged with at most two ``git`` commands run in the hook's own environment (which
 points git at receive-pack's quarantined objects): ``for-each-ref`` for the
-exact refs of the ids pushed, ``cat-file --batch-check`` to peel objects to
-commits. Importing pygit2 alone would cost more than both. Only a push that
+exact refs of the ids pushed, with their object types, and ``cat-file
+--batch-check`` to peel to commits what is not a commit already (an annotated
+decision tag; a lightweight one is the proposal's commit id and needs no second
+process). Importing pygit2 alone would cost more than both. Only a push that
 moves main loads pygit2 and the manifest schema (``main_check``).
 """
 
@@ -34,7 +36,7 @@ import os
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING
 
 from controller.hooks.updates import (
     CONTROLLER_PREFIXES,
@@ -53,6 +55,9 @@ from controller.hooks.updates import (
     tag_ref,
 )
 
+if TYPE_CHECKING:
+    from typing import TextIO
+
 
 def _git(git_dir: Path, args: Sequence[str], stdin: str = "") -> str:
     """stdout of ``git --git-dir=<git_dir> <args>``; raises ``RuntimeError`` when git fails."""
@@ -70,16 +75,23 @@ def _git(git_dir: Path, args: Sequence[str], stdin: str = "") -> str:
 
 def existing_refs(git_dir: Path, names: Iterable[str]) -> dict[str, str]:
     """``{refname: object id}`` for those of ``names`` that exist (exact names only)."""
+    return {name: oid for name, (oid, _) in typed_refs(git_dir, names).items()}
+
+
+def typed_refs(git_dir: Path, names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """``{refname: (object id, object type)}`` for those of ``names`` that exist (exact
+    names only; the type as git names it: ``commit``, ``tag``, ...)."""
     wanted = sorted(set(names))
     if not wanted:
         return {}
-    out = _git(git_dir, ["for-each-ref", "--format=%(refname) %(objectname)", "--", *wanted])
-    found: dict[str, str] = {}
+    fmt = "--format=%(refname) %(objectname) %(objecttype)"
+    out = _git(git_dir, ["for-each-ref", fmt, "--", *wanted])
+    found: dict[str, tuple[str, str]] = {}
     want = set(wanted)
     for line in out.splitlines():
-        name, _, oid = line.partition(" ")
+        name, oid, kind = [*line.split(" "), "", ""][:3]
         if name in want:  # a pattern also matches refs below it (refs/tags/x/1/...)
-            found[name] = oid
+            found[name] = (oid, kind)
     return found
 
 
@@ -127,10 +139,16 @@ def check_push(git_dir: Path, updates: Sequence[RefUpdate]) -> list[str]:
     ids = {
         d[2] for u in updates if u.creates and (d := _decision(u)) is not None and d[2] is not None
     }
-    refs = existing_refs(git_dir, (tag_ref(p, id) for id in ids for p in TAG_PREFIXES))
+    typed = typed_refs(git_dir, (tag_ref(p, id) for id in ids for p in TAG_PREFIXES))
+    refs = {name: oid for name, (oid, _) in typed.items()}
+    # a ref git says points at a commit needs no peeling: so a lightweight approval (the
+    # proposal's own commit id) is judged without a second git process
+    peeled: dict[str, str | None] = {
+        oid: oid for oid, kind in typed.values() if kind == "commit" and is_object_id(oid)
+    }
     to_peel = [refs[tag_ref("proposal", id)] for id in ids if tag_ref("proposal", id) in refs]
     to_peel += [u.new for u in updates if u.creates and _decision(u) is not None]
-    peeled = peel_commits(git_dir, to_peel)
+    peeled.update(peel_commits(git_dir, [o for o in to_peel if o not in peeled]))
 
     problems: list[str] = []
     for u in updates:

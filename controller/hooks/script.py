@@ -1,7 +1,22 @@
 """The shell scripts installed as meta.git's ``hooks/pre-receive`` and ``hooks/post-receive``.
 
 Both run ``python -m controller.hook KIND`` (this tree on ``PYTHONPATH``), with one
-shortcut in post-receive: while the controller's ref watch is on
+shortcut each, so the common approval push starts no Python interpreter at all.
+
+pre-receive accepts by itself only the plainest decision: a push of exactly one line,
+by the operator (``HYPERHIVE_PUSHER`` unset or ``operator``), creating
+``refs/tags/approved/<id>`` or ``refs/tags/denied/<id>`` (``<id>`` a positive decimal
+without leading zeros, at most 18 digits) as a lightweight tag whose object id is the
+commit ``proposal/<id>`` points at (a lightweight tag to a commit), while none of the
+id's other tags (the other decision, ``building``, ``deployed``, ``failed``) exists: one
+``git for-each-ref`` over the id's six tags must print exactly
+``refs/tags/proposal/<id> <new> commit``. That is the case ``controller.hooks.pre_receive``
+accepts with no further check; anything else — an annotated tag, several lines, another
+ref, a malformed line, any doubt — goes to the Python check, which accepts or refuses
+with its reasons (so a refusal always comes from there). The script exits non-zero
+when that Python cannot run: the push is refused, never waved through.
+
+In post-receive: while the controller's ref watch is on
 (``controller.refwatch``, which writes the controller's pid to ``WATCH_MARKER`` in the
 run dir and removes it when the watch stops), a push of decision tags only
 (``approved/<id>``, ``denied/<id>``) has already started the pass by the time
@@ -26,6 +41,59 @@ from controller.paths import Layout
 WATCH_MARKER = "ref-watch.pid"
 """File in the run dir holding the controller's pid while its ref watch is on."""
 KINDS = ("pre-receive", "post-receive")
+
+_FAST_DECISION = """\
+# the plainest decision is judged here, without Python (controller.hooks.script):
+# one line creating approved/<id> or denied/<id> on proposal/<id>'s commit, lightweight,
+# with no other tag of that id; everything else goes to controller.hook below
+input=
+n=0
+while IFS= read -r line || [ -n "$line" ]; do
+  input="$input$line
+"
+  n=$((n + 1))
+done
+if [ "$n" = 1 ] && [ "${{HYPERHIVE_PUSHER:-operator}}" = operator ]; then
+  set -f
+  set -- $input
+  set +f
+  kind=
+  if [ "$#" = 3 ]; then
+    old=$1 new=$2 ref=$3
+    case "$ref" in
+      refs/tags/approved/*) kind=approved id=${{ref#refs/tags/approved/}} ;;
+      refs/tags/denied/*) kind=denied id=${{ref#refs/tags/denied/}} ;;
+    esac
+    case "$id" in
+      ''|0*|*[!0-9]*) kind= ;;
+    esac
+    [ "${{#id}}" -le 18 ] || kind=
+    case "$old" in
+      *[!0]*) kind= ;;
+    esac
+    case "$new" in
+      *[!0-9a-f]*) kind= ;;
+    esac
+    case "$new" in
+      *[!0]*) ;;
+      *) kind= ;;
+    esac
+    if [ "${{#old}}" != 40 ] && [ "${{#old}}" != 64 ]; then kind=; fi
+    [ "${{#new}}" = "${{#old}}" ] || kind=
+  fi
+  if [ -n "$kind" ]; then
+    t=refs/tags
+    found=$(git --git-dir={git_dir} for-each-ref \\
+      --format='%(refname) %(objectname) %(objecttype)' -- "$t/proposal/$id" \\
+      "$t/approved/$id" "$t/denied/$id" "$t/building/$id" "$t/deployed/$id" "$t/failed/$id" \\
+      2>/dev/null) || found=
+    if [ "$found" = "$t/proposal/$id $new commit" ]; then
+      exit 0
+    fi
+  fi
+fi
+printf '%s' "$input" | {command}
+"""
 
 _SKIP_POKE = """\
 # a push of decision tags only, while the controller's ref watch is on: the watch
@@ -87,6 +155,7 @@ def hook_script(layout: Layout, kind: str, python: str = sys.executable) -> str:
         "export PYTHONPATH\n"
     )
     if kind == "pre-receive":
-        return head + f"exec {command}\n"
+        git_dir = shlex.quote(str(layout.meta_git))
+        return head + _FAST_DECISION.format(git_dir=git_dir, command=command)
     marker = shlex.quote(str(watch_marker(layout)))
     return head + _SKIP_POKE.format(marker=marker, command=command)

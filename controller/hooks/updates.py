@@ -8,7 +8,7 @@ read them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAIN_REF = "refs/heads/main"
 NOTES_REF = "refs/notes/hyperhive"
@@ -27,9 +27,11 @@ PUSHER_ENV = "HYPERHIVE_PUSHER"
 unset for a push on the file system (the operator's)."""
 
 
-@dataclass(frozen=True)
-class RefUpdate:
-    """One line of hook input: ``<old> <new> <ref>`` (all-zero id = absent)."""
+class RefUpdate(NamedTuple):
+    """One line of hook input: ``<old> <new> <ref>`` (all-zero id = absent).
+
+    A ``NamedTuple`` rather than a frozen dataclass: ``dataclasses`` imports ``inspect``,
+    ~8 ms of CPU in every push's pre-receive check."""
 
     old: str
     new: str

@@ -1,7 +1,9 @@
 """OpenTelemetry traces of the controller, and the OTEL settings it hands its agents.
 
 Off by default. On when the config's ``otel.endpoint`` or ``$OTEL_EXPORTER_OTLP_ENDPOINT``
-(``$OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) names an OTLP/HTTP collector: each reconcile pass
+(``$OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) names an OTLP/HTTP collector and neither
+``OTEL_SDK_DISABLED=true`` nor ``OTEL_TRACES_EXPORTER=none`` says otherwise (as in the
+harness: ``schemas.otel.traces_disabled``): each reconcile pass
 of the serve loop is a span ``reconcile`` (``hyperhive.reconcile.trigger``, actions,
 errors; status ERROR when it reported errors or raised) and each action it executes
 (create, rebuild, apply_manifest, start, stop, destroy: the deploys) a child span
@@ -26,30 +28,32 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from controller.otel_env import AGENT_OTEL
-from schemas.otel import mark_error, otlp_provider, shutdown_provider
+from schemas.otel import (
+    ENDPOINT,
+    TRACES_ENDPOINT,
+    TracerHolder,
+    mark_error,
+    otlp_provider,
+    traces_disabled,
+    traces_url,
+)
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span
 
     from controller.config import Config
 
 log = logging.getLogger(__name__)
 
-ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 SCOPE = "hyperhive.controller"
 
 
 def endpoint_of(cfg: Config, environ: Mapping[str, str]) -> str | None:
-    """The OTLP endpoint traces go to: the config's, else the environment's; None: off."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    """The OTLP endpoint traces go to: the config's, else the environment's; None: off
+    (none set, or ``environ`` disables traces: ``traces_disabled``)."""
+    if traces_disabled(environ):
         return None
-    return (
-        cfg.otel_endpoint
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or environ.get(ENDPOINT)
-        or None
-    )
+    return cfg.otel_endpoint or environ.get(TRACES_ENDPOINT) or environ.get(ENDPOINT) or None
 
 
 def agent_environ(cfg: Config, environ: Mapping[str, str]) -> dict[str, str]:
@@ -65,19 +69,13 @@ def agent_environ(cfg: Config, environ: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-class Tracing:
+class Tracing(TracerHolder):
     """The controller's spans; a no-op until :meth:`start` found an endpoint."""
 
     def __init__(self) -> None:
-        self._provider: TracerProvider | None = None
-        self._tracer: Tracer | None = None
+        super().__init__(SCOPE)
         self._lock = threading.Lock()
         self._pass: Span | None = None
-
-    @property
-    def on(self) -> bool:
-        """Whether spans are exported."""
-        return self._tracer is not None
 
     def start(self, cfg: Config, environ: Mapping[str, str]) -> bool:
         """Start exporting when an endpoint is configured; True when on. An SDK that fails to
@@ -85,15 +83,13 @@ class Tracing:
         endpoint = endpoint_of(cfg, environ)
         if endpoint is None:
             return False
-        explicit = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        url = explicit or endpoint.rstrip("/") + "/v1/traces"
+        url = traces_url(environ, endpoint)
         try:
             provider = otlp_provider({"service.name": "hyperhive"}, url)
         except Exception:
             log.exception("OpenTelemetry: cannot start the SDK; traces stay off")
             return False
-        self._provider = provider
-        self._tracer = provider.get_tracer(SCOPE)
+        self._attach(provider)
         log.info("OpenTelemetry: exporting reconcile traces to %s", url)
         return True
 
@@ -150,16 +146,6 @@ class Tracing:
                 job()
 
         return traced
-
-    def shutdown(self, timeout: float = 3.0) -> None:
-        """Export what is queued and stop, giving up after ``timeout`` seconds (a collector
-        that does not answer must not hold up the controller's exit)."""
-        provider = self._provider
-        if provider is None:
-            return
-        self._provider = None
-        self._tracer = None
-        shutdown_provider(provider, timeout)
 
 
 TRACING = Tracing()

@@ -19,6 +19,7 @@ from controller.broker import Broker
 from controller.config import Config
 from controller.hooks.script import watch_marker
 from controller.metarepo import MetaRepo, tag_ref
+from controller.metarepo.bootstrap import install_hooks
 from controller.paths import Layout
 from hivehttp import serve_unix
 from tests.gitutil import git
@@ -277,6 +278,48 @@ def test_post_receive_skips_the_poke_while_the_ref_watch_is_on(
         assert res.returncode == 0, res.stderr
         assert len(poke_server.passes) == n + 1, text
         assert "the controller is reconciling" in res.stderr
+
+
+def test_pre_receive_judges_the_plainest_decision_without_python(
+    meta: MetaRepo, work: Path, layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script accepts one lightweight decision on its proposal's commit by itself;
+    everything else needs the Python check — here a python that cannot run, so each such
+    push is refused (never waved through), and git applies none of it."""
+    install_hooks(layout, python="/nonexistent/python")
+    for name in ("alice", "bob", "carol", "dave"):
+        meta.propose_spawn(name)
+    fetch(work)
+    git("tag", "approved/1", "proposal/1", cwd=work)
+    assert push(work, "approved/1").returncode == 0  # no python needed
+    git("tag", "denied/2", "proposal/2", cwd=work)
+    assert push(work, "denied/2").returncode == 0
+    head = git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    proposal3 = git("rev-parse", "proposal/3", cwd=work).stdout.strip()
+    for refspec, why in (
+        ("refs/tags/approved/1:refs/tags/denied/1", "the other decision exists"),
+        (f"{head}:refs/tags/approved/3", "not the proposal's commit"),
+        (f"{proposal3}:refs/tags/approved/03", "a leading zero"),
+        (f"{proposal3}:refs/tags/approved/9", "no proposal/9"),
+        (f"{proposal3}:refs/tags/deployed/3", "a controller-owned tag"),
+    ):
+        res = push(work, refspec)
+        assert res.returncode != 0, why
+        assert "pre-receive hook declined" in res.stderr, why
+    git("tag", "-a", "-m", "ok", "approved/3", "proposal/3", cwd=work)
+    assert push(work, "approved/3").returncode != 0  # annotated: the Python check's
+    git("tag", "approved/4", "proposal/4", cwd=work)
+    git("tag", "approved/5x", "proposal/4", cwd=work)
+    assert push(work, "approved/4", "approved/5x").returncode != 0  # two lines
+    with monkeypatch.context() as m:
+        m.setenv("HYPERHIVE_PUSHER", "manager")  # git passes it on to the hook
+        assert push(work, "approved/4").returncode != 0  # not the operator's: Python's
+    assert "refs/tags/approved/1" in tags(meta) and "refs/tags/denied/2" in tags(meta)
+    assert not {"refs/tags/approved/3", "refs/tags/approved/4", "refs/tags/denied/1"} & tags(meta)
+    install_hooks(layout)  # the real python: the same pushes get the Python check's reasons
+    res = push(work, f"{head}:refs/tags/approved/3")
+    refused(res, "must point at proposal/3's commit")
+    assert push(work, "approved/4").returncode == 0
 
 
 # ---------------------------------------------------------------- fast start

@@ -273,3 +273,23 @@ def test_agents_get_the_operators_otel_settings() -> None:
     assert got["OTEL_METRICS_EXPORTER"] == "console"  # the operator's own setting wins
     assert got["OTEL_LOGS_EXPORTER"] == "otlp"
     assert endpoint_of(cc, {"OTEL_SDK_DISABLED": "true"}) is None
+
+
+def test_controller_traces_honour_otel_traces_exporter_none() -> None:
+    """``OTEL_TRACES_EXPORTER=none`` (the SDK spec: no trace exporter) keeps the controller's
+    traces off even with an endpoint configured, as it keeps the harness' off."""
+    from controller.metrics.tracing import Tracing, endpoint_of
+    from harness.telemetry import enabled
+
+    cfg = config_from_dict({"otel": {"endpoint": "http://127.0.0.1:4318"}})
+    env_on = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    for value in ("none", "None", " NONE "):
+        env = {**env_on, "OTEL_TRACES_EXPORTER": value}
+        assert endpoint_of(cfg, env) is None
+        assert endpoint_of(Config(), env) is None
+        tracing = Tracing()
+        assert not tracing.start(cfg, env) and not tracing.on
+        assert not enabled(env)  # the harness agrees
+    # another exporter named there does not turn the controller's traces off
+    assert endpoint_of(cfg, {"OTEL_TRACES_EXPORTER": "otlp"}) == "http://127.0.0.1:4318"
+    assert enabled({**env_on, "OTEL_TRACES_EXPORTER": "otlp"})

@@ -16,7 +16,7 @@ from controller.status import (
 )
 from harness.report import Credentials, Snapshot, Turn, api_retry, build_report
 from schemas.validate import validate
-from schemas.wire import env_digest, reported_env
+from schemas.wire import ApiTrouble, env_digest, reported_env
 
 RETRY_529 = {
     "attempt": 2,
@@ -150,3 +150,19 @@ def test_conditions_from_the_report_are_listed_once() -> None:
     assert len(types) == len(set(types))
     degraded = condition(compute_conditions(facts), CondType.DEGRADED)
     assert degraded is not None and degraded.reason == "Healthy"
+
+
+def test_api_trouble_is_one_value_on_both_sides_of_the_wire() -> None:
+    """The harness sends ``ApiTrouble`` held to the schema; the controller reads back the
+    same value (one definition in ``schemas.wire``)."""
+    sent = api_retry(RETRY_529, 1002.0)
+    doc = sent.to_json()
+    validate({**build_report(snap(api=sent)), "api": doc}, "wire#AgentReport")
+    assert ApiTrouble.from_json(doc) == sent
+    assert report_of(snap(api=sent)).api == sent
+    odd = ApiTrouble(700, "x" * 300, -1, -2, -3.0, True, None)
+    cut = odd.to_json()
+    validate({**build_report(snap()), "api": cut}, "wire#AgentReport")
+    assert cut["status"] is None and len(cut["error"]) == 200 and "at" not in cut
+    assert ApiTrouble.from_json(cut) == ApiTrouble(None, "x" * 200, 0, 0, 0.0, True, None)
+    assert ApiTrouble.from_json({}) == ApiTrouble(None)
