@@ -107,6 +107,12 @@ class _Recipients:
         return to in self.names and (not self.allowed or to in self.allowed or to == MANAGER)
 
 
+async def _let_woken_run() -> None:
+    """Yield once, so that a receiver the last commit woke on this loop answers before
+    the sender's own response is built (the wake is the latency that matters)."""
+    await asyncio.sleep(0)
+
+
 class _Post:
     """``POST`` endpoint: validate the body against ``schema`` and answer ``await fn(doc, req)``."""
 
@@ -228,10 +234,7 @@ class AgentApi:
             idempotency_key=doc.get("idempotency_key"),
             traceparent=doc.get("traceparent"),  # stored with the message (observability.md)
         )
-        # no yield before answering: the woken receiver's task is already queued on this
-        # loop and runs right after; answering the sender first lets it send again while
-        # the receiver is served (a yield here cost 6-13 % of sends/s and bought no wake
-        # latency measurable beside the noise, docs/broker.md)
+        await _let_woken_run()
         return {"id": m.id, "duplicate": _dup(m), "status": await self._status()}
 
     async def recv(self, doc: dict[str, Any], req: HasScope) -> dict[str, Any]:
@@ -349,6 +352,7 @@ class AgentApi:
             idempotency_key=doc.get("idempotency_key"),
             idempotency_owner=self.identity,
         )
+        await _let_woken_run()
         return {"id": m.id, "duplicate": _dup(m), "status": await self._status()}
 
     # -------------------------------------------------------------- manager verbs
