@@ -9,7 +9,9 @@ state, plan, status — not process probing):
 - a **no-op pass** (nothing changed), ``--passes`` times;
 - a **changed pass**: one agent's manifest changed on main (an operator push), so
   the pass records the push, re-reads that one agent, applies its manifest and
-  tags ``deployed/<id>`` — ``--changes`` times, a different agent each time.
+  tags ``deployed/<id>`` — ``--changes`` times, a different agent each time;
+- **/status**: ``Swarm.status_json()`` on the idle swarm (host.sock ``/status`` without the
+  HTTP: the pending count from the ref index, the cached body), ``--passes`` times.
 
 Git objects read are counted by a pass-through object-database backend (reads
 that miss libgit2's object cache)::
@@ -220,8 +222,9 @@ def add_tags(meta: MetaRepo, count: int) -> None:
 
 def run(
     tags: int, agents: int, history: int, passes: int, changes: int
-) -> tuple[float, float, float, float]:
-    """``(no-op median ms, objects read per no-op pass, changed median ms, objects per change)``."""
+) -> tuple[float, float, float, float, float]:
+    """``(no-op median ms, objects read per no-op pass, changed median ms, objects per change,
+    /status median ms)``."""
     with tempfile.TemporaryDirectory(prefix="hh-bench-") as tmp:
         meta = build_repo(Path(tmp), agents, history)
         add_tags(meta, tags)
@@ -252,11 +255,19 @@ def run(
             changed.append(time.perf_counter() - t0)
             changed_reads.append(counter.reads - before)
             assert [a.agent for a in result.plan] == [name] and result.ok, result
+        swarm.status_json()
+        time.sleep(RACY_NS / 1e9 + 0.1)  # the changed passes' tags, too, age past that window
+        status = []
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            swarm.status_json()
+            status.append(time.perf_counter() - t0)
         return (
             statistics.median(samples) * 1000,
             statistics.mean(reads),
             statistics.median(changed) * 1000 if changed else 0.0,
             statistics.mean(changed_reads) if changed_reads else 0.0,
+            statistics.median(status) * 1000,
         )
 
 
@@ -273,14 +284,17 @@ def main() -> int:
     args = p.parse_args()
     counts = [int(x) for x in args.tags.split(",")]
     print(f"reconcile pass, {args.agents} agents, {args.history} commits of history")
-    print(f"{'tags':>8}  {'no-op ms':>9}  {'objs read':>9}  {'1 changed ms':>12}  {'objs read':>9}")
+    print(
+        f"{'tags':>8}  {'no-op ms':>9}  {'objs read':>9}  {'1 changed ms':>12}  {'objs read':>9}"
+        f"  {'/status ms':>10}"
+    )
     results = []
     noop_reads = 0.0
     for n in counts:
-        ms, reads, cms, creads = run(n, args.agents, args.history, args.passes, args.changes)
+        ms, reads, cms, creads, sms = run(n, args.agents, args.history, args.passes, args.changes)
         results.append(ms)
         noop_reads = max(noop_reads, reads)
-        print(f"{n:>8}  {ms:>9.3f}  {reads:>9.1f}  {cms:>12.3f}  {creads:>9.1f}")
+        print(f"{n:>8}  {ms:>9.3f}  {reads:>9.1f}  {cms:>12.3f}  {creads:>9.1f}  {sms:>10.3f}")
     lo, hi = results[0], results[-1]
     ok = hi <= lo * args.max_ratio + 1.0 and noop_reads == 0
     verdict = "ok" if ok else "GROWS WITH HISTORY" if noop_reads == 0 else "NO-OP READS OBJECTS"

@@ -43,6 +43,9 @@ HISTORY_TTL = 15.0
 """Seconds the history list is reused between snapshots."""
 
 
+_BODY_HEAD = b'{"agents":'
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=str).encode()
 
@@ -75,6 +78,7 @@ class Snapshot:
         # names this process's encodings: an ETag from before a restart never matches
         self._salt = os.urandom(8).hex()
         self._gz = GzipCache()
+        self._last_body: tuple[str, bytes] | None = None  # (etag, body): see ``_body``
 
     def forget_history(self) -> None:
         """Drop the cached history (after any POST: it may have decided something)."""
@@ -133,11 +137,17 @@ class Snapshot:
         }
 
     def render(self) -> tuple[bytes, str]:
-        """``(body, etag)`` of ``/api/state``: compact JSON of ``build()`` and its ETag.
+        """``(body, etag)`` of ``/api/state``: compact JSON of ``build()`` and its ETag."""
+        cards, small, etag = self._parts()
+        return self._body(etag, cards, small), etag
+
+    def _parts(self) -> tuple[bytes, bytes, str]:
+        """``(the cards' encoding, the other sections' encoding, the ETag)`` of ``build()``.
 
         The agent cards (the part that grows with the swarm) are encoded again only when
         they were rebuilt (``_agents``); the ETag is the hash of the other, small sections
-        plus the cards' version, so answering a 304 never hashes the whole body.
+        plus the cards' version, so it is known without joining (or hashing) the whole
+        body: a 304 never builds it.
         """
         doc = self.build()
         agents = doc["agents"]
@@ -153,30 +163,42 @@ class Snapshot:
         small_body = _dumps(small)
         digest = hashlib.sha256(small_body)
         digest.update(f"|{enc[2]}".encode())
-        # the cards go first: {"agents": [...], <the small sections>}
-        body = b'{"agents":' + enc[1] + b"," + small_body[1:]
-        return body, digest.hexdigest()[:32]
+        return enc[1], small_body, digest.hexdigest()[:32]
+
+    def _body(self, etag: str, cards: bytes, small: bytes) -> bytes:
+        """The body named ``etag``: the cards first, ``{"agents": [...], <small sections>}``;
+        the last one is kept, so an unchanged swarm's 200 joins nothing (and its gzip form,
+        kept per ETag, is found by identity)."""
+        with self._lock:
+            last = self._last_body
+        if last is not None and last[0] == etag:
+            return last[1]
+        body = _BODY_HEAD + cards + b"," + small[1:]
+        with self._lock:
+            self._last_body = (etag, body)
+        return body
 
     def answer(
         self, gzip_ok: bool, if_none_match: Collection[str]
     ) -> tuple[bytes | None, str, str]:
         """``(body, etag, content_coding)`` of a ``GET /api/state``; ``body`` is None when
-        ``etag`` is in ``if_none_match`` (answer 304).
+        ``etag`` is in ``if_none_match`` (answer 304; the body is not even joined then).
 
         With ``gzip_ok`` (the client accepts gzip) the body is ``render()``'s gzipped and its
         ETag ``<etag>-gz`` (another representation, another tag); the gzip form is kept per
         ETag, so an unchanged swarm is compressed once. The rows repeat the same keys and
         condition texts: 310 KiB at 200 agents go out as ~9 KiB.
         """
-        body, etag = self.render()
-        gz = gzip_ok and len(body) >= GZIP_MIN_BYTES
+        cards, small, etag = self._parts()
+        size = len(_BODY_HEAD) + len(cards) + len(small)  # "," replaces small's "{"
+        gz = gzip_ok and size >= GZIP_MIN_BYTES
+        tag = etag + "-gz" if gz else etag
+        if tag in if_none_match:
+            return None, tag, ""
+        body = self._body(etag, cards, small)
         if gz:
-            etag += "-gz"
-        if etag in if_none_match:
-            return None, etag, ""
-        if gz:
-            return self._gz.encode(etag, body), etag, "gzip"
-        return body, etag, ""
+            return self._gz.encode(tag, body), tag, "gzip"
+        return body, tag, ""
 
     def _next_tag(self) -> str:
         return f"{self._salt}.{next(self._enc_seq)}"

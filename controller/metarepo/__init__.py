@@ -346,7 +346,7 @@ class MetaRepo:
         """Proposals and deploys, newest id first; ``pending_only``: awaiting a decision."""
         return self.describe.proposals(pending_only, limit)
 
-    def ids_by_state(self) -> dict[ProposalState, list[int]]:
+    def ids_by_state(self) -> Mapping[ProposalState, tuple[int, ...]]:
         """Ids per state (cheap: refs only)."""
         return self.describe.ids_by_state()
 

@@ -8,6 +8,7 @@ its agents from ``tree_change`` base → commit. Diffs are cached by (base, comm
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -145,29 +146,23 @@ class Describe:
     def proposals(self, pending_only: bool = False, limit: int | None = None) -> list[Proposal]:
         """Proposals and deploys, newest id first; ``pending_only``: awaiting a decision."""
         with self.core.lock:
-            idx = self.index.refresh()
-            ids = sorted(idx.entries, reverse=True)
+            by_state = self.index.refresh().by_state()
+            if pending_only:
+                ids = sorted(by_state[ProposalState.PENDING], reverse=True)
+            else:
+                ids = sorted(itertools.chain.from_iterable(by_state.values()), reverse=True)
             out: list[Proposal] = []
             for id in ids:
-                e = idx.entries[id]
-                if not ({"proposal", "building"} & e.targets.keys()):
-                    continue
-                if pending_only and state_of(e) is not ProposalState.PENDING:
-                    continue
                 out.append(self.proposal(id))
                 if limit is not None and len(out) >= limit:
                     break
             return out
 
-    def ids_by_state(self) -> dict[ProposalState, list[int]]:
-        """Ids per state, ascending (cheap: refs only)."""
+    def ids_by_state(self) -> Mapping[ProposalState, tuple[int, ...]]:
+        """Ids per state, ascending (refs only; worked out again only after a ref changed:
+        ``Index.by_state``; read-only)."""
         with self.core.lock:
-            idx = self.index.refresh()
-            out: dict[ProposalState, list[int]] = {s: [] for s in ProposalState}
-            for id, e in sorted(idx.entries.items()):
-                if {"proposal", "building"} & e.targets.keys():
-                    out[state_of(e)].append(id)
-            return out
+            return self.index.refresh().by_state()
 
     def build(self, id: int, main_commit: str | None = None) -> Build:
         """The ``Build`` of ``id``: deploying ``main_commit`` when given, else the commit of

@@ -9,7 +9,9 @@ the repo: ``controller.metarepo.index`` builds these from the ref storage.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import pygit2
@@ -52,9 +54,15 @@ class Index:
     approved: list[int] = field(default_factory=list)
     denied: list[int] = field(default_factory=list)
     open_proposals: list[int] = field(default_factory=list)
+    # ids per state (``by_state``), made on first use after each ``classify``
+    _by_state: Mapping[ProposalState, tuple[int, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def classify(self) -> None:
-        """(Re)fill the open-id lists from ``entries``, ascending ids."""
+        """(Re)fill the open-id lists from ``entries``, ascending ids; call it after every
+        change to ``entries`` (it also drops ``by_state``'s cache)."""
+        self._by_state = None
         self.open_builds.clear()
         self.approved.clear()
         self.denied.clear()
@@ -72,6 +80,22 @@ class Index:
                 self.denied.append(id)
             if "denied" not in t and not ({"building"} | OUTCOMES) & t.keys():
                 self.open_proposals.append(id)
+
+    def by_state(self) -> Mapping[ProposalState, tuple[int, ...]]:
+        """The ids of proposals and deploys (ids with ``proposal`` or ``building``) per
+        state, ascending; kept until the next ``classify`` (the entries changed), so a
+        caller asking again between ref changes pays nothing (read-only: it is shared)."""
+        cached = self._by_state
+        if cached is not None:
+            return cached
+        lists: dict[ProposalState, list[int]] = {s: [] for s in ProposalState}
+        for id in sorted(self.entries):
+            e = self.entries[id]
+            if "proposal" in e.targets or "building" in e.targets:
+                lists[state_of(e)].append(id)
+        out = MappingProxyType({s: tuple(ids) for s, ids in lists.items()})
+        self._by_state = out
+        return out
 
 
 _STATES = (

@@ -208,6 +208,29 @@ def test_snapshot_render_is_the_build_and_its_etag_follows_the_state(versioned: 
     assert Snapshot(o, broker).render()[1] != snap.render()[1]
 
 
+def test_snapshot_answer_is_render_and_a_304_joins_no_body() -> None:
+    import gzip
+
+    ops, broker = demo()
+    snap = Snapshot(ops, broker)
+    body, etag = snap.render()
+    assert snap.answer(False, ()) == (body, etag, "")
+    packed, gz_etag, coding = snap.answer(True, ())
+    assert (gz_etag, coding) == (etag + "-gz", "gzip") and packed is not None
+    assert gzip.decompress(packed) == body
+    assert snap.answer(False, {etag}) == (None, etag, "")
+    assert snap.answer(True, {"x", gz_etag}) == (None, gz_etag, "")
+    assert snap.answer(True, {etag})[0] is not None  # the identity tag names another body
+    # a 304 is decided on the ETag alone: the ~340 KiB body is not joined for it
+    snap._last_body = None
+    assert snap.answer(True, {gz_etag}) == (None, gz_etag, "") and snap._last_body is None
+    # a change: the old tag no longer matches and the new body shows it
+    ops.kept.clear()
+    body2, etag2, _ = snap.answer(False, {etag})
+    assert etag2 != etag and body2 is not None and body2 != body
+    assert json.loads(body2) == json.loads(json.dumps(snap.build(), default=str))
+
+
 def test_state_survives_a_failing_section(fakes: tuple[FakeOps, FakeBroker]) -> None:
     ops, broker = fakes
     ops.fail_status = True

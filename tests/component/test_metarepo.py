@@ -484,6 +484,50 @@ def test_pass_scope_holds_the_index_for_its_thread_only(meta: MetaRepo, tmp_path
     assert meta.approved_unapplied() == [2]  # and the next pass does too
 
 
+def states(meta: MetaRepo) -> dict[str, tuple[int, ...]]:
+    return {s.value: ids for s, ids in meta.ids_by_state().items() if ids}
+
+
+def test_ids_by_state_follows_every_ref_change(meta: MetaRepo, tmp_path: Path) -> None:
+    """``ids_by_state`` is kept between ref changes (``/status`` asks on every request) and
+    worked out again after each: the controller's own writes, in a pass and out of it, an
+    operator's push, and refs packed or deleted on the host."""
+    import time
+
+    from controller.metarepo import RACY_NS
+
+    assert states(meta) == {}
+    for name in ("alice", "bob", "carol"):
+        meta.propose_spawn(name)
+    assert states(meta) == {"pending": (1, 2, 3)}
+    meta.approve(1)
+    meta.deny(3, "no")
+    assert states(meta) == {"pending": (2,), "approved": (1,), "denied": (3,)}
+    with meta.pass_scope():
+        meta.approved_unapplied()  # the pass checks the ref storage once, then holds it
+        build = meta.apply_approved(1)  # a pass write, applied to the held index
+        assert states(meta) == {"pending": (2,), "building": (build.id,), "denied": (3,)}
+        meta.finish(1, True, "ok")
+        assert states(meta) == {"pending": (2,), "deployed": (1,), "denied": (3,)}
+    time.sleep(RACY_NS / 1e9 + 0.1)  # past the racy window: the index is trusted as is
+    first = meta.ids_by_state()
+    assert meta.ids_by_state() is first  # nothing changed: nothing worked out again
+    work = tmp_path / "op"
+    git("clone", "-q", str(meta.path), str(work))
+    git("fetch", "-q", "origin", "refs/tags/*:refs/tags/*", cwd=work)
+    git("tag", "approved/2", "proposal/2", cwd=work)
+    git("push", "-q", "origin", "approved/2", cwd=work)
+    assert states(meta) == {"approved": (2,), "deployed": (1,), "denied": (3,)}
+    git("--git-dir", str(meta.path), "pack-refs", "--all")
+    assert states(meta) == {"approved": (2,), "deployed": (1,), "denied": (3,)}
+    # the hook refuses to delete a decision; on the host, git itself can (from packed-refs)
+    git("--git-dir", str(meta.path), "update-ref", "-d", "refs/tags/approved/2")
+    assert states(meta) == {"pending": (2,), "deployed": (1,), "denied": (3,)}
+    assert [p.id for p in meta.proposals(pending_only=True)] == [2]
+    assert [p.id for p in meta.proposals()] == [3, 2, 1]
+    assert [p.id for p in meta.proposals(limit=2)] == [3, 2]
+
+
 def test_sync_manager_clone(meta: MetaRepo) -> None:
     new = write_main(meta, {"agents/alice/agent.yaml": manifest("alice")})
     assert meta.sync_manager_clone() is True
