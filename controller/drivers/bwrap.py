@@ -117,11 +117,29 @@ def find_bwrap(env: Mapping[str, str]) -> str | None:
 
 
 def _under(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+    """``path == root or root in path.parents``, on the paths' text: the sandbox's argv
+    tests thousands of such pairs at every agent start, and building ``parents`` for
+    each cost more than the rest of the start's set-up (both are absolute here)."""
+    p, r = str(path), str(root)
+    if p == r:
+        return True
+    if r == "/":
+        return p.startswith("/")
+    return p.startswith(r + "/")
+
+
+_reals: dict[str, Path] = {}
+"""``_real``'s answers during one call of ``home_dirs``, ``sandbox_argv`` or ``keep_paths``
+(the same few roots are resolved hundreds of times per agent start); each of them empties
+it first, so a symlink changed since an earlier call is seen."""
 
 
 def _real(path: Path | str) -> Path:
-    return Path(os.path.realpath(path))
+    key = str(path)
+    real = _reals.get(key)
+    if real is None:
+        real = _reals[key] = Path(os.path.realpath(path))
+    return real
 
 
 def home_dirs(env: Mapping[str, str]) -> tuple[Path, ...]:
@@ -130,6 +148,7 @@ def home_dirs(env: Mapping[str, str]) -> tuple[Path, ...]:
     Real paths, deduplicated; "/" and a dir at or above a system dir (``/usr``,
     ``/var``, ...) are left out, as is anything that does not exist.
     """
+    _reals.clear()
     found: list[Path] = []
     cands = [env.get("HOME") or ""]
     with contextlib.suppress(KeyError, ImportError):
@@ -252,6 +271,7 @@ def keep_paths(
     whole home dir (``/home/<user>``, ``/root``, one of ``homes``). Paths under one
     of ``homes`` come in ``late``; a path inside another kept path is left out.
     """
+    _reals.clear()
     hide = [_real(h) for h in hidden]
     keeps: list[Path] = []
     for p in _candidates(argv, env):
@@ -296,6 +316,7 @@ def sandbox_argv(
     ``<state>``/``<run>`` (a bound-back path may be a parent of ``<state>``), the
     agent's own paths, and last the read-only remounts of the empty stand-ins.
     """
+    _reals.clear()
     homes = [
         h
         for h in dict.fromkeys(_real(h) for h in paths.homes)
