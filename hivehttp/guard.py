@@ -96,13 +96,21 @@ class Gone(asyncio.Event):
 
 @dataclass(frozen=True)
 class Refusal:
-    """How ``Policy.admit`` refuses a request: ``status``, error ``code`` and ``message``,
-    and extra response ``headers`` (``WWW-Authenticate``, ...)."""
+    """How a request is refused (``Policy.admit`` and the checks below): ``status``, error
+    ``code`` and ``message``, extra response ``headers`` (``WWW-Authenticate``, ...), and
+    ``close``: True when the body may still be unread on the wire, so the connection is
+    closed after the answer (``connection: close``)."""
 
     status: int
     code: str
     message: str
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    close: bool = True
+
+    def body(self) -> bytes:
+        """The JSON error body: ``{"error": {"code", "message", "field": null}}``."""
+        doc = {"error": {"code": self.code, "message": self.message, "field": None}}
+        return json.dumps(doc).encode()
 
 
 Admit = Callable[[Scope], Refusal | None]
@@ -141,10 +149,15 @@ def browser_policy(extra_hosts: frozenset[str] = frozenset(), max_body: int = 1 
 def disconnected(scope: Scope) -> asyncio.Event:
     """An event set when this request's client has gone away (or its response is done).
 
-    Only for requests that came through ``guarded``; raises ``KeyError``
-    otherwise. Long polls and streams wait on it to give up early.
+    Only for requests that came through ``guarded`` or hivehttp's fast routes (whose scope
+    holds the server's ``Gone`` event alone); raises ``KeyError`` otherwise. Long polls and
+    streams wait on it to give up early.
     """
-    watch = scope[_DISCONNECTED]
+    watch = scope.get(_DISCONNECTED)
+    if watch is None:
+        gone = scope[GONE]
+        assert isinstance(gone, Gone)
+        return gone
     assert isinstance(watch, _DisconnectWatch)
     return watch.start()
 
@@ -181,8 +194,13 @@ class _DisconnectWatch:
                 await self._task
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
+Headers = list[tuple[bytes, bytes]]
+"""A request's headers: lower-case names, as hivehttp's server hands them over."""
+
+
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) in ``headers``, else None."""
+    for key, value in headers:
         if key == name:
             return bytes(value)
     return None
@@ -201,32 +219,24 @@ def split_host(value: str) -> tuple[str, str]:
     return host, port
 
 
-async def _refuse(
-    send: Send,
-    status: int,
-    code: str,
-    message: str,
-    *,
-    close: bool = True,
-    extra: tuple[tuple[bytes, bytes], ...] = (),
-) -> None:
-    body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
+async def _refuse(send: Send, no: Refusal) -> None:
+    body = no.body()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        *extra,
+        *no.headers,
     ]
-    if close:
+    if no.close:
         # an unread body may still be on the wire: never reuse this connection
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": no.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _check_host(scope: Scope, policy: Policy) -> str | None:
+def _check_host(headers: Headers, policy: Policy) -> str | None:
     if policy.allowed_hosts is None:
         return None
-    raw = _header(scope, b"host")
+    raw = header(headers, b"host")
     if raw is None:
         return "a Host header is required"
     host, _ = split_host(raw.decode("latin-1"))
@@ -238,28 +248,72 @@ def _check_host(scope: Scope, policy: Policy) -> str | None:
     return None
 
 
-def _check_origin(scope: Scope) -> str | None:
-    site = _header(scope, b"sec-fetch-site")
+def _check_origin(headers: Headers) -> str | None:
+    site = header(headers, b"sec-fetch-site")
     if site is not None and site.lower() not in (b"same-origin", b"none"):
         return f"cross-site request refused (Sec-Fetch-Site: {site.decode('latin-1')})"
-    origin = _header(scope, b"origin")
+    origin = header(headers, b"origin")
     if origin is None or origin == b"null":
         # browsers send Origin on every cross-origin POST; "null" comes from sandboxed
         # frames and file: pages, which are never the operator's own page
         return None if origin is None else "requests from an opaque origin are refused"
-    host = _header(scope, b"host") or b""
+    host = header(headers, b"host") or b""
     parts = urlsplit(origin.decode("latin-1"))
     if parts.netloc.lower() != host.decode("latin-1").strip().lower():
         return f"cross-origin request refused (Origin: {origin.decode('latin-1')})"
     return None
 
 
-def _is_json(scope: Scope) -> bool:
-    ctype = _header(scope, b"content-type")
+def _is_json(headers: Headers) -> bool:
+    ctype = header(headers, b"content-type")
     if ctype is None:
         return False
     media = ctype.split(b";", 1)[0].strip().lower()
     return media == b"application/json"
+
+
+def check_length(headers: Headers, policy: Policy) -> Refusal | None:
+    """Check 4's head half: a ``Content-Length`` that is not a number (400) or over
+    ``policy.max_body`` (413), refused before one byte of the body is read."""
+    length_raw = header(headers, b"content-length")
+    if length_raw is None:
+        return None
+    if not length_raw.strip().isdigit():
+        return Refusal(400, "invalid", "Content-Length is not a number")
+    if int(length_raw) > policy.max_body:
+        return Refusal(
+            413,
+            "too_large",
+            f"request body is {int(length_raw)} bytes; the limit is {policy.max_body}",
+        )
+    return None
+
+
+def body_too_large(policy: Policy) -> Refusal:
+    """Check 4: a (chunked) body that grew past ``policy.max_body`` (413)."""
+    return Refusal(413, "too_large", f"request body is over the limit of {policy.max_body} bytes")
+
+
+def body_too_slow(policy: Policy) -> Refusal:
+    """Check 4: a body that took longer than ``policy.body_timeout`` to arrive (408)."""
+    return Refusal(408, "timeout", f"request body took longer than {policy.body_timeout:g} s")
+
+
+def check_request(method: str, headers: Headers, policy: Policy) -> Refusal | None:
+    """Checks 1-3, made once the body has been read (so a refusal leaves the connection
+    usable): ``Host`` (403 ``bad_host``), then for a mutation the origin (403
+    ``cross_site``) and the media type (415)."""
+    problem = _check_host(headers, policy)
+    if problem:
+        return Refusal(403, "bad_host", problem, close=False)
+    if method in MUTATING:
+        if policy.same_origin and (problem := _check_origin(headers)):
+            return Refusal(403, "cross_site", problem, close=False)
+        if policy.json_mutations and not _is_json(headers):
+            return Refusal(
+                415, "unsupported_media_type", "send the body as application/json", close=False
+            )
+    return None
 
 
 def guarded(app: Any, policy: Policy) -> ASGIApp:
@@ -276,21 +330,12 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
             scope["headers"] = [(bytes(k), bytes(v)) for k, v in scope["headers"]]
         if policy.admit is not None and (no := policy.admit(scope)) is not None:
             # the body, if any, stays unread on the wire: the connection is closed
-            await _refuse(send, no.status, no.code, no.message, extra=no.headers)
+            await _refuse(send, no if no.close else _closing(no))
             return
-        length_raw = _header(scope, b"content-length")
-        if length_raw is not None:
-            if not length_raw.strip().isdigit():
-                await _refuse(send, 400, "invalid", "Content-Length is not a number")
-                return
-            if int(length_raw) > policy.max_body:
-                await _refuse(
-                    send,
-                    413,
-                    "too_large",
-                    f"request body is {int(length_raw)} bytes; the limit is {policy.max_body}",
-                )
-                return
+        headers = scope["headers"]
+        if (no := check_length(headers, policy)) is not None:
+            await _refuse(send, no)
+            return
         # the body (bounded in size and time) is read before the other checks, so that a
         # refusal leaves the connection clean: the client is never cut off mid-send
         try:
@@ -302,34 +347,16 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
                 async with asyncio.timeout(policy.body_timeout):
                     body = await _read_body(receive, policy.max_body)
         except _TooLarge:
-            await _refuse(
-                send, 413, "too_large", f"request body is over the limit of {policy.max_body} bytes"
-            )
+            await _refuse(send, body_too_large(policy))
             return
         except TimeoutError:
-            await _refuse(
-                send, 408, "timeout", f"request body took longer than {policy.body_timeout:g} s"
-            )
+            await _refuse(send, body_too_slow(policy))
             return
         except _Gone:
             return
-        problem = _check_host(scope, policy)
-        if problem:
-            await _refuse(send, 403, "bad_host", problem, close=False)
+        if (no := check_request(scope["method"], headers, policy)) is not None:
+            await _refuse(send, no)
             return
-        if scope["method"] in MUTATING:
-            if policy.same_origin and (problem := _check_origin(scope)):
-                await _refuse(send, 403, "cross_site", problem, close=False)
-                return
-            if policy.json_mutations and not _is_json(scope):
-                await _refuse(
-                    send,
-                    415,
-                    "unsupported_media_type",
-                    "send the body as application/json",
-                    close=False,
-                )
-                return
 
         gone = scope.get(GONE)
         watch = _DisconnectWatch(receive, gone if isinstance(gone, asyncio.Event) else None)
@@ -352,7 +379,12 @@ def guarded(app: Any, policy: Policy) -> ASGIApp:
             await watch.close()
 
     guard.__wrapped__ = app  # type: ignore[attr-defined]  # the route lookup of observe.py
+    guard.policy = policy  # type: ignore[attr-defined]  # the server's fast routes apply it too
     return guard
+
+
+def _closing(no: Refusal) -> Refusal:
+    return Refusal(no.status, no.code, no.message, no.headers, close=True)
 
 
 class _TooLarge(Exception):

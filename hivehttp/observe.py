@@ -59,6 +59,11 @@ def set_request_observer(observer: RequestObserver | None) -> None:
     _observer = observer
 
 
+def current_observer() -> RequestObserver | None:
+    """The observer registered now (a listener opened now reports to it), if any."""
+    return _observer
+
+
 def route_of(app: Any, path: str) -> str:
     """The route template ``app``'s falcon router matches ``path`` with, else ``UNMATCHED``."""
     for _ in range(8):  # the guard and other wrappers around the falcon app

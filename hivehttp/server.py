@@ -63,8 +63,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from hivehttp.fastroute import FastCycle, FastHandler
 from hivehttp.guard import BODY_READ, GONE, Gone, Policy, guarded
-from hivehttp.observe import observed
+from hivehttp.observe import current_observer, observed, route_of
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,13 @@ class _Gathered:
             if not self._t.is_closing():
                 self._t.write(data)
 
+    def write_now(self, data: bytes) -> None:
+        """Write ``data`` after anything gathered, at once (no flush scheduled)."""
+        if self._parts:
+            self.flush()
+        if not self._t.is_closing():
+            self._t.write(data)
+
     def get_write_buffer_size(self) -> int:
         return self._t.get_write_buffer_size() + sum(len(p) for p in self._parts)
 
@@ -195,6 +203,8 @@ class _Guarded(HttpToolsProtocol):
         self._begins = 0
         self.peer = ""
         self.idle_since = time.monotonic()
+        self._gone = Gone()
+        self._running: Any = None  # the cycle whose answer is being made
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,12 +228,22 @@ class _Guarded(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
-        for cycle in [self.cycle, *(c for c, _ in self.pipeline)]:
+        for cycle in [self._running, self.cycle, *(c for c, _ in self.pipeline)]:
             if cycle is not None and isinstance(gone := cycle.scope.get(GONE), asyncio.Event):
                 gone.set()  # hivehttp.disconnected(scope) of a parked request
+            if isinstance(cycle, FastCycle):
+                cycle.lost()
         self._disarm_head_timer()
         self.listener.release(self)
         super().connection_lost(exc)
+
+    def write_now(self, data: bytes) -> None:
+        """Write a whole response at once (a fast route's)."""
+        transport = self.transport
+        if isinstance(transport, _Gathered):
+            transport.write_now(data)
+        else:
+            transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -252,17 +272,93 @@ class _Guarded(HttpToolsProtocol):
         self._head_open = True
         self._head_bytes = 0
         self._begins += 1
-        super().on_message_begin()
-        self.scope[GONE] = Gone()  # type: ignore[literal-required]
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        if self.cycle is not None and self.cycle.scope is self.scope:
-            self.scope[BODY_READ] = True  # type: ignore[literal-required]
+        # uvicorn's on_message_begin, with the scope built once the head says which way the
+        # request goes (a fast route needs none)
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._gone = Gone()
 
     def on_headers_complete(self) -> None:
         self._head_open = False
+        fast = self.listener.fast_routes
+        if fast is not None and not self.expect_100_continue:
+            handler = fast.get((self.parser.get_method(), self.url))
+            if handler is not None and not self.parser.should_upgrade():
+                self._fast(handler)
+                return
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            GONE: self._gone,
+        }
+        self.scope = scope  # type: ignore[assignment]
         super().on_headers_complete()
+
+    def _fast(self, handler: FastHandler) -> None:
+        """Start (or queue behind the request in progress) a fast route's cycle."""
+        parser = self.parser
+        method = parser.get_method().decode("ascii")
+        path = self.url.decode("ascii")
+        listener = self.listener
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        cycle = FastCycle(
+            method,
+            path,
+            self.headers,
+            keep_alive,
+            handler,
+            listener.fast_route_names.get(path, path),
+            self._gone,
+            listener.fast_policy.max_body,
+        )
+        existing = self.cycle
+        self.cycle = cycle  # type: ignore[assignment]
+        if existing is None or existing.response_complete:
+            self._start_fast(cycle)
+        else:
+            # pipelined behind the request in progress: answered after it, in order
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, None))  # type: ignore[arg-type]
+
+    def _start_fast(self, cycle: FastCycle) -> None:
+        self._running = cycle
+        listener = self.listener
+        task = self.loop.create_task(
+            cycle.run(self, listener.fast_policy, listener.observer, listener.name)
+        )
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if isinstance(cycle, FastCycle):
+            self._start_fast(cycle)
+            return
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, FastCycle):
+            cycle.feed(body)
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, FastCycle):
+            cycle.complete()
+            return
+        super().on_message_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            self.scope[BODY_READ] = True  # type: ignore[literal-required]
 
     def on_response_complete(self) -> None:
         # the whole response is written: out with it now, not after the callbacks queued
@@ -389,6 +485,21 @@ class Listener:
         )
         self.config.load()
         self.state = ServerState()
+        # the app's fast routes (hivehttp.fastroute), served with the guard's own checks;
+        # not on a listener whose policy admits by scope (that check needs the ASGI scope)
+        self.fast_routes: dict[tuple[bytes, bytes], FastHandler] | None = None
+        self.fast_route_names: dict[str, str] = {}
+        self.fast_policy = Policy()
+        self.observer = current_observer()
+        inner = getattr(app, "__wrapped__", None)
+        routes = getattr(inner, "fast_routes", None)
+        policy = getattr(app, "policy", None)
+        if routes and isinstance(policy, Policy) and policy.admit is None:
+            self.fast_routes = dict(routes)
+            self.fast_policy = policy
+            for _, raw in self.fast_routes:
+                route = raw.decode("ascii")
+                self.fast_route_names[route] = route_of(app, route)
 
     # -- called on the loop
     def protocol(self) -> _Guarded:

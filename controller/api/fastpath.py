@@ -9,6 +9,11 @@ awaited, and its dict answered as JSON; an exception is answered through
 ``common.error_answer``, the mapping the falcon apps use, so statuses and error
 bodies are the same. Anything else (other paths, other methods, ``HEAD``) goes
 to ``app``, the falcon app with every route, untouched.
+
+The same verbs are offered to hivehttp's server as ``fast_routes``
+(``hivehttp.fastroute``): served from the parsed head and the whole body, after the
+guard's checks, without an ASGI scope or messages. Both ways go through ``respond``:
+one credential check, one parser, one schema, one error mapping.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from controller.api.common import HasScope, Unauthorized, error_answer, parse_body
 from controller.auth.bearer import bearer_token
-from hivehttp.guard import Receive, Scope, Send
+from hivehttp.fastroute import FastAnswer
+from hivehttp.fastroute import FastHandler as ServedHandler
+from hivehttp.guard import Headers, Receive, Scope, Send
 from schemas.validate import validate
 
 FastHandler = Callable[[dict[str, Any], HasScope], Awaitable[dict[str, Any]]]
@@ -67,6 +75,13 @@ class FastVerbs:
         self.app = app
         self._auth = auth
         self._routes = dict(routes)
+        self.fast_routes: dict[tuple[bytes, bytes], ServedHandler] = {
+            (method.encode("ascii"), path.encode("ascii")): partial(
+                self.respond, route, method, path
+            )
+            for (method, path), route in self._routes.items()
+        }
+        """The same verbs for hivehttp's server (``hivehttp.fastroute``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = (
@@ -75,9 +90,30 @@ class FastVerbs:
         if route is None:
             await self.app(scope, receive, send)
             return
+        # the guard has the whole body already: reading it first changes nothing on the wire
+        body = await _read(receive) if route.schema is not None else b""
+        status, answer, extra = await self.respond(
+            route, scope["method"], scope["path"], body, scope["headers"], scope
+        )
+        headers = [_JSON, (b"content-length", b"%d" % len(answer)), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer, "more_body": False})
+
+    async def respond(
+        self,
+        route: FastRoute,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Headers,
+        scope: dict[str, Any] | Scope,
+    ) -> FastAnswer:
+        """Serve one request of ``route``: the credential (``Unauthorized``, 401), the body
+        (``parse_body``, then the route's schema), the handler; every error answered through
+        ``common.error_answer``. Returns ``(status, JSON body, extra headers)``."""
         try:
             header = None
-            for name, value in scope["headers"]:
+            for name, value in headers:
                 if name == b"authorization":
                     header = bytes(value).decode("latin-1")
                     break
@@ -85,15 +121,14 @@ class FastVerbs:
                 raise Unauthorized(self._auth.message)
             doc: dict[str, Any] = {}
             if route.schema is not None:
-                doc = parse_body(await _read(receive))
+                doc = parse_body(body)
                 validate(doc, f"wire#{route.schema}")
             result = await route.handler(doc, _Call(scope))
         except Exception as exc:  # every error is answered, as falcon's handlers do
-            answer = error_answer(exc, scope["method"], scope["path"])
-            extra = [(k.lower().encode(), v.encode("latin-1")) for k, v in answer.headers]
-            await _answer(send, answer.status, answer.body, extra)
-            return
-        await _answer(send, 200, result, [])
+            answer = error_answer(exc, method, path)
+            extra = tuple((k.lower().encode(), v.encode("latin-1")) for k, v in answer.headers)
+            return answer.status, _ENCODE(answer.body).encode(), extra
+        return 200, _ENCODE(result).encode(), ()
 
 
 async def _read(receive: Receive) -> bytes:
@@ -105,10 +140,3 @@ async def _read(receive: Receive) -> bytes:
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(parts)
-
-
-async def _answer(send: Send, status: int, doc: Any, extra: list[tuple[bytes, bytes]]) -> None:
-    body = _ENCODE(doc).encode()
-    headers = [_JSON, (b"content-length", b"%d" % len(body)), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
