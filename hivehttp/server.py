@@ -37,6 +37,9 @@ untrusted local processes needs, which uvicorn does not have:
   apiece on a loaded host). Writes are gathered (``_Gathered``) and go out
   together when the response is complete (a stream's chunks: once the
   handler yields to the loop).
+* **fast routes** (``hivehttp.fastroute``): an app's hottest JSON verbs, recognised
+  from the parsed head (exact method and path), are served without the ASGI scope and
+  messages, through the guard's own check functions, and answered in one write.
 
 Listeners are opened and closed from any thread (``serve_unix``,
 ``serve_tcp``, ``Listener.stop``); the loop runs in a daemon thread.
