@@ -360,8 +360,9 @@ def http_stack(
 ) -> dict[str, float]:
     """Serve one agent socket per receiver (plus the sender's) and drive them from a child;
     the broker on sqlite, or on ``pg_url``. ``profile``: write a cProfile of the server's
-    loop thread there (pstats format, in the loop thread's CPU seconds; the profiler
-    roughly doubles the CPU figures)."""
+    loop thread there (pstats format, in the loop thread's CPU seconds; a clock read per
+    call makes the figures ~5 times the unprofiled ones, so read it for shares of small
+    functions only; a sampling profiler, e.g. ``py-spy record --nonblocking``, distorts less)."""
     sub = d / (("ka" if keepalive else "nk") + ("-pg" if pg_url else ""))
     hb = Broker(pg_url or sub / "http.sqlite")
     layout = Layout(state=sub, run=sub / "run")
@@ -628,7 +629,8 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         metavar="FILE",
-        help="cProfile the server loop during the sqlite http stack into FILE (pstats)",
+        help="cProfile the server loop during the sqlite http stack into FILE (pstats, the "
+        "loop thread's CPU time; ~5x slower while profiled)",
     )
     ap.add_argument(
         "--no-extras", action="store_true", help="skip the sequential and validation runs"
