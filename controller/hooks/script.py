@@ -6,15 +6,17 @@ shortcut each, so the common approval push starts no Python interpreter at all.
 pre-receive accepts by itself only the plainest decision: a push of exactly one line,
 by the operator (``HYPERHIVE_PUSHER`` unset or ``operator``), creating
 ``refs/tags/approved/<id>`` or ``refs/tags/denied/<id>`` (``<id>`` a positive decimal
-without leading zeros, at most 18 digits) as a lightweight tag whose object id is the
-commit ``proposal/<id>`` points at (a lightweight tag to a commit), while none of the
-id's other tags (the other decision, ``building``, ``deployed``, ``failed``) exists: one
-``git for-each-ref`` over the id's six tags must print exactly
-``refs/tags/proposal/<id> <new> commit``. That is the case ``controller.hooks.pre_receive``
-accepts with no further check; anything else — an annotated tag, several lines, another
-ref, a malformed line, any doubt — goes to the Python check, which accepts or refuses
-with its reasons (so a refusal always comes from there). The script exits non-zero
-when that Python cannot run: the push is refused, never waved through.
+without leading zeros, at most 18 digits) while none of the id's other tags (the other
+decision, ``building``, ``deployed``, ``failed``) exists and ``proposal/<id>`` is a
+lightweight tag of a commit — one ``git for-each-ref`` over the id's six tags must print
+exactly ``refs/tags/proposal/<id> <commit> commit`` — and the pushed object is that
+commit, or (an annotated decision) peels to it (``git rev-parse --verify
+<new>^{commit}`` in the hook's environment, which sees receive-pack's quarantined
+objects). That is the case ``controller.hooks.pre_receive`` accepts with no further
+check; anything else — several lines, another ref, a malformed line, any doubt — goes
+to the Python check, which accepts or refuses with its reasons (so a refusal always
+comes from there). The script exits non-zero when that Python cannot run: the push is
+refused, never waved through.
 
 In post-receive: while the controller's ref watch is on
 (``controller.refwatch``, which writes the controller's pid to ``WATCH_MARKER`` in the
@@ -44,8 +46,8 @@ KINDS = ("pre-receive", "post-receive")
 
 _FAST_DECISION = """\
 # the plainest decision is judged here, without Python (controller.hooks.script):
-# one line creating approved/<id> or denied/<id> on proposal/<id>'s commit, lightweight,
-# with no other tag of that id; everything else goes to controller.hook below
+# one line creating approved/<id> or denied/<id> on (or peeling to) proposal/<id>'s
+# commit, with no other tag of that id; everything else goes to controller.hook below
 input=
 n=0
 while IFS= read -r line || [ -n "$line" ]; do
@@ -87,8 +89,25 @@ if [ "$n" = 1 ] && [ "${{HYPERHIVE_PUSHER:-operator}}" = operator ]; then
       --format='%(refname) %(objectname) %(objecttype)' -- "$t/proposal/$id" \\
       "$t/approved/$id" "$t/denied/$id" "$t/building/$id" "$t/deployed/$id" "$t/failed/$id" \\
       2>/dev/null) || found=
-    if [ "$found" = "$t/proposal/$id $new commit" ]; then
+    want=${{found#"$t/proposal/$id "}}
+    want=${{want%" commit"}}
+    case "$want" in
+      *[!0-9a-f]*) want= ;;
+    esac
+    if [ "$found" != "$t/proposal/$id $want commit" ] || [ "${{#want}}" != "${{#new}}" ]; then
+      want=
+    fi
+    if [ -n "$want" ] && [ "$want" = "$new" ]; then
       exit 0
+    fi
+    if [ -n "$want" ]; then
+      # an annotated decision: the pushed tag object (in receive-pack's quarantine, which
+      # this environment points git at) must peel to the proposal's commit
+      peeled=$(git --git-dir={git_dir} rev-parse --verify --quiet "$new^{{commit}}" \\
+        2>/dev/null) || peeled=
+      if [ "$peeled" = "$want" ]; then
+        exit 0
+      fi
     fi
   fi
 fi

@@ -283,7 +283,7 @@ def test_post_receive_skips_the_poke_while_the_ref_watch_is_on(
 def test_pre_receive_judges_the_plainest_decision_without_python(
     meta: MetaRepo, work: Path, layout: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The script accepts one lightweight decision on its proposal's commit by itself;
+    """The script accepts one decision on (or peeling to) its proposal's commit by itself;
     everything else needs the Python check — here a python that cannot run, so each such
     push is refused (never waved through), and git applies none of it."""
     install_hooks(layout, python="/nonexistent/python")
@@ -307,18 +307,19 @@ def test_pre_receive_judges_the_plainest_decision_without_python(
         assert res.returncode != 0, why
         assert "pre-receive hook declined" in res.stderr, why
     git("tag", "-a", "-m", "ok", "approved/3", "proposal/3", cwd=work)
-    assert push(work, "approved/3").returncode != 0  # annotated: the Python check's
+    assert push(work, "approved/3").returncode == 0  # annotated: peels to the proposal's
+    git("tag", "-a", "-m", "no", "denied/4", head, cwd=work)
+    assert push(work, "denied/4").returncode != 0  # annotated, elsewhere: Python's
     git("tag", "approved/4", "proposal/4", cwd=work)
     git("tag", "approved/5x", "proposal/4", cwd=work)
     assert push(work, "approved/4", "approved/5x").returncode != 0  # two lines
     with monkeypatch.context() as m:
         m.setenv("HYPERHIVE_PUSHER", "manager")  # git passes it on to the hook
         assert push(work, "approved/4").returncode != 0  # not the operator's: Python's
-    assert "refs/tags/approved/1" in tags(meta) and "refs/tags/denied/2" in tags(meta)
-    assert not {"refs/tags/approved/3", "refs/tags/approved/4", "refs/tags/denied/1"} & tags(meta)
+    assert {"refs/tags/approved/1", "refs/tags/denied/2", "refs/tags/approved/3"} <= tags(meta)
+    assert not {"refs/tags/approved/4", "refs/tags/denied/4", "refs/tags/denied/1"} & tags(meta)
     install_hooks(layout)  # the real python: the same pushes get the Python check's reasons
-    res = push(work, f"{head}:refs/tags/approved/3")
-    refused(res, "must point at proposal/3's commit")
+    refused(push(work, "denied/4"), "must point at proposal/4's commit")
     assert push(work, "approved/4").returncode == 0
 
 
