@@ -12,7 +12,8 @@ do, ``tests/pg.py``, or ``--pg-url``; ``--no-postgres`` skips it):
 * ``broker`` ``controller.broker.Broker`` called in-process (``broker-pg``: on PostgreSQL);
 * ``http``   the real thing: one agent socket per receiver (``SocketRegistry``:
   the agent apps on hivehttp's one event loop, each checking its agent's
-  credential; their JSON verbs served by hivehttp's fast routes), clients ``POST /recv {"wait_seconds": 30}`` and a sender
+  credential; their JSON verbs served by hivehttp's fast routes), clients
+  ``POST /recv {"wait_seconds": 30}`` and a sender
   ``POST /send`` over unix sockets, with ``schemas.client.UnixClient``'s
   persistent connections and each agent's bearer credential;
   (``http-pg``: the broker on PostgreSQL);
