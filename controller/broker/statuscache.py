@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from schemas.wire import Status
 
@@ -102,8 +102,13 @@ class StatusCache:
                 if kept is None or kept[0] != current:
                     continue
                 r = kept[1]
-                status = replace(r.status, unread=r.status.unread + unread)
+                s = r.status
+                # built field by field: dataclasses.replace introspects the fields on each
+                # call, and this runs twice per delivered message
+                status = Status(
+                    s.unread + unread, s.open_threads, s.pending_reminders, s.dead_letters
+                )
                 self._readings[inbox] = (
                     self._counter,
-                    replace(r, status=status, pending=r.pending + pending),
+                    StatusReading(status, r.pending + pending, r.read_at, r.valid_until),
                 )
