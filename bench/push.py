@@ -311,7 +311,7 @@ def harness_alone(runs: int, old_root: Path | None) -> None:
     when it first answered (read from ``/proc``: steadier than wall time on a shared
     machine). With ``old_root``, the old tree's harness in alternate runs."""
     sys.path.insert(0, str(REPO / "tests" / "component" / "harness"))
-    from standin import StandIn, write_credential
+    from standin import StandIn, harness_env, write_credential
 
     roots = [("new", REPO)] + ([("old", old_root)] if old_root is not None else [])
     walls: dict[str, list[float]] = {w: [] for w, _ in roots}
@@ -326,18 +326,7 @@ def harness_alone(runs: int, old_root: Path | None) -> None:
                 for which, root in roots:
                     state, web = tmp / f"state-{which}-{i}", tmp / f"web-{which}-{i}.sock"
                     state.mkdir()
-                    env = {
-                        **os.environ,
-                        "HYPERHIVE_AGENT": "alice",
-                        "HYPERHIVE_FLAVOR": "agent",
-                        "HYPERHIVE_SOCKET": sock.path,
-                        "HYPERHIVE_CREDENTIAL_FILE": str(cred),
-                        "HYPERHIVE_STATE_DIR": str(state),
-                        "HYPERHIVE_WEB_SOCKET": str(web),
-                        "HYPERHIVE_CLAUDE_BIN": "/bin/false",
-                        "HOME": str(tmp / "home"),
-                        "PYTHONPATH": str(root),
-                    }
+                    env = harness_env(sock.path, cred, state, web, tmp / "home", root)
                     t0 = time.monotonic()
                     proc = subprocess.Popen(
                         [sys.executable, "-m", "harness", "serve"],

@@ -54,6 +54,27 @@ def write_credential(path: Path, token: str = TOKEN) -> Path:
     return path
 
 
+def harness_env(
+    sock: str, credential: Path, state: Path, web: Path, home: Path, root: Path
+) -> dict[str, str]:
+    """The environment for ``python -m harness serve`` started by hand as agent ``alice``:
+    the controller socket ``sock`` (a stand-in's path), its ``credential`` file, the state dir,
+    the web UI socket ``web``, ``home``, and ``root`` (the tree to import) on PYTHONPATH; no
+    claude is ever run (``/bin/false``)."""
+    return {
+        **os.environ,
+        "HYPERHIVE_AGENT": "alice",
+        "HYPERHIVE_FLAVOR": "agent",
+        "HYPERHIVE_SOCKET": sock,
+        "HYPERHIVE_CREDENTIAL_FILE": str(credential),
+        "HYPERHIVE_STATE_DIR": str(state),
+        "HYPERHIVE_WEB_SOCKET": str(web),
+        "HYPERHIVE_CLAUDE_BIN": "/bin/false",
+        "HOME": str(home),
+        "PYTHONPATH": str(root),
+    }
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     """``http.client`` over a unix socket (what the dashboard's proxy does)."""
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from standin import StandIn, UnixHTTPConnection, request, write_credential
+from standin import StandIn, UnixHTTPConnection, harness_env, request, write_credential
 
 from harness import earlyweb, webstart
 from harness import web as webmod
@@ -234,18 +234,7 @@ def test_python_m_harness_serve_answers_from_the_early_server(tmp_path: Path) ->
     cred = write_credential(tmp_path / "credential")
     state, web = tmp_path / "state", tmp_path / "run" / "web.sock"
     state.mkdir()
-    env = {
-        **os.environ,
-        "HYPERHIVE_AGENT": "alice",
-        "HYPERHIVE_FLAVOR": "agent",
-        "HYPERHIVE_SOCKET": sock.path,
-        "HYPERHIVE_CREDENTIAL_FILE": str(cred),
-        "HYPERHIVE_STATE_DIR": str(state),
-        "HYPERHIVE_WEB_SOCKET": str(web),
-        "HYPERHIVE_CLAUDE_BIN": "/bin/false",
-        "HOME": str(tmp_path / "home"),
-        "PYTHONPATH": str(REPO),
-    }
+    env = harness_env(sock.path, cred, state, web, tmp_path / "home", REPO)
     proc = subprocess.Popen([sys.executable, "-m", "harness", "serve"], env=env, cwd=state,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
