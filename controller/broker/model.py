@@ -98,6 +98,16 @@ class Idem:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A message inserted already delivered (``controller.broker.handoff``): at
+    ``delivered_at`` (unix seconds), leased until ``lease_until``, or acked at once when
+    that is None: the same row a claim of it would leave."""
+
+    delivered_at: float
+    lease_until: float | None
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """A message row to insert. Times are unix seconds; ``due_at`` None means ``sent_at``
     (deliverable at once); ``dedup_key`` coalesces identical undelivered events."""
@@ -114,6 +124,9 @@ class NewMessage:
     idem: Idem | None = None
     traceparent: str | None = None
     """W3C ``traceparent`` of the sender's span (checked: ``checks.check_traceparent``)."""
+    claimed: Claim | None = None
+    """Set when the message is handed to a parked receiver as it is stored (one
+    attempt made); None: it waits in the inbox."""
 
     def event_json(self) -> str | None:
         """The event as stored (JSON text, key order kept), or None."""

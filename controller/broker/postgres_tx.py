@@ -115,7 +115,7 @@ class PgTx:
     def insert(self, m: NewMessage) -> Message:
         """Insert ``m`` (taking the id-order lock first); the stored message."""
         idem = m.idem
-        params = (
+        params: tuple[Any, ...] = (
             enc(m.sender),
             enc(m.recipient),
             str(m.kind),
@@ -133,11 +133,18 @@ class PgTx:
         # the lock is taken in the row source, so before the identity default is drawn
         source = "SELECT pg_advisory_xact_lock(%s, %s)" if not self._ordered else "SELECT 1"
         lock = _ORDER_LOCK if not self._ordered else ()
+        columns, values = "", ""
+        claimed = m.claimed
+        if claimed is not None:  # handed to a parked receiver as it is stored
+            acked = claimed.delivered_at if claimed.lease_until is None else None
+            columns = ", delivered_at, lease_until, acked_at, attempts"
+            values = ", %s::float8, %s::float8, %s::float8, 1"
+            params = (*params, claimed.delivered_at, claimed.lease_until, acked)
         row = self._one(
             "INSERT INTO messages (sender, recipient, kind, body, thread, event, dedup_key, "
-            "sent_at, due_at, idem_owner, idem_key, idem_hash, traceparent) "
+            f"sent_at, due_at, idem_owner, idem_key, idem_hash, traceparent{columns}) "
             "SELECT %s, %s, %s, %s, %s::bigint, %s, %s, %s::float8, %s::float8, %s, %s, %s, "
-            "%s::text "
+            f"%s::text{values} "
             f"FROM ({source}) AS ordered RETURNING {_COLS}",
             (*params, *lock),
         )

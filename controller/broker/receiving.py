@@ -21,7 +21,7 @@ from controller.broker.checks import check_id, check_name, recv_args
 from controller.broker.core import BrokerCore
 from controller.broker.errors import BrokerClosed
 from controller.broker.limits import ABANDON_POLL_SECONDS, DUE_SLACK_SECONDS
-from controller.broker.wakeups import park_async
+from controller.broker.wakeups import Taker, park_async
 from controller.metrics.events import EVENTS
 from schemas.wire import Message
 
@@ -169,7 +169,9 @@ class Receiving(BrokerCore):
         once without taking a message. The claim itself is one short transaction
         run inline (also on PostgreSQL: a parked receive holds no thread). A send from any
         thread (or, on a shared store, any process) wakes it through
-        ``loop.call_soon_threadsafe``.
+        ``loop.call_soon_threadsafe``; a send on its own loop into its empty inbox hands it
+        the message directly (``Sending.send``), stored as this receive would have claimed
+        it.
         """
         deadline = time.monotonic() + recv_args(recipient, wait_seconds, lease_seconds)
         gone = None if abandoned is None else abandoned.is_set
@@ -177,13 +179,16 @@ class Receiving(BrokerCore):
             step = self._recv_step(recipient, lease_seconds, deadline, gone)
             if step.done:
                 return step.msg
-            fut = self._wake.park(recipient, step.seq)
+            taker = Taker(lease_seconds, abandoned)
+            fut = self._wake.park(recipient, step.seq, taker)
             if fut is None:
                 continue
             try:
                 await park_async(fut, max(step.wake_at - time.monotonic(), 0.0), abandoned)
             finally:
                 self._wake.unpark(recipient, fut)
+            if taker.msg is not None:  # a send handed it over: already stored as delivered
+                return taker.msg
             if abandoned is not None and abandoned.is_set():
                 return None
 

@@ -41,6 +41,17 @@ _LEASED = "INDEXED BY messages_leased"
 _REMINDERS = "INDEXED BY messages_reminders"
 _DELIVERABLE = deliverable(":r", ":now", ":max")
 _EXHAUSTED = exhausted(":r", ":now", ":max")
+_INSERT = (
+    "INSERT INTO messages (sender, recipient, kind, body, thread, event, dedup_key, "
+    "sent_at, due_at, idem_owner, idem_key, idem_hash, traceparent) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " + _COLS
+)
+_INSERT_CLAIMED = (
+    "INSERT INTO messages (sender, recipient, kind, body, thread, event, dedup_key, "
+    "sent_at, due_at, idem_owner, idem_key, idem_hash, traceparent, "
+    "delivered_at, lease_until, acked_at, attempts) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING " + _COLS
+)
 # sqlite binds at most 32766 variables; ids go in chunks well below that
 _CHUNK = 500
 
@@ -92,28 +103,31 @@ class SqliteTx:
     # ---------------------------------------------------------------- messages
 
     def insert(self, m: NewMessage) -> Message:
-        """Insert ``m``; the stored message."""
+        """Insert ``m`` (already delivered when ``m.claimed``); the stored message."""
         idem = m.idem
-        row = self._conn.execute(
-            "INSERT INTO messages (sender, recipient, kind, body, thread, event, dedup_key, "
-            "sent_at, due_at, idem_owner, idem_key, idem_hash, traceparent) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " + _COLS,
-            (
-                m.sender,
-                m.recipient,
-                str(m.kind),
-                m.body,
-                m.thread,
-                m.event_json(),
-                m.dedup_key,
-                m.sent_at,
-                m.sent_at if m.due_at is None else m.due_at,
-                None if idem is None else idem.owner,
-                None if idem is None else idem.key,
-                None if idem is None else idem.digest,
-                m.traceparent,
-            ),
-        ).fetchall()[0]
+        params = (
+            m.sender,
+            m.recipient,
+            str(m.kind),
+            m.body,
+            m.thread,
+            m.event_json(),
+            m.dedup_key,
+            m.sent_at,
+            m.sent_at if m.due_at is None else m.due_at,
+            None if idem is None else idem.owner,
+            None if idem is None else idem.key,
+            None if idem is None else idem.digest,
+            m.traceparent,
+        )
+        claimed = m.claimed
+        if claimed is None:
+            row = self._conn.execute(_INSERT, params).fetchall()[0]
+        else:
+            acked = claimed.delivered_at if claimed.lease_until is None else None
+            row = self._conn.execute(
+                _INSERT_CLAIMED, (*params, claimed.delivered_at, claimed.lease_until, acked)
+            ).fetchall()[0]
         return message_from_row(row)
 
     def by_idempotency_key(self, owner: str, key: str) -> tuple[Message, str] | None:

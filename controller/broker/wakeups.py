@@ -6,6 +6,10 @@ missed. Threads park on a ``threading.Condition`` per recipient (a send to ``ali
 wakes the 49 other parked agents), coroutines on a future resolved on their own loop.
 ``last_id`` (the newest message id) wakes the followers of every message (SSE, ``--follow``).
 
+A coroutine receive parks with a ``Taker``: a send on the same loop into an empty inbox may
+``take`` it and hand it the message as the message is stored (``Sending.send``), instead of
+waking it to claim the message in a second transaction.
+
 ``Wakeups`` is the interface the semantics use; ``LocalWakeups`` serves one process. A store
 shared by several processes (PostgreSQL) feeds the changes other processes committed into the
 same ``notify`` (``LISTEN``), so the semantics never know where a change came from.
@@ -18,9 +22,42 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from schemas.wire import Message
 
 _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
+
+
+class Taker:
+    """A coroutine receive parked on an inbox, as a send may hand it a message.
+
+    ``lease_seconds`` is the receive's lease (None: at-most-once), ``gone`` its
+    ``abandoned`` event (a receive whose client left takes nothing). ``park`` fills in
+    ``loop`` and ``fut``; a send that ``take`` s it stores the message already delivered
+    (``model.Claim``) and, once committed, calls ``hand(msg)``, or ``give_back()`` when
+    the send failed (the receive then looks at its inbox again, as after any wake-up).
+    """
+
+    __slots__ = ("fut", "gone", "lease_seconds", "loop", "msg")
+
+    def __init__(self, lease_seconds: int | None, gone: asyncio.Event | None) -> None:
+        self.lease_seconds = lease_seconds
+        self.gone = gone
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.fut: asyncio.Future[None] | None = None
+        self.msg: Message | None = None
+
+    def hand(self, msg: Message) -> None:
+        """Give the receive ``msg`` (on its loop's thread, after the commit)."""
+        self.msg = msg
+        self.give_back()
+
+    def give_back(self) -> None:
+        """Wake the receive without a message."""
+        if self.fut is not None:
+            _wake_future(self.fut)
 
 
 class Wakeups(Protocol):
@@ -65,10 +102,19 @@ class Wakeups(Protocol):
         timeout or once closed."""
         ...
 
-    def park(self, recipient: str | None, seq: int) -> asyncio.Future[None] | None:
+    def park(
+        self, recipient: str | None, seq: int, taker: Taker | None = None
+    ) -> asyncio.Future[None] | None:
         """A future resolved on the next change for ``recipient`` (None: the next new
         message); None instead when that change already happened (``seq`` is stale: the
-        recipient's sequence, or ``last_id()`` for None) or the wake-ups are closed."""
+        recipient's sequence, or ``last_id()`` for None) or the wake-ups are closed.
+        With ``taker`` (a receive parked on ``recipient``) a send may ``take`` it."""
+        ...
+
+    def take(self, recipient: str) -> Taker | None:
+        """The longest-parked ``Taker`` of ``recipient`` on the running loop whose client
+        is still there, no longer parked (a commit's ``notify`` will not wake it), or None
+        (also when no loop runs in this thread)."""
         ...
 
     def unpark(self, recipient: str | None, fut: asyncio.Future[None]) -> None:
@@ -143,6 +189,7 @@ class LocalWakeups:
         self._any = threading.Condition(self._lock)
         self._parked: dict[str, list[_Waiter]] = {}
         self._parked_any: list[_Waiter] = []
+        self._takers: dict[str, list[Taker]] = {}
         self._last_id = last_id
         self._closed = False
 
@@ -159,7 +206,7 @@ class LocalWakeups:
                 cond.notify_all()
             self._any.notify_all()
             woken = [w for ws in self._parked.values() for w in ws] + self._parked_any
-            self._parked, self._parked_any = {}, []
+            self._parked, self._parked_any, self._takers = {}, [], {}
         wake_async(woken)
 
     def notify(self, recipients: Sequence[str], last_id: int | None = None) -> None:
@@ -173,6 +220,7 @@ class LocalWakeups:
                 if cond is not None:
                     cond.notify_all()
                 woken += self._parked.pop(r, ())
+                self._takers.pop(r, None)
             woken += self._new_id(last_id)
         if woken:
             wake_async(woken)
@@ -184,7 +232,7 @@ class LocalWakeups:
             for cond in self._conds.values():
                 cond.notify_all()
             woken = [w for ws in self._parked.values() for w in ws]
-            self._parked = {}
+            self._parked, self._takers = {}, {}
             woken += self._new_id(last_id)
         wake_async(woken)
 
@@ -229,9 +277,12 @@ class LocalWakeups:
                 self._any.wait_for(lambda: self._last_id > since_id or self._closed, timeout)
             return self._last_id > since_id and not self._closed
 
-    def park(self, recipient: str | None, seq: int) -> asyncio.Future[None] | None:
+    def park(
+        self, recipient: str | None, seq: int, taker: Taker | None = None
+    ) -> asyncio.Future[None] | None:
         """A future resolved on the next change for ``recipient`` (None: the next new
-        message); None when ``seq`` is stale or the wake-ups are closed."""
+        message); None when ``seq`` is stale or the wake-ups are closed. ``taker``: a
+        receive a send may hand its message to (``take``)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -245,15 +296,58 @@ class LocalWakeups:
                 if self._seq_of(recipient) != seq:
                     return None
                 self._parked.setdefault(recipient, []).append((loop, fut))
+                if taker is not None:
+                    taker.loop, taker.fut = loop, fut
+                    self._takers.setdefault(recipient, []).append(taker)
         return fut
+
+    def take(self, recipient: str) -> Taker | None:
+        """The longest-parked ``Taker`` of ``recipient`` on the running loop, unparked;
+        None when there is none (or no loop runs in this thread)."""
+        if recipient not in self._takers:  # a lock-free look first: mostly nobody is parked
+            return None
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            return None  # a thread's send: its waiters' loops resolve them, not this thread
+        with self._lock:
+            takers = self._takers.get(recipient, [])
+            for i, t in enumerate(takers):
+                if t.loop is not here or t.fut is None or t.fut.done():
+                    continue
+                if t.gone is not None and t.gone.is_set():
+                    continue
+                del takers[i]
+                if not takers:
+                    del self._takers[recipient]
+                parked = self._parked.get(recipient)
+                if parked is not None:
+                    self._drop(parked, t.fut)
+                    if not parked:
+                        del self._parked[recipient]
+                return t
+        return None
+
+    @staticmethod
+    def _drop(waiters: list[_Waiter], fut: asyncio.Future[None]) -> None:
+        for i, (_, f) in enumerate(waiters):
+            if f is fut:
+                del waiters[i]
+                return
 
     def unpark(self, recipient: str | None, fut: asyncio.Future[None]) -> None:
         """Forget ``fut`` if it is still parked."""
         with self._lock:
             waiters = self._parked_any if recipient is None else self._parked.get(recipient, [])
-            for i, (_, f) in enumerate(waiters):
-                if f is fut:
-                    del waiters[i]
-                    break
-            if recipient is not None and not waiters:
-                self._parked.pop(recipient, None)
+            self._drop(waiters, fut)
+            if recipient is not None:
+                if not waiters:
+                    self._parked.pop(recipient, None)
+                takers = self._takers.get(recipient)
+                if takers is not None:
+                    for i, t in enumerate(takers):
+                        if t.fut is fut:
+                            del takers[i]
+                            break
+                    if not takers:
+                        del self._takers[recipient]
