@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -68,6 +68,7 @@ from uvicorn.server import ServerState
 
 from hivehttp.fastroute import FastCycle, FastHandler
 from hivehttp.guard import BODY_READ, GONE, Gone, Policy, guarded
+from hivehttp.loops import new_loop
 from hivehttp.observe import current_observer, observed, route_of
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,11 @@ class _Guarded(HttpToolsProtocol):
         self._running: Any = None  # the cycle whose answer is being made
 
     # -- asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # a stream server's transport (the listeners are all create_server /
+        # create_unix_server): a cast, not an isinstance check, since uvloop's TCP and unix
+        # transports have asyncio.Transport's methods without being its subclasses
+        transport = cast(asyncio.Transport, base)
         self.peer = self.listener.peer_of(transport)
         if not self.listener.admit(self):
             self._refused = True
@@ -468,7 +472,7 @@ class Listener:
         self.tls = False
         """True when this TCP listener speaks TLS (``serve_tcp(..., tls=context)``)."""
         self._inode: int | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.AbstractServer | None = None  # asyncio's Server or uvloop's
         self._conns: set[_Guarded] = set()
         self._per_client: dict[str, int] = {}
         self._refused = 0
@@ -685,7 +689,7 @@ class HttpCore:
         with self._lock:
             if self.running:
                 return
-            loop = asyncio.new_event_loop()
+            loop = new_loop()  # uvloop's, else asyncio's (hivehttp.loops)
             # handlers run git, reconcile and lifecycle verbs through to_thread; those can take
             # minutes, and the default pool (cores + 4) would let a few of them delay every
             # quick call. Workers are made on demand, so an idle core costs no threads.
