@@ -19,6 +19,7 @@ let
   pythonDependencies = ps: [
     ps.falcon
     ps.jsonschema
+    ps.msgspec # hivehttp.jsonbody: the request bodies' first decoder
     ps.psutil
     ps.pygit2
     ps.pyyaml

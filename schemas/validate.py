@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sized
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from typing import Any
 
@@ -295,11 +295,100 @@ def _all(checks: list[Check]) -> Check:
     return check
 
 
+_OBJECT_KEYS = frozenset({"type", "properties", "required", "additionalProperties"})
+_STRING_KEYS = frozenset({"type", "minLength", "maxLength", "pattern"})
+_NUMBER_KEYS = frozenset({"type", "minimum", "maximum"})
+
+
+def _object(node: dict[str, Any]) -> Check:
+    """One check for ``{"type": "object", properties, required, additionalProperties:
+    false}`` (each optional but the type): the same verdict as ``_all`` of the keywords'
+    checks, in one call instead of one per keyword."""
+    props = tuple((k, _compile_fast(v)) for k, v in node.get("properties", {}).items())
+    required = tuple(node.get("required", ()))
+    closed = frozenset(node.get("properties", {})) if "additionalProperties" in node else None
+
+    def check(x: Any) -> bool:
+        if not isinstance(x, dict):
+            return False
+        for k in required:
+            if k not in x:
+                return False
+        if closed is not None and not closed.issuperset(x):
+            return False
+        for k, c in props:  # noqa: SIM110 (see above)
+            if k in x and not c(x[k]):
+                return False
+        return True
+
+    return check
+
+
+def _string(node: dict[str, Any]) -> Check:
+    """One check for ``{"type": "string", minLength, maxLength, pattern}`` (each optional
+    but the type), as ``_object`` is for objects."""
+    lo = node.get("minLength", 0)
+    hi = node.get("maxLength")
+    rx = ecma_regex(node["pattern"]) if "pattern" in node else None
+
+    def check(x: Any) -> bool:
+        if not isinstance(x, str) or len(x) < lo or (hi is not None and len(x) > hi):
+            return False
+        return rx is None or rx.search(x) is not None
+
+    return check
+
+
+def _number(node: dict[str, Any]) -> Check:
+    """One check for ``{"type": "number" | "integer", minimum, maximum}`` (each optional
+    but the type); an integral float is no ``integer`` here, as in ``_TYPES``."""
+    kinds: tuple[type, ...] = (int,) if node["type"] == "integer" else (int, float)
+    lo = node.get("minimum")
+    hi = node.get("maximum")
+
+    def check(x: Any) -> bool:
+        if not isinstance(x, kinds) or isinstance(x, bool):
+            return False
+        return (lo is None or x >= lo) and (hi is None or x <= hi)
+
+    return check
+
+
+def _shaped(node: dict[str, Any]) -> Check | None:
+    """``_object``, ``_string`` or ``_number`` when ``node`` is one of their shapes, with
+    well-formed keyword values; else None (the keyword-by-keyword compilation)."""
+    keys = node.keys() - _ANNOTATIONS
+    kind = node.get("type")
+    if kind == "object" and keys <= _OBJECT_KEYS:
+        props, required = node.get("properties", {}), node.get("required", [])
+        if (
+            isinstance(props, dict)
+            and isinstance(required, list)
+            and all(isinstance(k, str) for k in required)
+            and node.get("additionalProperties", False) is False
+        ):
+            return _object(node)
+    elif kind == "string" and keys <= _STRING_KEYS:
+        bounds = [node[k] for k in ("minLength", "maxLength") if k in node]
+        if all(type(b) is int for b in bounds) and isinstance(node.get("pattern", ""), str):
+            return _string(node)
+    elif (
+        kind in ("number", "integer")
+        and keys <= _NUMBER_KEYS
+        and all(_is_num(node[k]) for k in ("minimum", "maximum") if k in node)
+    ):
+        return _number(node)
+    return None
+
+
 def _compile_fast(node: Any) -> Check:
     """A check that is True only when ``node`` (a ref-free schema) accepts the instance;
     ``_NotInlinable`` for a keyword it does not model exactly."""
     if not isinstance(node, dict):
         raise _NotInlinable("boolean schema")
+    shaped = _shaped(node)
+    if shaped is not None:
+        return shaped
     checks: list[Check] = []
     for key, value in node.items():
         if key in _ANNOTATIONS:
@@ -386,6 +475,13 @@ def _reason(error: jsonschema.ValidationError) -> str:
     return msg if len(msg) <= 200 else msg[:200] + "…"
 
 
+def _judge(validator: Any, instance: Any) -> None:
+    """jsonschema's verdict on ``instance``: ``ValidationFailed`` for its best error."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is not None:
+        raise ValidationFailed(_path(error), _reason(error))
+
+
 def validate(instance: Any, ref: str) -> None:
     """Check ``instance`` against schema ``ref`` (``"agent"`` or ``"wire#SendRequest"``).
 
@@ -395,6 +491,20 @@ def validate(instance: Any, ref: str) -> None:
     fast = _fast(ref)
     if fast is not None and fast(instance):
         return
-    error = jsonschema.exceptions.best_match(_validator(ref).iter_errors(instance))
-    if error is not None:
-        raise ValidationFailed(_path(error), _reason(error))
+    _judge(_validator(ref), instance)
+
+
+def checker(ref: str) -> Callable[[Any], None]:
+    """``validate`` bound to ``ref``: ``check(instance)`` raises what ``validate(instance,
+    ref)`` raises, without looking the schema up per call (a caller on a hot path builds
+    one per schema, once). The schema is compiled now."""
+    fast = _fast(ref)
+    validator = _validator(ref)
+    if fast is None:
+        return partial(_judge, validator)
+
+    def check(instance: Any) -> None:
+        if not fast(instance):
+            _judge(validator, instance)
+
+    return check

@@ -434,6 +434,7 @@ def make_agent_app(
         lambda token: credentials.verify(identity, token),
         f"this is {identity}'s socket and it needs {identity}'s credential: send "
         "'Authorization: Bearer <token>' with the token in $HYPERHIVE_CREDENTIAL_FILE",
+        credentials.header_check(identity),
     )
     api = AgentApi(broker, identity, ops, flavor, budgets)
     app = make_app(BearerAuth(check.check, check.message))

@@ -9,9 +9,14 @@ Bearer`` on every broker request and the agent socket checks it against the
 socket's identity (``verify``). The token alone also names its agent
 (``identify``), for surfaces that have no per-agent socket (TCP, later).
 
-Reads are cached per agent and keyed by the file's identity (inode, size,
-mtime), so a file rotated by another process (or by hand) is honoured on the
-next request at the cost of one ``stat``.
+Reads are cached per agent and keyed by the file's identity (device, inode,
+size, mtime, ctime), so a file rotated by another process (or by hand) is
+honoured on the next request at the cost of one ``stat``. That ``stat`` is
+kept on every request: an inotify watch would tell of a change only once its
+event is read, and would miss a directory above the file being replaced.
+``header_check`` is the per-socket form of ``verify``: it takes the raw
+``Authorization`` value, so the usual ``Bearer <token>`` header costs one
+``stat`` and one constant-time compare.
 """
 
 from __future__ import annotations
@@ -21,33 +26,54 @@ import hmac
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.auth.bearer import bearer_token
 from controller.auth.secretfile import (
     CredentialError,
     create_secret,
     new_secret,
-    read_secret,
+    read_secret_stat,
     write_secret,
 )
 from controller.paths import Layout
 from schemas.names import is_agent_name
 
+Stamp = tuple[int, int, int, int, int]
+
 
 @dataclass(frozen=True)
 class _Cached:
-    stamp: tuple[int, int, int]
+    """One agent's credential as read: the file's ``stamp`` (``_stamp``) when read, the
+    ``token``, its SHA-256 ``digest`` (``identify``'s index), and the bytes compared on
+    every request (``raw``: the token; ``header``: ``Bearer <token>``)."""
+
+    stamp: Stamp
     token: str
     digest: bytes
+    raw: bytes
+    header: bytes
+
+
+def _cached(stamp: Stamp, token: str) -> _Cached:
+    raw = token.encode("ascii")  # read_secret only returns urlsafe base64
+    return _Cached(stamp, token, hashlib.sha256(raw).digest(), raw, b"Bearer " + raw)
 
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii", errors="replace")).digest()
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+def _stamp(st: os.stat_result) -> Stamp:
+    # ctime too: a rewrite in place that keeps the size and puts the mtime back (utime)
+    # still moves it, and nobody can set it
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _refuse(header: bytes | None) -> bool:
+    return False
 
 
 class AgentCredentials:
@@ -100,13 +126,39 @@ class AgentCredentials:
             path = self._paths[agent] = self.layout.agent_credential(agent)
         return path
 
-    def _remember(self, agent: str, path: Path, token: str) -> None:
+    def _fresh(self, agent: str, path: Path) -> _Cached | None:
+        """``agent``'s credential as on disk now (``path`` is its file), or None when it has
+        none or the file is unreadable or malformed: one ``stat``, and a read only when the
+        file is not the one cached.
+
+        The cache is read without the lock: a dict lookup is atomic, entries are immutable
+        and replaced whole, and an entry is used only when its stamp is the file's now.
+        """
         try:
-            stamp = _stamp(os.stat(path, follow_symlinks=False))
-        except FileNotFoundError:
-            return
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            if agent in self._cache:
+                with self._lock:
+                    self._drop(agent)
+            return None
+        cached = self._cache.get(agent)
+        if cached is not None and cached.stamp == _stamp(st):
+            return cached
+        return self._load(agent, path)
+
+    def _load(self, agent: str, path: Path) -> _Cached | None:
+        """Read ``agent``'s credential into the cache, stamped with the file it was read
+        from (``read_secret_stat``); None (and no entry) when there is none to read."""
+        try:
+            token, st = read_secret_stat(path, f"{agent}'s credential")
+        except (OSError, CredentialError):
+            with self._lock:
+                self._drop(agent)
+            return None
+        cached = _cached(_stamp(st), token)
         with self._lock:
-            self._put(agent, _Cached(stamp, token, _digest(token)))
+            self._put(agent, cached)
+        return cached
 
     def issue(self, agent: str) -> str:
         """Write a fresh credential for ``agent`` (replacing any: rotation); returns it.
@@ -117,7 +169,9 @@ class AgentCredentials:
         path = self.path(agent)
         token = new_secret()
         write_secret(path, token)
-        self._remember(agent, path, token)
+        # cached as read back: a writer racing this one may have replaced it already, and
+        # the cache must hold what the file holds
+        self._load(agent, path)
         return token
 
     def ensure(self, agent: str) -> str:
@@ -126,7 +180,7 @@ class AgentCredentials:
         path = self.path(agent)
         token = new_secret()
         if create_secret(path, token):
-            self._remember(agent, path, token)
+            self._load(agent, path)
             return token
         current = self.current(agent)
         return current if current is not None else self.issue(agent)
@@ -134,26 +188,8 @@ class AgentCredentials:
     def current(self, agent: str) -> str | None:
         """``agent``'s credential as on disk now (cached), or None when it has none or the
         file is unreadable or malformed."""
-        path = self.path(agent)
-        try:
-            stamp = _stamp(os.stat(path, follow_symlinks=False))
-        except OSError:
-            with self._lock:
-                self._drop(agent)
-            return None
-        with self._lock:
-            cached = self._cache.get(agent)
-        if cached is not None and cached.stamp == stamp:
-            return cached.token
-        try:
-            token = read_secret(path, f"{agent}'s credential")
-        except (OSError, CredentialError):
-            with self._lock:
-                self._drop(agent)
-            return None
-        with self._lock:
-            self._put(agent, _Cached(stamp, token, _digest(token)))
-        return token
+        cached = self._fresh(agent, self.path(agent))
+        return None if cached is None else cached.token
 
     def verify(self, agent: str, token: str | None) -> bool:
         """True when ``token`` is ``agent``'s current credential (constant-time compare).
@@ -163,10 +199,39 @@ class AgentCredentials:
         """
         if not token or not token.isascii() or not is_agent_name(agent):
             return False
-        expected = self.current(agent)
+        expected = self._fresh(agent, self.path(agent))
         if expected is None:
             return False
-        return hmac.compare_digest(expected.encode("ascii"), token.encode("ascii"))
+        return hmac.compare_digest(expected.raw, token.encode("ascii"))
+
+    def header_check(self, agent: str) -> Callable[[bytes | None], bool]:
+        """``check(value)``: True when ``value``, a raw ``Authorization`` header value (None:
+        no header), carries ``agent``'s current credential: the same verdict as
+        ``verify(agent, bearer_token(value.decode("latin-1")))``, for a socket whose caller
+        is known in advance. The file is checked on every call, as by ``verify``.
+
+        The usual ``Bearer <token>`` value is compared whole, in constant time, with the one
+        the credential makes; any other spelling (``bearer``, extra spaces) is parsed by
+        ``bearer_token`` and its token compared. A bad agent name gives a check that
+        refuses everything.
+        """
+        if not is_agent_name(agent):
+            return _refuse
+        path = self.path(agent)
+        fresh = self._fresh
+
+        def check(value: bytes | None) -> bool:
+            if not value:
+                return False
+            expected = fresh(agent, path)
+            if expected is None:
+                return False
+            if hmac.compare_digest(value, expected.header):
+                return True
+            token = bearer_token(value.decode("latin-1"))  # ASCII when not None
+            return token is not None and hmac.compare_digest(expected.raw, token.encode("ascii"))
+
+        return check
 
     def identify(self, token: str | None) -> str | None:
         """The agent whose current credential is ``token``, or None.

@@ -104,6 +104,17 @@ def read_secret(path: Path, what: str) -> str:
     ``CredentialError`` when it is unreadable (permissions), not a regular
     file, or does not hold a secret.
     """
+    return read_secret_stat(path, what)[0]
+
+
+def read_secret_stat(path: Path, what: str) -> tuple[str, os.stat_result]:
+    """``read_secret``, with the ``fstat`` of the very file read, taken before reading it.
+
+    A cache keyed by the file's identity (``AgentCredentials``) needs the identity of what
+    it read: a ``stat`` of the path apart from the read may describe another file (a
+    rotation in between), and one taken after the read would file the old secret under
+    the new file's identity. Raises what ``read_secret`` raises.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -117,7 +128,8 @@ def read_secret(path: Path, what: str) -> str:
     except OSError as exc:
         raise CredentialError(f"cannot read {what} at {path}: {exc.strerror}", path) from exc
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise CredentialError(f"{what} at {path} is not a regular file", path)
         raw = os.read(fd, MAX_SECRET_FILE + 1)
     except OSError as exc:
@@ -131,4 +143,4 @@ def read_secret(path: Path, what: str) -> str:
             "characters); delete the file and restart `hyperhive serve` to make a new one",
             path,
         )
-    return text
+    return text, st

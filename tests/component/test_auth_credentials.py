@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,11 @@ import pytest
 from controller.auth import (
     AgentCredentials,
     CredentialError,
+    bearer_token,
     ensure_operator_key,
     load_operator_key,
 )
-from controller.auth.secretfile import SECRET_RE
+from controller.auth.secretfile import SECRET_RE, new_secret
 from controller.paths import Layout
 from schemas.names import MANAGER
 
@@ -123,3 +125,70 @@ def test_bad_names_and_files(layout: Layout) -> None:
     assert creds.current("carol") is None and not creds.verify("carol", "short")
     token = creds.ensure("carol")  # a malformed file is replaced
     assert creds.verify("carol", token)
+
+
+def test_header_check_is_verify_of_the_header(layout: Layout) -> None:
+    """``header_check`` (the agent sockets' form) gives ``verify``'s verdict on the parsed
+    header for every spelling, and follows rotation and removal at the very next call."""
+    creds, other = AgentCredentials(layout), AgentCredentials(layout)
+    old = creds.issue("alice").encode()
+    bob = creds.issue("bob").encode()
+    check = creds.header_check("alice")
+
+    def same(tokens: list[bytes]) -> None:
+        for t in tokens:
+            for value in (
+                None,
+                b"",
+                b"Bearer " + t,
+                b"bearer " + t,
+                b"BEARER   " + t + b"  ",
+                b"Bearer " + t + b"x",
+                b"Bearer " + t[:-1],
+                b"Bearer " + t + b" " + t,
+                b"Basic " + t,
+                t,
+                b"Bearer \xe9" + t[1:],
+                b"Bearer " + t[:-1] + b"\x00",
+                b"Bearer " + b"a" * 5000,
+            ):
+                token = None if value is None else bearer_token(value.decode("latin-1"))
+                assert check(value) == creds.verify("alice", token), value
+
+    same([old, bob])
+    assert check(b"Bearer " + old) and not check(b"Bearer " + bob)
+    new = creds.issue("alice").encode()  # rotation by this instance
+    assert not check(b"Bearer " + old) and check(b"Bearer " + new)
+    newer = other.issue("alice").encode()  # by another instance (or process)
+    assert not check(b"Bearer " + new) and check(b"bearer " + newer)
+    same([old, new, newer])
+    layout.agent_credential("alice").unlink()  # deleted by hand
+    assert not check(b"Bearer " + newer) and not check(b"bearer " + newer)
+    last = other.ensure("alice").encode()
+    assert check(b"Bearer " + last)
+    assert other.remove("alice") and not check(b"Bearer " + last)
+    assert not creds.header_check("../x")(b"Bearer " + bob)  # a bad name: refuses all
+
+
+def test_a_rewrite_in_place_keeping_size_and_mtime_is_noticed(layout: Layout) -> None:
+    """The cache is keyed by the file's identity, ctime included: a credential rewritten
+    in place (same inode, same size) with its mtime put back stops working at once."""
+    creds = AgentCredentials(layout)
+    old = creds.issue("alice")
+    path = layout.agent_credential("alice")
+    check = creds.header_check("alice")
+    assert check(b"Bearer " + old.encode()) and creds.verify("alice", old)
+    before = path.stat()
+    time.sleep(0.05)  # past the filesystem's timestamp granularity, so the ctime moves
+    new = new_secret()
+    with path.open("r+b") as f:
+        f.write(f"{new}\n".encode())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert not check(b"Bearer " + old.encode()) and not creds.verify("alice", old)
+    assert check(b"Bearer " + new.encode()) and creds.verify("alice", new)

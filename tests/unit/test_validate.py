@@ -18,6 +18,7 @@ from schemas.validate import (
     _reason,
     _registry,
     _validator,
+    checker,
     load_schema,
     validate,
 )
@@ -33,6 +34,10 @@ HOSTILE: list[Any] = [
     -1,
     1,
     1.5,
+    -0.5,
+    30.0,
+    180.5,
+    86401,
     2**40,
     True,
     False,
@@ -123,6 +128,18 @@ def test_same_verdicts_and_errors_as_the_registry(ref: str) -> None:
         assert _ours(instance, ref) == _reference(instance, ref), json.dumps(instance)[:200]
 
 
+@pytest.mark.parametrize("ref", _refs())
+def test_a_bound_checker_says_what_validate_says(ref: str) -> None:
+    check = checker(ref)
+    for instance in _corpus(ref, random.Random(ref)):
+        try:
+            check(instance)
+            got = None
+        except ValidationFailed as exc:
+            got = (exc.field, exc.reason)
+        assert got == _ours(instance, ref), json.dumps(instance)[:200]
+
+
 def test_compiled_validators_carry_no_refs() -> None:
     for ref in ("wire#SendRequest", "wire#RecvResponse", "events", "agent", "config"):
         text = json.dumps(_validator(ref).schema)
@@ -143,6 +160,8 @@ def test_hot_request_bodies_have_the_fast_check() -> None:
     for name in ("SendRequest", "RecvRequest", "AckRequest", "WakeRequest", "ReleaseRequest"):
         check = _fast(f"wire#{name}")
         assert check is not None, name
+        for base in _bases(f"wire#{name}"):  # and it does accept what is valid
+            assert check(base) == (_reference(base, f"wire#{name}") is None), (name, base)
         rng = random.Random(name)
         for instance in _corpus(f"wire#{name}", rng):
             if check(instance):
