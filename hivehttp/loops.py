@@ -10,8 +10,7 @@ and ``Task``) is the same code on either loop.
 platform without a uvloop wheel: Windows, an interpreter uvloop does not build for),
 it falls back to ``asyncio``'s loop and says so in the log: slower, not wrong.
 ``HIVEHTTP_LOOP=asyncio`` in the environment asks for the standard loop on purpose, to
-tell whether a misbehaviour is uvloop's (and for asyncio's debug mode,
-``PYTHONASYNCIODEBUG=1``, whose checks uvloop's loop does not all make).
+tell whether a misbehaviour is uvloop's.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ untrusted local processes needs, which uvicorn does not have:
   is busy in a request whose body has arrived is the new one refused (503);
 * **one loop for all listeners**: a parked long poll or an open SSE stream
   is a suspended coroutine, not a thread, so 200 agent sockets plus the
-  dashboard cost one thread;
+  dashboard cost one thread. The loop is uvloop's when it can be imported
+  (``hivehttp.loops``);
 * the ``guard.Policy`` checks (Host, origin, media type, body size) in
   front of every app;
 * **one write per response**: uvicorn writes a response's head and its body
@@ -142,7 +143,9 @@ class _Gathered:
     ``write`` keeps the bytes and schedules a flush with ``call_soon``; ``close``,
     ``write_eof`` and ``abort`` flush (or drop) first. Everything else is the real
     transport's. The flush runs before the loop next polls for I/O, so nothing waits
-    longer than the callbacks already queued.
+    longer than the callbacks already queued. Bytes for a transport already closing are
+    dropped here: asyncio's loop would drop them too, uvloop's raises once the connection
+    is gone.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
@@ -175,7 +178,8 @@ class _Gathered:
 
     def write_eof(self) -> None:
         self.flush()
-        self._t.write_eof()
+        if not self._t.is_closing():  # uvloop raises on a transport whose handle is gone
+            self._t.write_eof()
 
     def close(self) -> None:
         self.flush()

@@ -19,13 +19,16 @@ let
   pythonDependencies = ps: [
     ps.falcon
     ps.jsonschema
-    ps.msgspec # hivehttp.jsonbody: the request bodies' first decoder
+    # hivehttp.jsonbody: the request bodies' first decoder
+    ps.msgspec
     ps.psutil
     ps.pygit2
     ps.pyyaml
     ps.sdnotify
     ps.uvicorn
     ps.httptools
+    # hivehttp.loops: the event loop hivehttp serves on
+    ps.uvloop
     ps.lightkube
     ps.prometheus-client
     ps.opentelemetry-sdk
