@@ -18,6 +18,7 @@ one credential check, one parser, one schema, one error mapping.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -82,12 +83,21 @@ _JSON = (b"content-type", b"application/json")
 # No circular-reference markers: a shared markers dict is not safe across threads nor
 # after an error mid-answer; an answer is a tree our handlers build (a cycle would end in
 # RecursionError, answered 500 as any exception).
-_C_ENCODE: Any = c_make_encoder(None, None, encode_basestring, None, ": ", ", ", False, False, True)
+if c_make_encoder is not None:
+    _C_ENCODE: Any = c_make_encoder(
+        None, None, encode_basestring, None, ": ", ", ", False, False, True
+    )
 
+    def _encode(doc: dict[str, Any]) -> bytes:
+        """``doc`` as the JSON of ``json.JSONEncoder(ensure_ascii=False)``, UTF-8 encoded."""
+        return "".join(_C_ENCODE(doc, 0)).encode()
 
-def _encode(doc: dict[str, Any]) -> bytes:
-    """``doc`` as the JSON of ``json.JSONEncoder(ensure_ascii=False)``, UTF-8 encoded."""
-    return "".join(_C_ENCODE(doc, 0)).encode()
+else:  # a Python without the json module's C accelerator
+    _PY_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+    def _encode(doc: dict[str, Any]) -> bytes:
+        """``doc`` as the JSON of ``json.JSONEncoder(ensure_ascii=False)``, UTF-8 encoded."""
+        return _PY_ENCODE(doc).encode()
 
 
 def _header_check(check: Callable[[str | None], bool]) -> Callable[[bytes | None], bool]:
