@@ -47,6 +47,12 @@ GIT_CONFIG = {
     "receive.denyDeletes": "false",
     "receive.fsckObjects": "true",
     "core.logAllRefUpdates": "true",
+    # the reflogs are the audit trail: kept, never expired. Expiring them is also what made
+    # `git gc` (the controller's after a manager push, and git's own gc --auto after a
+    # receive) lock every ref, main and the notes included, while it ran: a controller
+    # write in that window failed with "failed to lock file".
+    "gc.reflogExpire": "never",
+    "gc.reflogExpireUnreachable": "never",
 }
 """meta.git's receive config, (re)written at every start when it differs."""
 

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from controller.auth.operator import load_operator_key
+from controller.config import Config
 from controller.githttp import (
     HOUR,
     MANAGER_PUSH_BYTES_PER_HOUR,
@@ -23,6 +24,7 @@ from controller.githttp import (
     GitHttp,
     PushQuota,
 )
+from controller.metarepo import MetaRepo
 from controller.paths import Layout
 from schemas.names import MANAGER
 from tests.security import test_new_surfaces as surfaces
@@ -120,3 +122,23 @@ def test_the_quota_counts_pushes_and_says_how_long_to_wait() -> None:
     assert q.refuse() is None
     q.charge(99)  # bytes: 1 + 1 + 99 = 101 in the hour now
     assert q.refuse() == 20  # the two small ones must go: the second at +20 s
+
+
+def test_gc_takes_no_refs_lock_while_the_controller_writes(tmp_path: Path) -> None:
+    """A controller write holds a ref's lock (a proposal's note, main's compare-and-swap)
+    while gc runs after a manager push: gc must neither fail on it nor take it. Git's own
+    ``gc`` (``gc --auto`` after a receive) must not either, from meta.git's config alone.
+    Reflog expiry locked every ref: the cause of a 500 on ``request_apply_commit``."""
+    layout = Layout.for_state(tmp_path / "state")
+    MetaRepo.open_or_init(layout, Config(hyperhive_flake="path:/src/hyperhive"))
+    git_dir = layout.meta_git
+    r = _git("--git-dir", str(git_dir), "notes", "--ref=hyperhive", "add", "-m", "{}", "main",
+             cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    held = [git_dir / "refs" / "heads" / "main.lock", git_dir / "refs" / "notes" / "hyperhive.lock"]
+    for lock in held:
+        lock.write_bytes(b"")
+    assert GitHttp(layout, "k").gc()
+    plain = _git("--git-dir", str(git_dir), "gc", "--quiet", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert all(lock.exists() for lock in held)  # still the writer's, untouched
