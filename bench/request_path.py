@@ -29,13 +29,14 @@ import argparse
 import json
 import subprocess
 import sys
-import tarfile
 import tempfile
 import timeit
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from http_server import extract  # the bench beside this one: git archive of a rev, unpacked
 
 REPO = Path(__file__).resolve().parents[1]
 BEFORE_REV = "075f1ae"
@@ -185,23 +186,6 @@ def pieces(number: int, repeat: int) -> list[tuple[str, float, float]]:
             )
         )
     return rows
-
-
-def extract(rev: str, dest: Path) -> Path:
-    """``git archive`` of ``rev`` unpacked under ``dest`` (the repository is not touched)."""
-    out = dest / f"tree-{rev}"
-    out.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", rev],
-        check=True,
-        capture_output=True,
-    ).stdout
-    with tempfile.TemporaryFile() as tmp:
-        tmp.write(archive)
-        tmp.seek(0)
-        with tarfile.open(fileobj=tmp) as tar:
-            tar.extractall(out, filter="data")
-    return out
 
 
 def child(tree: Path, number: int, repeat: int) -> dict[str, float]:
