@@ -4,13 +4,17 @@
 hyperhive version) and the one lock every public method of ``MetaRepo`` takes
 (re-entrant: a verb calls others under it). Its helpers read main, move it by
 compare-and-swap, peel a ref's target and read a tag's message.
+
+``retry_locked`` waits out another git process' lock on a ref, as git's own CLI does.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pygit2
 
@@ -19,6 +23,41 @@ from controller.errors import NotFound
 from controller.metarepo.names import CONTROLLER_EMAIL, CONTROLLER_NAME, MAIN_REF
 from controller.metarepo.values import MainMoved
 from controller.paths import Layout
+
+T = TypeVar("T")
+
+LOCK_WAIT_SECONDS = 2.0
+"""How long a ref write waits for another process' lock on that ref before it fails."""
+
+
+def _held_lock(exc: Exception) -> bool:
+    # libgit2 reports it as an OSError (a ref or note write) or a GitError (a transaction's
+    # lock_ref), both worded so: "failed to lock file '<ref>.lock' for writing"
+    return "failed to lock file" in str(exc)
+
+
+def retry_locked(write: Callable[[], T], wait: float = LOCK_WAIT_SECONDS) -> T:
+    """``write()``, tried again (5 ms, doubling to 100 ms apart) for up to ``wait`` seconds
+    while another process holds the lock file of a ref it writes; then its error is raised.
+
+    git's CLI waits for a held ref lock the same way (``core.filesRefLockTimeout``, 100 ms;
+    ``core.packedRefsTimeout``, 1 s: git-config(1)); libgit2, under pygit2, fails at once.
+    Who holds one on meta.git besides the controller: a push's ``receive-pack`` (its own
+    refs), and ``git gc --auto`` after a receive packing loose refs (each locked while it is
+    removed). A write that failed on a lock wrote no ref, so trying it again is safe. Any
+    other error is raised at once.
+    """
+    deadline = time.monotonic() + wait
+    delay = 0.005
+    while True:
+        try:
+            return write()
+        except (OSError, pygit2.GitError) as exc:
+            left = deadline - time.monotonic()
+            if not _held_lock(exc) or left <= 0:
+                raise
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 0.1)
 
 
 class MetaCore:
@@ -65,12 +104,17 @@ class MetaCore:
 
     def update_main(self, new: pygit2.Oid, expected: pygit2.Oid, message: str) -> None:
         """Compare-and-swap main from ``expected`` to ``new`` (reflog ``message``);
-        ``MainMoved`` when main is no longer ``expected``."""
-        with self.repo.transaction() as txn:
-            txn.lock_ref(MAIN_REF)
-            if self.main_oid() != expected:
-                raise MainMoved()
-            txn.set_target(MAIN_REF, new, message=message)
+        ``MainMoved`` when main is no longer ``expected``. Waits out another process'
+        lock on main (``retry_locked``)."""
+
+        def swap() -> None:
+            with self.repo.transaction() as txn:
+                txn.lock_ref(MAIN_REF)
+                if self.main_oid() != expected:
+                    raise MainMoved()
+                txn.set_target(MAIN_REF, new, message=message)
+
+        retry_locked(swap)
 
     def peel(self, oid: pygit2.Oid) -> pygit2.Commit:
         """The commit ``oid`` names (through annotated tags)."""

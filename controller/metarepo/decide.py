@@ -6,7 +6,7 @@ import pygit2
 from pygit2.enums import ObjectType
 
 from controller.errors import Conflict, NotFound
-from controller.metarepo.core import MetaCore
+from controller.metarepo.core import MetaCore, retry_locked
 from controller.metarepo.describe import Describe
 from controller.metarepo.index import RefIndex
 from controller.metarepo.names import tag_ref
@@ -46,11 +46,17 @@ class Decide:
             try:
                 if note:
                     sig = core.sig(who, f"{who}@hyperhive.local")
-                    core.repo.create_tag(
-                        f"{prefix}/{id}", target, ObjectType.COMMIT, sig, note + "\n"
+                    retry_locked(
+                        lambda: core.repo.create_tag(
+                            f"{prefix}/{id}", target, ObjectType.COMMIT, sig, note + "\n"
+                        )
                     )
                 else:
-                    core.repo.references.create(tag_ref(prefix, id), target, force=False)
+                    retry_locked(
+                        lambda: core.repo.references.create(
+                            tag_ref(prefix, id), target, force=False
+                        )
+                    )
             except pygit2.AlreadyExistsError as exc:
                 raise Conflict(f"proposal/{id} was decided meanwhile") from exc
             finally:

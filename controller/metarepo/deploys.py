@@ -13,7 +13,7 @@ import pygit2
 from pygit2.enums import ObjectType
 
 from controller.errors import NotFound
-from controller.metarepo.core import MetaCore
+from controller.metarepo.core import MetaCore, retry_locked
 from controller.metarepo.describe import Describe, kind_of, title_of
 from controller.metarepo.index import RefIndex
 from controller.metarepo.names import LAST_DEPLOY_REF, NOTIFIED_PREFIX, OUTCOMES, tag_ref
@@ -69,8 +69,11 @@ class Deploys:
             e = self.index.entry(id)
             if e is None or "denied" not in e.targets:
                 raise NotFound(f"no denied/{id}")
-            self.core.repo.references.create(
-                f"{NOTIFIED_PREFIX}{id}", self.core.peel(e.targets["denied"]).id, force=True
+            denied = self.core.peel(e.targets["denied"]).id
+            retry_locked(
+                lambda: self.core.repo.references.create(
+                    f"{NOTIFIED_PREFIX}{id}", denied, force=True
+                )
             )
             self.index.own("notified", id, None)
 
@@ -144,11 +147,13 @@ class Deploys:
                 )
                 core.update_main(new_main, main, f"proposal/{id}: merge ({title})")
         try:
-            repo.references.create(tag_ref("building", id), new_main, force=False)
+            retry_locked(
+                lambda: repo.references.create(tag_ref("building", id), new_main, force=False)
+            )
             self.index.own("building", id, new_main)
         except pygit2.AlreadyExistsError:
             self.index.dirty = True
-        repo.references.create(LAST_DEPLOY_REF, new_main, force=True)
+        retry_locked(lambda: repo.references.create(LAST_DEPLOY_REF, new_main, force=True))
         return self.describe.build(id, str(new_main))
 
     def record_push(self) -> Build | None:
@@ -167,7 +172,7 @@ class Deploys:
             for e in idx.entries.values():
                 b = e.targets.get("building")
                 if b is not None and b == main and not (OUTCOMES & e.targets.keys()):
-                    repo.references.create(LAST_DEPLOY_REF, main, force=True)
+                    retry_locked(lambda: repo.references.create(LAST_DEPLOY_REF, main, force=True))
                     return None
             base = str(last.target) if last is not None else None
             id = self.index.allocate("building", main)
@@ -181,7 +186,7 @@ class Deploys:
                     "created_at": core.clock(),
                 },
             )
-            repo.references.create(LAST_DEPLOY_REF, main, force=True)
+            retry_locked(lambda: repo.references.create(LAST_DEPLOY_REF, main, force=True))
             return self.describe.build(id, str(main))
 
     def finish(self, id: int, ok: bool, message: str) -> None:
@@ -204,12 +209,12 @@ class Deploys:
             prefix = "deployed" if ok else "failed"
             sig = core.controller_sig()
             try:
-                tag = core.repo.create_tag(
-                    f"{prefix}/{id}",
-                    core.peel(target).id,
-                    ObjectType.COMMIT,
-                    sig,
-                    message.rstrip() + "\n",
+                commit = core.peel(target).id
+                text = message.rstrip() + "\n"
+                tag = retry_locked(
+                    lambda: core.repo.create_tag(
+                        f"{prefix}/{id}", commit, ObjectType.COMMIT, sig, text
+                    )
                 )
                 self.index.own(prefix, id, tag)
             except pygit2.AlreadyExistsError:

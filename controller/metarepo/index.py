@@ -16,11 +16,12 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pygit2
 
-from controller.metarepo.core import MetaCore
+from controller.metarepo.core import MetaCore, retry_locked
 from controller.metarepo.names import NOTIFIED_PREFIX, RACY_NS, TAG_PREFIXES, parse_id, tag_ref
 from controller.metarepo.tags import Entry, Index, split_tag
 
@@ -139,7 +140,8 @@ class RefIndex:
         n = self.refresh().max_id + 1
         while True:
             try:
-                self.core.repo.references.create(tag_ref(prefix, n), target, force=False)
+                create = self.core.repo.references.create
+                retry_locked(partial(create, tag_ref(prefix, n), target, force=False))
             except pygit2.AlreadyExistsError:
                 n += 1
                 continue

@@ -13,7 +13,7 @@ from typing import Any
 
 import pygit2
 
-from controller.metarepo.core import MetaCore
+from controller.metarepo.core import MetaCore, retry_locked
 from controller.metarepo.names import NOTES_REF
 
 
@@ -45,6 +45,5 @@ class Notes:
         doc = self.read(commit)
         doc[str(id)] = dict(meta)
         sig = self.core.controller_sig()
-        self.core.repo.create_note(
-            json.dumps(doc, sort_keys=True), sig, sig, commit, NOTES_REF, True
-        )
+        text = json.dumps(doc, sort_keys=True)
+        retry_locked(lambda: self.core.repo.create_note(text, sig, sig, commit, NOTES_REF, True))

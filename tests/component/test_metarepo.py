@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pygit2
@@ -12,6 +14,7 @@ import pytest
 from controller.config import Config
 from controller.errors import Conflict, Invalid, NotFound
 from controller.metarepo import ApplyFailed, MetaRepo, build_digest, unshare_object_files
+from controller.metarepo.core import retry_locked
 from controller.ops import ProposalKind, ProposalState
 from controller.paths import Layout
 from tests.gitutil import git
@@ -623,3 +626,67 @@ def test_unsharing_follows_no_symlink(meta: MetaRepo, layout: Layout, tmp_path: 
     with pytest.raises(OSError):
         unshare_object_files(layout.manager_meta)
     assert target.stat().st_nlink == 2
+
+
+def _held(path: Path, seconds: float) -> threading.Thread:
+    """Hold ``path`` (a ref's lock file, as another git process would) for ``seconds``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+    def release() -> None:
+        time.sleep(seconds)
+        path.unlink()
+
+    t = threading.Thread(target=release)
+    t.start()
+    return t
+
+
+def test_ref_writes_wait_out_another_process_lock(meta: MetaRepo) -> None:
+    """Each write of the proposal → deploy path meets its ref locked by another process
+    (``git gc --auto`` packing refs, a push's receive-pack) for a moment: it waits, as git's
+    CLI does, instead of failing (a 500 to the manager's ``request_*`` verbs)."""
+    refs = meta.path / "refs"
+    t = _held(refs / "tags" / "proposal" / "1.lock", 0.2)
+    p = meta.propose_spawn("alice")  # allocates proposal/1
+    t.join()
+    t = _held(refs / "tags" / "approved" / "1.lock", 0.2)
+    meta.approve(p.id, "go")
+    t.join()
+    held = [
+        _held(refs / "heads" / "main.lock", 0.2),
+        _held(refs / "tags" / "building" / "1.lock", 0.3),
+    ]
+    b = meta.apply_approved(p.id)
+    for t in held:
+        t.join()
+    assert meta.main_commit() == p.commit == b.commit
+    t = _held(refs / "tags" / "deployed" / "1.lock", 0.2)
+    meta.finish(1, True, "deployed it")
+    t.join()
+    assert meta.proposal(1).state is ProposalState.DEPLOYED
+    moved = write_main(meta, {"agents/bob/agent.yaml": manifest("bob")})
+    t = _held(refs / "notes" / "hyperhive.lock", 0.2)
+    pushed = meta.record_push()  # a GitOps push: its note on the new main commit
+    t.join()
+    assert pushed is not None and pushed.commit == str(moved)
+
+
+def test_retry_locked_gives_up_and_passes_other_errors() -> None:
+    calls: list[int] = []
+
+    def locked() -> None:
+        calls.append(1)
+        raise OSError("failed to lock file '/x/refs/heads/main.lock' for writing: ")
+
+    with pytest.raises(OSError, match="failed to lock"):
+        retry_locked(locked, wait=0.15)
+    assert len(calls) > 3  # tried again while it waited, then gave up
+
+    def broken() -> None:
+        calls.append(2)
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        retry_locked(broken, wait=5)
+    assert calls.count(2) == 1  # not a lock: raised at once
