@@ -411,14 +411,12 @@ class GitHttp:
 
     def gc(self) -> bool:
         """Run ``git gc --quiet --prune=<GC_PRUNE_AGE>`` on meta.git (blocking): the objects
-        of the manager's dropped and handed-over refs go. It takes no ref's lock (no ref
-        packing, no reflog expiry), so the controller's ref writes meanwhile cannot fail
-        on one. True when git succeeded."""
+        of the manager's dropped and handed-over refs go. It takes no ref's lock: no ref
+        packing here, no reflog expiry by meta.git's config (``metarepo.GIT_CONFIG``), so
+        the controller's ref writes meanwhile never wait on it. True when git succeeded."""
         try:
             proc = subprocess.run(
                 ["git", "--git-dir", str(self.layout.meta_git), "-c", "gc.packRefs=false",
-                 # no reflog expiry: it locks every ref while it runs (metarepo.GIT_CONFIG)
-                 "-c", "gc.reflogExpire=never", "-c", "gc.reflogExpireUnreachable=never",
                  "gc", "--quiet",
                  f"--prune={GC_PRUNE_AGE}"],
                 capture_output=True, timeout=BACKEND_TIMEOUT, check=False,

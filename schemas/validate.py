@@ -488,16 +488,14 @@ def validate(instance: Any, ref: str) -> None:
     Raises ``ValidationFailed`` naming the first offending field (the deepest,
     most specific error jsonschema reports).
     """
-    fast = _fast(ref)
-    if fast is not None and fast(instance):
-        return
-    _judge(_validator(ref), instance)
+    checker(ref)(instance)
 
 
+@cache
 def checker(ref: str) -> Callable[[Any], None]:
     """``validate`` bound to ``ref``: ``check(instance)`` raises what ``validate(instance,
-    ref)`` raises, without looking the schema up per call (a caller on a hot path builds
-    one per schema, once). The schema is compiled now."""
+    ref)`` raises, without looking the schema up per call (a caller on a hot path keeps
+    one per schema). The schema is compiled on the first call for ``ref``."""
     fast = _fast(ref)
     validator = _validator(ref)
     if fast is None:
